@@ -1,0 +1,139 @@
+"""App: the registry of topics and agents, and the settings they run with."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from streamkit.agents import Agent, AgentFn
+from streamkit.events import Headers
+from streamkit.settings import ConfigError, Settings, load_settings
+from streamkit.topics import Topic
+
+_APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+class App:
+    """`App("shop", broker="kafka://localhost:9092", commit_interval=0.5)`.
+
+    Keyword settings are those of `Settings`; `STREAMKIT_*` variables fill the ones not given
+    here, and `KAFKA_BOOTSTRAP_SERVERS` overrides the broker. Bad values raise `ConfigError`."""
+
+    def __init__(self, id: str, *, broker: str | None = None, **settings: Any) -> None:
+        if not _APP_ID.match(id):
+            raise ConfigError(
+                f"app id {id!r} is not valid: use 1-100 letters, digits, '_' or '-' "
+                "(it names the consumer group and internal topics)"
+            )
+        self.id = id
+        self._given: dict[str, Any] = {"broker": broker, **settings}
+        self.settings: Settings = load_settings(**self._given)
+        self.topics: dict[str, Topic] = {}
+        self.agents: dict[str, Agent] = {}
+        self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
+
+    def configure(self, **overrides: Any) -> Settings:
+        """Re-read settings with overrides (the CLI's options) on top of the app's own."""
+        self.settings = load_settings(**{**self._given, **overrides})
+        return self.settings
+
+    def topic(
+        self,
+        name: str,
+        *,
+        key_type: Any = None,
+        value_type: Any = None,
+        partitions: int | None = None,
+        config: dict[str, str] | None = None,
+        internal: bool = False,
+    ) -> Topic:
+        """Declare a topic. Declaring the same name twice must agree on everything."""
+        topic = Topic(
+            name,
+            key_type=key_type,
+            value_type=value_type,
+            partitions=partitions,
+            config=config,
+            internal=internal,
+        )
+        known = self.topics.get(name)
+        if known is not None:
+            if (known.key_type, known.value_type, known.declared_partitions) != (
+                key_type,
+                value_type,
+                partitions,
+            ):
+                raise ConfigError(f"topic {name} is declared twice with different settings")
+            return known
+        self.topics[name] = topic
+        return topic
+
+    def agent(
+        self,
+        source: Topic,
+        *,
+        sink: Topic | Iterable[Topic] | None = None,
+        name: str | None = None,
+    ) -> Callable[[AgentFn], AgentFn]:
+        """Decorate `async def fn(stream)`; it runs once per partition of `source`."""
+        sinks = [] if sink is None else [sink] if isinstance(sink, Topic) else list(sink)
+
+        def register(fn: AgentFn) -> AgentFn:
+            agent_name = name or fn.__name__
+            if agent_name in self.agents:
+                raise ConfigError(f"two agents are named {agent_name!r}: pass name=...")
+            for other in self.agents.values():
+                if other.source.name == source.name:
+                    raise ConfigError(
+                        f"agents {other.name} and {agent_name} both consume {source.name}: "
+                        "one agent per source topic (chain work inside one agent instead)"
+                    )
+            for topic in (source, *sinks):
+                if self.topics.get(topic.name) is not topic:
+                    raise ConfigError(f"topic {topic.name} was not declared with app.topic()")
+            self.agents[agent_name] = Agent(agent_name, fn, source, sinks)
+            return fn
+
+        return register
+
+    @asynccontextmanager
+    async def producer(self) -> AsyncIterator[Producer]:
+        """A producer for sending outside agents (scripts, tests, the CLI)."""
+        from streamkit.runtime.clients import make_producer
+
+        producer = make_producer(self.settings, client_id=f"{self.id}-producer")
+        await producer.start()
+        try:
+            yield Producer(producer)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+
+class Producer:
+    """Sends with a topic's codecs; `send` waits only for the local buffer, `flush` for acks."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    async def send(
+        self,
+        topic: Topic,
+        value: Any = None,
+        *,
+        key: Any = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None:
+        await self._producer.send(
+            topic.name,
+            topic.encode_value(value),
+            key=topic.encode_key(key),
+            headers=headers,
+            partition=partition,
+        )
+
+    async def flush(self) -> None:
+        await self._producer.flush()

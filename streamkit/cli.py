@@ -1,0 +1,220 @@
+"""The `streamkit` command: worker, send, topics.
+
+Every user mistake (a wrong MODULE:APP, a bad setting, an unreachable broker) ends in one line
+on stderr and a non-zero exit, never a traceback wall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+
+from streamkit.app import App
+from streamkit.runtime.admin import BrokerUnreachable, describe, open_admin
+from streamkit.runtime.worker import Worker, WorkerFailed
+from streamkit.settings import ConfigError
+
+cli = typer.Typer(
+    help="streamkit: stream processing for Apache Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+AppArg = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTRIBUTE (apps.shop:app)")]
+
+
+class UsageError(Exception):
+    """Bad command-line input."""
+
+
+def load_app(spec: str) -> App:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{spec!r} is not MODULE:APP (for example apps.shop:app)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"cannot import module {module_name!r} ({exc}); run from the project folder "
+            "or put it on PYTHONPATH"
+        ) from None
+    app = getattr(module, attr, None)
+    if app is None:
+        raise UsageError(f"module {module_name} has no attribute {attr!r}")
+    if not isinstance(app, App):
+        raise UsageError(f"{spec} is a {type(app).__name__}, not a streamkit.App")
+    return app
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a command body, turning known errors into one line and an exit code."""
+    try:
+        return action()
+    except (UsageError, ConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except BrokerUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except WorkerFailed as exc:
+        typer.echo(f"error: worker stopped: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _arun(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+@cli.command()
+def worker(
+    app: AppArg,
+    workdir: Annotated[Path | None, typer.Option(help="Local state directory.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    commit_interval: Annotated[float | None, typer.Option(help="Seconds between commits.")] = None,
+    max_poll_records: Annotated[int | None, typer.Option(help="Records per fetch.")] = None,
+    max_buffered_per_partition: Annotated[
+        int | None, typer.Option(help="Fetched, unprocessed records allowed per partition.")
+    ] = None,
+) -> None:
+    """Run a worker process of APP. Start more processes to share the partitions."""
+
+    def body() -> None:
+        loaded = load_app(app)
+        settings = loaded.configure(
+            workdir=workdir,
+            log_level=log_level,
+            commit_interval=commit_interval,
+            max_poll_records=max_poll_records,
+            max_buffered_per_partition=max_buffered_per_partition,
+        )
+        setup_logging(settings.log_level)
+        _arun(Worker(loaded).run())
+
+    _run(body)
+
+
+@cli.command()
+def send(
+    app: AppArg,
+    topic: Annotated[str, typer.Argument(help="A topic the app declares.")],
+    value: Annotated[str | None, typer.Option(help="The value (JSON for JSON topics).")] = None,
+    key: Annotated[str | None, typer.Option(help="The key, as text.")] = None,
+    key_field: Annotated[
+        str | None, typer.Option(help="Take each key from this field of the JSON value.")
+    ] = None,
+    partition: Annotated[int | None, typer.Option(help="Send to this partition.")] = None,
+) -> None:
+    """Send one value (--value) or JSON lines read from stdin to TOPIC."""
+
+    def body() -> None:
+        loaded = load_app(app)
+        declared = loaded.topics.get(topic)
+        if declared is None:
+            raise UsageError(
+                f"app {loaded.id} declares no topic {topic!r}: {sorted(loaded.topics)}"
+            )
+        lines = [value] if value is not None else [ln for ln in sys.stdin.read().splitlines() if ln]
+        count = _arun(_send_lines(loaded, topic, lines, key, key_field, partition))
+        typer.echo(f"sent {count} records to {topic}", err=True)
+
+    _run(body)
+
+
+def _parse(line: str, raw: bool) -> Any:
+    if raw:
+        return line
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"not JSON: {line[:80]!r} ({exc})") from None
+
+
+async def _send_lines(
+    app: App,
+    topic_name: str,
+    lines: list[str],
+    key: str | None,
+    key_field: str | None,
+    partition: int | None,
+) -> int:
+    topic = app.topics[topic_name]
+    raw = topic.value_type in (str, bytes)
+    values = [_parse(line, raw) for line in lines]
+    await _check_broker(app)
+    async with app.producer() as producer:
+        for v in values:
+            k: Any = key
+            if key_field is not None:
+                if not isinstance(v, dict) or key_field not in v:
+                    raise UsageError(f"--key-field {key_field}: missing in {v!r}")
+                k = str(v[key_field])
+            if isinstance(k, str) and topic.key_type is bytes:
+                k = k.encode()
+            value = v.encode() if topic.value_type is bytes and isinstance(v, str) else v
+            await producer.send(topic, value, key=k, partition=partition)
+    return len(values)
+
+
+async def _check_broker(app: App) -> None:
+    admin = await open_admin(app.settings, f"{app.id}-cli")
+    await admin.close()
+
+
+@cli.command()
+def topics(app: AppArg) -> None:
+    """List the app's topics: partitions declared, partitions on the broker."""
+
+    def body() -> None:
+        loaded = load_app(app)
+        found = _arun(_describe(loaded))
+        typer.echo(f"{'topic':40} {'declared':>8} {'broker':>8}  role")
+        sources = {a.source.name for a in loaded.agents.values()}
+        sinks = {s.name for a in loaded.agents.values() for s in a.sinks}
+        for name, t in sorted(loaded.topics.items()):
+            on_broker = found.get(name)
+            role = "internal" if t.internal else "source" if name in sources else ""
+            role = role or ("sink" if name in sinks else "declared")
+            typer.echo(
+                f"{name:40} {t.declared_partitions or '-':>8} "
+                f"{on_broker if on_broker is not None else 'missing':>8}  {role}"
+            )
+
+    _run(body)
+
+
+async def _describe(app: App) -> dict[str, int | None]:
+    admin = await open_admin(app.settings, f"{app.id}-cli")
+    try:
+        return await describe(admin, sorted(app.topics))
+    finally:
+        await admin.close()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Topic administration at start: create what is missing, verify what exists."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaConnectionError
+
+from streamkit.runtime.clients import make_admin
+from streamkit.settings import ConfigError, Settings
+from streamkit.topics import Topic
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TOPIC = 3
+TOPIC_EXISTS = 36
+
+
+class BrokerUnreachable(Exception):
+    """No broker answered at the bootstrap address."""
+
+
+async def open_admin(settings: Settings, client_id: str) -> Any:
+    admin = make_admin(settings, client_id)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        await admin.close()
+        raise BrokerUnreachable(
+            f"cannot reach Kafka at {settings.bootstrap_servers} ({exc}); start a broker "
+            "(make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS / STREAMKIT_BROKER"
+        ) from None
+    return admin
+
+
+async def describe(admin: Any, names: list[str]) -> dict[str, int | None]:
+    """topic → partition count on the broker, or None when it does not exist."""
+    found: dict[str, int | None] = {}
+    for meta in await admin.describe_topics(names):
+        if meta["error_code"] == UNKNOWN_TOPIC:
+            found[meta["topic"]] = None
+        elif meta["error_code"] == 0:
+            found[meta["topic"]] = len(meta["partitions"])
+        else:
+            raise ConfigError(f"topic {meta['topic']}: broker error code {meta['error_code']}")
+    return found
+
+
+async def ensure_topics(
+    settings: Settings, topics: Iterable[Topic], *, client_id: str, visible_within: float = 30.0
+) -> None:
+    """Create missing topics with their declared partitions; check existing ones agree.
+
+    Sets `topic.partitions` to the broker's count. An existing topic whose partition count
+    differs from the declaration is a ConfigError that gives both numbers."""
+    topics = list(topics)
+    admin = await open_admin(settings, client_id)
+    try:
+        existing = await describe(admin, [t.name for t in topics])
+        problems = []
+        missing = []
+        for topic in topics:
+            count = existing.get(topic.name)
+            if count is None:
+                missing.append(topic)
+            elif topic.declared_partitions not in (None, count):
+                problems.append(
+                    f"topic {topic.name} has {count} partitions on the broker but the app "
+                    f"declares {topic.declared_partitions}: change partitions= to {count}, "
+                    "or delete/repartition the topic"
+                )
+            else:
+                topic.partitions = count
+        if problems:
+            raise ConfigError("; ".join(problems))
+        if missing:
+            await _create(admin, settings, missing)
+            await _wait_visible(admin, missing, visible_within)
+    finally:
+        await admin.close()
+
+
+async def _create(admin: Any, settings: Settings, topics: list[Topic]) -> None:
+    requests = [
+        NewTopic(
+            t.name,
+            num_partitions=t.declared_partitions or 1,
+            replication_factor=settings.topic_replication_factor,
+            topic_configs=t.config,
+        )
+        for t in topics
+    ]
+    response = await admin.create_topics(requests)
+    for name, code, *rest in response.topic_errors:
+        if code not in (0, TOPIC_EXISTS):
+            message = rest[0] if rest else ""
+            raise ConfigError(f"cannot create topic {name}: error {code} {message}")
+    for t in topics:
+        t.partitions = t.declared_partitions or 1
+        log.info("created topic %s with %d partitions", t.name, t.partitions)
+
+
+async def _wait_visible(admin: Any, topics: list[Topic], within: float) -> None:
+    deadline = time.monotonic() + within
+    names = [t.name for t in topics]
+    while True:
+        found = await describe(admin, names)
+        if all(found.get(t.name) == t.partitions for t in topics):
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(f"topics {names} were created but did not appear in {within}s")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,47 @@
+"""Builds the aiokafka clients from settings: the one place connection options live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streamkit.settings import Settings
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.bootstrap_servers}
+
+
+def make_producer(settings: Settings, client_id: str, **extra: Any) -> Any:
+    return AIOKafkaProducer(
+        **connection_options(settings),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.linger_ms,
+        max_batch_size=settings.max_batch_size,
+        **extra,
+    )
+
+
+def make_consumer(settings: Settings, group_id: str, client_id: str, **extra: Any) -> Any:
+    return AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        isolation_level="read_committed",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        **extra,
+    )
+
+
+def make_admin(settings: Settings, client_id: str) -> Any:
+    return AIOKafkaAdminClient(**connection_options(settings), client_id=client_id)

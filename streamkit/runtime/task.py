@@ -1,0 +1,278 @@
+"""Task: one agent running over one input partition, in offset order.
+
+The fetch loop `put`s raw records into the task's buffer; the agent's stream pulls them through
+`next_event` (decoding on the way; what fails to decode becomes a dead letter) and blocks in
+`wait` when the buffer is empty. One long-lived coroutine per task runs the agent: no task per
+event, no queue hop. `committable` is the offset after the last fully processed record: the
+checkpoint commits exactly that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from streamkit.agents import Agent
+from streamkit.events import Event, Record
+from streamkit.runtime.collector import CURRENT_COLLECTOR, RecordCollector
+from streamkit.runtime.dlq import dead_letter
+from streamkit.serde import DecodeError
+from streamkit.streams import Stream
+from streamkit.topics import Topic
+
+log = logging.getLogger(__name__)
+
+
+class TaskState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_ALLOWED = {
+    TaskState.CREATED: {TaskState.RUNNING, TaskState.CLOSED},
+    TaskState.RUNNING: {TaskState.CLOSING, TaskState.CLOSED},
+    TaskState.CLOSING: {TaskState.CLOSED},
+    TaskState.CLOSED: set(),
+}
+
+
+class AgentStopped(Exception):
+    """Agent code raised and `on_agent_error="stop"`: the worker must stop."""
+
+
+class Task:
+    def __init__(
+        self,
+        agent: Agent,
+        topic: Topic,
+        partition: int,
+        collector: RecordCollector,
+        *,
+        dlq_topic: str,
+        on_agent_error: str,
+        on_room: Callable[[], None],
+    ) -> None:
+        self.agent = agent
+        self.topic = topic
+        self.partition = partition
+        self.collector = collector
+        self.dlq_topic = dlq_topic
+        self.on_agent_error = on_agent_error
+        self._on_room = on_room
+        self.state = TaskState.CREATED
+        self._records: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.position: int | None = None  # next offset we expect from the fetcher
+        self.committable: int | None = None  # offset after the last processed record
+        self.current: Event | None = None
+        self.events_in = 0
+        self.dead_letters = 0
+        self._runner: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Task({self.agent.name}, {self.topic.name}[{self.partition}], {self.state.value})"
+
+    def _set_state(self, new: TaskState) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"{self!r}: illegal transition to {new.value}")
+        self.state = new
+
+    # -- fed by the fetch loop ---------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return len(self._records)
+
+    def put(self, records: list[Any]) -> None:
+        """Buffer fetched records, skipping any already seen (a re-fetch after a rebalance)."""
+        if self.state is not TaskState.RUNNING:
+            return
+        if self.position is not None and records[0].offset < self.position:
+            records = [r for r in records if r.offset >= self.position]
+            if not records:
+                return
+        self._records.extend(records)
+        self.position = records[-1].offset + 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- pulled by the agent's stream (StreamSource) -----------------------------------------
+
+    def next_event(self) -> Event | None:
+        current = self.current
+        if current is not None:
+            self.committable = current.offset + 1
+            self.current = None
+        records = self._records
+        topic = self.topic
+        while records:
+            rec = records.popleft()
+            try:
+                key = None if rec.key is None else topic.key_codec.decode(rec.key)
+                value = None if rec.value is None else topic.value_codec.decode(rec.value)
+            except DecodeError as exc:
+                self._dead_letter(rec, str(exc), "DecodeError")
+                continue
+            self.events_in += 1
+            event = Event(
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                key,
+                value,
+                rec.timestamp,
+                rec.headers,
+                rec.key,
+                rec.value,
+            )
+            self.current = event
+            return event
+        return None
+
+    async def wait(self) -> None:
+        if self.state is not TaskState.RUNNING:
+            raise StopAsyncIteration
+        await self.collector.submit()
+        self._on_room()
+        if self._records:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self.state is not TaskState.RUNNING:
+            raise StopAsyncIteration
+
+    def _dead_letter(self, rec: Any, reason: str, error_type: str) -> None:
+        dead_letter(
+            self.collector,
+            self.dlq_topic,
+            rec,
+            agent=self.agent.name,
+            reason=reason,
+            error_type=error_type,
+        )
+        self.dead_letters += 1
+        self.committable = rec.offset + 1
+        log.warning(
+            "dead letter from %s[%d]@%d: %s: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            error_type,
+            reason,
+        )
+
+    # -- the agent's coroutine ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._set_state(TaskState.RUNNING)
+        self._runner = asyncio.create_task(
+            self._run(), name=f"streamkit-task-{self.topic.name}-{self.partition}"
+        )
+
+    @property
+    def runner(self) -> asyncio.Task[None] | None:
+        return self._runner
+
+    async def _run(self) -> None:
+        CURRENT_COLLECTOR.set(self.collector)
+        stream: Stream[Any] = Stream(self)
+        while True:
+            try:
+                await self._run_agent_once(stream)
+                if self.state is not TaskState.RUNNING:
+                    return
+                log.warning("%r: agent returned before its stream ended; restarting it", self)
+            except Exception as exc:
+                failed = self.current
+                if failed is None:
+                    raise  # raised outside any event: a bug in the agent body
+                self.current = None
+                if self.on_agent_error == "stop":
+                    raise AgentStopped(
+                        f"agent {self.agent.name} raised on {failed.topic}[{failed.partition}]"
+                        f"@{failed.offset}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
+
+    async def _run_agent_once(self, stream: Stream[Any]) -> None:
+        if not self.agent.is_generator:
+            await self.agent.fn(stream)
+            return
+        sinks = self.agent.sinks
+        collector = self.collector
+        async for out in self.agent.fn(stream):
+            if not sinks:
+                continue
+            current = self.current
+            if isinstance(out, Record):
+                ts = out.timestamp_ms
+                headers = out.headers
+                for sink in sinks:
+                    collector.append(
+                        sink.name,
+                        sink.encode_key(out.key),
+                        sink.encode_value(out.value),
+                        headers=headers,
+                        timestamp_ms=ts if ts is not None else _ts(current),
+                    )
+            else:
+                key = None if current is None else current.raw_key
+                ts = _ts(current)
+                for sink in sinks:
+                    collector.append(sink.name, key, sink.encode_value(out), timestamp_ms=ts)
+            if collector.has_full_batches:
+                await collector.submit_full()
+
+    async def close(self, grace: float) -> None:
+        """Stop after the in-flight event: drop what is buffered, let the agent finish.
+
+        Records dropped here were never processed, so their offsets are never committed and
+        the next owner of the partition reads them again."""
+        if self.state is TaskState.CLOSED:
+            return
+        if self.state is TaskState.CREATED:
+            self._set_state(TaskState.CLOSED)
+            return
+        self._set_state(TaskState.CLOSING)
+        self._records.clear()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        runner = self._runner
+        if runner is not None and not runner.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(runner), grace)
+            except TimeoutError:
+                log.error("%r: agent did not finish its event in %.0fs; cancelling", self, grace)
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+            except Exception:
+                pass  # the worker's supervisor reports a failed runner
+        self._set_state(TaskState.CLOSED)
+
+
+def _ts(event: Event | None) -> int | None:
+    return None if event is None else event.timestamp_ms
+
+
+class _AsRecord:
+    """An Event seen as the raw record it came from (for the dead-letter writer)."""
+
+    def __init__(self, event: Event) -> None:
+        self.topic = event.topic
+        self.partition = event.partition
+        self.offset = event.offset
+        self.timestamp = event.timestamp_ms
+        self.key = event.raw_key
+        self.value = event.raw_value
+        self.headers = event.headers

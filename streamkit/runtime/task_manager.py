@@ -1,0 +1,102 @@
+"""TaskManager: the tasks of this worker, one per assigned input partition.
+
+It creates tasks when the group assigns partitions, closes them when partitions are revoked,
+hands fetched records to the right task, and says which partitions have room for more."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+
+from streamkit.app import App
+from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class TaskManager:
+    def __init__(
+        self, app: App, producer: Any, on_failure: Callable[[BaseException], None]
+    ) -> None:
+        self._app = app
+        self._producer = producer
+        self._on_failure = on_failure
+        self._agents_by_topic = {a.source.name: a for a in app.agents.values()}
+        self._partition_counts: dict[str, int] = {}
+        self.tasks: dict[TopicPartition, Task] = {}
+        self.room = asyncio.Event()  # set when some task drained its buffer
+
+    @property
+    def source_topics(self) -> list[str]:
+        return sorted(self._agents_by_topic)
+
+    def _signal_room(self) -> None:
+        self.room.set()
+
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        settings = self._app.settings
+        self._partition_counts.update(
+            {t.name: t.partitions for t in self._app.topics.values() if t.partitions}
+        )
+        for tp in sorted(tps):
+            if tp in self.tasks:
+                continue
+            agent = self._agents_by_topic[tp.topic]
+            task = Task(
+                agent,
+                agent.source,
+                tp.partition,
+                RecordCollector(self._producer, self._partition_counts),
+                dlq_topic=self._app.dlq.name,
+                on_agent_error=settings.on_agent_error,
+                on_room=self._signal_room,
+            )
+            self.tasks[tp] = task
+            task.start()
+            runner = task.runner
+            assert runner is not None
+            runner.add_done_callback(self._runner_done)
+        log.info("assigned %s", _fmt(tps))
+
+    def _runner_done(self, runner: asyncio.Task[None]) -> None:
+        if runner.cancelled():
+            return
+        exc = runner.exception()
+        if exc is not None:
+            self._on_failure(exc)
+
+    async def revoke(self, tps: Iterable[TopicPartition]) -> list[Task]:
+        """Close the tasks of `tps` (each finishes its in-flight event); return them."""
+        closing = [self.tasks.pop(tp) for tp in tps if tp in self.tasks]
+        timeout = self._app.settings.shutdown_timeout
+        await asyncio.gather(*(task.close(timeout) for task in closing))
+        if closing:
+            log.info("revoked %s", _fmt(TopicPartition(t.topic.name, t.partition) for t in closing))
+        return closing
+
+    def dispatch(self, batches: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
+        """Hand records to their tasks. Returns where to rewind partitions that have no task
+        (records fetched in the instant between an assignment and its tasks), so none is lost."""
+        tasks = self.tasks
+        rewind = {}
+        for tp, records in batches.items():
+            if not records:
+                continue
+            task = tasks.get(tp)
+            if task is not None:
+                task.put(records)
+            else:
+                rewind[tp] = records[0].offset
+        return rewind
+
+    def partitions_with_room(self, limit: int) -> list[TopicPartition]:
+        return [tp for tp, task in self.tasks.items() if task.buffered < limit]
+
+
+def _fmt(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "nothing"

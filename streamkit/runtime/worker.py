@@ -1,0 +1,166 @@
+"""Worker: one process of an app. Start, run the background tasks, stop cleanly.
+
+Start: verify/create topics → start the producer → join the group (tasks are created as
+partitions are assigned) → run the named background tasks `fetch` and `commit`.
+Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
+final checkpoint → leave the group → stop the producer. Each background task is cancelled,
+then awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.structs import TopicPartition
+
+from streamkit.app import App
+from streamkit.runtime.admin import ensure_topics
+from streamkit.runtime.checkpoint import Checkpointer
+from streamkit.runtime.clients import make_consumer, make_producer
+from streamkit.runtime.fetch import fetch_loop
+from streamkit.runtime.task_manager import TaskManager
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailed(Exception):
+    """The worker stopped because something failed; the cause is chained."""
+
+
+class Worker:
+    def __init__(self, app: App) -> None:
+        if not app.agents:
+            raise WorkerFailed(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        self.app = app
+        self.settings = app.settings
+        self.client_id = f"{app.id}-{socket.gethostname()}-{os.getpid()}"
+        self._stopping = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.producer: Any = None
+        self.consumer: Any = None
+        self.tasks: TaskManager | None = None
+        self.checkpointer: Checkpointer | None = None
+
+    # -- control -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            log.error("worker failing: %s: %s", type(exc).__name__, exc)
+        self._stopping.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until stopped. Raises WorkerFailed if stopped by a failure."""
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._start()
+            await self._stopping.wait()
+        finally:
+            await self._stop()
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+        if self._failure is not None:
+            raise WorkerFailed(str(self._failure)) from self._failure
+
+    async def _start(self) -> None:
+        app, settings = self.app, self.settings
+        await ensure_topics(settings, app.topics.values(), client_id=self.client_id)
+        self.producer = make_producer(settings, self.client_id)
+        await self.producer.start()
+        self.tasks = TaskManager(app, self.producer, self.fail)
+        self.consumer = make_consumer(settings, app.id, self.client_id)
+        self.checkpointer = Checkpointer(self.consumer)
+        await self.consumer.start()
+        self.consumer.subscribe(self.tasks.source_topics, listener=_Listener(self))
+        self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
+        self._spawn("commit", self._commit_loop())
+        log.info(
+            "worker %s started: app %s, agents %s, broker %s",
+            self.client_id,
+            app.id,
+            ", ".join(app.agents),
+            settings.bootstrap_servers,
+        )
+
+    def _spawn(self, name: str, coro: Any) -> None:
+        task = asyncio.create_task(coro, name=f"streamkit-{name}")
+        task.add_done_callback(self._background_done)
+        self._background.append(task)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(task.exception())  # type: ignore[arg-type]
+
+    async def _commit_loop(self) -> None:
+        assert self.tasks is not None and self.checkpointer is not None
+        while True:
+            await asyncio.sleep(self.settings.commit_interval)
+            await self.checkpointer.commit(list(self.tasks.tasks.values()))
+
+    async def _stop(self) -> None:
+        # 1. stop fetching and committing on a timer
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        # 2. every task finishes its in-flight event; 3. final checkpoint
+        if self.tasks is not None and self.checkpointer is not None:
+            closed = await self.tasks.revoke(list(self.tasks.tasks))
+            try:
+                await self.checkpointer.commit(closed)
+            except Exception as exc:
+                self.fail(exc)
+        # 4. leave the group, stop the producer
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        log.info("worker %s stopped", self.client_id)
+
+    # -- rebalance -----------------------------------------------------------------------------
+
+    async def on_revoked(self, tps: set[TopicPartition]) -> None:
+        assert self.tasks is not None and self.checkpointer is not None
+        try:
+            closed = await self.tasks.revoke(tps)
+            await self.checkpointer.commit(closed)
+        except Exception as exc:  # aiokafka would only log it
+            self.fail(exc)
+        finally:
+            self.checkpointer.forget(tps)
+
+    def on_assigned(self, tps: set[TopicPartition]) -> None:
+        assert self.tasks is not None
+        if self._stopping.is_set():
+            return
+        self.tasks.assign(tps)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.on_assigned(assigned)

@@ -1,0 +1,125 @@
+"""Settings: one pydantic-settings model, read from arguments and `STREAMKIT_*` variables.
+
+Every value is validated when the app is built, so a bad setting fails at start with a message
+that names the setting, the bad value and what to change, never later in the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting or declaration is wrong; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    """Worker settings. Environment variables use the prefix `STREAMKIT_`
+    (`STREAMKIT_COMMIT_INTERVAL=0.5`); `KAFKA_BOOTSTRAP_SERVERS` always wins for the broker."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMKIT_", extra="forbid")
+
+    broker: str = Field(
+        default="localhost:9092",
+        description="Bootstrap servers, `host:port[,host:port]`, optionally `kafka://`-prefixed.",
+    )
+    processing_guarantee: Literal["at_least_once"] = Field(
+        default="at_least_once",
+        description="Delivery guarantee. at_least_once: flush outputs, then commit offsets.",
+    )
+    commit_interval: float = Field(
+        default=1.0, gt=0, le=3600, description="Seconds between checkpoints."
+    )
+    workdir: Path = Field(default=Path("streamkit-data"), description="Local state directory.")
+    on_agent_error: Literal["dlq", "stop"] = Field(
+        default="dlq",
+        description="An exception from agent code: send the event to the DLQ, or stop the worker.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a new consumer group starts reading."
+    )
+    max_poll_records: int = Field(default=2000, ge=1, le=1_000_000)
+    max_buffered_per_partition: int = Field(
+        default=4000, ge=1, description="Records fetched but not yet processed, per partition."
+    )
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    linger_ms: int = Field(default=5, ge=0, le=60_000)
+    max_batch_size: int = Field(default=256 * 1024, ge=1024)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    shutdown_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        servers = parse_bootstrap(value)
+        if not servers:
+            raise ValueError("give at least one host:port, e.g. localhost:9092")
+        return ",".join(servers)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or self.broker
+
+
+def parse_bootstrap(value: str) -> list[str]:
+    """`kafka://a:1,b:2` → `["a:1", "b:2"]`; raises ValueError on a server without a port."""
+    servers = []
+    for part in value.split(","):
+        part = part.strip().removeprefix("kafka://").rstrip("/")
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{part!r} is not host:port (e.g. localhost:9092)")
+        servers.append(part)
+    return servers
+
+
+# Variables with the prefix that belong to tools around the framework, not to a worker.
+NOT_SETTINGS = frozenset({"STREAMKIT_KAFKA_CACHE", "STREAMKIT_TEST_HOOK"})
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings` from keyword overrides and the environment; ConfigError on bad values."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.startswith("STREAMKIT_")
+        and name.removeprefix("STREAMKIT_").lower() not in Settings.model_fields
+        and name not in NOT_SETTINGS
+    )
+    if unknown:
+        known = ", ".join(f"STREAMKIT_{f.upper()}" for f in Settings.model_fields)
+        raise ConfigError(f"unknown setting {', '.join(unknown)} (known: {known})")
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        env = f"STREAMKIT_{name.upper()}"
+        got = err.get("input")
+        lines.append(
+            f"bad setting {name} = {got!r}: {err['msg']} (set it with {name}=... or {env})"
+        )
+    return "; ".join(lines)

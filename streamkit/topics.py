@@ -1,0 +1,86 @@
+"""Topic: a declared Kafka topic with its codecs, partition count and topic configs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from streamkit.events import Headers
+from streamkit.runtime.collector import CURRENT_COLLECTOR
+from streamkit.serde import RAW, Codec, codec_for
+
+_LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def check_topic_name(name: str) -> str:
+    if not _LEGAL.match(name) or name in {".", ".."}:
+        raise ValueError(
+            f"{name!r} is not a legal Kafka topic name: use letters, digits, '.', '_' or '-'"
+            " (at most 249)"
+        )
+    return name
+
+
+class Topic:
+    """A topic the app reads or writes. `partitions=None` means: whatever the broker has
+    (the topic must then exist, or it is created with one partition)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        key_type: Any = None,
+        value_type: Any = None,
+        partitions: int | None = None,
+        config: dict[str, str] | None = None,
+        internal: bool = False,
+    ) -> None:
+        self.name = check_topic_name(name)
+        if partitions is not None and partitions < 1:
+            raise ValueError(f"topic {name}: partitions must be >= 1, got {partitions}")
+        self.key_type = key_type
+        self.value_type = value_type
+        # Undeclared keys stay bytes (keys are often plain text); undeclared values are JSON.
+        self.key_codec: Codec[Any] = RAW if key_type is None else codec_for(key_type)
+        self.value_codec: Codec[Any] = codec_for(value_type)
+        self.declared_partitions = partitions
+        self.partitions: int | None = partitions  # the broker's count once verified
+        self.config = dict(config or {})
+        self.internal = internal
+
+    def __repr__(self) -> str:
+        return f"Topic({self.name!r}, partitions={self.partitions})"
+
+    def encode_key(self, key: Any) -> bytes | None:
+        return None if key is None else self.key_codec.encode(key)
+
+    def encode_value(self, value: Any) -> bytes | None:
+        return None if value is None else self.value_codec.encode(value)
+
+    async def send(
+        self,
+        value: Any = None,
+        *,
+        key: Any = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Send from inside an agent: the record joins that agent's task outputs, so it is
+        committed with the event being processed. Outside an agent use `app.producer()`."""
+        collector = CURRENT_COLLECTOR.get(None)
+        if collector is None:
+            raise RuntimeError(
+                f"Topic({self.name!r}).send() was called outside a running agent; "
+                "use `async with app.producer() as p: await p.send(topic, ...)`"
+            )
+        collector.append(
+            self.name,
+            self.encode_key(key),
+            self.encode_value(value),
+            headers=headers,
+            timestamp_ms=timestamp_ms,
+            partition=partition,
+        )
+        if collector.has_full_batches:
+            await collector.submit_full()

@@ -1,0 +1,43 @@
+"""Test set-up: a real Kafka broker. `make test` starts one and sets KAFKA_BOOTSTRAP_SERVERS;
+a bare `pytest` starts one itself (scripts/localkafka.py) and stops it at the end."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kafka() -> Iterator[str]:
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    import localkafka
+
+    broker = localkafka.start_broker()
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+        os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short unique suffix so every test has its own topics and consumer group."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path / "state"

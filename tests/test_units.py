@@ -1,0 +1,94 @@
+"""Codecs, settings and stream operators on their own (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import pytest
+from pydantic import BaseModel
+
+import streamkit as sk
+from streamkit.events import Event
+from streamkit.runtime.collector import partition_for_key
+from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
+from streamkit.settings import load_settings
+
+
+class Item(BaseModel):
+    name: str
+    qty: int
+
+
+def test_codecs_round_trip_and_fail_clearly() -> None:
+    assert codec_for(bytes) is RAW and codec_for(str) is STR and codec_for(dict) is JSON
+    model = codec_for(Item)
+    assert isinstance(model, ModelCodec)
+    assert model.decode(model.encode(Item(name="a", qty=2))) == Item(name="a", qty=2)
+    assert JSON.decode(JSON.encode({"a": [1, 2.5, None]})) == {"a": [1, 2.5, None]}
+    with pytest.raises(DecodeError, match="invalid JSON"):
+        JSON.decode(b"{nope")
+    with pytest.raises(DecodeError, match=r"invalid Item: qty"):
+        model.decode(b'{"name": "a", "qty": "many"}')
+    with pytest.raises(DecodeError, match="not UTF-8"):
+        STR.decode(b"\xff\xfe")
+
+
+def test_partitioner_matches_java_vectors() -> None:
+    # Kafka's UtilsTest.testMurmur2 vectors; partitions printed by the Java client 4.1.1
+    # (Utils.toPositive(Utils.murmur2(key)) % 1000).
+    from aiokafka.partitioner import murmur2
+
+    java = {b"21": -973932308, b"foobar": -790332482, b"abc": 479470107}
+    # aiokafka returns the same 32 bits as an unsigned int.
+    assert {k: murmur2(k) for k in java} == {k: v & 0xFFFFFFFF for k, v in java.items()}
+    cases = {b"21": 340, b"foobar": 166, b"abc": 107, b"user_123": 615}
+    assert {k: partition_for_key(k, 1000) for k in cases} == cases
+
+
+def test_settings_validate_with_actionable_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(sk.ConfigError, match=r"commit_interval.*STREAMKIT_COMMIT_INTERVAL"):
+        load_settings(commit_interval=-1)
+    monkeypatch.setenv("STREAMKIT_PROCESSING_GUARANTEE", "maybe_once")
+    with pytest.raises(sk.ConfigError, match="processing_guarantee"):
+        load_settings()
+    monkeypatch.delenv("STREAMKIT_PROCESSING_GUARANTEE")
+    monkeypatch.setenv("STREAMKIT_COMIT_INTERVAL", "1")
+    with pytest.raises(sk.ConfigError, match="unknown setting STREAMKIT_COMIT_INTERVAL"):
+        load_settings()
+    monkeypatch.delenv("STREAMKIT_COMIT_INTERVAL")
+    with pytest.raises(sk.ConfigError, match="host:port"):
+        load_settings(broker="kafka://nohostport")
+    with pytest.raises(sk.ConfigError, match="app id"):
+        sk.App("bad id!")
+
+
+class ListSource:
+    """A stream source over a fixed list (what the testing kit will build on)."""
+
+    def __init__(self, values: list[object]) -> None:
+        self._events = deque(
+            Event("t", 0, i, None, v, 0, [], None, None) for i, v in enumerate(values)
+        )
+        self.current: Event | None = None
+        self.done: list[int] = []
+
+    def next_event(self) -> Event | None:
+        if self.current is not None:
+            self.done.append(self.current.offset)
+        self.current = self._events.popleft() if self._events else None
+        return self.current
+
+    async def wait(self) -> None:
+        raise StopAsyncIteration
+
+
+def test_map_filter_and_processed_marking() -> None:
+    source = ListSource([1, 2, 3, 4, 5])
+    stream: sk.Stream[int] = sk.Stream(source)
+
+    async def collect() -> list[int]:
+        return [v async for v in stream.filter(lambda v: v % 2 == 1).map(lambda v: v * 10)]
+
+    assert asyncio.run(collect()) == [10, 30, 50]
+    assert source.done == [0, 1, 2, 3, 4]  # filtered-out events count as processed
