@@ -135,5 +135,11 @@ class Producer:
             partition=partition,
         )
 
+    async def send_raw(
+        self, topic: str, value: bytes | None, *, key: bytes | None = None
+    ) -> None:
+        """Send bytes as they are (no codec): for replaying or forging records."""
+        await self._producer.send(topic, value, key=key)
+
     async def flush(self) -> None:
         await self._producer.flush()

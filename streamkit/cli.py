@@ -170,10 +170,7 @@ async def _send_lines(
                 if not isinstance(v, dict) or key_field not in v:
                     raise UsageError(f"--key-field {key_field}: missing in {v!r}")
                 k = str(v[key_field])
-            if isinstance(k, str) and topic.key_type is bytes:
-                k = k.encode()
-            value = v.encode() if topic.value_type is bytes and isinstance(v, str) else v
-            await producer.send(topic, value, key=k, partition=partition)
+            await producer.send(topic, v, key=k, partition=partition)
     return len(values)
 
 

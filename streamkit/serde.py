@@ -32,9 +32,11 @@ class Codec(Protocol[T]):
 class RawCodec:
     name = "raw"
 
-    def encode(self, obj: bytes) -> bytes:
+    def encode(self, obj: bytes | str) -> bytes:
+        if isinstance(obj, str):
+            return obj.encode()
         if not isinstance(obj, bytes | bytearray | memoryview):
-            raise TypeError(f"raw codec needs bytes, got {type(obj).__name__}")
+            raise TypeError(f"raw codec needs bytes or str, got {type(obj).__name__}")
         return bytes(obj)
 
     def decode(self, data: bytes) -> bytes:

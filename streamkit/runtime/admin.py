@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiokafka.admin import NewTopic
@@ -28,7 +29,8 @@ class BrokerUnreachable(Exception):
 async def open_admin(settings: Settings, client_id: str) -> Any:
     admin = make_admin(settings, client_id)
     try:
-        await admin.start()
+        with _quiet("aiokafka"):  # our error below says it once, with what to do
+            await admin.start()
     except KafkaConnectionError as exc:
         await admin.close()
         raise BrokerUnreachable(
@@ -36,6 +38,17 @@ async def open_admin(settings: Settings, client_id: str) -> Any:
             "(make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS / STREAMKIT_BROKER"
         ) from None
     return admin
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def describe(admin: Any, names: list[str]) -> dict[str, int | None]:

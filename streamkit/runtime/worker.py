@@ -134,7 +134,7 @@ class Worker:
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
-        log.info("worker %s stopped", self.client_id)
+            log.info("worker %s stopped", self.client_id)
 
     # -- rebalance -----------------------------------------------------------------------------
 
