@@ -192,7 +192,9 @@ def report(
         == {"DecodeError": N_MALFORMED, "ValueError": N_NEGATIVE},
         "workers stopped cleanly on SIGTERM": codes == [0, 0],
     }
-    console.print(f"user_123 spent {totals['user_123'] / 100:,.2f} (sent: {truth['user_123'] / 100:,.2f})")
+    console.print(
+        f"user_123 spent {totals['user_123'] / 100:,.2f} (sent: {truth['user_123'] / 100:,.2f})"
+    )
     for name, ok in checks.items():
         console.print(("[green]PASS[/] " if ok else "[red]FAIL[/] ") + name)
     return all(checks.values())

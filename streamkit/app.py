@@ -135,9 +135,7 @@ class Producer:
             partition=partition,
         )
 
-    async def send_raw(
-        self, topic: str, value: bytes | None, *, key: bytes | None = None
-    ) -> None:
+    async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None = None) -> None:
         """Send bytes as they are (no codec): for replaying or forging records."""
         await self._producer.send(topic, value, key=key)
 

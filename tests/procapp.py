@@ -26,4 +26,9 @@ async def echo(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
         if SLOW:
             await asyncio.sleep(SLOW)
         event = stream.event
-        yield {"value": value, "partition": event.partition, "offset": event.offset, "pid": os.getpid()}
+        yield {
+            "value": value,
+            "partition": event.partition,
+            "offset": event.offset,
+            "pid": os.getpid(),
+        }

@@ -58,7 +58,9 @@ def test_mistakes_fail_with_one_clear_line(
 
 async def test_send_json_lines_and_list_topics(uid: str) -> None:
     # apps.hello's topics are shared by tests; count what this test adds by a unique id.
-    lines = "".join(orjson.dumps({"id": i, "amount": 500.0, "tag": uid}).decode() + "\n" for i in range(5))
+    lines = "".join(
+        orjson.dumps({"id": i, "amount": 500.0, "tag": uid}).decode() + "\n" for i in range(5)
+    )
     code, output = streamkit("send", "apps.hello:app", "orders", "--key-field", "id", stdin=lines)
     assert code == 0, output
     assert "sent 5 records to orders" in output

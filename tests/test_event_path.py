@@ -154,7 +154,9 @@ async def test_existing_topic_with_other_partition_count_fails_at_start(
             pass
 
     await create_topic(src.name, 2)
-    with pytest.raises(sk.ConfigError, match=r"has 2 partitions on the broker but the app declares 4"):
+    with pytest.raises(
+        sk.ConfigError, match=r"has 2 partitions on the broker but the app declares 4"
+    ):
         async with running(app):
             pass
 
@@ -172,7 +174,9 @@ async def test_topic_send_from_an_agent_and_coroutine_agents(uid: str, workdir: 
 
     async with running(app):
         await produce(
-            src.name, [str(i).encode() for i in range(50)], keys=[f"k{i}".encode() for i in range(50)]
+            src.name,
+            [str(i).encode() for i in range(50)],
+            keys=[f"k{i}".encode() for i in range(50)],
         )
         records = await read_all(evens.name, expect=25)
     assert sorted((r.key, int(r.value)) for r in records) == sorted(

@@ -33,9 +33,11 @@ def outputs(records: list[object]) -> list[dict[str, object]]:
 
 async def started(*workers: WorkerProcess) -> None:
     for w in workers:
-        await wait_until(
-            lambda w=w: "assigned" in w.log() or not w.alive, within=60, what="a worker to start"  # type: ignore[misc]
-        )
+
+        def up(w: WorkerProcess = w) -> bool:
+            return "assigned" in w.log() or not w.alive
+
+        await wait_until(up, within=60, what="a worker to start")
         assert w.alive, w.log()
 
 
@@ -45,8 +47,10 @@ async def test_two_worker_processes_share_the_partitions(uid: str, tmp_path: Pat
     try:
         await started(a, b)
         await wait_until(
-            lambda: "assigned proc-in" in a.log().split("revoked")[-1]
-            and "assigned proc-in" in b.log().split("revoked")[-1],
+            lambda: (
+                "assigned proc-in" in a.log().split("revoked")[-1]
+                and "assigned proc-in" in b.log().split("revoked")[-1]
+            ),
             within=60,
             what="both workers to hold partitions",
         )
