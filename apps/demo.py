@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import streamkit as sk
-from streamkit.runtime.admin import ensure_topics
+from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.dlq import describe
 
 
@@ -129,7 +129,7 @@ async def drive(logs: Path) -> bool:
     console.rule("[bold]streamkit demo")
     console.print(f"Kafka broker: [cyan]{app.settings.bootstrap_servers}[/]  app id: {app.id}")
     records, truth = make_input()
-    await ensure_topics(app.settings, app.topics.values(), client_id=f"{app.id}-demo")
+    await ensure_app_topics(app, client_id=f"{app.id}-demo")
     workers = [start_worker("worker-1", logs), start_worker("worker-2", logs)]
     started = time.monotonic()
     try:

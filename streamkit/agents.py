@@ -5,9 +5,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from streamkit.streams import Op
 from streamkit.topics import Topic
+
+if TYPE_CHECKING:
+    from streamkit.stages import Stage
 
 AgentFn = Callable[..., Any]
 
@@ -21,6 +25,8 @@ class Agent:
     fn: AgentFn
     source: Topic
     sinks: list[Topic] = field(default_factory=list)
+    ops: tuple[Op, ...] = ()  # the operator chain its body builds (found by tracing)
+    stages: list[Stage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (inspect.isasyncgenfunction(self.fn) or inspect.iscoroutinefunction(self.fn)):

@@ -10,6 +10,7 @@ from typing import Any
 from streamkit.agents import Agent, AgentFn
 from streamkit.events import Headers
 from streamkit.settings import ConfigError, Settings, load_settings
+from streamkit.stages import AgentShapeError, Stage, build_stages, trace
 from streamkit.topics import Topic
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -84,19 +85,38 @@ class App:
             agent_name = name or fn.__name__
             if agent_name in self.agents:
                 raise ConfigError(f"two agents are named {agent_name!r}: pass name=...")
-            for other in self.agents.values():
-                if other.source.name == source.name:
-                    raise ConfigError(
-                        f"agents {other.name} and {agent_name} both consume {source.name}: "
-                        "one agent per source topic (chain work inside one agent instead)"
-                    )
             for topic in (source, *sinks):
                 if self.topics.get(topic.name) is not topic:
                     raise ConfigError(f"topic {topic.name} was not declared with app.topic()")
-            self.agents[agent_name] = Agent(agent_name, fn, source, sinks)
+            agent = Agent(agent_name, fn, source, sinks)
+            try:
+                agent.ops = trace(agent_name, fn)
+                agent.stages = build_stages(self, agent, agent.ops)
+            except AgentShapeError as exc:
+                raise ConfigError(str(exc)) from None
+            consumed = {st.source.name: st for a in self.agents.values() for st in a.stages}
+            for stage in agent.stages:
+                other = consumed.get(stage.source.name)
+                if other is not None:
+                    raise ConfigError(
+                        f"agents {other.agent.name} and {agent_name} both consume "
+                        f"{stage.source.name}: one agent per source topic (chain the work "
+                        "inside one agent instead)"
+                    )
+            self.agents[agent_name] = agent
             return fn
 
         return register
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [stage for agent in self.agents.values() for stage in agent.stages]
+
+    def topology(self, fmt: str = "text") -> str:
+        """The graph of sources, stages, operators, internal topics and sinks."""
+        from streamkit.topology import render
+
+        return render(self, fmt)
 
     @asynccontextmanager
     async def producer(self) -> AsyncIterator[Producer]:

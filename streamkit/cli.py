@@ -1,4 +1,4 @@
-"""The `streamkit` command: worker, send, topics.
+"""The `streamkit` command: worker, send, topics, topology.
 
 Every user mistake (a wrong MODULE:APP, a bad setting, an unreachable broker) ends in one line
 on stderr and a non-zero exit, never a traceback wall.
@@ -19,7 +19,7 @@ import orjson
 import typer
 
 from streamkit.app import App
-from streamkit.runtime.admin import BrokerUnreachable, describe, open_admin
+from streamkit.runtime.admin import BrokerUnreachable, describe, ensure_topics, open_admin
 from streamkit.runtime.worker import Worker, WorkerFailed
 from streamkit.settings import ConfigError
 
@@ -162,7 +162,7 @@ async def _send_lines(
     topic = app.topics[topic_name]
     raw = topic.value_type in (str, bytes)
     values = [_parse(line, raw) for line in lines]
-    await _check_broker(app)
+    await ensure_topics(app.settings, [topic], client_id=f"{app.id}-cli")
     async with app.producer() as producer:
         for v in values:
             k: Any = key
@@ -172,11 +172,6 @@ async def _send_lines(
                 k = str(v[key_field])
             await producer.send(topic, v, key=k, partition=partition)
     return len(values)
-
-
-async def _check_broker(app: App) -> None:
-    admin = await open_admin(app.settings, f"{app.id}-cli")
-    await admin.close()
 
 
 @cli.command()
@@ -197,6 +192,21 @@ def topics(app: AppArg) -> None:
                 f"{name:40} {t.declared_partitions or '-':>8} "
                 f"{on_broker if on_broker is not None else 'missing':>8}  {role}"
             )
+
+    _run(body)
+
+
+@cli.command()
+def topology(
+    app: AppArg,
+    format: Annotated[str, typer.Option("--format", help="text or mermaid")] = "text",
+) -> None:
+    """Print the app's graph: sources, stages, operators, internal topics, sinks."""
+
+    def body() -> None:
+        if format not in ("text", "mermaid"):
+            raise UsageError(f"--format {format!r}: use text or mermaid")
+        typer.echo(load_app(app).topology(format), nl=False)
 
     _run(body)
 

@@ -96,10 +96,10 @@ async def test_sigterm_commits_and_a_restart_neither_loses_nor_rereads(
 async def test_kill_9_then_restart_loses_nothing(uid: str, tmp_path: Path) -> None:
     topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
     n = 600
-    victim = worker(uid, tmp_path, "victim", SKTEST_SLOW="0.005").start()
+    victim = worker(uid, tmp_path, "victim", SKTEST_SLOW="0.02").start()
     await started(victim)
     await produce(topic, [orjson.dumps(i) for i in range(n)])
-    # Kill once some, but not all, outputs are out and at least one commit happened.
+    # Kill mid-stream: after a commit, with outputs out but far from all.
     await wait_until(
         lambda: _some_committed(uid, topic), within=60, what="a first commit", every=0.05
     )

@@ -13,6 +13,7 @@ from streamkit.events import Event
 from streamkit.runtime.collector import partition_for_key
 from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
 from streamkit.settings import load_settings
+from streamkit.streams import Op
 
 
 class Item(BaseModel):
@@ -72,6 +73,9 @@ class ListSource:
         )
         self.current: Event | None = None
         self.done: list[int] = []
+
+    def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
+        return ops
 
     def next_event(self) -> Event | None:
         if self.current is not None:

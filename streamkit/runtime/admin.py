@@ -7,14 +7,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
 from streamkit.runtime.clients import make_admin
 from streamkit.settings import ConfigError, Settings
+from streamkit.stages import resolve_partitions
 from streamkit.topics import Topic
+
+if TYPE_CHECKING:
+    from streamkit.app import App
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,20 @@ async def ensure_topics(
             await _wait_visible(admin, missing, visible_within)
     finally:
         await admin.close()
+
+
+async def ensure_app_topics(app: App, *, client_id: str) -> None:
+    """All of an app's topics: declared ones first, then the internal repartition topics,
+    whose default partition count is that of their input (known only after the first step)."""
+    stages = app.stages
+    outputs = {st.output.name for st in stages if st.output is not None}
+    await ensure_topics(
+        app.settings, [t for t in app.topics.values() if t.name not in outputs], client_id=client_id
+    )
+    resolve_partitions(stages)
+    await ensure_topics(
+        app.settings, [t for t in app.topics.values() if t.name in outputs], client_id=client_id
+    )
 
 
 async def _create(admin: Any, settings: Settings, topics: list[Topic]) -> None:

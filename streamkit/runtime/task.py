@@ -1,4 +1,4 @@
-"""Task: one agent running over one input partition, in offset order.
+"""Task: one stage of an agent running over one input partition, in offset order.
 
 The fetch loop `put`s raw records into the task's buffer; the agent's stream pulls them through
 `next_event` (decoding on the way; what fails to decode becomes a dead letter) and blocks in
@@ -14,15 +14,16 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
-from streamkit.agents import Agent
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import CURRENT_COLLECTOR, RecordCollector
 from streamkit.runtime.dlq import dead_letter
+from streamkit.runtime.exchange import Router
 from streamkit.serde import DecodeError
-from streamkit.streams import Stream
-from streamkit.topics import Topic
+from streamkit.stages import Stage
+from streamkit.streams import Exchange, Op, Stream, segment
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,17 @@ _ALLOWED = {
 }
 
 
+# The task whose agent code is running (set once per task coroutine).
+CURRENT_TASK: ContextVar[Task] = ContextVar("streamkit_task")
+
+
+def current_event() -> Event | None:
+    """The event being processed by the calling agent code (also inside map/filter/key_by
+    functions), or None outside a task."""
+    task = CURRENT_TASK.get(None)
+    return None if task is None else task.current
+
+
 class AgentStopped(Exception):
     """Agent code raised and `on_agent_error="stop"`: the worker must stop."""
 
@@ -49,8 +61,7 @@ class AgentStopped(Exception):
 class Task:
     def __init__(
         self,
-        agent: Agent,
-        topic: Topic,
+        stage: Stage,
         partition: int,
         collector: RecordCollector,
         *,
@@ -58,8 +69,9 @@ class Task:
         on_agent_error: str,
         on_room: Callable[[], None],
     ) -> None:
-        self.agent = agent
-        self.topic = topic
+        self.stage = stage
+        self.agent = stage.agent
+        self.topic = stage.source
         self.partition = partition
         self.collector = collector
         self.dlq_topic = dlq_topic
@@ -76,7 +88,7 @@ class Task:
         self._runner: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"Task({self.agent.name}, {self.topic.name}[{self.partition}], {self.state.value})"
+        return f"Task({self.stage.name}, {self.topic.name}[{self.partition}], {self.state.value})"
 
     def _set_state(self, new: TaskState) -> None:
         if new not in _ALLOWED[self.state]:
@@ -104,6 +116,16 @@ class Task:
             waiter.set_result(None)
 
     # -- pulled by the agent's stream (StreamSource) -----------------------------------------
+
+    def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
+        exchanges = sum(isinstance(op, Exchange) for op in ops)
+        expected = len(self.agent.stages) - 1
+        if exchanges != expected:
+            raise RuntimeError(
+                f"agent {self.agent.name} built a chain with {exchanges} exchanges at run time "
+                f"but {expected} when it was declared: keep the operator chain fixed"
+            )
+        return segment(ops, self.stage.index)
 
     def next_event(self) -> Event | None:
         current = self.current
@@ -185,10 +207,17 @@ class Task:
 
     async def _run(self) -> None:
         CURRENT_COLLECTOR.set(self.collector)
-        stream: Stream[Any] = Stream(self)
+        CURRENT_TASK.set(self)
+        stage = self.stage
+        if stage.runs_body:
+            stream: Stream[Any] = Stream(self)
+            run_once = self._run_agent_once
+        else:
+            stream = Stream(self, self.agent.ops)
+            run_once = self._relay
         while True:
             try:
-                await self._run_agent_once(stream)
+                await run_once(stream)
                 if self.state is not TaskState.RUNNING:
                     return
                 log.warning("%r: agent returned before its stream ended; restarting it", self)
@@ -203,6 +232,17 @@ class Task:
                         f"@{failed.offset}: {type(exc).__name__}: {exc}"
                     ) from exc
                 self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
+
+    async def _relay(self, stream: Stream[Any]) -> None:
+        """A stage before an exchange: its steps, then route each value to the next topic."""
+        exchange, output = self.stage.exchange, self.stage.output
+        assert exchange is not None and output is not None
+        router = Router(exchange, output, self.partition)
+        collector = self.collector
+        async for value in stream:
+            router.route(value, self.current, collector)  # type: ignore[arg-type]
+            if collector.has_full_batches:
+                await collector.submit_full()
 
     async def _run_agent_once(self, stream: Stream[Any]) -> None:
         if not self.agent.is_generator:

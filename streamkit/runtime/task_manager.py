@@ -26,14 +26,14 @@ class TaskManager:
         self._app = app
         self._producer = producer
         self._on_failure = on_failure
-        self._agents_by_topic = {a.source.name: a for a in app.agents.values()}
+        self._stages_by_topic = {st.source.name: st for st in app.stages}
         self._partition_counts: dict[str, int] = {}
         self.tasks: dict[TopicPartition, Task] = {}
         self.room = asyncio.Event()  # set when some task drained its buffer
 
     @property
     def source_topics(self) -> list[str]:
-        return sorted(self._agents_by_topic)
+        return sorted(self._stages_by_topic)
 
     def _signal_room(self) -> None:
         self.room.set()
@@ -46,10 +46,8 @@ class TaskManager:
         for tp in sorted(tps):
             if tp in self.tasks:
                 continue
-            agent = self._agents_by_topic[tp.topic]
             task = Task(
-                agent,
-                agent.source,
+                self._stages_by_topic[tp.topic],
                 tp.partition,
                 RecordCollector(self._producer, self._partition_counts),
                 dlq_topic=self._app.dlq.name,

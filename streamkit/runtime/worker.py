@@ -21,7 +21,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
-from streamkit.runtime.admin import ensure_topics
+from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.fetch import fetch_loop
@@ -81,7 +81,7 @@ class Worker:
 
     async def _start(self) -> None:
         app, settings = self.app, self.settings
-        await ensure_topics(settings, app.topics.values(), client_id=self.client_id)
+        await ensure_app_topics(app, client_id=self.client_id)
         self.producer = make_producer(settings, self.client_id)
         await self.producer.start()
         self.tasks = TaskManager(app, self.producer, self.fail)
