@@ -10,7 +10,8 @@ from typing import Any
 from streamkit.agents import Agent, AgentFn
 from streamkit.events import Headers
 from streamkit.settings import ConfigError, Settings, load_settings
-from streamkit.stages import AgentShapeError, Stage, build_stages, trace
+from streamkit.stages import AgentShapeError, Stage, bind_tables, build_stages, trace
+from streamkit.state.table import Table
 from streamkit.topics import Topic
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -33,6 +34,8 @@ class App:
         self.settings: Settings = load_settings(**self._given)
         self.topics: dict[str, Topic] = {}
         self.agents: dict[str, Agent] = {}
+        self.tables: dict[str, Table[Any, Any]] = {}
+        self._bound = False
         self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
 
     def configure(self, **overrides: Any) -> Settings:
@@ -71,6 +74,31 @@ class App:
         self.topics[name] = topic
         return topic
 
+    def table(
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: Any = str,
+        value_type: Any = None,
+    ) -> Table[Any, Any]:
+        """Declare per-key state, used as a mapping inside the agent that writes it. It lives
+        in SQLite next to its partition and in the compacted topic `{id}-{name}-changelog`."""
+        if name in self.tables:
+            raise ConfigError(f"two tables are named {name!r}")
+        changelog = self.topic(
+            f"{self.id}-{name}-changelog",
+            key_type=bytes,
+            value_type=bytes,
+            config={"cleanup.policy": "compact"},
+            internal=True,
+        )
+        table: Table[Any, Any] = Table(
+            name, changelog, default=default, key_type=key_type, value_type=value_type
+        )
+        self.tables[name] = table
+        return table
+
     def agent(
         self,
         source: Topic,
@@ -104,12 +132,20 @@ class App:
                         "inside one agent instead)"
                     )
             self.agents[agent_name] = agent
+            self._bound = False
             return fn
 
         return register
 
     @property
     def stages(self) -> list[Stage]:
+        """Every agent's stages, with tables bound to the stage that uses them."""
+        if not self._bound:
+            try:
+                bind_tables(self)
+            except AgentShapeError as exc:
+                raise ConfigError(str(exc)) from None
+            self._bound = True
         return [stage for agent in self.agents.values() for stage in agent.stages]
 
     def topology(self, fmt: str = "text") -> str:

@@ -1,4 +1,4 @@
-"""The `streamkit` command: worker, send, topics, topology.
+"""The `streamkit` command: worker, send, topics, topology, tables.
 
 Every user mistake (a wrong MODULE:APP, a bad setting, an unreachable broker) ends in one line
 on stderr and a non-zero exit, never a traceback wall.
@@ -22,6 +22,7 @@ from streamkit.app import App
 from streamkit.runtime.admin import BrokerUnreachable, describe, ensure_topics, open_admin
 from streamkit.runtime.worker import Worker, WorkerFailed
 from streamkit.settings import ConfigError
+from streamkit.state import inspect as inspect_state
 
 cli = typer.Typer(
     help="streamkit: stream processing for Apache Kafka.",
@@ -192,6 +193,42 @@ def topics(app: AppArg) -> None:
                 f"{name:40} {t.declared_partitions or '-':>8} "
                 f"{on_broker if on_broker is not None else 'missing':>8}  {role}"
             )
+
+    _run(body)
+
+
+@cli.command()
+def tables(
+    args: Annotated[
+        list[str],
+        typer.Argument(help="MODULE:APP | get MODULE:APP TABLE KEY", show_default=False),
+    ],
+    workdir: Annotated[Path | None, typer.Option(help="The workers' state directory.")] = None,
+) -> None:
+    """List the tables in the local workdir (partitions, keys), or read one key."""
+
+    def body() -> None:
+        if args[0] == "get":
+            if len(args) != 4:
+                raise UsageError("usage: streamkit tables get MODULE:APP TABLE KEY")
+            loaded = load_app(args[1])
+            loaded.configure(workdir=workdir)
+            if args[2] not in loaded.tables:
+                raise UsageError(
+                    f"app {loaded.id} has no table {args[2]!r}: {sorted(loaded.tables)}"
+                )
+            found = inspect_state.read_key(loaded, args[2], args[3])
+            if found is None:
+                raise UsageError(f"key {args[3]!r} is not in the local state of {args[2]}")
+            typer.echo(f"{args[2]}[{args[3]!r}] = {found[1]!r}  (partition {found[0]})")
+            return
+        if len(args) != 1:
+            raise UsageError("usage: streamkit tables MODULE:APP | tables get MODULE:APP TABLE KEY")
+        loaded = load_app(args[0])
+        loaded.configure(workdir=workdir)
+        typer.echo(f"{'table':20} {'partition':>9} {'keys':>10}  file")
+        for part in inspect_state.local_partitions(loaded):
+            typer.echo(f"{part.table:20} {part.partition:>9} {part.keys:>10}  {part.path}")
 
     _run(body)
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     linger_ms: int = Field(default=5, ge=0, le=60_000)
     max_batch_size: int = Field(default=256 * 1024, ge=1024)
+    state_cache_entries: int = Field(
+        default=100_000, ge=100, description="Cached keys per table partition (clean + dirty)."
+    )
     topic_replication_factor: int = Field(default=1, ge=1)
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."

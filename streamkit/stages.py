@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamkit.events import Event
@@ -23,6 +23,7 @@ from streamkit.topics import Topic
 if TYPE_CHECKING:
     from streamkit.agents import Agent
     from streamkit.app import App
+    from streamkit.state.table import Table
 
 
 class Traced(BaseException):
@@ -79,6 +80,7 @@ class Stage:
     source: Topic
     ops: tuple[Op, ...]  # this stage's segment: steps, then the exchange if not last
     output: Topic | None  # the internal topic the exchange writes, None for the last stage
+    tables: list[Table[Any, Any]] = field(default_factory=list)  # state the body uses
 
     @property
     def exchange(self) -> Exchange | None:
@@ -146,8 +148,57 @@ def _value_type(exchange: Exchange, seg: tuple[Op, ...], source: Topic) -> Any:
 
 def resolve_partitions(stages: list[Stage]) -> None:
     """An internal topic without a declared count gets its input's count (known once the
-    source topics are verified on the broker)."""
+    source topics are verified on the broker); a changelog gets its stage's input count."""
     for stage in stages:
         out = stage.output
         if out is not None and out.declared_partitions is None:
             out.declared_partitions = out.partitions = stage.source.partitions
+        for table in stage.tables:
+            table.changelog.declared_partitions = stage.source.partitions
+            table.changelog.partitions = stage.source.partitions
+
+
+def referenced_names(fn: Any) -> set[str]:
+    """Global and closure names a function's code (and the code nested in it) refers to."""
+    names: set[str] = set()
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return names
+
+
+def bind_tables(app: App) -> None:
+    """Give each table to the last stage of the agent whose body uses it. A stage whose input
+    was spread by shuffle/rebalance is not partitioned by any key: a table there is refused."""
+    owners: dict[str, Stage] = {}
+    for agent in app.agents.values():
+        stage = agent.stages[-1]
+        scope = {**agent.fn.__globals__}
+        for cell_name, cell in zip(
+            agent.fn.__code__.co_freevars, agent.fn.__closure__ or (), strict=True
+        ):
+            scope[cell_name] = cell.cell_contents
+        used = [
+            obj
+            for obj in (scope.get(n) for n in sorted(referenced_names(agent.fn)))
+            if obj is not None and any(obj is t for t in app.tables.values())
+        ]
+        stage.tables = []
+        for table in used:
+            other = owners.get(table.name)
+            if other is not None and other is not stage:
+                raise AgentShapeError(
+                    f"table {table.name} is used by agents {other.agent.name} and "
+                    f"{agent.name}: a table belongs to the one stage that writes it"
+                )
+            previous = agent.stages[-2].exchange if len(agent.stages) > 1 else None
+            if previous is not None and previous.kind != "key_by":
+                raise AgentShapeError(
+                    f"table {table.name} is used by agent {agent.name} after a "
+                    f"{previous.kind}(), so its input is not partitioned by key: key_by first"
+                )
+            owners[table.name] = stage
+            table.stage = stage
+            stage.tables.append(table)

@@ -60,6 +60,8 @@ def render_text(app: App) -> str:
             n = _count(st.source, stages)
             lines.append(f"  stage {st.name}  x{n} tasks  <- {st.source.name} ({n} partitions)")
             lines.append(f"    {_ops_text(st)}")
+            for table in st.tables:
+                lines.append(f"    state {table.name} <-> {table.changelog.name} (compacted)")
             if st.output is not None:
                 lines.append(
                     f"    => {st.output.name} ({_count(st.output, stages)} partitions, internal)"
@@ -92,6 +94,8 @@ def render_mermaid(app: App) -> str:
         n = _count(st.source, stages)
         lines.append(f'  {node}["{st.name} x{n}<br/>{_ops_text(st)}"]')
         lines.append(f"  {topic_node(st.source)} --> {node}")
+        for table in st.tables:
+            lines.append(f'  {node} <--> tbl_{_node(table.name)}[("table {table.name}")]')
         if st.output is not None:
             exchange = st.exchange
             kind = exchange.kind if exchange is not None else ""

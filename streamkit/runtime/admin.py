@@ -103,10 +103,11 @@ async def ensure_topics(
 
 
 async def ensure_app_topics(app: App, *, client_id: str) -> None:
-    """All of an app's topics: declared ones first, then the internal repartition topics,
-    whose default partition count is that of their input (known only after the first step)."""
+    """All of an app's topics: declared ones first, then repartition and changelog topics,
+    whose partition count defaults to their stage input's (known only after the first step)."""
     stages = app.stages
     outputs = {st.output.name for st in stages if st.output is not None}
+    outputs |= {t.changelog.name for st in stages for t in st.tables}
     await ensure_topics(
         app.settings, [t for t in app.topics.values() if t.name not in outputs], client_id=client_id
     )

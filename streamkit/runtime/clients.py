@@ -26,7 +26,7 @@ def make_producer(settings: Settings, client_id: str, **extra: Any) -> Any:
     )
 
 
-def make_consumer(settings: Settings, group_id: str, client_id: str, **extra: Any) -> Any:
+def make_consumer(settings: Settings, group_id: str | None, client_id: str, **extra: Any) -> Any:
     return AIOKafkaConsumer(
         **connection_options(settings),
         group_id=group_id,

@@ -33,7 +33,7 @@ class RecordCollector:
         self._partition_counts = partition_counts
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
-        self._in_flight: list[asyncio.Future[Any]] = []
+        self._in_flight: list[tuple[int, asyncio.Future[Any]]] = []  # (records, future)
         self._round_robin: dict[str, itertools.cycle[int]] = {}
         self._submit_lock = asyncio.Lock()  # one submitter at a time keeps partition order
         self.records_out = 0
@@ -84,8 +84,9 @@ class RecordCollector:
         async with self._submit_lock:
             while self._full:
                 topic, partition, builder = self._full.pop(0)
+                count = builder.record_count()
                 fut = await self._producer.send_batch(builder, topic, partition=partition)
-                self._in_flight.append(fut)
+                self._in_flight.append((count, fut))
 
     async def submit(self) -> None:
         """Hand every batch, full or not, to the producer (no waiting for the broker)."""
@@ -93,12 +94,19 @@ class RecordCollector:
         self._open = {}
         await self.submit_full()
 
-    async def flush(self) -> None:
-        """Submit everything and wait until the broker acknowledged it all."""
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Submit everything and wait until the broker acknowledged it all. Returns the offset
+        of the last record written to each partition (the changelog offsets state reflects)."""
         await self.submit()
         in_flight, self._in_flight = self._in_flight, []
+        last: dict[tuple[str, int], int] = {}
         if in_flight:
-            await asyncio.gather(*in_flight)
+            metas = await asyncio.gather(*(fut for _, fut in in_flight))
+            for (count, _), meta in zip(in_flight, metas, strict=True):
+                if meta is not None and meta.offset is not None:
+                    tp = (meta.topic, meta.partition)
+                    last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
+        return last
 
     def discard(self) -> None:
         """Drop what was not submitted yet (a fenced or failed task's outputs)."""

@@ -23,6 +23,9 @@ from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.exchange import Router
 from streamkit.serde import DecodeError
 from streamkit.stages import Stage
+from streamkit.state.changelog import ChangelogReader
+from streamkit.state.table import TablePartition
+from streamkit.state.task_tables import TaskTables
 from streamkit.streams import Exchange, Op, Stream, segment
 
 log = logging.getLogger(__name__)
@@ -30,13 +33,15 @@ log = logging.getLogger(__name__)
 
 class TaskState(enum.Enum):
     CREATED = "created"
+    RESTORING = "restoring"
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
 _ALLOWED = {
-    TaskState.CREATED: {TaskState.RUNNING, TaskState.CLOSED},
+    TaskState.CREATED: {TaskState.RESTORING, TaskState.CLOSED},
+    TaskState.RESTORING: {TaskState.RUNNING, TaskState.CLOSING, TaskState.CLOSED},
     TaskState.RUNNING: {TaskState.CLOSING, TaskState.CLOSED},
     TaskState.CLOSING: {TaskState.CLOSED},
     TaskState.CLOSED: set(),
@@ -68,6 +73,8 @@ class Task:
         dlq_topic: str,
         on_agent_error: str,
         on_room: Callable[[], None],
+        state: TaskTables | None = None,
+        reader: ChangelogReader | None = None,
     ) -> None:
         self.stage = stage
         self.agent = stage.agent
@@ -77,7 +84,10 @@ class Task:
         self.dlq_topic = dlq_topic
         self.on_agent_error = on_agent_error
         self._on_room = on_room
-        self.state = TaskState.CREATED
+        self.status = TaskState.CREATED
+        self.state = state  # the tables of this task (None for a stateless stage)
+        self.tables: dict[str, TablePartition] = {}
+        self._reader = reader
         self._records: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.position: int | None = None  # next offset we expect from the fetcher
@@ -88,12 +98,12 @@ class Task:
         self._runner: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"Task({self.stage.name}, {self.topic.name}[{self.partition}], {self.state.value})"
+        return f"Task({self.stage.name}, {self.topic.name}[{self.partition}], {self.status.value})"
 
-    def _set_state(self, new: TaskState) -> None:
-        if new not in _ALLOWED[self.state]:
+    def _set_status(self, new: TaskState) -> None:
+        if new not in _ALLOWED[self.status]:
             raise RuntimeError(f"{self!r}: illegal transition to {new.value}")
-        self.state = new
+        self.status = new
 
     # -- fed by the fetch loop ---------------------------------------------------------------
 
@@ -101,19 +111,25 @@ class Task:
     def buffered(self) -> int:
         return len(self._records)
 
-    def put(self, records: list[Any]) -> None:
-        """Buffer fetched records, skipping any already seen (a re-fetch after a rebalance)."""
-        if self.state is not TaskState.RUNNING:
-            return
+    @property
+    def accepting(self) -> bool:
+        return self.status is TaskState.RUNNING
+
+    def put(self, records: list[Any]) -> bool:
+        """Buffer fetched records, skipping any already seen (a re-fetch after a rebalance).
+        False when the task takes none yet (restoring): the caller rewinds the partition."""
+        if self.status is not TaskState.RUNNING:
+            return False
         if self.position is not None and records[0].offset < self.position:
             records = [r for r in records if r.offset >= self.position]
             if not records:
-                return
+                return True
         self._records.extend(records)
         self.position = records[-1].offset + 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        return True
 
     # -- pulled by the agent's stream (StreamSource) -----------------------------------------
 
@@ -159,7 +175,7 @@ class Task:
         return None
 
     async def wait(self) -> None:
-        if self.state is not TaskState.RUNNING:
+        if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
         await self.collector.submit()
         self._on_room()
@@ -170,7 +186,7 @@ class Task:
             await self._waiter
         finally:
             self._waiter = None
-        if self.state is not TaskState.RUNNING:
+        if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
 
     def _dead_letter(self, rec: Any, reason: str, error_type: str) -> None:
@@ -196,7 +212,7 @@ class Task:
     # -- the agent's coroutine ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._set_state(TaskState.RUNNING)
+        self._set_status(TaskState.RESTORING)
         self._runner = asyncio.create_task(
             self._run(), name=f"streamkit-task-{self.topic.name}-{self.partition}"
         )
@@ -208,6 +224,13 @@ class Task:
     async def _run(self) -> None:
         CURRENT_COLLECTOR.set(self.collector)
         CURRENT_TASK.set(self)
+        if self.state is not None:
+            assert self._reader is not None
+            await self.state.open(self._reader)
+            self.tables = self.state.partitions
+        if self._closing_early():
+            return
+        self._set_status(TaskState.RUNNING)
         stage = self.stage
         if stage.runs_body:
             stream: Stream[Any] = Stream(self)
@@ -218,7 +241,7 @@ class Task:
         while True:
             try:
                 await run_once(stream)
-                if self.state is not TaskState.RUNNING:
+                if self.status is not TaskState.RUNNING:
                     return
                 log.warning("%r: agent returned before its stream ended; restarting it", self)
             except Exception as exc:
@@ -278,12 +301,12 @@ class Task:
 
         Records dropped here were never processed, so their offsets are never committed and
         the next owner of the partition reads them again."""
-        if self.state is TaskState.CLOSED:
+        if self.status is TaskState.CLOSED:
             return
-        if self.state is TaskState.CREATED:
-            self._set_state(TaskState.CLOSED)
+        if self.status is TaskState.CREATED:
+            self._set_status(TaskState.CLOSED)
             return
-        self._set_state(TaskState.CLOSING)
+        self._set_status(TaskState.CLOSING)
         self._records.clear()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -298,7 +321,17 @@ class Task:
                 await asyncio.gather(runner, return_exceptions=True)
             except Exception:
                 pass  # the worker's supervisor reports a failed runner
-        self._set_state(TaskState.CLOSED)
+        self._set_status(TaskState.CLOSED)
+
+    def _closing_early(self) -> bool:
+        """Closed while restoring (a read of `status` after an await: mypy narrows it)."""
+        return self.status is not TaskState.RESTORING
+
+    def close_state(self) -> None:
+        """After the final checkpoint of this task: release its store."""
+        if self.state is not None:
+            self.state.close()
+        self.tables = {}
 
 
 def _ts(event: Event | None) -> int | None:

@@ -15,17 +15,26 @@ from aiokafka.structs import TopicPartition
 from streamkit.app import App
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.task import Task
+from streamkit.state.changelog import ChangelogReader
+from streamkit.state.task_tables import TaskTables
 
 log = logging.getLogger(__name__)
 
 
 class TaskManager:
     def __init__(
-        self, app: App, producer: Any, on_failure: Callable[[BaseException], None]
+        self,
+        app: App,
+        producer: Any,
+        on_failure: Callable[[BaseException], None],
+        reader: ChangelogReader,
+        on_state_full: Callable[[], None],
     ) -> None:
         self._app = app
         self._producer = producer
         self._on_failure = on_failure
+        self._reader = reader
+        self._on_state_full = on_state_full
         self._stages_by_topic = {st.source.name: st for st in app.stages}
         self._partition_counts: dict[str, int] = {}
         self.tasks: dict[TopicPartition, Task] = {}
@@ -46,13 +55,26 @@ class TaskManager:
         for tp in sorted(tps):
             if tp in self.tasks:
                 continue
+            stage = self._stages_by_topic[tp.topic]
+            state = None
+            if stage.tables:
+                state = TaskTables(
+                    self._app.id,
+                    settings.workdir,
+                    stage,
+                    tp.partition,
+                    settings.state_cache_entries,
+                    on_full=self._on_state_full,
+                )
             task = Task(
-                self._stages_by_topic[tp.topic],
+                stage,
                 tp.partition,
                 RecordCollector(self._producer, self._partition_counts),
                 dlq_topic=self._app.dlq.name,
                 on_agent_error=settings.on_agent_error,
                 on_room=self._signal_room,
+                state=state,
+                reader=self._reader,
             )
             self.tasks[tp] = task
             task.start()
@@ -86,14 +108,12 @@ class TaskManager:
             if not records:
                 continue
             task = tasks.get(tp)
-            if task is not None:
-                task.put(records)
-            else:
+            if task is None or not task.put(records):
                 rewind[tp] = records[0].offset
         return rewind
 
     def partitions_with_room(self, limit: int) -> list[TopicPartition]:
-        return [tp for tp, task in self.tasks.items() if task.buffered < limit]
+        return [tp for tp, task in self.tasks.items() if task.accepting and task.buffered < limit]
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:

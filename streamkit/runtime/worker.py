@@ -26,6 +26,7 @@ from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
+from streamkit.state.changelog import ChangelogReader
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,14 @@ class Worker:
         self.settings = app.settings
         self.client_id = f"{app.id}-{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
+        self._checkpoint_due = asyncio.Event()
         self._failure: BaseException | None = None
         self._background: list[asyncio.Task[None]] = []
         self.producer: Any = None
         self.consumer: Any = None
         self.tasks: TaskManager | None = None
         self.checkpointer: Checkpointer | None = None
+        self.reader: ChangelogReader | None = None
 
     # -- control -------------------------------------------------------------------------------
 
@@ -84,7 +87,10 @@ class Worker:
         await ensure_app_topics(app, client_id=self.client_id)
         self.producer = make_producer(settings, self.client_id)
         await self.producer.start()
-        self.tasks = TaskManager(app, self.producer, self.fail)
+        self.reader = ChangelogReader(settings, f"{self.client_id}-restore")
+        self.tasks = TaskManager(
+            app, self.producer, self.fail, self.reader, on_state_full=self.request_checkpoint
+        )
         self.consumer = make_consumer(settings, app.id, self.client_id)
         self.checkpointer = Checkpointer(self.consumer)
         await self.consumer.start()
@@ -108,16 +114,29 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             self.fail(task.exception())  # type: ignore[arg-type]
 
+    def request_checkpoint(self) -> None:
+        """A table cache is full of dirty keys: checkpoint now rather than at the interval."""
+        self._checkpoint_due.set()
+
     async def _commit_loop(self) -> None:
+        """Checkpoint every `commit_interval` (or sooner on request). It ends only between two
+        checkpoints: a checkpoint is never cut in half by the shutdown."""
         assert self.tasks is not None and self.checkpointer is not None
-        while True:
-            await asyncio.sleep(self.settings.commit_interval)
+        due = self._checkpoint_due
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(due.wait(), self.settings.commit_interval)
+            due.clear()
+            if self._stopping.is_set():
+                return
             await self.checkpointer.commit(list(self.tasks.tasks.values()))
 
     async def _stop(self) -> None:
-        # 1. stop fetching and committing on a timer
+        # 1. stop fetching; let the commit loop finish its checkpoint and end
+        self._checkpoint_due.set()
         for task in self._background:
-            task.cancel()
+            if task.get_name() != "streamkit-commit":
+                task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         # 2. every task finishes its in-flight event; 3. final checkpoint
@@ -127,6 +146,11 @@ class Worker:
                 await self.checkpointer.commit(closed)
             except Exception as exc:
                 self.fail(exc)
+            for closed_task in closed:
+                closed_task.close_state()
+        if self.reader is not None:
+            with contextlib.suppress(Exception):
+                await self.reader.stop()
         # 4. leave the group, stop the producer
         if self.consumer is not None:
             with contextlib.suppress(Exception):
@@ -140,6 +164,7 @@ class Worker:
 
     async def on_revoked(self, tps: set[TopicPartition]) -> None:
         assert self.tasks is not None and self.checkpointer is not None
+        closed = []
         try:
             closed = await self.tasks.revoke(tps)
             await self.checkpointer.commit(closed)
@@ -147,6 +172,8 @@ class Worker:
             self.fail(exc)
         finally:
             self.checkpointer.forget(tps)
+            for task in closed:
+                task.close_state()
 
     def on_assigned(self, tps: set[TopicPartition]) -> None:
         assert self.tasks is not None

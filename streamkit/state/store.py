@@ -1,0 +1,165 @@
+"""PartitionStore: one SQLite file per (stage, partition) holding every table of that stage.
+
+Why one file per task rather than per (table, partition): a task's tables and the offsets
+they reflect change together, and one SQLite transaction then covers all of them, so state and
+offsets never drift apart (measured in docs/architecture.md: the same speed either way).
+
+Layout (STRICT tables, keys and values as the table codecs' bytes):
+
+    identity(name TEXT PRIMARY KEY, value TEXT)              app id, stage, partition, tables
+    offsets(topic TEXT, partition INT, offset INT, PK(topic, partition))
+        changelog offsets: the last changelog record this file reflects
+        source offsets: the input offset after the last event it reflects
+    "t:<table>"(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID
+
+Pragmas: WAL, synchronous=NORMAL. NORMAL in WAL mode survives a process crash; only an OS
+crash or power loss can drop the last transactions, and then recovery replays the changelog
+from the older stored offset: the changelog is the source of truth, so FULL buys nothing.
+Two connections: the reader, used only on the event loop's thread for synchronous point
+queries (microseconds, no thread hop), and the writer, used once per checkpoint from a worker
+thread for one transaction. WAL lets them run at once; a key being written is still in the
+table's cache or flushing set, so the reader never needs the uncommitted row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "1"
+
+
+class StoreMismatch(Exception):
+    """The file belongs to another app, stage, partition or table layout."""
+
+
+def _table(name: str) -> str:
+    return '"t:' + name.replace('"', '""') + '"'
+
+
+class PartitionStore:
+    def __init__(self, path: Path, identity: Mapping[str, str], tables: list[str]) -> None:
+        self.path = path
+        self.tables = tables
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._reader: sqlite3.Connection | None = None
+        try:
+            self._open(identity)
+            self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except Exception:
+            self._db.close()
+            raise
+
+    def _open(self, identity: Mapping[str, str]) -> None:
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        db.execute("CREATE TABLE IF NOT EXISTS identity(name TEXT PRIMARY KEY, value TEXT) STRICT")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS offsets(topic TEXT, partition INTEGER, offset INTEGER,"
+            " PRIMARY KEY(topic, partition)) STRICT"
+        )
+        for name in self.tables:
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {_table(name)}"
+                "(k BLOB PRIMARY KEY, v BLOB NOT NULL) STRICT, WITHOUT ROWID"
+            )
+        wanted = {**identity, "layout": LAYOUT, "tables": json.dumps(sorted(self.tables))}
+        found = dict(db.execute("SELECT name, value FROM identity").fetchall())
+        if not found:
+            with self.transaction():
+                db.executemany("INSERT INTO identity VALUES (?, ?)", wanted.items())
+        elif found != wanted:
+            raise StoreMismatch(f"store identity {found} is not {wanted}")
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._db.close()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        assert self._reader is not None
+        return self._reader
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        sql = f"SELECT v FROM {_table(table)} WHERE k = ?"
+        row = self.reader.execute(sql, (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def scan(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        yield from self.reader.execute(f"SELECT k, v FROM {_table(table)}").fetchall()
+
+    def count(self, table: str) -> int:
+        return int(self.reader.execute(f"SELECT count(*) FROM {_table(table)}").fetchone()[0])
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        rows = self.reader.execute("SELECT topic, partition, offset FROM offsets").fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def apply(
+        self,
+        changes: Mapping[str, Mapping[bytes, bytes | None]],
+        offsets: Mapping[tuple[str, int], int],
+    ) -> None:
+        """Write changed keys (None = delete) and the offsets they reflect, atomically
+        (the writer connection: call it from one thread at a time)."""
+        db = self._db
+        with self.transaction():
+            for table, rows in changes.items():
+                name = _table(table)
+                upserts = [(k, v) for k, v in rows.items() if v is not None]
+                deletes = [(k,) for k, v in rows.items() if v is None]
+                if upserts:
+                    db.executemany(f"INSERT OR REPLACE INTO {name}(k, v) VALUES (?, ?)", upserts)
+                if deletes:
+                    db.executemany(f"DELETE FROM {name} WHERE k = ?", deletes)
+            db.executemany(
+                "INSERT OR REPLACE INTO offsets(topic, partition, offset) VALUES (?, ?, ?)",
+                [(t, p, o) for (t, p), o in offsets.items()],
+            )
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def open_store(path: Path, identity: Mapping[str, str], tables: list[str]) -> PartitionStore:
+    """Open (or create) a store; a corrupt file or one from another layout is set aside as
+    `<name>.bad-<time>` and a fresh, empty store is returned (recovery then replays the whole
+    changelog)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return PartitionStore(path, identity, tables)
+    except (sqlite3.DatabaseError, StoreMismatch) as exc:
+        aside = path.with_name(f"{path.name}.bad-{int(time.time() * 1000)}")
+        log.error("state store %s unusable (%s); set aside as %s, rebuilding", path, exc, aside)
+        path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(aside.with_name(aside.name + suffix))
+        return PartitionStore(path, identity, tables)

@@ -1,0 +1,196 @@
+"""Table: per-key state, used inside an agent as a mapping of the current partition's keys.
+
+`table[k]` resolves the partition from the task running the calling agent code, then hits
+that partition's write-back cache (`TablePartition`); a miss reads one row from SQLite. Writes
+only touch the cache and mark the key dirty; the checkpoint turns dirty keys into changelog
+records and one SQLite transaction. The cache is bounded: clean entries are evicted oldest
+first, and too many dirty ones ask for an early checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from streamkit.serde import RAW, Codec, codec_for
+from streamkit.state.store import PartitionStore
+from streamkit.topics import Topic
+
+if TYPE_CHECKING:
+    from streamkit.stages import Stage
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_MISSING: Any = object()
+_DELETED: Any = object()
+
+
+class TablePartition:
+    """One table's keys on one partition: cache over the task's SQLite store."""
+
+    def __init__(
+        self,
+        table: Table[Any, Any],
+        partition: int,
+        store: PartitionStore,
+        max_entries: int,
+        on_full: Callable[[], None],
+    ) -> None:
+        self.table = table
+        self.name = table.name
+        self.partition = partition
+        self.store = store
+        self.max_entries = max_entries
+        self._on_full = on_full
+        self._key_codec = table.key_codec
+        self._value_codec = table.value_codec
+        self.cache: dict[Any, Any] = {}
+        self.dirty: set[Any] = set()
+        # Changes taken by a checkpoint but not yet in SQLite: a key evicted meanwhile must
+        # not be read back stale from the store.
+        self.flushing: dict[bytes, bytes | None] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any, default: Any = _MISSING) -> Any:
+        value = self.cache.get(key, _MISSING)
+        if value is _MISSING:
+            self.misses += 1
+            encoded = self._key_codec.encode(key)
+            raw = self.flushing.get(encoded, _MISSING)
+            if raw is _MISSING:
+                raw = self.store.get(self.name, encoded)
+            value = _DELETED if raw is None else self._value_codec.decode(raw)
+            self.cache[key] = value
+            self._bound()
+        else:
+            self.hits += 1
+        if value is _DELETED:
+            return default
+        return value
+
+    def set(self, key: Any, value: Any) -> None:
+        cache = self.cache
+        if key not in cache:
+            cache[key] = value
+            self._bound()
+        else:
+            cache[key] = value
+        self.dirty.add(key)
+
+    def delete(self, key: Any) -> bool:
+        existed = self.get(key) is not _MISSING
+        self.cache[key] = _DELETED
+        self.dirty.add(key)
+        return existed
+
+    def _bound(self) -> None:
+        cache = self.cache
+        if len(cache) <= self.max_entries:
+            return
+        dirty = self.dirty
+        target = int(self.max_entries * 0.9)
+        for key in list(cache):  # oldest first (dict order is insertion order)
+            if len(cache) <= target:
+                break
+            if key not in dirty:
+                del cache[key]
+        if len(cache) > self.max_entries:
+            self._on_full()  # mostly dirty: ask for an early checkpoint
+
+    def take_dirty(self) -> dict[bytes, bytes | None]:
+        """Encoded changes since the last call (the checkpoint's snapshot); keys turn clean."""
+        encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
+        cache = self.cache
+        changes = {}
+        for key in self.dirty:
+            value = cache[key]
+            changes[encode_key(key)] = None if value is _DELETED else encode_value(value)
+        self.dirty = set()
+        self.flushing = changes
+        return changes
+
+    def iter_keys(self) -> Iterator[Any]:
+        """Keys of this partition: the store's, overlaid with the cache's changes."""
+        decode = self._key_codec.decode
+        seen = set()
+        for raw, _ in self.store.scan(self.name):
+            key = decode(raw)
+            seen.add(key)
+            if self.cache.get(key, _MISSING) is not _DELETED:
+                yield key
+        for key, value in list(self.cache.items()):
+            if key not in seen and value is not _DELETED:
+                yield key
+
+
+class Table(Generic[K, V]):
+    """`app.table("spent", default=float)`: a mapping per partition, backed by SQLite and the
+    compacted changelog topic `{app_id}-{name}-changelog`."""
+
+    def __init__(
+        self,
+        name: str,
+        changelog: Topic,
+        *,
+        default: Callable[[], V] | None = None,
+        key_type: Any = str,
+        value_type: Any = None,
+    ) -> None:
+        self.name = name
+        self.changelog = changelog
+        self.default = default
+        self.key_type = key_type
+        self.value_type = value_type
+        self.key_codec: Codec[Any] = RAW if key_type is bytes else codec_for(key_type)
+        self.value_codec: Codec[Any] = codec_for(value_type)
+        self.stage: Stage | None = None  # the stage that owns and writes it (set at start)
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r})"
+
+    def _local(self) -> TablePartition:
+        from streamkit.runtime.task import CURRENT_TASK
+
+        task = CURRENT_TASK.get(None)
+        part = None if task is None else task.tables.get(self.name)
+        if part is None:
+            where = "outside an agent" if task is None else f"in stage {task.stage.name}"
+            raise RuntimeError(
+                f"table {self.name} used {where}: use it in the body of the agent that owns it"
+            )
+        return part
+
+    def __getitem__(self, key: K) -> V:
+        value = self._local().get(key)
+        if value is _MISSING:
+            if self.default is None:
+                raise KeyError(key)
+            return self.default()
+        return value  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._local().set(key, value)
+
+    def __delitem__(self, key: K) -> None:
+        if not self._local().delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return self._local().get(key) is not _MISSING
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        value = self._local().get(key)
+        return default if value is _MISSING else value
+
+    def __iter__(self) -> Iterator[K]:
+        return self._local().iter_keys()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._local().iter_keys())
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        local = self._local()
+        for key in local.iter_keys():
+            yield key, local.get(key)

@@ -1,0 +1,111 @@
+"""TaskTables: the tables of one task (stage, partition): its store, caches and restore."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streamkit.state.changelog import ChangelogReader, describe_sources
+from streamkit.state.store import PartitionStore, open_store
+from streamkit.state.table import TablePartition
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from streamkit.runtime.collector import RecordCollector
+    from streamkit.stages import Stage
+
+
+def store_path(workdir: Path, app_id: str, stage: Stage, partition: int) -> Path:
+    return workdir / app_id / stage.name / f"{partition}.sqlite"
+
+
+class TaskTables:
+    def __init__(
+        self,
+        app_id: str,
+        workdir: Path,
+        stage: Stage,
+        partition: int,
+        cache_entries: int,
+        on_full: Callable[[], None],
+    ) -> None:
+        self.stage = stage
+        self.partition = partition
+        self.tables = list(stage.tables)
+        self.path = store_path(workdir, app_id, stage, partition)
+        self._identity = {
+            "app": app_id,
+            "stage": stage.name,
+            "source": stage.source.name,
+            "partition": str(partition),
+        }
+        self._cache_entries = cache_entries
+        self._on_full = on_full
+        self.store: PartitionStore | None = None
+        self.partitions: dict[str, TablePartition] = {}
+        self.replayed = 0
+
+    async def open(self, reader: ChangelogReader) -> None:
+        """Open (or rebuild) the store, replay the changelog tail, build the caches."""
+        names = [t.name for t in self.tables]
+        self.store = await asyncio.to_thread(open_store, self.path, self._identity, names)
+        self.replayed = await reader.restore(
+            self.store, describe_sources(self.tables, self.partition)
+        )
+        self.partitions = {
+            t.name: TablePartition(
+                t, self.partition, self.store, self._cache_entries, self._on_full
+            )
+            for t in self.tables
+        }
+        log.debug("%s: open, %d changelog records replayed", self.path, self.replayed)
+
+    def snapshot(self, collector: RecordCollector) -> dict[str, dict[bytes, bytes | None]]:
+        """Checkpoint step: take every dirty key and append it to its changelog partition."""
+        changes = {}
+        for name, part in self.partitions.items():
+            rows = part.take_dirty()
+            if not rows:
+                continue
+            changes[name] = rows
+            topic = part.table.changelog.name
+            for key, value in rows.items():
+                collector.append(topic, key, value, partition=self.partition)
+        return changes
+
+    async def write(
+        self,
+        changes: dict[str, dict[bytes, bytes | None]],
+        written: dict[tuple[str, int], int],
+        source_offset: tuple[str, int, int] | None,
+    ) -> None:
+        """Checkpoint step: the snapshot and the offsets it reflects, in one transaction."""
+        assert self.store is not None
+        offsets = {
+            tp: off
+            for tp, off in written.items()
+            if any(t.changelog.name == tp[0] for t in self.tables) and tp[1] == self.partition
+        }
+        if source_offset is not None:
+            topic, partition, offset = source_offset
+            offsets[(topic, partition)] = offset
+        if changes or offsets:
+            await asyncio.to_thread(self.store.apply, changes, offsets)
+            log.debug(
+                "%s: wrote %s at %s", self.path, {n: len(c) for n, c in changes.items()}, offsets
+            )
+        for name in changes:
+            self.partitions[name].flushing = {}
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def stats(tables: TaskTables) -> dict[str, Any]:
+    return {name: (p.hits, p.misses, len(p.cache)) for name, p in tables.partitions.items()}
