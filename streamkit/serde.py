@@ -8,6 +8,7 @@ A failure to decode raises `DecodeError`, which the stream turns into a dead let
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -26,7 +27,13 @@ class Codec(Protocol[T]):
 
     def encode(self, obj: T) -> bytes: ...
 
-    def decode(self, data: bytes) -> T: ...
+    def decode(self, data: bytes) -> T:
+        """Decode or raise DecodeError with a readable reason."""
+
+    @property
+    def loads(self) -> Callable[[bytes], T]:
+        """The bare decoding function for the hot path: it raises ValueError on bad input
+        (then call `decode` for the reason)."""
 
 
 class RawCodec:
@@ -42,6 +49,10 @@ class RawCodec:
     def decode(self, data: bytes) -> bytes:
         return data
 
+    @property
+    def loads(self) -> Callable[[bytes], bytes]:
+        return bytes
+
 
 class StrCodec:
     name = "str"
@@ -54,6 +65,10 @@ class StrCodec:
             return data.decode()
         except UnicodeDecodeError as exc:
             raise DecodeError(f"not UTF-8: {exc}") from None
+
+    @property
+    def loads(self) -> Callable[[bytes], str]:
+        return bytes.decode
 
 
 def _json_default(obj: Any) -> Any:
@@ -73,6 +88,10 @@ class JsonCodec:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"invalid JSON: {exc}") from None
+
+    @property
+    def loads(self) -> Callable[[bytes], Any]:
+        return orjson.loads
 
 
 class ModelCodec(Generic[M]):
@@ -98,6 +117,10 @@ class ModelCodec(Generic[M]):
                 for e in exc.errors()[:5]
             )
             raise DecodeError(f"invalid {self.model.__name__}: {problems}") from None
+
+    @property
+    def loads(self) -> Callable[[bytes], M]:
+        return self.model.model_validate_json
 
 
 RAW = RawCodec()

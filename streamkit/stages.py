@@ -36,12 +36,14 @@ class AgentShapeError(Exception):
 
 
 class _Tracer:
-    current: Event | None = None
+    @property
+    def current(self) -> Event | None:
+        return None
 
     def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
         raise Traced(ops)
 
-    def next_event(self) -> Event | None:
+    def next_value(self) -> Any:
         raise AssertionError("unreachable: bind raises first")
 
     async def wait(self) -> None:

@@ -22,6 +22,7 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 SKIP: Any = object()  # what a filter step returns for a value it drops
+NOTHING: Any = object()  # what a source returns when nothing is buffered
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,16 @@ def _keep_if(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
 class StreamSource(Protocol):
     """Hands out events of one partition, in order."""
 
-    current: Event | None
+    @property
+    def current(self) -> Event | None:
+        """The event being processed."""
 
     def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
         """Called on first iteration with the stream's whole chain; returns this source's
         segment of it (the tracer raises here instead, to learn the chain)."""
 
-    def next_event(self) -> Event | None:
-        """Mark the current event processed and return the next buffered one, or None."""
+    def next_value(self) -> Any:
+        """Mark the current event processed; the next buffered event's value, or NOTHING."""
 
     async def wait(self) -> None:
         """Block until more events are buffered; raise StopAsyncIteration when closed."""
@@ -124,11 +127,10 @@ class Stream(Generic[T]):
             steps = self._steps = compile_steps(self._source.bind(self._ops))
         source = self._source
         while True:
-            event = source.next_event()
-            if event is None:
+            value = source.next_value()
+            if value is NOTHING:
                 await source.wait()
                 continue
-            value: Any = event.value
             for step in steps:
                 value = step(value)
                 if value is SKIP:
@@ -149,13 +151,14 @@ class Stream(Generic[T]):
         source = self._source
         source.bind(self._ops)
         while True:
-            event = source.next_event()
-            if event is None:
+            if source.next_value() is NOTHING:
                 try:
                     await source.wait()
                 except StopAsyncIteration:
                     return
                 continue
+            event = source.current
+            assert event is not None
             yield event
 
     def _then(self, op: Op) -> Stream[Any]:

@@ -74,13 +74,12 @@ class Topic:
                 f"Topic({self.name!r}).send() was called outside a running agent; "
                 "use `async with app.producer() as p: await p.send(topic, ...)`"
             )
-        collector.append(
+        if collector.append(
             self.name,
             self.encode_key(key),
             self.encode_value(value),
             headers=headers,
             timestamp_ms=timestamp_ms,
             partition=partition,
-        )
-        if collector.has_full_batches:
+        ):
             await collector.submit_full()

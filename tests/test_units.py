@@ -13,7 +13,7 @@ from streamkit.events import Event
 from streamkit.runtime.collector import partition_for_key
 from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
 from streamkit.settings import load_settings
-from streamkit.streams import Op
+from streamkit.streams import NOTHING, Op
 
 
 class Item(BaseModel):
@@ -77,11 +77,11 @@ class ListSource:
     def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
         return ops
 
-    def next_event(self) -> Event | None:
+    def next_value(self) -> object:
         if self.current is not None:
             self.done.append(self.current.offset)
         self.current = self._events.popleft() if self._events else None
-        return self.current
+        return NOTHING if self.current is None else self.current.value
 
     async def wait(self) -> None:
         raise StopAsyncIteration

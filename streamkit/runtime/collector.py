@@ -9,22 +9,41 @@ owns one collector, so under exactly-once its outputs can be bound to its own tr
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
+import time
 from contextvars import ContextVar
 from typing import Any
 
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 
 from streamkit.events import Headers
+
+
+class ProduceFailed(Exception):
+    """Outputs could not be handed to or written by the broker: the worker must stop, never
+    treat it as a bad event."""
+
+
+# aiokafka 0.14's `send_batch` waits for the partition's previous batch with a timeout that it
+# shrinks by the *cumulative* elapsed time on every pass (message_accumulator.add_batch), so
+# when several tasks feed one partition it can give up after a second or two instead of
+# `request_timeout_ms`. The batch was not queued then, so we retry until our own deadline.
+SUBMIT_DEADLINE = 60.0
 
 # The collector of the task whose agent code is running (set once per task coroutine).
 CURRENT_COLLECTOR: ContextVar[RecordCollector] = ContextVar("streamkit_collector")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_for_key(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner: `toPositive(murmur2(key)) % partitions`, as in Java."""
+    """Kafka's default partitioner: `toPositive(murmur2(key)) % partitions`, as in Java.
+    (aiokafka's murmur2 is pure Python: hot keys are remembered.)"""
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+_NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: the builder only reads it
 
 
 class RecordCollector:
@@ -34,9 +53,8 @@ class RecordCollector:
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[tuple[int, asyncio.Future[Any]]] = []  # (records, future)
-        self._round_robin: dict[str, itertools.cycle[int]] = {}
+        self._sticky: dict[str, int] = {}  # keyless records: one partition per batch
         self._submit_lock = asyncio.Lock()  # one submitter at a time keeps partition order
-        self.records_out = 0
 
     def append(
         self,
@@ -47,51 +65,73 @@ class RecordCollector:
         headers: Headers | None = None,
         timestamp_ms: int | None = None,
         partition: int | None = None,
-    ) -> None:
-        """Add one encoded record to the open batch of its destination partition."""
+    ) -> bool:
+        """Add one encoded record to the open batch of its destination partition. Keyed
+        records go where Java would put them; keyless ones stick to one partition per batch
+        (as Java's sticky partitioner does). True when a batch filled up (`submit_full`)."""
         if partition is None:
-            partition = self._choose_partition(topic, key)
+            if key is not None:
+                partition = partition_for_key(key, self._partition_counts[topic])
+            else:
+                partition = self._sticky.get(topic)
+                if partition is None:
+                    partition = self._next_sticky(topic)
+        if not headers:
+            headers = _NO_HEADERS
+        elif type(headers) is not list:  # consumed records carry a tuple; the builder wants lists
+            headers = list(headers)
         tp = (topic, partition)
         builder = self._open.get(tp)
         if builder is None:
             builder = self._open[tp] = self._producer.create_batch()
-        meta = builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers or [])
-        if meta is None:  # batch full: queue it, start another
-            self._full.append((topic, partition, builder))
-            builder = self._open[tp] = self._producer.create_batch()
-            meta = builder.append(
-                timestamp=timestamp_ms, key=key, value=value, headers=headers or []
-            )
-            if meta is None:
-                raise ValueError(f"record for {topic} is larger than max_batch_size")
-        self.records_out += 1
+        if builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers):
+            return False
+        # batch full: queue it, start another
+        self._full.append((topic, partition, builder))
+        builder = self._open[tp] = self._producer.create_batch()
+        if not builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers):
+            raise ValueError(f"record for {topic} is larger than max_batch_size")
+        if key is None:
+            self._next_sticky(topic)
+        return True
 
-    def _choose_partition(self, topic: str, key: bytes | None) -> int:
-        count = self._partition_counts[topic]
-        if key is not None:
-            return partition_for_key(key, count)
-        cycle = self._round_robin.get(topic)
-        if cycle is None:
-            cycle = self._round_robin[topic] = itertools.cycle(range(count))
-        return next(cycle)
-
-    @property
-    def has_full_batches(self) -> bool:
-        return bool(self._full)
+    def _next_sticky(self, topic: str) -> int:
+        previous = self._sticky.get(topic, -1)
+        partition = self._sticky[topic] = (previous + 1) % self._partition_counts[topic]
+        return partition
 
     async def submit_full(self) -> None:
         """Hand the batches that filled up to the producer."""
         async with self._submit_lock:
             while self._full:
-                topic, partition, builder = self._full.pop(0)
+                topic, partition, builder = self._full[0]
                 count = builder.record_count()
-                fut = await self._producer.send_batch(builder, topic, partition=partition)
+                fut = await self._send_batch(builder, topic, partition)
+                self._full.pop(0)
                 self._in_flight.append((count, fut))
+
+    async def _send_batch(self, builder: Any, topic: str, partition: int) -> Any:
+        deadline = time.monotonic() + SUBMIT_DEADLINE
+        while True:
+            try:
+                return await self._producer.send_batch(builder, topic, partition=partition)
+            except KafkaTimeoutError as exc:
+                if time.monotonic() > deadline:
+                    raise ProduceFailed(
+                        f"could not queue a batch for {topic}[{partition}] in "
+                        f"{SUBMIT_DEADLINE:.0f}s"
+                    ) from exc
+            except KafkaError as exc:
+                raise ProduceFailed(f"producing to {topic}[{partition}]: {exc!r}") from exc
 
     async def submit(self) -> None:
         """Hand every batch, full or not, to the producer (no waiting for the broker)."""
+        if not self._open and not self._full:
+            return
         self._full.extend((t, p, b) for (t, p), b in self._open.items())
         self._open = {}
+        for topic in self._sticky:  # the next keyless batch goes to the next partition
+            self._next_sticky(topic)
         await self.submit_full()
 
     async def flush(self) -> dict[tuple[str, int], int]:
@@ -101,7 +141,10 @@ class RecordCollector:
         in_flight, self._in_flight = self._in_flight, []
         last: dict[tuple[str, int], int] = {}
         if in_flight:
-            metas = await asyncio.gather(*(fut for _, fut in in_flight))
+            try:
+                metas = await asyncio.gather(*(fut for _, fut in in_flight))
+            except KafkaError as exc:
+                raise ProduceFailed(f"a batch was not written: {exc!r}") from exc
             for (count, _), meta in zip(in_flight, metas, strict=True):
                 if meta is not None and meta.offset is not None:
                     tp = (meta.topic, meta.partition)

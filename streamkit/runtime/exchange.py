@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from streamkit.events import Event
 from streamkit.runtime.collector import RecordCollector, partition_for_key
 from streamkit.streams import Exchange
 from streamkit.topics import Topic
@@ -29,7 +28,9 @@ class Router:
         self._key = exchange.key
         self._kind = exchange.kind
 
-    def route(self, value: Any, event: Event, collector: RecordCollector) -> None:
+    def route(self, value: Any, rec: Any, collector: RecordCollector) -> bool:
+        """Append `value` (from the consumed record `rec`) for its next partition; True when a
+        batch filled up."""
         output = self.output
         key: bytes | None
         if self._kind == "key_by":
@@ -37,17 +38,17 @@ class Router:
             key = output.key_codec.encode(self._key(value))
             partition = partition_for_key(key, self._count)
         elif self._kind == "rebalance":
-            key = event.raw_key
+            key = rec.key
             partition = self._next
             self._next = (partition + 1) % self._count
         else:  # shuffle
-            key = event.raw_key
+            key = rec.key
             partition = self._random.randrange(self._count)
-        collector.append(
+        return collector.append(
             self.topic,
             key,
             output.encode_value(value),
-            headers=event.headers,
-            timestamp_ms=event.timestamp_ms,
+            headers=rec.headers,
+            timestamp_ms=rec.timestamp,
             partition=partition,
         )

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from streamkit.events import Event, Record
-from streamkit.runtime.collector import CURRENT_COLLECTOR, RecordCollector
+from streamkit.runtime.collector import CURRENT_COLLECTOR, ProduceFailed, RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.exchange import Router
 from streamkit.serde import DecodeError
@@ -26,7 +26,7 @@ from streamkit.stages import Stage
 from streamkit.state.changelog import ChangelogReader
 from streamkit.state.table import TablePartition
 from streamkit.state.task_tables import TaskTables
-from streamkit.streams import Exchange, Op, Stream, segment
+from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class Task:
         self.stage = stage
         self.agent = stage.agent
         self.topic = stage.source
+        self._loads_key = stage.source.key_codec.loads
+        self._loads_value = stage.source.value_codec.loads
         self.partition = partition
         self.collector = collector
         self.dlq_topic = dlq_topic
@@ -92,7 +94,10 @@ class Task:
         self._waiter: asyncio.Future[None] | None = None
         self.position: int | None = None  # next offset we expect from the fetcher
         self.committable: int | None = None  # offset after the last processed record
-        self.current: Event | None = None
+        self._rec: Any = None  # the raw record being processed (ConsumerRecord)
+        self._key: Any = None
+        self._value: Any = None
+        self._event: Event | None = None
         self.events_in = 0
         self.dead_letters = 0
         self._runner: asyncio.Task[None] | None = None
@@ -143,41 +148,67 @@ class Task:
             )
         return segment(ops, self.stage.index)
 
-    def next_event(self) -> Event | None:
-        current = self.current
-        if current is not None:
-            self.committable = current.offset + 1
-            self.current = None
-        records = self._records
-        topic = self.topic
-        while records:
-            rec = records.popleft()
-            try:
-                key = None if rec.key is None else topic.key_codec.decode(rec.key)
-                value = None if rec.value is None else topic.value_codec.decode(rec.value)
-            except DecodeError as exc:
-                self._dead_letter(rec, str(exc), "DecodeError")
-                continue
-            self.events_in += 1
-            event = Event(
+    @property
+    def current(self) -> Event | None:
+        """The event being processed, built on first use (the hot path never needs it)."""
+        rec = self._rec
+        if rec is None:
+            return None
+        event = self._event
+        if event is None:
+            event = self._event = Event(
                 rec.topic,
                 rec.partition,
                 rec.offset,
-                key,
-                value,
+                self._key,
+                self._value,
                 rec.timestamp,
                 rec.headers,
                 rec.key,
                 rec.value,
             )
-            self.current = event
-            return event
-        return None
+        return event
+
+    def next_value(self) -> Any:
+        rec = self._rec
+        if rec is not None:
+            self.committable = rec.offset + 1
+            self._rec = self._event = None
+        records = self._records
+        loads_key, loads_value = self._loads_key, self._loads_value
+        while records:
+            rec = records.popleft()
+            raw_key, raw_value = rec.key, rec.value
+            try:
+                key = None if raw_key is None else loads_key(raw_key)
+                value = None if raw_value is None else loads_value(raw_value)
+            except ValueError:
+                self._dead_letter(rec, self._decode_problem(rec), "DecodeError")
+                continue
+            self.events_in += 1
+            self._rec, self._key, self._value = rec, key, value
+            return value
+        return NOTHING
+
+    def _decode_problem(self, rec: Any) -> str:
+        """The codec's own explanation of why `rec` does not decode."""
+        try:
+            for codec, raw in (
+                (self.topic.key_codec, rec.key),
+                (self.topic.value_codec, rec.value),
+            ):
+                if raw is not None:
+                    codec.decode(raw)
+        except DecodeError as exc:
+            return str(exc)
+        return "does not decode"
 
     async def wait(self) -> None:
         if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
         await self.collector.submit()
+        if self._closing():  # closed while submitting: nobody will wake us
+            raise StopAsyncIteration
         self._on_room()
         if self._records:
             return
@@ -244,11 +275,13 @@ class Task:
                 if self.status is not TaskState.RUNNING:
                     return
                 log.warning("%r: agent returned before its stream ended; restarting it", self)
+            except ProduceFailed:
+                raise  # not the event's fault: the worker stops, the event is read again
             except Exception as exc:
                 failed = self.current
                 if failed is None:
                     raise  # raised outside any event: a bug in the agent body
-                self.current = None
+                self._rec = self._event = None
                 if self.on_agent_error == "stop":
                     raise AgentStopped(
                         f"agent {self.agent.name} raised on {failed.topic}[{failed.partition}]"
@@ -263,8 +296,7 @@ class Task:
         router = Router(exchange, output, self.partition)
         collector = self.collector
         async for value in stream:
-            router.route(value, self.current, collector)  # type: ignore[arg-type]
-            if collector.has_full_batches:
+            if router.route(value, self._rec, collector):
                 await collector.submit_full()
 
     async def _run_agent_once(self, stream: Stream[Any]) -> None:
@@ -272,29 +304,32 @@ class Task:
             await self.agent.fn(stream)
             return
         sinks = self.agent.sinks
-        collector = self.collector
+        plain = [(sink.name, sink.value_codec.encode) for sink in sinks]
+        append = self.collector.append
         async for out in self.agent.fn(stream):
-            if not sinks:
-                continue
-            current = self.current
-            if isinstance(out, Record):
+            rec = self._rec
+            full = False
+            if type(out) is Record:
                 ts = out.timestamp_ms
-                headers = out.headers
+                if ts is None and rec is not None:
+                    ts = rec.timestamp
                 for sink in sinks:
-                    collector.append(
+                    full |= append(
                         sink.name,
                         sink.encode_key(out.key),
                         sink.encode_value(out.value),
-                        headers=headers,
-                        timestamp_ms=ts if ts is not None else _ts(current),
+                        headers=out.headers,
+                        timestamp_ms=ts,
                     )
+            elif rec is not None:  # the common case: keep the input's key and time
+                key, ts = rec.key, rec.timestamp
+                for name, encode in plain:
+                    full |= append(name, key, None if out is None else encode(out), timestamp_ms=ts)
             else:
-                key = None if current is None else current.raw_key
-                ts = _ts(current)
-                for sink in sinks:
-                    collector.append(sink.name, key, sink.encode_value(out), timestamp_ms=ts)
-            if collector.has_full_batches:
-                await collector.submit_full()
+                for name, encode in plain:
+                    full |= append(name, None, None if out is None else encode(out))
+            if full:
+                await self.collector.submit_full()
 
     async def close(self, grace: float) -> None:
         """Stop after the in-flight event: drop what is buffered, let the agent finish.
@@ -323,6 +358,9 @@ class Task:
                 pass  # the worker's supervisor reports a failed runner
         self._set_status(TaskState.CLOSED)
 
+    def _closing(self) -> bool:
+        return self.status is not TaskState.RUNNING
+
     def _closing_early(self) -> bool:
         """Closed while restoring (a read of `status` after an await: mypy narrows it)."""
         return self.status is not TaskState.RESTORING
@@ -332,10 +370,6 @@ class Task:
         if self.state is not None:
             self.state.close()
         self.tables = {}
-
-
-def _ts(event: Event | None) -> int | None:
-    return None if event is None else event.timestamp_ms
 
 
 class _AsRecord:

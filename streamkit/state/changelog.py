@@ -26,22 +26,26 @@ BATCH = 20_000
 
 class ChangelogReader:
     def __init__(self, settings: Settings, client_id: str) -> None:
-        self._consumer = make_consumer(
-            settings, group_id=None, client_id=client_id, max_poll_records=BATCH
-        )
+        self._settings = settings
+        self._client_id = client_id
+        self._consumer: Any = None  # made on the first restore: stateless apps need none
         self._lock = asyncio.Lock()  # one restore at a time: they share the consumer
-        self._started = False
 
     async def stop(self) -> None:
-        if self._started:
+        if self._consumer is not None:
             await self._consumer.stop()
 
     async def restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
         """`sources`: table name → its changelog partition. Returns records replayed."""
         async with self._lock:
-            if not self._started:
+            if self._consumer is None:
+                self._consumer = make_consumer(
+                    self._settings,
+                    group_id=None,
+                    client_id=self._client_id,
+                    max_poll_records=BATCH,
+                )
                 await self._consumer.start()
-                self._started = True
             return await self._restore(store, sources)
 
     async def _restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
