@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     state_cache_entries: int = Field(
         default=100_000, ge=100, description="Cached keys per table partition (clean + dirty)."
     )
+    standby_replicas: int = Field(
+        default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
+    )
     topic_replication_factor: int = Field(default=1, ge=1)
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."

@@ -15,8 +15,9 @@ from aiokafka.structs import TopicPartition
 from streamkit.app import App
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.task import Task
+from streamkit.stages import Stage
 from streamkit.state.changelog import ChangelogReader
-from streamkit.state.task_tables import TaskTables
+from streamkit.state.task_tables import TaskTables, store_path
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,34 @@ class TaskManager:
         self._stages_by_topic = {st.source.name: st for st in app.stages}
         self._partition_counts: dict[str, int] = {}
         self.tasks: dict[TopicPartition, Task] = {}
+        self.last_owned: set[TopicPartition] = set()  # what we held before the rebalance
         self.room = asyncio.Event()  # set when some task drained its buffer
 
     @property
     def source_topics(self) -> list[str]:
         return sorted(self._stages_by_topic)
+
+    @property
+    def stages_by_topic(self) -> dict[str, Stage]:
+        return dict(self._stages_by_topic)
+
+    def stateful_topics(self) -> set[str]:
+        return {t for t, stage in self._stages_by_topic.items() if stage.tables}
+
+    def owned(self) -> set[TopicPartition]:
+        return set(self.tasks) | self.last_owned
+
+    def local_state(self) -> set[TopicPartition]:
+        """Partitions with a store on this worker's disk (assignor metadata)."""
+        found = set()
+        for topic, stage in self._stages_by_topic.items():
+            if not stage.tables:
+                continue
+            folder = store_path(self._app.settings.workdir, self._app.id, stage, 0).parent
+            for path in folder.glob("*.sqlite"):
+                if path.stem.isdigit():
+                    found.add(TopicPartition(topic, int(path.stem)))
+        return found
 
     def _signal_room(self) -> None:
         self.room.set()
@@ -93,6 +117,7 @@ class TaskManager:
     async def revoke(self, tps: Iterable[TopicPartition]) -> list[Task]:
         """Close the tasks of `tps` (each finishes its in-flight event); return them."""
         closing = [self.tasks.pop(tp) for tp in tps if tp in self.tasks]
+        self.last_owned = {TopicPartition(t.topic.name, t.partition) for t in closing}
         timeout = self._app.settings.shutdown_timeout
         await asyncio.gather(*(task.close(timeout) for task in closing))
         if closing:

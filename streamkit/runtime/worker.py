@@ -22,11 +22,13 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
 from streamkit.runtime.admin import ensure_app_topics
+from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.state.changelog import ChangelogReader
+from streamkit.state.standby import Standbys
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class Worker:
         self.tasks: TaskManager | None = None
         self.checkpointer: Checkpointer | None = None
         self.reader: ChangelogReader | None = None
+        self.standbys: Standbys | None = None
+        self.assignor: Any = None
 
     # -- control -------------------------------------------------------------------------------
 
@@ -91,12 +95,24 @@ class Worker:
         self.tasks = TaskManager(
             app, self.producer, self.fail, self.reader, on_state_full=self.request_checkpoint
         )
-        self.consumer = make_consumer(settings, app.id, self.client_id)
+        self.assignor = StreamkitAssignor(
+            self.tasks.stateful_topics,
+            settings.standby_replicas,
+            self.tasks.owned,
+            self.tasks.local_state,
+        )
+        self.standbys = Standbys(
+            app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
+        )
+        self.consumer = make_consumer(
+            settings, app.id, self.client_id, partition_assignment_strategy=(self.assignor,)
+        )
         self.checkpointer = Checkpointer(self.consumer)
         await self.consumer.start()
         self.consumer.subscribe(self.tasks.source_topics, listener=_Listener(self))
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
+        self._spawn("standby", self.standbys.run())
         log.info(
             "worker %s started: app %s, agents %s, broker %s",
             self.client_id,
@@ -151,6 +167,8 @@ class Worker:
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 await self.reader.stop()
+        if self.standbys is not None:
+            await self.standbys.close()
         # 4. leave the group, stop the producer
         if self.consumer is not None:
             with contextlib.suppress(Exception):
@@ -175,9 +193,15 @@ class Worker:
             for task in closed:
                 task.close_state()
 
-    def on_assigned(self, tps: set[TopicPartition]) -> None:
-        assert self.tasks is not None
+    async def on_assigned(self, tps: set[TopicPartition]) -> None:
+        assert self.tasks is not None and self.standbys is not None
         if self._stopping.is_set():
+            return
+        try:
+            # standbys first: one that became active must release its store before the task
+            await self.standbys.update(self.assignor.standbys - tps)
+        except Exception as exc:  # aiokafka would only log it
+            self.fail(exc)
             return
         self.tasks.assign(tps)
 
@@ -190,4 +214,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker.on_assigned(assigned)
+        await self._worker.on_assigned(assigned)

@@ -49,10 +49,15 @@ class TaskTables:
         self.partitions: dict[str, TablePartition] = {}
         self.replayed = 0
 
-    async def open(self, reader: ChangelogReader) -> None:
-        """Open (or rebuild) the store, replay the changelog tail, build the caches."""
+    async def open_store(self) -> None:
+        """Open the store (a corrupt or foreign file is set aside and a new one made)."""
         names = [t.name for t in self.tables]
         self.store = await asyncio.to_thread(open_store, self.path, self._identity, names)
+
+    async def open(self, reader: ChangelogReader) -> None:
+        """Open (or rebuild) the store, replay the changelog tail, build the caches."""
+        await self.open_store()
+        assert self.store is not None
         self.replayed = await reader.restore(
             self.store, describe_sources(self.tables, self.partition)
         )
@@ -62,7 +67,7 @@ class TaskTables:
             )
             for t in self.tables
         }
-        log.debug("%s: open, %d changelog records replayed", self.path, self.replayed)
+        log.info("%s: open, %d changelog records replayed", self.path, self.replayed)
 
     def snapshot(self, collector: RecordCollector) -> dict[str, dict[bytes, bytes | None]]:
         """Checkpoint step: take every dirty key and append it to its changelog partition."""

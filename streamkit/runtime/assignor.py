@@ -1,0 +1,156 @@
+"""The group's partition assignor: balanced per topic, sticky, state-aware, with standbys.
+
+Each worker's JoinGroup metadata carries (as JSON user data) the partitions it owned before
+this rebalance and those it holds local state for (a store on disk, warm from a standby or an
+earlier ownership). The leader's `plan` is a pure function of that:
+
+1. Per topic, each member may own at most ceil(partitions / members).
+2. A partition stays with its previous owner while that owner is under its limit (sticky).
+3. Otherwise it goes to a member holding its state, else to the least-loaded member.
+4. For partitions of stateful stages, `standby_replicas` other members (those with state
+   first, then the least-loaded) tail its changelogs; each member learns its standbys from the
+   assignment's user data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+from aiokafka.structs import TopicPartition
+
+TP = tuple[str, int]
+
+
+@dataclass
+class MemberInfo:
+    topics: set[str]
+    owned: set[TP] = field(default_factory=set)
+    state: set[TP] = field(default_factory=set)
+
+
+@dataclass
+class Plan:
+    active: dict[str, list[TP]]
+    standby: dict[str, list[TP]]
+
+
+def plan(
+    partitions: Mapping[str, int],
+    members: Mapping[str, MemberInfo],
+    stateful: set[str],
+    standby_replicas: int,
+) -> Plan:
+    ids = sorted(members)
+    active: dict[str, list[TP]] = {m: [] for m in ids}
+    load: Counter[str] = Counter()
+    owner: dict[TP, str] = {}
+    for topic in sorted(partitions):
+        subscribed = [m for m in ids if topic in members[m].topics]
+        if not subscribed:
+            continue
+        limit = math.ceil(partitions[topic] / len(subscribed))
+        per_topic: Counter[str] = Counter()
+
+        def give(tp: TP, member: str, per_topic: Counter[str] = per_topic) -> None:
+            active[member].append(tp)
+            per_topic[member] += 1
+            load[member] += 1
+            owner[tp] = member
+
+        tps = [(topic, p) for p in range(partitions[topic])]
+        rest = []
+        for tp in tps:  # 2. sticky
+            previous = next((m for m in subscribed if tp in members[m].owned), None)
+            if previous is not None and per_topic[previous] < limit:
+                give(tp, previous)
+            else:
+                rest.append(tp)
+        for tp in rest:  # 3. where its state is, else the least loaded
+            room = [m for m in subscribed if per_topic[m] < limit]
+            warm = [m for m in room if tp in members[m].state]
+            pick = min(warm or room, key=lambda m: (per_topic[m], load[m], m))
+            give(tp, pick)
+    standby: dict[str, list[TP]] = {m: [] for m in ids}
+    if standby_replicas > 0:
+        standby_load: Counter[str] = Counter()
+        for tp in sorted(owner):
+            if tp[0] not in stateful:
+                continue
+            others = [m for m in ids if m != owner[tp] and tp[0] in members[m].topics]
+            others.sort(key=lambda m: (tp not in members[m].state, standby_load[m], m))
+            for m in others[:standby_replicas]:
+                standby[m].append(tp)
+                standby_load[m] += 1
+    return Plan(active, standby)
+
+
+def _tps(items: Iterable[Any]) -> set[TP]:
+    return {(str(t), int(p)) for t, p in items}
+
+
+class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+    """aiokafka's pluggable assignor interface, fed by the worker's callbacks."""
+
+    name = "streamkit"
+    version = 1
+
+    def __init__(
+        self,
+        stateful_topics: Callable[[], set[str]],
+        standby_replicas: int,
+        owned: Callable[[], set[TopicPartition]],
+        local_state: Callable[[], set[TopicPartition]],
+    ) -> None:
+        self._stateful_topics = stateful_topics
+        self._standby_replicas = standby_replicas
+        self._owned = owned
+        self._local_state = local_state
+        self.standbys: set[TopicPartition] = set()
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        info = {
+            "owned": sorted((tp.topic, tp.partition) for tp in self._owned()),
+            "state": sorted((tp.topic, tp.partition) for tp in self._local_state()),
+        }
+        return ConsumerProtocolMemberMetadata(self.version, sorted(topics), orjson.dumps(info))
+
+    def assign(
+        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        infos = {}
+        for member_id, meta in members.items():
+            data = orjson.loads(meta.user_data) if meta.user_data else {}
+            infos[member_id] = MemberInfo(
+                set(meta.subscription), _tps(data.get("owned", [])), _tps(data.get("state", []))
+            )
+        topics = {t for info in infos.values() for t in info.topics}
+        partitions = {}
+        for topic in topics:
+            found = cluster.partitions_for_topic(topic)
+            if found:
+                partitions[topic] = max(found) + 1
+        result = plan(partitions, infos, self._stateful_topics(), self._standby_replicas)
+        assignments = {}
+        for member_id in members:
+            by_topic: dict[str, list[int]] = defaultdict(list)
+            for topic, p in result.active[member_id]:
+                by_topic[topic].append(p)
+            user = orjson.dumps({"standby": sorted(result.standby[member_id])})
+            assignments[member_id] = ConsumerProtocolMemberAssignment(
+                self.version, sorted((t, sorted(ps)) for t, ps in by_topic.items()), user
+            )
+        return assignments
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        data = orjson.loads(assignment.user_data) if assignment.user_data else {}
+        self.standbys = {TopicPartition(t, p) for t, p in data.get("standby", [])}
