@@ -167,6 +167,7 @@ def referenced_names(fn: Any) -> set[str]:
     while codes:
         code = codes.pop()
         names.update(code.co_names)
+        names.update(code.co_freevars)
         codes.extend(c for c in code.co_consts if inspect.iscode(c))
     return names
 

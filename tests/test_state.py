@@ -16,7 +16,7 @@ import pytest
 
 import streamkit as sk
 from streamkit.state import inspect as inspect_state
-from tests.kafkahelp import WorkerProcess, produce, read_all, wait_until
+from tests.kafkahelp import WorkerProcess, end_offsets, produce, read_all, wait_until
 
 USERS = 40
 
@@ -193,3 +193,76 @@ async def test_kill_9_then_restart_restores_state(uid: str, tmp_path: Path) -> N
         assert value["count"] >= count[user]
     state = inspect_state.read_all(shop_app(uid, wd), "count")
     assert state == {u: v["count"] for u, v in last.items()}
+
+
+def replayed_after_last_rebalance(log: str) -> list[int]:
+    tail = log.rsplit("revoked", 1)[-1]
+    return [
+        int(line.split("open, ")[1].split()[0]) for line in tail.splitlines() if "open, " in line
+    ]
+
+
+async def test_a_standby_takes_over_replaying_only_the_tail(uid: str, tmp_path: Path) -> None:
+    env = {"STREAMKIT_STANDBY_REPLICAS": "1"}
+    rows = purchases(5000, seed=5)
+    a = shop_worker(uid, tmp_path / "a", tmp_path, "a")
+    b = shop_worker(uid, tmp_path / "b", tmp_path, "b")
+    a.env.update(env)
+    b.env.update(env)
+    a.start()
+    b.start()
+    try:
+        await holding(a, b)
+        await send(uid, rows[:4000])
+        await read_all(f"totals-{uid}", expect=4000, within=60)
+        # every partition has one owner and one standby: both workdirs hold all 4 stores
+        app_b = shop_app(uid, tmp_path / "b")
+        await wait_until(
+            lambda: (
+                {p.partition for p in inspect_state.local_partitions(app_b)} == {0, 1, 2, 3}
+                and "standbys:" in b.log()
+            ),
+            within=60,
+            what="b to hold standbys",
+        )
+        changelog = await end_offsets(f"shop-{uid}-count-changelog")
+        await wait_until(
+            lambda: _standby_caught_up(app_b, uid, changelog), within=60, what="standbys current"
+        )
+        a.signal(signal.SIGTERM)  # a leaves: b owns everything now
+        assert a.wait(30) == 0
+        await wait_until(
+            lambda: len(replayed_after_last_rebalance(b.log())) >= 4,
+            within=60,
+            what="b to open all four stores",
+        )
+        await send(uid, rows[4000:])
+        records = await read_all(f"totals-{uid}", expect=5000, within=60)
+    finally:
+        a.stop()
+        b.stop()
+    replayed = replayed_after_last_rebalance(b.log())
+    assert all(changelog[p] > 0 for p in range(4)), "every standby had a changelog to follow"
+    total = sum(changelog.values()) * 2  # two tables
+    assert sum(replayed) <= total * 0.05, (replayed, total)
+    _spent, count = oracle(rows)
+    assert {u: v["count"] for u, v in last_totals(records).items()} == count
+
+
+def _standby_caught_up(app: sk.App, uid: str, ends: dict[int, int]) -> bool:
+    import sqlite3
+
+    for part in inspect_state.local_partitions(app):
+        if part.table != "count":
+            continue
+        db = sqlite3.connect(f"file:{part.path}?mode=ro", uri=True)
+        try:
+            rows = dict(
+                ((t, p), o)
+                for t, p, o in db.execute("SELECT topic, partition, offset FROM offsets")
+            )
+        finally:
+            db.close()
+        if rows.get((f"shop-{uid}-count-changelog", part.partition), -1) < ends[part.partition] - 1:
+            return False
+    return True

@@ -24,7 +24,7 @@ from streamkit.runtime.exchange import Router
 from streamkit.serde import DecodeError
 from streamkit.stages import Stage
 from streamkit.state.changelog import ChangelogReader
-from streamkit.state.table import TablePartition
+from streamkit.state.table import TableNotBound, TablePartition
 from streamkit.state.task_tables import TaskTables
 from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
 
@@ -275,7 +275,7 @@ class Task:
                 if self.status is not TaskState.RUNNING:
                     return
                 log.warning("%r: agent returned before its stream ended; restarting it", self)
-            except ProduceFailed:
+            except (ProduceFailed, TableNotBound):
                 raise  # not the event's fault: the worker stops, the event is read again
             except Exception as exc:
                 failed = self.current

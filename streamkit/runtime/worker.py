@@ -58,6 +58,10 @@ class Worker:
 
     # -- control -------------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def request_stop(self) -> None:
         self._stopping.set()
 

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 K = TypeVar("K")
 V = TypeVar("V")
 
+
+class TableNotBound(Exception):
+    """A table used from code that does not own it: a mistake in the app, not in an event."""
+
+
 _MISSING: Any = object()
 _DELETED: Any = object()
 
@@ -42,6 +47,7 @@ class TablePartition:
         self.partition = partition
         self.store = store
         self.max_entries = max_entries
+        self._limit = max_entries  # the size at which the next eviction scan runs
         self._on_full = on_full
         self._key_codec = table.key_codec
         self._value_codec = table.value_codec
@@ -72,32 +78,35 @@ class TablePartition:
 
     def set(self, key: Any, value: Any) -> None:
         cache = self.cache
+        self.dirty.add(key)  # before any eviction: a dirty key is never evicted
         if key not in cache:
             cache[key] = value
             self._bound()
         else:
             cache[key] = value
-        self.dirty.add(key)
 
     def delete(self, key: Any) -> bool:
         existed = self.get(key) is not _MISSING
-        self.cache[key] = _DELETED
         self.dirty.add(key)
+        self.cache[key] = _DELETED
         return existed
 
     def _bound(self) -> None:
         cache = self.cache
-        if len(cache) <= self.max_entries:
+        if len(cache) <= self._limit:
             return
         dirty = self.dirty
         target = int(self.max_entries * 0.9)
-        for key in list(cache):  # oldest first (dict order is insertion order)
-            if len(cache) <= target:
-                break
-            if key not in dirty:
-                del cache[key]
+        if len(dirty) < target:
+            for key in list(cache):  # oldest first (dict order is insertion order)
+                if len(cache) <= target:
+                    break
+                if key not in dirty:
+                    del cache[key]
         if len(cache) > self.max_entries:
             self._on_full()  # mostly dirty: ask for an early checkpoint
+        # scan again only after another tenth of the bound: amortized O(1) per insert
+        self._limit = max(self.max_entries, len(cache) + self.max_entries // 10)
 
     def take_dirty(self) -> dict[bytes, bytes | None]:
         """Encoded changes since the last call (the checkpoint's snapshot); keys turn clean."""
@@ -109,6 +118,7 @@ class TablePartition:
             changes[encode_key(key)] = None if value is _DELETED else encode_value(value)
         self.dirty = set()
         self.flushing = changes
+        self._limit = self.max_entries  # now evictable: scan at the bound again
         return changes
 
     def iter_keys(self) -> Iterator[Any]:
@@ -157,8 +167,9 @@ class Table(Generic[K, V]):
         part = None if task is None else task.tables.get(self.name)
         if part is None:
             where = "outside an agent" if task is None else f"in stage {task.stage.name}"
-            raise RuntimeError(
-                f"table {self.name} used {where}: use it in the body of the agent that owns it"
+            raise TableNotBound(
+                f"table {self.name} used {where}: use it in the body of the agent that owns "
+                "it (a table belongs to the last stage of the agent whose code names it)"
             )
         return part
 
