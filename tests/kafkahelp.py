@@ -165,7 +165,8 @@ class WorkerProcess:
 
     def __init__(self, spec: str, env: dict[str, str], log_path: Path) -> None:
         self.spec = spec
-        self.env = {**os.environ, **env}
+        # the broker's minimum session timeout: a killed worker's partitions move sooner
+        self.env = {**os.environ, "STREAMKIT_SESSION_TIMEOUT_MS": "6000", **env}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -96,3 +96,37 @@ def test_map_filter_and_processed_marking() -> None:
 
     assert asyncio.run(collect()) == [10, 30, 50]
     assert source.done == [0, 1, 2, 3, 4]  # filtered-out events count as processed
+
+
+def test_a_table_after_rebalance_is_refused_at_start() -> None:
+    app = sk.App("tables-check")
+    src = app.topic("tables-in", partitions=2)
+    totals = app.table("totals", default=int)
+
+    @app.agent(src)
+    async def spread(stream: sk.Stream[dict[str, int]]) -> None:
+        async for v in stream.rebalance(partitions=4):
+            totals[v["k"]] += 1
+
+    with pytest.raises(sk.ConfigError, match=r"after a rebalance\(\).*key_by first"):
+        _ = app.stages
+
+
+def test_a_table_binds_to_the_stage_after_key_by_with_its_partition_count() -> None:
+    app = sk.App("tables-bind")
+    src = app.topic("bind-in", partitions=2)
+    totals = app.table("totals", default=int)
+
+    @app.agent(src)
+    async def by_key(stream: sk.Stream[dict[str, int]]) -> None:
+        async for v in stream.key_by("k", partitions=6):
+            totals[v["k"]] += 1
+
+    stages = app.stages
+    assert [t.name for t in stages[1].tables] == ["totals"] and not stages[0].tables
+    from streamkit.stages import resolve_partitions
+
+    src.partitions = 2
+    resolve_partitions(stages)
+    assert totals.changelog.partitions == 6
+    assert totals.changelog.config == {"cleanup.policy": "compact"}

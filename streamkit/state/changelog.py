@@ -44,6 +44,7 @@ class ChangelogReader:
                     group_id=None,
                     client_id=self._client_id,
                     max_poll_records=BATCH,
+                    fetch_max_wait_ms=50,  # restoring: never idle at a partition's end
                 )
                 await self._consumer.start()
             return await self._restore(store, sources)
@@ -63,6 +64,7 @@ class ChangelogReader:
                 consumer.seek(tp, start)
                 pending[tp] = ends[tp]
         replayed = 0
+        writing: asyncio.Task[None] | None = None  # apply batch n while fetching n+1
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=500)
             changes: dict[str, dict[bytes, bytes | None]] = {}
@@ -75,10 +77,14 @@ class ChangelogReader:
                     reached[(tp.topic, tp.partition)] = records[-1].offset
                     replayed += len(records)
             if reached:
-                await asyncio.to_thread(store.apply, changes, reached)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(asyncio.to_thread(store.apply, changes, reached))
             for tp in list(pending):
                 if await consumer.position(tp) >= pending[tp]:
                     del pending[tp]
+        if writing is not None:
+            await writing
         consumer.assign([])
         if replayed:
             elapsed = time.monotonic() - started
