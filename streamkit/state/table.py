@@ -112,7 +112,7 @@ class TablePartition:
         """Encoded changes since the last call (the checkpoint's snapshot); keys turn clean."""
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
         cache = self.cache
-        changes = {}
+        changes: dict[bytes, bytes | None] = {}
         for key in self.dirty:
             value = cache[key]
             if value is _DELETED:
