@@ -72,7 +72,12 @@ class Cluster:
         await self.admin.create_topics([NewTopic(name, partitions, 1) for name in names])
         while True:  # wait until the metadata shows every partition
             metas = await self.admin.describe_topics(list(names))
-            if all(m["error_code"] == 0 and len(m["partitions"]) == partitions for m in metas):
+            if all(
+                m["error_code"] == 0
+                and len(m["partitions"]) == partitions
+                and all(p["leader"] >= 0 for p in m["partitions"])
+                for m in metas
+            ):
                 return
             await asyncio.sleep(0.1)
 
