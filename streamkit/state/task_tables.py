@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from streamkit.state.changelog import ChangelogReader, describe_sources
 from streamkit.state.store import PartitionStore, open_store
@@ -110,7 +110,3 @@ class TaskTables:
         if self.store is not None:
             self.store.close()
             self.store = None
-
-
-def stats(tables: TaskTables) -> dict[str, Any]:
-    return {name: (p.hits, p.misses, len(p.cache)) for name, p in tables.partitions.items()}
