@@ -158,6 +158,8 @@ async def running(app: sk.App) -> AsyncIterator[Worker]:
     finally:
         worker.request_stop()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]  # the worker failed while the body ran
 
 
 class WorkerProcess:
