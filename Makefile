@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 KAFKA := $(PY) scripts/localkafka.py
 
-.PHONY: demo test lint unit kafka-up kafka-down kafka-status bench clean
+.PHONY: demo test lint unit chaos kafka-up kafka-down kafka-status bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ lint: $(STAMP)
 
 test: lint
 	$(KAFKA) run -- $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The long crash test: CHAOS_KILLS kill -9s of random workers while CHAOS_EVENTS purchases flow
+# (CI runs the same test with 20 kills and 6000 purchases). CHAOS_SEED replays a run.
+CHAOS_KILLS ?= 100
+CHAOS_EVENTS ?= 50000
+chaos: $(STAMP)
+	CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_EVENTS=$(CHAOS_EVENTS) $(KAFKA) run -- \
+		$(PY) -m pytest -q -ra -s tests/test_exactly_once.py -k kill_9
 
 kafka-up: $(STAMP)
 	@$(KAFKA) up

@@ -26,7 +26,7 @@ class Purchase(BaseModel):
 
 APP_ID = os.environ.get("SHOP_APP_ID", "shop")  # tests run private copies
 
-app = sk.App(APP_ID, commit_interval=0.5)
+app = sk.App(APP_ID, commit_interval=0.5, processing_guarantee="exactly_once")
 purchases = app.topic(
     os.environ.get("SHOP_PURCHASES", "purchases"), value_type=Purchase, partitions=4
 )

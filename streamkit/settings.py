@@ -28,9 +28,18 @@ class Settings(BaseSettings):
         default="localhost:9092",
         description="Bootstrap servers, `host:port[,host:port]`, optionally `kafka://`-prefixed.",
     )
-    processing_guarantee: Literal["at_least_once"] = Field(
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         default="at_least_once",
-        description="Delivery guarantee. at_least_once: flush outputs, then commit offsets.",
+        description=(
+            "Delivery guarantee. at_least_once: flush outputs, then commit offsets (a crash "
+            "replays, so some outputs repeat). exactly_once: one Kafka transaction per input "
+            "partition commits its outputs, changelog records and offsets together."
+        ),
+    )
+    transaction_timeout_ms: int = Field(
+        default=60_000,
+        ge=1000,
+        description="exactly_once: the broker aborts a transaction left open this long.",
     )
     commit_interval: float = Field(
         default=1.0, gt=0, le=3600, description="Seconds between checkpoints."

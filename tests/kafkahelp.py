@@ -95,14 +95,21 @@ async def end_offsets(topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def read_all(topic: str, *, expect: int | None = None, within: float = 30.0) -> list[Any]:
-    """Every committed record of `topic` (read_committed). With `expect`, wait until that many
-    are there, then read a little longer to catch any extra (duplicates)."""
+async def read_all(
+    topic: str,
+    *,
+    expect: int | None = None,
+    within: float = 30.0,
+    isolation: str = "read_committed",
+) -> list[Any]:
+    """Every committed record of `topic` (or every record, `isolation="read_uncommitted"`).
+    With `expect`, wait until that many are there, then read a little longer to catch any
+    extra (duplicates); without, read to the end of every partition."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap(),
         auto_offset_reset="earliest",
-        isolation_level="read_committed",
+        isolation_level=isolation,
         enable_auto_commit=False,
         group_id=None,
     )
@@ -111,14 +118,21 @@ async def read_all(topic: str, *, expect: int | None = None, within: float = 30.
     try:
         deadline = time.monotonic() + within
         quiet_until: float | None = None
+        ends: dict[Any, int] = {}
+        if expect is None:  # everything up to the current end of every partition
+            parts = consumer.partitions_for_topic(topic) or set()
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
         while True:
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 records.extend(recs)
             now = time.monotonic()
             if expect is None:
-                if not batch:
+                positions = [await consumer.position(tp) for tp in ends]
+                if all(pos >= end for pos, end in zip(positions, ends.values(), strict=True)):
                     break
+                if now > deadline:
+                    raise AssertionError(f"{topic}: not read to its end in {within}s")
                 continue
             if len(records) >= expect:
                 quiet_until = quiet_until or now + 1.0

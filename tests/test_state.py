@@ -3,85 +3,24 @@ follows its partition. Real `streamkit worker apps.shop:app` processes on privat
 
 from __future__ import annotations
 
-import collections
-import importlib
 import os
-import random
 import signal
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
-import streamkit as sk
 from streamkit.state import inspect as inspect_state
-from tests.kafkahelp import WorkerProcess, end_offsets, produce, read_all, wait_until
-
-USERS = 40
-
-
-def shop_env(uid: str, workdir: Path) -> dict[str, str]:
-    return {
-        "SHOP_APP_ID": f"shop-{uid}",
-        "SHOP_PURCHASES": f"purchases-{uid}",
-        "SHOP_TOTALS": f"totals-{uid}",
-        "STREAMKIT_WORKDIR": str(workdir),
-    }
-
-
-def shop_app(uid: str, workdir: Path) -> sk.App:
-    """The same app the workers run, loaded here to read their local state."""
-    os.environ.update(shop_env(uid, workdir))
-    app: sk.App = importlib.reload(importlib.import_module("apps.shop")).app
-    return app
-
-
-def purchases(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    return [
-        {"user_id": f"user_{rng.randrange(USERS)}", "amount": rng.randrange(1, 500) / 4, "ts": i}
-        for i in range(n)
-    ]
-
-
-def oracle(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int]]:
-    spent: dict[str, float] = collections.defaultdict(float)
-    count: dict[str, int] = collections.Counter()
-    for r in rows:
-        spent[r["user_id"]] += r["amount"]
-        count[r["user_id"]] += 1
-    return dict(spent), dict(count)
-
-
-def shop_worker(uid: str, workdir: Path, logs: Path, name: str) -> WorkerProcess:
-    return WorkerProcess("apps.shop:app", shop_env(uid, workdir), logs / f"{name}.log")
-
-
-async def send(uid: str, rows: list[dict[str, Any]]) -> None:
-    await produce(f"purchases-{uid}", [orjson.dumps(r) for r in rows])
-
-
-async def holding(*workers: WorkerProcess) -> None:
-    await wait_until(
-        lambda: all("assigned" in w.log().rsplit("revoked", 1)[-1] for w in workers),
-        within=90,
-        what="workers holding partitions",
-    )
-
-
-def last_totals(records: list[Any]) -> dict[str, dict[str, Any]]:
-    last = {}
-    for r in records:  # per key, totals arrive in order (one partition per user)
-        value = orjson.loads(r.value)
-        last[value["user_id"]] = value
-    return last
-
-
-def assert_state(app: sk.App, rows: list[dict[str, Any]]) -> None:
-    spent, count = oracle(rows)
-    assert inspect_state.read_all(app, "count") == count
-    assert inspect_state.read_all(app, "spent") == pytest.approx(spent)
+from tests.kafkahelp import read_all, wait_until
+from tests.shophelp import (
+    assert_state,
+    holding,
+    last_totals,
+    oracle,
+    purchases,
+    send,
+    shop_app,
+    shop_worker,
+)
 
 
 async def test_counts_are_exact_across_a_graceful_restart(uid: str, tmp_path: Path) -> None:
@@ -184,85 +123,11 @@ async def test_kill_9_then_restart_restores_state(uid: str, tmp_path: Path) -> N
         records = await read_all(f"totals-{uid}", expect=4000, within=90)
     finally:
         survivor.stop()
-    # At-least-once: events after the last commit may count twice, none is lost, and the
-    # restored state goes on from what the changelog held (never from zero).
-    _spent, count = oracle(rows)
+    # apps.shop runs exactly-once: the restored state goes on from the last committed
+    # transaction (never from zero) and no event counts twice.
+    spent, count = oracle(rows)
+    assert len(records) == 4000
     last = last_totals(records)
-    assert set(last) == set(count)
-    for user, value in last.items():
-        assert value["count"] >= count[user]
-    state = inspect_state.read_all(shop_app(uid, wd), "count")
-    assert state == {u: v["count"] for u, v in last.items()}
-
-
-def replayed_after_last_rebalance(log: str) -> list[int]:
-    tail = log.rsplit("revoked", 1)[-1]
-    return [
-        int(line.split("open, ")[1].split()[0]) for line in tail.splitlines() if "open, " in line
-    ]
-
-
-async def test_a_standby_takes_over_replaying_only_the_tail(uid: str, tmp_path: Path) -> None:
-    env = {"STREAMKIT_STANDBY_REPLICAS": "1"}
-    rows = purchases(5000, seed=5)
-    a = shop_worker(uid, tmp_path / "a", tmp_path, "a")
-    b = shop_worker(uid, tmp_path / "b", tmp_path, "b")
-    a.env.update(env)
-    b.env.update(env)
-    a.start()
-    b.start()
-    try:
-        await holding(a, b)
-        await send(uid, rows[:4000])
-        await read_all(f"totals-{uid}", expect=4000, within=60)
-        # every partition has one owner and one standby: both workdirs hold all 4 stores
-        app_b = shop_app(uid, tmp_path / "b")
-        await wait_until(
-            lambda: (
-                {p.partition for p in inspect_state.local_partitions(app_b)} == {0, 1, 2, 3}
-                and "standbys:" in b.log()
-            ),
-            within=60,
-            what="b to hold standbys",
-        )
-        changelog = await end_offsets(f"shop-{uid}-count-changelog")
-        await wait_until(
-            lambda: _standby_caught_up(app_b, uid, changelog), within=60, what="standbys current"
-        )
-        a.signal(signal.SIGTERM)  # a leaves: b owns everything now
-        assert a.wait(30) == 0
-        await wait_until(
-            lambda: len(replayed_after_last_rebalance(b.log())) >= 4,
-            within=60,
-            what="b to open all four stores",
-        )
-        await send(uid, rows[4000:])
-        records = await read_all(f"totals-{uid}", expect=5000, within=60)
-    finally:
-        a.stop()
-        b.stop()
-    replayed = replayed_after_last_rebalance(b.log())
-    assert all(changelog[p] > 0 for p in range(4)), "every standby had a changelog to follow"
-    total = sum(changelog.values()) * 2  # two tables
-    assert sum(replayed) <= total * 0.05, (replayed, total)
-    _spent, count = oracle(rows)
-    assert {u: v["count"] for u, v in last_totals(records).items()} == count
-
-
-def _standby_caught_up(app: sk.App, uid: str, ends: dict[int, int]) -> bool:
-    import sqlite3
-
-    for part in inspect_state.local_partitions(app):
-        if part.table != "count":
-            continue
-        db = sqlite3.connect(f"file:{part.path}?mode=ro", uri=True)
-        try:
-            rows = dict(
-                ((t, p), o)
-                for t, p, o in db.execute("SELECT topic, partition, offset FROM offsets")
-            )
-        finally:
-            db.close()
-        if rows.get((f"shop-{uid}-count-changelog", part.partition), -1) < ends[part.partition] - 1:
-            return False
-    return True
+    assert {u: v["count"] for u, v in last.items()} == count
+    assert {u: v["total"] for u, v in last.items()} == pytest.approx(spent)
+    assert_state(shop_app(uid, wd), rows)

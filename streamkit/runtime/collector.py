@@ -2,8 +2,12 @@
 
 `append` is synchronous and cheap (encode is done by the caller, the record goes into an
 aiokafka `BatchBuilder`); `submit` hands open batches to the producer without waiting for the
-broker; `flush` submits and then waits for every delivery, raising the first failure. A task
-owns one collector, so under exactly-once its outputs can be bound to its own transaction.
+broker; `flush` submits and then waits for every delivery, raising the first failure.
+
+Under exactly-once a task owns one collector bound to its own transactional producer. The
+checkpoint `seal`s the collector (everything appended so far belongs to the transaction being
+committed) and lets the task go on: what it appends next is *held* (kept in batches, never handed
+to the producer) until `release`, after the transaction committed and the next one began.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 
 from streamkit.events import Headers
@@ -30,6 +34,7 @@ class ProduceFailed(Exception):
 # when several tasks feed one partition it can give up after a second or two instead of
 # `request_timeout_ms`. The batch was not queued then, so we retry until our own deadline.
 SUBMIT_DEADLINE = 60.0
+HELD_BATCHES = 64  # full batches a held collector keeps before its task waits for the release
 
 # The collector of the task whose agent code is running (set once per task coroutine).
 CURRENT_COLLECTOR: ContextVar[RecordCollector] = ContextVar("streamkit_collector")
@@ -47,14 +52,26 @@ _NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: the builder only rea
 
 
 class RecordCollector:
-    def __init__(self, producer: Any, partition_counts: dict[str, int]) -> None:
+    def __init__(
+        self, producer: Any, partition_counts: dict[str, int], *, transactional: bool = False
+    ) -> None:
         self._producer = producer
+        # Transactional: a failed send is kept for the checkpoint (which drops the task's
+        # uncommitted work) instead of stopping the worker.
+        self._transactional = transactional
+        self.error: ProduceFailed | None = None
         self._partition_counts = partition_counts
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[tuple[int, asyncio.Future[Any]]] = []  # (records, future)
         self._sticky: dict[str, int] = {}  # keyless records: one partition per batch
         self._submit_lock = asyncio.Lock()  # one submitter at a time keeps partition order
+        self._released = asyncio.Event()  # cleared while held (exactly-once checkpoint running)
+        self._released.set()
+
+    @property
+    def producer(self) -> Any:
+        return self._producer
 
     def append(
         self,
@@ -101,12 +118,23 @@ class RecordCollector:
         return partition
 
     async def submit_full(self) -> None:
-        """Hand the batches that filled up to the producer."""
+        """Hand the batches that filled up to the producer (held: keep them, and wait for the
+        release once too many are waiting)."""
+        while not self._released.is_set():
+            if len(self._full) < HELD_BATCHES:
+                return
+            await self._released.wait()
         async with self._submit_lock:
-            while self._full:
+            while self._full and self.error is None:
                 topic, partition, builder = self._full[0]
                 count = builder.record_count()
-                fut = await self._send_batch(builder, topic, partition)
+                try:
+                    fut = await self._send_batch(builder, topic, partition)
+                except ProduceFailed as exc:
+                    if not self._transactional:
+                        raise
+                    self.error = exc  # the transaction is lost: the checkpoint will say so
+                    return
                 self._full.pop(0)
                 self._in_flight.append((count, fut))
 
@@ -121,12 +149,12 @@ class RecordCollector:
                         f"could not queue a batch for {topic}[{partition}] in "
                         f"{SUBMIT_DEADLINE:.0f}s"
                     ) from exc
-            except KafkaError as exc:
+            except (KafkaError, IllegalOperation) as exc:
                 raise ProduceFailed(f"producing to {topic}[{partition}]: {exc!r}") from exc
 
     async def submit(self) -> None:
         """Hand every batch, full or not, to the producer (no waiting for the broker)."""
-        if not self._open and not self._full:
+        if (not self._open and not self._full) or not self._released.is_set():
             return
         self._full.extend((t, p, b) for (t, p), b in self._open.items())
         self._open = {}
@@ -139,20 +167,91 @@ class RecordCollector:
         of the last record written to each partition (the changelog offsets state reflects)."""
         await self.submit()
         in_flight, self._in_flight = self._in_flight, []
-        last: dict[tuple[str, int], int] = {}
-        if in_flight:
-            try:
-                metas = await asyncio.gather(*(fut for _, fut in in_flight))
-            except KafkaError as exc:
-                raise ProduceFailed(f"a batch was not written: {exc!r}") from exc
-            for (count, _), meta in zip(in_flight, metas, strict=True):
-                if meta is not None and meta.offset is not None:
-                    tp = (meta.topic, meta.partition)
-                    last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
-        return last
+        return await _delivered(in_flight)
+
+    # -- exactly-once: the batches of one transaction --------------------------------------------
+
+    def seal(self) -> Sealed:
+        """Take everything appended so far (submitted or not) for the transaction being
+        committed; hold what comes next until `release`. Synchronous: call it with the task
+        stopped at an event boundary."""
+        batches = [*self._full, *((t, p, b) for (t, p), b in self._open.items())]
+        sealed = Sealed(batches, self._in_flight)
+        self._full, self._open, self._in_flight = [], {}, []
+        for topic in self._sticky:
+            self._next_sticky(topic)
+        self._released.clear()
+        return sealed
+
+    async def flush_sealed(self, sealed: Sealed) -> dict[tuple[str, int], int]:
+        """Hand the sealed batches to the producer and wait for their delivery."""
+        if self.error is not None:
+            raise self.error
+        async with self._submit_lock:
+            for topic, partition, builder in sealed.batches:
+                count = builder.record_count()
+                fut = await self._send_batch(builder, topic, partition)
+                sealed.in_flight.append((count, fut))
+            sealed.batches = []
+        return await _delivered(sealed.in_flight)
+
+    def release(self) -> None:
+        """The sealed transaction is over: held batches may go to the producer again."""
+        self._released.set()
 
     def discard(self) -> None:
         """Drop what was not submitted yet (a fenced or failed task's outputs)."""
+        for _, fut in self._in_flight:
+            fut.add_done_callback(_retrieve)
         self._open = {}
         self._full = []
         self._in_flight = []
+        self._released.set()
+
+
+class Sealed:
+    """The batches of one transaction: still to hand over, and handed over (record count and
+    delivery future)."""
+
+    def __init__(
+        self, batches: list[tuple[str, int, Any]], in_flight: list[tuple[int, asyncio.Future[Any]]]
+    ) -> None:
+        self.batches = batches
+        self.in_flight = in_flight
+
+    @property
+    def empty(self) -> bool:
+        return not self.batches and not self.in_flight
+
+    def failures(self) -> list[BaseException]:
+        """Why deliveries failed (read, so that asyncio does not report them as unread)."""
+        found = []
+        for _, fut in self.in_flight:
+            fut.add_done_callback(_retrieve)
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                found.append(fut.exception())
+        return [exc for exc in found if exc is not None]
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _delivered(
+    in_flight: list[tuple[int, asyncio.Future[Any]]],
+) -> dict[tuple[str, int], int]:
+    """Wait for every delivery; the offset of the last record written to each partition."""
+    last: dict[tuple[str, int], int] = {}
+    if in_flight:
+        metas: list[Any] = await asyncio.gather(
+            *(fut for _, fut in in_flight), return_exceptions=True
+        )
+        for meta in metas:
+            if isinstance(meta, BaseException):
+                raise ProduceFailed(f"a batch was not written: {meta!r}") from meta
+        for (count, _), meta in zip(in_flight, metas, strict=True):
+            if meta is not None and meta.offset is not None:
+                tp = (meta.topic, meta.partition)
+                last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
+    return last

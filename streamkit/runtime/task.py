@@ -5,6 +5,9 @@ The fetch loop `put`s raw records into the task's buffer; the agent's stream pul
 `wait` when the buffer is empty. One long-lived coroutine per task runs the agent: no task per
 event, no queue hop. `committable` is the offset after the last fully processed record: the
 checkpoint commits exactly that.
+
+`pause` (the exactly-once checkpoint's first step) stops the task at the next event boundary:
+the event in flight finishes, then the stream hands out nothing until `resume`.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Task:
         on_room: Callable[[], None],
         state: TaskTables | None = None,
         reader: ChangelogReader | None = None,
+        position: int | None = None,
     ) -> None:
         self.stage = stage
         self.agent = stage.agent
@@ -92,7 +96,7 @@ class Task:
         self._reader = reader
         self._records: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self.position: int | None = None  # next offset we expect from the fetcher
+        self.position = position  # next offset we expect from the fetcher
         self.committable: int | None = None  # offset after the last processed record
         self._rec: Any = None  # the raw record being processed (ConsumerRecord)
         self._key: Any = None
@@ -101,6 +105,9 @@ class Task:
         self.events_in = 0
         self.dead_letters = 0
         self._runner: asyncio.Task[None] | None = None
+        self._pausing = False  # a checkpoint asked this task to stop at an event boundary
+        self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
+        self._idle = False  # blocked in `wait`: between two events
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}, {self.topic.name}[{self.partition}], {self.status.value})"
@@ -132,7 +139,7 @@ class Task:
         self._records.extend(records)
         self.position = records[-1].offset + 1
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
         return True
 
@@ -174,6 +181,8 @@ class Task:
         if rec is not None:
             self.committable = rec.offset + 1
             self._rec = self._event = None
+        if self._pausing:
+            return NOTHING  # the stream calls `wait`, which parks the task
         records = self._records
         loads_key, loads_value = self._loads_key, self._loads_value
         while records:
@@ -206,19 +215,48 @@ class Task:
     async def wait(self) -> None:
         if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
-        await self.collector.submit()
-        if self._closing():  # closed while submitting: nobody will wake us
-            raise StopAsyncIteration
-        self._on_room()
-        if self._records:
-            return
+        if not self._pausing:
+            await self.collector.submit()
+            if self._closing():  # closed while submitting: nobody will wake us
+                raise StopAsyncIteration
+            self._on_room()
+            if self._records and not self._pausing:
+                return
         self._waiter = asyncio.get_running_loop().create_future()
+        self._idle = True
+        parked = self._parked
+        if parked is not None and not parked.done():
+            parked.set_result(None)
         try:
             await self._waiter
         finally:
             self._waiter = None
+            self._idle = False
         if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
+
+    # -- driven by the exactly-once checkpoint -----------------------------------------------
+
+    async def pause(self) -> None:
+        """Return once the task is between two events (at once if it is idle or not running)
+        and keep it there until `resume`."""
+        runner = self._runner
+        if self.status is not TaskState.RUNNING or runner is None or runner.done():
+            return
+        self._pausing = True
+        if self._idle:
+            return
+        parked = self._parked = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((parked, runner), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._parked = None
+
+    def resume(self) -> None:
+        self._pausing = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and (self._records or self._closing()):
+            waiter.set_result(None)
 
     def _dead_letter(self, rec: Any, reason: str, error_type: str) -> None:
         dead_letter(

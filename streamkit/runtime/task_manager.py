@@ -71,8 +71,17 @@ class TaskManager:
     def _signal_room(self) -> None:
         self.room.set()
 
-    def assign(self, tps: Iterable[TopicPartition]) -> None:
+    def assign(
+        self,
+        tps: Iterable[TopicPartition],
+        producers: dict[TopicPartition, Any] | None = None,
+        positions: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        """Create and start the tasks of `tps`. Exactly-once passes each partition's
+        transactional producer and its committed offset (records before it are skipped)."""
         settings = self._app.settings
+        producers = producers or {}
+        positions = positions or {}
         self._partition_counts.update(
             {t.name: t.partitions for t in self._app.topics.values() if t.partitions}
         )
@@ -93,12 +102,17 @@ class TaskManager:
             task = Task(
                 stage,
                 tp.partition,
-                RecordCollector(self._producer, self._partition_counts),
+                RecordCollector(
+                    producers.get(tp, self._producer),
+                    self._partition_counts,
+                    transactional=tp in producers,
+                ),
                 dlq_topic=self._app.dlq.name,
                 on_agent_error=settings.on_agent_error,
                 on_room=self._signal_room,
                 state=state,
                 reader=self._reader,
+                position=positions.get(tp),
             )
             self.tasks[tp] = task
             task.start()

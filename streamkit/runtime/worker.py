@@ -1,7 +1,9 @@
 """Worker: one process of an app. Start, run the background tasks, stop cleanly.
 
 Start: verify/create topics → start the producer → join the group (tasks are created as
-partitions are assigned) → run the named background tasks `fetch` and `commit`.
+partitions are assigned) → run the named background tasks `fetch`, `commit` and `standby`.
+Exactly-once: each assigned input partition also gets its transactional producer (which fences
+the previous owner) before its committed offset is read and its task starts.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
 final checkpoint → leave the group → stop the producer. Each background task is cancelled,
 then awaited.
@@ -25,6 +27,11 @@ from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.clients import make_consumer, make_producer
+from streamkit.runtime.exactly_once import (
+    TransactionalCheckpointer,
+    TransactionalProducers,
+    TransactionFailed,
+)
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.state.changelog import ChangelogReader
@@ -51,7 +58,8 @@ class Worker:
         self.producer: Any = None
         self.consumer: Any = None
         self.tasks: TaskManager | None = None
-        self.checkpointer: Checkpointer | None = None
+        self.checkpointer: Checkpointer | TransactionalCheckpointer | None = None
+        self.producers: TransactionalProducers | None = None  # exactly-once only
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
         self.assignor: Any = None
@@ -111,9 +119,13 @@ class Worker:
         self.consumer = make_consumer(
             settings, app.id, self.client_id, partition_assignment_strategy=(self.assignor,)
         )
-        self.checkpointer = Checkpointer(self.consumer)
+        if settings.processing_guarantee == "exactly_once":
+            self.producers = TransactionalProducers(settings, app.id, self.client_id)
+            self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
+        else:
+            self.checkpointer = Checkpointer(self.consumer)
         await self.consumer.start()
-        self.consumer.subscribe(self.tasks.source_topics, listener=_Listener(self))
+        self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
         self._spawn("standby", self.standbys.run())
@@ -124,6 +136,10 @@ class Worker:
             ", ".join(app.agents),
             settings.bootstrap_servers,
         )
+
+    def _subscribe(self) -> None:
+        assert self.tasks is not None
+        self.consumer.subscribe(self.tasks.source_topics, listener=_Listener(self))
 
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=f"streamkit-{name}")
@@ -149,7 +165,27 @@ class Worker:
             due.clear()
             if self._stopping.is_set():
                 return
-            await self.checkpointer.commit(list(self.tasks.tasks.values()))
+            try:
+                await self.checkpointer.commit(list(self.tasks.tasks.values()))
+            except TransactionFailed as exc:
+                await self.recover(exc)
+
+    async def recover(self, exc: TransactionFailed) -> None:
+        """A transaction failed (this worker was fenced, or an error): what its tasks did since
+        their last commit is not in Kafka. Drop every task without committing (their tables go
+        with them), stop the transactional producers, and rejoin the group: the partitions'
+        next owners, this worker perhaps, start again from the committed offsets and state."""
+        assert self.tasks is not None and self.checkpointer is not None
+        assert self.producers is not None
+        log.warning("%s; dropping uncommitted work and rejoining the group", exc)
+        dropped = await self.tasks.revoke(list(self.tasks.tasks))
+        for task in dropped:
+            task.collector.discard()
+            task.close_state()
+        self.checkpointer.forget(TopicPartition(t.topic.name, t.partition) for t in dropped)
+        await self.producers.close()
+        self.consumer.unsubscribe()
+        self._subscribe()
 
     async def _stop(self) -> None:
         # 1. stop fetching; let the commit loop finish its checkpoint and end
@@ -168,6 +204,8 @@ class Worker:
                 self.fail(exc)
             for closed_task in closed:
                 closed_task.close_state()
+        if self.producers is not None:
+            await self.producers.close()
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 await self.reader.stop()
@@ -190,6 +228,10 @@ class Worker:
         try:
             closed = await self.tasks.revoke(tps)
             await self.checkpointer.commit(closed)
+        except TransactionFailed as exc:
+            # Their uncommitted work is dropped with them; the next owners start from the
+            # last commit. Nothing else to do: the group is rebalancing already.
+            log.warning("%s; partitions released without their last checkpoint", exc)
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
         finally:
@@ -204,10 +246,30 @@ class Worker:
         try:
             # standbys first: one that became active must release its store before the task
             await self.standbys.update(self.assignor.standbys - tps)
+            producers, positions = None, None
+            if self.producers is not None:
+                producers, positions = await self._fence_and_seek(tps)
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
             return
-        self.tasks.assign(tps)
+        self.tasks.assign(tps, producers, positions)
+
+    async def _fence_and_seek(
+        self, tps: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
+        """Exactly-once: take each partition's transactional id (fencing its previous owner and
+        ending its open transaction), then read the committed offsets, now final, and seek."""
+        assert self.producers is not None
+        await self.producers.keep_only(tps)
+        producers = await self.producers.acquire(tps)
+        ordered = sorted(tps)
+        offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in ordered))
+        positions = {}
+        for tp, offset in zip(ordered, offsets, strict=True):
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+                positions[tp] = offset
+        return producers, positions
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

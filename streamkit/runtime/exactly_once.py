@@ -1,0 +1,236 @@
+"""Exactly-once: one transactional producer per input partition, and the checkpoint that commits
+each partition's outputs, changelog records and consumed offset in one Kafka transaction.
+
+The transactional id of the producer of input partition `topic[p]` is `{app_id}-{topic}-{p}`,
+stable across workers and restarts. A new owner's producer registers that id first
+(`InitProducerId`), which fences the previous owner's producer and ends its open transaction;
+only then does the new owner read the partition's committed offset and its changelog. (aiokafka
+0.14 sends TxnOffsetCommit v0, which carries no group generation: without a producer per input
+partition a zombie could not be fenced.)
+
+The checkpoint, every `commit_interval`, on revoke and on shutdown:
+
+1. Pause: every running task stops at its next event boundary (the event in flight finishes;
+   no new event starts).
+2. Snapshot, per task, with no await in between: the offset after its last processed event,
+   its tables' dirty keys appended to their changelog partitions, and its collector sealed
+   (everything appended so far belongs to this transaction). Then every task resumes; what it
+   produces from now on is held back until its transaction is over.
+3. Per task, all tasks at once, in the task's own transaction: hand the sealed batches to its
+   producer and wait for their delivery, add the offset (`send_offsets_to_transaction`),
+   commit, begin the next transaction, release the held batches.
+4. Per committed task: write the snapshot to its SQLite store in one transaction, with the
+   changelog offsets it reflects and the input offset.
+
+Crash before step 3 commits: the broker aborts the open transaction (when the next owner
+registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
+and the input is read again from the last committed offset. Crash between 3 and 4: the store is
+one checkpoint behind; recovery replays its committed changelog tail. Either way each input event
+shows in the committed outputs, the changelog and the offsets exactly once.
+
+A transaction that fails (fenced, or any error) drops the task's uncommitted work: the worker
+then drops every task without committing and rejoins the group (`Worker.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.errors import ProducerFenced
+from aiokafka.structs import TopicPartition
+
+from streamkit.runtime import faults
+from streamkit.runtime.clients import make_producer
+from streamkit.runtime.collector import Sealed
+from streamkit.runtime.task import Task
+from streamkit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ABORT_TIMEOUT = 5.0
+
+
+def transactional_id(app_id: str, tp: TopicPartition) -> str:
+    return f"{app_id}-{tp.topic}-{tp.partition}"
+
+
+class TransactionFailed(Exception):
+    """Some tasks' transactions did not commit; their uncommitted work must be dropped."""
+
+    def __init__(self, failed: dict[TopicPartition, BaseException]) -> None:
+        self.failed = failed
+        fenced = any(isinstance(e, ProducerFenced) for e in failed.values())
+        parts = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(failed))
+        first = next(iter(failed.values()))
+        super().__init__(
+            f"transaction of {parts} {'fenced' if fenced else 'failed'}: "
+            f"{type(first).__name__}: {first}"
+        )
+
+
+class TransactionalProducers:
+    """The transactional producers of this worker, one per owned input partition. A producer
+    outlives a rebalance that gives its partition back to this worker."""
+
+    def __init__(self, settings: Settings, app_id: str, client_id: str) -> None:
+        self._settings = settings
+        self._app_id = app_id
+        self._client_id = client_id
+        self._producers: dict[TopicPartition, Any] = {}
+
+    def __getitem__(self, tp: TopicPartition) -> Any:
+        return self._producers[tp]
+
+    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
+        """A producer with a transaction begun for each of `tps` (new ones fence the previous
+        owner of the partition before this returns)."""
+        tps = list(tps)
+        missing = [tp for tp in tps if tp not in self._producers]
+        await asyncio.gather(*(self._start(tp) for tp in missing))
+        return {tp: self._producers[tp] for tp in tps}
+
+    async def _start(self, tp: TopicPartition) -> None:
+        producer = make_producer(
+            self._settings,
+            f"{self._client_id}-{tp.topic}-{tp.partition}",
+            transactional_id=transactional_id(self._app_id, tp),
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+        )
+        await producer.start()
+        try:
+            await producer.begin_transaction()  # waits for InitProducerId: the fence
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producers[tp] = producer
+
+    async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop the producers of partitions this worker no longer owns."""
+        keep = set(tps)
+        await self.discard([tp for tp in self._producers if tp not in keep])
+
+    async def discard(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop these producers; a transaction they left open is aborted by the broker when the
+        id is registered again."""
+        gone = [self._producers.pop(tp) for tp in list(tps) if tp in self._producers]
+        await asyncio.gather(*(_stop(p) for p in gone))
+
+    async def close(self) -> None:
+        await self.discard(list(self._producers))
+
+
+async def _stop(producer: Any) -> None:
+    with contextlib.suppress(Exception):
+        await producer.stop()
+
+
+@dataclass
+class _Snapshot:
+    task: Task
+    tp: TopicPartition
+    offset: int | None  # new committable offset, None if unchanged
+    changes: dict[str, dict[bytes, bytes | None]]
+    sealed: Sealed
+
+
+class TransactionalCheckpointer:
+    def __init__(self, group_id: str, producers: TransactionalProducers) -> None:
+        self._group_id = group_id
+        self._producers = producers
+        self._lock = asyncio.Lock()  # the commit loop and a revoke never interleave
+        self._committed: dict[TopicPartition, int] = {}
+        self.commits = 0
+        self.checkpoints = 0
+        self.total_duration = 0.0  # seconds spent in checkpoints (benchmarks read it)
+        self.last_duration = 0.0
+
+    async def commit(self, tasks: Iterable[Task]) -> None:
+        """One checkpoint of `tasks`. Raises TransactionFailed naming the tasks whose
+        transaction did not commit (the others did, and their state is written)."""
+        async with self._lock:
+            started = time.monotonic()
+            tasks = list(tasks)
+            # 1. pause every task at an event boundary
+            await asyncio.gather(*(task.pause() for task in tasks))
+            try:
+                # 2. snapshot offsets and dirty state, seal each collector
+                snapshots = [self._snapshot(task) for task in tasks]
+            finally:
+                for task in tasks:
+                    task.resume()
+            # 3. one transaction per task, all at once
+            results = await asyncio.gather(
+                *(self._transact(snap) for snap in snapshots), return_exceptions=True
+            )
+            failed: dict[TopicPartition, BaseException] = {}
+            for snap, result in zip(snapshots, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed[snap.tp] = result
+                    continue
+                if result is None:
+                    continue  # nothing to commit
+                faults.reached("crash-after-commit")
+                # 4. state and the offsets it reflects, one SQLite transaction per task
+                task = snap.task
+                if task.state is not None and (snap.changes or snap.offset is not None):
+                    at = self._committed.get(snap.tp)
+                    source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
+                    await task.state.write(snap.changes, result, source)
+            self.last_duration = time.monotonic() - started
+            self.checkpoints += 1
+            self.total_duration += self.last_duration
+            if failed:
+                await self._producers.discard(failed)
+                for tp in failed:
+                    self._committed.pop(tp, None)
+                raise TransactionFailed(failed)
+
+    def _snapshot(self, task: Task) -> _Snapshot:
+        tp = TopicPartition(task.topic.name, task.partition)
+        offset = task.committable
+        if offset is not None and offset == self._committed.get(tp):
+            offset = None
+        changes = {}
+        if task.state is not None and task.tables:
+            changes = task.state.snapshot(task.collector)
+        return _Snapshot(task, tp, offset, changes, task.collector.seal())
+
+    async def _transact(self, snap: _Snapshot) -> dict[tuple[str, int], int] | None:
+        """Step 3 for one task: its sealed outputs, changelog records and offset, committed
+        together. None when there was nothing to commit."""
+        collector = snap.task.collector
+        if snap.sealed.empty and snap.offset is None:
+            collector.release()
+            return None
+        producer = self._producers[snap.tp]
+        try:
+            written = await collector.flush_sealed(snap.sealed)
+            if snap.offset is not None:
+                await producer.send_offsets_to_transaction({snap.tp: snap.offset}, self._group_id)
+            faults.reached("fail-before-commit")
+            await producer.commit_transaction()
+        except Exception as exc:
+            collector.discard()
+            causes = [exc, exc.__cause__, *snap.sealed.failures()]
+            if any(isinstance(c, ProducerFenced) for c in causes):
+                raise ProducerFenced() from exc  # another worker owns the partition now
+            with contextlib.suppress(Exception):  # end it now rather than at the timeout
+                await asyncio.wait_for(producer.abort_transaction(), ABORT_TIMEOUT)
+            raise
+        if snap.offset is not None:
+            self._committed[snap.tp] = snap.offset
+        self.commits += 1
+        await producer.begin_transaction()
+        collector.release()
+        return written
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions we no longer own: another owner may commit them past our record."""
+        for tp in tps:
+            self._committed.pop(tp, None)

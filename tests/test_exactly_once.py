@@ -1,0 +1,177 @@
+"""Exactly-once against the real broker with real `streamkit worker apps.shop:app` processes:
+crashes at the worst moments, an aborted transaction, a zombie worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from pathlib import Path
+
+from tests.kafkahelp import WorkerProcess, read_all, wait_until
+from tests.shophelp import (
+    assert_exactly_once,
+    assert_state,
+    holding,
+    purchases,
+    send,
+    shop_app,
+    shop_worker,
+)
+
+
+async def test_a_crash_between_the_kafka_commit_and_the_sqlite_write_costs_a_replay(
+    uid: str, tmp_path: Path
+) -> None:
+    wd = tmp_path / "state"
+    rows = purchases(3000, seed=11)
+    victim = shop_worker(uid, wd, tmp_path, "victim")
+    victim.env["STREAMKIT_TEST_HOOK"] = "crash-after-commit:5"
+    victim.start()
+    await holding(victim)
+    await send(uid, rows[:2000])
+    assert victim.wait(60) == -signal.SIGKILL, victim.log()
+    assert "test hook: crash-after-commit" in victim.log()
+    survivor = shop_worker(uid, wd, tmp_path, "survivor").start()
+    try:
+        await holding(survivor)
+        await send(uid, rows[2000:])
+        records = await read_all(f"totals-{uid}", expect=3000, within=90)
+    finally:
+        survivor.stop()
+    replays = [line for line in survivor.log().splitlines() if "changelog records replayed" in line]
+    assert any(" 0 changelog" not in line for line in replays), "the stale store replayed nothing"
+    assert_exactly_once(records, rows)
+    assert_state(shop_app(uid, wd), rows)
+
+
+async def test_an_aborted_transaction_shows_nothing_and_its_events_count_once(
+    uid: str, tmp_path: Path
+) -> None:
+    wd = tmp_path / "state"
+    rows = purchases(3000, seed=12)
+    w = shop_worker(uid, wd, tmp_path, "w")
+    w.env["STREAMKIT_TEST_HOOK"] = "fail-before-commit:6"
+    w.start()
+    try:
+        await holding(w)
+        await send(uid, rows[:2000])
+        await wait_until(
+            lambda: "rejoining" in w.log() or not w.alive, within=60, what="the injected abort"
+        )
+        assert w.alive, w.log()
+        await send(uid, rows[2000:])
+        records = await read_all(f"totals-{uid}", expect=3000, within=90)
+    finally:
+        w.stop()
+    assert "InjectedFault" in w.log()
+    assert_exactly_once(records, rows)
+    assert_state(shop_app(uid, wd), rows)
+    # the aborted transaction's records were written, then aborted: only a read_uncommitted
+    # reader sees them
+    seen = 0
+    for topic in (f"totals-{uid}", f"shop-{uid}-total_spent-by-user-repartition"):
+        seen += len(await read_all(topic, isolation="read_uncommitted"))
+    assert seen > 3000 * 2, "the aborted transaction wrote nothing"
+
+
+async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Path) -> None:
+    rows = purchases(4500, seed=13)
+    a = shop_worker(uid, tmp_path / "a", tmp_path, "a").start()
+    b = shop_worker(uid, tmp_path / "b", tmp_path, "b").start()
+    try:
+        await holding(a, b)
+        await send(uid, rows[:1500])
+        await read_all(f"totals-{uid}", expect=1500, within=60)
+        await send(uid, rows[1500:1600])  # a has events in flight when it freezes
+        a.signal(signal.SIGSTOP)
+        revoked = b.log().count("revoked")
+        await wait_until(
+            lambda: (
+                b.log().count("revoked") > revoked
+                and "assigned" in b.log().rsplit("revoked", 1)[-1]
+            ),
+            within=60,
+            what="b to take over a's partitions",
+        )
+        await send(uid, rows[1600:3000])
+        await read_all(f"totals-{uid}", expect=3000, within=60)
+        a.signal(signal.SIGCONT)
+        await wait_until(
+            lambda: "fenced: ProducerFenced" in a.log() or not a.alive,
+            within=60,
+            what="a to learn it is fenced",
+        )
+        assert a.alive, a.log()
+        await holding(a, b)
+        await send(uid, rows[3000:])
+        records = await read_all(f"totals-{uid}", expect=4500, within=90)
+    finally:
+        a.signal(signal.SIGCONT)
+        a.stop()
+        b.stop()
+    assert_exactly_once(records, rows)
+
+
+CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
+CHAOS_EVENTS = int(os.environ.get("CHAOS_EVENTS", "6000"))
+
+
+async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
+    uid: str, tmp_path: Path
+) -> None:
+    """Three workers; one of them, chosen at random, is killed with SIGKILL at a random moment
+    and restarted on its own workdir, again and again, while purchases flow in."""
+    seed = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
+    rng = random.Random(seed)
+    rows = purchases(CHAOS_EVENTS, seed=seed)
+    workdirs = [tmp_path / f"wd{i}" for i in range(3)]
+    incarnations: list[WorkerProcess] = []
+
+    def start(i: int) -> WorkerProcess:
+        w = shop_worker(uid, workdirs[i], tmp_path, f"w{i}-{len(incarnations)}").start()
+        incarnations.append(w)
+        return w
+
+    workers = [start(i) for i in range(3)]
+    await holding(workers[0])
+    chunk = max(1, CHAOS_EVENTS // (CHAOS_KILLS * 3))
+
+    async def feed() -> None:
+        for at in range(0, len(rows), chunk):
+            await send(uid, rows[at : at + chunk])
+            await asyncio.sleep(0.5)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        for _ in range(CHAOS_KILLS):
+            await asyncio.sleep(rng.uniform(0.3, 3.0))
+            i = rng.randrange(3)
+            workers[i].kill9()
+            workers[i] = start(i)
+        await feeder
+        records = await read_all(f"totals-{uid}", expect=len(rows), within=240)
+        # the last two leave gracefully: the first ends up owning (and restoring) everything
+        for w in workers[1:]:
+            w.stop()
+        await wait_until(
+            lambda: owns_all_stores(workers[0]), within=90, what="w0 to own every store"
+        )
+        workers[0].stop()
+    finally:
+        feeder.cancel()
+        for w in incarnations:
+            w.stop()
+    print(f"chaos seed {seed}: {CHAOS_KILLS} kills, {len(rows)} purchases")
+    for w in incarnations:
+        assert "worker failing" not in w.log(), w.log()
+    assert_exactly_once(records, rows)
+    assert_state(shop_app(uid, workdirs[0]), rows)
+
+
+def owns_all_stores(w: WorkerProcess) -> bool:
+    """After its last rebalance `w` holds all 8 tasks and has opened the 4 stores."""
+    tail = w.log().rsplit("revoked", 1)[-1]
+    assigned = [line for line in tail.splitlines() if " assigned " in line]
+    return bool(assigned) and assigned[-1].count("[") == 8 and tail.count("replayed") == 4
