@@ -64,6 +64,25 @@ def test_settings_validate_with_actionable_messages(monkeypatch: pytest.MonkeyPa
         sk.App("bad id!")
 
 
+def test_the_commit_interval_default_follows_the_guarantee(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().commit_interval == 1.0
+    assert load_settings(processing_guarantee="exactly_once").commit_interval == 0.1
+    monkeypatch.setenv("STREAMKIT_PROCESSING_GUARANTEE", "exactly_once")
+    assert load_settings().commit_interval == 0.1
+    assert load_settings(commit_interval=2).commit_interval == 2.0
+    monkeypatch.setenv("STREAMKIT_COMMIT_INTERVAL", "3")
+    assert load_settings().commit_interval == 3.0
+
+
+def test_test_hooks_parse() -> None:
+    from streamkit.runtime import faults
+
+    assert faults._parse("crash-after-commit:3, fail-before-commit") == {
+        "crash-after-commit": 3,
+        "fail-before-commit": 1,
+    }
+
+
 class ListSource:
     """A stream source over a fixed list (what the testing kit will build on)."""
 

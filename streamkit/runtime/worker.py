@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any
 
 from aiokafka.abc import ConsumerRebalanceListener
@@ -260,8 +261,10 @@ class Worker:
         """Exactly-once: take each partition's transactional id (fencing its previous owner and
         ending its open transaction), then read the committed offsets, now final, and seek."""
         assert self.producers is not None
+        started = time.monotonic()
         await self.producers.keep_only(tps)
         producers = await self.producers.acquire(tps)
+        fenced_in = time.monotonic() - started
         ordered = sorted(tps)
         offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in ordered))
         positions = {}
@@ -269,6 +272,12 @@ class Worker:
             if offset is not None:
                 self.consumer.seek(tp, offset)
                 positions[tp] = offset
+        log.info(
+            "%d transactional producers ready in %.2fs, committed offsets read in %.2fs",
+            len(producers),
+            fenced_in,
+            time.monotonic() - started - fenced_in,
+        )
         return producers, positions
 
 
