@@ -4,8 +4,10 @@ from streamkit.app import App, Producer
 from streamkit.events import Event, Record
 from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError, Settings
+from streamkit.state.window_table import WindowTable
 from streamkit.streams import Stream
 from streamkit.topics import Topic
+from streamkit.windows import count, hopping, max_of, min_of, reduce, sum_of, tumbling
 
 __all__ = [
     "App",
@@ -17,5 +19,13 @@ __all__ = [
     "Settings",
     "Stream",
     "Topic",
+    "WindowTable",
+    "count",
+    "hopping",
+    "max_of",
+    "min_of",
+    "reduce",
+    "sum_of",
+    "tumbling",
 ]
 __version__ = "0.1.0"

@@ -12,7 +12,9 @@ from streamkit.events import Headers
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.stages import AgentShapeError, Stage, bind_tables, build_stages, trace
 from streamkit.state.table import Table
+from streamkit.state.window_table import WindowTable
 from streamkit.topics import Topic
+from streamkit.windows import Aggregation, WindowKind
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -35,6 +37,7 @@ class App:
         self.topics: dict[str, Topic] = {}
         self.agents: dict[str, Agent] = {}
         self.tables: dict[str, Table[Any, Any]] = {}
+        self.windows: dict[str, WindowTable] = {}
         self._bound = False
         self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
 
@@ -52,8 +55,16 @@ class App:
         partitions: int | None = None,
         config: dict[str, str] | None = None,
         internal: bool = False,
+        timestamp: str | Callable[[Any], Any] | None = None,
+        timestamp_unit: str = "s",
+        out_of_orderness: float = 0.0,
     ) -> Topic:
-        """Declare a topic. Declaring the same name twice must agree on everything."""
+        """Declare a topic. Declaring the same name twice must agree on everything.
+
+        Event time (for window tables): `timestamp=None` uses the Kafka record timestamp;
+        a field name or a function of the value gives a datetime or a number of seconds
+        (`timestamp_unit="ms"`: milliseconds). `out_of_orderness` (seconds): how far behind
+        the newest event an event may arrive and still be on time."""
         topic = Topic(
             name,
             key_type=key_type,
@@ -61,6 +72,9 @@ class App:
             partitions=partitions,
             config=config,
             internal=internal,
+            timestamp=timestamp,
+            timestamp_unit=timestamp_unit,
+            out_of_orderness=out_of_orderness,
         )
         known = self.topics.get(name)
         if known is not None:
@@ -98,6 +112,38 @@ class App:
         )
         self.tables[name] = table
         return table
+
+    def window(
+        self,
+        name: str,
+        kind: WindowKind,
+        aggregation: Aggregation,
+        *,
+        emit: str = "final",
+        allowed_lateness: float = 0.0,
+        output: Topic | None = None,
+        late_topic: Topic | None = None,
+        key_type: Any = str,
+    ) -> WindowTable:
+        """Declare a windowed aggregation per key over event time (`sk.tumbling(60)`,
+        `sk.hopping(60, every=10)`; `sk.count()`, `sk.sum_of("amount")`...). Results go to
+        `output` once per window when it closes (`emit="final"`) or on every change
+        (`emit="update"`); events too late for every window go to `late_topic` (default
+        `{id}-{agent}-late`). State lives like a table's: SQLite plus a changelog."""
+        table = self.table(name, key_type=bytes)
+        wt = WindowTable(
+            name,
+            kind,
+            aggregation,
+            table,
+            emit=emit,
+            allowed_lateness_ms=round(allowed_lateness * 1000),
+            output=output,
+            late_topic=None if late_topic is None else late_topic.name,
+            key_type=key_type,
+        )
+        self.windows[name] = wt
+        return wt
 
     def agent(
         self,

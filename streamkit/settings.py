@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     max_buffered_per_partition: int = Field(
         default=4000, ge=1, description="Records fetched but not yet processed, per partition."
     )
+    idle_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds without input after which a task tells the next stage it is idle, so "
+            "the next stage's watermark (event time) does not wait for it."
+        ),
+    )
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)

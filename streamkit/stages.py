@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from streamkit.agents import Agent
     from streamkit.app import App
     from streamkit.state.table import Table
+    from streamkit.state.window_table import WindowTable
 
 
 class Traced(BaseException):
@@ -83,6 +84,7 @@ class Stage:
     ops: tuple[Op, ...]  # this stage's segment: steps, then the exchange if not last
     output: Topic | None  # the internal topic the exchange writes, None for the last stage
     tables: list[Table[Any, Any]] = field(default_factory=list)  # state the body uses
+    windows: list[WindowTable] = field(default_factory=list)  # window tables (in `tables` too)
 
     @property
     def exchange(self) -> Exchange | None:
@@ -183,12 +185,17 @@ def bind_tables(app: App) -> None:
             agent.fn.__code__.co_freevars, agent.fn.__closure__ or (), strict=True
         ):
             scope[cell_name] = cell.cell_contents
-        used = [
-            obj
-            for obj in (scope.get(n) for n in sorted(referenced_names(agent.fn)))
-            if obj is not None and any(obj is t for t in app.tables.values())
-        ]
+        named = [scope.get(n) for n in sorted(referenced_names(agent.fn))]
+        windows = [w for w in app.windows.values() if any(obj is w for obj in named)]
+        used = [t for t in app.tables.values() if any(obj is t for obj in named)]
+        used += [w.table for w in windows]
         stage.tables = []
+        stage.windows = windows
+        for wt in windows:
+            if wt.late_topic is None:
+                wt.late_topic = app.topic(
+                    f"{app.id}-{agent.name}-late", key_type=bytes, value_type=bytes
+                ).name
         for table in used:
             other = owners.get(table.name)
             if other is not None and other is not stage:

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from streamkit.events import Headers
+from streamkit.eventtime import TimestampPolicy
 from streamkit.runtime.collector import CURRENT_COLLECTOR
 from streamkit.serde import RAW, Codec, codec_for
 
@@ -34,6 +35,9 @@ class Topic:
         partitions: int | None = None,
         config: dict[str, str] | None = None,
         internal: bool = False,
+        timestamp: Any = None,
+        timestamp_unit: str = "s",
+        out_of_orderness: float = 0.0,
     ) -> None:
         self.name = check_topic_name(name)
         if partitions is not None and partitions < 1:
@@ -47,6 +51,13 @@ class Topic:
         self.partitions: int | None = partitions  # the broker's count once verified
         self.config = dict(config or {})
         self.internal = internal
+        if timestamp_unit not in ("s", "ms"):
+            raise ValueError(f"topic {name}: timestamp_unit must be 's' or 'ms'")
+        if out_of_orderness < 0:
+            raise ValueError(f"topic {name}: out_of_orderness must be >= 0 seconds")
+        self.timestamp_policy = TimestampPolicy(
+            timestamp, timestamp_unit, round(out_of_orderness * 1000)
+        )
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, partitions={self.partitions})"

@@ -28,9 +28,11 @@ class Router:
         self._key = exchange.key
         self._kind = exchange.kind
 
-    def route(self, value: Any, rec: Any, collector: RecordCollector) -> bool:
-        """Append `value` (from the consumed record `rec`) for its next partition; True when a
-        batch filled up."""
+    def route(
+        self, value: Any, rec: Any, collector: RecordCollector, event_ts: int | None = None
+    ) -> bool:
+        """Append `value` (from the consumed record `rec`) for its next partition, stamped
+        with the event time if known (else `rec`'s timestamp); True when a batch filled up."""
         output = self.output
         key: bytes | None
         if self._kind == "key_by":
@@ -49,6 +51,6 @@ class Router:
             key,
             output.encode_value(value),
             headers=rec.headers,
-            timestamp_ms=rec.timestamp,
+            timestamp_ms=rec.timestamp if event_ts is None else event_ts,
             partition=partition,
         )

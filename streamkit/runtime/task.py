@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import CURRENT_COLLECTOR, ProduceFailed, RecordCollector
@@ -30,6 +31,12 @@ from streamkit.state.changelog import ChangelogReader
 from streamkit.state.table import TableNotBound, TablePartition
 from streamkit.state.task_tables import TaskTables
 from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
+
+if TYPE_CHECKING:
+    from streamkit.runtime.event_clock import EventClock
+    from streamkit.state.window_table import WindowPartition
+
+BROADCAST_CHECK = 1024  # relayed events between two looks at the watermark to broadcast
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,7 @@ class Task:
         state: TaskTables | None = None,
         reader: ChangelogReader | None = None,
         position: int | None = None,
+        clock: EventClock | None = None,
     ) -> None:
         self.stage = stage
         self.agent = stage.agent
@@ -93,6 +101,9 @@ class Task:
         self.status = TaskState.CREATED
         self.state = state  # the tables of this task (None for a stateless stage)
         self.tables: dict[str, TablePartition] = {}
+        self.windows: dict[str, WindowPartition] = {}
+        self.clock = clock  # event time and watermarks (agents with window tables)
+        self._event_ts: int | None = None
         self._reader = reader
         self._records: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -138,6 +149,8 @@ class Task:
                 return True
         self._records.extend(records)
         self.position = records[-1].offset + 1
+        if self.clock is not None:
+            self.clock.last_input = time.monotonic()
         waiter = self._waiter
         if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
@@ -185,8 +198,12 @@ class Task:
             return NOTHING  # the stream calls `wait`, which parks the task
         records = self._records
         loads_key, loads_value = self._loads_key, self._loads_value
+        clock = self.clock
         while records:
             rec = records.popleft()
+            if clock is not None and rec.headers and clock.on_control(rec.headers):
+                self.committable = rec.offset + 1  # a watermark control record: consumed
+                continue
             raw_key, raw_value = rec.key, rec.value
             try:
                 key = None if raw_key is None else loads_key(raw_key)
@@ -194,6 +211,13 @@ class Task:
             except ValueError:
                 self._dead_letter(rec, self._decode_problem(rec), "DecodeError")
                 continue
+            if clock is not None:
+                try:
+                    self._event_ts = clock.on_data(rec, value)
+                except (ValueError, KeyError, AttributeError, TypeError) as exc:
+                    reason = f"no event time: {type(exc).__name__}: {exc}"
+                    self._dead_letter(rec, reason, "TimestampError")
+                    continue
             self.events_in += 1
             self._rec, self._key, self._value = rec, key, value
             return value
@@ -222,18 +246,48 @@ class Task:
             self._on_room()
             if self._records and not self._pausing:
                 return
-        self._waiter = asyncio.get_running_loop().create_future()
+        clock = self.clock
+        if clock is not None:
+            clock.broadcast(self.collector)
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         self._idle = True
         parked = self._parked
         if parked is not None and not parked.done():
             parked.set_result(None)
         try:
-            await self._waiter
+            if clock is None or clock.output is None:
+                await waiter
+            else:  # wake up now and then to say we are idle
+                await asyncio.wait((waiter,), timeout=clock.idle_timeout / 2)
         finally:
             self._waiter = None
             self._idle = False
         if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
+
+    # -- event time --------------------------------------------------------------------------
+
+    def event_time(self) -> int:
+        """Epoch ms of the event being processed (its event time when the agent uses event
+        time, else its record timestamp)."""
+        if self._event_ts is not None and self._rec is not None:
+            return self._event_ts
+        if self._rec is not None:
+            return int(self._rec.timestamp)
+        raise RuntimeError("no event is being processed")
+
+    def route_late(self, topic: str, reason: str) -> None:
+        """The event being processed is late for a window table: to the late topic."""
+        if self._rec is None:
+            raise RuntimeError("a late event outside of event processing")
+        dead_letter(
+            self.collector,
+            topic,
+            self._rec,
+            agent=self.agent.name,
+            reason=reason,
+            error_type="LateEvent",
+        )
 
     # -- driven by the exactly-once checkpoint -----------------------------------------------
 
@@ -297,6 +351,7 @@ class Task:
             assert self._reader is not None
             await self.state.open(self._reader)
             self.tables = self.state.partitions
+            self._open_windows()
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -327,14 +382,33 @@ class Task:
                     ) from exc
                 self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
 
+    def _open_windows(self) -> None:
+        from streamkit.state.window_table import WindowPartition
+
+        clock = self.clock
+        for wt in self.stage.windows:
+            part = self.windows[wt.name] = WindowPartition(wt, self.tables[wt.table.name], self)
+            stored = part.load()
+            if clock is not None:
+                clock.restore(stored)
+                clock.windows.append(part)
+
     async def _relay(self, stream: Stream[Any]) -> None:
-        """A stage before an exchange: its steps, then route each value to the next topic."""
+        """A stage before an exchange: its steps, then route each value to the next topic
+        (with the event's time as the record timestamp)."""
         exchange, output = self.stage.exchange, self.stage.output
         assert exchange is not None and output is not None
         router = Router(exchange, output, self.partition)
         collector = self.collector
+        clock = self.clock
+        count = 0
         async for value in stream:
-            if router.route(value, self._rec, collector):
+            full = router.route(value, self._rec, collector, self._event_ts)
+            if clock is not None:
+                count += 1
+                if count % BROADCAST_CHECK == 0:
+                    clock.broadcast(collector)
+            if full:
                 await collector.submit_full()
 
     async def _run_agent_once(self, stream: Stream[Any]) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
+from streamkit.eventtime import TimestampPolicy
 from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.event_clock import EventClock
 from streamkit.runtime.task import Task
 from streamkit.stages import Stage
 from streamkit.state.changelog import ChangelogReader
@@ -113,6 +115,7 @@ class TaskManager:
                 state=state,
                 reader=self._reader,
                 position=positions.get(tp),
+                clock=self._clock(stage, tp.partition),
             )
             self.tasks[tp] = task
             task.start()
@@ -120,6 +123,19 @@ class TaskManager:
             assert runner is not None
             runner.add_done_callback(self._runner_done)
         log.info("assigned %s", _fmt(tps))
+
+    def _clock(self, stage: Stage, partition: int) -> EventClock | None:
+        """Event time for every stage of an agent that uses window tables."""
+        stages = stage.agent.stages
+        if not any(st.windows for st in stages):
+            return None
+        if stage.index == 0:
+            policy, upstreams = stage.source.timestamp_policy, 0
+        else:  # after a repartition hop: the record timestamp is the event time
+            policy, upstreams = TimestampPolicy(), stages[stage.index - 1].source.partitions or 1
+        return EventClock(
+            policy, upstreams, partition, stage.output, self._app.settings.idle_timeout
+        )
 
     def _runner_done(self, runner: asyncio.Task[None]) -> None:
         if runner.cancelled():

@@ -1,0 +1,91 @@
+"""EventClock: the event time of one task, for agents that use event time (window tables).
+
+Per record it takes the event time (`on_data`, the topic's timestamp policy; after a
+repartition hop, the record timestamp, which the upstream task set to the event time) and
+reads watermark control records (`on_control`, never handed to agent code). When the
+watermark advances it closes the task's windows. A task that relays to a repartition topic
+writes its own watermark to every partition of that topic (`broadcast`), at most every
+`BROADCAST_EVERY` seconds, and says it is idle after `idle_timeout` without input, so the
+next stage does not wait for it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from streamkit.eventtime import WatermarkTracker, control_headers, read_control
+
+if TYPE_CHECKING:
+    from streamkit.eventtime import TimestampPolicy
+    from streamkit.runtime.collector import RecordCollector
+    from streamkit.state.window_table import WindowPartition
+    from streamkit.topics import Topic
+
+BROADCAST_EVERY = 0.2  # seconds between two watermark control records of a task
+
+
+class EventClock:
+    def __init__(
+        self,
+        policy: TimestampPolicy,
+        upstreams: int,
+        partition: int,
+        output: Topic | None,
+        idle_timeout: float,
+    ) -> None:
+        self.policy = policy
+        self.tracker = WatermarkTracker(policy.out_of_orderness_ms, upstreams)
+        self.partition = partition  # who we are to the next stage
+        self.output = output
+        self.idle_timeout = idle_timeout
+        self.windows: list[WindowPartition] = []
+        self._sent = (self.tracker.current, False)  # last broadcast (watermark, idle)
+        self._sent_at = 0.0
+        self.last_input = time.monotonic()
+
+    @property
+    def watermark(self) -> int:
+        return self.tracker.current
+
+    def restore(self, watermark: int) -> None:
+        self.tracker.current = max(self.tracker.current, watermark)
+
+    def on_data(self, rec: Any, value: Any) -> int:
+        """The event time of a data record (raises ValueError if the value has none)."""
+        ts = self.policy.extract(value, rec.timestamp)
+        if self.tracker.observe(ts):
+            self._advanced()
+        return ts
+
+    def on_control(self, headers: Any) -> bool:
+        """True if the record is a watermark control record (and consumed here)."""
+        control = read_control(headers)
+        if control is None:
+            return False
+        if self.tracker.from_upstream(*control):
+            self._advanced()
+        return True
+
+    def _advanced(self) -> None:
+        watermark = self.tracker.current
+        for window in self.windows:
+            window.advance(watermark)
+
+    def broadcast(self, collector: RecordCollector, *, force: bool = False) -> None:
+        """Relay stages: tell every downstream partition our watermark if it moved (or our
+        idleness changed), at most every BROADCAST_EVERY seconds unless forced."""
+        output = self.output
+        if output is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._sent_at < BROADCAST_EVERY:
+            return
+        idle = now - self.last_input >= self.idle_timeout
+        state = (self.tracker.current, idle)
+        if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
+            return  # nothing new (an idle task repeats itself every idle_timeout)
+        self._sent, self._sent_at = state, now
+        headers = control_headers(self.partition, state[0], idle)
+        for partition in range(output.partitions or 1):
+            collector.append(output.name, None, None, headers=headers, partition=partition)

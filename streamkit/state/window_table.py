@@ -1,0 +1,218 @@
+"""WindowTable: windowed aggregations per key over event time, stored like any table.
+
+`app.window("clicks", sk.tumbling(60), sk.count(), emit="final", output=topic)` declares one;
+agent code calls `clicks.add(key, value)` for the event being processed. Each (window, key)
+accumulator is a row of an ordinary table (write-back cache, SQLite, changelog, checkpoint,
+exactly-once), keyed by the window start (8 bytes, big-endian, so SQLite orders windows by
+time) followed by the encoded key.
+
+A window closes when the task's watermark reaches its end plus the allowed lateness: with
+`emit="final"` its result is written to the output topic then, once; with `emit="update"` every
+change is written as it happens. Either way the closed window's row is deleted (purged, a
+tombstone in the changelog). An event whose windows are all closed is late: it goes to the
+late topic (`{app_id}-{agent}-late` unless named) with the reason and its source coordinates,
+and is counted; it is never dropped silently.
+
+The watermark the windows saw is stored in the same table (a reserved row), so it is
+checkpointed and restored with the windows it closed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from streamkit.eventtime import NO_WATERMARK
+from streamkit.serde import Codec, codec_for
+from streamkit.state.table import _DELETED, _MISSING, Table, TableNotBound, TablePartition
+from streamkit.topics import Topic
+from streamkit.windows import Aggregation, WindowKind
+
+if TYPE_CHECKING:
+    from streamkit.runtime.task import Task
+
+_START = struct.Struct(">q")
+WATERMARK_ROW: tuple[int, Any] = (NO_WATERMARK, None)  # the reserved row: the watermark
+
+
+class WindowKeyCodec:
+    """(window start, key) ↔ 8-byte big-endian start + the key's bytes."""
+
+    name = "window-key"
+
+    def __init__(self, key_codec: Codec[Any]) -> None:
+        self._key = key_codec
+
+    def encode(self, obj: tuple[int, Any]) -> bytes:
+        start, key = obj
+        if key is None:
+            return _START.pack(start)
+        return _START.pack(start) + self._key.encode(key)
+
+    def decode(self, data: bytes) -> tuple[int, Any]:
+        (start,) = _START.unpack_from(data)
+        if len(data) == 8:
+            return start, None
+        return start, self._key.decode(data[8:])
+
+    @property
+    def loads(self) -> Callable[[bytes], tuple[int, Any]]:
+        return self.decode
+
+
+class WindowTable:
+    """Windowed aggregations per key. Use `add` from the agent that owns it."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: WindowKind,
+        aggregation: Aggregation,
+        table: Table[Any, Any],
+        *,
+        emit: str,
+        allowed_lateness_ms: int,
+        output: Topic | None,
+        late_topic: str | None,
+        key_type: Any,
+    ) -> None:
+        if emit not in ("final", "update"):
+            raise ValueError(f"window {name}: emit must be 'final' or 'update', got {emit!r}")
+        if allowed_lateness_ms < 0:
+            raise ValueError(f"window {name}: allowed lateness must be >= 0")
+        self.name = name
+        self.kind = kind
+        self.aggregation = aggregation
+        self.table = table
+        self.emit = emit
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.output = output
+        self.late_topic = late_topic  # set when the owning agent is known, if not named
+        self.key_codec: Codec[Any] = codec_for(key_type)
+        table.key_codec = WindowKeyCodec(self.key_codec)
+        self.late_events = 0  # late events routed by this process
+        self.emitted = 0
+
+    def __repr__(self) -> str:
+        return f"WindowTable({self.name!r}, {self.kind})"
+
+    def _local(self) -> WindowPartition:
+        from streamkit.runtime.task import CURRENT_TASK
+
+        task = CURRENT_TASK.get(None)
+        part = None if task is None else task.windows.get(self.name)
+        if part is None:
+            where = "outside an agent" if task is None else f"in stage {task.stage.name}"
+            raise TableNotBound(
+                f"window table {self.name} used {where}: use it in the body of the agent "
+                "that owns it"
+            )
+        return part
+
+    def add(self, key: Any, value: Any = None, *, timestamp_ms: int | None = None) -> None:
+        """Fold `value` into `key`'s windows at the event time of the event being processed
+        (or `timestamp_ms`)."""
+        self._local().add(key, value, timestamp_ms)
+
+    def get(self, key: Any, start_ms: int) -> Any:
+        """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
+        return self._local().get(key, start_ms)
+
+
+class WindowPartition:
+    """One window table on one partition: its rows, the open windows by start, closing."""
+
+    def __init__(self, wt: WindowTable, rows: TablePartition, task: Task) -> None:
+        self.wt = wt
+        self.rows = rows
+        self.task = task
+        self.open: dict[int, set[Any]] = {}  # window start → keys with a row
+        self._starts: list[int] = []  # heap of the starts in `open`
+        self.watermark = NO_WATERMARK
+        self._size = wt.kind.size_ms
+        self._hold = wt.allowed_lateness_ms + wt.kind.size_ms  # start + hold <= wm: closed
+
+    def load(self) -> int:
+        """Rebuild the index of open windows from the stored rows; returns the stored
+        watermark (the one the stored state reflects)."""
+        for start, key in self.rows.iter_keys():
+            if (start, key) == WATERMARK_ROW:
+                continue
+            self._index(start, key)
+        saved = self.rows.get(WATERMARK_ROW)
+        if saved is not _MISSING and saved is not _DELETED and saved is not None:
+            self.watermark = int(saved)
+        return self.watermark
+
+    def _index(self, start: int, key: Any) -> None:
+        keys = self.open.get(start)
+        if keys is None:
+            keys = self.open[start] = set()
+            heapq.heappush(self._starts, start)
+        keys.add(key)
+
+    def get(self, key: Any, start: int) -> Any:
+        value = self.rows.get((start, key))
+        return None if value is _MISSING else value
+
+    def add(self, key: Any, value: Any, ts: int | None) -> None:
+        task = self.task
+        if ts is None:
+            ts = task.event_time()
+        wt, rows = self.wt, self.rows
+        cutoff = self.watermark - self._hold  # windows starting at or before it are closed
+        added = False
+        for start, end in wt.kind.windows_for(ts):
+            if start <= cutoff:
+                continue
+            row = (start, key)
+            acc = rows.get(row)
+            if acc is _MISSING:
+                acc = wt.aggregation.initial()
+                self._index(start, key)
+            acc = wt.aggregation.add(acc, value)
+            rows.set(row, acc)
+            added = True
+            if wt.emit == "update":
+                self._emit(key, start, end, acc, final=False)
+        if not added:
+            wt.late_events += 1
+            task.route_late(
+                wt.late_topic or "",
+                f"late for window table {wt.name}: event time {ts} is in windows that closed "
+                f"(watermark {self.watermark}, allowed lateness {wt.allowed_lateness_ms} ms)",
+            )
+
+    def advance(self, watermark: int) -> None:
+        """The task's watermark moved: close (emit, purge) every window it passed."""
+        if watermark <= self.watermark:
+            return
+        self.watermark = watermark
+        self.rows.set(WATERMARK_ROW, watermark)
+        cutoff = watermark - self._hold
+        starts, rows = self._starts, self.rows
+        while starts and starts[0] <= cutoff:
+            start = heapq.heappop(starts)
+            for key in sorted(self.open.pop(start), key=repr):
+                row = (start, key)
+                if self.wt.emit == "final":
+                    acc = rows.get(row)
+                    if acc is not _MISSING:
+                        self._emit(key, start, start + self._size, acc, final=True)
+                rows.delete(row)
+
+    def _emit(self, key: Any, start: int, end: int, acc: Any, *, final: bool) -> None:
+        wt = self.wt
+        if wt.output is None:
+            return
+        value = orjson.dumps(
+            {"key": key, "start": start, "end": end, wt.aggregation.name: acc, "final": final}
+        )
+        encoded_key = wt.key_codec.encode(key)
+        # a batch that fills up here goes out with the task's next submit
+        self.task.collector.append(wt.output.name, encoded_key, value, timestamp_ms=end - 1)
+        wt.emitted += 1

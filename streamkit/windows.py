@@ -1,0 +1,152 @@
+"""Windows and aggregations: pure definitions, no I/O.
+
+A window kind maps an event time to the windows that contain it (`windows_for`); an
+aggregation folds values into a JSON-able accumulator (`initial`, `add`). Times are epoch
+milliseconds, windows half-open `[start, end)`. Window tables (`state/window_table.py`) store
+one accumulator per (window start, key) and close a window once the watermark passes its end
+plus the allowed lateness.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+def _ms(seconds: float, what: str) -> int:
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, got {seconds!r}")
+    return ms
+
+
+class WindowKind(Protocol):
+    @property
+    def size_ms(self) -> int: ...
+
+    def windows_for(self, ts: int) -> list[tuple[int, int]]:
+        """The windows `[start, end)` that contain event time `ts`, oldest first."""
+
+
+@dataclass(frozen=True)
+class Tumbling:
+    """Fixed-size windows, one after another: `Tumbling(60)` is every whole minute."""
+
+    size_ms: int
+
+    def windows_for(self, ts: int) -> list[tuple[int, int]]:
+        start = ts - ts % self.size_ms
+        return [(start, start + self.size_ms)]
+
+    def __str__(self) -> str:
+        return f"tumbling {self.size_ms / 1000:g}s"
+
+
+@dataclass(frozen=True)
+class Hopping:
+    """Fixed-size windows starting every `step`: an event is in `size / step` windows."""
+
+    size_ms: int
+    step_ms: int
+
+    def windows_for(self, ts: int) -> list[tuple[int, int]]:
+        size, step = self.size_ms, self.step_ms
+        start = ts - ts % step  # the latest window start at or before ts
+        found = []
+        while start > ts - size:
+            found.append((start, start + size))
+            start -= step
+        found.reverse()
+        return found
+
+    def __str__(self) -> str:
+        return f"hopping {self.size_ms / 1000:g}s every {self.step_ms / 1000:g}s"
+
+
+def tumbling(seconds: float) -> Tumbling:
+    return Tumbling(_ms(seconds, "the window size"))
+
+
+def hopping(seconds: float, every: float) -> Hopping:
+    size, step = _ms(seconds, "the window size"), _ms(every, "the hop")
+    if size % step:
+        raise ValueError(f"the window size ({seconds}s) must be a multiple of the hop ({every}s)")
+    return Hopping(size, step)
+
+
+# -- aggregations --------------------------------------------------------------------------------
+
+
+class Aggregation(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def initial(self) -> Any: ...
+
+    def add(self, acc: Any, value: Any) -> Any: ...
+
+
+def _getter(of: str | Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    if of is None:
+        return lambda value: value
+    if callable(of):
+        return of
+    field = of
+
+    def get(value: Any) -> Any:
+        return value[field] if isinstance(value, dict) else getattr(value, field)
+
+    return get
+
+
+@dataclass(frozen=True)
+class _Fold:
+    name: str
+    start: Any
+    step: Callable[[Any, Any], Any]
+    get: Callable[[Any], Any]
+
+    def initial(self) -> Any:
+        return self.start
+
+    def add(self, acc: Any, value: Any) -> Any:
+        item = self.get(value)
+        return item if acc is None else self.step(acc, item)
+
+
+@dataclass(frozen=True)
+class _Count:
+    name: str = "count"
+
+    def initial(self) -> Any:
+        return 0
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return acc + 1
+
+
+def count() -> Aggregation:
+    return _Count()
+
+
+def sum_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
+    """The sum of a field (name), of a function's result, or of the values themselves."""
+    return _Fold("sum", 0, operator.add, _getter(of))
+
+
+def min_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
+    return _Fold("min", None, min, _getter(of))
+
+
+def max_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
+    return _Fold("max", None, max, _getter(of))
+
+
+def reduce(fn: Callable[[Any, Any], Any], initial: Any = None) -> Aggregation:
+    """`fn(acc, value) -> acc`; the accumulator must be JSON-able (it is stored as JSON).
+    With `initial=None` the first value is the first accumulator."""
+    if initial is None:
+        return _Fold("reduce", None, fn, _getter(None))
+    return _Fold("reduce", initial, fn, _getter(None))
