@@ -8,7 +8,7 @@ A task's watermark (`WatermarkTracker`):
 - on a source topic: the largest event time seen on its partition minus the out-of-orderness;
 - after a repartition hop: the minimum over the upstream tasks' watermarks (each upstream task
   writes watermark control records to every partition of the repartition topic), leaving out
-  upstream tasks that said they are idle.
+  upstream tasks that said they are idle (unless all are).
 It never goes back. Control records carry a header `streamkit.watermark` and are never handed
 to agent code.
 """
@@ -103,9 +103,8 @@ class WatermarkTracker:
             self.idle.add(upstream)
         else:
             self.idle.discard(upstream)
-        active = [u for u in range(self.upstreams) if u not in self.idle]
-        if not active:
-            return False  # everyone idle: hold the watermark where it is
+        # everyone idle: nobody is a straggler, so the plain minimum over all of them
+        active = [u for u in range(self.upstreams) if u not in self.idle] or range(self.upstreams)
         return self._advance(min(self.heard.get(u, NO_WATERMARK) for u in active))
 
     def _advance(self, candidate: int) -> bool:

@@ -45,6 +45,9 @@ def test_a_watermark_after_a_hop_is_the_minimum_of_active_upstreams() -> None:
     assert wm.from_upstream(2, 150, True) and wm.current == 100  # 2 idle: min(100, 200)
     assert not wm.from_upstream(2, 120, False)  # back, behind: the watermark never goes back
     assert wm.current == 100
+    assert wm.from_upstream(0, 300, True) and wm.current == 150  # min(1: 200, 2: 150)
+    assert not wm.from_upstream(1, 300, True) and wm.current == 150  # 2 alone: 150
+    assert wm.from_upstream(2, 400, True) and wm.current == 300  # all idle: min of all
     source = WatermarkTracker(out_of_orderness_ms=5)
     assert source.observe(100) and source.current == 95
     assert not source.observe(90) and source.current == 95

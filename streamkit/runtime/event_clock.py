@@ -11,6 +11,7 @@ next stage does not wait for it.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from streamkit.runtime.collector import RecordCollector
     from streamkit.state.window_table import WindowPartition
     from streamkit.topics import Topic
+
+log = logging.getLogger(__name__)
 
 BROADCAST_EVERY = 0.2  # seconds between two watermark control records of a task
 
@@ -86,6 +89,7 @@ class EventClock:
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
             return  # nothing new (an idle task repeats itself every idle_timeout)
         self._sent, self._sent_at = state, now
+        log.debug("partition %d: watermark %d%s", self.partition, state[0], " (idle)" * idle)
         headers = control_headers(self.partition, state[0], idle)
         for partition in range(output.partitions or 1):
             collector.append(output.name, None, None, headers=headers, partition=partition)

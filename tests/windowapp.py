@@ -1,0 +1,28 @@
+"""Windowed counts over event time, exactly-once, for the crash test: purchases (4 partitions,
+event time from the value's `ts`) → key_by user → 10 s tumbling count and sum, final results
+to `win-out-<id>`; late events to `win-late-<id>`. Names come from SKTEST_ID."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamkit as sk
+
+ID = os.environ.get("SKTEST_ID", "unset")
+
+app = sk.App(
+    f"win-{ID}", processing_guarantee="exactly_once", commit_interval=0.2, idle_timeout=1.0
+)
+purchases = app.topic(f"win-in-{ID}", partitions=4, timestamp="ts")
+results = app.topic(f"win-out-{ID}", partitions=4)
+late = app.topic(f"win-late-{ID}", key_type=bytes, value_type=bytes, partitions=1)
+counts = app.window(
+    "counts", sk.tumbling(10), sk.count(), allowed_lateness=20, output=results, late_topic=late
+)
+
+
+@app.agent(purchases)
+async def per_user(stream: sk.Stream[Any]) -> None:
+    async for p in stream.key_by("user", name="by-user"):
+        counts.add(p["user"])
