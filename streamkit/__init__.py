@@ -7,7 +7,16 @@ from streamkit.settings import ConfigError, Settings
 from streamkit.state.window_table import WindowTable
 from streamkit.streams import Stream
 from streamkit.topics import Topic
-from streamkit.windows import count, hopping, max_of, min_of, reduce, sum_of, tumbling
+from streamkit.windows import (
+    count,
+    hopping,
+    max_of,
+    min_of,
+    reduce,
+    session,
+    sum_of,
+    tumbling,
+)
 
 __all__ = [
     "App",
@@ -25,6 +34,7 @@ __all__ = [
     "max_of",
     "min_of",
     "reduce",
+    "session",
     "sum_of",
     "tumbling",
 ]

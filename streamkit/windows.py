@@ -65,6 +65,28 @@ class Hopping:
         return f"hopping {self.size_ms / 1000:g}s every {self.step_ms / 1000:g}s"
 
 
+@dataclass(frozen=True)
+class Session:
+    """Per-key sessions: events closer than `gap` to each other are one session
+    `[first event, last event + gap)`; a new event can merge two sessions."""
+
+    gap_ms: int
+
+    @property
+    def size_ms(self) -> int:
+        return self.gap_ms
+
+    def windows_for(self, ts: int) -> list[tuple[int, int]]:
+        return [(ts, ts + self.gap_ms)]  # before merging with the key's other sessions
+
+    def __str__(self) -> str:
+        return f"session gap {self.gap_ms / 1000:g}s"
+
+
+def session(gap: float) -> Session:
+    return Session(_ms(gap, "the session gap"))
+
+
 def tumbling(seconds: float) -> Tumbling:
     return Tumbling(_ms(seconds, "the window size"))
 
@@ -86,6 +108,9 @@ class Aggregation(Protocol):
     def initial(self) -> Any: ...
 
     def add(self, acc: Any, value: Any) -> Any: ...
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """Two accumulators as one (session windows merge)."""
 
 
 def _getter(of: str | Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -115,6 +140,11 @@ class _Fold:
         item = self.get(value)
         return item if acc is None else self.step(acc, item)
 
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return b if a is None else a
+        return self.step(a, b)
+
 
 @dataclass(frozen=True)
 class _Count:
@@ -125,6 +155,9 @@ class _Count:
 
     def add(self, acc: Any, value: Any) -> Any:
         return acc + 1
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a + b
 
 
 def count() -> Aggregation:
@@ -146,7 +179,8 @@ def max_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
 
 def reduce(fn: Callable[[Any, Any], Any], initial: Any = None) -> Aggregation:
     """`fn(acc, value) -> acc`; the accumulator must be JSON-able (it is stored as JSON).
-    With `initial=None` the first value is the first accumulator."""
+    With `initial=None` the first value is the first accumulator. Session windows merge two
+    accumulators with `fn(a, b)` too."""
     if initial is None:
         return _Fold("reduce", None, fn, _getter(None))
     return _Fold("reduce", initial, fn, _getter(None))

@@ -16,8 +16,7 @@ import streamkit as sk
 from streamkit.eventtime import NO_WATERMARK, WatermarkTracker, control_headers, read_control
 from streamkit.state.store import open_store
 from streamkit.state.table import TablePartition
-from streamkit.state.window_table import WindowPartition
-from streamkit.windows import Hopping, Tumbling
+from streamkit.windows import Hopping, Session, Tumbling
 
 
 def test_tumbling_and_hopping_windows_contain_their_events() -> None:
@@ -83,13 +82,14 @@ def run_windows(
     ooo: int,
     lateness: int,
     emit: str = "final",
-) -> tuple[FakeTask, WindowPartition]:
+) -> tuple[FakeTask, Any]:
     app = sk.App("logic")
     out = app.topic("out")
     wt = app.window("w", kind, agg, emit=emit, allowed_lateness=lateness / 1000, output=out)
     store = open_store(tmp / f"{len(list(tmp.iterdir()))}.sqlite", {"t": "1"}, ["w"])
     task = FakeTask()
-    part = WindowPartition(wt, TablePartition(wt.table, 0, store, 50, lambda: None), task)  # type: ignore[arg-type]
+    rows = TablePartition(wt.table, 0, store, 50, lambda: None)
+    part = wt.open_partition(rows, task)  # type: ignore[arg-type]
     tracker = WatermarkTracker(ooo)
     for ts, key, value in events:
         task.ts = ts
@@ -196,3 +196,78 @@ def test_update_mode_emits_every_change_and_purges_on_close(tmp_path: Path) -> N
     ]
     assert not any(o["final"] for o in task.out)
     assert part.open == {}  # every window closed at the end of time, its rows deleted
+
+
+def session_oracle(
+    gap: int, events: list[tuple[int, str, int]], ooo: int, lateness: int
+) -> tuple[dict[tuple[str, int], tuple[int, int]], list[int]]:
+    """Sessions by direct simulation: lists of [start, end, count] per key."""
+    sessions: dict[str, list[list[int]]] = collections.defaultdict(list)
+    closed: dict[tuple[str, int], tuple[int, int]] = {}
+    late = []
+    top = None
+    for ts, key, _ in events:
+        top = ts if top is None else max(top, ts)
+        wm = top - ooo
+        for k, ss in sessions.items():  # close what the watermark passed
+            for sess in [x for x in ss if x[1] + lateness <= wm]:
+                closed[(k, sess[0])] = (sess[1], sess[2])
+                ss.remove(sess)
+        touching = [x for x in sessions[key] if x[0] < ts + gap and ts < x[1]]
+        start = min([ts, *(x[0] for x in touching)])
+        end = max([ts + gap, *(x[1] for x in touching)])
+        if end + lateness <= wm:
+            late.append(ts)
+            continue
+        for x in touching:
+            sessions[key].remove(x)
+        sessions[key].append([start, end, 1 + sum(x[2] for x in touching)])
+    for k, ss in sessions.items():
+        for sess in ss:
+            closed[(k, sess[0])] = (sess[1], sess[2])
+    return closed, late
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=events_strategy,
+    ooo=st.integers(0, 12).map(lambda t: t * 25),
+    lateness=st.integers(0, 12).map(lambda t: t * 25),
+    gap=st.sampled_from([50, 100, 175]),
+)
+def test_session_windows_match_a_direct_simulation(
+    tmp_path_factory: Any,
+    events: list[tuple[int, str, int]],
+    ooo: int,
+    lateness: int,
+    gap: int,
+) -> None:
+    task, _ = run_windows(
+        tmp_path_factory.mktemp("s"), Session(gap), sk.count(), events, ooo, lateness
+    )
+    expected, late = session_oracle(gap, events, ooo, lateness)
+    got = {(o["key"], o["start"]): (o["end"], o["count"]) for o in task.out}
+    assert len(got) == len(task.out), "a session was emitted twice"
+    assert got == expected
+    assert task.late == late
+
+
+def test_a_late_event_can_bridge_two_sessions(tmp_path: Path) -> None:
+    # gap 15 s: sessions [0, 20) and [30, 50) for "u"; 17 arrives out of order, joins them
+    events = [(0, "u", 1), (5_000, "u", 1), (30_000, "u", 1), (35_000, "u", 1), (17_000, "u", 1)]
+    events += [(100_000, "v", 1)]
+    task, _ = run_windows(tmp_path, Session(15_000), sk.count(), events, 30_000, 0)
+    assert [(o["key"], o["start"], o["end"], o["count"]) for o in task.out] == [
+        ("u", 0, 50_000, 5),
+        ("v", 100_000, 115_000, 1),
+    ]
+
+
+def test_sessions_exactly_one_gap_apart_stay_apart(tmp_path: Path) -> None:
+    events = [(0, "a", 1), (50, "a", 1), (130, "a", 1)]
+    task, _ = run_windows(tmp_path, Session(50), sk.count(), events, 25, 0)
+    assert [(o["start"], o["end"], o["count"]) for o in task.out] == [
+        (0, 50, 1),
+        (50, 100, 1),
+        (130, 180, 1),
+    ]

@@ -20,7 +20,7 @@ from streamkit.eventtime import WatermarkTracker, control_headers, read_control
 if TYPE_CHECKING:
     from streamkit.eventtime import TimestampPolicy
     from streamkit.runtime.collector import RecordCollector
-    from streamkit.state.window_table import WindowPartition
+    from streamkit.state.window_table import Windows
     from streamkit.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class EventClock:
         self.partition = partition  # who we are to the next stage
         self.output = output
         self.idle_timeout = idle_timeout
-        self.windows: list[WindowPartition] = []
+        self.windows: list[Windows] = []
         self._sent = (self.tracker.current, False)  # last broadcast (watermark, idle)
         self._sent_at = 0.0
         self.last_input = time.monotonic()

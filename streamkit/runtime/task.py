@@ -34,7 +34,7 @@ from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
-    from streamkit.state.window_table import WindowPartition
+    from streamkit.state.window_table import Windows
 
 BROADCAST_CHECK = 1024  # relayed events between two looks at the watermark to broadcast
 
@@ -101,7 +101,7 @@ class Task:
         self.status = TaskState.CREATED
         self.state = state  # the tables of this task (None for a stateless stage)
         self.tables: dict[str, TablePartition] = {}
-        self.windows: dict[str, WindowPartition] = {}
+        self.windows: dict[str, Windows] = {}
         self.clock = clock  # event time and watermarks (agents with window tables)
         self._event_ts: int | None = None
         self._reader = reader
@@ -383,11 +383,9 @@ class Task:
                 self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
 
     def _open_windows(self) -> None:
-        from streamkit.state.window_table import WindowPartition
-
         clock = self.clock
         for wt in self.stage.windows:
-            part = self.windows[wt.name] = WindowPartition(wt, self.tables[wt.table.name], self)
+            part = self.windows[wt.name] = wt.open_partition(self.tables[wt.table.name], self)
             stored = part.load()
             if clock is not None:
                 clock.restore(stored)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -30,7 +30,7 @@ from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
 from streamkit.state.table import _DELETED, _MISSING, Table, TableNotBound, TablePartition
 from streamkit.topics import Topic
-from streamkit.windows import Aggregation, WindowKind
+from streamkit.windows import Aggregation, Session, WindowKind
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
@@ -88,7 +88,7 @@ class WindowTable:
         self.kind = kind
         self.aggregation = aggregation
         self.table = table
-        self.emit = emit
+        self.emit_mode = emit
         self.allowed_lateness_ms = allowed_lateness_ms
         self.output = output
         self.late_topic = late_topic  # set when the owning agent is known, if not named
@@ -100,7 +100,7 @@ class WindowTable:
     def __repr__(self) -> str:
         return f"WindowTable({self.name!r}, {self.kind})"
 
-    def _local(self) -> WindowPartition:
+    def _local(self) -> Windows:
         from streamkit.runtime.task import CURRENT_TASK
 
         task = CURRENT_TASK.get(None)
@@ -121,6 +121,48 @@ class WindowTable:
     def get(self, key: Any, start_ms: int) -> Any:
         """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
         return self._local().get(key, start_ms)
+
+    def open_partition(self, rows: TablePartition, task: Task) -> Windows:
+        """The runtime side of this table on one task's partition."""
+        from streamkit.state.session_windows import SessionPartition
+
+        if isinstance(self.kind, Session):
+            return SessionPartition(self, rows, task)
+        return WindowPartition(self, rows, task)
+
+    def emit(self, task: Task, key: Any, start: int, end: int, acc: Any, *, final: bool) -> None:
+        """A window's result to the output topic, through the task's collector (a batch
+        that fills up here goes out with the task's next submit)."""
+        if self.output is None:
+            return
+        value = orjson.dumps(
+            {"key": key, "start": start, "end": end, self.aggregation.name: acc, "final": final}
+        )
+        task.collector.append(
+            self.output.name, self.key_codec.encode(key), value, timestamp_ms=end - 1
+        )
+        self.emitted += 1
+
+    def late(self, task: Task, ts: int, watermark: int) -> None:
+        """The event being processed is too late for this table: to the late topic."""
+        self.late_events += 1
+        task.route_late(
+            self.late_topic or "",
+            f"late for window table {self.name}: event time {ts} is in windows that closed "
+            f"(watermark {watermark}, allowed lateness {self.allowed_lateness_ms} ms)",
+        )
+
+
+class Windows(Protocol):
+    """What a task drives: one window table on its partition."""
+
+    def load(self) -> int: ...
+
+    def add(self, key: Any, value: Any, ts: int | None) -> None: ...
+
+    def advance(self, watermark: int) -> None: ...
+
+    def get(self, key: Any, start: int) -> Any: ...
 
 
 class WindowPartition:
@@ -177,15 +219,10 @@ class WindowPartition:
             acc = wt.aggregation.add(acc, value)
             rows.set(row, acc)
             added = True
-            if wt.emit == "update":
-                self._emit(key, start, end, acc, final=False)
+            if wt.emit_mode == "update":
+                wt.emit(task, key, start, end, acc, final=False)
         if not added:
-            wt.late_events += 1
-            task.route_late(
-                wt.late_topic or "",
-                f"late for window table {wt.name}: event time {ts} is in windows that closed "
-                f"(watermark {self.watermark}, allowed lateness {wt.allowed_lateness_ms} ms)",
-            )
+            wt.late(task, ts, self.watermark)
 
     def advance(self, watermark: int) -> None:
         """The task's watermark moved: close (emit, purge) every window it passed."""
@@ -199,20 +236,8 @@ class WindowPartition:
             start = heapq.heappop(starts)
             for key in sorted(self.open.pop(start), key=repr):
                 row = (start, key)
-                if self.wt.emit == "final":
+                if self.wt.emit_mode == "final":
                     acc = rows.get(row)
                     if acc is not _MISSING:
-                        self._emit(key, start, start + self._size, acc, final=True)
+                        self.wt.emit(self.task, key, start, start + self._size, acc, final=True)
                 rows.delete(row)
-
-    def _emit(self, key: Any, start: int, end: int, acc: Any, *, final: bool) -> None:
-        wt = self.wt
-        if wt.output is None:
-            return
-        value = orjson.dumps(
-            {"key": key, "start": start, "end": end, wt.aggregation.name: acc, "final": final}
-        )
-        encoded_key = wt.key_codec.encode(key)
-        # a batch that fills up here goes out with the task's next submit
-        self.task.collector.append(wt.output.name, encoded_key, value, timestamp_ms=end - 1)
-        wt.emitted += 1
