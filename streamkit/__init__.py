@@ -14,6 +14,7 @@ from streamkit.windows import (
     min_of,
     reduce,
     session,
+    sliding,
     sum_of,
     tumbling,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "min_of",
     "reduce",
     "session",
+    "sliding",
     "sum_of",
     "tumbling",
 ]

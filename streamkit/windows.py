@@ -83,6 +83,24 @@ class Session:
         return f"session gap {self.gap_ms / 1000:g}s"
 
 
+@dataclass(frozen=True)
+class Sliding:
+    """One window per event: `[t - size, t]` ending at the event's time `t`, over the key's
+    events in that range (both ends included), as Kafka Streams' sliding windows."""
+
+    size_ms: int
+
+    def windows_for(self, ts: int) -> list[tuple[int, int]]:
+        return [(ts - self.size_ms, ts)]
+
+    def __str__(self) -> str:
+        return f"sliding {self.size_ms / 1000:g}s"
+
+
+def sliding(seconds: float) -> Sliding:
+    return Sliding(_ms(seconds, "the window size"))
+
+
 def session(gap: float) -> Session:
     return Session(_ms(gap, "the session gap"))
 

@@ -16,7 +16,7 @@ import streamkit as sk
 from streamkit.eventtime import NO_WATERMARK, WatermarkTracker, control_headers, read_control
 from streamkit.state.store import open_store
 from streamkit.state.table import TablePartition
-from streamkit.windows import Hopping, Session, Tumbling
+from streamkit.windows import Hopping, Session, Sliding, Tumbling
 
 
 def test_tumbling_and_hopping_windows_contain_their_events() -> None:
@@ -271,3 +271,53 @@ def test_sessions_exactly_one_gap_apart_stay_apart(tmp_path: Path) -> None:
         (50, 100, 1),
         (130, 180, 1),
     ]
+
+
+def sliding_oracle(
+    size: int, events: list[tuple[int, str, int]], ooo: int, lateness: int
+) -> tuple[dict[tuple[str, int], int], list[int]]:
+    """Each on-time event's window [t - size, t]: the on-time events of its key in that range
+    that arrived before the window closed."""
+    wms = []
+    top = None
+    for ts, _, _ in events:
+        top = ts if top is None else max(top, ts)
+        wms.append(top - ooo)
+    on_time = [i for i, (ts, _, _) in enumerate(events) if ts + lateness > wms[i]]
+    late = [events[i][0] for i in range(len(events)) if i not in on_time]
+    results: dict[tuple[str, int], int] = {}
+    for i in on_time:
+        t, key, _ = events[i]
+        if (key, t) in results:
+            continue
+        closes = next((j for j in range(len(events)) if wms[j] >= t + lateness), len(events))
+        results[(key, t)] = sum(
+            1
+            for j in on_time
+            if j < closes and events[j][1] == key and t - size <= events[j][0] <= t
+        )
+    return results, late
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=events_strategy,
+    ooo=st.integers(0, 12).map(lambda t: t * 25),
+    lateness=st.integers(0, 12).map(lambda t: t * 25),
+    size=st.sampled_from([50, 100, 250]),
+)
+def test_sliding_windows_match_a_brute_force_oracle(
+    tmp_path_factory: Any,
+    events: list[tuple[int, str, int]],
+    ooo: int,
+    lateness: int,
+    size: int,
+) -> None:
+    task, _ = run_windows(
+        tmp_path_factory.mktemp("l"), Sliding(size), sk.count(), events, ooo, lateness
+    )
+    expected, late = sliding_oracle(size, events, ooo, lateness)
+    got = {(o["key"], o["end"]): o["count"] for o in task.out}
+    assert len(got) == len(task.out), "a window was emitted twice"
+    assert got == expected
+    assert task.late == late

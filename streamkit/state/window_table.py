@@ -30,7 +30,7 @@ from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
 from streamkit.state.table import _DELETED, _MISSING, Table, TableNotBound, TablePartition
 from streamkit.topics import Topic
-from streamkit.windows import Aggregation, Session, WindowKind
+from streamkit.windows import Aggregation, Session, Sliding, WindowKind
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
@@ -125,9 +125,12 @@ class WindowTable:
     def open_partition(self, rows: TablePartition, task: Task) -> Windows:
         """The runtime side of this table on one task's partition."""
         from streamkit.state.session_windows import SessionPartition
+        from streamkit.state.sliding_windows import SlidingPartition
 
         if isinstance(self.kind, Session):
             return SessionPartition(self, rows, task)
+        if isinstance(self.kind, Sliding):
+            return SlidingPartition(self, rows, task)
         return WindowPartition(self, rows, task)
 
     def emit(self, task: Task, key: Any, start: int, end: int, acc: Any, *, final: bool) -> None:
