@@ -12,6 +12,7 @@ from streamkit.events import Headers
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.stages import AgentShapeError, Stage, bind_tables, build_stages, trace
 from streamkit.state.table import Table
+from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
 from streamkit.topics import Topic
 from streamkit.windows import Aggregation, WindowKind
@@ -38,6 +39,7 @@ class App:
         self.agents: dict[str, Agent] = {}
         self.tables: dict[str, Table[Any, Any]] = {}
         self.windows: dict[str, WindowTable] = {}
+        self.timers: dict[str, Timers] = {}
         self._bound = False
         self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
 
@@ -144,6 +146,14 @@ class App:
         )
         self.windows[name] = wt
         return wt
+
+    def timer_set(self, name: str) -> Timers:
+        """Declare per-key timers (`.at(key, when)` in event time, `.after(key, seconds)` in
+        processing time) and name their callback with `@timers.on_fire`. Pending timers are
+        state of the agent that sets them: checkpointed and restored like a table."""
+        timers = Timers(name, self.table(name, key_type=bytes))
+        self.timers[name] = timers
+        return timers
 
     def agent(
         self,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from streamkit.agents import Agent
     from streamkit.app import App
     from streamkit.state.table import Table
+    from streamkit.state.timers import Timers
     from streamkit.state.window_table import WindowTable
 
 
@@ -85,6 +86,12 @@ class Stage:
     output: Topic | None  # the internal topic the exchange writes, None for the last stage
     tables: list[Table[Any, Any]] = field(default_factory=list)  # state the body uses
     windows: list[WindowTable] = field(default_factory=list)  # window tables (in `tables` too)
+    timers: list[Timers] = field(default_factory=list)  # timer sets (in `tables` too)
+
+    @property
+    def uses_event_time(self) -> bool:
+        """Its agent has window tables or timers: every stage tracks event time."""
+        return any(st.windows or st.timers for st in self.agent.stages)
 
     @property
     def exchange(self) -> Exchange | None:
@@ -188,9 +195,11 @@ def bind_tables(app: App) -> None:
         named = [scope.get(n) for n in sorted(referenced_names(agent.fn))]
         windows = [w for w in app.windows.values() if any(obj is w for obj in named)]
         used = [t for t in app.tables.values() if any(obj is t for obj in named)]
-        used += [w.table for w in windows]
+        timers = [t for t in app.timers.values() if any(obj is t for obj in named)]
+        used += [w.table for w in windows] + [t.table for t in timers]
         stage.tables = []
         stage.windows = windows
+        stage.timers = timers
         for wt in windows:
             if wt.late_topic is None:
                 wt.late_topic = app.topic(

@@ -68,6 +68,35 @@ class Topic:
     def encode_value(self, value: Any) -> bytes | None:
         return None if value is None else self.value_codec.encode(value)
 
+    def produce(
+        self,
+        value: Any = None,
+        *,
+        key: Any = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """`send` without awaiting, for plain functions that run inside an agent's task (timer
+        callbacks): the record joins the task's outputs and goes out with its next batch."""
+        self._collector().append(
+            self.name,
+            self.encode_key(key),
+            self.encode_value(value),
+            headers=headers,
+            timestamp_ms=timestamp_ms,
+            partition=partition,
+        )
+
+    def _collector(self) -> Any:
+        collector = CURRENT_COLLECTOR.get(None)
+        if collector is None:
+            raise RuntimeError(
+                f"Topic({self.name!r}).send() was called outside a running agent; "
+                "use `async with app.producer() as p: await p.send(topic, ...)`"
+            )
+        return collector
+
     async def send(
         self,
         value: Any = None,
@@ -79,12 +108,7 @@ class Topic:
     ) -> None:
         """Send from inside an agent: the record joins that agent's task outputs, so it is
         committed with the event being processed. Outside an agent use `app.producer()`."""
-        collector = CURRENT_COLLECTOR.get(None)
-        if collector is None:
-            raise RuntimeError(
-                f"Topic({self.name!r}).send() was called outside a running agent; "
-                "use `async with app.producer() as p: await p.send(topic, ...)`"
-            )
+        collector = self._collector()
         if collector.append(
             self.name,
             self.encode_key(key),

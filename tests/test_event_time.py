@@ -14,7 +14,16 @@ import orjson
 
 import streamkit as sk
 from streamkit.runtime.dlq import describe
-from tests.kafkahelp import WorkerProcess, create_topic, produce, read_all, running, wait_until
+from tests.kafkahelp import (
+    WorkerProcess,
+    committed,
+    create_topic,
+    end_offsets,
+    produce,
+    read_all,
+    running,
+    wait_until,
+)
 
 
 def finals(records: list[Any]) -> list[dict[str, Any]]:
@@ -182,3 +191,44 @@ async def _send(uid: str, rows: list[dict[str, Any]], spread: bool = False) -> N
         return
     for partition, row in enumerate(rows):
         await produce(f"win-in-{uid}", [orjson.dumps(row)], partition=partition)
+
+
+async def test_timers_fire_once_across_a_kill_9(uid: str, tmp_path: Path) -> None:
+    topic = f"tm-in-{uid}"
+    await create_topic(topic, 2)
+    env = {"SKTEST_ID": uid, "STREAMKIT_WORKDIR": str(tmp_path / "state")}
+    worker = WorkerProcess("tests.timerapp:app", env, tmp_path / "t1.log").start()
+    users = [f"u{i}" for i in range(10)]
+    try:
+        await wait_until(lambda: "open, " in worker.log(), within=60, what="the worker to start")
+        await produce(
+            topic,
+            [orjson.dumps({"user": u, "ts": 100, "id": i}) for i, u in enumerate(users)],
+            keys=[u.encode() for u in users],
+        )
+        ends = await end_offsets(topic)
+        await wait_until(
+            lambda: _committed_to(f"tm-{uid}", topic, ends), within=30, what="the commit"
+        )
+        worker.signal(signal.SIGKILL)  # timers set and committed, none due yet
+        worker.wait(10)
+        assert await read_all(f"tm-out-{uid}") == []
+        worker = WorkerProcess("tests.timerapp:app", env, tmp_path / "t2.log").start()
+        # processing-time timers fire 4 s after they were set, on the restarted worker;
+        # event time moves to 200 s on both partitions: the event-time ones fire too
+        await produce(
+            topic, [orjson.dumps({"user": "tick", "ts": 200, "id": -1})] * 2, keys=[b"a", b"b"]
+        )
+        await produce(
+            topic, [orjson.dumps({"user": "tick", "ts": 200, "id": -1})] * 2, keys=[b"c", b"d"]
+        )
+        fired = finals(await read_all(f"tm-out-{uid}", expect=2 * len(users), within=60))
+    finally:
+        worker.stop()
+    got = collections.Counter((f["kind"], f["key"], f["payload"]) for f in fired)
+    expected = {(kind, u, i): 1 for i, u in enumerate(users) for kind in ("event", "processing")}
+    assert dict(got) == expected
+
+
+async def _committed_to(group: str, topic: str, ends: dict[int, int]) -> bool:
+    return await committed(group, topic) == ends

@@ -13,19 +13,28 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.eventtime import WatermarkTracker, control_headers, read_control
 
 if TYPE_CHECKING:
     from streamkit.eventtime import TimestampPolicy
     from streamkit.runtime.collector import RecordCollector
-    from streamkit.state.window_table import Windows
     from streamkit.topics import Topic
 
 log = logging.getLogger(__name__)
 
 BROADCAST_EVERY = 0.2  # seconds between two watermark control records of a task
+
+
+class OnWatermark(Protocol):
+    """Event-time state of a task (window tables, timers): loaded at start, advanced by
+    the watermark."""
+
+    def load(self) -> int:
+        """Open it; the watermark its stored state reflects."""
+
+    def advance(self, watermark: int) -> None: ...
 
 
 class EventClock:
@@ -42,7 +51,7 @@ class EventClock:
         self.partition = partition  # who we are to the next stage
         self.output = output
         self.idle_timeout = idle_timeout
-        self.windows: list[Windows] = []
+        self.windows: list[OnWatermark] = []  # what the watermark drives
         self._sent = (self.tracker.current, False)  # last broadcast (watermark, idle)
         self._sent_at = 0.0
         self.last_input = time.monotonic()

@@ -33,7 +33,8 @@ from streamkit.state.task_tables import TaskTables
 from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
 
 if TYPE_CHECKING:
-    from streamkit.runtime.event_clock import EventClock
+    from streamkit.runtime.event_clock import EventClock, OnWatermark
+    from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
 
 BROADCAST_CHECK = 1024  # relayed events between two looks at the watermark to broadcast
@@ -102,6 +103,7 @@ class Task:
         self.state = state  # the tables of this task (None for a stateless stage)
         self.tables: dict[str, TablePartition] = {}
         self.windows: dict[str, Windows] = {}
+        self.timers: dict[str, TimerPartition] = {}
         self.clock = clock  # event time and watermarks (agents with window tables)
         self._event_ts: int | None = None
         self._reader = reader
@@ -247,18 +249,25 @@ class Task:
             if self._records and not self._pausing:
                 return
         clock = self.clock
+        timeout = None
         if clock is not None:
             clock.broadcast(self.collector)
+            if clock.output is not None:  # wake up now and then to say we are idle
+                timeout = clock.idle_timeout / 2
+        if self.timers:
+            due = self._fire_processing_timers()
+            if due is not None:
+                timeout = due if timeout is None else min(timeout, due)
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         self._idle = True
         parked = self._parked
         if parked is not None and not parked.done():
             parked.set_result(None)
         try:
-            if clock is None or clock.output is None:
+            if timeout is None:
                 await waiter
-            else:  # wake up now and then to say we are idle
-                await asyncio.wait((waiter,), timeout=clock.idle_timeout / 2)
+            else:
+                await asyncio.wait((waiter,), timeout=timeout)
         finally:
             self._waiter = None
             self._idle = False
@@ -275,6 +284,17 @@ class Task:
         if self._rec is not None:
             return int(self._rec.timestamp)
         raise RuntimeError("no event is being processed")
+
+    def _fire_processing_timers(self) -> float | None:
+        """Run the processing-time timers that are due; seconds until the next one."""
+        now = time.time() * 1000
+        nearest = None
+        for part in self.timers.values():
+            part.advance_processing(int(now))
+            due = part.next_processing()
+            if due is not None:
+                nearest = due if nearest is None else min(nearest, due)
+        return None if nearest is None else max(0.0, (nearest - now) / 1000)
 
     def route_late(self, topic: str, reason: str) -> None:
         """The event being processed is late for a window table: to the late topic."""
@@ -383,9 +403,16 @@ class Task:
                 self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
 
     def _open_windows(self) -> None:
+        """Window tables and timers: their runtime side, driven by the task's clock."""
         clock = self.clock
+        parts: list[OnWatermark] = []
         for wt in self.stage.windows:
-            part = self.windows[wt.name] = wt.open_partition(self.tables[wt.table.name], self)
+            window = self.windows[wt.name] = wt.open_partition(self.tables[wt.table.name], self)
+            parts.append(window)
+        for timers in self.stage.timers:
+            timer = self.timers[timers.name] = timers.open_partition(self.tables[timers.name], self)
+            parts.append(timer)
+        for part in parts:
             stored = part.load()
             if clock is not None:
                 clock.restore(stored)

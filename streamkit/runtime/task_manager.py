@@ -125,9 +125,9 @@ class TaskManager:
         log.info("assigned %s", _fmt(tps))
 
     def _clock(self, stage: Stage, partition: int) -> EventClock | None:
-        """Event time for every stage of an agent that uses window tables."""
+        """Event time for every stage of an agent that uses window tables or timers."""
         stages = stage.agent.stages
-        if not any(st.windows for st in stages):
+        if not stage.uses_event_time:
             return None
         if stage.index == 0:
             policy, upstreams = stage.source.timestamp_policy, 0
