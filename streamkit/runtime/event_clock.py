@@ -1,4 +1,5 @@
-"""EventClock: the event time of one task, for agents that use event time (window tables).
+"""EventClock: the event time of one task, for agents that use event time (window tables,
+timers); and opening a task's event-time state.
 
 Per record it takes the event time (`on_data`, the topic's timestamp policy; after a
 repartition hop, the record timestamp, which the upstream task set to the event time) and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.eventtime import WatermarkTracker, control_headers, read_control
@@ -20,6 +22,8 @@ from streamkit.eventtime import WatermarkTracker, control_headers, read_control
 if TYPE_CHECKING:
     from streamkit.eventtime import TimestampPolicy
     from streamkit.runtime.collector import RecordCollector
+    from streamkit.runtime.task import Task
+    from streamkit.state.timers import TimerPartition
     from streamkit.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -102,3 +106,33 @@ class EventClock:
         headers = control_headers(self.partition, state[0], idle)
         for partition in range(output.partitions or 1):
             collector.append(output.name, None, None, headers=headers, partition=partition)
+
+
+def open_event_state(task: Task) -> None:
+    """A task's window tables and timers: their runtime side over the task's open tables,
+    loaded, and handed to the task's clock (which restores the stored watermark)."""
+    clock = task.clock
+    parts: list[OnWatermark] = []
+    for wt in task.stage.windows:
+        window = task.windows[wt.name] = wt.open_partition(task.tables[wt.table.name], task)
+        parts.append(window)
+    for timers in task.stage.timers:
+        timer = task.timers[timers.name] = timers.open_partition(task.tables[timers.name], task)
+        parts.append(timer)
+    for part in parts:
+        stored = part.load()
+        if clock is not None:
+            clock.restore(stored)
+            clock.windows.append(part)
+
+
+def fire_processing_timers(timers: Iterable[TimerPartition]) -> float | None:
+    """Run the processing-time timers that are due; seconds until the next one (None: none)."""
+    now = time.time() * 1000
+    nearest = None
+    for part in timers:
+        part.advance_processing(int(now))
+        due = part.next_processing()
+        if due is not None:
+            nearest = due if nearest is None else min(nearest, due)
+    return None if nearest is None else max(0.0, (nearest - now) / 1000)

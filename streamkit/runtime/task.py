@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import CURRENT_COLLECTOR, ProduceFailed, RecordCollector
 from streamkit.runtime.dlq import dead_letter
+from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.exchange import Router
 from streamkit.serde import DecodeError
 from streamkit.stages import Stage
@@ -33,7 +34,7 @@ from streamkit.state.task_tables import TaskTables
 from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
 
 if TYPE_CHECKING:
-    from streamkit.runtime.event_clock import EventClock, OnWatermark
+    from streamkit.runtime.event_clock import EventClock
     from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
 
@@ -255,7 +256,7 @@ class Task:
             if clock.output is not None:  # wake up now and then to say we are idle
                 timeout = clock.idle_timeout / 2
         if self.timers:
-            due = self._fire_processing_timers()
+            due = fire_processing_timers(self.timers.values())
             if due is not None:
                 timeout = due if timeout is None else min(timeout, due)
         waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -284,17 +285,6 @@ class Task:
         if self._rec is not None:
             return int(self._rec.timestamp)
         raise RuntimeError("no event is being processed")
-
-    def _fire_processing_timers(self) -> float | None:
-        """Run the processing-time timers that are due; seconds until the next one."""
-        now = time.time() * 1000
-        nearest = None
-        for part in self.timers.values():
-            part.advance_processing(int(now))
-            due = part.next_processing()
-            if due is not None:
-                nearest = due if nearest is None else min(nearest, due)
-        return None if nearest is None else max(0.0, (nearest - now) / 1000)
 
     def route_late(self, topic: str, reason: str) -> None:
         """The event being processed is late for a window table: to the late topic."""
@@ -371,7 +361,7 @@ class Task:
             assert self._reader is not None
             await self.state.open(self._reader)
             self.tables = self.state.partitions
-            self._open_windows()
+            open_event_state(self)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -401,22 +391,6 @@ class Task:
                         f"@{failed.offset}: {type(exc).__name__}: {exc}"
                     ) from exc
                 self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
-
-    def _open_windows(self) -> None:
-        """Window tables and timers: their runtime side, driven by the task's clock."""
-        clock = self.clock
-        parts: list[OnWatermark] = []
-        for wt in self.stage.windows:
-            window = self.windows[wt.name] = wt.open_partition(self.tables[wt.table.name], self)
-            parts.append(window)
-        for timers in self.stage.timers:
-            timer = self.timers[timers.name] = timers.open_partition(self.tables[timers.name], self)
-            parts.append(timer)
-        for part in parts:
-            stored = part.load()
-            if clock is not None:
-                clock.restore(stored)
-                clock.windows.append(part)
 
     async def _relay(self, stream: Stream[Any]) -> None:
         """A stage before an exchange: its steps, then route each value to the next topic
