@@ -2,6 +2,7 @@
 
 from streamkit.app import App, Producer
 from streamkit.events import Event, Record
+from streamkit.eventtime import processing_time
 from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError, Settings
 from streamkit.state.window_table import WindowTable
@@ -34,6 +35,7 @@ __all__ = [
     "hopping",
     "max_of",
     "min_of",
+    "processing_time",
     "reduce",
     "session",
     "sliding",

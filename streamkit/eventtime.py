@@ -16,6 +16,7 @@ to agent code.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,12 @@ NO_WATERMARK = -(2**63)  # nothing seen yet: every window is open
 CONTROL_HEADER = "streamkit.watermark"
 
 TimestampSpec = str | Callable[[Any], Any] | None
+
+
+def processing_time(value: Any) -> float:
+    """`app.topic(..., timestamp=sk.processing_time)`: events get the wall-clock time at which
+    the worker reads them (windows over processing time)."""
+    return time.time()
 
 
 def to_ms(value: Any, unit: str = "s") -> int:

@@ -61,6 +61,9 @@ async def test_window_tables_in_a_worker_emit_final_and_update_results(
         late = await read_all(f"wt-{uid}-count_clicks-late", expect=1, within=30)
         updates = finals(await read_all(updates_topic.name, expect=12, within=30))
         assert counts.late_events == 1 and worker.tasks is not None
+        await produce(clicks.name, [b'{"user": "u", "n": 1}'], keys=[b"u"])  # no ts
+        (no_time,) = await read_all(app.dlq.name, expect=1, within=30)
+    assert describe(no_time.headers)["streamkit.error.type"] == "TimestampError"
     assert [(g["key"], g["start"], g["end"], g["count"]) for g in got] == [
         ("u", 0, 10_000, 3),
         ("u", 10_000, 20_000, 2),

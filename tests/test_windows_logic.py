@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -321,3 +322,106 @@ def test_sliding_windows_match_a_brute_force_oracle(
     assert len(got) == len(task.out), "a window was emitted twice"
     assert got == expected
     assert task.late == late
+
+
+# One out-of-order sequence (2 s out-of-orderness, no allowed lateness), every window kind and
+# emit mode, answers computed by hand: (start, end, count) in emission order, then the late.
+SEQUENCE = [1_000, 4_000, 12_000, 11_000, 9_500, 3_000, 21_000]
+BY_HAND: dict[tuple[str, str], tuple[list[tuple[int, int, int]], list[int]]] = {
+    ("tumbling", "final"): (
+        [(0, 10_000, 2), (10_000, 20_000, 2), (20_000, 30_000, 1)],
+        [9_500, 3_000],
+    ),
+    ("tumbling", "update"): (
+        [
+            (0, 10_000, 1),
+            (0, 10_000, 2),
+            (10_000, 20_000, 1),
+            (10_000, 20_000, 2),
+            (20_000, 30_000, 1),
+        ],
+        [9_500, 3_000],
+    ),
+    ("hopping", "final"): (
+        [
+            (-5_000, 5_000, 2),
+            (0, 10_000, 2),
+            (5_000, 15_000, 3),
+            (10_000, 20_000, 2),
+            (15_000, 25_000, 1),
+            (20_000, 30_000, 1),
+        ],
+        [3_000],
+    ),
+    ("session", "final"): (
+        [(1_000, 4_000, 1), (4_000, 7_000, 1), (9_500, 15_000, 3), (21_000, 24_000, 1)],
+        [3_000],
+    ),
+    ("session", "update"): (
+        [
+            (1_000, 4_000, 1),
+            (4_000, 7_000, 1),
+            (12_000, 15_000, 1),
+            (11_000, 15_000, 2),
+            (9_500, 15_000, 3),
+            (21_000, 24_000, 1),
+        ],
+        [3_000],
+    ),
+    ("sliding", "final"): (
+        [
+            (-4_000, 1_000, 1),
+            (-1_000, 4_000, 2),
+            (6_000, 11_000, 1),
+            (7_000, 12_000, 2),
+            (16_000, 21_000, 1),
+        ],
+        [9_500, 3_000],
+    ),
+    ("sliding", "update"): (
+        [
+            (-4_000, 1_000, 1),
+            (-1_000, 4_000, 2),
+            (7_000, 12_000, 1),
+            (7_000, 12_000, 2),
+            (6_000, 11_000, 1),
+            (16_000, 21_000, 1),
+        ],
+        [9_500, 3_000],
+    ),
+}
+KINDS = {
+    "tumbling": Tumbling(10_000),
+    "hopping": Hopping(10_000, 5_000),
+    "session": Session(3_000),
+    "sliding": Sliding(5_000),
+}
+
+
+@pytest.mark.parametrize(("kind", "emit"), sorted(BY_HAND))
+def test_known_out_of_order_sequences_by_hand(tmp_path: Path, kind: str, emit: str) -> None:
+    events = [(ts, "u", 1) for ts in SEQUENCE]
+    task, _ = run_windows(tmp_path, KINDS[kind], sk.count(), events, 2_000, 0, emit)
+    expected, late = BY_HAND[(kind, emit)]
+    if emit == "update":  # the end of time closes windows silently in update mode
+        assert not any(o["final"] for o in task.out)
+    assert [(o["start"], o["end"], o["count"]) for o in task.out] == expected
+    assert task.late == late
+
+
+def test_timestamp_policies() -> None:
+    import datetime as dt
+    import time
+
+    from streamkit.eventtime import TimestampPolicy
+
+    assert TimestampPolicy().extract({"ts": 5}, 1234) == 1234  # the record timestamp
+    assert TimestampPolicy("ts").extract({"ts": 5.5}, 0) == 5500
+    assert TimestampPolicy("ts", unit="ms").extract({"ts": 5500}, 0) == 5500
+    moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert TimestampPolicy("at").extract({"at": moment}, 0) == 1_767_225_600_000
+    assert TimestampPolicy(lambda v: v[0]).extract([7], 0) == 7000
+    now = time.time() * 1000
+    assert abs(TimestampPolicy(sk.processing_time).extract({}, 0) - now) < 5_000
+    with pytest.raises(ValueError, match="event time"):
+        TimestampPolicy("ts").extract({"ts": "yesterday"}, 0)
