@@ -425,3 +425,15 @@ def test_timestamp_policies() -> None:
     assert abs(TimestampPolicy(sk.processing_time).extract({}, 0) - now) < 5_000
     with pytest.raises(ValueError, match="event time"):
         TimestampPolicy("ts").extract({"ts": "yesterday"}, 0)
+
+
+def test_min_max_and_a_user_reduce(tmp_path: Path) -> None:
+    events = [(1_000, "u", 5), (2_000, "u", -3), (3_000, "u", 9), (30_000, "u", 1)]
+    for agg, name, expected in (
+        (sk.min_of(), "min", -3),
+        (sk.max_of(), "max", 9),
+        (sk.reduce(lambda acc, v: acc * 10 + v, initial=0), "reduce", 5 * 100 - 3 * 10 + 9),
+        (sk.sum_of(lambda v: v * v), "sum", 25 + 9 + 81),
+    ):
+        task, _ = run_windows(tmp_path, Tumbling(10_000), agg, events, 0, 0)
+        assert task.out[0][name] == expected, name

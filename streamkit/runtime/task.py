@@ -222,6 +222,8 @@ class Task:
                     self._dead_letter(rec, reason, "TimestampError")
                     continue
             self.events_in += 1
+            if self.timers and not self.events_in % BROADCAST_CHECK:  # busy: no `wait` calls
+                fire_processing_timers(self.timers.values())
             self._rec, self._key, self._value = rec, key, value
             return value
         return NOTHING
