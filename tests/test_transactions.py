@@ -37,3 +37,46 @@ async def test_commit_is_visible_and_abort_is_not(uid: str) -> None:
     assert values == [b"committed-1", b"committed-2", b"committed-3"]
     # The offsets sent in the committed transaction stand; those of the aborted one do not.
     assert await committed(group, source) == {0: 2}
+
+
+async def test_the_restore_fetcher_skips_aborted_transactions_and_markers(uid: str) -> None:
+    """ChangelogFetcher reads what a read_committed consumer reads: committed records of two
+    producers interleaved with an aborted transaction, none of the transaction markers."""
+    from streamkit.state.changelog_fetch import ChangelogFetcher
+
+    topic = f"tx-log-{uid}"
+    await create_topic(topic, 1)
+    await produce(topic, [b"plain"], keys=[b"k0"])  # not transactional
+    one = AIOKafkaProducer(bootstrap_servers=bootstrap(), transactional_id=f"tx1-{uid}")
+    two = AIOKafkaProducer(bootstrap_servers=bootstrap(), transactional_id=f"tx2-{uid}")
+    await one.start()
+    await two.start()
+    try:
+        async with one.transaction():
+            await one.send(topic, b"c1", key=b"k1")
+        await two.begin_transaction()
+        await two.send(topic, b"aborted", key=b"k1")
+        async with one.transaction():
+            await one.send(topic, b"c2", key=b"k2")
+        await two.abort_transaction()
+        async with two.transaction():
+            await two.send(topic, b"c3", key=b"k3")
+    finally:
+        await one.stop()
+        await two.stop()
+    fetcher = ChangelogFetcher(bootstrap(), f"fetch-{uid}")
+    tp = TopicPartition(topic, 0)
+    rows: list[tuple[bytes, bytes | None]] = []
+    position = 0
+    try:
+        for _ in range(50):
+            got = (await fetcher.fetch({tp: position}))[tp]
+            rows += got.rows
+            position = got.next_offset
+            if position >= got.last_stable > 0:
+                break
+    finally:
+        await fetcher.close()
+    assert rows == [(b"k0", b"plain"), (b"k1", b"c1"), (b"k2", b"c2"), (b"k3", b"c3")]
+    expected = [(r.key, r.value) for r in await read_all(topic)]
+    assert rows == expected

@@ -1,18 +1,18 @@
 """ChangelogReader: brings stores up to date from their changelog partitions.
 
-One reader per worker (a consumer without a group, read_committed). Tasks ask for a restore
-with `restore(store, sources)`; the reader's background task `restore` waits `GATHER` for the
-other tasks of the same rebalance, then replays every waiting request in one round on the one
-consumer (fetches are shared instead of queued). Each changelog partition is read from the
-offset after the one its store reflects up to its end as it was when the round began. Each
-fetch (up to `BATCH` records) is written into SQLite per store, with the offset reached, so an
-interrupted restore resumes where it stopped; each write overlaps the next fetch.
+One reader per worker. Tasks ask for a restore with `restore(store, sources)`; the reader's
+background task `restore` waits `GATHER` for the other tasks of the same rebalance, then
+replays every waiting request in one round (fetches are shared instead of queued). Each
+changelog partition is read from the offset after the one its store reflects up to its end
+(last stable offset) as it was when the round began. Records come through `ChangelogFetcher`
+(raw read_committed fetches, keys and values only); offsets come from a group-less consumer.
+Each fetch is written into SQLite per store, with the offset reached, so an interrupted
+restore resumes where it stopped; each write overlaps the next fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,11 +22,11 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.runtime.clients import make_consumer
 from streamkit.settings import Settings
+from streamkit.state.changelog_fetch import ChangelogFetcher, Fetched
 from streamkit.state.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
-BATCH = 100_000  # records per fetch, over all partitions being restored
 GATHER = 0.05  # seconds a round waits for the other tasks of a rebalance to ask too
 Changes = dict[str, dict[bytes, bytes | None]]
 Work = dict[int, tuple[PartitionStore, Changes, dict[tuple[str, int], int]]]  # per store
@@ -46,6 +46,7 @@ class ChangelogReader:
         self._settings = settings
         self._client_id = client_id
         self._consumer: Any = None  # made on the first restore: stateless apps need none
+        self._fetcher: ChangelogFetcher | None = None
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -56,6 +57,8 @@ class ChangelogReader:
             await asyncio.gather(self._runner, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._fetcher is not None:
+            await self._fetcher.close()
 
     async def restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
         """Replay `sources` into `store`; returns the number of records replayed."""
@@ -83,42 +86,41 @@ class ChangelogReader:
 
     async def _round(self, requests: list[_Request]) -> None:
         if self._consumer is None:
-            self._consumer = make_consumer(
-                self._settings,
-                group_id=None,
-                client_id=self._client_id,
-                max_poll_records=BATCH,
-                fetch_max_wait_ms=50,  # restoring: never idle at a partition's end
-            )
+            self._consumer = make_consumer(self._settings, group_id=None, client_id=self._client_id)
             await self._consumer.start()
-        consumer = self._consumer
+            self._fetcher = ChangelogFetcher(self._settings.bootstrap_servers, self._client_id)
+        consumer, fetcher = self._consumer, self._fetcher
+        assert fetcher is not None
         started = time.monotonic()
         owner: dict[TopicPartition, tuple[_Request, str]] = {}
         for request in requests:
             for table, tp in request.sources.items():
                 owner[tp] = (request, table)
-        consumer.assign(list(owner))
-        ends = await consumer.end_offsets(list(owner))
-        ends_left: dict[TopicPartition, int] = {}
+        ends = await consumer.end_offsets(list(owner))  # read_committed: last stable offsets
+        positions: dict[TopicPartition, int] = {}
         for request in requests:
             stored = request.store.offsets()
             for tp in request.sources.values():
                 start = stored.get((tp.topic, tp.partition), -1) + 1
                 if start < ends[tp]:
-                    consumer.seek(tp, start)
-                    ends_left[tp] = ends[tp]
+                    positions[tp] = start
                     request.pending.add(tp)
         writing: asyncio.Task[None] | None = None
         self._finish(requests, started)
-        while ends_left:
-            batch = await consumer.getmany(*ends_left, timeout_ms=500)
-            work = self._collect(batch, owner)
+        while positions:
+            fetched = await fetcher.fetch(positions)
+            for tp in [tp for tp, f in fetched.items() if f.out_of_range]:
+                # the stored offset was compacted or deleted away: from the log start
+                positions[tp] = (await consumer.beginning_offsets([tp]))[tp]
+                del fetched[tp]
+            work = self._collect(fetched, owner)
             if writing is not None:
                 await writing
             writing = asyncio.create_task(_write(work)) if work else None
-            for tp in list(ends_left):
-                if await consumer.position(tp) >= ends_left[tp]:
-                    del ends_left[tp]
+            for tp, got in fetched.items():
+                positions[tp] = got.next_offset
+                if got.next_offset >= ends[tp]:
+                    del positions[tp]
                     owner[tp][0].pending.discard(tp)
             if writing is not None and any(not r.pending and not r.done.done() for r in requests):
                 await writing  # a finished store must hold everything before its task runs
@@ -127,24 +129,20 @@ class ChangelogReader:
         if writing is not None:
             await writing
         self._finish(requests, started)
-        with contextlib.suppress(Exception):
-            consumer.assign([])
 
     @staticmethod
     def _collect(
-        batch: dict[TopicPartition, list[Any]], owner: dict[TopicPartition, tuple[_Request, str]]
+        fetched: dict[TopicPartition, Fetched], owner: dict[TopicPartition, tuple[_Request, str]]
     ) -> Work:
         work: Work = {}
-        for tp, records in batch.items():
-            if not records:
+        for tp, got in fetched.items():
+            if not got.rows:
                 continue
             request, table = owner[tp]
             _, changes, reached = work.setdefault(id(request), (request.store, {}, {}))
-            rows = changes.setdefault(table, {})
-            for rec in records:
-                rows[rec.key] = rec.value
-            reached[(tp.topic, tp.partition)] = records[-1].offset
-            request.replayed += len(records)
+            changes.setdefault(table, {}).update(got.rows)  # the last value of a key wins
+            reached[(tp.topic, tp.partition)] = got.next_offset - 1
+            request.replayed += len(got.rows)
         return work
 
     @staticmethod
