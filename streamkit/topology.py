@@ -62,6 +62,14 @@ def render_text(app: App) -> str:
             lines.append(f"    {_ops_text(st)}")
             for table in st.tables:
                 lines.append(f"    state {table.name} <-> {table.changelog.name} (compacted)")
+            for wt in st.windows:
+                out = f" -> {wt.output.name}" if wt.output is not None else ""
+                lines.append(
+                    f"    window {wt.name}: {wt.kind}, {wt.aggregation.name}, "
+                    f"emit {wt.emit_mode}{out}; late -> {wt.late_topic}"
+                )
+            for timers in st.timers:
+                lines.append(f"    timers {timers.name}")
             if st.output is not None:
                 lines.append(
                     f"    => {st.output.name} ({_count(st.output, stages)} partitions, internal)"
