@@ -27,7 +27,7 @@ async def test_a_crash_between_the_kafka_commit_and_the_sqlite_write_costs_a_rep
     wd = tmp_path / "state"
     rows = purchases(3000, seed=11)
     victim = shop_worker(uid, wd, tmp_path, "victim")
-    victim.env["STREAMKIT_TEST_HOOK"] = "crash-after-commit:5"
+    victim.env["STREAMKIT_TEST_HOOK"] = "crash-after-commit:2"
     victim.start()
     await holding(victim)
     await send(uid, rows[:2000])

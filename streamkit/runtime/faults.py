@@ -4,7 +4,8 @@
 third time the point is reached; a point named `fail-...` raises `InjectedFault` instead.
 Several hooks are separated by commas. Unset (always, outside tests), `reached` is one lookup.
 
-Points: `crash-after-commit` (a transaction committed, its SQLite write not done yet),
+Points: `crash-after-commit` (a stateful task's transaction committed with state changes,
+its SQLite write not done yet),
 `fail-before-commit` (a transaction's records and offsets sent, not committed yet).
 """
 
