@@ -46,7 +46,7 @@ kafka-status: $(STAMP)
 	@$(KAFKA) status
 
 bench: $(STAMP)
-	$(KAFKA) run -- $(PY) -m bench.passthrough $(BENCH_ARGS)
+	$(KAFKA) run -- $(PY) -m bench.compare $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -21,3 +21,32 @@ def test_passthrough_benchmark_smoke_run() -> None:
     assert proc.returncode == 0, out + proc.stderr.decode()
     assert "| streamkit | 1/1 |" in out
     assert "| streamkit + key_by hop | 1/1 |" in out
+
+
+def test_peers_benchmark_smoke_run() -> None:
+    """Pipeline A in streamkit (both guarantees) and the raw aiokafka loop, validated against
+    the oracle; the other systems need the bench virtualenv and the JDK build (`make bench`)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.compare",
+            "--events",
+            "600",
+            "--reps",
+            "1",
+            "--systems",
+            "streamkit,raw aiokafka",
+            "--commit-interval",
+            "0.2",
+        ],
+        capture_output=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+        timeout=240,
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, out + proc.stderr.decode()
+    assert "| exactly_once | streamkit | 1/1 |" in out
+    assert "| at_least_once | streamkit | 1/1 |" in out
+    assert "| at_least_once | raw aiokafka | 1/1 |" in out

@@ -1,0 +1,68 @@
+// Pipeline A in Kafka Streams 4.1 for the peers benchmark: purchases JSON -> repartition by
+// user_id -> per-user running sum (state store, record cache off: one result per event) ->
+// {"user_id", "total"} keyed by user. Settings from the same BENCH_* variables as the others.
+import java.time.Duration;
+import java.util.Map;
+import java.util.Properties;
+import java.util.concurrent.CountDownLatch;
+import org.apache.kafka.common.serialization.Serdes;
+import org.apache.kafka.common.utils.Bytes;
+import org.apache.kafka.streams.KafkaStreams;
+import org.apache.kafka.streams.KeyValue;
+import org.apache.kafka.streams.StreamsBuilder;
+import org.apache.kafka.streams.StreamsConfig;
+import org.apache.kafka.streams.kstream.Consumed;
+import org.apache.kafka.streams.kstream.Grouped;
+import org.apache.kafka.streams.kstream.Materialized;
+import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.state.KeyValueStore;
+
+public class PipelineA {
+    // The generator's fixed shape: {"user_id":"u123","amount":12.34,...}
+    static String field(String json, String name) {
+        int at = json.indexOf("\"" + name + "\":") + name.length() + 3;
+        int end = at;
+        if (json.charAt(at) == '"') {
+            end = json.indexOf('"', at + 1);
+            return json.substring(at + 1, end);
+        }
+        while (end < json.length() && ",}".indexOf(json.charAt(end)) < 0) end++;
+        return json.substring(at, end);
+    }
+
+    public static void main(String[] args) throws Exception {
+        Map<String, String> env = System.getenv();
+        Properties props = new Properties();
+        props.put(StreamsConfig.APPLICATION_ID_CONFIG, env.get("BENCH_GROUP"));
+        props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, env.get("BENCH_BOOTSTRAP"));
+        props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG,
+            env.get("BENCH_GUARANTEE").equals("exactly_once")
+                ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE);
+        props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG,
+            (long) (Double.parseDouble(env.get("BENCH_COMMIT_INTERVAL")) * 1000));
+        props.put(StreamsConfig.STATE_DIR_CONFIG, env.get("BENCH_STATE_DIR"));
+        props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
+        props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
+        props.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
+        props.put("consumer.auto.offset.reset", "earliest");
+
+        StreamsBuilder builder = new StreamsBuilder();
+        builder.stream(env.get("BENCH_INPUT"), Consumed.with(Serdes.ByteArray(), Serdes.String()))
+            .map((k, v) -> KeyValue.pair(field(v, "user_id"), Double.parseDouble(field(v, "amount"))))
+            .groupByKey(Grouped.with("by-user", Serdes.String(), Serdes.Double()))
+            .reduce(Double::sum, Materialized.<String, Double, KeyValueStore<Bytes, byte[]>>as("totals")
+                .withKeySerde(Serdes.String()).withValueSerde(Serdes.Double()).withCachingDisabled())
+            .toStream()
+            .mapValues((user, total) -> "{\"user_id\":\"" + user + "\",\"total\":" + total + "}")
+            .to(env.get("BENCH_OUTPUT"), Produced.with(Serdes.String(), Serdes.String()));
+
+        KafkaStreams streams = new KafkaStreams(builder.build(), props);
+        CountDownLatch done = new CountDownLatch(1);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            streams.close(Duration.ofSeconds(20));
+            done.countDown();
+        }));
+        streams.start();
+        done.await();
+    }
+}
