@@ -8,7 +8,8 @@ pre-loaded before the clock starts → repartition by user → per-user running 
 (`bench/peers/*`; Faust and Quix Streams from the pinned bench virtualenv `.venv-bench`, Kafka
 Streams on the JDK) with a fresh group, state directory and output topic per run; the same
 commit interval for all. The observer, a read_committed consumer, times the run from launch
-until the output holds N records and the input is committed, notes 10 % and 90 % of the output
+until the output holds N records and the input is committed (at-least-once, which may repeat
+outputs: until the last output before 2 s of quiet), notes 10 % and 90 % of the output
 for the steady rate, and checks every run against the oracle (exactly N outputs, each user's
 last total = the sum of its amounts): a wrong run is reported as failed, not timed. CPU
 seconds and peak RSS are the system process's own (/proc), read just before it is stopped.
@@ -45,6 +46,7 @@ KSTREAMS = Path.home() / ".cache" / "streamkit" / "kstreams-4.1.1"
 USERS = 10_000
 SEED = 20241125
 BOTH = ("exactly_once", "at_least_once")
+QUIET = 2.0  # at-least-once: seconds without new output after N that mean "done"
 
 
 def command(system: str) -> list[str]:
@@ -143,6 +145,7 @@ class Observer:
     def __init__(self, topic: str, n: int, started: float) -> None:
         self.n = n
         self.count = 0
+        self.last_at = started  # when the latest output arrived
         self.last: dict[str, float] = {}
         self.line = Timeline(started)
         self._consumer = AIOKafkaConsumer(
@@ -164,6 +167,7 @@ class Observer:
                         value = orjson.loads(rec.value)
                         self.last[value["user_id"]] = value["total"]
                     self.count += len(records)
+                    self.last_at = time.monotonic()
                 now = (time.monotonic(), self.count)
                 self.line.note_count(previous, now, self.n)
                 previous = now
@@ -227,9 +231,14 @@ async def run_one(
                 if observer.count >= n:
                     committed = await cluster.committed(group, source)
                     if all(committed.get(p, -1) >= end for p, end in ends.items()):
-                        break
+                        if guarantee == "exactly_once":
+                            done = time.monotonic()
+                            break
+                        # at-least-once may repeat outputs: done when the output went quiet
+                        if time.monotonic() - observer.last_at >= QUIET:
+                            done = observer.last_at
+                            break
                 await asyncio.sleep(0.05)
-            done = time.monotonic()
             cpu, rss = proc_usage(proc.pid)
             await asyncio.sleep(1.0)  # any duplicate would show up now
             result.ok, result.error = check(observer, truth, n, guarantee)
@@ -329,6 +338,7 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "spread": (min(rates), max(rates)) if rates else None,
                 "cpu_us": med("cpu_us_per_event"),
                 "rss": med("peak_rss_mb"),
+                "duplicates": sum(r.duplicates for r in ok),
             }
         )
     return rows
