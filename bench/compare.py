@@ -8,8 +8,8 @@ pre-loaded before the clock starts → repartition by user → per-user running 
 (`bench/peers/*`; Faust and Quix Streams from the pinned bench virtualenv `.venv-bench`, Kafka
 Streams on the JDK) with a fresh group, state directory and output topic per run; the same
 commit interval for all. The observer, a read_committed consumer, times the run from launch
-until the output holds N records and the input is committed (at-least-once, which may repeat
-outputs: until the last output before 2 s of quiet), notes 10 % and 90 % of the output
+until every user's latest output total is the oracle's and the input is committed, notes 10 %
+and 90 % of the output
 for the steady rate, and checks every run against the oracle (exactly N outputs, each user's
 last total = the sum of its amounts): a wrong run is reported as failed, not timed. CPU
 seconds and peak RSS are the system process's own (/proc), read just before it is stopped.
@@ -46,7 +46,6 @@ KSTREAMS = Path.home() / ".cache" / "streamkit" / "kstreams-4.1.1"
 USERS = 10_000
 SEED = 20241125
 BOTH = ("exactly_once", "at_least_once")
-QUIET = 2.0  # at-least-once: seconds without new output after N that mean "done"
 
 
 def command(system: str) -> list[str]:
@@ -142,10 +141,12 @@ class Run:
 class Observer:
     """Reads the output (read_committed) from the start: count and each user's last total."""
 
-    def __init__(self, topic: str, n: int, started: float) -> None:
+    def __init__(self, topic: str, n: int, started: float, truth: dict[str, float]) -> None:
         self.n = n
         self.count = 0
-        self.last_at = started  # when the latest output arrived
+        self.truth = truth
+        self.right: set[str] = set()  # users whose latest total is the final one
+        self.complete_at: float | None = None  # when every user's total was right
         self.last: dict[str, float] = {}
         self.line = Timeline(started)
         self._consumer = AIOKafkaConsumer(
@@ -162,12 +163,19 @@ class Observer:
         try:
             while True:
                 batch = await self._consumer.getmany(timeout_ms=100)
+                truth, right = self.truth, self.right
                 for records in batch.values():
                     for rec in records:
                         value = orjson.loads(rec.value)
-                        self.last[value["user_id"]] = value["total"]
+                        user, total = value["user_id"], value["total"]
+                        self.last[user] = total
+                        if abs(total - truth[user]) <= 1e-6 * max(truth[user], 1):
+                            right.add(user)
+                        else:
+                            right.discard(user)
                     self.count += len(records)
-                    self.last_at = time.monotonic()
+                if self.complete_at is None and len(right) == len(truth):
+                    self.complete_at = time.monotonic()
                 now = (time.monotonic(), self.count)
                 self.line.note_count(previous, now, self.n)
                 previous = now
@@ -219,7 +227,7 @@ async def run_one(
         proc = await asyncio.create_subprocess_exec(
             *command(system), env=env, cwd=ROOT, stdout=log, stderr=log
         )
-        observer = Observer(output, n, started)
+        observer = Observer(output, n, started, truth)
         reading = asyncio.create_task(observer.run())
         within = max(180.0, n / 500)
         try:
@@ -228,16 +236,11 @@ async def run_one(
                     raise RuntimeError(f"exited with {proc.returncode} (see {log.name})")
                 if time.monotonic() - started > within:
                     raise RuntimeError(f"not done within {within:.0f} s ({observer.count} out)")
-                if observer.count >= n:
+                if observer.complete_at is not None:
                     committed = await cluster.committed(group, source)
                     if all(committed.get(p, -1) >= end for p, end in ends.items()):
-                        if guarantee == "exactly_once":
-                            done = time.monotonic()
-                            break
-                        # at-least-once may repeat outputs: done when the output went quiet
-                        if time.monotonic() - observer.last_at >= QUIET:
-                            done = observer.last_at
-                            break
+                        done = time.monotonic()
+                        break
                 await asyncio.sleep(0.05)
             cpu, rss = proc_usage(proc.pid)
             await asyncio.sleep(1.0)  # any duplicate would show up now
