@@ -18,9 +18,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from streamkit.context import CURRENT_TASK
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import CURRENT_COLLECTOR, ProduceFailed, RecordCollector
 from streamkit.runtime.dlq import dead_letter
@@ -58,10 +58,6 @@ _ALLOWED = {
     TaskState.CLOSING: {TaskState.CLOSED},
     TaskState.CLOSED: set(),
 }
-
-
-# The task whose agent code is running (set once per task coroutine).
-CURRENT_TASK: ContextVar[Task] = ContextVar("streamkit_task")
 
 
 def current_event() -> Event | None:

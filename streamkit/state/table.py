@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from streamkit.context import CURRENT_TASK
 from streamkit.serde import RAW, Codec, codec_for
 from streamkit.state.store import PartitionStore
 from streamkit.topics import Topic
@@ -166,8 +167,6 @@ class Table(Generic[K, V]):
         return f"Table({self.name!r})"
 
     def _local(self) -> TablePartition:
-        from streamkit.runtime.task import CURRENT_TASK
-
         task = CURRENT_TASK.get(None)
         part = None if task is None else task.tables.get(self.name)
         if part is None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streamkit.context import CURRENT_TASK
 from streamkit.eventtime import NO_WATERMARK, to_ms
 from streamkit.state.table import _MISSING, Table, TableNotBound, TablePartition
 from streamkit.state.window_table import WATERMARK_ROW, WindowKeyCodec
@@ -48,8 +49,6 @@ class Timers:
         return fn
 
     def _local(self) -> TimerPartition:
-        from streamkit.runtime.task import CURRENT_TASK
-
         task = CURRENT_TASK.get(None)
         part = None if task is None else task.timers.get(self.name)
         if part is None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from streamkit.context import CURRENT_TASK
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
 from streamkit.state.table import _DELETED, _MISSING, Table, TableNotBound, TablePartition
@@ -101,8 +102,6 @@ class WindowTable:
         return f"WindowTable({self.name!r}, {self.kind})"
 
     def _local(self) -> Windows:
-        from streamkit.runtime.task import CURRENT_TASK
-
         task = CURRENT_TASK.get(None)
         part = None if task is None else task.windows.get(self.name)
         if part is None:
