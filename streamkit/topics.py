@@ -76,10 +76,11 @@ class Topic:
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
-    ) -> None:
+    ) -> bool:
         """`send` without awaiting, for plain functions that run inside an agent's task (timer
-        callbacks): the record joins the task's outputs and goes out with its next batch."""
-        self._collector().append(
+        callbacks): the record joins the task's outputs and goes out with its next batch.
+        True when a batch filled up."""
+        appended: bool = self._collector().append(
             self.name,
             self.encode_key(key),
             self.encode_value(value),
@@ -87,6 +88,7 @@ class Topic:
             timestamp_ms=timestamp_ms,
             partition=partition,
         )
+        return appended
 
     def _collector(self) -> Any:
         collector = CURRENT_COLLECTOR.get(None)
@@ -108,13 +110,7 @@ class Topic:
     ) -> None:
         """Send from inside an agent: the record joins that agent's task outputs, so it is
         committed with the event being processed. Outside an agent use `app.producer()`."""
-        collector = self._collector()
-        if collector.append(
-            self.name,
-            self.encode_key(key),
-            self.encode_value(value),
-            headers=headers,
-            timestamp_ms=timestamp_ms,
-            partition=partition,
+        if self.produce(
+            value, key=key, headers=headers, partition=partition, timestamp_ms=timestamp_ms
         ):
-            await collector.submit_full()
+            await self._collector().submit_full()

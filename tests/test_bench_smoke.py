@@ -1,4 +1,4 @@
-"""The benchmark harness runs (tiny N) so it does not rot; its figures live in docs/."""
+"""The benchmark harnesses run (tiny N) so they do not rot; their figures live in docs/."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import sys
 from tests.kafkahelp import ROOT
 
 
-def test_passthrough_benchmark_smoke_run() -> None:
+def run_bench(*args: str) -> str:
+    """`python -m bench.<args>`; its standard output, asserting it exited with 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.passthrough", "--smoke"],
+        [sys.executable, "-m", *args],
         capture_output=True,
         cwd=ROOT,
         env=dict(os.environ),
@@ -19,6 +20,11 @@ def test_passthrough_benchmark_smoke_run() -> None:
     )
     out = proc.stdout.decode()
     assert proc.returncode == 0, out + proc.stderr.decode()
+    return out
+
+
+def test_passthrough_benchmark_smoke_run() -> None:
+    out = run_bench("bench.passthrough", "--smoke")
     assert "| streamkit | 1/1 |" in out
     assert "| streamkit + key_by hop | 1/1 |" in out
 
@@ -26,27 +32,17 @@ def test_passthrough_benchmark_smoke_run() -> None:
 def test_peers_benchmark_smoke_run() -> None:
     """Pipeline A in streamkit (both guarantees) and the raw aiokafka loop, validated against
     the oracle; the other systems need the bench virtualenv and the JDK build (`make bench`)."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.compare",
-            "--events",
-            "600",
-            "--reps",
-            "1",
-            "--systems",
-            "streamkit,raw aiokafka",
-            "--commit-interval",
-            "0.2",
-        ],
-        capture_output=True,
-        cwd=ROOT,
-        env=dict(os.environ),
-        timeout=240,
+    out = run_bench(
+        "bench.compare",
+        "--events",
+        "600",
+        "--reps",
+        "1",
+        "--systems",
+        "streamkit,raw aiokafka",
+        "--commit-interval",
+        "0.2",
     )
-    out = proc.stdout.decode()
-    assert proc.returncode == 0, out + proc.stderr.decode()
     assert "| exactly_once | streamkit | 1/1 |" in out
     assert "| at_least_once | streamkit | 1/1 |" in out
     assert "| at_least_once | raw aiokafka | 1/1 |" in out

@@ -15,8 +15,8 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from streamkit.eventtime import NO_WATERMARK
-from streamkit.state.table import _DELETED, _MISSING, TablePartition
-from streamkit.state.window_table import WATERMARK_ROW
+from streamkit.state.table import _MISSING, TablePartition
+from streamkit.state.window_table import WATERMARK_ROW, stored_watermark
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
@@ -45,9 +45,7 @@ class SessionPartition:
                 continue
             end, _ = self.rows.get((start, key))
             self._track(start, key, end)
-        saved = self.rows.get(WATERMARK_ROW)
-        if saved is not _MISSING and saved is not _DELETED and saved is not None:
-            self.watermark = int(saved)
+        self.watermark = stored_watermark(self.rows)
         return self.watermark
 
     def _track(self, start: int, key: Any, end: int) -> None:

@@ -14,8 +14,8 @@ import heapq
 from typing import TYPE_CHECKING, Any
 
 from streamkit.eventtime import NO_WATERMARK
-from streamkit.state.table import _DELETED, _MISSING, TablePartition
-from streamkit.state.window_table import WATERMARK_ROW
+from streamkit.state.table import _MISSING, TablePartition
+from streamkit.state.window_table import WATERMARK_ROW, stored_watermark
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
@@ -44,9 +44,7 @@ class SlidingPartition:
         for end, key in self.rows.iter_keys():
             if (end, key) != WATERMARK_ROW and end != EVENTS:
                 self._track(end, key)
-        saved = self.rows.get(WATERMARK_ROW)
-        if saved is not _MISSING and saved is not _DELETED and saved is not None:
-            self.watermark = int(saved)
+        self.watermark = stored_watermark(self.rows)
         return self.watermark
 
     def _track(self, end: int, key: Any) -> None:

@@ -22,7 +22,7 @@ import orjson
 from streamkit.context import CURRENT_TASK
 from streamkit.eventtime import NO_WATERMARK, to_ms
 from streamkit.state.table import _MISSING, Table, TableNotBound, TablePartition
-from streamkit.state.window_table import WATERMARK_ROW, WindowKeyCodec
+from streamkit.state.window_table import WATERMARK_ROW, WindowKeyCodec, stored_watermark
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
@@ -98,9 +98,7 @@ class TimerPartition:
             if (fire, tagged) != WATERMARK_ROW:
                 kind, key = tagged
                 self._push(kind, fire, key)
-        saved = self.rows.get(WATERMARK_ROW)
-        if saved is not _MISSING and saved is not None:
-            self.watermark = int(saved)
+        self.watermark = stored_watermark(self.rows)
         return self.watermark
 
     def _push(self, kind: str, fire: int, key: Any) -> None:

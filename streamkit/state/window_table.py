@@ -40,6 +40,14 @@ _START = struct.Struct(">q")
 WATERMARK_ROW: tuple[int, Any] = (NO_WATERMARK, None)  # the reserved row: the watermark
 
 
+def stored_watermark(rows: TablePartition) -> int:
+    """The watermark a window table's (or timer set's) stored rows reflect."""
+    saved = rows.get(WATERMARK_ROW)
+    if saved is _MISSING or saved is _DELETED or saved is None:
+        return NO_WATERMARK
+    return int(saved)
+
+
 class WindowKeyCodec:
     """(window start, key) ↔ 8-byte big-endian start + the key's bytes."""
 
@@ -187,9 +195,7 @@ class WindowPartition:
             if (start, key) == WATERMARK_ROW:
                 continue
             self._index(start, key)
-        saved = self.rows.get(WATERMARK_ROW)
-        if saved is not _MISSING and saved is not _DELETED and saved is not None:
-            self.watermark = int(saved)
+        self.watermark = stored_watermark(self.rows)
         return self.watermark
 
     def _index(self, start: int, key: Any) -> None:
