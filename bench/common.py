@@ -98,35 +98,71 @@ class Cluster:
         """Records in a topic written without transactions: the sum of its end offsets."""
         return sum((await self.end_offsets(topic, partitions)).values())
 
+    async def wait_stable(self, group: str, alive: Callable[[], bool], within: float) -> None:
+        """Until `group` is Stable with members (its system has joined and been assigned)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError("the system exited before its group was stable")
+            with contextlib.suppress(KafkaError):
+                described = await self.admin.describe_consumer_groups([group])
+                # DescribeGroups response: groups = [(error, id, state, type, protocol, members)]
+                for g in described[0].groups:
+                    if g[1] == group and g[2] == "Stable" and g[5]:
+                        return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"group {group} not stable within {within:.0f} s")
+
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         offsets = await self.admin.list_consumer_group_offsets(group)
         return {tp.partition: int(m.offset) for tp, m in offsets.items() if tp.topic == topic}
 
 
-async def preload(topic: str, values: Sequence[bytes], partitions: int = PARTITIONS) -> None:
-    """Write `values` unkeyed, round-robin over the partitions, in whole batches."""
+async def preload(
+    topic: str,
+    values: Sequence[bytes],
+    partitions: int = PARTITIONS,
+    timestamps: Sequence[int] | None = None,
+) -> None:
+    """Write `values` unkeyed, round-robin over the partitions, in whole batches, with the
+    given record timestamps (ms) or the producer's clock."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap(), acks="all", linger_ms=5, max_batch_size=512 * 1024
     )
     await producer.start()
     try:
         await asyncio.gather(
-            *(_fill_partition(producer, topic, p, values[p::partitions]) for p in range(partitions))
+            *(
+                _fill_partition(
+                    producer,
+                    topic,
+                    p,
+                    values[p::partitions],
+                    [None] * len(values[p::partitions])
+                    if timestamps is None
+                    else timestamps[p::partitions],
+                )
+                for p in range(partitions)
+            )
         )
     finally:
         await producer.stop()
 
 
 async def _fill_partition(
-    producer: Any, topic: str, partition: int, values: Sequence[bytes]
+    producer: Any,
+    topic: str,
+    partition: int,
+    values: Sequence[bytes],
+    timestamps: Sequence[int | None],
 ) -> None:
     deliveries: list[asyncio.Future[Any]] = []
     batch = producer.create_batch()
-    for value in values:
-        if batch.append(key=None, value=value, timestamp=None) is None:
+    for value, ts in zip(values, timestamps, strict=True):
+        if batch.append(key=None, value=value, timestamp=ts) is None:
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
             batch = producer.create_batch()
-            batch.append(key=None, value=value, timestamp=None)
+            batch.append(key=None, value=value, timestamp=ts)
     deliveries.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*deliveries)
 

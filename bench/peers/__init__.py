@@ -1,8 +1,12 @@
-"""Pipeline A in each system the peers benchmark compares (one program per system).
+"""The peers benchmark's pipelines in each system it compares (one program per system).
 
-Every program reads its settings from the environment: BENCH_BOOTSTRAP, BENCH_INPUT,
-BENCH_OUTPUT, BENCH_GROUP, BENCH_GUARANTEE (exactly_once | at_least_once),
-BENCH_COMMIT_INTERVAL (seconds), BENCH_STATE_DIR. Pipeline A: purchases JSON → repartition by
-user_id → per-user running sum in state → `{"user_id", "total"}` per event, keyed by user.
-The Faust and Quix Streams programs run in the bench virtualenv (`.venv-bench`), not ours.
+Every program reads its settings from the environment: BENCH_PIPELINE (A or B),
+BENCH_BOOTSTRAP, BENCH_INPUT, BENCH_OUTPUT, BENCH_GROUP, BENCH_GUARANTEE (exactly_once |
+at_least_once), BENCH_COMMIT_INTERVAL (seconds), BENCH_STATE_DIR.
+A: purchases JSON → repartition by user_id → per-user running sum in state →
+`{"user_id", "total"}` per event, keyed by user. B: the same purchases, event time = record
+timestamp → repartition by user_id → 60 s tumbling count per user, one update per
+event, a 1 h grace (out-of-orderness) so that no system drops an event as late →
+`{"user_id", "start" (ms), "count"}`. The Faust, Quix Streams and confluent-kafka programs run
+in the bench virtualenv (`.venv-bench`), not ours.
 """

@@ -1,6 +1,8 @@
-// Pipeline A in Kafka Streams 4.1 for the peers benchmark: purchases JSON -> repartition by
-// user_id -> per-user running sum (state store, record cache off: one result per event) ->
-// {"user_id", "total"} keyed by user. Settings from the same BENCH_* variables as the others.
+// Pipelines A and B in Kafka Streams 4.1 for the peers benchmark (BENCH_PIPELINE=A|B).
+// A: purchases JSON -> repartition by user_id -> per-user running sum (state store, record
+// cache off: one result per event) -> {"user_id", "total"} keyed by user.
+// B: the same, event time = record timestamp -> 60 s tumbling count per user, 1 h grace, one
+// update per event -> {"user_id", "start", "count"}. Settings from the same BENCH_* variables.
 import java.time.Duration;
 import java.util.Map;
 import java.util.Properties;
@@ -15,9 +17,11 @@ import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.Grouped;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.kstream.TimeWindows;
+import org.apache.kafka.streams.state.WindowStore;
 import org.apache.kafka.streams.state.KeyValueStore;
 
-public class PipelineA {
+public class Pipelines {
     // The generator's fixed shape: {"user_id":"u123","amount":12.34,...}
     static String field(String json, String name) {
         int at = json.indexOf("\"" + name + "\":") + name.length() + 3;
@@ -47,14 +51,30 @@ public class PipelineA {
         props.put("consumer.auto.offset.reset", "earliest");
 
         StreamsBuilder builder = new StreamsBuilder();
-        builder.stream(env.get("BENCH_INPUT"), Consumed.with(Serdes.ByteArray(), Serdes.String()))
-            .map((k, v) -> KeyValue.pair(field(v, "user_id"), Double.parseDouble(field(v, "amount"))))
-            .groupByKey(Grouped.with("by-user", Serdes.String(), Serdes.Double()))
-            .reduce(Double::sum, Materialized.<String, Double, KeyValueStore<Bytes, byte[]>>as("totals")
-                .withKeySerde(Serdes.String()).withValueSerde(Serdes.Double()).withCachingDisabled())
-            .toStream()
-            .mapValues((user, total) -> "{\"user_id\":\"" + user + "\",\"total\":" + total + "}")
-            .to(env.get("BENCH_OUTPUT"), Produced.with(Serdes.String(), Serdes.String()));
+        var byUser = builder
+            .stream(env.get("BENCH_INPUT"), Consumed.with(Serdes.ByteArray(), Serdes.String()))
+            .map((k, v) -> KeyValue.pair(field(v, "user_id"), v))
+            .groupByKey(Grouped.with("by-user", Serdes.String(), Serdes.String()));
+        if (env.getOrDefault("BENCH_PIPELINE", "A").equals("A")) {
+            byUser
+                .aggregate(() -> 0.0, (user, v, total) -> total + Double.parseDouble(field(v, "amount")),
+                    Materialized.<String, Double, KeyValueStore<Bytes, byte[]>>as("totals")
+                        .withKeySerde(Serdes.String()).withValueSerde(Serdes.Double())
+                        .withCachingDisabled())
+                .toStream()
+                .mapValues((user, total) -> "{\"user_id\":\"" + user + "\",\"total\":" + total + "}")
+                .to(env.get("BENCH_OUTPUT"), Produced.with(Serdes.String(), Serdes.String()));
+        } else {
+            byUser
+                .windowedBy(TimeWindows.ofSizeAndGrace(Duration.ofSeconds(60), Duration.ofHours(1)))
+                .count(Materialized.<String, Long, WindowStore<Bytes, byte[]>>as("counts")
+                    .withKeySerde(Serdes.String()).withValueSerde(Serdes.Long())
+                    .withCachingDisabled())
+                .toStream()
+                .map((w, count) -> KeyValue.pair(w.key(), "{\"user_id\":\"" + w.key()
+                    + "\",\"start\":" + w.window().start() + ",\"count\":" + count + "}"))
+                .to(env.get("BENCH_OUTPUT"), Produced.with(Serdes.String(), Serdes.String()));
+        }
 
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
         CountDownLatch done = new CountDownLatch(1);
