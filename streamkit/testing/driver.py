@@ -156,22 +156,23 @@ class AsyncTestDriver:
             return
         self._started = False
         try:
-            if self._failure is None:
-                await self._stop_tasks()
+            await self._stop_tasks(commit=self._failure is None)
         finally:
             self.app.settings = self._saved_settings
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 self._tmp = None
 
-    async def _stop_tasks(self) -> None:
+    async def _stop_tasks(self, *, commit: bool = True) -> None:
+        """Each task finishes its event; then the final checkpoint (not after a failure)."""
         manager = self._manager
         if manager is None:
             return
         self._manager = None
         closed = await manager.revoke(list(manager.tasks))
         try:
-            await self._checkpointer.commit(closed)
+            if commit:
+                await self._checkpointer.commit(closed)
         finally:
             for task in closed:
                 task.close_state()
