@@ -55,3 +55,163 @@ def test_doc_example(name: str) -> None:
             asyncio.run(fn())
         else:
             fn()
+
+
+# -- exchanges and watermarks on multi-partition topics ------------------------------------------
+
+
+def test_key_by_sends_each_key_where_a_java_producer_would() -> None:
+    # Kafka's own murmur2 test vectors (UtilsTest.testMurmur2): a key's partition among n is
+    # toPositive(hash) % n in the Java client.
+    java_hash = {"21": -973932308, "foobar": -790332482, "abc": 479470107}
+    app = sk.App("kit-keys")
+    words = app.topic("words", partitions=2)
+    seen = app.table("seen", default=int)
+
+    @app.agent(words)
+    async def count(stream: sk.Stream[str]) -> None:
+        async for word in stream.key_by(lambda w: w, partitions=7):
+            seen[word] += 1
+
+    with TestDriver(app) as driver:
+        for word in java_hash:
+            driver.send(words, word)
+        hops = driver.records("kit-keys-count-key_by-repartition")
+        expected = {w: (h & 0x7FFFFFFF) % 7 for w, h in java_hash.items()}
+        assert {r.key: r.partition for r in hops} == expected
+        assert {w: driver.table("seen").partition_of(w) for w in java_hash} == expected
+
+
+def test_rebalance_deals_round_robin_per_producing_task() -> None:
+    app = sk.App("kit-deal")
+    cards = app.topic("cards", partitions=1)
+    dealt = app.topic("dealt", partitions=3)
+
+    @app.agent(cards, sink=dealt)
+    async def deal(stream: sk.Stream[int]) -> AsyncIterator[int]:
+        async for card in stream.rebalance(partitions=3):
+            yield card * 10
+
+    with TestDriver(app) as driver:
+        driver.send_many(cards, range(7))
+        hops = driver.records("kit-deal-deal-rebalance-repartition")
+        assert sorted((r.value, r.partition) for r in hops) == [
+            (0, 0), (1, 1), (2, 2), (3, 0), (4, 1), (5, 2), (6, 0)
+        ]  # fmt: skip
+        assert sorted(driver.read_values(dealt)) == [0, 10, 20, 30, 40, 50, 60]
+
+
+def test_a_watermark_after_key_by_waits_for_a_silent_partition_until_it_is_idle() -> None:
+    app = sk.App("kit-idle", idle_timeout=5)
+    events = app.topic("events", partitions=2, timestamp="ts")
+    out = app.topic("counts")
+    counts = app.window("per-10s", sk.tumbling(10), sk.count(), output=out)
+
+    @app.agent(events)
+    async def tally(stream: sk.Stream[dict[str, Any]]) -> None:
+        async for e in stream.key_by("user"):
+            counts.add(e["user"])
+
+    hop = "kit-idle-tally-key_by-repartition"
+    with TestDriver(app) as driver:
+        driver.send(events, {"user": "ann", "ts": T0 + 1}, partition=0)
+        driver.send(events, {"user": "ann", "ts": T0 + 12}, partition=0)
+        # partition 1's task has said nothing yet: the stage after key_by cannot move on
+        assert driver.read(out) == []
+        assert set(driver.watermarks(events).values()) == {-(2**63), (T0 + 12) * 1000}
+        assert set(driver.watermarks(hop).values()) == {-(2**63)}
+        driver.advance_time(5)  # both partitions quiet for idle_timeout: both idle
+        assert driver.read(out) == []
+        driver.send(events, {"user": "bob", "ts": T0 + 13}, partition=0)  # 0 active, 1 idle
+        assert set(driver.watermarks(hop).values()) == {(T0 + 13) * 1000}
+        assert driver.read_values(out) == [
+            {"key": "ann", "start": T0 * 1000, "end": (T0 + 10) * 1000, "count": 1, "final": True}
+        ]
+        # partition 1 speaks again, behind: the watermark never goes back, and its event,
+        # in a closed window, is late
+        driver.send(events, {"user": "cat", "ts": T0 + 2}, partition=1)
+        assert [r.value for r in driver.read("kit-idle-tally-late")] == [
+            b'{"user":"cat","ts":1704067202}'
+        ]
+
+
+# -- the driver itself -----------------------------------------------------------------------
+
+
+def test_the_driver_leaves_the_app_as_it_found_it(tmp_path: Path) -> None:
+    app = sk.App("kit-tidy", workdir=tmp_path / "mine")
+    src = app.topic("src")
+    sums = app.table("sums", default=int)
+
+    @app.agent(src)
+    async def add(stream: sk.Stream[dict[str, int]]) -> None:
+        async for v in stream.key_by("k"):
+            sums[v["k"]] += v["n"]
+
+    with TestDriver(app) as driver:
+        state = driver.workdir
+        driver.send(src, {"k": "a", "n": 2})
+        assert list(state.glob("kit-tidy/*/*.sqlite"))
+        assert driver.table("sums")["a"] == 2
+        assert "b" not in driver.table("sums")
+        with pytest.raises(KeyError):
+            driver.table("sums")["b"]
+    assert app.settings.workdir == tmp_path / "mine"
+    assert not state.exists() and not (tmp_path / "mine").exists()
+
+
+def test_misuse_fails_with_a_message_that_says_what_to_do() -> None:
+    app = sk.App("kit-misuse")
+    src = app.topic("src")
+    other = sk.App("kit-other").topic("elsewhere")
+
+    @app.agent(src)
+    async def echo(stream: sk.Stream[Any]) -> None:
+        async for _ in stream:
+            pass
+
+    with TestDriver(app) as driver:
+        with pytest.raises(KeyError, match="not declared by app kit-misuse"):
+            driver.send(other, 1)
+        with pytest.raises(ValueError, match="uses event time"):
+            driver.advance_watermark(T0)
+        with pytest.raises(KeyError, match="no table 'nope'"):
+            driver.table("nope")
+    with pytest.raises(RuntimeError, match="not running"):
+        driver.send(src, 1)
+    with pytest.raises(ValueError, match="has no agents"):
+        TestDriver(sk.App("kit-empty"))
+
+
+async def test_the_sync_driver_says_to_use_the_async_one_in_async_tests() -> None:
+    app = sk.App("kit-async")
+    src = app.topic("src")
+    out = app.topic("out")
+
+    @app.agent(src, sink=out)
+    async def echo(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
+        async for v in stream:
+            yield v
+
+    with pytest.raises(RuntimeError, match="AsyncTestDriver"):
+        TestDriver(app).start()
+    async with AsyncTestDriver(app) as driver:
+        await driver.send(src, {"a": 1})
+        assert driver.read_values(out) == [{"a": 1}]
+
+
+def test_after_a_stopping_failure_the_driver_refuses_to_go_on() -> None:
+    app = sk.App("kit-stop", on_agent_error="stop")
+    src = app.topic("src")
+
+    @app.agent(src)
+    async def fragile(stream: sk.Stream[Any]) -> None:
+        async for v in stream:
+            assert v != "bad", "bad input"
+
+    with TestDriver(app) as driver:
+        driver.send(src, "good")
+        with pytest.raises(Exception, match="bad input"):
+            driver.send(src, "bad")
+        with pytest.raises(DriverFailed, match="bad input"):
+            driver.send(src, "good")
