@@ -215,3 +215,147 @@ def test_after_a_stopping_failure_the_driver_refuses_to_go_on() -> None:
             driver.send(src, "bad")
         with pytest.raises(DriverFailed, match="bad input"):
             driver.send(src, "good")
+
+
+# -- the kit and a real worker agree ------------------------------------------------------------
+
+
+def comparison_app(uid: str, workdir: Path) -> tuple[sk.App, dict[str, sk.Topic]]:
+    """Purchases (3 partitions, keyed by user, event time from `ts`) → key_by user onto 2
+    partitions → a running total per user (a table, to a sink) and 10 s counts per user (a
+    window table, to another sink). "tick" events only move event time."""
+    app = sk.App(f"kitcmp-{uid}", workdir=workdir, commit_interval=0.2, idle_timeout=120)
+    purchases = app.topic(f"kitcmp-in-{uid}", partitions=3, timestamp="ts")
+    totals = app.topic(f"kitcmp-totals-{uid}", partitions=2)
+    windows = app.topic(f"kitcmp-windows-{uid}", partitions=2)
+    spent = app.table("spent", default=float)
+    counts = app.window("counts", sk.tumbling(10), sk.count(), output=windows)
+
+    @app.agent(purchases, sink=totals)
+    async def tally(stream: sk.Stream[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        async for p in stream.key_by("user", partitions=2):
+            if p["user"] == "tick":
+                continue
+            spent[p["user"]] += p["amount"]
+            counts.add(p["user"])
+            yield {"user": p["user"], "total": spent[p["user"]]}
+
+    late = app.topic(f"kitcmp-{uid}-tally-late", key_type=bytes, value_type=bytes)
+    return app, {
+        "purchases": purchases,
+        "totals": totals,
+        "windows": windows,
+        "dlq": app.dlq,
+        "late": late,
+    }
+
+
+# (partition or None for the key's, key, value bytes, record timestamp ms)
+Send = tuple[int | None, bytes | None, bytes, int]
+
+
+def comparison_input() -> tuple[list[Send], list[Send]]:
+    import orjson
+
+    users = [f"u{i}" for i in range(6)]
+    first: list[Send] = []
+    for i in range(48):  # event times rise: nothing is late before the ticks
+        user, ts = users[(i * 7) % 6], T0 + i * 0.5
+        value = orjson.dumps({"user": user, "amount": i % 5 + 1, "ts": ts})
+        first.append((None, user.encode(), value, round(ts * 1000)))
+    for partition in range(3):  # every upstream partition moves the watermark past it all
+        tick = orjson.dumps({"user": "tick", "amount": 0, "ts": T0 + 100})
+        first.append((partition, b"tick", tick, (T0 + 100) * 1000))
+    late = orjson.dumps({"user": "u0", "amount": 100, "ts": T0 + 1})
+    second: list[Send] = [
+        (None, b"u0", late, (T0 + 101) * 1000),  # in a closed window: late, still totalled
+        (0, b"x", b"{not json", (T0 + 102) * 1000),  # a dead letter
+    ]
+    return first, second
+
+
+def comparable(role: str, records: list[Any]) -> list[Any]:
+    """What must agree between the two runs, in an order that does not depend on how the
+    broker interleaved partitions: per key, in order (a key's events share one partition)."""
+    rows = []
+    for r in records:
+        headers = {k: v for k, v in r.headers if k.startswith("streamkit.")}
+        if role == "late":  # repartition offsets count watermark control records, which
+            headers.pop("streamkit.source.offset", None)  # a worker writes on its own clock
+        rows.append((r.key, r.partition, r.timestamp, r.value, sorted(headers.items())))
+    if role == "windows":
+        return sorted(rows)
+    by_key: dict[Any, list[Any]] = {}
+    for row in rows:
+        by_key.setdefault(row[0], []).append(row)
+    return sorted(by_key.items())
+
+
+def run_in_kit(uid: str, tmp: Path, first: list[Send], second: list[Send]) -> dict[str, Any]:
+    app, topics = comparison_app(uid, tmp / "unused")
+    with TestDriver(app) as driver:
+        for partition, key, value, ts in [*first, *second]:
+            driver.send_raw(topics["purchases"], value, key=key, partition=partition,
+                            timestamp=ts / 1000)  # fmt: skip
+        return {
+            role: comparable(role, [_as_consumed(o) for o in driver.records(t)])
+            for role, t in topics.items()
+            if role != "purchases"
+        }
+
+
+def _as_consumed(output: Any) -> Any:
+    """An Output seen as raw bytes, like a record read from the broker."""
+    return type("Rec", (), {
+        "key": output.raw_key, "partition": output.partition, "timestamp": output.timestamp_ms,
+        "value": output.raw_value, "headers": output.headers,
+    })  # fmt: skip
+
+
+async def test_the_kit_and_a_broker_agree(uid: str, tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from tests.kafkahelp import bootstrap, read_all, running
+
+    first, second = comparison_input()
+    kit = await asyncio.to_thread(run_in_kit, uid, tmp_path, first, second)
+
+    app, topics = comparison_app(uid, tmp_path / "worker")
+    data = [s for s in first if s[1] != b"tick"]
+    windows_expected = len({(s[1], (s[3] // 1000 - T0) // 10) for s in data})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
+
+    async def send(sends: list[Send]) -> None:
+        for partition, key, value, ts in sends:
+            await producer.send(
+                topics["purchases"].name, value, key=key, partition=partition, timestamp_ms=ts
+            )
+        await producer.flush()
+
+    broker: dict[str, Any] = {}
+    await producer.start()
+    try:
+        async with running(app):
+            await send(first)
+            # every window closed before the late event goes in (as in the kit, where each
+            # send is processed to the end): then its lateness does not depend on timing
+            await read_all(topics["windows"].name, expect=windows_expected, within=60)
+            await send(second)
+            expect = {"totals": len(data) + 1, "windows": windows_expected, "dlq": 1, "late": 1}
+            for role, count in expect.items():
+                records = await read_all(topics[role].name, expect=count, within=60)
+                broker[role] = comparable(role, records)
+    finally:
+        await producer.stop()
+
+    assert kit == broker
+    # and the answers are right: each user's last total is the sum of their amounts
+    import orjson
+
+    sums: dict[bytes, float] = {}
+    for _, key, value, _ in [*data, second[0]]:
+        assert key is not None
+        sums[key] = sums.get(key, 0.0) + orjson.loads(value)["amount"]
+    last = {key: orjson.loads(rows[-1][3])["total"] for key, rows in kit["totals"]}
+    assert last == sums
+    assert sum(orjson.loads(r[3])["count"] for r in kit["windows"]) == len(data)
