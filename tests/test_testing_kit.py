@@ -17,13 +17,16 @@ import pytest
 import streamkit as sk
 from streamkit.testing import AsyncTestDriver, DriverFailed, TestDriver
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "docs" / "testing.md", ROOT / "README.md"]
 T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 
 def doc_examples() -> dict[str, str]:
-    """The python blocks of docs/testing.md that define tests, by their first test's name."""
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    """The python blocks of docs/testing.md (and the README) that define tests, by their
+    first test's name."""
+    text = "".join(doc.read_text() for doc in DOCS)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     found = {}
     for block in blocks:
         names = re.findall(r"^(?:async )?def (test_\w+)", block, flags=re.MULTILINE)
@@ -35,6 +38,7 @@ def doc_examples() -> dict[str, str]:
 def test_the_doc_has_the_examples_the_brief_asks_for() -> None:
     assert set(doc_examples()) == {
         "test_big_orders_are_flagged",
+        "test_big_orders_get_a_flag",  # the README's
         "test_running_totals_per_user",
         "test_a_minute_closes_after_its_allowed_lateness",
         "test_reminders_and_surveys",
@@ -45,7 +49,7 @@ def test_the_doc_has_the_examples_the_brief_asks_for() -> None:
 
 @pytest.mark.parametrize("name", sorted(doc_examples()))
 def test_doc_example(name: str) -> None:
-    """Run one block of docs/testing.md: every test function it defines."""
+    """Run one block of docs/testing.md or the README: every test function it defines."""
     namespace: dict[str, Any] = {"__name__": f"docs_testing_{name}"}
     exec(compile(doc_examples()[name], f"docs/testing.md:{name}", "exec"), namespace)
     tests = [fn for key, fn in namespace.items() if key.startswith("test_") and callable(fn)]
@@ -133,6 +137,34 @@ def test_a_watermark_after_key_by_waits_for_a_silent_partition_until_it_is_idle(
         assert [r.value for r in driver.read("kit-idle-tally-late")] == [
             b'{"user":"cat","ts":1704067202}'
         ]
+
+
+def test_a_restart_keeps_open_windows_and_the_watermark() -> None:
+    app = sk.App("kit-restart")
+    visits = app.topic("visits", partitions=2, timestamp="ts")
+    out = app.topic("per-minute")
+    counts = app.window("per-minute", sk.tumbling(60), sk.count(), output=out)
+
+    @app.agent(visits)
+    async def tally(stream: sk.Stream[dict[str, Any]]) -> None:
+        async for v in stream:
+            counts.add(v["user"])
+
+    def minute(n: int, count: int) -> dict[str, Any]:
+        start = (T0 + 60 * n) * 1000
+        return {"key": "ann", "start": start, "end": start + 60_000, "count": count, "final": True}
+
+    with TestDriver(app) as driver:
+        driver.send(visits, {"user": "ann", "ts": T0 + 5}, key="ann")
+        driver.send(visits, {"user": "ann", "ts": T0 + 61}, key="ann")
+        assert driver.read_values(out) == [minute(0, 1)]
+        driver.restart()  # tasks stop (final checkpoint) and start again from SQLite
+        assert driver.window("per-minute").get("ann", (T0 + 60) * 1000) == 1
+        driver.send(visits, {"user": "ann", "ts": T0 + 10}, key="ann")  # minute 0 stays shut
+        assert len(driver.read("kit-restart-tally-late")) == 1
+        driver.send(visits, {"user": "ann", "ts": T0 + 62}, key="ann")
+        driver.advance_watermark(T0 + 120)
+        assert driver.read_values(out) == [minute(1, 2)]
 
 
 # -- the driver itself -----------------------------------------------------------------------
