@@ -105,6 +105,30 @@ def test_rebalance_deals_round_robin_per_producing_task() -> None:
         assert sorted(driver.read_values(dealt)) == [0, 10, 20, 30, 40, 50, 60]
 
 
+def test_a_seeded_shuffle_spreads_the_same_way_every_run() -> None:
+    def run() -> list[tuple[int, int]]:
+        app = sk.App("kit-shuffle")
+        src = app.topic("src", partitions=2)
+        out = app.topic("out")
+
+        @app.agent(src, sink=out)
+        async def spread(stream: sk.Stream[int]) -> AsyncIterator[int]:
+            async for v in stream.shuffle(partitions=4, seed=7):
+                yield v
+
+        with TestDriver(app) as driver:
+            driver.send_many(src, range(40))
+            assert sorted(driver.read_values(out)) == list(range(40))
+            return sorted(
+                (r.value, r.partition)
+                for r in driver.records("kit-shuffle-spread-shuffle-repartition")
+            )
+
+    first = run()
+    assert first == run()
+    assert {p for _, p in first} == {0, 1, 2, 3}
+
+
 def test_a_watermark_after_key_by_waits_for_a_silent_partition_until_it_is_idle() -> None:
     app = sk.App("kit-idle", idle_timeout=5)
     events = app.topic("events", partitions=2, timestamp="ts")
@@ -165,6 +189,29 @@ def test_a_restart_keeps_open_windows_and_the_watermark() -> None:
         driver.send(visits, {"user": "ann", "ts": T0 + 62}, key="ann")
         driver.advance_watermark(T0 + 120)
         assert driver.read_values(out) == [minute(1, 2)]
+
+
+def test_processing_time_windows_follow_the_virtual_clock() -> None:
+    app = sk.App("kit-proc")
+    hits = app.topic("hits", timestamp=sk.processing_time)
+    out = app.topic("per-30s")
+    counts = app.window("per-30s", sk.tumbling(30), sk.count(), output=out)
+
+    @app.agent(hits)
+    async def tally(stream: sk.Stream[str]) -> None:
+        async for page in stream:
+            counts.add(page)
+
+    with TestDriver(app, start_time=T0) as driver:
+        driver.send(hits, "home", timestamp=T0 - 3600)  # the record timestamp is ignored
+        driver.advance_time(10)
+        driver.send(hits, "home")
+        driver.advance_time(25)  # nothing read since: the watermark is still at T0 + 10
+        assert driver.read(out) == []
+        driver.send(hits, "about")  # read at T0 + 35: the first half-minute closes
+        assert driver.read_values(out) == [
+            {"key": "home", "start": T0 * 1000, "end": (T0 + 30) * 1000, "count": 2, "final": True}
+        ]
 
 
 # -- the driver itself -----------------------------------------------------------------------
