@@ -16,10 +16,11 @@ to agent code.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from streamkit.context import WALL_CLOCK
 
 NO_WATERMARK = -(2**63)  # nothing seen yet: every window is open
 CONTROL_HEADER = "streamkit.watermark"
@@ -30,7 +31,7 @@ TimestampSpec = str | Callable[[Any], Any] | None
 def processing_time(value: Any) -> float:
     """`app.topic(..., timestamp=sk.processing_time)`: events get the wall-clock time at which
     the worker reads them (windows over processing time)."""
-    return time.time()
+    return WALL_CLOCK.get().time()
 
 
 def to_ms(value: Any, unit: str = "s") -> int:
@@ -100,7 +101,7 @@ class WatermarkTracker:
         self.max_seen = ts
         if self.upstreams:
             return False
-        return self._advance(ts - self.out_of_orderness_ms)
+        return self.advance_to(ts - self.out_of_orderness_ms)
 
     def from_upstream(self, upstream: int, watermark: int, idle: bool) -> bool:
         """A control record. True if the watermark advanced."""
@@ -112,9 +113,10 @@ class WatermarkTracker:
             self.idle.discard(upstream)
         # everyone idle: nobody is a straggler, so the plain minimum over all of them
         active = [u for u in range(self.upstreams) if u not in self.idle] or range(self.upstreams)
-        return self._advance(min(self.heard.get(u, NO_WATERMARK) for u in active))
+        return self.advance_to(min(self.heard.get(u, NO_WATERMARK) for u in active))
 
-    def _advance(self, candidate: int) -> bool:
+    def advance_to(self, candidate: int) -> bool:
+        """Move the watermark to `candidate` if that is forward. True if it moved."""
         if candidate > self.current:
             self.current = candidate
             return True

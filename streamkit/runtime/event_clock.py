@@ -13,10 +13,10 @@ next stage does not wait for it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from streamkit.context import WALL_CLOCK
 from streamkit.eventtime import WatermarkTracker, control_headers, read_control
 
 if TYPE_CHECKING:
@@ -57,12 +57,17 @@ class EventClock:
         self.idle_timeout = idle_timeout
         self.windows: list[OnWatermark] = []  # what the watermark drives
         self._sent = (self.tracker.current, False)  # last broadcast (watermark, idle)
-        self._sent_at = 0.0
-        self.last_input = time.monotonic()
+        self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
+        self._sent_at = float("-inf")  # never
+        self.last_input = self._wall.monotonic()
 
     @property
     def watermark(self) -> int:
         return self.tracker.current
+
+    def note_input(self) -> None:
+        """Records arrived (the partition is not idle)."""
+        self.last_input = self._wall.monotonic()
 
     def restore(self, watermark: int) -> None:
         self.tracker.current = max(self.tracker.current, watermark)
@@ -73,6 +78,14 @@ class EventClock:
         if self.tracker.observe(ts):
             self._advanced()
         return ts
+
+    def advance_to(self, watermark: int) -> bool:
+        """Move the watermark to `watermark` (never back), closing windows and firing
+        event-time timers as an event would; run it in the task's context (the testing kit)."""
+        if self.tracker.advance_to(watermark):
+            self._advanced()
+            return True
+        return False
 
     def on_control(self, headers: Any) -> bool:
         """True if the record is a watermark control record (and consumed here)."""
@@ -94,7 +107,7 @@ class EventClock:
         output = self.output
         if output is None:
             return
-        now = time.monotonic()
+        now = self._wall.monotonic()
         if not force and now - self._sent_at < BROADCAST_EVERY:
             return
         idle = now - self.last_input >= self.idle_timeout
@@ -128,7 +141,7 @@ def open_event_state(task: Task) -> None:
 
 def fire_processing_timers(timers: Iterable[TimerPartition]) -> float | None:
     """Run the processing-time timers that are due; seconds until the next one (None: none)."""
-    now = time.time() * 1000
+    now = WALL_CLOCK.get().time() * 1000
     nearest = None
     for part in timers:
         part.advance_processing(int(now))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from streamkit.runtime.event_clock import fire_processing_timers, open_event_sta
 from streamkit.runtime.exchange import Router
 from streamkit.serde import DecodeError
 from streamkit.stages import Stage
-from streamkit.state.changelog import ChangelogReader
+from streamkit.state.changelog import Restorer
 from streamkit.state.table import TableNotBound, TablePartition
 from streamkit.state.task_tables import TaskTables
 from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
@@ -82,7 +81,7 @@ class Task:
         on_agent_error: str,
         on_room: Callable[[], None],
         state: TaskTables | None = None,
-        reader: ChangelogReader | None = None,
+        reader: Restorer | None = None,
         position: int | None = None,
         clock: EventClock | None = None,
     ) -> None:
@@ -149,7 +148,7 @@ class Task:
         self._records.extend(records)
         self.position = records[-1].offset + 1
         if self.clock is not None:
-            self.clock.last_input = time.monotonic()
+            self.clock.note_input()
         waiter = self._waiter
         if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
@@ -272,6 +271,18 @@ class Task:
             self._idle = False
         if self.status is not TaskState.RUNNING:
             raise StopAsyncIteration
+
+    @property
+    def idle(self) -> bool:
+        """Blocked in `wait` between two events, with nothing about to wake it."""
+        waiter = self._waiter
+        return self._idle and waiter is not None and not waiter.done()
+
+    def wake(self) -> None:
+        """Let a waiting task look again (due processing-time timers fire in `wait`)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and not self._pausing:
+            waiter.set_result(None)
 
     # -- event time --------------------------------------------------------------------------
 

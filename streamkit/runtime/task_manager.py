@@ -18,7 +18,7 @@ from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
 from streamkit.runtime.task import Task
 from streamkit.stages import Stage
-from streamkit.state.changelog import ChangelogReader
+from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class TaskManager:
         app: App,
         producer: Any,
         on_failure: Callable[[BaseException], None],
-        reader: ChangelogReader,
+        reader: Restorer,
         on_state_full: Callable[[], None],
     ) -> None:
         self._app = app

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka.structs import TopicPartition
 
@@ -39,6 +39,15 @@ class _Request:
     done: asyncio.Future[int]
     pending: set[TopicPartition] = field(default_factory=set)
     replayed: int = 0
+
+
+class Restorer(Protocol):
+    """What a task's tables restore through: the worker's `ChangelogReader`, or the testing
+    kit's in-memory changelogs."""
+
+    async def restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
+        """Replay `sources` (table name → changelog partition) into `store` from the offset
+        after the one it reflects; the number of records replayed."""
 
 
 class ChangelogReader:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamkit.state.changelog import ChangelogReader, describe_sources
+from streamkit.state.changelog import Restorer, describe_sources
 from streamkit.state.store import PartitionStore, open_store
 from streamkit.state.table import TablePartition
 
@@ -54,7 +54,7 @@ class TaskTables:
         names = [t.name for t in self.tables]
         self.store = await asyncio.to_thread(open_store, self.path, self._identity, names)
 
-    async def open(self, reader: ChangelogReader) -> None:
+    async def open(self, reader: Restorer) -> None:
         """Open (or rebuild) the store, replay the changelog tail, build the caches."""
         await self.open_store()
         assert self.store is not None

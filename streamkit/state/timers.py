@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import heapq
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streamkit.context import CURRENT_TASK
+from streamkit.context import CURRENT_TASK, WALL_CLOCK
 from streamkit.eventtime import NO_WATERMARK, to_ms
 from streamkit.state.table import _MISSING, Table, TableNotBound, TablePartition
 from streamkit.state.window_table import WATERMARK_ROW, WindowKeyCodec, stored_watermark
@@ -61,7 +60,8 @@ class Timers:
 
     def after(self, key: Any, seconds: float, payload: Any = None) -> None:
         """Fire `seconds` from now, by the wall clock."""
-        self._local().schedule(PROCESSING, round((time.time() + seconds) * 1000), key, payload)
+        fire = round((WALL_CLOCK.get().time() + seconds) * 1000)
+        self._local().schedule(PROCESSING, fire, key, payload)
 
     def open_partition(self, rows: TablePartition, task: Task) -> TimerPartition:
         return TimerPartition(self, rows, task)

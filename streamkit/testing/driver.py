@@ -1,0 +1,489 @@
+"""AsyncTestDriver: an App's agents on in-memory topics, no broker, time under the test's control.
+
+It runs the runtime's own pieces: a `TaskManager` makes one `Task` per partition of every
+stage's input (source topics and repartition topics), each with its `RecordCollector`, tables
+over a SQLite store in a temporary folder, window tables, timers and event clock. Only what
+they talk to is in memory (`memory.py`): the producer the collectors hand batches to writes
+into in-memory topic logs, the consumer group the at-least-once `Checkpointer` commits to is a
+dict, the changelog restorer reads the in-memory changelogs, and processing time is a
+`VirtualClock` (the runtime reads it through `streamkit.context.WALL_CLOCK`).
+
+After every call that adds input or moves time, the driver *pumps* until nothing moves: it
+waits until every task is idle in its stream with an empty buffer, submits what the
+collectors hold, lets every relay task tell the next stage its watermark (as it would within
+0.2 s on a real worker), and hands the new records of every stage input to their tasks; then
+again, until no stage input has a record left. So when `send` returns, the event and
+everything it caused downstream (repartition hops, windows closed by the new watermark,
+dead letters, late events) are in the output topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka.structs import TopicPartition
+
+from streamkit.app import App
+from streamkit.context import CURRENT_TASK, WALL_CLOCK
+from streamkit.events import Headers, Record
+from streamkit.eventtime import read_control, to_ms
+from streamkit.runtime.checkpoint import Checkpointer
+from streamkit.runtime.collector import CURRENT_COLLECTOR, partition_for_key
+from streamkit.runtime.task import Task
+from streamkit.runtime.task_manager import TaskManager
+from streamkit.stages import resolve_partitions
+from streamkit.state.table import TablePartition
+from streamkit.testing.memory import (
+    MemoryGroup,
+    MemoryLog,
+    MemoryProducer,
+    MemoryRestorer,
+    VirtualClock,
+)
+from streamkit.testing.views import Output, TableView, WindowView, pending_timers
+from streamkit.topics import Topic
+
+START_TIME = 1_704_067_200.0  # 2024-01-01T00:00:00Z: the virtual clock's default start
+SETTLE_TIMEOUT = 10.0  # seconds the agents may take to go idle before the driver gives up
+SPINS = 200  # event-loop turns tried before settling waits a millisecond between looks
+
+R = TypeVar("R")
+
+
+class DriverFailed(Exception):
+    """The driver stopped earlier because agent code or the runtime failed (chained)."""
+
+
+class AsyncTestDriver:
+    """`async with AsyncTestDriver(app) as driver:` — see docs/testing.md."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        start_time: float = START_TIME,
+        workdir: Path | str | None = None,
+        settle_timeout: float = SETTLE_TIMEOUT,
+    ) -> None:
+        if not app.agents:
+            raise ValueError(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        self.app = app
+        self.clock = VirtualClock(start_time)
+        self.log = MemoryLog()
+        self.producer = MemoryProducer(self.log, self.clock)
+        self.group = MemoryGroup()
+        self.restorer = MemoryRestorer(self.log)
+        self.settle_timeout = settle_timeout
+        self._given_workdir = None if workdir is None else Path(workdir)
+        self._tmp: str | None = None
+        self._saved_settings = app.settings
+        self._ctx = contextvars.copy_context()
+        self._ctx.run(WALL_CLOCK.set, self.clock)
+        self._manager: TaskManager | None = None
+        self._checkpointer = Checkpointer(self.group)
+        self._positions: dict[TopicPartition, int] = {}  # next offset handed to each task
+        self._read: dict[str, int] = {}  # read cursor per topic (records written before it)
+        self._round_robin: dict[str, int] = {}
+        self._failure: BaseException | None = None
+        self._checkpoint_due = False
+        self._last_checkpoint = 0.0  # virtual monotonic time of the last checkpoint
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncTestDriver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def workdir(self) -> Path:
+        return self.app.settings.workdir
+
+    async def start(self) -> None:
+        """Resolve partition counts, create the in-memory topics, start a task per partition
+        of every stage input (restoring tables from the changelogs) and wait until they run."""
+        if self._started:
+            raise RuntimeError("the driver is started already")
+        app = self.app
+        if self._given_workdir is None:
+            self._tmp = tempfile.mkdtemp(prefix=f"streamkit-test-{app.id}-")
+            workdir = Path(self._tmp)
+        else:
+            workdir = self._given_workdir
+        app.settings = app.settings.model_copy(update={"workdir": workdir})
+        stages = app.stages  # binds tables (and declares late topics) first
+        outputs = {st.output.name for st in stages if st.output is not None}
+        outputs |= {t.changelog.name for st in stages for t in st.tables}
+        for topic in app.topics.values():  # as a new broker would: the declared count, or 1
+            if topic.name not in outputs and topic.partitions is None:
+                topic.partitions = topic.declared_partitions or 1
+        resolve_partitions(stages)
+        for topic in app.topics.values():
+            if topic.partitions is None:
+                topic.partitions = topic.declared_partitions or 1
+            self.log.create(topic.name, topic.partitions)
+        self._started = True
+        await self._assign({})
+
+    async def _assign(self, positions: dict[TopicPartition, int]) -> None:
+        manager = self._manager = TaskManager(
+            self.app, self.producer, self._fail, self.restorer, self._request_checkpoint
+        )
+        tps = [
+            TopicPartition(stage.source.name, p)
+            for stage in self.app.stages
+            for p in range(stage.source.partitions or 1)
+        ]
+        self._positions = {tp: positions.get(tp, 0) for tp in tps}
+        self._ctx.run(manager.assign, tps, None, positions)  # tasks inherit the virtual clock
+        await self._pump()
+
+    async def close(self) -> None:
+        """Stop every task after a final checkpoint; give the app its settings back; delete the
+        temporary state folder."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await self._stop_tasks(commit=self._failure is None)
+        finally:
+            self.app.settings = self._saved_settings
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp = None
+
+    async def _stop_tasks(self, *, commit: bool = True) -> None:
+        """Each task finishes its event; then the final checkpoint (not after a failure)."""
+        manager = self._manager
+        if manager is None:
+            return
+        self._manager = None
+        closed = await manager.revoke(list(manager.tasks))
+        try:
+            if commit:
+                await self._checkpointer.commit(closed)
+        finally:
+            for task in closed:
+                task.close_state()
+            self._checkpointer.forget(TopicPartition(t.topic.name, t.partition) for t in closed)
+
+    async def restart(self, *, lose_state: bool = False) -> None:
+        """Stop every task as a worker's shutdown does (final checkpoint), then start them
+        again from the committed offsets: tables come back from their SQLite files, or, with
+        `lose_state=True`, from the changelogs alone (the files are deleted first)."""
+        self._check()
+        await self._pump()
+        await self._stop_tasks()
+        if lose_state:
+            shutil.rmtree(self.workdir / self.app.id, ignore_errors=True)
+        await self._assign(dict(self.group.offsets))
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def topic(self, topic: Topic | str) -> Topic:
+        """The app's topic of that name (or that Topic, checked to belong to the app)."""
+        name = topic if isinstance(topic, str) else topic.name
+        found = self.app.topics.get(name)
+        if found is None or (isinstance(topic, Topic) and found is not topic):
+            raise KeyError(f"topic {name} is not declared by app {self.app.id}")
+        return found
+
+    @property
+    def now(self) -> float:
+        """The virtual wall clock, epoch seconds."""
+        return self.clock.time()
+
+    async def send(
+        self,
+        topic: Topic | str,
+        value: Any = None,
+        *,
+        key: Any = None,
+        timestamp: Any = None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> Output:
+        """Write one record (encoded with the topic's codecs) and process everything it
+        causes. `timestamp`: epoch seconds or a datetime (default: the virtual clock);
+        `partition`: default murmur2 of the key as a Java producer would, round-robin when
+        there is no key. Returns the record as written."""
+        target = self.topic(topic)
+        encoded_key, encoded_value = target.encode_key(key), target.encode_value(value)
+        record = self._append(target, encoded_key, encoded_value, timestamp, partition, headers)
+        await self._pump()
+        return record
+
+    async def send_raw(
+        self,
+        topic: Topic | str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        timestamp: Any = None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> Output:
+        """Write bytes as they are (no codec): bad input for the dead-letter path."""
+        record = self._append(self.topic(topic), key, value, timestamp, partition, headers)
+        await self._pump()
+        return record
+
+    async def send_many(self, topic: Topic | str, items: Iterable[Any]) -> list[Output]:
+        """Write several records, then process them together (tasks see them as one fetch).
+        Each item is a value, or an `sk.Record(value, key=, headers=, timestamp_ms=)`."""
+        target = self.topic(topic)
+        written = []
+        for item in items:
+            if isinstance(item, Record):
+                ts = None if item.timestamp_ms is None else item.timestamp_ms / 1000
+                written.append(
+                    self._append(
+                        target,
+                        target.encode_key(item.key),
+                        target.encode_value(item.value),
+                        ts,
+                        None,
+                        item.headers,
+                    )
+                )
+            else:
+                written.append(self._append(target, None, target.encode_value(item), None, None))
+        await self._pump()
+        return written
+
+    def _append(
+        self,
+        topic: Topic,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: Any,
+        partition: int | None,
+        headers: Headers | None = None,
+    ) -> Output:
+        self._check()
+        count = self.log.partitions(topic.name)
+        if partition is None:
+            if key is not None:
+                partition = partition_for_key(key, count)
+            else:
+                partition = self._round_robin.get(topic.name, 0)
+                self._round_robin[topic.name] = (partition + 1) % count
+        ts = self.clock.now_ms() if timestamp is None else to_ms(timestamp)
+        written = self.log.append(topic.name, partition, key, value, ts, headers or ())
+        return Output.of(written, topic)
+
+    # -- time ----------------------------------------------------------------------------------
+
+    async def advance_time(self, seconds: float) -> None:
+        """Move processing time forward: due processing-time timers fire, input partitions
+        quiet for `idle_timeout` count as idle, and a checkpoint runs when a
+        `commit_interval` has passed since the last one."""
+        self._check()
+        self.clock.advance(seconds)
+        for task in self._tasks():
+            if task.timers:
+                task.wake()  # a waiting task fires its due timers before waiting again
+        await self._pump()
+
+    async def advance_watermark(self, when: Any, *, topic: Topic | str | None = None) -> None:
+        """Move the event-time watermark of the tasks reading `topic` (default: every source
+        topic of an agent that uses event time) to `when` (epoch seconds or a datetime), as an
+        event at `when` + out-of-orderness would: windows close, event-time timers fire, and
+        the watermark travels across repartition topics to the later stages."""
+        self._check()
+        name = None if topic is None else self.topic(topic).name
+        watermark = to_ms(when)
+        moved = [
+            task
+            for task in self._tasks()
+            if task.clock is not None
+            and task.stage.index == 0
+            and (name is None or task.topic.name == name)
+        ]
+        if not moved:
+            where = "any source topic" if name is None else name
+            raise ValueError(f"no agent reading {where} uses event time (window tables or timers)")
+        for task in moved:
+            clock = task.clock
+            assert clock is not None
+            self._as_task(task, clock.advance_to, watermark)
+        await self._pump()
+
+    def _as_task(self, task: Task, fn: Callable[..., R], *args: Any) -> R:
+        """Run `fn` as code of `task` (its tables, timers and `topic.produce` work)."""
+        ctx = self._ctx.copy()
+
+        def call() -> R:
+            CURRENT_TASK.set(task)
+            CURRENT_COLLECTOR.set(task.collector)
+            return fn(*args)
+
+        return ctx.run(call)
+
+    def watermarks(self, topic: Topic | str) -> dict[int, int]:
+        """The event-time watermark (epoch ms) of each task reading `topic`."""
+        name = self.topic(topic).name
+        return {
+            task.partition: task.clock.watermark
+            for task in self._tasks()
+            if task.topic.name == name and task.clock is not None
+        }
+
+    # -- pumping -------------------------------------------------------------------------------
+
+    def _tasks(self) -> list[Task]:
+        return [] if self._manager is None else list(self._manager.tasks.values())
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+
+    def _request_checkpoint(self) -> None:
+        self._checkpoint_due = True
+
+    def _check(self) -> None:
+        if not self._started:
+            raise RuntimeError("the driver is not running: use it inside `with`/`async with`")
+        if self._failure is not None:
+            raise DriverFailed(
+                f"the driver stopped after a failure: {type(self._failure).__name__}: "
+                f"{self._failure}"
+            ) from self._failure
+
+    async def _pump(self) -> None:
+        while True:
+            await self._settle()
+            for task in self._tasks():
+                clock = task.clock
+                if clock is not None and clock.output is not None:
+                    clock.broadcast(task.collector, force=True)
+                await task.collector.submit()
+            if not self._deliver():
+                break
+        elapsed = self.clock.monotonic()
+        if self._checkpoint_due or elapsed - self._last_checkpoint >= (
+            self.app.settings.commit_interval
+        ):
+            await self.checkpoint()
+
+    async def _settle(self) -> None:
+        """Wait until every task is idle in its stream with nothing buffered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settle_timeout
+        spins = 0
+        while True:
+            failure = self._failure
+            if failure is not None:
+                raise failure
+            tasks = self._tasks()
+            if all(t.accepting and t.idle and not t.buffered for t in tasks) and spins:
+                return
+            spins += 1
+            await asyncio.sleep(0 if spins < SPINS else 0.001)
+            if loop.time() > deadline:
+                busy = [t for t in tasks if not (t.accepting and t.idle and not t.buffered)]
+                raise TimeoutError(
+                    f"agents still busy after {self.settle_timeout}s: {busy} (does agent code "
+                    "await something that never completes?)"
+                )
+
+    def _deliver(self) -> bool:
+        """Hand each task the records of its input written since the last hand-over."""
+        manager = self._manager
+        assert manager is not None
+        batches = {}
+        for tp, position in self._positions.items():
+            records = self.log.read(tp.topic, tp.partition, position)
+            if records:
+                batches[tp] = records
+                self._positions[tp] = records[-1].offset + 1
+        if not batches:
+            return False
+        rewind = manager.dispatch(batches)
+        if rewind:
+            raise RuntimeError(f"tasks refused records: {rewind}")
+        return True
+
+    async def checkpoint(self) -> None:
+        """Run the at-least-once checkpoint now: tables' changes to their changelog topics
+        and SQLite files, outputs flushed, input offsets committed."""
+        self._check()
+        await self._settle()
+        self._checkpoint_due = False
+        self._last_checkpoint = self.clock.monotonic()
+        await self._checkpointer.commit(self._tasks())
+
+    # -- output --------------------------------------------------------------------------------
+
+    def records(self, topic: Topic | str) -> list[Output]:
+        """Every record written to `topic`, in the order written (watermark control records
+        of repartition topics left out)."""
+        target = self.topic(topic)
+        return [Output.of(r, target) for r in self.log.written(target.name) if not _is_control(r)]
+
+    def read(self, topic: Topic | str) -> list[Output]:
+        """The records written to `topic` since the last `read` of it, in the order written."""
+        target = self.topic(topic)
+        written = self.log.written(target.name)
+        start = self._read.get(target.name, 0)
+        self._read[target.name] = len(written)
+        return [Output.of(r, target) for r in written[start:] if not _is_control(r)]
+
+    def read_values(self, topic: Topic | str) -> list[Any]:
+        """`read`, values only."""
+        return [r.value for r in self.read(topic)]
+
+    def drain(self) -> dict[str, list[Output]]:
+        """`read` of every topic that has unread records."""
+        found = {}
+        for name in self.log.topics():
+            records = self.read(name)
+            if records:
+                found[name] = records
+        return found
+
+    def committed(self, topic: Topic | str) -> dict[int, int]:
+        """The consumer group's committed offsets of `topic`, per partition."""
+        name = self.topic(topic).name
+        return {tp.partition: off for tp, off in self.group.offsets.items() if tp.topic == name}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _table_parts(self, name: str) -> dict[int, TablePartition]:
+        parts = {t.partition: t.tables[name] for t in self._tasks() if name in t.tables}
+        if not parts:
+            known = ", ".join(sorted(self.app.tables)) or "none"
+            raise KeyError(f"no table {name!r} in app {self.app.id} (tables: {known})")
+        return parts
+
+    def table(self, name: str) -> TableView:
+        """A table across its partitions (`driver.table("spent")["u1"]`)."""
+        return TableView(name, self._table_parts(name))
+
+    def window(self, name: str) -> WindowView:
+        """A window table's open windows across its partitions."""
+        if name not in self.app.windows:
+            raise KeyError(f"no window table {name!r} in app {self.app.id}")
+        windows = {t.partition: t.windows[name] for t in self._tasks() if name in t.windows}
+        return WindowView(name, windows, self._table_parts(name))
+
+    def timers(self, name: str) -> list[tuple[int, str, Any, Any]]:
+        """Pending timers of a timer set: `(fire ms, "event"|"processing", key, payload)`."""
+        if name not in self.app.timers:
+            raise KeyError(f"no timer set {name!r} in app {self.app.id}")
+        return pending_timers(self._table_parts(name))
+
+
+def _is_control(record: Any) -> bool:
+    return read_control(record.headers) is not None
