@@ -185,7 +185,8 @@ class WebServer:
                     "value": queries.jsonable(value),
                     "served_by": self.worker.client_id,
                     "endpoint": self.endpoint,
-                }
+                },
+                status=200 if found else 404,
             )
         path = f"/tables/{quote(name, safe='')}/{quote(text, safe='')}"
         return await self._forward(request, tp, path, {})
