@@ -169,6 +169,9 @@ async def test_two_workers_route_table_queries_and_report_metrics_and_status(
         code, answer = await get(ea, "/tables/totals/nobody")
         assert code == 404 and answer["found"] is False
         assert answer["partition"] == owner_partition("nobody")
+        code, answer = await get(ea, "/tables/totals/a%2Fb c")  # any text is a key
+        assert code == 404 and answer["key"] == "a/b c"
+        assert answer["partition"] == owner_partition("a/b c")
 
         # scan: every key across both workers, and prefix + limit
         code, scan = await get(eb, "/tables/totals", limit="1000")
@@ -312,3 +315,35 @@ async def test_web_can_be_turned_off_and_the_broker_list_hides_credentials(uid: 
         assert w.assignor.endpoints == {}
     await asyncio.sleep(0)
     assert broker_hosts("kafka://user:secret@b1:9092,b2:9093") == ["b1:9092", "b2:9093"]
+
+
+class _Cluster:
+    def __init__(self, partitions: dict[str, int]) -> None:
+        self._partitions = partitions
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self._partitions[topic]))
+
+
+def test_assignor_hands_every_member_the_partition_endpoint_map() -> None:
+    from aiokafka.structs import TopicPartition
+
+    from streamkit.runtime.assignor import StreamkitAssignor
+
+    def assignor(endpoint: str | None) -> StreamkitAssignor:
+        return StreamkitAssignor(set, 0, set, set, endpoint)
+
+    a, b, off = assignor("h1:1"), assignor("h2:2"), assignor(None)
+    metas = {"m-a": a.metadata(["t"]), "m-b": b.metadata(["t"]), "m-off": off.metadata(["t"])}
+    result = StreamkitAssignor(set, 0, set, set).assign(_Cluster({"t": 6}), metas)
+    for member_id, me in (("m-a", a), ("m-b", b), ("m-off", off)):
+        me.on_assignment(result[member_id])
+        assert me.member_id == member_id
+        assert me.members == {"m-a": "h1:1", "m-b": "h2:2", "m-off": None}
+    owned = {m: {p for _, ps in result[m].assignment for p in ps} for m in metas}
+    assert a.endpoints == b.endpoints == off.endpoints
+    want = {TopicPartition("t", p): "h1:1" for p in owned["m-a"]}
+    want |= {TopicPartition("t", p): "h2:2" for p in owned["m-b"]}
+    assert a.endpoints == want  # partitions of the member without a server are not routable
+    assert owned["m-off"] and all(TopicPartition("t", p) not in want for p in owned["m-off"])
+    assert a.rebalances == 1

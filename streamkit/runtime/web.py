@@ -61,7 +61,7 @@ class WebServer:
         app.router.add_get("/status", self._status)
         app.router.add_get("/tables", self._tables)
         app.router.add_get("/tables/{name}", self._scan)
-        app.router.add_get("/tables/{name}/{key}", self._get)
+        app.router.add_get("/tables/{name}/{key:.+}", self._get)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.web_host, settings.web_port)
