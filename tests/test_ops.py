@@ -347,3 +347,52 @@ def test_assignor_hands_every_member_the_partition_endpoint_map() -> None:
     assert a.endpoints == want  # partitions of the member without a server are not routable
     assert owned["m-off"] and all(TopicPartition("t", p) not in want for p in owned["m-off"])
     assert a.rebalances == 1
+
+
+async def test_metrics_under_exactly_once_count_committed_outputs_and_drain_lag_to_zero(
+    uid: str, tmp_path: Path
+) -> None:
+    app = sk.App(
+        f"ops-eos-{uid}",
+        processing_guarantee="exactly_once",
+        workdir=tmp_path / "eos",
+    )
+    src = app.topic(f"ops-eos-in-{uid}", partitions=2)
+    out = app.topic(f"ops-eos-out-{uid}", partitions=2)
+    counts = app.table("counts", default=int)
+
+    @app.agent(src, sink=out)
+    async def count(stream: sk.Stream[Any]) -> Any:
+        async for v in stream.key_by("k", partitions=2):
+            counts[v["k"]] += 1
+            yield {"k": v["k"], "n": counts[v["k"]]}
+
+    n = 300
+    repartition = f"ops-eos-{uid}-count-key_by-repartition"
+    async with running(app) as w:
+        assert w.web is not None
+        endpoint = w.web.endpoint
+        await produce(src.name, [orjson.dumps({"k": f"k{i % 7}"}) for i in range(n)])
+        await read_all(out.name, expect=n, within=60)
+
+        async def settled() -> bool:
+            sums = metric_sums((await get(endpoint, "/metrics"))[1])
+            settled.sums = sums  # type: ignore[attr-defined]
+            lags = [
+                s.value
+                for f in text_string_to_metric_families((await get(endpoint, "/metrics"))[1])
+                for s in f.samples
+                if s.name == "streamkit_consumer_lag" and s.labels["topic"] == repartition
+            ]
+            return len(lags) == 2 and not any(lags)
+
+        await wait_until(settled, within=30, what="lag 0 on the transactional repartition topic")
+        sums = settled.sums  # type: ignore[attr-defined]
+        assert sums[("streamkit_events_out_total", out.name)] == n
+        assert sums[("streamkit_events_in_total", repartition)] == n
+        assert sums[("streamkit_commit_failures_total", "")] == 0
+        assert sums[("streamkit_checkpoint_duration_seconds_count", "")] > 0
+        code, answer = await get(endpoint, "/tables/counts/k3")
+        assert (code, answer["value"]) == (200, sum(1 for i in range(n) if i % 7 == 3))
+        status = (await get(endpoint, "/status"))[1]
+        assert status["guarantee"] == "exactly_once"
