@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -14,11 +15,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamkit as sk
 from streamkit.runtime.web import broker_hosts
+from streamkit.runtime.worker import Worker
+from streamkit.settings import ConfigError
 from tests.kafkahelp import (
     ROOT,
     WorkerProcess,
@@ -314,6 +318,16 @@ async def test_web_can_be_turned_off_and_the_broker_list_hides_credentials(uid: 
         assert w.assignor.members == {w.assignor.member_id: None}
         assert w.assignor.endpoints == {}
     await asyncio.sleep(0)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        busy = sk.App(f"ops-busy-{uid}", web_port=taken.getsockname()[1])
+        busy.agent(busy.topic(f"ops-busy-in-{uid}", partitions=1))(noop)
+        with pytest.raises(ConfigError, match="STREAMKIT_WEB_PORT"):
+            await Worker(busy).run(install_signal_handlers=False)
+    finally:
+        taken.close()
     assert broker_hosts("kafka://user:secret@b1:9092,b2:9093") == ["b1:9092", "b2:9093"]
 
 

@@ -31,7 +31,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamkit.runtime.metrics import WorkerMetrics
-from streamkit.settings import parse_bootstrap
+from streamkit.settings import ConfigError, parse_bootstrap
 from streamkit.state import queries
 from streamkit.state.queries import QueryError
 
@@ -65,7 +65,16 @@ class WebServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.web_host, settings.web_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(
+                f"cannot serve HTTP on {settings.web_host}:{settings.web_port} ({exc}): set "
+                "web_port (STREAMKIT_WEB_PORT) to a free port or 0 for any, or "
+                "web_enabled=false (STREAMKIT_WEB_ENABLED)"
+            ) from None
         port = self._runner.addresses[0][1]
         host = settings.web_advertised_host or settings.web_host
         if host in ("0.0.0.0", "::", ""):
