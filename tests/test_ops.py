@@ -272,6 +272,10 @@ async def test_reset_puts_the_group_at_earliest_and_a_rerun_recomputes_the_same_
     assert first.wait(5) == 0
     assert await committed(app_id, source) == await end_offsets(source)
 
+    unconfirmed = cli(uid, "reset", "tests.opsapp:app", workdir=tmp_path / "w")  # no stdin
+    assert unconfirmed.returncode != 0 and "delete topics" in unconfirmed.stdout
+    assert (tmp_path / "w" / app_id).exists(), "reset ran without confirmation"
+    assert await committed(app_id, source) == await end_offsets(source)
     reset = cli(uid, "reset", "tests.opsapp:app", "--yes", workdir=tmp_path / "w")
     assert reset.returncode == 0, reset.stdout + reset.stderr
     assert await committed(app_id, source) == {p: 0 for p in range(PARTITIONS)}
