@@ -1,4 +1,4 @@
-"""The `streamkit` command: worker, send, topics, topology, tables.
+"""The `streamkit` command: worker, send, topics, topology, tables, status, reset.
 
 Every user mistake (a wrong MODULE:APP, a bad setting, an unreachable broker) ends in one line
 on stderr and a non-zero exit, never a traceback wall.
@@ -201,34 +201,159 @@ def topics(app: AppArg) -> None:
 def tables(
     args: Annotated[
         list[str],
-        typer.Argument(help="MODULE:APP | get MODULE:APP TABLE KEY", show_default=False),
+        typer.Argument(
+            help="MODULE:APP | get MODULE:APP TABLE KEY | scan MODULE:APP TABLE",
+            show_default=False,
+        ),
     ],
     workdir: Annotated[Path | None, typer.Option(help="The workers' state directory.")] = None,
+    prefix: Annotated[str, typer.Option(help="scan: keys starting with this text.")] = "",
+    limit: Annotated[int, typer.Option(help="scan: at most this many rows.")] = 100,
+    local: Annotated[
+        bool, typer.Option("--local", help="get: read this machine's state files, not a worker.")
+    ] = False,
 ) -> None:
-    """List the tables in the local workdir (partitions, keys), or read one key."""
+    """List the tables in the local workdir (partitions, keys); read one key (`get`) or scan
+    a table (`scan`) by asking any live worker, which routes to the partition's owner."""
 
     def body() -> None:
-        if args[0] == "get":
-            if len(args) != 4:
-                raise UsageError("usage: streamkit tables get MODULE:APP TABLE KEY")
-            loaded = load_app(args[1])
-            loaded.configure(workdir=workdir)
-            if args[2] not in loaded.tables:
-                raise UsageError(
-                    f"app {loaded.id} has no table {args[2]!r}: {sorted(loaded.tables)}"
-                )
-            found = inspect_state.read_key(loaded, args[2], args[3])
-            if found is None:
-                raise UsageError(f"key {args[3]!r} is not in the local state of {args[2]}")
-            typer.echo(f"{args[2]}[{args[3]!r}] = {found[1]!r}  (partition {found[0]})")
+        if args[0] in ("get", "scan"):
+            _table_query(args, workdir, prefix, limit, local)
             return
         if len(args) != 1:
-            raise UsageError("usage: streamkit tables MODULE:APP | tables get MODULE:APP TABLE KEY")
+            raise UsageError(
+                "usage: streamkit tables MODULE:APP | tables get MODULE:APP TABLE KEY | "
+                "tables scan MODULE:APP TABLE [--prefix P] [--limit N]"
+            )
         loaded = load_app(args[0])
         loaded.configure(workdir=workdir)
         typer.echo(f"{'table':20} {'partition':>9} {'keys':>10}  file")
         for part in inspect_state.local_partitions(loaded):
             typer.echo(f"{part.table:20} {part.partition:>9} {part.keys:>10}  {part.path}")
+
+    _run(body)
+
+
+def _table_query(
+    args: list[str], workdir: Path | None, prefix: str, limit: int, local: bool
+) -> None:
+    from urllib.parse import quote
+
+    from streamkit import ops_commands
+
+    get = args[0] == "get"
+    if len(args) != (4 if get else 3):
+        raise UsageError(
+            "usage: streamkit tables get MODULE:APP TABLE KEY"
+            if get
+            else "usage: streamkit tables scan MODULE:APP TABLE [--prefix P] [--limit N]"
+        )
+    loaded = load_app(args[1])
+    loaded.configure(workdir=workdir)
+    name = args[2]
+    if name not in loaded.tables:
+        raise UsageError(f"app {loaded.id} has no table {name!r}: {sorted(loaded.tables)}")
+    if get and local:
+        found = inspect_state.read_key(loaded, name, args[3])
+        if found is None:
+            raise UsageError(f"key {args[3]!r} is not in the local state of {name}")
+        typer.echo(f"{name}[{args[3]!r}] = {found[1]!r}  (partition {found[0]}, local file)")
+        return
+    path = f"/tables/{quote(name, safe='')}"
+    params = {"prefix": prefix, "limit": str(limit)}
+    if get:
+        path, params = f"{path}/{quote(args[3], safe='')}", {}
+    try:
+        code, answer = _arun(ops_commands.ask_any_worker(loaded, path, params))
+    except ops_commands.NoWorker as exc:
+        typer.echo(f"error: {exc}; is a worker running? (`--local` reads state files)", err=True)
+        raise typer.Exit(3) from None
+    if get:
+        if code == 200 or (code == 404 and "found" in answer):
+            if not answer["found"]:
+                typer.echo(
+                    f"error: no key {args[3]!r} in {name} (partition {answer['partition']}, "
+                    f"asked {answer['served_by']})",
+                    err=True,
+                )
+                raise typer.Exit(1)
+            typer.echo(
+                f"{name}[{args[3]!r}] = {orjson.dumps(answer['value']).decode()}  "
+                f"(partition {answer['partition']}, served by {answer['served_by']})"
+            )
+            return
+        typer.echo(f"error: HTTP {code}: {answer.get('error', answer)}", err=True)
+        raise typer.Exit(1)
+    if code not in (200, 206):
+        typer.echo(f"error: HTTP {code}: {answer.get('error', answer)}", err=True)
+        raise typer.Exit(1)
+    for row in answer["items"]:
+        typer.echo(orjson.dumps(row).decode())
+    missing = answer.get("missing") or {}
+    typer.echo(
+        f"{len(answer['items'])} rows from partitions {answer['partitions']}"
+        + (f"; missing {missing}" if missing else ""),
+        err=True,
+    )
+    if missing:
+        raise typer.Exit(4)
+
+
+@cli.command()
+def status(app: AppArg) -> None:
+    """The app's group: members, their partitions, lag per input partition (from the broker),
+    and per-stage rates from the workers' /status."""
+    from streamkit import ops_commands
+
+    def body() -> None:
+        for line in _arun(ops_commands.status_lines(load_app(app))):
+            typer.echo(line)
+
+    _run(body)
+
+
+@cli.command()
+def reset(
+    app: AppArg,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    workdir: Annotated[Path | None, typer.Option(help="The local state directory.")] = None,
+    dead_letters: Annotated[
+        bool, typer.Option("--dead-letters", help="Also delete the dead-letter and late topics.")
+    ] = False,
+    local_only: Annotated[
+        bool,
+        typer.Option("--local-only", help="Only remove this machine's state directory."),
+    ] = False,
+) -> None:
+    """Start APP over: delete its repartition and changelog topics, commit the earliest
+    offsets of its sources for the group, remove the local state. Refuses while workers run."""
+    from streamkit import ops_commands
+    from streamkit.runtime.group import GroupActive
+
+    def body() -> None:
+        loaded = load_app(app)
+        settings = loaded.configure(workdir=workdir)
+        plan = ops_commands.reset_plan(
+            loaded, dead_letters=dead_letters, state_dir=settings.workdir, local_only=local_only
+        )
+        typer.echo(plan)
+        if not yes and not typer.confirm("go ahead?", default=False):
+            typer.echo("nothing done", err=True)
+            raise typer.Exit(1)
+        try:
+            lines = _arun(
+                ops_commands.reset_lines(
+                    loaded,
+                    dead_letters=dead_letters,
+                    state_dir=settings.workdir,
+                    local_only=local_only,
+                )
+            )
+        except GroupActive as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        for line in lines:
+            typer.echo(line)
 
     _run(body)
 

@@ -86,6 +86,21 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    web_enabled: bool = Field(
+        default=True,
+        description="Serve /metrics, /status and /tables over HTTP (false: no server, no port).",
+    )
+    web_host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    web_port: int = Field(
+        default=0, ge=0, le=65535, description="HTTP port; 0 picks a free one (see /status)."
+    )
+    web_advertised_host: str | None = Field(
+        default=None,
+        description=(
+            "Host other workers and the CLI use to reach this worker's HTTP server "
+            "(default: web_host, or this machine's name when web_host is 0.0.0.0)."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -10,6 +10,11 @@ earlier ownership). The leader's `plan` is a pure function of that:
 4. For partitions of stateful stages, `standby_replicas` other members (those with state
    first, then the least-loaded) tail its changelogs; each member learns its standbys from the
    assignment's user data.
+
+Each member also advertises its HTTP endpoint (`host:port`, or nothing when its server is off)
+in its metadata, and every assignment carries the member's own id and the map partition →
+endpoint of the whole group, so any worker can route an interactive query to the owner of a
+key (Kafka Streams does the same with `application.server`).
 """
 
 from __future__ import annotations
@@ -110,17 +115,24 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         standby_replicas: int,
         owned: Callable[[], set[TopicPartition]],
         local_state: Callable[[], set[TopicPartition]],
+        endpoint: str | None = None,
     ) -> None:
+        self._endpoint = endpoint
         self._stateful_topics = stateful_topics
         self._standby_replicas = standby_replicas
         self._owned = owned
         self._local_state = local_state
         self.standbys: set[TopicPartition] = set()
+        self.member_id: str | None = None  # ours, as the leader saw it
+        self.endpoints: dict[TopicPartition, str] = {}  # who serves each partition over HTTP
+        self.members: dict[str, str | None] = {}  # member id → its endpoint
+        self.rebalances = 0  # assignments received
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         info = {
             "owned": sorted((tp.topic, tp.partition) for tp in self._owned()),
             "state": sorted((tp.topic, tp.partition) for tp in self._local_state()),
+            "endpoint": self._endpoint,
         }
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), orjson.dumps(info))
 
@@ -128,8 +140,10 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
         infos = {}
+        endpoints: dict[str, str | None] = {}
         for member_id, meta in members.items():
             data = orjson.loads(meta.user_data) if meta.user_data else {}
+            endpoints[member_id] = data.get("endpoint")
             infos[member_id] = MemberInfo(
                 set(meta.subscription), _tps(data.get("owned", [])), _tps(data.get("state", []))
             )
@@ -140,12 +154,25 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             if found:
                 partitions[topic] = max(found) + 1
         result = plan(partitions, infos, self._stateful_topics(), self._standby_replicas)
+        served = sorted(
+            [topic, p, endpoints[m]]
+            for m, tps in result.active.items()
+            if endpoints.get(m)
+            for topic, p in tps
+        )
         assignments = {}
         for member_id in members:
             by_topic: dict[str, list[int]] = defaultdict(list)
             for topic, p in result.active[member_id]:
                 by_topic[topic].append(p)
-            user = orjson.dumps({"standby": sorted(result.standby[member_id])})
+            user = orjson.dumps(
+                {
+                    "standby": sorted(result.standby[member_id]),
+                    "member_id": member_id,
+                    "members": endpoints,
+                    "endpoints": served,
+                }
+            )
             assignments[member_id] = ConsumerProtocolMemberAssignment(
                 self.version, sorted((t, sorted(ps)) for t, ps in by_topic.items()), user
             )
@@ -154,3 +181,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
         data = orjson.loads(assignment.user_data) if assignment.user_data else {}
         self.standbys = {TopicPartition(t, p) for t, p in data.get("standby", [])}
+        self.member_id = data.get("member_id")
+        self.members = dict(data.get("members", {}))
+        self.endpoints = {TopicPartition(t, p): ep for t, p, ep in data.get("endpoints", [])}
+        self.rebalances += 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka.errors import CommitFailedError
@@ -41,6 +41,9 @@ class Checkpointer:
         self.checkpoints = 0
         self.total_duration = 0.0  # seconds spent in checkpoints (benchmarks read it)
         self.last_duration = 0.0
+        self.last_at: float | None = None  # wall-clock time of the last checkpoint
+        self.commit_failures = 0
+        self.on_checkpoint: Callable[[float], None] | None = None  # metrics: the duration
 
     async def commit(self, tasks: Iterable[Task]) -> None:
         async with self._lock:
@@ -64,6 +67,7 @@ class Checkpointer:
                     self._committed.update(offsets)
                     self.commits += 1
                 except CommitFailedError as exc:
+                    self.commit_failures += 1
                     # The group moved on: the new owners replay from the last commit.
                     log.warning("checkpoint not committed, group rebalanced: %s", exc)
             # 5. state and the offsets it reflects, one SQLite transaction per task
@@ -75,6 +79,9 @@ class Checkpointer:
             self.last_duration = time.monotonic() - started
             self.checkpoints += 1
             self.total_duration += self.last_duration
+            self.last_at = time.time()
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.last_duration)
             if offsets:
                 log.debug("checkpoint: %d partitions in %.3fs", len(offsets), self.last_duration)
 

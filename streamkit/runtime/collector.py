@@ -53,9 +53,17 @@ _NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: the builder only rea
 
 class RecordCollector:
     def __init__(
-        self, producer: Any, partition_counts: dict[str, int], *, transactional: bool = False
+        self,
+        producer: Any,
+        partition_counts: dict[str, int],
+        *,
+        transactional: bool = False,
+        delivered: dict[tuple[str, int], int] | None = None,
     ) -> None:
         self._producer = producer
+        # records acknowledged per destination partition, counted per batch (the worker's
+        # metrics read it; shared by every collector of a worker)
+        self.delivered: dict[tuple[str, int], int] = {} if delivered is None else delivered
         # Transactional: a failed send is kept for the checkpoint (which drops the task's
         # uncommitted work) instead of stopping the worker.
         self._transactional = transactional
@@ -167,7 +175,7 @@ class RecordCollector:
         of the last record written to each partition (the changelog offsets state reflects)."""
         await self.submit()
         in_flight, self._in_flight = self._in_flight, []
-        return await _delivered(in_flight)
+        return await _delivered(in_flight, self.delivered)
 
     # -- exactly-once: the batches of one transaction --------------------------------------------
 
@@ -193,7 +201,7 @@ class RecordCollector:
                 fut = await self._send_batch(builder, topic, partition)
                 sealed.in_flight.append((count, fut))
             sealed.batches = []
-        return await _delivered(sealed.in_flight)
+        return await _delivered(sealed.in_flight, self.delivered)
 
     def release(self) -> None:
         """The sealed transaction is over: held batches may go to the producer again."""
@@ -239,7 +247,7 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 async def _delivered(
-    in_flight: list[tuple[int, asyncio.Future[Any]]],
+    in_flight: list[tuple[int, asyncio.Future[Any]]], counts: dict[tuple[str, int], int]
 ) -> dict[tuple[str, int], int]:
     """Wait for every delivery; the offset of the last record written to each partition."""
     last: dict[tuple[str, int], int] = {}
@@ -254,4 +262,5 @@ async def _delivered(
             if meta is not None and meta.offset is not None:
                 tp = (meta.topic, meta.partition)
                 last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
+                counts[tp] = counts.get(tp, 0) + count
     return last

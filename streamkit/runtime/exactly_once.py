@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,9 @@ class TransactionalCheckpointer:
         self.checkpoints = 0
         self.total_duration = 0.0  # seconds spent in checkpoints (benchmarks read it)
         self.last_duration = 0.0
+        self.last_at: float | None = None  # wall-clock time of the last checkpoint
+        self.commit_failures = 0  # transactions that did not commit
+        self.on_checkpoint: Callable[[float], None] | None = None  # metrics: the duration
 
     async def commit(self, tasks: Iterable[Task]) -> None:
         """One checkpoint of `tasks`. Raises TransactionFailed naming the tasks whose
@@ -186,7 +189,11 @@ class TransactionalCheckpointer:
             self.last_duration = time.monotonic() - started
             self.checkpoints += 1
             self.total_duration += self.last_duration
+            self.last_at = time.time()
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.last_duration)
             if failed:
+                self.commit_failures += len(failed)
                 await self._producers.discard(failed)
                 for tp in failed:
                     self._committed.pop(tp, None)

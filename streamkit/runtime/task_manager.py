@@ -43,6 +43,10 @@ class TaskManager:
         self.tasks: dict[TopicPartition, Task] = {}
         self.last_owned: set[TopicPartition] = set()  # what we held before the rebalance
         self.room = asyncio.Event()  # set when some task drained its buffer
+        # metrics: records acknowledged per destination partition (every collector adds to
+        # it, per batch), and a hook that sees each task once it is closed (its final counts)
+        self.delivered: dict[tuple[str, int], int] = {}
+        self.on_closed: Callable[[list[Task]], None] | None = None
 
     @property
     def source_topics(self) -> list[str]:
@@ -108,6 +112,7 @@ class TaskManager:
                     producers.get(tp, self._producer),
                     self._partition_counts,
                     transactional=tp in producers,
+                    delivered=self.delivered,
                 ),
                 dlq_topic=self._app.dlq.name,
                 on_agent_error=settings.on_agent_error,
@@ -150,6 +155,8 @@ class TaskManager:
         self.last_owned = {TopicPartition(t.topic.name, t.partition) for t in closing}
         timeout = self._app.settings.shutdown_timeout
         await asyncio.gather(*(task.close(timeout) for task in closing))
+        if self.on_closed is not None and closing:
+            self.on_closed(closing)
         if closing:
             log.info("revoked %s", _fmt(TopicPartition(t.topic.name, t.partition) for t in closing))
         return closing

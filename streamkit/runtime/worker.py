@@ -1,7 +1,8 @@
 """Worker: one process of an app. Start, run the background tasks, stop cleanly.
 
 Start: verify/create topics → start the producer → join the group (tasks are created as
-partitions are assigned) → run the named background tasks `fetch`, `commit` and `standby`.
+partitions are assigned) → run the named background tasks `fetch`, `commit` and `standby`
+(and `web`, the HTTP server of runtime/web.py, bound before joining so the group learns it).
 Exactly-once: each assigned input partition also gets its transactional producer (which fences
 the previous owner) before its committed offset is read and its task starts.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
@@ -35,6 +36,7 @@ from streamkit.runtime.exactly_once import (
 )
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
+from streamkit.runtime.web import WebServer
 from streamkit.state.changelog import ChangelogReader
 from streamkit.state.standby import Standbys
 
@@ -64,6 +66,7 @@ class Worker:
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
         self.assignor: Any = None
+        self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -108,11 +111,18 @@ class Worker:
         self.tasks = TaskManager(
             app, self.producer, self.fail, self.reader, on_state_full=self.request_checkpoint
         )
+        endpoint = None
+        if settings.web_enabled:  # bound before joining: the group learns its address
+            self.web = WebServer(self)
+            endpoint = await self.web.start()
+            self._spawn("web", self.web.run())
+            self.tasks.on_closed = self.web.metrics.retire
         self.assignor = StreamkitAssignor(
             self.tasks.stateful_topics,
             settings.standby_replicas,
             self.tasks.owned,
             self.tasks.local_state,
+            endpoint,
         )
         self.standbys = Standbys(
             app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
@@ -125,6 +135,8 @@ class Worker:
             self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
         else:
             self.checkpointer = Checkpointer(self.consumer)
+        if self.web is not None:
+            self.checkpointer.on_checkpoint = self.web.metrics.observe_checkpoint
         await self.consumer.start()
         self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
@@ -196,6 +208,8 @@ class Worker:
                 task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
+        if self.web is not None:
+            await self.web.close()  # (the task closes it too, unless cancelled before it ran)
         # 2. every task finishes its in-flight event; 3. final checkpoint
         if self.tasks is not None and self.checkpointer is not None:
             closed = await self.tasks.revoke(list(self.tasks.tasks))

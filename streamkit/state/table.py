@@ -127,6 +127,31 @@ class TablePartition:
         self._limit = self.max_entries  # now evictable: scan at the bound again
         return changes
 
+    def peek(self, key: Any) -> tuple[bool, Any]:
+        """(found, value) of `key` for an interactive query: the cache (unflushed writes
+        included), then the changes being flushed, then SQLite. Touches neither the cache nor
+        the hit counters, so a query never evicts the agent's working set."""
+        value = self.cache.get(key, _MISSING)
+        if value is _MISSING:
+            encoded = self._key_codec.encode(key)
+            raw = self.flushing.get(encoded, _MISSING)
+            if raw is _MISSING:
+                raw = self.store.get(self.name, encoded)
+            value = _DELETED if raw is None else self._value_codec.decode(raw)
+        if value is _DELETED:
+            return False, None
+        return True, value
+
+    def pending(self) -> dict[bytes, bytes | None]:
+        """Encoded changes not yet in SQLite (None: deleted): what a scan of the store must
+        overlay to see the partition as the agent does."""
+        encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
+        changes = dict(self.flushing)
+        for key in self.dirty:
+            value = self.cache[key]
+            changes[encode_key(key)] = None if value is _DELETED else encode_value(value)
+        return changes
+
     def iter_keys(self) -> Iterator[Any]:
         """Keys of this partition: the store's, overlaid with the cache's changes."""
         decode = self._key_codec.decode

@@ -1,0 +1,216 @@
+"""WorkerMetrics: a worker's counters as Prometheus metrics, read at scrape time.
+
+Nothing here runs per event. The runtime already keeps plain integers where it works: each
+task counts the events it decoded (`events_in`) and its dead letters, each table partition its
+reads served from memory or from SQLite, the collectors add each acknowledged *batch* to a
+per-destination count, the checkpointers count checkpoints and failed commits, the assignor
+counts assignments. This collector reads them when `/metrics` is scraped; counts of tasks that
+were closed (revoke, shutdown, recovery) are folded into totals first, so counters never go
+back. The only thing observed as it happens is each checkpoint's duration (a histogram).
+
+Every worker has its own `CollectorRegistry` (never the process-global one), so two workers in
+one process (tests) do not mix their numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from streamkit.runtime.task import Task
+    from streamkit.runtime.worker import Worker
+
+RATE_WINDOW = 10  # samples (one a second) that per-stage rates are computed over
+POSITION_TIMEOUT = 0.5
+
+
+class WorkerMetrics(Collector):
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.checkpoint_seconds = Histogram(
+            "streamkit_checkpoint_duration_seconds",
+            "Duration of each checkpoint (flush, commit, state write).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.registry.register(self)
+        # totals of closed tasks, per input partition / table
+        self._closed_in: Counter[tuple[str, int]] = Counter()
+        self._closed_dlq: Counter[tuple[str, int]] = Counter()
+        self._closed_reads: Counter[tuple[str, str]] = Counter()
+        self._closed_stage: Counter[str] = Counter()
+        self.lag: dict[TopicPartition, int] = {}
+        self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
+
+    # -- fed by the runtime --------------------------------------------------------------------
+
+    def observe_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_seconds.observe(seconds)
+
+    def retire(self, tasks: Iterable[Task]) -> None:
+        """Tasks that were just closed: keep their final counts."""
+        for task in tasks:
+            tp = (task.topic.name, task.partition)
+            self._closed_in[tp] += task.events_in
+            self._closed_dlq[tp] += task.dead_letters
+            self._closed_stage[task.stage.name] += task.events_in
+            for name, part in task.tables.items():
+                self._closed_reads[(name, "memory")] += part.hits
+                self._closed_reads[(name, "store")] += part.misses
+
+    # -- read at scrape / status time ------------------------------------------------------------
+
+    def _live(self) -> list[Task]:
+        manager = self._worker.tasks
+        return [] if manager is None else list(manager.tasks.values())
+
+    def events_in(self) -> Counter[tuple[str, int]]:
+        counts = Counter(self._closed_in)
+        for task in self._live():
+            counts[(task.topic.name, task.partition)] += task.events_in
+        return counts
+
+    def events_out(self) -> dict[tuple[str, int], int]:
+        manager = self._worker.tasks
+        return {} if manager is None else dict(manager.delivered)
+
+    def dead_letters(self) -> Counter[tuple[str, int]]:
+        counts = Counter(self._closed_dlq)
+        for task in self._live():
+            counts[(task.topic.name, task.partition)] += task.dead_letters
+        return counts
+
+    def table_reads(self) -> Counter[tuple[str, str]]:
+        counts = Counter(self._closed_reads)
+        for task in self._live():
+            for name, part in task.tables.items():
+                counts[(name, "memory")] += part.hits
+                counts[(name, "store")] += part.misses
+        return counts
+
+    def stage_totals(self) -> dict[str, int]:
+        counts = Counter(self._closed_stage)
+        for task in self._live():
+            counts[task.stage.name] += task.events_in
+        for stage in self._worker.app.stages:
+            counts.setdefault(stage.name, 0)
+        return dict(counts)
+
+    def sample(self) -> None:
+        """One point for the per-stage rates (the web server calls it every second)."""
+        self._samples.append((time.monotonic(), self.stage_totals()))
+
+    def stage_rates(self) -> dict[str, float]:
+        """Events per second per stage over the last RATE_WINDOW seconds."""
+        if len(self._samples) < 2:
+            return {name: 0.0 for name in self.stage_totals()}
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        elapsed = max(t1 - t0, 1e-9)
+        return {name: max(0, n - first.get(name, 0)) / elapsed for name, n in last.items()}
+
+    async def refresh_lag(self) -> dict[TopicPartition, int]:
+        """Records not yet processed per owned partition: the last stable offset minus the
+        fetch position, plus what is fetched but still buffered in the task."""
+        consumer = self._worker.consumer
+        lag: dict[TopicPartition, int] = {}
+        if consumer is None:
+            self.lag = lag
+            return lag
+        assigned = consumer.assignment()
+        for tp, task in list(self._worker.tasks.tasks.items() if self._worker.tasks else []):
+            if tp not in assigned:
+                continue
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is None:
+                continue  # nothing fetched yet: unknown
+            position = None
+            with contextlib.suppress(Exception):
+                position = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT)
+            if position is None:
+                continue
+            lag[tp] = max(0, end - position) + task.buffered
+        self.lag = lag
+        return lag
+
+    def collect(self) -> Iterator[Metric]:
+        worker = self._worker
+        tp_labels = ["topic", "partition"]
+        events_in = CounterMetricFamily(
+            "streamkit_events_in", "Events decoded per input partition.", labels=tp_labels
+        )
+        for (topic, p), n in sorted(self.events_in().items()):
+            events_in.add_metric([topic, str(p)], n)
+        yield events_in
+        events_out = CounterMetricFamily(
+            "streamkit_events_out",
+            "Records acknowledged by the broker per destination partition (sinks, repartition, "
+            "changelog, dead-letter and late topics).",
+            labels=tp_labels,
+        )
+        for (topic, p), n in sorted(self.events_out().items()):
+            events_out.add_metric([topic, str(p)], n)
+        yield events_out
+        lag = GaugeMetricFamily(
+            "streamkit_consumer_lag",
+            "Records not yet processed per owned partition.",
+            labels=tp_labels,
+        )
+        for tp, n in sorted(self.lag.items()):
+            lag.add_metric([tp.topic, str(tp.partition)], n)
+        yield lag
+        dlq = CounterMetricFamily(
+            "streamkit_dead_letters", "Events sent to the dead-letter topic.", labels=tp_labels
+        )
+        for (topic, p), n in sorted(self.dead_letters().items()):
+            dlq.add_metric([topic, str(p)], n)
+        yield dlq
+        late = CounterMetricFamily(
+            "streamkit_late_events",
+            "Events routed to a late topic, per window table.",
+            labels=["table"],
+        )
+        for name, wt in sorted(worker.app.windows.items()):
+            late.add_metric([name], wt.late_events)
+        yield late
+        reads = CounterMetricFamily(
+            "streamkit_table_reads",
+            "Table reads served from the in-memory cache (memory) or SQLite (store).",
+            labels=["table", "source"],
+        )
+        for (name, source), n in sorted(self.table_reads().items()):
+            reads.add_metric([name, source], n)
+        yield reads
+        checkpointer = worker.checkpointer
+        failures = CounterMetricFamily(
+            "streamkit_commit_failures",
+            "Checkpoints whose offsets (or transactions) did not commit.",
+        )
+        failures.add_metric([], 0 if checkpointer is None else checkpointer.commit_failures)
+        yield failures
+        checkpoints = CounterMetricFamily("streamkit_checkpoints", "Checkpoints run.")
+        checkpoints.add_metric([], 0 if checkpointer is None else checkpointer.checkpoints)
+        yield checkpoints
+        rebalances = CounterMetricFamily(
+            "streamkit_rebalances", "Partition assignments received from the group."
+        )
+        assignor: Any = worker.assignor
+        rebalances.add_metric([], 0 if assignor is None else assignor.rebalances)
+        yield rebalances
+        assigned = GaugeMetricFamily(
+            "streamkit_assigned_partitions", "Input partitions this worker owns."
+        )
+        assigned.add_metric([], len(self._live()))
+        yield assigned

@@ -1,0 +1,317 @@
+"""WebServer: a worker's HTTP endpoint (aiohttp): /metrics, /status, /tables.
+
+- `GET /metrics`: Prometheus text from the worker's own registry (`runtime/metrics.py`).
+- `GET /status`: JSON: app, worker, group member id, owned partitions with their lag, per-stage
+  rates, the last checkpoint, the guarantee. Only the bootstrap host list of the broker
+  settings is shown, never anything else from them.
+- `GET /tables`: the queryable tables. `GET /tables/{name}/{key}`: one key, answered by the
+  worker owning its partition: asked elsewhere, the request is proxied there (one hop at most,
+  using the partition → endpoint map the group's assignor hands every member).
+  `GET /tables/{name}?prefix=&limit=`: a scan over every partition, each asked of its owner.
+
+The server binds before the worker joins the group (its port, possibly picked by the OS, is
+advertised in the member metadata). `run` is the worker's named background task `web`: it
+samples the per-stage rates every second; cancelling it stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiokafka.structs import TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamkit.runtime.metrics import WorkerMetrics
+from streamkit.settings import ConfigError, parse_bootstrap
+from streamkit.state import queries
+from streamkit.state.queries import QueryError
+
+if TYPE_CHECKING:
+    from streamkit.runtime.worker import Worker
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "X-Streamkit-Forwarded"  # set on a proxied request: never proxy it again
+PROXY_TIMEOUT = 10.0
+DEFAULT_LIMIT = 100
+
+
+class WebServer:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.metrics = WorkerMetrics(worker)
+        self.endpoint = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> str:
+        """Bind (port 0: a free one) and return the advertised `host:port`."""
+        settings = self.worker.settings
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/tables", self._tables)
+        app.router.add_get("/tables/{name}", self._scan)
+        app.router.add_get("/tables/{name}/{key:.+}", self._get)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, settings.web_host, settings.web_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(
+                f"cannot serve HTTP on {settings.web_host}:{settings.web_port} ({exc}): set "
+                "web_port (STREAMKIT_WEB_PORT) to a free port or 0 for any, or "
+                "web_enabled=false (STREAMKIT_WEB_ENABLED)"
+            ) from None
+        port = self._runner.addresses[0][1]
+        host = settings.web_advertised_host or settings.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        self.endpoint = f"{host}:{port}"
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT))
+        log.info("http endpoint http://%s (metrics, status, tables)", self.endpoint)
+        return self.endpoint
+
+    async def run(self) -> None:
+        """The `web` background task: sample rates until cancelled, then stop serving."""
+        try:
+            while True:
+                self.metrics.sample()
+                await asyncio.sleep(1.0)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- /metrics, /status ----------------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        await self.metrics.refresh_lag()
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(await self.status())
+
+    async def status(self) -> dict[str, Any]:
+        worker = self.worker
+        settings = worker.settings
+        lag = await self.metrics.refresh_lag()
+        assignor: Any = worker.assignor
+        events_in = self.metrics.events_in()
+        assigned = []
+        for tp, task in sorted((worker.tasks.tasks if worker.tasks else {}).items()):
+            assigned.append(
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "stage": task.stage.name,
+                    "state": task.status.value,
+                    "events_in": events_in.get((tp.topic, tp.partition), 0),
+                    "committable": task.committable,
+                    "lag": lag.get(tp),
+                }
+            )
+        rates = self.metrics.stage_rates()
+        totals = self.metrics.stage_totals()
+        checkpointer = worker.checkpointer
+        last_at = None if checkpointer is None else checkpointer.last_at
+        return {
+            "app": worker.app.id,
+            "worker": worker.client_id,
+            "member_id": None if assignor is None else assignor.member_id,
+            "endpoint": self.endpoint,
+            "guarantee": settings.processing_guarantee,
+            "broker": broker_hosts(settings.bootstrap_servers),
+            "assigned": assigned,
+            "standbys": sorted(
+                [tp.topic, tp.partition] for tp in (assignor.standbys if assignor else ())
+            ),
+            "stages": {
+                name: {"events_in": totals[name], "rate": round(rates.get(name, 0.0), 3)}
+                for name in sorted(totals)
+            },
+            "last_checkpoint": {
+                "at": last_at,
+                "age_s": None if last_at is None else round(time.time() - last_at, 3),
+                "duration_s": None if checkpointer is None else checkpointer.last_duration,
+                "count": 0 if checkpointer is None else checkpointer.checkpoints,
+                "commit_failures": 0 if checkpointer is None else checkpointer.commit_failures,
+            },
+            "group": {} if assignor is None else assignor.members,
+        }
+
+    # -- /tables --------------------------------------------------------------------------------
+
+    async def _tables(self, request: web.Request) -> web.Response:
+        app = self.worker.app
+        found = {}
+        for name in queries.queryable(app):
+            with contextlib.suppress(QueryError):
+                stage = queries.table_stage(app, name)
+                found[name] = {"stage": stage.name, "partitions": stage.source.partitions}
+        return _json({"tables": found})
+
+    async def _get(self, request: web.Request) -> web.Response:
+        name, text = request.match_info["name"], request.match_info["key"]
+        app = self.worker.app
+        try:
+            stage = queries.table_stage(app, name)
+            table = app.tables[name]
+            key = queries.parse_key(table, text)
+        except QueryError as exc:
+            return _error(404, str(exc))
+        partitions = stage.source.partitions or 1
+        partition = queries.key_partition(table, key, partitions)
+        tp = TopicPartition(stage.source.name, partition)
+        part = self._local_partition(tp, name)
+        if part is not None:
+            found, value = part.peek(key)
+            return _json(
+                {
+                    "table": name,
+                    "key": queries.jsonable(key),
+                    "partition": partition,
+                    "found": found,
+                    "value": queries.jsonable(value),
+                    "served_by": self.worker.client_id,
+                    "endpoint": self.endpoint,
+                },
+                status=200 if found else 404,
+            )
+        path = f"/tables/{quote(name, safe='')}/{quote(text, safe='')}"
+        return await self._forward(request, tp, path, {})
+
+    async def _scan(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        app = self.worker.app
+        try:
+            stage = queries.table_stage(app, name)
+            limit = int(request.query.get("limit", DEFAULT_LIMIT))
+        except QueryError as exc:
+            return _error(404, str(exc))
+        except ValueError:
+            return _error(400, f"limit {request.query.get('limit')!r} is not a number")
+        if not 0 < limit <= queries.MAX_SCAN:
+            return _error(400, f"limit must be between 1 and {queries.MAX_SCAN}")
+        prefix = request.query.get("prefix", "")
+        partitions = range(stage.source.partitions or 1)
+        local_only = FORWARDED in request.headers
+        rows: list[dict[str, Any]] = []
+        covered: list[int] = []
+        missing: dict[int, str] = {}
+        remote: dict[str, list[int]] = {}
+        for p in partitions:
+            tp = TopicPartition(stage.source.name, p)
+            part = self._local_partition(tp, name)
+            if part is not None:
+                for row in await queries.scan(part, prefix, limit):
+                    rows.append(_row(row.key, row.value, row.partition))
+                covered.append(p)
+                continue
+            if local_only:
+                continue
+            endpoint = self._owner(tp)
+            if endpoint is None:
+                missing[p] = "no owner known (rebalancing?)"
+            else:
+                remote.setdefault(endpoint, []).append(p)
+        params = {"prefix": prefix, "limit": str(limit)}
+        answers = await asyncio.gather(
+            *(self._fetch(ep, f"/tables/{quote(name, safe='')}", params) for ep in remote),
+            return_exceptions=True,
+        )
+        for (endpoint, wanted), answer in zip(remote.items(), answers, strict=True):
+            if isinstance(answer, BaseException) or answer[0] != 200:
+                why = repr(answer) if isinstance(answer, BaseException) else answer[1]
+                for p in wanted:
+                    missing[p] = f"{endpoint}: {why}"
+                continue
+            data = answer[1]
+            got = set(data.get("partitions", []))
+            rows.extend(r for r in data.get("items", []) if r.get("partition") in wanted)
+            covered.extend(p for p in wanted if p in got)
+            for p in wanted:
+                if p not in got:
+                    missing[p] = f"{endpoint} no longer owns it"
+        rows.sort(key=lambda r: orjson.dumps(r["key"]))
+        body = {
+            "table": name,
+            "prefix": prefix,
+            "items": rows[:limit],
+            "partitions": sorted(covered),
+            "missing": {str(p): why for p, why in sorted(missing.items())},
+        }
+        return _json(body, status=200 if not missing or local_only else 206)
+
+    def _local_partition(self, tp: TopicPartition, table: str) -> Any:
+        manager = self.worker.tasks
+        task = None if manager is None else manager.tasks.get(tp)
+        if task is None:
+            return None
+        return task.tables.get(table)  # empty while the task restores
+
+    def _owner(self, tp: TopicPartition) -> str | None:
+        assignor: Any = self.worker.assignor
+        endpoint = None if assignor is None else assignor.endpoints.get(tp)
+        return None if endpoint == self.endpoint else endpoint
+
+    async def _forward(
+        self, request: web.Request, tp: TopicPartition, path: str, params: dict[str, str]
+    ) -> web.Response:
+        where = f"{tp.topic}[{tp.partition}]"
+        if FORWARDED in request.headers:
+            return _error(503, f"{where} is not served here any more (rebalancing?); retry")
+        endpoint = self._owner(tp)
+        if endpoint is None:
+            return _error(503, f"no worker serves {where} right now (restoring or rebalancing)")
+        try:
+            status, body = await self._fetch(endpoint, path, params)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _error(502, f"the owner of {where} at {endpoint} did not answer: {exc!r}")
+        return _json(body, status=status)
+
+    async def _fetch(self, endpoint: str, path: str, params: dict[str, str]) -> tuple[int, Any]:
+        assert self._session is not None
+        url = f"http://{endpoint}{path}"
+        async with self._session.get(url, params=params, headers={FORWARDED: "1"}) as resp:
+            return resp.status, orjson.loads(await resp.read())
+
+
+def broker_hosts(bootstrap: str) -> list[str]:
+    """The broker's `host:port` list, with anything that looks like credentials cut off."""
+    try:
+        servers = parse_bootstrap(bootstrap)
+    except ValueError:
+        return []
+    return [s.rpartition("@")[2] for s in servers]
+
+
+def _row(key: Any, value: Any, partition: int) -> dict[str, Any]:
+    return {"key": queries.jsonable(key), "value": queries.jsonable(value), "partition": partition}
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
