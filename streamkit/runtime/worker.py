@@ -36,6 +36,8 @@ from streamkit.runtime.exactly_once import (
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.state.changelog import ChangelogReader
+from streamkit.state.global_table import GlobalTables
+from streamkit.state.source_tables import follow_source_tables
 from streamkit.state.standby import Standbys
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Worker:
         self.producers: TransactionalProducers | None = None  # exactly-once only
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
+        self.global_tables: GlobalTables | None = None
         self.assignor: Any = None
 
     # -- control -------------------------------------------------------------------------------
@@ -102,6 +105,11 @@ class Worker:
     async def _start(self) -> None:
         app, settings = self.app, self.settings
         await ensure_app_topics(app, client_id=self.client_id)
+        # global tables are loaded before the group is joined: no agent sees them half-read
+        self.global_tables = GlobalTables(
+            app.id, list(app.global_tables.values()), settings, f"{self.client_id}-global"
+        )
+        await self.global_tables.start()
         self.producer = make_producer(settings, self.client_id)
         await self.producer.start()
         self.reader = ChangelogReader(settings, f"{self.client_id}-restore")
@@ -130,6 +138,11 @@ class Worker:
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
         self._spawn("standby", self.standbys.run())
+        if app.global_tables:
+            self._spawn("global", self.global_tables.run())
+        if any(t.source for t in app.tables.values()):
+            sources = follow_source_tables(self.tasks, settings, f"{self.client_id}-sources")
+            self._spawn("sources", sources)
         log.info(
             "worker %s started: app %s, agents %s, broker %s",
             self.client_id,
@@ -212,6 +225,9 @@ class Worker:
                 await self.reader.stop()
         if self.standbys is not None:
             await self.standbys.close()
+        if self.global_tables is not None:
+            with contextlib.suppress(Exception):
+                await self.global_tables.close()
         # 4. leave the group, stop the producer
         if self.consumer is not None:
             with contextlib.suppress(Exception):
