@@ -292,9 +292,16 @@ class Producer:
             partition=partition,
         )
 
-    async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None = None) -> None:
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
         """Send bytes as they are (no codec): for replaying or forging records."""
-        await self._producer.send(topic, value, key=key)
+        await self._producer.send(topic, value, key=key, partition=partition)
 
     async def flush(self) -> None:
         await self._producer.flush()

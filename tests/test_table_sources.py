@@ -38,7 +38,7 @@ def make_app(uid: str, workdir: Path, by_product_partitions: int = 4) -> dict[st
                 "order": order["order"],
                 "product": order["product"],
                 "local": None if row is None else row["name"],
-                "global": everywhere.get(order["product"], {}).get("name"),
+                "global": (everywhere.get(order["product"]) or {}).get("name"),
             }
 
     def lookup(order: dict[str, Any]) -> dict[str, Any]:
