@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class Demo:
         self.started = time.monotonic()
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.killed: list[str] = []
+        self.out: Outputs | None = None
 
     def topics(self) -> dict[str, str]:
         p, app = self.pipeline, self.app
@@ -104,7 +106,7 @@ class Demo:
         self.workers = {n: worker(n, self.logs, self.env) for n in ("worker-1", "worker-2")}
         await joined(self.logs, list(self.workers), within=90)
         console.print(f"2 workers joined in {time.monotonic() - self.started:.1f}s")
-        out = Outputs(bootstrap, self.topics(), self.logs / "sink", self.cfg.top)
+        self.out = out = Outputs(bootstrap, self.topics(), self.logs / "sink", self.cfg.top)
         progress = Progress(bootstrap, app.id, app.stages)
         await out.start()
         await progress.start()
@@ -114,7 +116,7 @@ class Demo:
             if interactive:
                 live.start()
             watcher = asyncio.create_task(self.watch(out, progress, live, interactive))
-            await self.send(data)
+            await self.send(data, truth.clicks_valid - len(data.flush))
             self.status.phase = "draining"
             await self.drained(out, progress, truth, within=120 if self.cfg.clicks > 2000 else 90)
             self.status.phase = "done"
@@ -128,6 +130,7 @@ class Demo:
                 live.stop()
             codes = self.stop_workers()
             await progress.stop()
+            await out.stop()
         return out, progress, codes
 
     async def watch(self, out: Outputs, progress: Progress, live: Live, interactive: bool) -> None:
@@ -145,7 +148,15 @@ class Demo:
                 last_line = now
                 console.print(progress_line(progress, out, self.status))
 
-    async def send(self, data: Input) -> None:
+    async def wait_for(self, condition: Callable[[], bool], within: float) -> bool:
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    async def send(self, data: Input, expect: int) -> None:
         p = self.pipeline
         purchase_of = {cid: (key, value) for cid, key, value in data.purchases}
         sends: list[tuple[str, bytes | None, bytes]] = []
@@ -172,8 +183,13 @@ class Demo:
                     await producer.flush()
                     self.replace_worker("worker-2", "worker-3")
                 await asyncio.sleep(0.1)
-            # the end of the stream: a click on every clicks partition, far in event time,
-            # moves every watermark past every session and window
+            # The end of the stream: clicks on every clicks partition, far ahead in event
+            # time, move every watermark past every session and window. Sent once the rest
+            # went through: the spreading hops (rebalance, shuffle) reorder events, and one
+            # that overtook the others would make them late.
+            out = self.out
+            assert out is not None
+            await self.wait_for(lambda: out.counts["enriched"] >= expect, within=90)
             for n, value in enumerate(data.flush):
                 await producer.send_raw(p.clicks.name, value, partition=n % 2)
             self.status.sent = self.status.to_send
@@ -186,19 +202,19 @@ class Demo:
         self.status.phase = f"sending ({victim} killed -9, {spare} started)"
 
     async def drained(self, out: Outputs, progress: Progress, truth: Truth, within: float) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            done = (
+        """Until the outputs hold every answer (or `within`), then a little longer: a
+        duplicate would show now."""
+        await self.wait_for(
+            lambda: (
                 out.counts["enriched"] >= truth.clicks_valid
                 and len(out.sessions) >= len(truth.sessions)
                 and out.totals == truth.spend
                 and out.merged_trending() == truth.trending
                 and progress.total_lag == 0
-            )
-            if done:
-                await asyncio.sleep(1.5)  # a little longer: a duplicate would show now
-                return
-            await asyncio.sleep(0.5)
+            ),
+            within,
+        )
+        await asyncio.sleep(1.5)
 
     def stop_workers(self) -> list[int | None]:
         codes: list[int | None] = []

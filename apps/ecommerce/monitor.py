@@ -37,7 +37,10 @@ class StageLoad:
 
     @property
     def lag(self) -> int:
-        return sum(max(0, e - self.committed.get(p, 0)) for p, e in self.end.items())
+        """Records not yet committed by the stage. Under exactly-once the last offset of a
+        partition is often a transaction marker, never consumed: a gap of 1 is no lag."""
+        gaps = [e - self.committed.get(p, 0) for p, e in self.end.items()]
+        return sum(g for g in gaps if g > 1)
 
     @property
     def processed(self) -> int:
@@ -135,7 +138,7 @@ class Outputs:
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
-        self._db.close()
+            self._consumer = None
         self._jsonl.close()
 
     async def poll(self, timeout_ms: int = 200) -> int:
