@@ -204,16 +204,21 @@ class Demo:
     async def drained(self, out: Outputs, progress: Progress, truth: Truth, within: float) -> None:
         """Until the outputs hold every answer (or `within`), then a little longer: a
         duplicate would show now."""
-        await self.wait_for(
-            lambda: (
-                out.counts["enriched"] >= truth.clicks_valid
-                and len(out.sessions) >= len(truth.sessions)
-                and out.totals == truth.spend
-                and out.merged_trending() == truth.trending
-                and progress.total_lag == 0
-            ),
-            within,
-        )
+
+        def missing() -> list[str]:
+            waits = {
+                "enriched": out.counts["enriched"] >= truth.clicks_valid,
+                "sessions": len(out.sessions) >= len(truth.sessions),
+                "totals": out.totals == truth.spend,
+                "trending": out.merged_trending() == truth.trending,
+            }
+            return [name for name, ok in waits.items() if not ok]
+
+        def done() -> bool:
+            self.status.phase = "draining, waiting for " + ", ".join(missing())
+            return not missing()
+
+        await self.wait_for(done, within)
         await asyncio.sleep(1.5)
 
     def stop_workers(self) -> list[int | None]:
