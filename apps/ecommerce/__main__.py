@@ -174,15 +174,17 @@ class Demo:
         self.status.phase = "sending"
         per_tick = max(1, round(len(sends) / (self.seconds * 10)))
         kill_at = int(len(sends) * 0.4)
+        began = time.monotonic()
         async with self.app.producer() as producer:
-            for i in range(0, len(sends), per_tick):
+            for tick, i in enumerate(range(0, len(sends), per_tick)):
                 for topic, key, value in sends[i : i + per_tick]:
                     await producer.send_raw(topic, value, key=key)
                 self.status.sent = min(len(sends), i + per_tick)
                 if self.kill and not self.killed and self.status.sent >= kill_at:
                     await producer.flush()
                     self.replace_worker("worker-2", "worker-3")
-                await asyncio.sleep(0.1)
+                # paced by the clock: 10 ticks a second, no drift from the sends' own time
+                await asyncio.sleep(max(0.0, began + (tick + 1) / 10 - time.monotonic()))
             # The end of the stream: clicks on every clicks partition, far ahead in event
             # time, move every watermark past every session and window. Sent once the rest
             # went through: the spreading hops (rebalance, shuffle) reorder events, and one
