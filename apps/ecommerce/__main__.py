@@ -32,7 +32,15 @@ from rich.live import Live
 
 from apps.ecommerce.generator import Config, Input, Truth, generate, oracle
 from apps.ecommerce.monitor import Outputs, Progress
-from apps.ecommerce.view import Status, checks, progress_line, render, stages_table, summary
+from apps.ecommerce.view import (
+    Status,
+    checks,
+    progress_line,
+    render,
+    side_tables,
+    stages_table,
+    summary,
+)
 
 console = Console()
 SPEC = "apps.ecommerce.pipeline:app"
@@ -272,6 +280,7 @@ def main() -> None:
     elapsed = time.monotonic() - started
     results = checks(out, truth, codes)
     console.print(stages_table(progress))
+    console.print(side_tables(out))
     facts = {
         "run": f"{elapsed:.1f}s, {demo.status.to_send:,} records sent",
         "workers": ", ".join(demo.workers)

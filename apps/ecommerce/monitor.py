@@ -196,15 +196,15 @@ class Outputs:
         )
 
     def top_trending(self) -> tuple[tuple[int, int], list[list[Any]]] | None:
-        """The newest complete-looking window's overall top k (merged over partitions)."""
+        """The busiest of the ten newest windows, with its overall top k (merged over the
+        partitions' lists)."""
         if not self.trending:
             return None
-        window = max(self.trending)
-        # the newest window may hold only the flush events: show the newest with real traffic
-        for w in sorted(self.trending, reverse=True):
-            if sum(n for lists in self.trending[w].values() for _, n in lists) > 20:
-                window = w
-                break
+
+        def clicks(window: tuple[int, int]) -> int:
+            return sum(n for ranked in self.trending[window].values() for _, n in ranked)
+
+        window = max(sorted(self.trending)[-10:], key=clicks)
         return window, merge_top(list(self.trending[window].values()), self._top)
 
     def merged_trending(self) -> dict[tuple[int, int], list[list[Any]]]:

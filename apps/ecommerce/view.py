@@ -32,13 +32,16 @@ def _rates(rate: dict[int, float]) -> str:
 
 
 def stages_table(progress: Progress) -> Table:
-    table = Table(title="Stages (from committed vs end offsets)", expand=True)
+    table = Table(
+        title="Stages: committed vs end offsets of their inputs (incl. watermark records)",
+        expand=True,
+    )
     for col, justify in [
         ("stage", "left"),
         ("input", "left"),
         ("tasks", "right"),
         ("events/s per partition", "left"),
-        ("processed", "right"),
+        ("records done", "right"),
         ("lag", "right"),
     ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
