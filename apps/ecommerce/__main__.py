@@ -35,6 +35,7 @@ from apps.ecommerce.monitor import Outputs, Progress
 from apps.ecommerce.view import (
     Status,
     checks,
+    hot_partition,
     progress_line,
     render,
     side_tables,
@@ -278,8 +279,9 @@ def main() -> None:
     started = time.monotonic()
     out, progress, codes = asyncio.run(demo.run(data, truth))
     elapsed = time.monotonic() - started
-    results = checks(out, truth, codes)
+    results = checks(out, truth, progress, codes)
     console.print(stages_table(progress))
+    console.print(hot_partition(progress))
     console.print(side_tables(out))
     facts = {
         "run": f"{elapsed:.1f}s, {demo.status.to_send:,} records sent",

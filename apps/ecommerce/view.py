@@ -13,6 +13,7 @@ from rich.text import Text
 
 from apps.ecommerce.generator import HOT_USER, Truth
 from apps.ecommerce.monitor import Outputs, Progress
+from streamkit.runtime.collector import partition_for_key
 
 
 @dataclass
@@ -58,7 +59,7 @@ def hot_partition(progress: Progress) -> Text:
     stage = next(s for s in progress.stages if s.name == "sessions.1")
     loads = {p: stage.end.get(p, 0) for p in range(stage.partitions)}
     total = sum(loads.values()) or 1
-    hottest = max(loads, key=lambda p: loads[p])
+    hottest = hottest_partition(progress)
     text = Text("key_by user, records per partition: ")
     for p, n in loads.items():
         style = "bold red" if p == hottest else ""
@@ -118,7 +119,14 @@ def progress_line(progress: Progress, out: Outputs, status: Status) -> str:
     )
 
 
-def checks(out: Outputs, truth: Truth, worker_codes: list[int | None]) -> dict[str, bool]:
+def hottest_partition(progress: Progress) -> int:
+    stage = next(s for s in progress.stages if s.name == "sessions.1")
+    return max(range(stage.partitions), key=lambda p: stage.end.get(p, 0))
+
+
+def checks(
+    out: Outputs, truth: Truth, progress: Progress, worker_codes: list[int | None]
+) -> dict[str, bool]:
     got_sessions = sorted(out.sessions)
     trending = out.merged_trending()
     dupes = sum(n - 1 for n in out.enriched_ids.values() if n > 1)
@@ -137,6 +145,8 @@ def checks(out: Outputs, truth: Truth, worker_codes: list[int | None]) -> dict[s
         and out.enriched_ok == truth.clicks_valid,
         "local sink rows = enriched events": out.sink_rows() == truth.clicks_valid,
         "trending top-k of every window = the oracle's": trending == truth.trending,
+        f"the hot partition of key_by user is {HOT_USER}'s": hottest_partition(progress)
+        == partition_for_key(HOT_USER.encode(), 4),
         "the surviving workers stopped cleanly": all(c == 0 for c in worker_codes if c is not None),
     }
 
