@@ -1,7 +1,9 @@
 """Worker: one process of an app. Start, run the background tasks, stop cleanly.
 
-Start: verify/create topics → start the producer → join the group (tasks are created as
-partitions are assigned) → run the named background tasks `fetch`, `commit` and `standby`.
+Start: verify/create topics → load the global tables → start the producer → join the group
+(tasks are created as partitions are assigned) → run the named background tasks `fetch`,
+`commit` and `standby` (and `global`, `sources` to follow global tables and tables read from
+a topic).
 Exactly-once: each assigned input partition also gets its transactional producer (which fences
 the previous owner) before its committed offset is read and its task starts.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
