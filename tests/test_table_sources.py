@@ -81,12 +81,13 @@ async def test_stream_table_join_co_partitioned_and_global(uid: str, workdir: Pa
 
     await ensure_app_topics(app, client_id="test")
     keys, values = zip(*catalog_rows("v1"), strict=True)
-    await produce(t["catalog"].name, values, keys=keys)
+    await produce(t["catalog"].name, [*values, b"{not json"], keys=[*keys, b"p-bad"])
     async with running(app) as worker:
         everywhere = t["everywhere"]
         # loaded before the agents start: all of it, on this worker, by any key
         assert len(everywhere) == N_PRODUCTS
         assert everywhere["p7"] == {"name": "product 7 v1"}
+        assert everywhere.skipped == 1 and "p-bad" not in everywhere  # skipped, not fatal
         values_, okeys = order_rows(0, 200)
         await produce(t["orders"].name, values_, keys=okeys)
         await produce(t["spread"].name, values_, keys=okeys)
@@ -136,7 +137,8 @@ async def test_stream_table_join_co_partitioned_and_global(uid: str, workdir: Pa
         assert everywhere2.get("p3") == {"name": "product 3 v2"}
         assert "p5" not in everywhere2
         assert len(everywhere2) == N_PRODUCTS - 1
-        assert everywhere2.applied == N_PRODUCTS - 1  # the stored rows; nothing read twice
+        # the stored rows (the bad one too: it is the topic's); nothing read twice
+        assert everywhere2.applied == N_PRODUCTS
         await produce(t2["orders"].name, [orjson.dumps({"order": 5000, "product": "p3"})])
         rows = [orjson.loads(r.value) for r in await read_all(t2["joined"].name)]
 

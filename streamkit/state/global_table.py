@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka.structs import TopicPartition
 
 from streamkit.runtime.clients import make_consumer
-from streamkit.serde import RAW, Codec, codec_for
+from streamkit.serde import RAW, Codec, DecodeError, codec_for
 from streamkit.settings import Settings
 from streamkit.state.changelog_fetch import ChangelogFetcher
 from streamkit.state.store import PartitionStore, open_store
@@ -63,6 +63,7 @@ class GlobalTable(Generic[K, V]):
         self.data: dict[K, V] = {}
         self.ready = False
         self.applied = 0  # records applied by this process (loaded or followed)
+        self.skipped = 0  # records that did not decode
 
     def __repr__(self) -> str:
         return f"GlobalTable({self.name!r}, source={self.source.name!r})"
@@ -102,11 +103,15 @@ class GlobalTable(Generic[K, V]):
         """Records of the topic, in offset order: the last value of a key wins, None deletes."""
         decode_key, decode_value, data = self.key_codec.decode, self.value_codec.decode, self.data
         for key, value in rows:
-            k = decode_key(key)
-            if value is None:
-                data.pop(k, None)
-            else:
-                data[k] = decode_value(value)
+            try:
+                k = decode_key(key)
+                if value is None:
+                    data.pop(k, None)
+                else:
+                    data[k] = decode_value(value)
+            except DecodeError as exc:  # bad input never stops a worker: skipped, logged
+                self.skipped += 1
+                log.warning("global table %s: record with key %r skipped: %s", self.name, key, exc)
         self.applied += len(rows)
 
 
