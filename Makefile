@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(KAFKA) run -- $(PY) -m apps.demo
+	$(KAFKA) run -- $(PY) -m apps.ecommerce $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,11 +12,13 @@ from streamkit.windows import (
     count,
     hopping,
     max_of,
+    merge_top,
     min_of,
     reduce,
     session,
     sliding,
     sum_of,
+    top_k,
     tumbling,
 )
 
@@ -34,12 +36,14 @@ __all__ = [
     "count",
     "hopping",
     "max_of",
+    "merge_top",
     "min_of",
     "processing_time",
     "reduce",
     "session",
     "sliding",
     "sum_of",
+    "top_k",
     "tumbling",
 ]
 __version__ = "0.1.0"

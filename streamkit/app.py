@@ -11,6 +11,7 @@ from streamkit.agents import Agent, AgentFn
 from streamkit.events import Headers
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.stages import AgentShapeError, Stage, bind_tables, build_stages, trace
+from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
@@ -40,6 +41,7 @@ class App:
         self.tables: dict[str, Table[Any, Any]] = {}
         self.windows: dict[str, WindowTable] = {}
         self.timers: dict[str, Timers] = {}
+        self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
         self._bound = False
         self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
 
@@ -97,22 +99,65 @@ class App:
         default: Callable[[], Any] | None = None,
         key_type: Any = str,
         value_type: Any = None,
+        source: Topic | None = None,
     ) -> Table[Any, Any]:
         """Declare per-key state, used as a mapping inside the agent that writes it. It lives
-        in SQLite next to its partition and in the compacted topic `{id}-{name}-changelog`."""
-        if name in self.tables:
+        in SQLite next to its partition and in the compacted topic `{id}-{name}-changelog`.
+
+        `source=topic`: a read-only table of that (compacted) topic's latest value per key,
+        which is its changelog; the agent stage that reads it must be co-partitioned with it
+        (`state/source_tables.py`)."""
+        if name in self.tables or name in self.global_tables:
             raise ConfigError(f"two tables are named {name!r}")
-        changelog = self.topic(
-            f"{self.id}-{name}-changelog",
-            key_type=bytes,
-            value_type=bytes,
-            config={"cleanup.policy": "compact"},
-            internal=True,
-        )
+        if source is not None:
+            if self.topics.get(source.name) is not source:
+                raise ConfigError(f"topic {source.name} was not declared with app.topic()")
+            changelog = source
+        else:
+            changelog = self.topic(
+                f"{self.id}-{name}-changelog",
+                key_type=bytes,
+                value_type=bytes,
+                config={"cleanup.policy": "compact"},
+                internal=True,
+            )
+        if source is not None and value_type is None:
+            value_type = source.value_type
         table: Table[Any, Any] = Table(
-            name, changelog, default=default, key_type=key_type, value_type=value_type
+            name,
+            changelog,
+            default=default,
+            key_type=key_type,
+            value_type=value_type,
+            source=source is not None,
         )
         self.tables[name] = table
+        return table
+
+    def global_table(
+        self,
+        name: str,
+        source: Topic,
+        *,
+        key_type: Any = str,
+        value_type: Any = None,
+        default: Callable[[], Any] | None = None,
+    ) -> GlobalTable[Any, Any]:
+        """Declare a read-only table of every partition of `source` (its latest value per key),
+        copied into every worker before its agents start and followed after: readable from any
+        agent, by any key (`state/global_table.py`)."""
+        if name in self.tables or name in self.global_tables:
+            raise ConfigError(f"two tables are named {name!r}")
+        if self.topics.get(source.name) is not source:
+            raise ConfigError(f"topic {source.name} was not declared with app.topic()")
+        table: GlobalTable[Any, Any] = GlobalTable(
+            name,
+            source,
+            key_type=key_type,
+            value_type=source.value_type if value_type is None else value_type,
+            default=default,
+        )
+        self.global_tables[name] = table
         return table
 
     def window(
@@ -247,9 +292,16 @@ class Producer:
             partition=partition,
         )
 
-    async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None = None) -> None:
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
         """Send bytes as they are (no codec): for replaying or forging records."""
-        await self._producer.send(topic, value, key=key)
+        await self._producer.send(topic, value, key=key, partition=partition)
 
     async def flush(self) -> None:
         await self._producer.flush()

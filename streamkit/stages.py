@@ -165,6 +165,17 @@ def resolve_partitions(stages: list[Stage]) -> None:
         if out is not None and out.declared_partitions is None:
             out.declared_partitions = out.partitions = stage.source.partitions
         for table in stage.tables:
+            if table.source:
+                if table.changelog.partitions != stage.source.partitions:
+                    raise AgentShapeError(
+                        f"table {table.name} reads {table.changelog.name} "
+                        f"({table.changelog.partitions} partitions) in stage {stage.name}, "
+                        f"whose input {stage.source.name} has {stage.source.partitions}: "
+                        "give the key_by before it partitions="
+                        f"{table.changelog.partitions} (co-partitioned), or use "
+                        "app.global_table"
+                    )
+                continue
             table.changelog.declared_partitions = stage.source.partitions
             table.changelog.partitions = stage.source.partitions
 

@@ -61,7 +61,10 @@ def render_text(app: App) -> str:
             lines.append(f"  stage {st.name}  x{n} tasks  <- {st.source.name} ({n} partitions)")
             lines.append(f"    {_ops_text(st)}")
             for table in st.tables:
-                lines.append(f"    state {table.name} <-> {table.changelog.name} (compacted)")
+                if table.source:
+                    lines.append(f"    table {table.name} <- {table.changelog.name} (read-only)")
+                else:
+                    lines.append(f"    state {table.name} <-> {table.changelog.name} (compacted)")
             for wt in st.windows:
                 out = f" -> {wt.output.name}" if wt.output is not None else ""
                 lines.append(
@@ -77,6 +80,8 @@ def render_text(app: App) -> str:
             else:
                 for sink in st.agent.sinks:
                     lines.append(f"    -> sink {sink.name} ({_count(sink, stages)} partitions)")
+    for gt in app.global_tables.values():
+        lines.append(f"global table {gt.name} <- {gt.source.name} (all partitions, every worker)")
     lines.append(f"dead letters -> {app.dlq.name}")
     return "\n".join(lines) + "\n"
 

@@ -130,6 +130,9 @@ class Aggregation(Protocol):
     def merge(self, a: Any, b: Any) -> Any:
         """Two accumulators as one (session windows merge)."""
 
+    def result(self, acc: Any) -> Any:
+        """What a window emits for its accumulator."""
+
 
 def _getter(of: str | Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     if of is None:
@@ -163,6 +166,9 @@ class _Fold:
             return b if a is None else a
         return self.step(a, b)
 
+    def result(self, acc: Any) -> Any:
+        return acc
+
 
 @dataclass(frozen=True)
 class _Count:
@@ -176,6 +182,9 @@ class _Count:
 
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
+
+    def result(self, acc: Any) -> Any:
+        return acc
 
 
 def count() -> Aggregation:
@@ -202,3 +211,53 @@ def reduce(fn: Callable[[Any, Any], Any], initial: Any = None) -> Aggregation:
     if initial is None:
         return _Fold("reduce", None, fn, _getter(None))
     return _Fold("reduce", initial, fn, _getter(None))
+
+
+@dataclass(frozen=True)
+class _TopK:
+    k: int
+    get: Callable[[Any], Any]
+    name: str = "top_k"
+
+    def initial(self) -> Any:
+        return {}
+
+    def add(self, acc: Any, value: Any) -> Any:
+        item = str(self.get(value))
+        acc[item] = acc.get(item, 0) + 1
+        return acc
+
+    def merge(self, a: Any, b: Any) -> Any:
+        merged = dict(a)
+        for item, n in b.items():
+            merged[item] = merged.get(item, 0) + n
+        return merged
+
+    def result(self, acc: Any) -> Any:
+        return top_items(acc, self.k)
+
+
+def top_items(counts: dict[str, int], k: int) -> list[list[Any]]:
+    """The `k` most counted items as `[[item, count], ...]`: highest count first, ties by item."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [[item, n] for item, n in ranked[:k]]
+
+
+def top_k(k: int, of: str | Callable[[Any], Any] | None = None) -> Aggregation:
+    """The `k` most frequent items in a window (an item is a field, a function's result, or the
+    value, as a string). The accumulator counts every item of the window (a dict, stored as
+    JSON); the window emits `[[item, count], ...]`, highest count first, ties by item. Over a
+    key_by on the item, a window keyed per partition gives each partition's exact top k, and
+    the union of the partitions' lists holds the exact overall top k (`merge_top`)."""
+    if k < 1:
+        raise ValueError(f"top_k needs k >= 1, got {k}")
+    return _TopK(k, _getter(of))
+
+
+def merge_top(lists: list[list[list[Any]]], k: int) -> list[list[Any]]:
+    """The overall top k from per-partition top-k lists over disjoint items."""
+    counts: dict[str, int] = {}
+    for ranked in lists:
+        for item, n in ranked:
+            counts[item] = counts.get(item, 0) + n
+    return top_items(counts, k)

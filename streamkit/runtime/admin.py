@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from streamkit.runtime.clients import make_admin
 from streamkit.settings import ConfigError, Settings
-from streamkit.stages import resolve_partitions
+from streamkit.stages import AgentShapeError, resolve_partitions
 from streamkit.topics import Topic
 
 if TYPE_CHECKING:
@@ -107,11 +107,14 @@ async def ensure_app_topics(app: App, *, client_id: str) -> None:
     whose partition count defaults to their stage input's (known only after the first step)."""
     stages = app.stages
     outputs = {st.output.name for st in stages if st.output is not None}
-    outputs |= {t.changelog.name for st in stages for t in st.tables}
+    outputs |= {t.changelog.name for st in stages for t in st.tables if not t.source}
     await ensure_topics(
         app.settings, [t for t in app.topics.values() if t.name not in outputs], client_id=client_id
     )
-    resolve_partitions(stages)
+    try:
+        resolve_partitions(stages)
+    except AgentShapeError as exc:
+        raise ConfigError(str(exc)) from None
     await ensure_topics(
         app.settings, [t for t in app.topics.values() if t.name in outputs], client_id=client_id
     )

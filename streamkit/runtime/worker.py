@@ -1,8 +1,9 @@
 """Worker: one process of an app. Start, run the background tasks, stop cleanly.
 
-Start: verify/create topics → start the producer → join the group (tasks are created as
-partitions are assigned) → run the named background tasks `fetch`, `commit` and `standby`
-(and `web`, the HTTP server of runtime/web.py, bound before joining so the group learns it).
+Start: verify/create topics → load the global tables → start the producer → join the group
+(tasks are created as partitions are assigned) → run the named background tasks `fetch`,
+`commit`, `standby` and `web` (the HTTP server of runtime/web.py, bound before joining so the
+group learns it), and `global`, `sources` to follow global tables and tables read from a topic.
 Exactly-once: each assigned input partition also gets its transactional producer (which fences
 the previous owner) before its committed offset is read and its task starts.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
@@ -38,6 +39,8 @@ from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.web import WebServer
 from streamkit.state.changelog import ChangelogReader
+from streamkit.state.global_table import GlobalTables
+from streamkit.state.source_tables import follow_source_tables
 from streamkit.state.standby import Standbys
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ class Worker:
         self.producers: TransactionalProducers | None = None  # exactly-once only
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
+        self.global_tables: GlobalTables | None = None
         self.assignor: Any = None
         self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
@@ -105,6 +109,11 @@ class Worker:
     async def _start(self) -> None:
         app, settings = self.app, self.settings
         await ensure_app_topics(app, client_id=self.client_id)
+        # global tables are loaded before the group is joined: no agent sees them half-read
+        self.global_tables = GlobalTables(
+            app.id, list(app.global_tables.values()), settings, f"{self.client_id}-global"
+        )
+        await self.global_tables.start()
         self.producer = make_producer(settings, self.client_id)
         await self.producer.start()
         self.reader = ChangelogReader(settings, f"{self.client_id}-restore")
@@ -142,6 +151,11 @@ class Worker:
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
         self._spawn("standby", self.standbys.run())
+        if app.global_tables:
+            self._spawn("global", self.global_tables.run())
+        if any(t.source for t in app.tables.values()):
+            sources = follow_source_tables(self.tasks, settings, f"{self.client_id}-sources")
+            self._spawn("sources", sources)
         log.info(
             "worker %s started: app %s, agents %s, broker %s",
             self.client_id,
@@ -226,6 +240,9 @@ class Worker:
                 await self.reader.stop()
         if self.standbys is not None:
             await self.standbys.close()
+        if self.global_tables is not None:
+            with contextlib.suppress(Exception):
+                await self.global_tables.close()
         # 4. leave the group, stop the producer
         if self.consumer is not None:
             with contextlib.suppress(Exception):

@@ -59,6 +59,18 @@ class TablePartition:
         self.flushing: dict[bytes, bytes | None] = {}
         self.hits = 0
         self.misses = 0
+        # A table read from a source topic: the last source offset applied to this partition
+        # (restored or followed), and the rows applied since the last store write.
+        self.source_offset = -1
+
+    def apply_source(self, rows: list[tuple[bytes, bytes | None]], last_offset: int) -> None:
+        """Records of the source topic (read-only tables): visible at once, written to SQLite
+        with the offset at the next checkpoint (`flushing` is what reads see meanwhile)."""
+        decode = self._key_codec.decode
+        for key, value in rows:
+            self.flushing[key] = value
+            self.cache.pop(decode(key), None)
+        self.source_offset = last_offset
 
     def get(self, key: Any, default: Any = _MISSING) -> Any:
         value = self.cache.get(key, _MISSING)
@@ -178,9 +190,12 @@ class Table(Generic[K, V]):
         default: Callable[[], V] | None = None,
         key_type: Any = str,
         value_type: Any = None,
+        source: bool = False,
     ) -> None:
         self.name = name
         self.changelog = changelog
+        # True: the table reads `changelog`, a topic written by someone else (read-only)
+        self.source = source
         self.default = default
         self.key_type = key_type
         self.value_type = value_type
@@ -210,11 +225,19 @@ class Table(Generic[K, V]):
             return self.default()
         return value  # type: ignore[no-any-return]
 
+    def _writable(self) -> TablePartition:
+        if self.source:
+            raise TypeError(
+                f"table {self.name} reads topic {self.changelog.name}: it is read-only "
+                "(produce to that topic to change it)"
+            )
+        return self._local()
+
     def __setitem__(self, key: K, value: V) -> None:
-        self._local().set(key, value)
+        self._writable().set(key, value)
 
     def __delitem__(self, key: K) -> None:
-        if not self._local().delete(key):
+        if not self._writable().delete(key):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:

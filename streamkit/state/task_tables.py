@@ -13,6 +13,7 @@ from streamkit.state.store import PartitionStore, open_store
 from streamkit.state.table import TablePartition
 
 log = logging.getLogger(__name__)
+_GONE = object()
 
 if TYPE_CHECKING:
     from streamkit.runtime.collector import RecordCollector
@@ -67,12 +68,19 @@ class TaskTables:
             )
             for t in self.tables
         }
+        stored = self.store.offsets()
+        for t in self.tables:
+            if t.source:
+                at = stored.get((t.changelog.name, self.partition), -1)
+                self.partitions[t.name].source_offset = at
         log.info("%s: open, %d changelog records replayed", self.path, self.replayed)
 
     def snapshot(self, collector: RecordCollector) -> dict[str, dict[bytes, bytes | None]]:
         """Checkpoint step: take every dirty key and append it to its changelog partition."""
         changes = {}
         for name, part in self.partitions.items():
+            if part.table.source:
+                continue  # read-only: its rows come from its topic (see `write`)
             rows = part.take_dirty()
             if not rows:
                 continue
@@ -98,13 +106,31 @@ class TaskTables:
         if source_offset is not None:
             topic, partition, offset = source_offset
             offsets[(topic, partition)] = offset
+        followed = self._followed()
+        for name, (rows, at) in followed.items():
+            changes = {**changes, name: rows}
+            offsets[(self.partitions[name].table.changelog.name, self.partition)] = at
         if changes or offsets:
             await asyncio.to_thread(self.store.apply, changes, offsets)
             log.debug(
                 "%s: wrote %s at %s", self.path, {n: len(c) for n, c in changes.items()}, offsets
             )
         for name in changes:
-            self.partitions[name].flushing = {}
+            if name not in followed:
+                self.partitions[name].flushing = {}
+        for name, (rows, _) in followed.items():
+            flushing = self.partitions[name].flushing
+            for key, value in rows.items():
+                if flushing.get(key, _GONE) is value:
+                    del flushing[key]  # not replaced meanwhile: SQLite has it now
+
+    def _followed(self) -> dict[str, tuple[dict[bytes, bytes | None], int]]:
+        """Read-only tables: the source rows applied since the last write, and their offset."""
+        out = {}
+        for name, part in self.partitions.items():
+            if part.table.source and part.flushing:
+                out[name] = (dict(part.flushing), part.source_offset)
+        return out
 
     def close(self) -> None:
         if self.store is not None:

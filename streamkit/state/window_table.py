@@ -146,7 +146,13 @@ class WindowTable:
         if self.output is None:
             return
         value = orjson.dumps(
-            {"key": key, "start": start, "end": end, self.aggregation.name: acc, "final": final}
+            {
+                "key": key,
+                "start": start,
+                "end": end,
+                self.aggregation.name: self.aggregation.result(acc),
+                "final": final,
+            }
         )
         task.collector.append(
             self.output.name, self.key_codec.encode(key), value, timestamp_ms=end - 1

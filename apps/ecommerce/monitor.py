@@ -1,0 +1,214 @@
+"""What the demo knows about the running pipeline, read from Kafka itself.
+
+`Progress`: each stage's input partitions: end offsets vs the group's committed offsets
+(lag), and the committed offsets' growth per second (events/s per stage and partition).
+`Outputs`: a read_committed consumer of the output topics: sessions, trending, totals,
+dead letters, late events and the enriched events, which it also writes to the local sink
+(SQLite and JSON lines, files a person can open).
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from streamkit.runtime.dlq import describe
+from streamkit.stages import Stage
+from streamkit.windows import merge_top
+
+
+@dataclass
+class StageLoad:
+    name: str
+    topic: str
+    partitions: int
+    end: dict[int, int] = field(default_factory=dict)
+    committed: dict[int, int] = field(default_factory=dict)
+    rate: dict[int, float] = field(default_factory=dict)  # committed offsets per second
+
+    @property
+    def lag(self) -> int:
+        """Records not yet committed by the stage. Under exactly-once the last offset of a
+        partition is often a transaction marker, never consumed: a gap of 1 is no lag."""
+        gaps = [e - self.committed.get(p, 0) for p, e in self.end.items()]
+        return sum(g for g in gaps if g > 1)
+
+    @property
+    def processed(self) -> int:
+        return sum(self.committed.values())
+
+
+class Progress:
+    """Committed vs end offsets of every stage's input, sampled by `sample()`."""
+
+    def __init__(self, bootstrap: str, group: str, stages: list[Stage]) -> None:
+        self._bootstrap = bootstrap
+        self._group = group
+        self.stages = [
+            StageLoad(st.name, st.source.name, st.source.partitions or 1) for st in stages
+        ]
+        self._admin: Any = None
+        self._consumer: Any = None
+        self._last: tuple[float, dict[tuple[str, int], int]] | None = None
+
+    async def start(self) -> None:
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        await self._admin.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, isolation_level="read_committed"
+        )
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def sample(self) -> None:
+        tps = [TopicPartition(s.topic, p) for s in self.stages for p in range(s.partitions)]
+        ends = await self._consumer.end_offsets(tps)
+        offsets = await self._admin.list_consumer_group_offsets(self._group)
+        committed = {(tp.topic, tp.partition): m.offset for tp, m in offsets.items()}
+        now = time.monotonic()
+        for s in self.stages:
+            for p in range(s.partitions):
+                s.end[p] = ends[TopicPartition(s.topic, p)]
+                at = committed.get((s.topic, p), 0)
+                if self._last is not None:
+                    then, before = self._last
+                    s.rate[p] = max(0, at - before.get((s.topic, p), 0)) / max(now - then, 1e-3)
+                s.committed[p] = at
+        self._last = (now, committed)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(s.lag for s in self.stages)
+
+
+class Outputs:
+    """Reads the pipeline's outputs as they commit; keeps what the view and checks need."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], sink_dir: Path, top: int) -> None:
+        self._bootstrap = bootstrap
+        self.topics = topics  # role → topic name
+        self._role = {name: role for role, name in topics.items()}
+        self._top = top
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.sessions: list[tuple[str, int, int, int, int]] = []
+        self.totals: dict[str, int] = {}
+        self.trending: dict[tuple[int, int], dict[str, list[list[Any]]]] = {}
+        self.dead_reasons: collections.Counter[str] = collections.Counter()
+        self.per_user: collections.Counter[str] = collections.Counter()
+        self.enriched_ids: collections.Counter[str] = collections.Counter()
+        self.enriched_ok = 0  # joined with a known product
+        sink_dir.mkdir(parents=True, exist_ok=True)
+        self.sqlite_path = sink_dir / "enriched.sqlite"
+        self.jsonl_path = sink_dir / "enriched.jsonl"
+        self._db = sqlite3.connect(self.sqlite_path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS enriched (id TEXT, user_id TEXT, kind TEXT, "
+            "product_id TEXT, name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, "
+            "ts REAL, partition INTEGER, offset INTEGER)"
+        )
+        self._jsonl = self.jsonl_path.open("ab")
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *self.topics.values(),
+            bootstrap_servers=self._bootstrap,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            metadata_max_age_ms=2000,
+        )
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        self._jsonl.close()
+
+    async def poll(self, timeout_ms: int = 200) -> int:
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        n = 0
+        rows = []
+        for tp, records in batch.items():
+            role = self._role[tp.topic]
+            for r in records:
+                n += 1
+                self.counts[role] += 1
+                if role == "enriched":
+                    rows.append(self._enriched(r))
+                elif role == "sessions":
+                    v = orjson.loads(r.value)
+                    acc = v["reduce"]
+                    self.sessions.append(
+                        (v["key"], v["start"], v["end"], acc["pages"], acc["spend"])
+                    )
+                elif role == "totals":
+                    v = orjson.loads(r.value)
+                    self.totals[v["user_id"]] = v["total_cents"]
+                elif role == "trending":
+                    v = orjson.loads(r.value)
+                    self.trending.setdefault((v["start"], v["end"]), {})[v["key"]] = v["top_k"]
+                elif role == "dlq":
+                    self.dead_reasons[describe(r.headers).get("streamkit.error.type", "?")] += 1
+        if rows:
+            self._db.executemany(
+                "INSERT INTO enriched VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            self._db.commit()
+            self._jsonl.flush()
+        return n
+
+    def _enriched(self, r: Any) -> tuple[Any, ...]:
+        v = orjson.loads(r.value)
+        self.enriched_ids[v["id"]] += 1
+        self.per_user[v["user_id"]] += 1
+        if v["name"] != "?":
+            self.enriched_ok += 1
+        self._jsonl.write(orjson.dumps(v) + b"\n")
+        return (
+            v["id"],
+            v["user_id"],
+            v["kind"],
+            v["product_id"],
+            v["name"],
+            v["category"],
+            v["price_cents"],
+            v.get("cents", 0),
+            v["ts"],
+            r.partition,
+            r.offset,
+        )
+
+    def top_trending(self) -> tuple[tuple[int, int], list[list[Any]]] | None:
+        """The busiest of the ten newest windows, with its overall top k (merged over the
+        partitions' lists)."""
+        if not self.trending:
+            return None
+
+        def clicks(window: tuple[int, int]) -> int:
+            return sum(n for ranked in self.trending[window].values() for _, n in ranked)
+
+        window = max(sorted(self.trending)[-10:], key=clicks)
+        return window, merge_top(list(self.trending[window].values()), self._top)
+
+    def merged_trending(self) -> dict[tuple[int, int], list[list[Any]]]:
+        return {w: merge_top(list(p.values()), self._top) for w, p in self.trending.items()}
+
+    def sink_rows(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM enriched").fetchone()[0])

@@ -1,0 +1,72 @@
+"""Tables read from a topic: `app.table("products", source=catalog)`, co-partitioned and read-only.
+
+The topic (compacted, written by someone else) is the table's changelog: no extra topic. The
+task of partition p restores from topic partition p like any table (to its end, before the
+agent runs), then this module's background task (`sources`, one per worker) keeps following:
+every `interval` it fetches what is new in the source partitions of the running tasks
+(read_committed, raw fetches as in a restore) and applies it to their tables. Rows become
+visible to the agent at once; they reach SQLite, with the source offset they reflect, at the
+task's next checkpoint (`TaskTables.write`), so a restart replays only what was not written.
+
+Used by a stage whose input is co-partitioned with the topic: the same partition count (checked
+at start) and the same key partitioning (a `key_by` on the topic's key; Kafka's murmur2 on both
+sides), so partition p of the stage holds the keys of partition p of the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiokafka.structs import TopicPartition
+
+from streamkit.settings import Settings
+from streamkit.state.changelog_fetch import ChangelogFetcher
+from streamkit.state.table import TablePartition
+
+if TYPE_CHECKING:
+    from streamkit.runtime.task_manager import TaskManager
+
+log = logging.getLogger(__name__)
+
+
+def following(tasks: TaskManager) -> dict[TopicPartition, list[TablePartition]]:
+    """The source partitions the running tasks read, and the table partitions they feed."""
+    wanted: dict[TopicPartition, list[TablePartition]] = {}
+    for task in list(tasks.tasks.values()):
+        for part in task.tables.values():
+            if part.table.source:
+                tp = TopicPartition(part.table.changelog.name, part.partition)
+                wanted.setdefault(tp, []).append(part)
+    return wanted
+
+
+async def follow_source_tables(
+    tasks: TaskManager, settings: Settings, client_id: str, interval: float = 0.2
+) -> None:
+    """The `sources` background task: apply new source records to the running tasks' tables."""
+    fetcher = ChangelogFetcher(settings.bootstrap_servers, client_id)
+    try:
+        while True:
+            wanted = following(tasks)
+            if not wanted:
+                await asyncio.sleep(interval)
+                continue
+            positions = {tp: min(p.source_offset for p in ps) + 1 for tp, ps in wanted.items()}
+            fetched = await fetcher.fetch(positions)
+            applied = 0
+            for tp, got in fetched.items():
+                if got.out_of_range:
+                    log.warning("%s[%d]: source offset out of range", tp.topic, tp.partition)
+                    continue
+                if got.next_offset <= positions[tp]:
+                    continue
+                for part in wanted.get(tp, []):
+                    if part.source_offset < got.next_offset - 1:
+                        part.apply_source(got.rows, got.next_offset - 1)
+                applied += len(got.rows)
+            if not applied:
+                await asyncio.sleep(interval)
+    finally:
+        await fetcher.close()
