@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -218,7 +219,8 @@ async def run_one(
                     raise RuntimeError(f"exited with {proc.returncode} (see {log.name})")
                 if time.monotonic() - started > within:
                     count = observer.oracle.count
-                    raise RuntimeError(f"not done within {within:.0f} s ({count} out)")
+                    _, why = observer.oracle.check(n, run.guarantee)
+                    raise RuntimeError(f"not done within {within:.0f} s ({count} out; {why})")
                 if observer.complete_at is not None and (sending is None or sending.done()):
                     ends = ends or await cluster.end_offsets(source)
                     committed = await cluster.committed(group, source)
@@ -303,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="a PNG (bench virtualenv)")
     args = parser.parse_args(argv)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # a new topic's first fetches
     prepare(args.systems)
     runs, hardware = asyncio.run(run_all(args))
     rows = summarize(runs)

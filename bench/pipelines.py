@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 USERS = 10_000
+PARTITIONS = 4
 SEED = 20241125
 EVENT_TIME_BASE_MS = 1_700_000_000_000
 EVENT_TIME_STEP_MS = 20  # pipeline B: 40,000 events span 800 s = 14 windows
@@ -40,7 +41,10 @@ def purchases(n: int) -> tuple[list[bytes], list[tuple[str, float]]]:
     values: list[bytes] = []
     rows: list[tuple[str, float]] = []
     for i in range(n):
-        user = f"u{rng.randrange(USERS)}"
+        # event i goes to input partition i % PARTITIONS (round-robin, unkeyed); a user's
+        # events all sit in one input partition, so every system sees them in the same order
+        # and each running total names one input event
+        user = f"u{rng.randrange(USERS // PARTITIONS) * PARTITIONS + i % PARTITIONS}"
         amount = round(1 + rng.random() * 499, 2)
         rows.append((user, amount))
         values.append(
@@ -101,6 +105,7 @@ class Oracle:
         self.last: dict[Any, float] = {}
         self.right: set[Any] = set()  # keys whose latest value is the final one
         self.unknown = 0  # outputs that answer no input event
+        self.odd: dict[str, Any] = {}  # the last of them
 
     def observe(self, value: dict[str, Any]) -> int | None:
         """Note one output; return the index of the input event it answers, if any."""
@@ -115,6 +120,7 @@ class Oracle:
         i = self.work.index.get(identity)
         if i is None:
             self.unknown += 1
+            self.odd = value
         return i
 
     def complete(self) -> bool:
@@ -126,9 +132,13 @@ class Oracle:
         if self.count < n or (guarantee == "exactly_once" and self.count != n):
             return False, f"{self.count} outputs, expected exactly {n}"
         if self.unknown:
-            return False, f"{self.unknown} outputs answer no input event"
+            return False, f"{self.unknown} outputs answer no input event (e.g. {self.odd})"
         truth = self.work.truth
         wrong = [k for k, t in truth.items() if abs(self.last.get(k, -1.0) - t) > 1e-6 * max(t, 1)]
         if wrong:
-            return False, f"{len(wrong)} keys' last values differ from the oracle (e.g. {wrong[0]})"
+            k = wrong[0]
+            return False, (
+                f"{len(wrong)} keys' last values differ from the oracle (e.g. {k}: "
+                f"{self.last.get(k)}, expected {truth[k]})"
+            )
         return True, ""

@@ -30,8 +30,9 @@ def test_passthrough_benchmark_smoke_run() -> None:
 
 
 def test_peers_benchmark_smoke_run() -> None:
-    """Pipeline A in streamkit (both guarantees) and the raw aiokafka loop, validated against
-    the oracle; the other systems need the bench virtualenv and the JDK build (`make bench`)."""
+    """Pipelines A and B in streamkit (both guarantees) and the raw aiokafka loop, validated
+    against the oracle (every output answers one input event), plus one paced latency run; the
+    other systems need the bench virtualenv and the JDK build (`make bench`)."""
     out = run_bench(
         "bench.compare",
         "--events",
@@ -42,7 +43,17 @@ def test_peers_benchmark_smoke_run() -> None:
         "streamkit,raw aiokafka",
         "--commit-interval",
         "0.2",
+        "--guarantees",
+        "exactly_once,at_least_once",
+        "--paced-events",
+        "300",
+        "--paced-rate",
+        "300",
+        "--no-hardware",
     )
     assert "| exactly_once | streamkit | 1/1 |" in out
     assert "| at_least_once | streamkit | 1/1 |" in out
     assert "| at_least_once | raw aiokafka | 1/1 |" in out
+    assert out.count("| exactly_once | streamkit | 1/1 |") == 4  # A, B and their latency runs
+    assert "Pipeline B, throughput" in out
+    assert "Failed runs" not in out

@@ -44,4 +44,9 @@ else:
 
 
 if __name__ == "__main__":
-    asyncio.run(Worker(app).run())
+    if env.get("BENCH_LOOP") == "uvloop":  # an experiment: streamkit's CLI uses asyncio's loop
+        import uvloop
+
+        uvloop.run(Worker(app).run())
+    else:
+        asyncio.run(Worker(app).run())
