@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamkit.security import check_security
 
 
 class ConfigError(Exception):
@@ -86,6 +88,28 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # -- connection security (docs/security.md); checked by streamkit.security at start ----------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How to talk to the broker: TLS (SSL), SASL, or both."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL_PLAINTEXT / SASL_SSL: the mechanism the listener offers."
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(
+        default=None, description="Never logged or printed (shows as '**********')."
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM file of the CA(s) that signed the broker's certificate."
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate, for brokers that require one."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="PEM key of ssl_certfile.")
+    ssl_password: SecretStr | None = Field(default=None, description="Password of ssl_keyfile.")
+    ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker's certificate names the host dialled."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -102,6 +126,18 @@ class Settings(BaseSettings):
         if not servers:
             raise ValueError("give at least one host:port, e.g. localhost:9092")
         return ",".join(servers)
+
+    @field_validator("sasl_mechanism", "security_protocol", mode="before")
+    @classmethod
+    def _upper_name(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        problem = check_security(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -150,13 +186,20 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
+SECRET_SETTINGS = frozenset({"sasl_password", "ssl_password"})
+
+
 def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem. Never echoes a secret: a secret field's input is masked, and a
+    check over several settings (no field name) says its own piece without the input."""
     lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = [str(p) for p in err["loc"]]
+        if not loc:  # a model-level check: its message names the settings to change
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = loc[0]
         env = f"STREAMKIT_{name.upper()}"
-        got = err.get("input")
-        lines.append(
-            f"bad setting {name} = {got!r}: {err['msg']} (set it with {name}=... or {env})"
-        )
+        got = "'**********'" if name in SECRET_SETTINGS else repr(err.get("input"))
+        lines.append(f"bad setting {name} = {got}: {err['msg']} (set it with {name}=... or {env})")
     return "; ".join(lines)

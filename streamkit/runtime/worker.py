@@ -35,6 +35,7 @@ from streamkit.runtime.exactly_once import (
 )
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
+from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
 from streamkit.state.standby import Standbys
 
@@ -131,11 +132,12 @@ class Worker:
         self._spawn("commit", self._commit_loop())
         self._spawn("standby", self.standbys.run())
         log.info(
-            "worker %s started: app %s, agents %s, broker %s",
+            "worker %s started: app %s, agents %s, broker %s (%s)",
             self.client_id,
             app.id,
             ", ".join(app.agents),
             settings.bootstrap_servers,
+            describe_security(settings),
         )
 
     def _subscribe(self) -> None:
