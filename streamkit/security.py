@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,11 +147,39 @@ def kafka_security_options(settings: Settings) -> dict[str, Any]:
     if protocol in TLS_PROTOCOLS:
         options["ssl_context"] = ssl_context(settings)
     if protocol in SASL_PROTOCOLS:
+        redact_sasl_payloads()
         password = settings.sasl_password
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
         options["sasl_plain_password"] = None if password is None else password.get_secret_value()
     return options
+
+
+class _RedactSaslPayloads(logging.Filter):
+    """aiokafka logs every request at DEBUG, the SASL ones too: a PLAIN SaslAuthenticate
+    request carries `user\\0user\\0password`. This filter puts a placeholder in their place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_is_sasl_payload(a) for a in args):
+            record.args = tuple(
+                f"{type(a).__name__}(<redacted>)" if _is_sasl_payload(a) else a for a in args
+            )
+        return True
+
+
+def _is_sasl_payload(arg: object) -> bool:
+    return type(arg).__name__.startswith("SaslAuthenticate")
+
+
+_REDACTION = _RedactSaslPayloads()
+
+
+def redact_sasl_payloads() -> None:
+    """Install the filter on aiokafka's connection logger (once; it is cheap for others)."""
+    logger = logging.getLogger("aiokafka.conn")
+    if _REDACTION not in logger.filters:
+        logger.addFilter(_REDACTION)
 
 
 async def explain_unreachable(settings: Settings, server: str) -> str:
