@@ -104,7 +104,9 @@ async def test_exactly_once_pipeline_over_a_secured_listener(
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="aiokafka")
     app = totals_app(uid, workdir, options)
-    orders = [{"user": USERS[i % len(USERS)], "amount": i % 13 + 1} for i in range(400)]
+    orders: list[dict[str, Any]] = [
+        {"user": USERS[i % len(USERS)], "amount": i % 13 + 1} for i in range(400)
+    ]
     async with running(app) as worker:
         async with app.producer() as producer:
             for order in orders:
