@@ -18,6 +18,9 @@ from streamkit.topics import Topic
 from streamkit.windows import Aggregation, WindowKind
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+# A dead letter is the failed record plus headers (reason, coordinates): a record near the
+# broker's 1 MB default would not fit a topic with the default limit, and would stop the worker.
+DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class App:
@@ -41,7 +44,13 @@ class App:
         self.windows: dict[str, WindowTable] = {}
         self.timers: dict[str, Timers] = {}
         self._bound = False
-        self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
+        self.dlq = self.topic(
+            f"{id}-dlq",
+            key_type=bytes,
+            value_type=bytes,
+            internal=True,
+            config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+        )
 
     def configure(self, **overrides: Any) -> Settings:
         """Re-read settings with overrides (the CLI's options) on top of the app's own."""

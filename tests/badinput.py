@@ -163,6 +163,15 @@ def _huge_invalid(src: Source, ident: int) -> Made:
     return Made("huge-invalid", key_for(src), value, good=False)
 
 
+BROKER_LIMIT = 1048588  # message.max.bytes, the broker's default limit of a record batch
+
+
+def near_broker_limit(key: bytes | None, headers: Headers) -> Made:
+    """An invalid value the broker just accepts: its dead letter (plus headers) is bigger."""
+    value = b'"' + b"x" * (BROKER_LIMIT - 200 - sum(len(v or b"") + len(k) for k, v in headers))
+    return Made("near-broker-limit", key, value, headers, good=False)
+
+
 def _random_bytes(src: Source, ident: int) -> Made:
     data = src.binary(64)
     return Made("random-bytes", key_for(src), b"\x00" + data, good=False)  # NUL: never JSON
