@@ -15,7 +15,7 @@ from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
 from streamkit.topics import Topic
-from streamkit.windows import Aggregation, WindowKind
+from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # A dead letter is the failed record plus headers (reason, coordinates): a record near the
@@ -148,7 +148,9 @@ class App:
             aggregation,
             table,
             emit=emit,
-            allowed_lateness_ms=round(allowed_lateness * 1000),
+            allowed_lateness_ms=seconds_ms(
+                allowed_lateness, f"window {name}: allowed_lateness", zero_ok=True
+            ),
             output=output,
             late_topic=None if late_topic is None else late_topic.name,
             key_type=key_type,

@@ -6,6 +6,7 @@ that names the setting, the bad value and what to change, never later in the hot
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streamkit.security import check_security
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """A setting or declaration is wrong; the message says what to change."""
 
 
@@ -127,6 +128,25 @@ class Settings(BaseSettings):
             raise ValueError("give at least one host:port, e.g. localhost:9092")
         return ",".join(servers)
 
+    @field_validator("workdir")
+    @classmethod
+    def _check_workdir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is a file, not a directory: give a directory")
+        if value.is_dir() and not os.access(value, os.W_OK | os.X_OK):
+            raise ValueError(f"{str(value)!r} is not writable: give a directory you can write")
+        return value
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms}): lower "
+                "STREAMKIT_HEARTBEAT_INTERVAL_MS (a third of the session timeout is usual)"
+            )
+        return self
+
     @field_validator("sasl_mechanism", "security_protocol", mode="before")
     @classmethod
     def _upper_name(cls, value: Any) -> Any:
@@ -157,8 +177,8 @@ def parse_bootstrap(value: str) -> list[str]:
         if not part:
             continue
         host, sep, port = part.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{part!r} is not host:port (e.g. localhost:9092)")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port with a port 1-65535 (e.g. localhost:9092)")
         servers.append(part)
     return servers
 
@@ -178,8 +198,12 @@ def load_settings(**overrides: Any) -> Settings:
         and name not in NOT_SETTINGS
     )
     if unknown:
-        known = ", ".join(f"STREAMKIT_{f.upper()}" for f in Settings.model_fields)
-        raise ConfigError(f"unknown setting {', '.join(unknown)} (known: {known})")
+        known = [f"STREAMKIT_{f.upper()}" for f in Settings.model_fields]
+        hints = "".join(_did_you_mean(name, known) for name in unknown)
+        raise ConfigError(
+            f"unknown setting {', '.join(unknown)}{hints}: unset it or use one of "
+            f"{', '.join(known)}"
+        )
     try:
         return Settings(**given)
     except ValidationError as exc:
@@ -200,6 +224,21 @@ def describe_validation_error(exc: ValidationError) -> str:
             continue
         name = loc[0]
         env = f"STREAMKIT_{name.upper()}"
+        if err["type"] == "extra_forbidden":
+            hint = _did_you_mean(name, list(Settings.model_fields))
+            lines.append(
+                f"unknown setting {name}{hint}: known are {', '.join(Settings.model_fields)}"
+            )
+            continue
         got = "'**********'" if name in SECRET_SETTINGS else repr(err.get("input"))
-        lines.append(f"bad setting {name} = {got}: {err['msg']} (set it with {name}=... or {env})")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"bad setting {name} = {got}: {message} (set it with {name}=... or {env})")
     return "; ".join(lines)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.upper(), [k.upper() for k in known], n=1, cutoff=0.7)
+    if not close:
+        return ""
+    match = next(k for k in known if k.upper() == close[0])
+    return f" (did you mean {match}?)"
