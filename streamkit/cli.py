@@ -43,11 +43,22 @@ def load_app(spec: str) -> App:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"{spec!r} is not MODULE:APP (for example apps.shop:app)")
+    if "/" in module_name or module_name.endswith(".py"):
+        dotted = module_name.removesuffix(".py").strip("/").replace("/", ".")
+        raise UsageError(
+            f"{module_name!r} is a file path: give the module's dotted name, {dotted}:{attr}"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        own = module_name == missing or module_name.startswith(f"{missing}.")
+        if missing and not own:  # the module was found; something it imports was not
+            raise UsageError(
+                f"module {module_name} imports {missing!r}, which is not installed ({exc})"
+            ) from None
         raise UsageError(
             f"cannot import module {module_name!r} ({exc}); run from the project folder "
             "or put it on PYTHONPATH"

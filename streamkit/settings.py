@@ -230,7 +230,9 @@ def describe_validation_error(exc: ValidationError) -> str:
                 f"unknown setting {name}{hint}: known are {', '.join(Settings.model_fields)}"
             )
             continue
-        got = "'**********'" if name in SECRET_SETTINGS else repr(err.get("input"))
+        given = err.get("input")
+        given = str(given) if isinstance(given, Path) else given
+        got = "'**********'" if name in SECRET_SETTINGS else repr(given)
         message = str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"bad setting {name} = {got}: {message} (set it with {name}=... or {env})")
     return "; ".join(lines)
