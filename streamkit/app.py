@@ -14,13 +14,10 @@ from streamkit.stages import AgentShapeError, Stage, bind_tables, build_stages, 
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
-from streamkit.topics import Topic
+from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
 from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
-# A dead letter is the failed record plus headers (reason, coordinates): a record near the
-# broker's 1 MB default would not fit a topic with the default limit, and would stop the worker.
-DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class App:

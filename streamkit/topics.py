@@ -13,6 +13,10 @@ from streamkit.settings import ConfigError
 from streamkit.windows import seconds_ms
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Dead-letter and late topics: a record near the broker's 1 MB default plus streamkit's headers
+# (reason, coordinates) would not fit a topic with the default limit; its transaction would fail
+# again on every retry.
+DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 def check_topic_name(name: str) -> str:
