@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from streamkit.app import App
 from streamkit.runtime.admin import BrokerUnreachable, describe, ensure_topics, open_admin
@@ -176,13 +177,24 @@ async def _send_lines(
     values = [_parse(line, raw) for line in lines]
     await ensure_topics(app.settings, [topic], client_id=f"{app.id}-cli")
     async with app.producer() as producer:
-        for v in values:
+        for number, v in enumerate(values, 1):
             k: Any = key
             if key_field is not None:
                 if not isinstance(v, dict) or key_field not in v:
-                    raise UsageError(f"--key-field {key_field}: missing in {v!r}")
+                    raise UsageError(f"--key-field {key_field}: missing in {v!r:.200}")
                 k = str(v[key_field])
-            await producer.send(topic, v, key=k, partition=partition)
+            if partition is not None and not 0 <= partition < (topic.partitions or 1):
+                raise UsageError(
+                    f"--partition {partition}: {topic_name} has partitions 0 to "
+                    f"{(topic.partitions or 1) - 1}"
+                )
+            try:
+                await producer.send(topic, v, key=k, partition=partition)
+            except MessageSizeTooLargeError:
+                raise UsageError(
+                    f"record {number} is {len(lines[number - 1])} bytes, over the producer's "
+                    "1 MB limit: send smaller values"
+                ) from None
     return len(values)
 
 

@@ -327,7 +327,9 @@ TYPER_COMMANDS: list[tuple[list[str], list[str]]] = [
 ]
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, *, broker: str = "127.0.0.1:1", stdin: str = ""
+) -> tuple[int, str]:
     for name, text in MODULES.items():
         (cwd / name).write_text(text)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("STREAMKIT_")}
@@ -336,9 +338,9 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
         [sys.executable, "-m", "streamkit.cli", *args],
         capture_output=True,
         cwd=cwd,
-        env={**environment, **env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+        env={**environment, **env, "KAFKA_BOOTSTRAP_SERVERS": broker},
         timeout=60,
-        stdin=subprocess.DEVNULL,
+        input=stdin.encode(),
     )
     return proc.returncode, (proc.stdout + proc.stderr).decode()
 
@@ -366,3 +368,32 @@ def test_bad_arguments_get_a_usage_message(
     text = " ".join(output.replace("│", " ").split())  # the box wraps long lines
     for word in words:
         assert word in text, output
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "words"),
+    [
+        (
+            ["--partition", "9"],
+            '{"id": 1, "amount": 2}',
+            ["--partition 9: orders has partitions 0 to 3"],
+        ),
+        (
+            [],
+            '{"id": 1, "pad": "' + "x" * 1_200_000 + '"}',
+            ["record 1 is 1200020 bytes", "1 MB limit"],
+        ),
+        (["--key-field", "user"], '{"id": 1}', ["--key-field user: missing in {'id': 1}"]),
+    ],
+    ids=["partition", "too-big", "key-field"],
+)
+def test_bad_send_fails_with_one_line(
+    args: list[str], stdin: str, words: list[str], kafka: str, tmp_path: Path
+) -> None:
+    code, output = run_cli(
+        ["send", "apps.hello:app", "orders", *args], {}, tmp_path, broker=kafka, stdin=stdin
+    )
+    assert code == 2, output
+    assert output.startswith("error: ") and len(output.strip().splitlines()) == 1, output
+    for word in words:
+        assert word in output, output
