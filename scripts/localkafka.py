@@ -3,10 +3,17 @@
 
     python scripts/localkafka.py up | status | down
     python scripts/localkafka.py run -- CMD ARGS...    (CMD gets KAFKA_BOOTSTRAP_SERVERS)
+    python scripts/localkafka.py up --secure           (also SASL and TLS listeners, see below)
 
 Maven resolves the jars from kafka/pom.xml once, into <cache>/kafka-<version>/lib, where
 <cache> is $STREAMKIT_KAFKA_CACHE or ~/.cache/streamkit. Tests: start_broker() -> Broker.
 Standard library only; a broker is ready when it answers a Kafka Metadata request.
+
+`--secure` (tests: `start_broker(secure=True)`) adds three listeners to the PLAINTEXT one:
+SASL_PLAINTEXT and SASL_SSL (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for one user whose random
+password is made at format time) and SSL with client certificates required. openssl makes a
+CA, a broker certificate for 127.0.0.1 (a PEM keystore) and a client certificate whose key is
+encrypted; <data dir>/security.json lists the ports, the user, the passwords and the files.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -119,7 +127,13 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def write_config(path: Path, data_dir: Path, port: int, controller_port: int) -> None:
+def write_config(
+    path: Path,
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    security: dict[str, Any] | None = None,
+) -> None:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -141,7 +155,117 @@ def write_config(path: Path, data_dir: Path, port: int, controller_port: int) ->
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
     }
+    if security is not None:
+        props |= secure_listener_config(props, security)
     path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
+
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+SECURE_LISTENERS = ("SASL_PLAINTEXT", "SASL_SSL", "SSL")
+SASL_USER = "alice"
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+[client]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+"""
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BrokerError("openssl is needed to make the certificates of a --secure broker")
+    result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BrokerError(f"openssl {args[0]} failed:\n{result.stderr}")
+
+
+def make_certificates(tls_dir: Path, client_key_password: str) -> dict[str, str]:
+    """A CA, a broker keystore (PEM: key + certificate chain) for 127.0.0.1/localhost and a
+    client certificate with an encrypted key; valid for two days."""
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    (tls_dir / "openssl.cnf").write_text(_OPENSSL_CONFIG)
+    conf = ("-config", "openssl.cnf")
+    ec = ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+    _openssl("genpkey", *ec, "-out", "ca.key", cwd=tls_dir)
+    _openssl("req", "-new", "-x509", "-key", "ca.key", "-subj", "/CN=streamkit-test-ca",
+             "-days", "2", *conf, "-extensions", "ca", "-out", "ca.pem", cwd=tls_dir)  # fmt: skip
+    for name, ext, extra in (
+        ("broker", "server", ()),
+        ("client", "client", ("-aes-256-cbc", "-pass", f"pass:{client_key_password}")),
+    ):
+        _openssl("genpkey", *ec, *extra, "-out", f"{name}.key", cwd=tls_dir)
+        passin = ("-passin", f"pass:{client_key_password}") if extra else ()
+        _openssl("req", "-new", "-key", f"{name}.key", *passin, "-subj", f"/CN={name}", *conf,
+                 "-out", f"{name}.csr", cwd=tls_dir)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", "openssl.cnf", "-extensions", ext,
+                 "-out", f"{name}.pem", cwd=tls_dir)  # fmt: skip
+    keystore = tls_dir / "broker-keystore.pem"
+    keystore.write_text("".join((tls_dir / f).read_text() for f in ("broker.key", "broker.pem")))
+    return {
+        "cafile": str(tls_dir / "ca.pem"),
+        "keystore": str(keystore),
+        "client_certfile": str(tls_dir / "client.pem"),
+        "client_keyfile": str(tls_dir / "client.key"),
+    }
+
+
+def secure_listener_config(props: dict[str, str], security: dict[str, Any]) -> dict[str, str]:
+    """The broker properties that add the SASL_PLAINTEXT, SASL_SSL and SSL listeners."""
+    ports: dict[str, int] = security["listeners"]
+    names = [*SECURE_LISTENERS]
+    extra = ",".join(f"{name}://{HOST}:{ports[name]}" for name in names)
+    user, password = security["username"], security["password"]
+    plain = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'user_{user}="{password}";'
+    )
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    out = {
+        "listeners": f"{props['listeners']},{extra}",
+        "advertised.listeners": f"{props['advertised.listeners']},{extra}",
+        "listener.security.protocol.map": props["listener.security.protocol.map"]
+        + "".join(f",{name}:{name}" for name in names),
+        "sasl.enabled.mechanisms": ",".join(("PLAIN", *SCRAM_MECHANISMS)),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": security["keystore"],
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": security["cafile"],
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        out[f"listener.name.{listener}.plain.sasl.jaas.config"] = plain
+        for mechanism in SCRAM_MECHANISMS:
+            out[f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config"] = scram
+    return out
+
+
+def new_security(data_dir: Path, ports: list[int]) -> dict[str, Any]:
+    """Ports, a user with a random password, certificates: <data_dir>/security.json."""
+    key_password = secrets.token_urlsafe(12)
+    security: dict[str, Any] = {
+        "listeners": dict(zip(SECURE_LISTENERS, ports, strict=True)),
+        "username": SASL_USER,
+        "password": secrets.token_urlsafe(18),
+        "client_key_password": key_password,
+        **make_certificates(data_dir / "tls", key_password),
+    }
+    (data_dir / "security.json").write_text(json.dumps(security, indent=2) + "\n")
+    return security
 
 
 def java_command(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
@@ -150,10 +274,16 @@ def java_command(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
             "-cp", str(lib / "*"), *args]  # fmt: skip
 
 
-def format_storage(java: str, lib: Path, data_dir: Path, config: Path) -> None:
+def format_storage(
+    java: str, lib: Path, data_dir: Path, config: Path, security: dict[str, Any] | None = None
+) -> None:
     cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
     command = java_command(java, lib, data_dir, "kafka.tools.StorageTool", "format",
                            "-t", cluster_id, "-c", str(config))  # fmt: skip
+    if security is not None:  # SCRAM credentials live in the cluster metadata
+        user, password = security["username"], security["password"]
+        for mechanism in SCRAM_MECHANISMS:
+            command += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
     result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if result.returncode != 0:
         raise BrokerError(f"formatting storage failed:\n{result.stdout}{result.stderr}")
@@ -228,6 +358,12 @@ class Broker:
     def log_file(self) -> Path:
         return self.data_dir / "broker.log"
 
+    @property
+    def security(self) -> dict[str, Any] | None:
+        """A --secure broker's listener ports, user, passwords and PEM files; else None."""
+        path = self.data_dir / "security.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def start(self, timeout: float = 60.0) -> None:
         """Launch the JVM on the formatted data dir and wait until it answers."""
         self.proc = launch(self.java, self.lib, self.data_dir, self.config)
@@ -299,16 +435,18 @@ class Broker:
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name != "proc"} | paths)
 
 
-def start_broker(timeout: float = 60.0) -> Broker:
-    """Start a fresh broker on free ports with a new temporary data dir; stop() removes it."""
+def start_broker(timeout: float = 60.0, *, secure: bool = False) -> Broker:
+    """Start a fresh broker on free ports with a new temporary data dir; stop() removes it.
+    `secure`: with the SASL and TLS listeners too (`Broker.security` describes them)."""
     lib, java, version = resolve_jars(), find_java(), kafka_version()
     for attempt in range(3):  # a port picked as free can be taken before the JVM binds it
-        port, controller_port = free_ports(2)
+        port, controller_port, *secure_ports = free_ports(5 if secure else 2)
         data_dir = Path(tempfile.mkdtemp(prefix="streamkit-kafka-"))
         broker = Broker(port, controller_port, data_dir, lib, java, version)
         try:
-            write_config(broker.config, data_dir, port, controller_port)
-            format_storage(java, lib, data_dir, broker.config)
+            security = new_security(data_dir, secure_ports) if secure else None
+            write_config(broker.config, data_dir, port, controller_port, security)
+            format_storage(java, lib, data_dir, broker.config, security)
             broker.start(timeout)
             return broker
         except BaseException as exc:
@@ -339,12 +477,15 @@ def running_broker() -> Broker | None:
     return broker if broker is not None and broker.is_alive() and answers(broker.port) else None
 
 
-def _start_logged(timeout: float) -> Broker:
+def _start_logged(timeout: float, secure: bool = False) -> Broker:
     resolve_jars()  # timed on its own when Maven has to run
     started = time.monotonic()
-    broker = start_broker(timeout)
+    broker = start_broker(timeout, secure=secure)
     took = time.monotonic() - started
     log(f"Kafka {broker.version} up at {broker.bootstrap} in {took:.1f} s (pid {broker.pid})")
+    if broker.security is not None:
+        ports = ", ".join(f"{k} {HOST}:{v}" for k, v in broker.security["listeners"].items())
+        log(f"secure listeners: {ports}; user, passwords, files: {broker.data_dir}/security.json")
     return broker
 
 
@@ -360,7 +501,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             if stale is not None:
                 log(f"replacing broker pid {stale.pid} from {STATE_FILE}: dead or not answering")
                 stale.stop()
-            broker = _start_logged(args.timeout)
+            broker = _start_logged(args.timeout, args.secure)
             save_state(broker)
     print(broker.bootstrap, flush=True)
     return 0
@@ -428,7 +569,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if broker is not None:
         log(f"using running broker at {broker.bootstrap} (pid {broker.pid})")
         return _exec(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
-    broker = _start_logged(args.timeout)
+    broker = _start_logged(args.timeout, args.secure)
     try:
         return run_child(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
     finally:
@@ -448,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         command.set_defaults(func=func)
         if name in ("up", "run"):
             command.add_argument("--timeout", type=float, default=60.0, help="readiness wait, s")
+            command.add_argument(
+                "--secure", action="store_true", help="add SASL and TLS listeners (a new broker)"
+            )
         if name == "run":
             command.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)

@@ -15,8 +15,8 @@ from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
-from streamkit.topics import Topic
-from streamkit.windows import Aggregation, WindowKind
+from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
+from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -43,7 +43,13 @@ class App:
         self.timers: dict[str, Timers] = {}
         self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
         self._bound = False
-        self.dlq = self.topic(f"{id}-dlq", key_type=bytes, value_type=bytes, internal=True)
+        self.dlq = self.topic(
+            f"{id}-dlq",
+            key_type=bytes,
+            value_type=bytes,
+            internal=True,
+            config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+        )
 
     def configure(self, **overrides: Any) -> Settings:
         """Re-read settings with overrides (the CLI's options) on top of the app's own."""
@@ -184,7 +190,9 @@ class App:
             aggregation,
             table,
             emit=emit,
-            allowed_lateness_ms=round(allowed_lateness * 1000),
+            allowed_lateness_ms=seconds_ms(
+                allowed_lateness, f"window {name}: allowed_lateness", zero_ok=True
+            ),
             output=output,
             late_topic=None if late_topic is None else late_topic.name,
             key_type=key_type,

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from streamkit.app import App
 from streamkit.runtime.admin import BrokerUnreachable, describe, ensure_topics, open_admin
@@ -43,11 +44,22 @@ def load_app(spec: str) -> App:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"{spec!r} is not MODULE:APP (for example apps.shop:app)")
+    if "/" in module_name or module_name.endswith(".py"):
+        dotted = module_name.removesuffix(".py").strip("/").replace("/", ".")
+        raise UsageError(
+            f"{module_name!r} is a file path: give the module's dotted name, {dotted}:{attr}"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        own = module_name == missing or module_name.startswith(f"{missing}.")
+        if missing and not own:  # the module was found; something it imports was not
+            raise UsageError(
+                f"module {module_name} imports {missing!r}, which is not installed ({exc})"
+            ) from None
         raise UsageError(
             f"cannot import module {module_name!r} ({exc}); run from the project folder "
             "or put it on PYTHONPATH"
@@ -165,13 +177,24 @@ async def _send_lines(
     values = [_parse(line, raw) for line in lines]
     await ensure_topics(app.settings, [topic], client_id=f"{app.id}-cli")
     async with app.producer() as producer:
-        for v in values:
+        for number, v in enumerate(values, 1):
             k: Any = key
             if key_field is not None:
                 if not isinstance(v, dict) or key_field not in v:
-                    raise UsageError(f"--key-field {key_field}: missing in {v!r}")
+                    raise UsageError(f"--key-field {key_field}: missing in {v!r:.200}")
                 k = str(v[key_field])
-            await producer.send(topic, v, key=k, partition=partition)
+            if partition is not None and not 0 <= partition < (topic.partitions or 1):
+                raise UsageError(
+                    f"--partition {partition}: {topic_name} has partitions 0 to "
+                    f"{(topic.partitions or 1) - 1}"
+                )
+            try:
+                await producer.send(topic, v, key=k, partition=partition)
+            except MessageSizeTooLargeError:
+                raise UsageError(
+                    f"record {number} is {len(lines[number - 1])} bytes, over the producer's "
+                    "1 MB limit: send smaller values"
+                ) from None
     return len(values)
 
 

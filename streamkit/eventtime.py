@@ -24,6 +24,7 @@ from streamkit.context import WALL_CLOCK
 
 NO_WATERMARK = -(2**63)  # nothing seen yet: every window is open
 CONTROL_HEADER = "streamkit.watermark"
+MAX_EVENT_MS = 2**62  # a bigger event time is garbage (it would not fit SQLite or Kafka)
 
 TimestampSpec = str | Callable[[Any], Any] | None
 
@@ -41,8 +42,14 @@ def to_ms(value: Any, unit: str = "s") -> int:
         moment: dt.datetime = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
         return round(moment.timestamp() * 1000)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"an event time must be a number or a datetime, got {value!r}")
-    return round(value * 1000) if unit == "s" else round(value)
+        raise ValueError(f"an event time must be a number or a datetime, got {value!r}"[:200])
+    try:
+        ms = round(value * 1000) if unit == "s" else round(value)
+    except (OverflowError, ValueError):  # inf, nan
+        ms = MAX_EVENT_MS + 1
+    if not -MAX_EVENT_MS <= ms <= MAX_EVENT_MS:
+        raise ValueError(f"event time {value!r} ({unit}) is out of range"[:200])
+    return ms
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,11 @@ def read_control(headers: Any) -> tuple[int, int, bool] | None:
     name, value = headers[0]
     if name != CONTROL_HEADER:
         return None
-    upstream, watermark, idle = value.split(b":")
-    return int(upstream), int(watermark), idle == b"1"
+    try:
+        upstream, watermark, idle = value.split(b":")
+        return int(upstream), int(watermark), idle == b"1"
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"malformed {CONTROL_HEADER} header {value!r:.80}") from None
 
 
 class WatermarkTracker:

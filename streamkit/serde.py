@@ -117,6 +117,10 @@ class ModelCodec(Generic[M]):
                 for e in exc.errors()[:5]
             )
             raise DecodeError(f"invalid {self.model.__name__}: {problems}") from None
+        except Exception as exc:  # a validator of the model raised something else
+            raise DecodeError(
+                f"invalid {self.model.__name__}: {type(exc).__name__}: {exc}"
+            ) from None
 
     @property
     def loads(self) -> Callable[[bytes], M]:

@@ -6,15 +6,18 @@ that names the setting, the bad value and what to change, never later in the hot
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamkit.security import check_security
 
-class ConfigError(Exception):
+
+class ConfigError(ValueError):
     """A setting or declaration is wrong; the message says what to change."""
 
 
@@ -101,6 +104,28 @@ class Settings(BaseSettings):
             "(default: web_host, or this machine's name when web_host is 0.0.0.0)."
         ),
     )
+    # -- connection security (docs/security.md); checked by streamkit.security at start ----------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How to talk to the broker: TLS (SSL), SASL, or both."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL_PLAINTEXT / SASL_SSL: the mechanism the listener offers."
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(
+        default=None, description="Never logged or printed (shows as '**********')."
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM file of the CA(s) that signed the broker's certificate."
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate, for brokers that require one."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="PEM key of ssl_certfile.")
+    ssl_password: SecretStr | None = Field(default=None, description="Password of ssl_keyfile.")
+    ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker's certificate names the host dialled."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -117,6 +142,37 @@ class Settings(BaseSettings):
         if not servers:
             raise ValueError("give at least one host:port, e.g. localhost:9092")
         return ",".join(servers)
+
+    @field_validator("workdir")
+    @classmethod
+    def _check_workdir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is a file, not a directory: give a directory")
+        if value.is_dir() and not os.access(value, os.W_OK | os.X_OK):
+            raise ValueError(f"{str(value)!r} is not writable: give a directory you can write")
+        return value
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms}): lower "
+                "STREAMKIT_HEARTBEAT_INTERVAL_MS (a third of the session timeout is usual)"
+            )
+        return self
+
+    @field_validator("sasl_mechanism", "security_protocol", mode="before")
+    @classmethod
+    def _upper_name(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        problem = check_security(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -136,8 +192,8 @@ def parse_bootstrap(value: str) -> list[str]:
         if not part:
             continue
         host, sep, port = part.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{part!r} is not host:port (e.g. localhost:9092)")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port with a port 1-65535 (e.g. localhost:9092)")
         servers.append(part)
     return servers
 
@@ -157,21 +213,49 @@ def load_settings(**overrides: Any) -> Settings:
         and name not in NOT_SETTINGS
     )
     if unknown:
-        known = ", ".join(f"STREAMKIT_{f.upper()}" for f in Settings.model_fields)
-        raise ConfigError(f"unknown setting {', '.join(unknown)} (known: {known})")
+        known = [f"STREAMKIT_{f.upper()}" for f in Settings.model_fields]
+        hints = "".join(_did_you_mean(name, known) for name in unknown)
+        raise ConfigError(
+            f"unknown setting {', '.join(unknown)}{hints}: unset it or use one of "
+            f"{', '.join(known)}"
+        )
     try:
         return Settings(**given)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
+SECRET_SETTINGS = frozenset({"sasl_password", "ssl_password"})
+
+
 def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem. Never echoes a secret: a secret field's input is masked, and a
+    check over several settings (no field name) says its own piece without the input."""
     lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = [str(p) for p in err["loc"]]
+        if not loc:  # a model-level check: its message names the settings to change
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = loc[0]
         env = f"STREAMKIT_{name.upper()}"
-        got = err.get("input")
-        lines.append(
-            f"bad setting {name} = {got!r}: {err['msg']} (set it with {name}=... or {env})"
-        )
+        if err["type"] == "extra_forbidden":
+            hint = _did_you_mean(name, list(Settings.model_fields))
+            lines.append(
+                f"unknown setting {name}{hint}: known are {', '.join(Settings.model_fields)}"
+            )
+            continue
+        given = err.get("input")
+        given = str(given) if isinstance(given, Path) else given
+        got = "'**********'" if name in SECRET_SETTINGS else repr(given)
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"bad setting {name} = {got}: {message} (set it with {name}=... or {env})")
     return "; ".join(lines)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.upper(), [k.upper() for k in known], n=1, cutoff=0.7)
+    if not close:
+        return ""
+    match = next(k for k in known if k.upper() == close[0])
+    return f" (did you mean {match}?)"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamkit.events import Event
 from streamkit.streams import Exchange, Op, Step, Stream, segment
-from streamkit.topics import Topic
+from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
 
 if TYPE_CHECKING:
     from streamkit.agents import Agent
@@ -214,7 +214,10 @@ def bind_tables(app: App) -> None:
         for wt in windows:
             if wt.late_topic is None:
                 wt.late_topic = app.topic(
-                    f"{app.id}-{agent.name}-late", key_type=bytes, value_type=bytes
+                    f"{app.id}-{agent.name}-late",
+                    key_type=bytes,
+                    value_type=bytes,
+                    config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},  # as the DLQ's
                 ).name
         for table in used:
             other = owners.get(table.name)

@@ -9,13 +9,19 @@ from streamkit.events import Headers
 from streamkit.eventtime import TimestampPolicy
 from streamkit.runtime.collector import CURRENT_COLLECTOR
 from streamkit.serde import RAW, Codec, codec_for
+from streamkit.settings import ConfigError
+from streamkit.windows import seconds_ms
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Dead-letter and late topics: a record near the broker's 1 MB default plus streamkit's headers
+# (reason, coordinates) would not fit a topic with the default limit; its transaction would fail
+# again on every retry.
+DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 def check_topic_name(name: str) -> str:
-    if not _LEGAL.match(name) or name in {".", ".."}:
-        raise ValueError(
+    if not isinstance(name, str) or not _LEGAL.match(name) or name in {".", ".."}:
+        raise ConfigError(
             f"{name!r} is not a legal Kafka topic name: use letters, digits, '.', '_' or '-'"
             " (at most 249)"
         )
@@ -40,8 +46,12 @@ class Topic:
         out_of_orderness: float = 0.0,
     ) -> None:
         self.name = check_topic_name(name)
-        if partitions is not None and partitions < 1:
-            raise ValueError(f"topic {name}: partitions must be >= 1, got {partitions}")
+        if partitions is not None and (
+            isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+        ):
+            raise ConfigError(
+                f"topic {name}: partitions must be a whole number >= 1, got {partitions!r}"
+            )
         self.key_type = key_type
         self.value_type = value_type
         # Undeclared keys stay bytes (keys are often plain text); undeclared values are JSON.
@@ -52,12 +62,16 @@ class Topic:
         self.config = dict(config or {})
         self.internal = internal
         if timestamp_unit not in ("s", "ms"):
-            raise ValueError(f"topic {name}: timestamp_unit must be 's' or 'ms'")
-        if out_of_orderness < 0:
-            raise ValueError(f"topic {name}: out_of_orderness must be >= 0 seconds")
-        self.timestamp_policy = TimestampPolicy(
-            timestamp, timestamp_unit, round(out_of_orderness * 1000)
-        )
+            raise ConfigError(
+                f"topic {name}: timestamp_unit must be 's' or 'ms', got {timestamp_unit!r}"
+            )
+        if timestamp is not None and not isinstance(timestamp, str) and not callable(timestamp):
+            raise ConfigError(
+                f"topic {name}: timestamp must be a field name, a function of the value, or "
+                f"None (the record timestamp), got {timestamp!r}"
+            )
+        lateness = seconds_ms(out_of_orderness, f"topic {name}: out_of_orderness", zero_ok=True)
+        self.timestamp_policy = TimestampPolicy(timestamp, timestamp_unit, lateness)
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, partitions={self.partitions})"

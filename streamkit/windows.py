@@ -9,16 +9,26 @@ plus the allowed lateness.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamkit.settings import ConfigError
 
-def _ms(seconds: float, what: str) -> int:
+
+def seconds_ms(seconds: Any, what: str, *, zero_ok: bool = False) -> int:
+    """A duration given in seconds as whole ms; ConfigError when it is not a number, not
+    finite, or not positive (or negative, with `zero_ok`)."""
+    kind = "a non-negative" if zero_ok else "a positive"
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ConfigError(f"{what} must be {kind} number of seconds, got {seconds!r}")
+    if not math.isfinite(seconds) or abs(seconds) > 10**12:
+        raise ConfigError(f"{what} must be {kind} number of seconds, got {seconds!r}")
     ms = round(seconds * 1000)
-    if ms <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds, got {seconds!r}")
+    if ms < 0 or (ms == 0 and not zero_ok):
+        raise ConfigError(f"{what} must be {kind} number of seconds, got {seconds!r}")
     return ms
 
 
@@ -98,21 +108,24 @@ class Sliding:
 
 
 def sliding(seconds: float) -> Sliding:
-    return Sliding(_ms(seconds, "the window size"))
+    return Sliding(seconds_ms(seconds, "the window size"))
 
 
 def session(gap: float) -> Session:
-    return Session(_ms(gap, "the session gap"))
+    return Session(seconds_ms(gap, "the session gap"))
 
 
 def tumbling(seconds: float) -> Tumbling:
-    return Tumbling(_ms(seconds, "the window size"))
+    return Tumbling(seconds_ms(seconds, "the window size"))
 
 
 def hopping(seconds: float, every: float) -> Hopping:
-    size, step = _ms(seconds, "the window size"), _ms(every, "the hop")
+    size, step = seconds_ms(seconds, "the window size"), seconds_ms(every, "the hop")
     if size % step:
-        raise ValueError(f"the window size ({seconds}s) must be a multiple of the hop ({every}s)")
+        raise ConfigError(
+            f"the window size ({seconds}s) must be a multiple of the hop ({every}s): change "
+            "one of them"
+        )
     return Hopping(size, step)
 
 

@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +42,18 @@ def uid() -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Iterator[dict[str, Any]]:
+    """A second broker with SASL_PLAINTEXT, SASL_SSL and SSL listeners (localkafka --secure),
+    started once for the tests that need it: its `security` description (ports, user,
+    passwords, PEM files)."""
+    import localkafka
+
+    broker = localkafka.start_broker(secure=True)
+    try:
+        assert broker.security is not None
+        yield broker.security
+    finally:
+        broker.stop()

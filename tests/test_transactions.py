@@ -42,6 +42,7 @@ async def test_commit_is_visible_and_abort_is_not(uid: str) -> None:
 async def test_the_restore_fetcher_skips_aborted_transactions_and_markers(uid: str) -> None:
     """ChangelogFetcher reads what a read_committed consumer reads: committed records of two
     producers interleaved with an aborted transaction, none of the transaction markers."""
+    from streamkit.settings import load_settings
     from streamkit.state.changelog_fetch import ChangelogFetcher
 
     topic = f"tx-log-{uid}"
@@ -64,7 +65,7 @@ async def test_the_restore_fetcher_skips_aborted_transactions_and_markers(uid: s
     finally:
         await one.stop()
         await two.stop()
-    fetcher = ChangelogFetcher(bootstrap(), f"fetch-{uid}")
+    fetcher = ChangelogFetcher(load_settings(), f"fetch-{uid}")
     tp = TopicPartition(topic, 0)
     rows: list[tuple[bytes, bytes | None]] = []
     position = 0

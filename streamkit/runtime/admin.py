@@ -13,6 +13,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
 from streamkit.runtime.clients import make_admin
+from streamkit.security import explain_unreachable
 from streamkit.settings import ConfigError, Settings
 from streamkit.stages import AgentShapeError, resolve_partitions
 from streamkit.topics import Topic
@@ -37,9 +38,16 @@ async def open_admin(settings: Settings, client_id: str) -> Any:
             await admin.start()
     except KafkaConnectionError as exc:
         await admin.close()
+        servers = settings.bootstrap_servers
+        if settings.security_protocol != "PLAINTEXT":  # say what failed: TLS, SASL, ...
+            first = servers.split(",")[0]
+            with _quiet("aiokafka"):
+                cause = await explain_unreachable(settings, first)
+            raise BrokerUnreachable(f"cannot connect to Kafka at {first}: {cause}") from None
         raise BrokerUnreachable(
-            f"cannot reach Kafka at {settings.bootstrap_servers} ({exc}); start a broker "
-            "(make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS / STREAMKIT_BROKER"
+            f"cannot reach Kafka at {servers} ({exc}); start a broker "
+            "(make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS / STREAMKIT_BROKER (a TLS or SASL "
+            "listener also needs STREAMKIT_SECURITY_PROTOCOL, see docs/security.md)"
         ) from None
     return admin
 

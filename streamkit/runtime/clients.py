@@ -1,4 +1,8 @@
-"""Builds the aiokafka clients from settings: the one place connection options live."""
+"""Builds the aiokafka clients from settings: the one place connection options live.
+
+Every client the runtime makes (consumers, producers incl. transactional ones, the admin client,
+the changelog fetcher's `AIOKafkaClient`, the CLI's) takes `connection_options`: the bootstrap
+servers plus the TLS/SASL options of `streamkit.security`."""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 
+from streamkit.security import kafka_security_options
 from streamkit.settings import Settings
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.bootstrap_servers}
+    return {"bootstrap_servers": settings.bootstrap_servers, **kafka_security_options(settings)}
 
 
 def make_producer(settings: Settings, client_id: str, **extra: Any) -> Any:
@@ -45,3 +51,8 @@ def make_consumer(settings: Settings, group_id: str | None, client_id: str, **ex
 
 def make_admin(settings: Settings, client_id: str) -> Any:
     return AIOKafkaAdminClient(**connection_options(settings), client_id=client_id)
+
+
+def make_client(settings: Settings, client_id: str) -> Any:
+    """A bare `AIOKafkaClient` (the changelog fetcher sends its own Fetch requests)."""
+    return AIOKafkaClient(**connection_options(settings), client_id=client_id)

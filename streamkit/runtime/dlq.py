@@ -48,5 +48,11 @@ def dead_letter(
 
 
 def describe(headers: Any) -> dict[str, str]:
-    """The streamkit.* headers of a dead letter as text (for tools and tests)."""
-    return {k: v.decode() for k, v in headers if k.startswith("streamkit.")}
+    """The streamkit.* headers of a dead letter as text (for tools and tests). The original
+    record's headers come first and may use the same names with any bytes (or None): ours,
+    added last, win."""
+    return {
+        k: v.decode(errors="replace")
+        for k, v in headers
+        if k.startswith("streamkit.") and v is not None
+    }

@@ -74,7 +74,12 @@ class EventClock:
 
     def on_data(self, rec: Any, value: Any) -> int:
         """The event time of a data record (raises ValueError if the value has none)."""
-        ts = self.policy.extract(value, rec.timestamp)
+        try:
+            ts = self.policy.extract(value, rec.timestamp)
+        except ValueError:
+            raise
+        except Exception as exc:  # a field missing, or the user's function raised
+            raise ValueError(f"{type(exc).__name__}: {exc}") from exc
         if self.tracker.observe(ts):
             self._advanced()
         return ts
@@ -88,7 +93,11 @@ class EventClock:
         return False
 
     def on_control(self, headers: Any) -> bool:
-        """True if the record is a watermark control record (and consumed here)."""
+        """True if the record is a watermark control record (and consumed here). Only a
+        repartition topic carries them: on a source topic every header is the user's.
+        ValueError for a malformed one."""
+        if not self.tracker.upstreams:
+            return False
         control = read_control(headers)
         if control is None:
             return False

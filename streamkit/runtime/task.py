@@ -199,14 +199,19 @@ class Task:
         clock = self.clock
         while records:
             rec = records.popleft()
-            if clock is not None and rec.headers and clock.on_control(rec.headers):
-                self.committable = rec.offset + 1  # a watermark control record: consumed
-                continue
+            if clock is not None and rec.headers:
+                try:
+                    if clock.on_control(rec.headers):
+                        self.committable = rec.offset + 1  # a watermark control record: consumed
+                        continue
+                except ValueError as exc:
+                    self._dead_letter(rec, str(exc), "ControlRecordError")
+                    continue
             raw_key, raw_value = rec.key, rec.value
             try:
                 key = None if raw_key is None else loads_key(raw_key)
                 value = None if raw_value is None else loads_value(raw_value)
-            except ValueError:
+            except Exception:  # ValueError mostly; a model's own validator may raise anything
                 self._dead_letter(rec, self._decode_problem(rec), "DecodeError")
                 continue
             if clock is not None:
@@ -234,6 +239,8 @@ class Task:
                     codec.decode(raw)
         except DecodeError as exc:
             return str(exc)
+        except Exception as exc:  # a codec that raised something else
+            return f"{type(exc).__name__}: {exc}"
         return "does not decode"
 
     async def wait(self) -> None:

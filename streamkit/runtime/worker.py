@@ -38,6 +38,7 @@ from streamkit.runtime.exactly_once import (
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.web import WebServer
+from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
 from streamkit.state.global_table import GlobalTables
 from streamkit.state.source_tables import follow_source_tables
@@ -157,11 +158,12 @@ class Worker:
             sources = follow_source_tables(self.tasks, settings, f"{self.client_id}-sources")
             self._spawn("sources", sources)
         log.info(
-            "worker %s started: app %s, agents %s, broker %s",
+            "worker %s started: app %s, agents %s, broker %s (%s)",
             self.client_id,
             app.id,
             ", ".join(app.agents),
             settings.bootstrap_servers,
+            describe_security(settings),
         )
 
     def _subscribe(self) -> None:

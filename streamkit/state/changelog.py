@@ -97,7 +97,7 @@ class ChangelogReader:
         if self._consumer is None:
             self._consumer = make_consumer(self._settings, group_id=None, client_id=self._client_id)
             await self._consumer.start()
-            self._fetcher = ChangelogFetcher(self._settings.bootstrap_servers, self._client_id)
+            self._fetcher = ChangelogFetcher(self._settings, self._client_id)
         consumer, fetcher = self._consumer, self._fetcher
         assert fetcher is not None
         started = time.monotonic()

@@ -15,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
+
+from streamkit.runtime.clients import make_client
+from streamkit.settings import Settings
 
 READ_COMMITTED = 1
 PARTITION_BYTES = 8 * 1024 * 1024
@@ -43,8 +45,8 @@ class Fetched:
 
 
 class ChangelogFetcher:
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
-        self._client: Any = AIOKafkaClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self._client: Any = make_client(settings, client_id)
         self._started = False
 
     async def start(self) -> None:

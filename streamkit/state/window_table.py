@@ -29,6 +29,7 @@ import orjson
 from streamkit.context import CURRENT_TASK
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
+from streamkit.settings import ConfigError
 from streamkit.state.table import _DELETED, _MISSING, Table, TableNotBound, TablePartition
 from streamkit.topics import Topic
 from streamkit.windows import Aggregation, Session, Sliding, WindowKind
@@ -90,9 +91,9 @@ class WindowTable:
         key_type: Any,
     ) -> None:
         if emit not in ("final", "update"):
-            raise ValueError(f"window {name}: emit must be 'final' or 'update', got {emit!r}")
+            raise ConfigError(f"window {name}: emit must be 'final' or 'update', got {emit!r}")
         if allowed_lateness_ms < 0:
-            raise ValueError(f"window {name}: allowed lateness must be >= 0")
+            raise ConfigError(f"window {name}: allowed_lateness must be >= 0 seconds")
         self.name = name
         self.kind = kind
         self.aggregation = aggregation
