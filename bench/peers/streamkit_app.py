@@ -44,9 +44,4 @@ else:
 
 
 if __name__ == "__main__":
-    if env.get("BENCH_LOOP") == "uvloop":  # an experiment: streamkit's CLI uses asyncio's loop
-        import uvloop
-
-        uvloop.run(Worker(app).run())
-    else:
-        asyncio.run(Worker(app).run())
+    asyncio.run(Worker(app).run())

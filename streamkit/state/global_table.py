@@ -138,7 +138,7 @@ class GlobalTables:
         self._stores: dict[str, PartitionStore] = {}
         self._positions: dict[TopicPartition, int] = {}  # next offset to read
         self._owner: dict[TopicPartition, GlobalTable[Any, Any]] = {}
-        self._fetcher = ChangelogFetcher(settings.bootstrap_servers, client_id)
+        self._fetcher = ChangelogFetcher(settings, client_id)
 
     async def start(self) -> None:
         """Open the local copies and read every partition up to its current end."""

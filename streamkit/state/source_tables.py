@@ -46,7 +46,7 @@ async def follow_source_tables(
     tasks: TaskManager, settings: Settings, client_id: str, interval: float = 0.2
 ) -> None:
     """The `sources` background task: apply new source records to the running tasks' tables."""
-    fetcher = ChangelogFetcher(settings.bootstrap_servers, client_id)
+    fetcher = ChangelogFetcher(settings, client_id)
     try:
         while True:
             wanted = following(tasks)
