@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -13,6 +14,8 @@ from streamkit.events import Event
 from streamkit.runtime.collector import partition_for_key
 from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
 from streamkit.settings import load_settings
+from streamkit.state.store import open_store
+from streamkit.state.table import TablePartition
 from streamkit.streams import NOTHING, Op
 
 
@@ -149,3 +152,46 @@ def test_a_table_binds_to_the_stage_after_key_by_with_its_partition_count() -> N
     resolve_partitions(stages)
     assert totals.changelog.partitions == 6
     assert totals.changelog.config == {"cleanup.policy": "compact"}
+
+
+def test_a_fresh_partition_answers_new_keys_without_sqlite_until_it_evicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition whose store was empty at its first miss keeps every row in its cache: a new
+    key costs no SQLite read. After an eviction the store holds rows the cache does not, so
+    misses read SQLite again — and find the evicted value, not the default."""
+    app = sk.App("fresh")
+    table = app.table("t", default=int)
+    store = open_store(tmp_path / "p0.sqlite", {"t": "1"}, ["t"])
+    reads: list[bytes] = []
+    real_get = store.get
+
+    def counting_get(name: str, key: bytes) -> bytes | None:
+        reads.append(key)
+        return real_get(name, key)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    rows = TablePartition(table, 0, store, max_entries=20, on_full=lambda: None)
+    for i in range(20):
+        assert rows.get(f"k{i}", 0) == 0
+        rows.set(f"k{i}", i + 100)
+    assert reads == []  # 20 new keys, no SQLite round trip
+    store.apply({"t": rows.take_dirty()}, {})
+    rows.flushing = {}
+    for i in range(20, 40):  # past the bound: clean keys k0.. are evicted
+        rows.get(f"k{i}", 0)
+    assert "k0" not in rows.cache
+    assert rows.get("k0", 0) == 100  # read back from SQLite, not taken for absent
+    assert reads
+    store.close()
+
+
+def test_a_partition_restored_with_rows_reads_sqlite_on_a_miss(tmp_path: Path) -> None:
+    app = sk.App("restored")
+    table = app.table("t", default=int)
+    store = open_store(tmp_path / "p0.sqlite", {"t": "1"}, ["t"])
+    store.apply({"t": {table.key_codec.encode("old"): table.value_codec.encode(7)}}, {})
+    rows = TablePartition(table, 0, store, max_entries=20, on_full=lambda: None)
+    assert rows.get("new", 0) == 0
+    assert rows.get("old", 0) == 7
+    store.close()

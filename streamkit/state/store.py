@@ -104,6 +104,10 @@ class PartitionStore:
     def scan(self, table: str) -> Iterator[tuple[bytes, bytes]]:
         yield from self.reader.execute(f"SELECT k, v FROM {_table(table)}").fetchall()
 
+    def is_empty(self, table: str) -> bool:
+        row = self.reader.execute(f"SELECT 1 FROM {_table(table)} LIMIT 1").fetchone()
+        return row is None
+
     def count(self, table: str) -> int:
         return int(self.reader.execute(f"SELECT count(*) FROM {_table(table)}").fetchone()[0])
 

@@ -59,6 +59,11 @@ class TablePartition:
         self.flushing: dict[bytes, bytes | None] = {}
         self.hits = 0
         self.misses = 0
+        # True while the cache holds every row of this partition: the store had none when the
+        # task first missed (nothing restored) and nothing was evicted since. A miss then means
+        # "absent" without a SQLite read: a fresh partition's new keys cost no round trip.
+        # None: not known yet. Never for tables read from a topic (their rows bypass the cache).
+        self._complete: bool | None = False if table.source else None
         # A table read from a source topic: the last source offset applied to this partition
         # (restored or followed), and the rows applied since the last store write.
         self.source_offset = -1
@@ -79,7 +84,9 @@ class TablePartition:
             encoded = self._key_codec.encode(key)
             raw = self.flushing.get(encoded, _MISSING)
             if raw is _MISSING:
-                raw = self.store.get(self.name, encoded)
+                if self._complete is None:
+                    self._complete = self.store.is_empty(self.name)
+                raw = None if self._complete else self.store.get(self.name, encoded)
             value = _DELETED if raw is None else self._value_codec.decode(raw)
             self.cache[key] = value
             self._bound()
@@ -116,6 +123,7 @@ class TablePartition:
                     break
                 if key not in dirty:
                     del cache[key]
+                    self._complete = False  # the store now holds rows the cache does not
         if len(cache) > self.max_entries:
             self._on_full()  # mostly dirty: ask for an early checkpoint
         # scan again only after another tenth of the bound: amortized O(1) per insert
