@@ -7,8 +7,10 @@ import asyncio
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
+from tests.chaoshelp import OutputWatch, figures, summary
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
 from tests.shophelp import (
     assert_exactly_once,
@@ -136,6 +138,8 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
 
     workers = [start(i) for i in range(3)]
     await holding(workers[0])
+    watch = await OutputWatch(f"totals-{uid}").start()
+    kill_times: list[float] = []
     chunk = max(1, CHAOS_EVENTS // (CHAOS_KILLS * 3))
 
     async def feed() -> None:
@@ -149,9 +153,11 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
             await asyncio.sleep(rng.uniform(0.3, 3.0))
             i = rng.randrange(3)
             workers[i].kill9()
+            kill_times.append(time.monotonic())
             workers[i] = start(i)
         await feeder
-        records = await read_all(f"totals-{uid}", expect=len(rows), within=240)
+        records = await watch.wait_for(len(rows), within=240)
+        await watch.stop()
         # the last two leave gracefully: the first ends up owning (and restoring) everything
         for w in workers[1:]:
             w.stop()
@@ -161,9 +167,17 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
         workers[0].stop()
     finally:
         feeder.cancel()
+        await watch.stop()
         for w in incarnations:
             w.stop()
-    print(f"chaos seed {seed}: {CHAOS_KILLS} kills, {len(rows)} purchases")
+    recoveries = [r for r in map(watch.resumed_after, kill_times) if r is not None]
+    figures(
+        "kill -9",
+        seed=seed,
+        kills_survived=CHAOS_KILLS,
+        events_checked=len(records),
+        **summary(recoveries),
+    )
     for w in incarnations:
         assert "worker failing" not in w.log(), w.log()
     assert_exactly_once(records, rows)

@@ -227,10 +227,15 @@ class Worker:
         # 2. every task finishes its in-flight event; 3. final checkpoint
         if self.tasks is not None and self.checkpointer is not None:
             closed = await self.tasks.revoke(list(self.tasks.tasks))
-            try:
-                await self.checkpointer.commit(closed)
-            except Exception as exc:
-                self.fail(exc)
+            if self._failure is not None:  # a failed worker commits nothing more
+                log.error("worker failed: final checkpoint skipped, uncommitted work dropped")
+                for dropped in closed:
+                    dropped.collector.discard()
+            else:
+                try:
+                    await self.checkpointer.commit(closed)
+                except Exception as exc:
+                    self.fail(exc)
             for closed_task in closed:
                 closed_task.close_state()
         if self.producers is not None:
