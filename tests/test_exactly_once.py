@@ -88,6 +88,7 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
         await read_all(f"totals-{uid}", expect=1500, within=60)
         await send(uid, rows[1500:1600])  # a has events in flight when it freezes
         a.signal(signal.SIGSTOP)
+        frozen = time.monotonic()
         revoked = b.log().count("revoked")
         await wait_until(
             lambda: (
@@ -97,14 +98,17 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
             within=60,
             what="b to take over a's partitions",
         )
+        taken_over = time.monotonic() - frozen
         await send(uid, rows[1600:3000])
         await read_all(f"totals-{uid}", expect=3000, within=60)
         a.signal(signal.SIGCONT)
+        thawed = time.monotonic()
         await wait_until(
             lambda: "fenced: ProducerFenced" in a.log() or not a.alive,
             within=60,
             what="a to learn it is fenced",
         )
+        fenced_in = time.monotonic() - thawed
         assert a.alive, a.log()
         await holding(a, b)
         await send(uid, rows[3000:])
@@ -114,6 +118,12 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
         a.stop()
         b.stop()
     assert_exactly_once(records, rows)
+    figures(
+        "zombie",
+        events_checked=len(records),
+        taken_over_after_freeze_s=round(taken_over, 2),
+        fenced_after_resume_s=round(fenced_in, 2),
+    )
 
 
 CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
