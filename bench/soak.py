@@ -70,7 +70,10 @@ class Worker:
         return self.url
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        status = Path(f"/proc/{self.proc.pid}/status")
+        if self.proc.poll() is not None or not status.exists():
+            return 0.0
+        for line in status.read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
@@ -80,7 +83,11 @@ class Worker:
         url = self.endpoint()
         if url is None:
             return {}
-        text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        try:
+            text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        except OSError as exc:  # a worker that died: the checks catch it (exit code, output)
+            print(f"{self.log_path.stem}: /metrics unreadable: {exc}")
+            return {}
         out: dict[str, float] = collections.defaultdict(float)
         for line in text.splitlines():
             if line.startswith("#") or not line.startswith("streamkit_"):
@@ -288,7 +295,7 @@ def per_minute(samples: list[Sample]) -> list[dict[str, Any]]:
                 "lag max": max(x.lag for x in seg), "backlog max": max(x.sent - x.out for x in seg),
                 "ckpt p50 ≤ s": quantile(start, s, 0.5), "ckpt p99 ≤ s": quantile(start, s, 0.99),
                 "ckpt mean s": (s.ckpt_sum - start.ckpt_sum) / count if count else 0.0,
-                "rebalances": s.rebalances - samples[0].rebalances,
+                "rebalances": int(s.rebalances - samples[0].rebalances),
             })  # fmt: skip
             start = s
     return rows

@@ -104,6 +104,7 @@ async def test_a_rebalance_storm_loses_nothing(uid: str, tmp_path: Path) -> None
     rows = purchases(20000 if LONG else 5000, seed=seed)
     fleet = Fleet(uid, tmp_path, [tmp_path / f"wd{i}" for i in range(4)])
     joins = leaves = 0
+    changes: list[float] = []
     try:
         fleet.start(0)
         fleet.start(1)
@@ -121,6 +122,7 @@ async def test_a_rebalance_storm_loses_nothing(uid: str, tmp_path: Path) -> None
             else:
                 await asyncio.to_thread(fleet.current[rng.choice(up)].stop)
                 leaves += 1
+            changes.append(time.monotonic())
         await feeder
         if not fleet.running():
             fleet.start(0)
@@ -128,7 +130,16 @@ async def test_a_rebalance_storm_loses_nothing(uid: str, tmp_path: Path) -> None
         no_failures(fleet)
     finally:
         await asyncio.to_thread(fleet.stop_all)
-    figures("rebalance storm", seed=seed, joins=joins, leaves=leaves, events_checked=events)
+    # the last changes may come after the last input: only those followed by output count
+    recoveries = [r for r in map(watch.resumed_after, changes) if r is not None]
+    figures(
+        "rebalance storm",
+        seed=seed,
+        joins=joins,
+        leaves=leaves,
+        events_checked=events,
+        **summary(recoveries),
+    )
 
 
 def disk_error(log: str, *words: str) -> bool:
@@ -254,33 +265,37 @@ async def test_a_corrupted_store_is_rebuilt_from_the_changelog_mid_run(
     )
 
 
-ECOM_KILLS = int(os.environ.get("CHAOS_ECOM_KILLS", "20"))
+ECOM_KILLS = int(os.environ.get("CHAOS_ECOM_KILLS", "20" if LONG else "3"))
 
 
-@pytest.mark.skipif(not LONG, reason="long form only (make chaos); make test runs the demo's kill")
 def test_the_ecommerce_demo_passes_its_oracle_checks_under_kill_9(tmp_path: Path) -> None:
     """The flagship pipeline (clicks, purchases, a table from a topic, sessions, top-k) with three
-    workers, ECOM_KILLS kill -9s of a random one while events flow: every check of the demo
-    against its generator's oracle passes (spend per user, sessions, trending, DLQ, late)."""
-    env = {**os.environ, "ECOM_LOGS": str(tmp_path), "COLUMNS": "120"}
-    args = ["--workers", "3", "--kills", str(ECOM_KILLS), "--seconds", "90"]
+    workers, ECOM_KILLS kill -9s of a random one while events flow (each replaced by a new
+    worker): every check of the demo against its generator's oracle passes (spend per user,
+    sessions, trending, DLQ, late events, enriched once each, the local sink, clean stops)."""
+    env = {**os.environ, "ECOM_LOGS": str(tmp_path), "COLUMNS": "1000"}
+    size = ["--seconds", "90"] if LONG else ["--short"]
+    args = ["--workers", "3", "--kills", str(ECOM_KILLS), *size]
     began = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "apps.ecommerce", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
-        timeout=900,
+        timeout=900 if LONG else 240,
     )
     out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
     assert done.returncode == 0, out
     assert "FAIL" not in out, out
     assert "All checks passed." in out
-    assert out.count("killed with SIGKILL") == 1 and out.count("PASS ") == 10, out
+    assert out.count("PASS ") == 10, out
+    killed = re.search(r"\(([^()]*) killed with SIGKILL midway\)", out)
+    assert killed is not None, out
+    assert len(killed.group(1).split(", ")) == ECOM_KILLS, out
     sent = re.search(r"([\d,]+) records sent", out)
     figures(
         "e-commerce demo under kill -9",
-        kills=ECOM_KILLS,
+        kills_survived=ECOM_KILLS,
         records_sent=sent.group(1) if sent else "?",
         checks_passed=out.count("PASS "),
         run_s=round(time.monotonic() - began, 1),
