@@ -26,6 +26,7 @@ from tests.kafkahelp import ROOT, WorkerProcess, wait_until
 from tests.shophelp import assert_exactly_once, assert_state, holding, purchases, send, shop_app
 
 LONG = os.environ.get("CHAOS_LONG") == "1"
+SIGKILL_BROKER = os.environ.get("CHAOS_BROKER_SIGKILL") == "1"  # every broker restart a kill -9
 
 
 async def feed(uid: str, rows: list[dict[str, Any]], chunk: int, pause: float) -> None:
@@ -53,8 +54,9 @@ async def check(uid: str, fleet: Fleet, watch: OutputWatch, rows: list[Any], tmp
 async def test_a_broker_restart_mid_run_loses_nothing(
     uid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The test's own broker (not the session's) is stopped and started again on the same data
-    dir and ports while three workers have transactions open; they ride it out."""
+    """The test's own broker (not the session's) is stopped (SIGTERM; in the long form every
+    other restart is a SIGKILL) and started again on the same data dir and ports while three
+    workers have transactions open; they ride it out."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import localkafka
 
@@ -76,7 +78,8 @@ async def test_a_broker_restart_mid_run_loses_nothing(
             if r == restarts:
                 break
             began = time.monotonic()  # the last chunks are in flight: transactions are open
-            await asyncio.to_thread(broker.restart)
+            kill = SIGKILL_BROKER or (LONG and r % 2 == 1)  # long form: SIGTERM, SIGKILL, ...
+            await asyncio.to_thread(broker.restart, kill=kill)
             ups.append(time.monotonic())
             downtimes.append(round(ups[-1] - began, 2))
         events = await check(uid, fleet, watch, rows, tmp_path)
