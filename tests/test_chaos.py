@@ -180,7 +180,7 @@ async def test_a_full_then_read_only_state_disk_fails_loudly_and_recovers(
         await feeder
         assert victim.wait(5) != 0
         assert disk_error(victim.log(), "disk is full", "No space left on device"), victim.log()
-        assert "final checkpoint skipped" in victim.log(), victim.log()
+        assert "final checkpoint skipped" in victim.log(), victim.log()  # commits nothing more
         await watch.wait_for(2 * third, within=120)  # the others took its partitions over
         disk.free()
         freed = time.monotonic()

@@ -60,6 +60,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._checkpoint_due = asyncio.Event()
         self._failure: BaseException | None = None
+        self._checkpoint_broken = False  # a checkpoint raised: the final one is skipped
         self._background: list[asyncio.Task[None]] = []
         self.producer: Any = None
         self.consumer: Any = None
@@ -196,6 +197,9 @@ class Worker:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
                 await self.recover(exc)
+            except Exception:
+                self._checkpoint_broken = True  # e.g. a state write on a full disk
+                raise
 
     async def recover(self, exc: TransactionFailed) -> None:
         """A transaction failed (this worker was fenced, or an error): what its tasks did since
@@ -227,8 +231,8 @@ class Worker:
         # 2. every task finishes its in-flight event; 3. final checkpoint
         if self.tasks is not None and self.checkpointer is not None:
             closed = await self.tasks.revoke(list(self.tasks.tasks))
-            if self._failure is not None:  # a failed worker commits nothing more
-                log.error("worker failed: final checkpoint skipped, uncommitted work dropped")
+            if self._checkpoint_broken:  # a checkpoint failed: commit nothing more
+                log.error("checkpoint failed: final checkpoint skipped, uncommitted work dropped")
                 for dropped in closed:
                     dropped.collector.discard()
             else:
@@ -270,6 +274,7 @@ class Worker:
             # last commit. Nothing else to do: the group is rebalancing already.
             log.warning("%s; partitions released without their last checkpoint", exc)
         except Exception as exc:  # aiokafka would only log it
+            self._checkpoint_broken = True
             self.fail(exc)
         finally:
             self.checkpointer.forget(tps)
