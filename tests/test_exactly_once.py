@@ -7,8 +7,10 @@ import asyncio
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
+from tests.chaoshelp import OutputWatch, figures, summary
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
 from tests.shophelp import (
     assert_exactly_once,
@@ -86,6 +88,7 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
         await read_all(f"totals-{uid}", expect=1500, within=60)
         await send(uid, rows[1500:1600])  # a has events in flight when it freezes
         a.signal(signal.SIGSTOP)
+        frozen = time.monotonic()
         revoked = b.log().count("revoked")
         await wait_until(
             lambda: (
@@ -95,14 +98,17 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
             within=60,
             what="b to take over a's partitions",
         )
+        taken_over = time.monotonic() - frozen
         await send(uid, rows[1600:3000])
         await read_all(f"totals-{uid}", expect=3000, within=60)
         a.signal(signal.SIGCONT)
+        thawed = time.monotonic()
         await wait_until(
             lambda: "fenced: ProducerFenced" in a.log() or not a.alive,
             within=60,
             what="a to learn it is fenced",
         )
+        fenced_in = time.monotonic() - thawed
         assert a.alive, a.log()
         await holding(a, b)
         await send(uid, rows[3000:])
@@ -112,6 +118,12 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
         a.stop()
         b.stop()
     assert_exactly_once(records, rows)
+    figures(
+        "zombie",
+        events_checked=len(records),
+        taken_over_after_freeze_s=round(taken_over, 2),
+        fenced_after_resume_s=round(fenced_in, 2),
+    )
 
 
 CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
@@ -136,6 +148,8 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
 
     workers = [start(i) for i in range(3)]
     await holding(workers[0])
+    watch = await OutputWatch(f"totals-{uid}").start()
+    kill_times: list[float] = []
     chunk = max(1, CHAOS_EVENTS // (CHAOS_KILLS * 3))
 
     async def feed() -> None:
@@ -149,9 +163,11 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
             await asyncio.sleep(rng.uniform(0.3, 3.0))
             i = rng.randrange(3)
             workers[i].kill9()
+            kill_times.append(time.monotonic())
             workers[i] = start(i)
         await feeder
-        records = await read_all(f"totals-{uid}", expect=len(rows), within=240)
+        records = await watch.wait_for(len(rows), within=240)
+        await watch.stop()
         # the last two leave gracefully: the first ends up owning (and restoring) everything
         for w in workers[1:]:
             w.stop()
@@ -161,9 +177,17 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
         workers[0].stop()
     finally:
         feeder.cancel()
+        await watch.stop()
         for w in incarnations:
             w.stop()
-    print(f"chaos seed {seed}: {CHAOS_KILLS} kills, {len(rows)} purchases")
+    recoveries = [r for r in map(watch.resumed_after, kill_times) if r is not None]
+    figures(
+        "kill -9",
+        seed=seed,
+        kills_survived=CHAOS_KILLS,
+        events_checked=len(records),
+        **summary(recoveries),
+    )
     for w in incarnations:
         assert "worker failing" not in w.log(), w.log()
     assert_exactly_once(records, rows)

@@ -1,6 +1,6 @@
 """`make demo`: the e-commerce pipeline on a real broker, two worker processes, a live view.
 
-    python -m apps.ecommerce [--short] [--seconds N] [--no-kill]
+    python -m apps.ecommerce [--short] [--seconds N] [--no-kill] [--workers N] [--kills N]
 
 Creates a fresh set of topics, writes the product catalog, starts two `streamkit worker
 apps.ecommerce.pipeline:app` processes (exactly-once), sends the generated clicks and
@@ -9,6 +9,8 @@ replacement, shows a live view read from Kafka (events/s per stage and partition
 spenders, trending products, sessions closed, late and DLQ counts, the hot partition), then
 stops everything and prints a summary with the checks against the generator's oracle. Exit
 code 0 only if every check passes. `--short` (or ECOM_SHORT=1): fewer events, for `make test`.
+`--workers 3 --kills 20` (the chaos suite): 20 kill -9s of a random worker, spread over the
+sending, each followed by a replacement on a fresh workdir.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import importlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -69,10 +72,14 @@ async def joined(logs: Path, names: list[str], within: float) -> None:
 
 
 class Demo:
-    def __init__(self, cfg: Config, seconds: float, kill: bool, logs: Path) -> None:
+    def __init__(
+        self, cfg: Config, seconds: float, kills: int, logs: Path, n_workers: int = 2
+    ) -> None:
         self.cfg = cfg
         self.seconds = seconds
-        self.kill = kill
+        self.kills = kills
+        self.n_workers = n_workers
+        self.rng = random.Random(int(os.environ.get("CHAOS_SEED", "0")))
         self.logs = logs
         self.env = {
             "ECOM_RUN": os.environ["ECOM_RUN"],
@@ -112,9 +119,10 @@ class Demo:
         async with app.producer() as producer:
             for key, value in data.catalog:
                 await producer.send_raw(p.catalog.name, value, key=key)
-        self.workers = {n: worker(n, self.logs, self.env) for n in ("worker-1", "worker-2")}
+        names = [f"worker-{i + 1}" for i in range(self.n_workers)]
+        self.workers = {n: worker(n, self.logs, self.env) for n in names}
         await joined(self.logs, list(self.workers), within=90)
-        console.print(f"2 workers joined in {time.monotonic() - self.started:.1f}s")
+        console.print(f"{self.n_workers} workers joined in {time.monotonic() - self.started:.1f}s")
         self.out = out = Outputs(bootstrap, self.topics(), self.logs / "sink", self.cfg.top)
         progress = Progress(bootstrap, app.id, app.stages)
         await out.start()
@@ -182,16 +190,23 @@ class Demo:
         self.status.to_send = len(sends) + len(data.flush)
         self.status.phase = "sending"
         per_tick = max(1, round(len(sends) / (self.seconds * 10)))
-        kill_at = int(len(sends) * 0.4)
+        # one kill at 40 % (the demo), or `kills` spread over 20 % .. 80 % of the sending
+        spread = [0.2 + 0.6 * k / max(1, self.kills - 1) for k in range(self.kills)]
+        kill_at = [int(len(sends) * f) for f in ([0.4] if self.kills == 1 else spread)]
         began = time.monotonic()
         async with self.app.producer() as producer:
             for tick, i in enumerate(range(0, len(sends), per_tick)):
                 for topic, key, value in sends[i : i + per_tick]:
                     await producer.send_raw(topic, value, key=key)
                 self.status.sent = min(len(sends), i + per_tick)
-                if self.kill and not self.killed and self.status.sent >= kill_at:
+                while (
+                    len(self.killed) < len(kill_at)
+                    and self.status.sent >= kill_at[len(self.killed)]
+                ):
                     await producer.flush()
-                    self.replace_worker("worker-2", "worker-3")
+                    live = [n for n in self.workers if n not in self.killed]
+                    victim = "worker-2" if self.kills == 1 else self.rng.choice(live)
+                    self.replace_worker(victim, f"worker-{len(self.workers) + 1}")
                 # paced by the clock: 10 ticks a second, no drift from the sends' own time
                 await asyncio.sleep(max(0.0, began + (tick + 1) / 10 - time.monotonic()))
             # The end of the stream: clicks on every clicks partition, far ahead in event
@@ -255,6 +270,8 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", default=os.environ.get("ECOM_SHORT") == "1")
     parser.add_argument("--seconds", type=float, default=None, help="how long to send for")
     parser.add_argument("--no-kill", action="store_true", help="no kill -9 of a worker")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--kills", type=int, default=1, help="kill -9s of a random worker")
     args = parser.parse_args()
     cfg = Config.short() if args.short else Config()
     seconds = args.seconds or (12.0 if args.short else 60.0)
@@ -275,7 +292,7 @@ def main() -> None:
         f"{len(data.catalog)} products; {truth.events_per_user['user_123']:,} clicks are "
         "user_123's (the hot key)."
     )
-    demo = Demo(cfg, seconds, not args.no_kill, logs)
+    demo = Demo(cfg, seconds, 0 if args.no_kill else args.kills, logs, args.workers)
     started = time.monotonic()
     out, progress, codes = asyncio.run(demo.run(data, truth))
     elapsed = time.monotonic() - started

@@ -61,6 +61,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._checkpoint_due = asyncio.Event()
         self._failure: BaseException | None = None
+        self._checkpoint_broken = False  # a checkpoint raised: the final one is skipped
         self._background: list[asyncio.Task[None]] = []
         self.producer: Any = None
         self.consumer: Any = None
@@ -198,6 +199,9 @@ class Worker:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
                 await self.recover(exc)
+            except Exception:
+                self._checkpoint_broken = True  # e.g. a state write on a full disk
+                raise
 
     async def recover(self, exc: TransactionFailed) -> None:
         """A transaction failed (this worker was fenced, or an error): what its tasks did since
@@ -229,10 +233,15 @@ class Worker:
         # 2. every task finishes its in-flight event; 3. final checkpoint
         if self.tasks is not None and self.checkpointer is not None:
             closed = await self.tasks.revoke(list(self.tasks.tasks))
-            try:
-                await self.checkpointer.commit(closed)
-            except Exception as exc:
-                self.fail(exc)
+            if self._checkpoint_broken:  # a checkpoint failed: commit nothing more
+                log.error("checkpoint failed: final checkpoint skipped, uncommitted work dropped")
+                for dropped in closed:
+                    dropped.collector.discard()
+            else:
+                try:
+                    await self.checkpointer.commit(closed)
+                except Exception as exc:
+                    self.fail(exc)
             for closed_task in closed:
                 closed_task.close_state()
         if self.producers is not None:
@@ -267,6 +276,7 @@ class Worker:
             # last commit. Nothing else to do: the group is rebalancing already.
             log.warning("%s; partitions released without their last checkpoint", exc)
         except Exception as exc:  # aiokafka would only log it
+            self._checkpoint_broken = True
             self.fail(exc)
         finally:
             self.checkpointer.forget(tps)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,23 @@ LAYOUT = "1"
 
 class StoreMismatch(Exception):
     """The file belongs to another app, stage, partition or table layout."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be opened for a reason of its disk (full, read-only, I/O error)."""
+
+
+def _disk(path: Path) -> str:
+    """What is wrong with the file system of `path`, as the end of an error message."""
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if fs.f_flag & os.ST_RDONLY:
+        return f" (the file system of {path.parent} is read-only)"
+    if fs.f_bavail == 0:
+        return f" (the disk of {path.parent} is full)"
+    return ""
 
 
 def _table(name: str) -> str:
@@ -152,12 +170,15 @@ class _Transaction:
 
 
 def open_store(path: Path, identity: Mapping[str, str], tables: list[str]) -> PartitionStore:
-    """Open (or create) a store; a corrupt file or one from another layout is set aside as
-    `<name>.bad-<time>` and a fresh, empty store is returned (recovery then replays the whole
-    changelog)."""
+    """Open (or create) a store; a corrupt file (`quick_check` fails, or not a database) or one
+    from another layout is set aside as `<name>.bad-<time>` and a fresh, empty store is returned
+    (recovery then replays the whole changelog). A disk that fails (full, read-only, I/O) raises
+    StoreUnavailable: the worker stops, and a good file is not thrown away."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return PartitionStore(path, identity, tables)
+    except sqlite3.OperationalError as exc:  # the disk, not the file: nothing to set aside
+        raise StoreUnavailable(f"state store {path} cannot be opened: {exc}{_disk(path)}") from exc
     except (sqlite3.DatabaseError, StoreMismatch) as exc:
         aside = path.with_name(f"{path.name}.bad-{int(time.time() * 1000)}")
         log.error("state store %s unusable (%s); set aside as %s, rebuilding", path, exc, aside)
