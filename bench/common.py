@@ -69,7 +69,11 @@ class Cluster:
         await self.admin.close()
 
     async def create_topics(self, names: Sequence[str], partitions: int = PARTITIONS) -> None:
-        await self.admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+        # no retention: pipeline B's records carry 2023 event times, which the broker's
+        # 7-day time retention would delete minutes after the pre-load
+        forever = {"retention.ms": "-1"}
+        topics = [NewTopic(name, partitions, 1, topic_configs=forever) for name in names]
+        await self.admin.create_topics(topics)
         while True:  # wait until the metadata shows every partition
             metas = await self.admin.describe_topics(list(names))
             if all(

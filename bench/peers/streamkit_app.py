@@ -18,7 +18,7 @@ app = sk.App(
     processing_guarantee=env["BENCH_GUARANTEE"],
     commit_interval=float(env["BENCH_COMMIT_INTERVAL"]),
     workdir=env["BENCH_STATE_DIR"],
-    log_level="WARNING",
+    log_level=env.get("BENCH_LOG_LEVEL", "WARNING"),
 )
 purchases = app.topic(env["BENCH_INPUT"], partitions=4, out_of_orderness=3600)
 out = app.topic(env["BENCH_OUTPUT"], partitions=4)
