@@ -56,6 +56,8 @@ kafka-down: $(STAMP)
 kafka-status: $(STAMP)
 	@$(KAFKA) status
 
+# The side-by-side benchmark (docs/benchmarks.md): BENCH_ARGS="--events 20000 --reps 3
+# --paced-events 2000 --json bench/results-compare.json --plot docs/bench-compare.png"
 bench: $(STAMP)
 	$(KAFKA) run -- $(PY) -m bench.compare $(BENCH_ARGS)
 
