@@ -132,6 +132,19 @@ STR = StrCodec()
 JSON = JsonCodec()
 
 
+def decode_problem(key_codec: Codec[Any], value_codec: Codec[Any], rec: Any) -> str:
+    """The codecs' own explanation of why a record's key or value does not decode."""
+    try:
+        for codec, raw in ((key_codec, rec.key), (value_codec, rec.value)):
+            if raw is not None:
+                codec.decode(raw)
+    except DecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # a codec that raised something else
+        return f"{type(exc).__name__}: {exc}"
+    return "does not decode"
+
+
 def codec_for(declared: Any) -> Codec[Any]:
     """The codec for a declared key/value type."""
     if declared is bytes:

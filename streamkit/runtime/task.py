@@ -25,7 +25,7 @@ from streamkit.runtime.collector import CURRENT_COLLECTOR, ProduceFailed, Record
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.exchange import Router
-from streamkit.serde import DecodeError
+from streamkit.serde import decode_problem
 from streamkit.stages import Stage
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TableNotBound, TablePartition
@@ -212,7 +212,8 @@ class Task:
                 key = None if raw_key is None else loads_key(raw_key)
                 value = None if raw_value is None else loads_value(raw_value)
             except Exception:  # ValueError mostly; a model's own validator may raise anything
-                self._dead_letter(rec, self._decode_problem(rec), "DecodeError")
+                problem = decode_problem(self.topic.key_codec, self.topic.value_codec, rec)
+                self._dead_letter(rec, problem, "DecodeError")
                 continue
             if clock is not None:
                 try:
@@ -227,21 +228,6 @@ class Task:
             self._rec, self._key, self._value = rec, key, value
             return value
         return NOTHING
-
-    def _decode_problem(self, rec: Any) -> str:
-        """The codec's own explanation of why `rec` does not decode."""
-        try:
-            for codec, raw in (
-                (self.topic.key_codec, rec.key),
-                (self.topic.value_codec, rec.value),
-            ):
-                if raw is not None:
-                    codec.decode(raw)
-        except DecodeError as exc:
-            return str(exc)
-        except Exception as exc:  # a codec that raised something else
-            return f"{type(exc).__name__}: {exc}"
-        return "does not decode"
 
     async def wait(self) -> None:
         if self.status is not TaskState.RUNNING:
