@@ -206,8 +206,8 @@ def topics(app: AppArg) -> None:
         loaded = load_app(app)
         found = _arun(_describe(loaded))
         typer.echo(f"{'topic':40} {'declared':>8} {'broker':>8}  role")
-        sources = {a.source.name for a in loaded.agents.values()}
-        sinks = {s.name for a in loaded.agents.values() for s in a.sinks}
+        sources = loaded.source_topics
+        sinks = loaded.sink_topics
         for name, t in sorted(loaded.topics.items()):
             on_broker = found.get(name)
             role = "internal" if t.internal else "source" if name in sources else ""

@@ -128,7 +128,7 @@ def reset_plan(app: App, *, dead_letters: bool, state_dir: Path | None, local_on
     if not local_only:
         topics = reset_topics(app, dead_letters=dead_letters)
         lines.append(f"  delete topics: {', '.join(topics) or 'none'}")
-        sources = sorted({a.source.name for a in app.agents.values()})
+        sources = sorted(app.source_topics)
         lines.append(f"  commit the earliest offsets of {', '.join(sources)} for group {app.id}")
     if state_dir is not None:
         lines.append(f"  remove local state {state_dir / app.id}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from streamkit.context import CURRENT_COLLECTOR
 from streamkit.events import Headers
 from streamkit.eventtime import TimestampPolicy
-from streamkit.runtime.collector import CURRENT_COLLECTOR
 from streamkit.serde import RAW, Codec, codec_for
 from streamkit.settings import ConfigError
 from streamkit.windows import seconds_ms

@@ -20,7 +20,7 @@ async def preload_keys(topic: str) -> None:
     """Each key twice (so every key is read back after eviction), as raw bytes, fast."""
     from aiokafka import AIOKafkaProducer
 
-    from streamkit.runtime.collector import partition_for_key
+    from streamkit.keys import partition_for_key
     from tests.kafkahelp import bootstrap
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=20)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 import streamkit as sk
 from streamkit.events import Event
-from streamkit.runtime.collector import partition_for_key
+from streamkit.keys import partition_for_key
 from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
 from streamkit.settings import load_settings
 from streamkit.state.store import open_store

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from streamkit.runtime.dlq import describe
-from streamkit.stages import Stage
+from streamkit.graph import Stage
 from streamkit.windows import merge_top
 
 

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from apps.ecommerce.generator import HOT_USER, Truth
 from apps.ecommerce.monitor import Outputs, Progress
-from streamkit.runtime.collector import partition_for_key
+from streamkit.keys import partition_for_key
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from streamkit.graph import resolve_partitions
 from streamkit.runtime.clients import make_admin
 from streamkit.security import explain_unreachable
 from streamkit.settings import ConfigError, Settings
-from streamkit.stages import AgentShapeError, resolve_partitions
 from streamkit.topics import Topic
 
 if TYPE_CHECKING:
@@ -114,15 +114,12 @@ async def ensure_app_topics(app: App, *, client_id: str) -> None:
     """All of an app's topics: declared ones first, then repartition and changelog topics,
     whose partition count defaults to their stage input's (known only after the first step)."""
     stages = app.stages
-    outputs = {st.output.name for st in stages if st.output is not None}
+    outputs = {out.name for st in stages for out in st.outputs}
     outputs |= {t.changelog.name for st in stages for t in st.tables if not t.source}
     await ensure_topics(
         app.settings, [t for t in app.topics.values() if t.name not in outputs], client_id=client_id
     )
-    try:
-        resolve_partitions(stages)
-    except AgentShapeError as exc:
-        raise ConfigError(str(exc)) from None
+    resolve_partitions(stages)  # ConfigError when inputs are not co-partitioned
     await ensure_topics(
         app.settings, [t for t in app.topics.values() if t.name in outputs], client_id=client_id
     )

@@ -133,8 +133,8 @@ async def _stop(producer: Any) -> None:
 @dataclass
 class _Snapshot:
     task: Task
-    tp: TopicPartition
-    offset: int | None  # new committable offset, None if unchanged
+    tp: TopicPartition  # the task's name: its first input partition
+    offsets: dict[TopicPartition, int]  # new committable offsets (those that moved)
     changes: dict[str, dict[bytes, bytes | None]]
     sealed: Sealed
 
@@ -180,7 +180,7 @@ class TransactionalCheckpointer:
                     continue  # nothing to commit
                 # 4. state and the offsets it reflects, one SQLite transaction per task
                 task = snap.task
-                if task.state is not None and (snap.changes or snap.offset is not None):
+                if task.state is not None and (snap.changes or snap.offsets):
                     if snap.changes:
                         faults.reached("crash-after-commit")
                     at = self._committed.get(snap.tp)
@@ -195,32 +195,36 @@ class TransactionalCheckpointer:
             if failed:
                 self.commit_failures += len(failed)
                 await self._producers.discard(failed)
-                for tp in failed:
-                    self._committed.pop(tp, None)
+                for snap in snapshots:
+                    if snap.tp in failed:
+                        for itp in snap.task.offsets():
+                            self._committed.pop(itp, None)
                 raise TransactionFailed(failed)
 
     def _snapshot(self, task: Task) -> _Snapshot:
         tp = TopicPartition(task.topic.name, task.partition)
-        offset = task.committable
-        if offset is not None and offset == self._committed.get(tp):
-            offset = None
+        offsets = {
+            itp: offset
+            for itp, offset in task.offsets().items()
+            if offset != self._committed.get(itp)
+        }
         changes = {}
         if task.state is not None and task.tables:
             changes = task.state.snapshot(task.collector)
-        return _Snapshot(task, tp, offset, changes, task.collector.seal())
+        return _Snapshot(task, tp, offsets, changes, task.collector.seal())
 
     async def _transact(self, snap: _Snapshot) -> dict[tuple[str, int], int] | None:
         """Step 3 for one task: its sealed outputs, changelog records and offset, committed
         together. None when there was nothing to commit."""
         collector = snap.task.collector
-        if snap.sealed.empty and snap.offset is None:
+        if snap.sealed.empty and not snap.offsets:
             collector.release()
             return None
         producer = self._producers[snap.tp]
         try:
             written = await collector.flush_sealed(snap.sealed)
-            if snap.offset is not None:
-                await producer.send_offsets_to_transaction({snap.tp: snap.offset}, self._group_id)
+            if snap.offsets:
+                await producer.send_offsets_to_transaction(snap.offsets, self._group_id)
             faults.reached("fail-before-commit")
             await producer.commit_transaction()
         except Exception as exc:
@@ -231,8 +235,7 @@ class TransactionalCheckpointer:
             with contextlib.suppress(Exception):  # end it now rather than at the timeout
                 await asyncio.wait_for(producer.abort_transaction(), ABORT_TIMEOUT)
             raise
-        if snap.offset is not None:
-            self._committed[snap.tp] = snap.offset
+        self._committed.update(snap.offsets)
         self.commits += 1
         await producer.begin_transaction()
         collector.release()

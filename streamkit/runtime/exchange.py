@@ -9,13 +9,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from streamkit.runtime.collector import RecordCollector, partition_for_key
-from streamkit.streams import Exchange
+from streamkit.keys import partition_for_key
+from streamkit.runtime.collector import RecordCollector
+from streamkit.streams import ExchangeNode
 from streamkit.topics import Topic
 
 
 class Router:
-    def __init__(self, exchange: Exchange, output: Topic, producer_partition: int) -> None:
+    def __init__(self, exchange: ExchangeNode, output: Topic, producer_partition: int) -> None:
         self.exchange = exchange
         self.output = output
         self.topic = output.name

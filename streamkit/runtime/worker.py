@@ -134,6 +134,7 @@ class Worker:
             self.tasks.owned,
             self.tasks.local_state,
             endpoint,
+            copartitioned=self.tasks.copartitioned,
         )
         self.standbys = Standbys(
             app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
@@ -215,7 +216,7 @@ class Worker:
         for task in dropped:
             task.collector.discard()
             task.close_state()
-        self.checkpointer.forget(TopicPartition(t.topic.name, t.partition) for t in dropped)
+        self.checkpointer.forget(itp for t in dropped for itp in t.inputs)
         await self.producers.close()
         self.consumer.unsubscribe()
         self._subscribe()
@@ -303,10 +304,11 @@ class Worker:
     ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
         """Exactly-once: take each partition's transactional id (fencing its previous owner and
         ending its open transaction), then read the committed offsets, now final, and seek."""
-        assert self.producers is not None
+        assert self.producers is not None and self.tasks is not None
         started = time.monotonic()
-        await self.producers.keep_only(tps)
-        producers = await self.producers.acquire(tps)
+        keys = {self.tasks.task_key(tp) for tp in tps}  # one producer per task
+        await self.producers.keep_only(keys)
+        producers = await self.producers.acquire(keys)
         fenced_in = time.monotonic() - started
         ordered = sorted(tps)
         offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in ordered))

@@ -17,9 +17,9 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
+from streamkit.graph import Stage
 from streamkit.runtime.clients import make_consumer
 from streamkit.settings import Settings
-from streamkit.stages import Stage
 from streamkit.state.task_tables import TaskTables
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 _GONE = object()
 
 if TYPE_CHECKING:
+    from streamkit.graph import Stage
     from streamkit.runtime.collector import RecordCollector
-    from streamkit.stages import Stage
 
 
 def store_path(workdir: Path, app_id: str, stage: Stage, partition: int) -> Path:

@@ -30,14 +30,14 @@ from typing import Any, TypeVar
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
-from streamkit.context import CURRENT_TASK, WALL_CLOCK
+from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK, WALL_CLOCK
 from streamkit.events import Headers, Record
 from streamkit.eventtime import read_control, to_ms
+from streamkit.graph import resolve_partitions
+from streamkit.keys import partition_for_key
 from streamkit.runtime.checkpoint import Checkpointer
-from streamkit.runtime.collector import CURRENT_COLLECTOR, partition_for_key
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
-from streamkit.stages import resolve_partitions
 from streamkit.state.table import TablePartition
 from streamkit.testing.memory import (
     MemoryGroup,
@@ -90,6 +90,7 @@ class AsyncTestDriver:
         self._manager: TaskManager | None = None
         self._checkpointer = Checkpointer(self.group)
         self._positions: dict[TopicPartition, int] = {}  # next offset handed to each task
+        self._global: dict[TopicPartition, int] = {}  # next offset of each global table source
         self._read: dict[str, int] = {}  # read cursor per topic (records written before it)
         self._round_robin: dict[str, int] = {}
         self._failure: BaseException | None = None
@@ -123,7 +124,7 @@ class AsyncTestDriver:
             workdir = self._given_workdir
         app.settings = app.settings.model_copy(update={"workdir": workdir})
         stages = app.stages  # binds tables (and declares late topics) first
-        outputs = {st.output.name for st in stages if st.output is not None}
+        outputs = {out.name for st in stages for out in st.outputs}
         outputs |= {t.changelog.name for st in stages for t in st.tables}
         for topic in app.topics.values():  # as a new broker would: the declared count, or 1
             if topic.name not in outputs and topic.partitions is None:
@@ -133,6 +134,12 @@ class AsyncTestDriver:
             if topic.partitions is None:
                 topic.partitions = topic.declared_partitions or 1
             self.log.create(topic.name, topic.partitions)
+        for gt in app.global_tables.values():  # loaded before the tasks start, as a worker does
+            gt.data.clear()
+            gt.ready = True
+            for p in range(gt.source.partitions or 1):
+                self._global[TopicPartition(gt.source.name, p)] = 0
+        self._follow_global()
         self._started = True
         await self._assign({})
 
@@ -141,9 +148,10 @@ class AsyncTestDriver:
             self.app, self.producer, self._fail, self.restorer, self._request_checkpoint
         )
         tps = [
-            TopicPartition(stage.source.name, p)
+            TopicPartition(topic.name, p)
             for stage in self.app.stages
-            for p in range(stage.source.partitions or 1)
+            for topic in stage.topics
+            for p in range(topic.partitions or 1)
         ]
         self._positions = {tp: positions.get(tp, 0) for tp in tps}
         self._ctx.run(manager.assign, tps, None, positions)  # tasks inherit the virtual clock
@@ -176,7 +184,7 @@ class AsyncTestDriver:
         finally:
             for task in closed:
                 task.close_state()
-            self._checkpointer.forget(TopicPartition(t.topic.name, t.partition) for t in closed)
+            self._checkpointer.forget(itp for t in closed for itp in t.inputs)
 
     async def restart(self, *, lose_state: bool = False) -> None:
         """Stop every task as a worker's shutdown does (final checkpoint), then start them
@@ -308,8 +316,10 @@ class AsyncTestDriver:
             task
             for task in self._tasks()
             if task.clock is not None
-            and task.stage.index == 0
-            and (name is None or task.topic.name == name)
+            and any(
+                i.upstream is None and (name is None or i.topic.name == name)
+                for i in task.stage.inputs
+            )
         ]
         if not moved:
             where = "any source topic" if name is None else name
@@ -337,7 +347,7 @@ class AsyncTestDriver:
         return {
             task.partition: task.clock.watermark
             for task in self._tasks()
-            if task.topic.name == name and task.clock is not None
+            if task.clock is not None and any(t.name == name for t in task.stage.topics)
         }
 
     # -- pumping -------------------------------------------------------------------------------
@@ -366,7 +376,7 @@ class AsyncTestDriver:
             await self._settle()
             for task in self._tasks():
                 clock = task.clock
-                if clock is not None and clock.output is not None:
+                if clock is not None and clock.outputs:
                     clock.broadcast(task.collector, force=True)
                 await task.collector.submit()
             if not self._deliver():
@@ -398,10 +408,40 @@ class AsyncTestDriver:
                     "await something that never completes?)"
                 )
 
+    def _follow_global(self) -> bool:
+        """Global tables read what was written to their topics, as a worker follows them."""
+        moved = False
+        for gt in self.app.global_tables.values():
+            for p in range(gt.source.partitions or 1):
+                tp = TopicPartition(gt.source.name, p)
+                records = self.log.read(tp.topic, p, self._global.get(tp, 0))
+                if records:
+                    gt.apply([(r.key, r.value) for r in records])
+                    self._global[tp] = records[-1].offset + 1
+                    moved = True
+        return moved
+
+    def _follow_sources(self) -> bool:
+        """Tables read from a topic (`source=`) apply what was written to it since, as the
+        worker's `sources` task does every 0.2 s."""
+        moved = False
+        for task in self._tasks():
+            for part in task.tables.values():
+                if not part.table.source:
+                    continue
+                name = part.table.changelog.name
+                records = self.log.read(name, part.partition, part.source_offset + 1)
+                if records:
+                    part.apply_source([(r.key, r.value) for r in records], records[-1].offset)
+                    moved = True
+        return moved
+
     def _deliver(self) -> bool:
         """Hand each task the records of its input written since the last hand-over."""
         manager = self._manager
         assert manager is not None
+        self._follow_global()
+        self._follow_sources()
         batches = {}
         for tp, position in self._positions.items():
             records = self.log.read(tp.topic, tp.partition, position)

@@ -1,0 +1,215 @@
+"""An agent's body in one task, stepped by the task's own coroutine.
+
+The body (`async def fn(stream)`) iterates an `AgentStream`; asking it for the next value
+suspends the body with a private marker instead of blocking. The task's coroutine resumes the
+body with each value the stage's operators queued for it (`feed`) and runs it until it asks
+again: every agent of a stage sees one event after the other, in offset order, with no
+coroutine switch and no queue between them, and all of them have finished an event before the
+next one enters the stage (depth first, as one pass). A real `await` in the body (I/O, a
+sleep) passes through to the event loop and holds the task meanwhile, as sequential code
+would. What the body yields goes to the agent's sinks.
+
+Lifecycle: `start` runs the body up to its first request for a value (the code before its
+`async for`) when the task starts, and again after an event on which the body raised (the
+body is made anew). `stop` ends its `async for` (the code after it runs, `async with` blocks
+exit) when the task closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from streamkit.agents import Agent
+from streamkit.events import Event, Record
+from streamkit.settings import ConfigError
+from streamkit.streams import Stream
+
+if TYPE_CHECKING:
+    from streamkit.runtime.task import Task
+
+T = TypeVar("T")
+
+
+class _Need:
+    """What a body's `await stream.__anext__()` yields up: "my next value, please"."""
+
+    __slots__ = ()
+
+
+NEED = _Need()
+
+
+class _NextValue:
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return (yield NEED)
+
+
+_NEXT = _NextValue()
+
+
+class AgentStream(Stream[T]):
+    """What an agent's body iterates: the values its declared stream delivers to it."""
+
+    def __init__(self, task: Task, agent: Agent) -> None:
+        super().__init__(agent.stream.app, agent.stream.node)
+        self._task = task
+
+    def __repr__(self) -> str:
+        return f"AgentStream({self._task!r})"
+
+    def __aiter__(self) -> AgentStream[T]:
+        return self
+
+    def __anext__(self) -> Any:
+        return _NEXT
+
+    @property
+    def event(self) -> Event:
+        """The event being processed: key, headers, timestamp, topic, partition, offset."""
+        current = self._task.current
+        if current is None:
+            raise RuntimeError("no event is being processed (iterate the stream first)")
+        return current
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Iterate whole events (key, value, headers...) instead of values."""
+        while True:
+            try:
+                await _NEXT
+            except StopAsyncIteration:
+                return
+            yield self.event
+
+    def _then(self, node: Any) -> Stream[Any]:
+        raise ConfigError(
+            "operators are declared before the agent, not inside its body: e.g. "
+            "by_user = app.stream(topic).key_by('user_id'), then @app.agent(by_user) "
+            f"(in {self._task!r})"
+        )
+
+    def to(self, topic: Any) -> None:
+        self._then(None)
+
+    def with_state(self, *state: Any) -> Stream[T]:
+        return self._then(None)
+
+    def merge(self, *others: Stream[Any]) -> Stream[Any]:
+        return self._then(None)
+
+    def branch(self, *predicates: Any, default: bool = False) -> tuple[Stream[T], ...]:
+        self._then(None)
+        return ()
+
+
+class _Ended(Exception):
+    """The body returned (or its `async for` ended)."""
+
+
+class Body:
+    def __init__(self, agent: Agent, task: Task) -> None:
+        self.agent = agent
+        self.task = task
+        self.is_generator = agent.is_generator
+        self._gen: Any = None
+        self._step: Any = None  # the awaitable suspended at NEED
+        self.running = False  # between start and the end of the body
+        sinks = agent.sinks
+        self._plain = [(s.name, s.value_codec.encode) for s in sinks]
+        self._sinks = sinks
+
+    def __repr__(self) -> str:
+        return f"Body({self.agent.name}, {self.task!r})"
+
+    async def start(self) -> None:
+        """Make the body and run it up to its first request for a value."""
+        self._gen = self.agent.fn(AgentStream(self.task, self.agent))
+        self._step = self._gen.__anext__() if self.is_generator else self._gen
+        self.running = True
+        await _Drive(self, None, None)
+
+    async def feed(self, value: Any) -> None:
+        """The body's next value: run it until it asks for another."""
+        await _Drive(self, value, None)
+
+    async def stop(self) -> None:
+        """End the body's `async for` (its code after the loop runs)."""
+        for _ in range(3):  # a body that asks again after its stream ended is left alone
+            if not self.running:
+                return
+            await _Drive(self, None, StopAsyncIteration())
+        self.running = False
+
+    def output(self, out: Any) -> bool:
+        """A value the body yielded: to every sink. True when a batch filled up."""
+        rec = self.task.record
+        append = self.task.collector.append
+        full = False
+        if type(out) is Record:
+            ts = out.timestamp_ms
+            if ts is None and rec is not None:
+                ts = rec.timestamp
+            for sink in self._sinks:
+                full |= append(
+                    sink.name,
+                    sink.encode_key(out.key),
+                    sink.encode_value(out.value),
+                    headers=out.headers,
+                    timestamp_ms=ts,
+                )
+        elif rec is not None:  # the common case: keep the input's key and time
+            key, ts = rec.key, rec.timestamp
+            for name, encode in self._plain:
+                full |= append(name, key, None if out is None else encode(out), timestamp_ms=ts)
+        else:
+            for name, encode in self._plain:
+                full |= append(name, None, None if out is None else encode(out))
+        return full
+
+
+class _Drive:
+    """Resume a body's suspended step with a value (or an exception) and run it until it
+    asks for a value again, passing its real awaits through to the event loop."""
+
+    __slots__ = ("_body", "_send", "_throw")
+
+    def __init__(self, body: Body, send: Any, throw: BaseException | None) -> None:
+        self._body = body
+        self._send = send
+        self._throw = throw
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        body = self._body
+        send, throw = self._send, self._throw
+        submit: Callable[[], Any] = body.task.collector.submit_full
+        while True:
+            step = body._step
+            try:
+                if throw is not None:
+                    yielded = step.throw(throw)
+                    throw = None
+                else:
+                    yielded = step.send(send)
+            except StopIteration as stop:
+                if not body.is_generator:
+                    body.running = False
+                    return  # a coroutine agent returned
+                send = None  # the body yielded an output: write it, then carry on
+                body._step = body._gen.__anext__()
+                if body.output(stop.value):
+                    yield from submit().__await__()
+                continue
+            except StopAsyncIteration:
+                body.running = False
+                return  # the async generator returned
+            except BaseException:
+                body.running = False
+                raise
+            if yielded is NEED:
+                return
+            try:
+                send = yield yielded  # a real await of the body's: the event loop's business
+            except BaseException as exc:  # (cancellation) goes into the body
+                throw, send = exc, None
