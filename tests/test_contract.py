@@ -265,7 +265,7 @@ def test_one_table_on_two_differently_keyed_stages_is_refused() -> None:
     with pytest.raises(
         sk.ConfigError, match="table spent is declared by stages by-user and by-shop"
     ):
-        app.stages
+        _ = app.stages
 
 
 async def test_a_keyed_merge_of_streams_that_are_not_co_partitioned_fails_at_start() -> None:
