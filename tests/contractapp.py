@@ -42,8 +42,11 @@ def note(event: dict[str, Any]) -> int:
 
 @reminders.on_fire
 def remind(user: str, payload: Any) -> None:
-    """Reads both tables when the watermark passes the event's time + 60 s."""
-    fired.produce({"user": user, "id": payload, "seen": seen[user], "last": hist[user][-1]})
+    """Reads both tables when the watermark passes the event's time + 60 s (what it writes
+    does not depend on when that happens, so the kit and a worker agree)."""
+    fired.produce(
+        {"user": user, "id": payload, "seen": seen[user] > 0, "kept": payload in hist[user]}
+    )
 
 
 by_user = app.stream(clicks, orders).key_by("user", name="by-user")
