@@ -22,7 +22,17 @@ from __future__ import annotations
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import (
+    Annotated,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 import orjson
 from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
@@ -197,8 +207,25 @@ def describe(exc: ValidationError, limit: int = 5) -> str:
 
 
 def type_name(declared: Any) -> str:
-    """`Order`, `list[int]`, `int | None`: how a declared type reads in a message."""
-    if isinstance(declared, type) and not isinstance(declared, types.GenericAlias):
+    """`Order`, `list[int]`, `int | None`: how a declared type reads in a message (no module
+    paths)."""
+    if declared is None or declared is type(None):
+        return "None"
+    if declared is Ellipsis:
+        return "..."
+    if isinstance(declared, list):  # the parameters of a Callable
+        return f"[{', '.join(type_name(a) for a in declared)}]"
+    origin, args = get_origin(declared), get_args(declared)
+    if origin is Union or origin is types.UnionType:
+        return " | ".join(type_name(a) for a in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin is not None:
+        base = getattr(origin, "__name__", None) or repr(origin).replace("typing.", "")
+        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
+    if isinstance(declared, type):
         return declared.__name__
     return repr(declared).replace("typing.", "").replace("typing_extensions.", "")
 
@@ -250,7 +277,7 @@ def codec_for(declared: Any, what: str = "type") -> Codec[Any]:
         return JSON
     if (
         isinstance(declared, type)
-        and not isinstance(declared, types.GenericAlias)
+        and get_origin(declared) is None
         and issubclass(declared, BaseModel)
     ):
         return ModelCodec(declared)
