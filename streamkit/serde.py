@@ -286,6 +286,7 @@ def codec_for(declared: Any, what: str = "type") -> Codec[Any]:
 
 def _adapter(declared: Any, what: str) -> TypeAdapter[Any]:
     name = type_name(declared)
+    instead = _WHAT_INSTEAD
     try:
         adapter: TypeAdapter[Any] = TypeAdapter(declared)
         with warnings.catch_warnings():
@@ -296,10 +297,17 @@ def _adapter(declared: Any, what: str) -> TypeAdapter[Any]:
     except PydanticInvalidForJsonSchema as exc:
         problem = f"cannot come from JSON ({_first_line(exc)})"
     except (PydanticUserError, NameError, TypeError) as exc:
-        problem = f"cannot be validated: {_first_line(exc)}"
+        if getattr(exc, "code", None) in ("class-not-fully-defined", "undefined-annotation"):
+            problem = (
+                "cannot be validated: it refers to a type that is not defined where it is "
+                "declared (a name in quotes, or a class defined inside a function)"
+            )
+            instead = "define every type it uses at module level, before the declaration"
+        else:
+            problem = f"cannot be validated: {_first_line(exc)}"
     else:
         return adapter
-    raise ConfigError(f"{what} {name} {problem}; {_WHAT_INSTEAD}")
+    raise ConfigError(f"{what} {name} {problem}; {instead}")
 
 
 def _first_line(exc: Exception) -> str:

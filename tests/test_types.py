@@ -250,9 +250,28 @@ def test_a_type_pydantic_cannot_validate_is_refused_when_the_topic_is_declared()
         blob: Opaque
 
     assert refusal(HasOpaque).startswith("topic t: value_type HasOpaque cannot be validated")
-    assert refusal("Undefined").startswith("topic t: value_type 'Undefined' cannot be validated")
+    message = refusal("Undefined")
+    assert message.startswith("topic t: value_type 'Undefined' cannot be validated")
+    assert "define every type it uses at module level" in message
     with pytest.raises(sk.ConfigError, match=r"topic t: key_type Opaque cannot be validated"):
         sk.App("types").topic("t", key_type=Opaque)
+
+
+def test_a_type_that_refers_to_a_class_local_to_a_function_is_refused_with_the_fix() -> None:
+    @dataclass
+    class Inner:
+        x: int
+
+    @dataclass
+    class Outer:
+        inner: Inner  # a string under `from __future__ import annotations`: not resolvable
+
+    message = refusal(Outer)
+    assert message == (
+        "topic t: value_type Outer cannot be validated: it refers to a type that is not defined "
+        "where it is declared (a name in quotes, or a class defined inside a function); define "
+        "every type it uses at module level, before the declaration"
+    )
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="pydantic takes typing.TypedDict on 3.12+")
