@@ -62,7 +62,7 @@ class App:
         self,
         name: str,
         *,
-        key_type: Any = None,
+        key_type: Any = str,
         value_type: Any = None,
         partitions: int | None = None,
         config: dict[str, str] | None = None,

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         le=3600,
+        json_schema_extra={"default_doc": "`1.0`, `0.1` under exactly_once"},
         description=(
             "Seconds between checkpoints. Unset: 1 s at-least-once, 0.1 s exactly-once "
             "(outputs become visible only when their transaction commits, once per hop)."
@@ -61,7 +62,9 @@ class Settings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a new consumer group starts reading."
     )
-    max_poll_records: int = Field(default=2000, ge=1, le=1_000_000)
+    max_poll_records: int = Field(
+        default=2000, ge=1, le=1_000_000, description="Records a worker fetches at most per poll."
+    )
     max_buffered_per_partition: int = Field(
         default=4000, ge=1, description="Records fetched but not yet processed, per partition."
     )
@@ -73,22 +76,56 @@ class Settings(BaseSettings):
             "the next stage's watermark (event time) does not wait for it."
         ),
     )
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
-    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
-    linger_ms: int = Field(default=5, ge=0, le=60_000)
-    max_batch_size: int = Field(default=256 * 1024, ge=1024)
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description=(
+            "A worker not heard from this long leaves the consumer group; its partitions move "
+            "to the others."
+        ),
+    )
+    heartbeat_interval_ms: int = Field(
+        default=1_000,
+        ge=100,
+        description="How often a worker tells the group it is alive; below session_timeout_ms.",
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="A worker that does not poll for this long is taken out of the group.",
+    )
+    linger_ms: int = Field(
+        default=5,
+        ge=0,
+        le=60_000,
+        description="Milliseconds the producer waits to fill a batch before sending it.",
+    )
+    max_batch_size: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description=(
+            "Bytes per producer batch and partition; a single record larger than this is refused."
+        ),
+    )
     state_cache_entries: int = Field(
         default=100_000, ge=100, description="Cached keys per table partition (clean + dirty)."
     )
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
     )
-    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Replicas of each topic the worker creates (changelogs and internal topics too)."
+        ),
+    )
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The worker's log level (any case)."
+    )
     web_enabled: bool = Field(
         default=True,
         description="Serve /metrics, /status and /tables over HTTP (false: no server, no port).",
@@ -111,7 +148,9 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, description="SASL_PLAINTEXT / SASL_SSL: the mechanism the listener offers."
     )
-    sasl_username: str | None = None
+    sasl_username: str | None = Field(
+        default=None, description="SASL user name (with sasl_password)."
+    )
     sasl_password: SecretStr | None = Field(
         default=None, description="Never logged or printed (shows as '**********')."
     )

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 import streamkit as sk
 from streamkit.events import Event
 from streamkit.keys import partition_for_key
-from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
+from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, TypedCodec, codec_for
 from streamkit.settings import load_settings
 from streamkit.state.store import open_store
 from streamkit.state.table import TablePartition
@@ -25,7 +25,8 @@ class Item(BaseModel):
 
 
 def test_codecs_round_trip_and_fail_clearly() -> None:
-    assert codec_for(bytes) is RAW and codec_for(str) is STR and codec_for(dict) is JSON
+    assert codec_for(bytes) is RAW and codec_for(str) is STR and codec_for(None) is JSON
+    assert isinstance(codec_for(dict), TypedCodec)  # validated: a JSON object (tests/test_types.py)
     model = codec_for(Item)
     assert isinstance(model, ModelCodec)
     assert model.decode(model.encode(Item(name="a", qty=2))) == Item(name="a", qty=2)
