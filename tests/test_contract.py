@@ -205,7 +205,7 @@ def test_declarations_that_cannot_be_right_are_refused_at_declaration() -> None:
 
     with pytest.raises(sk.ConfigError, match="must be a plain def"):
 
-        @timers.on_fire
+        @timers.on_fire  # type: ignore[arg-type]
         async def fire(key: Any, payload: Any) -> None:  # case 8
             pass
 
