@@ -17,6 +17,7 @@ from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
 from streamkit.streams import SinkNode, SourceNode, Stream
 from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
+from streamkit.topology import render
 from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -326,8 +327,6 @@ class App:
 
     def topology(self, fmt: str = "text") -> str:
         """The graph of sources, stages, operators, internal topics and sinks."""
-        from streamkit.topology import render
-
         return render(self, fmt)
 
     @asynccontextmanager

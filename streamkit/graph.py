@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.agents import Agent
 from streamkit.settings import ConfigError
@@ -37,7 +37,6 @@ from streamkit.streams import (
 from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
 
 if TYPE_CHECKING:
-    from streamkit.app import App
     from streamkit.state.table import Table
     from streamkit.state.timers import Timers
     from streamkit.state.window_table import WindowTable
@@ -112,6 +111,27 @@ class Stage:
         return True
 
 
+class Declared(Protocol):
+    """What the graph is built from (`App`)."""
+
+    id: str
+    agents: dict[str, Agent]
+    sink_nodes: list[SinkNode]
+
+    def topic(
+        self,
+        name: str,
+        *,
+        key_type: Any = ...,
+        value_type: Any = ...,
+        partitions: int | None = ...,
+        config: dict[str, str] | None = ...,
+        internal: bool = ...,
+    ) -> Topic: ...
+
+    def state_table(self, item: Any, strict: bool = ...) -> Any: ...
+
+
 class _Sets:
     """Union-find over nodes and input keys."""
 
@@ -136,7 +156,7 @@ class _TopicKey:
         self.name = name
 
 
-def build(app: App) -> list[Stage]:
+def build(app: Declared) -> list[Stage]:
     terminals: list[Node] = [AgentNode((a.stream.node,), agent=a) for a in app.agents.values()]
     terminals += app.sink_nodes
     nodes, children = _walk(terminals)
@@ -247,7 +267,7 @@ def _stage_name(stage: Stage) -> str:
     return exchange.name or first.topic.name
 
 
-def _declare_output(app: App, stage: Stage, exchange: ExchangeNode) -> None:
+def _declare_output(app: Declared, stage: Stage, exchange: ExchangeNode) -> None:
     if exchange.name is None:
         label = f"-{exchange.key_label}" if exchange.key_label else ""
         exchange.name = f"{stage.name}-{exchange.kind}{label}"
@@ -299,7 +319,7 @@ def _check_names(stages: list[Stage]) -> None:
             seen[name] = stage
 
 
-def _bind_state(app: App, stages: list[Stage], stage_of: dict[Node, Stage]) -> None:
+def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage]) -> None:
     owner: dict[str, Stage] = {}
     for stage in stages:
         declared: list[Any] = []

@@ -22,13 +22,12 @@ import inspect
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from streamkit.events import Event
 from streamkit.settings import ConfigError
 
 if TYPE_CHECKING:
-    from streamkit.app import App
     from streamkit.topics import Topic
 
 T = TypeVar("T")
@@ -153,10 +152,20 @@ class StateNode(Node):
         return "with_state(" + ", ".join(getattr(s, "name", "?") for s in self.state) + ")"
 
 
+class Declarer(Protocol):
+    """What a stream needs of its app (`App`): where sinks and state are declared."""
+
+    id: str
+
+    def sink(self, stream: Stream[Any], topic: Topic) -> None: ...
+
+    def check_state(self, items: Iterable[Any], where: str) -> None: ...
+
+
 class Stream(Generic[T]):
     """A declared stream. Operators return new streams; iterate one only in an agent body."""
 
-    def __init__(self, app: App, node: Node) -> None:
+    def __init__(self, app: Declarer, node: Node) -> None:
         self.app = app
         self.node = node
 

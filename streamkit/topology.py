@@ -5,7 +5,7 @@ windows and timers. `streamkit topology MODULE:APP` prints it; the dashboard dra
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -13,8 +13,16 @@ from streamkit.graph import AgentNode, Stage
 from streamkit.streams import ExchangeNode, Node, SinkNode, SourceNode
 from streamkit.topics import Topic
 
-if TYPE_CHECKING:
-    from streamkit.app import App
+
+class Drawn(Protocol):
+    """What the topology shows of an app (`App`)."""
+
+    id: str
+    global_tables: dict[str, Any]
+    dlq: Topic
+
+    @property
+    def stages(self) -> list[Stage]: ...
 
 
 def _count(topic: Topic) -> str:
@@ -32,7 +40,7 @@ def _label(node: Node) -> str:
     return node.label
 
 
-def render(app: App, fmt: str = "text") -> str:
+def render(app: Drawn, fmt: str = "text") -> str:
     if fmt == "text":
         return render_text(app)
     if fmt == "mermaid":
@@ -47,7 +55,7 @@ def _tasks(stage: Stage) -> str:
     return "?" if n is None else str(n)
 
 
-def render_text(app: App) -> str:
+def render_text(app: Drawn) -> str:
     lines = [f"app {app.id}"]
     for stage in app.stages:
         inputs = ", ".join(f"{i.topic.name} ({_count(i.topic)} partitions)" for i in stage.inputs)
@@ -104,7 +112,7 @@ def _tree(
         _tree(stage, kid, depth + 1, seen, lines)
 
 
-def describe(app: App) -> dict[str, Any]:
+def describe(app: Drawn) -> dict[str, Any]:
     """Nodes and edges of the whole graph: topics, stages, operators, agents, state."""
     nodes: list[dict[str, Any]] = []
     edges: list[dict[str, Any]] = []
@@ -188,7 +196,7 @@ def _node(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def render_mermaid(app: App) -> str:
+def render_mermaid(app: Drawn) -> str:
     graph = describe(app)
     lines = ["flowchart LR"]
     for node in graph["nodes"]:

@@ -18,17 +18,25 @@ exit) when the task closes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from streamkit.agents import Agent
 from streamkit.events import Event, Record
+from streamkit.runtime.collector import RecordCollector
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
-if TYPE_CHECKING:
-    from streamkit.runtime.task import Task
-
 T = TypeVar("T")
+
+
+class BodyHost(Protocol):
+    """What a body uses of its task (`runtime/task.py`)."""
+
+    record: Any  # the raw record being processed
+    collector: RecordCollector
+
+    @property
+    def current(self) -> Event | None: ...
 
 
 class _Need:
@@ -53,7 +61,7 @@ _NEXT = _NextValue()
 class AgentStream(Stream[T]):
     """What an agent's body iterates: the values its declared stream delivers to it."""
 
-    def __init__(self, task: Task, agent: Agent) -> None:
+    def __init__(self, task: BodyHost, agent: Agent) -> None:
         super().__init__(agent.stream.app, agent.stream.node)
         self._task = task
 
@@ -109,7 +117,7 @@ class _Ended(Exception):
 
 
 class Body:
-    def __init__(self, agent: Agent, task: Task) -> None:
+    def __init__(self, agent: Agent, task: BodyHost) -> None:
         self.agent = agent
         self.task = task
         self.is_generator = agent.is_generator

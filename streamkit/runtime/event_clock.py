@@ -16,13 +16,16 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamkit.context import WALL_CLOCK
+from streamkit.context import WALL_CLOCK, TaskScope
 from streamkit.eventtime import NO_WATERMARK, WatermarkTracker, control_headers, read_control
+from streamkit.graph import Stage
+from streamkit.state.table import TablePartition
+from streamkit.state.window_open import open_window
+from streamkit.state.window_table import Windows
 
 if TYPE_CHECKING:
     from streamkit.eventtime import TimestampPolicy
     from streamkit.runtime.collector import RecordCollector
-    from streamkit.runtime.task import Task
     from streamkit.state.timers import TimerPartition
     from streamkit.topics import Topic
 
@@ -164,22 +167,26 @@ class EventClock:
                 collector.append(output.name, None, None, headers=headers, partition=partition)
 
 
-def open_event_state(task: Task) -> None:
-    """A task's window tables and timers: their runtime side over the task's open tables,
-    loaded, and handed to the task's clock (which restores the stored watermark)."""
-    clock = task.clock
+def open_event_state(
+    scope: TaskScope, stage: Stage, tables: dict[str, TablePartition], clock: EventClock | None
+) -> tuple[dict[str, Windows], dict[str, TimerPartition]]:
+    """A task's window tables and timers over its open tables, loaded, and handed to its clock
+    (which restores the watermark their stored state reflects)."""
+    windows: dict[str, Windows] = {}
+    timers: dict[str, TimerPartition] = {}
     parts: list[OnWatermark] = []
-    for wt in task.stage.windows:
-        window = task.windows[wt.name] = wt.open_partition(task.tables[wt.table.name], task)
+    for wt in stage.windows:
+        window = windows[wt.name] = open_window(wt, tables[wt.table.name], scope)
         parts.append(window)
-    for timers in task.stage.timers:
-        timer = task.timers[timers.name] = timers.open_partition(task.tables[timers.name], task)
+    for ts in stage.timers:
+        timer = timers[ts.name] = ts.open_partition(tables[ts.name], scope)
         parts.append(timer)
     for part in parts:
         stored = part.load()
         if clock is not None:
             clock.restore(stored)
             clock.windows.append(part)
+    return windows, timers
 
 
 def fire_processing_timers(timers: Iterable[TimerPartition]) -> float | None:

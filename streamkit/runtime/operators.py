@@ -11,10 +11,11 @@ dead-letters the event for that branch (`on_branch_error`) and the push goes on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from streamkit.agents import Agent
 from streamkit.graph import AgentNode, Stage
-from streamkit.runtime.collector import ProduceFailed
+from streamkit.runtime.collector import ProduceFailed, RecordCollector
 from streamkit.runtime.exchange import Router
 from streamkit.state.table import TableNotBound
 from streamkit.streams import (
@@ -29,10 +30,21 @@ from streamkit.streams import (
     StepNode,
 )
 
-if TYPE_CHECKING:
-    from streamkit.runtime.task import Task
-
 Push = Callable[[Any], None]
+
+
+class PassHost(Protocol):
+    """What the compiled operators use of their task (`runtime/task.py`)."""
+
+    partition: int
+    record: Any  # the raw record being pushed
+    event_ts: int | None
+    full: bool  # set when an append filled a batch
+    collector: RecordCollector
+
+    def on_branch_error(self, exc: Exception) -> None: ...
+
+    def agent_input(self, agent: Agent) -> Push: ...
 
 
 class AgentStopped(Exception):
@@ -48,7 +60,7 @@ def _nothing(value: Any) -> None:
 
 
 class Compiler:
-    def __init__(self, task: Task, stage: Stage) -> None:
+    def __init__(self, task: PassHost, stage: Stage) -> None:
         self.task = task
         self.stage = stage
         self.routers: list[Router] = []

@@ -18,6 +18,7 @@ the record in flight finishes in every branch, then nothing more is taken until 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections import deque
@@ -340,7 +341,7 @@ class Task:
             assert self._reader is not None
             await self.state.open(self._reader)
             self.tables = self.state.partitions
-            open_event_state(self)
+            self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -352,10 +353,8 @@ class Task:
         }
         for body in self._bodies.values():
             await body.start()
-        try:
+        with contextlib.suppress(_Closed):
             await self._loop(inputs)
-        except _Closed:
-            pass
         for body in self._bodies.values():
             await body.stop()
 

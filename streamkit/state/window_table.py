@@ -32,7 +32,7 @@ from streamkit.serde import Codec, codec_for
 from streamkit.settings import ConfigError
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
 from streamkit.topics import Topic
-from streamkit.windows import Aggregation, Session, Sliding, WindowKind
+from streamkit.windows import Aggregation, WindowKind
 
 if TYPE_CHECKING:
     from streamkit.context import TaskScope
@@ -129,17 +129,6 @@ class WindowTable:
     def get(self, key: Any, start_ms: int) -> Any:
         """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
         return self._local().get(key, start_ms)
-
-    def open_partition(self, rows: TablePartition, task: TaskScope) -> Windows:
-        """The runtime side of this table on one task's partition."""
-        from streamkit.state.session_windows import SessionPartition
-        from streamkit.state.sliding_windows import SlidingPartition
-
-        if isinstance(self.kind, Session):
-            return SessionPartition(self, rows, task)
-        if isinstance(self.kind, Sliding):
-            return SlidingPartition(self, rows, task)
-        return WindowPartition(self, rows, task)
 
     def emit(
         self, task: TaskScope, key: Any, start: int, end: int, acc: Any, *, final: bool
