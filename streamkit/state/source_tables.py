@@ -4,7 +4,10 @@ The topic (compacted, written by someone else) is the table's changelog: no extr
 task of partition p restores from topic partition p like any table (to its end, before the
 agent runs), then this module's background task (`sources`, one per worker) keeps following:
 every `interval` it fetches what is new in the source partitions of the running tasks
-(read_committed, raw fetches as in a restore) and applies it to their tables. Rows become
+(through the one reader of compacted topics, `CompactedReader`, as a restore) and applies it
+to their tables. A vanished offset is handled as every reader does: the partition's rows are
+deleted (tombstones into the table, written at the next checkpoint) and read again from the
+log start. Rows become
 visible to the agent at once; they reach SQLite, with the source offset they reflect, at the
 task's next checkpoint (`TaskTables.write`), so a restart replays only what was not written.
 
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 from aiokafka.structs import TopicPartition
 
 from streamkit.settings import Settings
-from streamkit.state.changelog_fetch import ChangelogFetcher
+from streamkit.state.compacted import CompactedReader
 from streamkit.state.table import TablePartition
 
 if TYPE_CHECKING:
@@ -46,21 +49,27 @@ async def follow_source_tables(
     tasks: TaskManager, settings: Settings, client_id: str, interval: float = 0.2
 ) -> None:
     """The `sources` background task: apply new source records to the running tasks' tables."""
-    fetcher = ChangelogFetcher(settings, client_id)
+    reader = CompactedReader(settings, client_id, "source table")
+    wanted: dict[TopicPartition, list[TablePartition]] = {}
+
+    async def wipe(tp: TopicPartition, start: int) -> None:
+        for part in wanted.get(tp, []):
+            forget(part, start - 1)
+
     try:
         while True:
             wanted = following(tasks)
+            reader.positions = {
+                tp: min(p.source_offset for p in ps) + 1 for tp, ps in wanted.items()
+            }
             if not wanted:
                 await asyncio.sleep(interval)
                 continue
-            positions = {tp: min(p.source_offset for p in ps) + 1 for tp, ps in wanted.items()}
-            fetched = await fetcher.fetch(positions)
+            before = dict(reader.positions)
+            fetched = await reader.fetch(wipe)
             applied = 0
             for tp, got in fetched.items():
-                if got.out_of_range:
-                    log.warning("%s[%d]: source offset out of range", tp.topic, tp.partition)
-                    continue
-                if got.next_offset <= positions[tp]:
+                if got.next_offset <= before[tp]:
                     continue
                 for part in wanted.get(tp, []):
                     if part.source_offset < got.next_offset - 1:
@@ -69,4 +78,11 @@ async def follow_source_tables(
             if not applied:
                 await asyncio.sleep(interval)
     finally:
-        await fetcher.close()
+        await reader.close()
+
+
+def forget(part: TablePartition, offset: int) -> None:
+    """Every row of a source table's partition deleted (as tombstones of the source: the next
+    checkpoint writes them with `offset`), before it is read again from the log start."""
+    keys = {key for key, _ in part.store.scan(part.name)} | set(part.flushing)
+    part.apply_source([(key, None) for key in keys], offset)
