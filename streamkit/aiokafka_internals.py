@@ -174,21 +174,23 @@ class RawClient:
             self._started = False
             await self._client.close()
 
-    async def _leader(self, tp: TopicPartition) -> int:
+    async def _leader(self, tp: TopicPartition) -> int | None:
         leader = self._client.cluster.leader_for_partition(tp)
         if leader is None or leader < 0:
             self._client.add_topic(tp.topic)
             await self._client.force_metadata_update()
             leader = self._client.cluster.leader_for_partition(tp)
-            if leader is None or leader < 0:
-                raise FetchFailed(f"no leader for {tp.topic}[{tp.partition}]")
-        return int(leader)
+        return None if leader is None or leader < 0 else int(leader)
 
     async def _by_leader(self, tps: list[TopicPartition]) -> dict[int, list[TopicPartition]]:
+        """The partitions by leader; one without a leader now (a topic being created or
+        deleted, a leader election) is left out: the caller asks again later."""
         await self.start()
         by_node: dict[int, list[TopicPartition]] = {}
         for tp in tps:
-            by_node.setdefault(await self._leader(tp), []).append(tp)
+            leader = await self._leader(tp)
+            if leader is not None:
+                by_node.setdefault(leader, []).append(tp)
         return by_node
 
     def _retry_or_raise(self, tp: TopicPartition, error_code: int) -> None:
@@ -211,10 +213,12 @@ class RawClient:
         """`EARLIEST` (log start) or `LATEST` (read_committed: the last stable offset) of each
         partition; a partition whose leader is moving is asked again."""
         found: dict[TopicPartition, int] = {}
-        for _attempt in range(20):
+        for attempt in range(20):
             missing = [tp for tp in tps if tp not in found]
             if not missing:
                 break
+            if attempt:
+                await asyncio.sleep(0.05 * attempt)
             for node, group in (await self._by_leader(missing)).items():
                 topics: dict[str, list[tuple[int, int]]] = {}
                 for tp in group:
@@ -228,8 +232,6 @@ class RawClient:
                             self._retry_or_raise(tp, error_code)
                         else:
                             found[tp] = int(rest[1])  # (timestamp, offset): v2 and later
-            if len(found) < len(tps):
-                await self._client.force_metadata_update()
         missing = [tp for tp in tps if tp not in found]
         if missing:
             raise FetchFailed(f"no offsets for {missing}")
@@ -251,7 +253,8 @@ class RawClient:
         return ids
 
     async def fetch(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Fetched]:
-        """Fetch once (read_committed) from every partition's leader, from the given positions."""
+        """Fetch once (read_committed) from every partition's leader, from the given positions;
+        a partition without a leader now is not in the answer."""
         found: dict[TopicPartition, Fetched] = {}
         for node, group in (await self._by_leader(list(positions))).items():
             topics: dict[str, list[tuple[int, int, int]]] = {}

@@ -24,6 +24,7 @@ copy reflects are returned by `start` for the caller to record with it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -104,6 +105,8 @@ class CompactedReader:
         if not self.positions:
             return {}
         fetched = await self._client.fetch(dict(self.positions))
+        if len(fetched) < len(self.positions):
+            await asyncio.sleep(0.1)  # a partition without a leader now: not in a tight loop
         lost = [tp for tp, got in fetched.items() if got.out_of_range]
         if lost:
             starts = await self._client.list_offsets(lost, EARLIEST)
