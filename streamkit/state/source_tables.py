@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from aiokafka.structs import TopicPartition
 
@@ -28,13 +29,24 @@ from streamkit.settings import Settings
 from streamkit.state.compacted import CompactedReader
 from streamkit.state.table import TablePartition
 
-if TYPE_CHECKING:
-    from streamkit.runtime.task_manager import TaskManager
+
+class _Task(Protocol):
+    @property
+    def tables(self) -> Mapping[str, TablePartition]: ...
+
+
+class RunningTasks(Protocol):
+    """The worker's running tasks (`runtime.task_manager.TaskManager`; state/ imports nothing
+    from runtime/)."""
+
+    @property
+    def tasks(self) -> Mapping[Any, _Task]: ...
+
 
 log = logging.getLogger(__name__)
 
 
-def following(tasks: TaskManager) -> dict[TopicPartition, list[TablePartition]]:
+def following(tasks: RunningTasks) -> dict[TopicPartition, list[TablePartition]]:
     """The source partitions the running tasks read, and the table partitions they feed."""
     wanted: dict[TopicPartition, list[TablePartition]] = {}
     for task in list(tasks.tasks.values()):
@@ -46,7 +58,7 @@ def following(tasks: TaskManager) -> dict[TopicPartition, list[TablePartition]]:
 
 
 async def follow_source_tables(
-    tasks: TaskManager, settings: Settings, client_id: str, interval: float = 0.2
+    tasks: RunningTasks, settings: Settings, client_id: str, interval: float = 0.2
 ) -> None:
     """The `sources` background task: apply new source records to the running tasks' tables."""
     reader = CompactedReader(settings, client_id, "source table")
