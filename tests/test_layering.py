@@ -1,6 +1,6 @@
 """The package's layers, read from the source (no broker): state/ imports nothing from
 runtime/, aiokafka's internals are imported by one module only, and that module imports
-nothing from streamkit."""
+nothing from streamkit; the recovery steps read the same in the code and the docs."""
 
 from __future__ import annotations
 
@@ -66,3 +66,16 @@ def test_aiokafka_internals_live_in_one_module() -> None:
     assert users == {"streamkit.aiokafka_internals"}
     own = imports(modules()["streamkit.aiokafka_internals"])
     assert not [m for m in own if m.startswith("streamkit")]
+
+
+def _steps(text: str) -> str:
+    start = text.index("1. **Open.**")
+    return text[start : text.index("committed offset.", start)]
+
+
+def test_the_recovery_steps_read_the_same_in_the_code_and_in_the_docs() -> None:
+    from streamkit.state import changelog
+
+    docs = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert changelog.__doc__ is not None
+    assert _steps(changelog.__doc__) == _steps(docs)

@@ -1,15 +1,34 @@
 """ChangelogReader: brings stores up to date from their changelog partitions.
 
-One reader per worker. Tasks ask for a restore with `restore(store, sources)`; the reader's
-background task `restore` waits `GATHER` for the other tasks of the same rebalance, then
-replays every waiting request in one round (fetches are shared instead of queued). Each
-changelog partition is read from the offset after the one its store reflects up to its end
-(last stable offset) as it was when the round began. Records come through the one reader of
-compacted topics (`CompactedReader`: raw read_committed fetches, keys and values only), which
-also handles a vanished offset (retention, a changelog created again) as every reader does:
-the table's rows are wiped and read again from the log start. Each fetch is written into
-SQLite per store, with the offset reached, so an interrupted restore resumes where it
-stopped; each write overlaps the next fetch.
+One reader per worker; tasks ask for a restore with `restore(store, sources)`. When a task
+of a stateful stage starts, its store is brought up to date in these numbered steps (the
+same text is in docs/architecture.md, "Recovery"):
+
+1. **Open.** `open_store` opens the file (or creates it). `PRAGMA quick_check` failing, a
+   file that is not SQLite, or an identity that differs (another app, stage, partition or
+   table set): the file (and its WAL) is renamed `*.bad-<ms>`, logged, and a fresh store is
+   made. An error of the disk rather than the file (`sqlite3.OperationalError`: full,
+   read-only, I/O) sets nothing aside: `StoreUnavailable` (its message says if the file
+   system is read-only or full) fails the worker.
+2. **Gather.** The task asks the `ChangelogReader` (one per worker, background task
+   `restore`) for a restore. The reader waits 50 ms for the other tasks of the same
+   rebalance, then takes every waiting request into one round.
+3. **Check.** For each changelog partition: its end (last stable offset) as of the start of
+   the round, its log start and its topic's id. The position is the stored offset + 1 (the
+   log start for a store without one). A position before the log start or past the end, or
+   a topic id other than the one the store recorded, is a vanished offset: the table's rows
+   are wiped and the partition is read from its log start. The store records the topics' ids.
+4. **Replay.** Fetch from every position up to the end through the one reader of compacted
+   topics; each fetch is written into the right stores in one thread hop, with the offsets
+   reached, overlapping the next fetch. A store's request completes once its last write is
+   done.
+5. **Run.** The task turns `RUNNING` and the consumer resumes the input at the group's
+   committed offset.
+
+Records come through the one reader of compacted topics (`state/compacted.py`), which
+handles a vanished offset (retention, a changelog created again) as every reader does. Each
+fetch is written into SQLite per store with the offset reached, so an interrupted restore
+resumes where it stopped.
 """
 
 from __future__ import annotations
