@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamkit.state import inspect as inspect_state
-from tests.kafkahelp import ROOT, read_all, wait_until
+from tests.kafkahelp import ROOT, WorkerProcess, read_all, wait_until
 from tests.shophelp import (
     assert_state,
     holding,
@@ -185,3 +185,36 @@ async def test_a_store_left_on_another_machine_by_a_reset_is_rebuilt_not_reused(
     _spent, count = oracle(rows)  # after the reset every purchase counts once
     assert {u: v["count"] for u, v in last_totals(records).items()} == count
     assert_state(shop_app(uid, wd_a), rows)
+
+
+async def test_standbys_keep_warm_copies_of_the_other_workers_partitions(
+    uid: str, tmp_path: Path
+) -> None:
+    """With standby_replicas=1 and two workers, each worker's folder ends up with every
+    partition: its own (active) and the other's (standby, tailed from the changelogs)."""
+    rows = purchases(2000, seed=6)
+    folders = [tmp_path / "s0", tmp_path / "s1"]
+    workers = [
+        WorkerProcess(
+            "apps.shop:app",
+            {**shop_env(uid, wd), "STREAMKIT_STANDBY_REPLICAS": "1"},
+            tmp_path / f"s{i}.log",
+        ).start()
+        for i, wd in enumerate(folders)
+    ]
+    _spent, count = oracle(rows)
+    try:
+        await holding(*workers)
+        await send(uid, rows)
+        await read_all(f"totals-{uid}", expect=2000, within=90)
+
+        def warm() -> bool:
+            return all(
+                inspect_state.read_all(shop_app(uid, wd), "count") == count for wd in folders
+            )
+
+        await wait_until(warm, within=60, what="both folders to hold every partition")
+    finally:
+        for w in workers:
+            w.stop()
+    assert all("standbys: " in w.log() for w in workers)
