@@ -40,7 +40,7 @@ from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-READ_COMMITTED = 1
+READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 PARTITION_BYTES = 8 * 1024 * 1024
 FETCH_BYTES = 64 * 1024 * 1024
 OFFSET_OUT_OF_RANGE = 1
@@ -208,10 +208,11 @@ class RawClient:
         return len(self._client.cluster.partitions_for_topic(topic) or ())
 
     async def list_offsets(
-        self, tps: list[TopicPartition], which: int
+        self, tps: list[TopicPartition], which: int, *, committed: bool = True
     ) -> dict[TopicPartition, int]:
-        """`EARLIEST` (log start) or `LATEST` (read_committed: the last stable offset) of each
-        partition; a partition whose leader is moving is asked again."""
+        """`EARLIEST` (log start) or `LATEST` of each partition: the last stable offset when
+        `committed` (where a read_committed reader ends), else the high watermark; a
+        partition whose leader is moving is asked again."""
         found: dict[TopicPartition, int] = {}
         for attempt in range(20):
             missing = [tp for tp in tps if tp not in found]
@@ -223,7 +224,8 @@ class RawClient:
                 topics: dict[str, list[tuple[int, int]]] = {}
                 for tp in group:
                     topics.setdefault(tp.topic, []).append((tp.partition, which))
-                request = OffsetRequest(-1, READ_COMMITTED, list(topics.items()))
+                isolation = READ_COMMITTED if committed else READ_UNCOMMITTED
+                request = OffsetRequest(-1, isolation, list(topics.items()))
                 response = await self._client.send(node, request)
                 for topic, partitions in response.topics:
                     for partition, error_code, *rest in partitions:

@@ -15,8 +15,12 @@ A copy's offset may have vanished from its topic:
   position is past the new end, or the topic id the copy recorded is not the topic's id
   any more (the new log may have grown past the old offset: only the id tells).
 
-Every reader handles it the same way: a warning names the partition, the stored position,
-the log start and end (and both topic ids); the caller's `wipe(tp, log_start)` forgets the
+The end checked is the high watermark, not the last stable offset: a transaction's commit
+returns before its markers are written, so a store written just after a commit may reflect
+an offset past the last stable offset for a moment, and that is no vanished offset.
+
+Every reader handles it the same way: a warning names the partition, the stored offset, the
+log start and end (and both topic ids); the caller's `wipe(tp, log_start)` forgets the
 copy's rows of that partition and the offset they reflect; the partition is read again from
 the log start. The copy then holds the topic's rows, never a mix of two logs. The topic ids a
 copy reflects are returned by `start` for the caller to record with it.
@@ -80,7 +84,7 @@ class CompactedReader:
         tps = list(stored)
         ids = await self._client.topic_ids(sorted({tp.topic for tp in tps}))
         starts = await self._client.list_offsets(tps, EARLIEST)
-        ends = await self._client.list_offsets(tps, LATEST)
+        ends = await self._client.list_offsets(tps, LATEST, committed=False)
         for tp, offset in stored.items():
             if offset is None:
                 self.positions[tp] = starts[tp]
@@ -110,7 +114,7 @@ class CompactedReader:
         lost = [tp for tp, got in fetched.items() if got.out_of_range]
         if lost:
             starts = await self._client.list_offsets(lost, EARLIEST)
-            ends = await self._client.list_offsets(lost, LATEST)
+            ends = await self._client.list_offsets(lost, LATEST, committed=False)
             for tp in lost:
                 del fetched[tp]
                 position = self.positions.get(tp)
