@@ -18,6 +18,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
 from streamkit.settings import Settings, load_settings
+from streamkit.state import compacted
 from streamkit.state.changelog import ChangelogReader
 from streamkit.state.compacted import CompactedReader
 from streamkit.state.global_table import GlobalTable, GlobalTables
@@ -290,3 +291,33 @@ async def test_a_source_table_partition_is_rebuilt_when_its_topic_is_created_aga
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         store.close()
+
+
+async def test_a_followed_topic_created_again_past_its_position_is_told_by_its_id(
+    uid: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a table follows a topic, the topic is deleted, created again and written past
+    the table's position before the next fetch: no OffsetOutOfRange, the id tells."""
+    monkeypatch.setattr(compacted, "ID_CHECK", 0.0)
+    topic = f"gt-id-{uid}"
+    await create_topic(topic, 2)
+    await put(topic, rows(2, "old"), partition=0)
+    table = global_table(topic)
+    tables = GlobalTables("app", [table], settings(tmp_path), "test-global", interval=0.05)
+    await tables.start()
+    try:
+        assert table.data == rows(2, "old")
+        await recreate(topic, 2)
+        await put(topic, rows(5, "new", start=10), partition=0)
+        runner = asyncio.create_task(tables.run())
+        try:
+            await wait_until(lambda: table.data == rows(5, "new", start=10), what="the rebuild")
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+    finally:
+        await tables.close()
+    assert f"{topic}[0]: offset 1 {GONE} (log start 0, end 5: the topic was created again (id" in (
+        caplog.text
+    )

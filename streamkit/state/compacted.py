@@ -19,6 +19,10 @@ The end checked is the high watermark, not the last stable offset: a transaction
 returns before its markers are written, so a store written just after a commit may reflect
 an offset past the last stable offset for a moment, and that is no vanished offset.
 
+Detected at `start` (the copy's offset against the log start and end, the topic id it
+recorded against the topic's) and while following (a fetch answered with OffsetOutOfRange;
+the followed topics' ids, every `ID_CHECK` seconds).
+
 Every reader handles it the same way: a warning names the partition, the stored offset, the
 log start and end (and both topic ids); the caller's `wipe(tp, log_start)` forgets the
 copy's rows of that partition and the offset they reflect; the partition is read again from
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiokafka.structs import TopicPartition
@@ -39,6 +44,8 @@ from streamkit.clients import make_raw_client
 from streamkit.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ID_CHECK = 30.0  # seconds between two checks of the followed topics' ids
 
 # forget the copy's rows of a partition (and its stored offset); the int is the log start
 Wipe = Callable[[TopicPartition, int], Awaitable[None]]
@@ -58,6 +65,8 @@ class CompactedReader:
         self._client = make_raw_client(settings, client_id)
         self._what = what  # for the logs: "restore", "standby", "global table", ...
         self.positions: dict[TopicPartition, int] = {}
+        self._ids: dict[str, str] = {}  # the id of each topic read, as last seen
+        self._ids_checked = time.monotonic()
 
     async def close(self) -> None:
         await self._client.close()
@@ -100,7 +109,9 @@ class CompactedReader:
                 )
             else:
                 self.positions[tp] = position
-        return {topic: topic_id for topic, topic_id in ids.items() if topic_id is not None}
+        current = {topic: topic_id for topic, topic_id in ids.items() if topic_id is not None}
+        self._ids.update(current)
+        return current
 
     async def fetch(self, wipe: Wipe) -> dict[TopicPartition, Fetched]:
         """One fetch from every position (a 50 ms long poll); positions move on. A partition
@@ -108,6 +119,8 @@ class CompactedReader:
         at the next fetch."""
         if not self.positions:
             return {}
+        if time.monotonic() - self._ids_checked > ID_CHECK:
+            await self._check_ids(wipe)
         fetched = await self._client.fetch(dict(self.positions))
         if len(fetched) < len(self.positions):
             await asyncio.sleep(0.1)  # a partition without a leader now: not in a tight loop
@@ -129,6 +142,27 @@ class CompactedReader:
             if tp in self.positions:
                 self.positions[tp] = got.next_offset
         return fetched
+
+    async def _check_ids(self, wipe: Wipe) -> None:
+        """A followed topic created again whose new log already reached the position gives
+        no OffsetOutOfRange: its id tells (checked every `ID_CHECK` seconds)."""
+        self._ids_checked = time.monotonic()
+        topics = sorted({tp.topic for tp in self.positions})
+        ids = await self._client.topic_ids(topics)
+        changed = {
+            t: (self._ids[t], i)
+            for t, i in ids.items()
+            if i is not None and t in self._ids and self._ids[t] != i
+        }
+        self._ids.update({t: i for t, i in ids.items() if i is not None})
+        if not changed:
+            return
+        tps = [tp for tp in self.positions if tp.topic in changed]
+        starts = await self._client.list_offsets(tps, EARLIEST)
+        ends = await self._client.list_offsets(tps, LATEST, committed=False)
+        for tp in tps:
+            why = "the topic was created again (id {}, now {})".format(*changed[tp.topic])
+            await self._vanished(tp, self.positions[tp], starts[tp], ends[tp], why, wipe)
 
     async def _vanished(
         self, tp: TopicPartition, position: int, start: int, end: int, why: str, wipe: Wipe
