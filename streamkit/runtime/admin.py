@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from streamkit.clients import make_admin
+from streamkit.runtime.clients import make_admin
 from streamkit.security import explain_unreachable
 from streamkit.settings import ConfigError, Settings
 from streamkit.stages import AgentShapeError, resolve_partitions

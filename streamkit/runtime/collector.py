@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
 
 from streamkit.events import Headers
-from streamkit.partitioner import partition_for_key as partition_for_key  # its users import it here
+from streamkit.keys import partition_for_key as partition_for_key  # its users import it here
 
 
 class ProduceFailed(Exception):

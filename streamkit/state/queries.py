@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
-from streamkit.partitioner import partition_for_key
+from streamkit.keys import partition_for_key
 from streamkit.serde import RawCodec, StrCodec
 
 if TYPE_CHECKING:

@@ -1,7 +1,5 @@
-"""Kafka's default partitioner for keyed records, as the Java producer computes it.
-
-Below `state/` (interactive queries find a key's partition) and `runtime/` (the collector and
-the exchanges route records): both import it from here."""
+"""Kafka's default partitioner for keyed records, shared by the runtime's routing and the
+state layer's check that a key belongs to the task writing it."""
 
 from __future__ import annotations
 
