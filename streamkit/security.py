@@ -1,11 +1,11 @@
 """Connection security: TLS and SASL settings checked at start and turned into aiokafka options.
 
-`check_security` runs when `Settings` are built (a wrong combination is a ConfigError that names
-the setting to change); `kafka_security_options` gives the keyword arguments every aiokafka
-client is built with (`streamkit.clients`); `explain_unreachable` turns
-a failed bootstrap into one sentence (bad password, untrusted certificate, wrong listener).
-Secrets (`sasl_password`, `ssl_password`) stay `SecretStr` until they are handed to aiokafka,
-and no message here ever contains them.
+`check_security` runs when `Settings` are built (a wrong combination is a ConfigError that
+names the setting to change); `kafka_security_options` gives the keyword arguments every
+aiokafka client is built with (`streamkit.clients`); `explain_unreachable` turns a failed
+bootstrap into one sentence (bad password, untrusted certificate, wrong listener). Secrets
+(`sasl_password`, `ssl_password`) stay `SecretStr` until they are handed to aiokafka, and no
+message here ever contains them.
 """
 
 from __future__ import annotations

@@ -3,13 +3,13 @@
 The topic (compacted, written by someone else) is the table's changelog: no extra topic. The
 task of partition p restores from topic partition p like any table (to its end, before the
 agent runs), then this module's background task (`sources`, one per worker) keeps following:
-every `interval` it fetches what is new in the source partitions of the running tasks
-(through the one reader of compacted topics, `CompactedReader`, as a restore) and applies it
-to their tables. A vanished offset is handled as every reader does: the partition's rows are
-deleted (tombstones into the table, written at the next checkpoint) and read again from the
-log start. Rows become
-visible to the agent at once; they reach SQLite, with the source offset they reflect, at the
-task's next checkpoint (`TaskTables.write`), so a restart replays only what was not written.
+every `interval` it fetches what is new in the source partitions of the running tasks (through
+the one reader of compacted topics, `CompactedReader`, as a restore) and applies it to their
+tables. A vanished offset is handled as every reader does: the partition's rows are deleted
+(tombstones into the table, written at the next checkpoint) and read again from the log start.
+Rows become visible to the agent at once; they reach SQLite, with the source offset they
+reflect, at the task's next checkpoint (`TaskTables.write`), so a restart replays only what was
+not written.
 
 Used by a stage whose input is co-partitioned with the topic: the same partition count (checked
 at start) and the same key partitioning (a `key_by` on the topic's key; Kafka's murmur2 on both
