@@ -26,10 +26,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
+from streamkit.clients import make_consumer, make_producer
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
-from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.exactly_once import (
     TransactionalCheckpointer,
     TransactionalProducers,
