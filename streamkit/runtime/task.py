@@ -255,15 +255,17 @@ class Task:
 
         return to_agent
 
-    def on_branch_error(self, exc: Exception) -> None:
-        """An operator raised on the record being processed, in one branch."""
+    def on_branch_error(self, exc: Exception, agent: str | None = None) -> None:
+        """An operator (or the body of `agent`) raised on the record being processed, in one
+        branch: a dead letter that names the agent (else the stage), or the worker stops."""
         rec = self.record
+        where = f"agent {agent}" if agent is not None else f"stage {self.stage.name}"
         if self.on_agent_error == "stop":
             raise AgentStopped(
-                f"stage {self.stage.name} raised on {rec.topic}[{rec.partition}]@{rec.offset}: "
+                f"{where} raised on {rec.topic}[{rec.partition}]@{rec.offset}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        self._dead_letter(rec, str(exc), type(exc).__name__)
+        self._dead_letter(rec, str(exc), type(exc).__name__, agent)
 
     def _process(self, rec: Any, inputs: dict[str, _Input]) -> None:
         """Decode one record and push it through the stage (the synchronous part)."""
@@ -318,7 +320,7 @@ class Task:
             except FATAL:
                 raise
             except Exception as exc:
-                self.on_branch_error(exc)
+                self.on_branch_error(exc, body.agent.name)
                 await body.start()  # made anew; raising here is a bug in the body: it stops
         pending.clear()
 
@@ -451,12 +453,14 @@ class Task:
         if waiter is not None and not waiter.done() and (self._records or self._closing()):
             waiter.set_result(None)
 
-    def _dead_letter(self, rec: Any, reason: str, error_type: str) -> None:
+    def _dead_letter(
+        self, rec: Any, reason: str, error_type: str, agent: str | None = None
+    ) -> None:
         dead_letter(
             self.collector,
             self.dlq_topic,
             rec,
-            agent=self.stage.name,
+            agent=self.stage.name if agent is None else agent,
             reason=reason,
             error_type=error_type,
         )
