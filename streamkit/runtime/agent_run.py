@@ -49,13 +49,34 @@ NEED = _Need()
 
 
 class _NextValue:
-    __slots__ = ()
+    """The awaitable `__anext__` returns, and its own iterator (no generator per value): the
+    first step yields NEED up to the task; the value the task sends back is the result."""
+
+    __slots__ = ("_asked",)
+
+    def __init__(self) -> None:
+        self._asked = False
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        return (yield NEED)
+        self._asked = False
+        return self  # type: ignore[return-value]  # an iterator with send/throw, as await needs
 
+    def __iter__(self) -> _NextValue:
+        return self
 
-_NEXT = _NextValue()
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        if not self._asked:
+            self._asked = True
+            return NEED
+        raise StopIteration(value)
+
+    def throw(self, exc: Any, *rest: Any) -> Any:
+        if isinstance(exc, type):
+            exc = exc(*rest[:1])
+        raise exc
 
 
 class AgentStream(Stream[T]):
@@ -64,6 +85,7 @@ class AgentStream(Stream[T]):
     def __init__(self, task: BodyHost, agent: Agent) -> None:
         super().__init__(agent.stream.app, agent.stream.node)
         self._task = task
+        self._next = _NextValue()  # one per body: its awaits never interleave
 
     def __repr__(self) -> str:
         return f"AgentStream({self._task!r})"
@@ -72,7 +94,7 @@ class AgentStream(Stream[T]):
         return self
 
     def __anext__(self) -> Any:
-        return _NEXT
+        return self._next
 
     @property
     def event(self) -> Event:
@@ -86,7 +108,7 @@ class AgentStream(Stream[T]):
         """Iterate whole events (key, value, headers...) instead of values."""
         while True:
             try:
-                await _NEXT
+                await self._next
             except StopAsyncIteration:
                 return
             yield self.event
@@ -138,9 +160,9 @@ class Body:
         self.running = True
         await _Drive(self, None, None)
 
-    async def feed(self, value: Any) -> None:
-        """The body's next value: run it until it asks for another."""
-        await _Drive(self, value, None)
+    def feed(self, value: Any) -> _Drive:
+        """The body's next value: (awaited) run it until it asks for another."""
+        return _Drive(self, value, None)
 
     async def stop(self) -> None:
         """End the body's `async for` (its code after the loop runs)."""

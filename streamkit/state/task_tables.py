@@ -72,7 +72,12 @@ class TaskTables:
         )
         self.partitions = {
             t.name: TablePartition(
-                t, self.partition, self.store, self._cache_entries, self._on_full
+                t,
+                self.partition,
+                self.store,
+                self._cache_entries,
+                self._on_full,
+                self.stage.partitions,
             )
             for t in self.tables
         }
