@@ -159,16 +159,9 @@ class Compiler:
 
     def _exchange(self, node: ExchangeNode) -> Push:
         assert node.output is not None
-        task = self.task
-        router = Router(node, node.output, task.partition)
+        router = Router(node, node.output, self.task.partition)
         self.routers.append(router)
-        route = router.route
-
-        def exchange(value: Any) -> None:
-            if route(value, task.record, task.collector, task.event_ts):
-                task.full = True
-
-        return exchange
+        return router.bind(self.task)
 
     def _sink(self, node: SinkNode) -> Push:
         topic = node.topic

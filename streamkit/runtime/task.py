@@ -80,6 +80,8 @@ class _Input:
     key_codec: Codec[Any]
     value_codec: Codec[Any]
     push: Callable[[Any], None]
+    loads_key: Callable[[bytes], Any]  # the codecs' `loads`, looked up once
+    loads_value: Callable[[bytes], Any]
 
 
 class Task:
@@ -280,8 +282,8 @@ class Task:
         inp = inputs[rec.topic]
         raw_key, raw_value = rec.key, rec.value
         try:
-            key = None if raw_key is None else inp.key_codec.loads(raw_key)
-            value = None if raw_value is None else inp.value_codec.loads(raw_value)
+            key = None if raw_key is None else inp.loads_key(raw_key)
+            value = None if raw_value is None else inp.loads_value(raw_value)
         except Exception:  # ValueError mostly; a model's own validator may raise anything
             problem = decode_problem(inp.key_codec, inp.value_codec, rec)
             self._dead_letter(rec, problem, "DecodeError")
@@ -351,7 +353,10 @@ class Task:
         self._bodies = {a.name: Body(a, self) for a in self.stage.agents}
         pushes = compiler.inputs()
         inputs = {
-            t.name: _Input(t.key_codec, t.value_codec, pushes[t.name]) for t in self.stage.topics
+            t.name: _Input(
+                t.key_codec, t.value_codec, pushes[t.name], t.key_codec.loads, t.value_codec.loads
+            )
+            for t in self.stage.topics
         }
         for body in self._bodies.values():
             await body.start()
