@@ -17,16 +17,19 @@ exit) when the task closes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
 from streamkit.agents import Agent
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.failures import FATAL
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class BodyHost(Protocol):
@@ -197,6 +200,50 @@ class Body:
             for name, encode in self._plain:
                 full |= append(name, None, None if out is None else encode(out))
         return full
+
+
+class Agents:
+    """The bodies of a stage's agents in one task, and the values a pass queued for them."""
+
+    def __init__(
+        self, task: BodyHost, agents: list[Agent], on_error: Callable[[Exception, str], None]
+    ) -> None:
+        self.bodies = {a.name: Body(a, task) for a in agents}
+        self.pending: list[tuple[Body, Any]] = []
+        self._on_error = on_error  # dead-letters the record for that agent, or raises
+
+    def input(self, agent: Agent) -> Callable[[Any], None]:
+        body, pending = self.bodies[agent.name], self.pending
+
+        def to_agent(value: Any) -> None:
+            pending.append((body, value))
+
+        return to_agent
+
+    async def start(self) -> None:
+        for body in self.bodies.values():
+            await body.start()
+
+    async def stop(self) -> None:
+        for body in self.bodies.values():
+            await body.stop()
+
+    async def feed(self) -> None:
+        """Hand the queued values to their bodies, in order. A body that raised on its value
+        is made anew (raising again there is a bug in the body: the task stops)."""
+        pending = self.pending
+        for body, value in pending:
+            if not body.running:
+                log.warning("%r returned before its stream ended; restarting it", body)
+                await body.start()
+            try:
+                await body.feed(value)
+            except FATAL:
+                raise
+            except Exception as exc:
+                self._on_error(exc, body.agent.name)
+                await body.start()
+        pending.clear()
 
 
 class _Drive:

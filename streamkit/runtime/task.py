@@ -32,11 +32,12 @@ from streamkit.agents import Agent
 from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
 from streamkit.events import Event
 from streamkit.graph import Stage
-from streamkit.runtime.agent_run import Body
+from streamkit.runtime.agent_run import Agents
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
-from streamkit.runtime.operators import FATAL, AgentStopped, Compiler
+from streamkit.runtime.failures import FATAL, AgentStopped
+from streamkit.runtime.operators import Compiler
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
@@ -135,8 +136,7 @@ class Task:
         self.full = False  # a batch filled up during the pass: submit before the next record
         self.events_in = 0
         self.dead_letters = 0
-        self._bodies: dict[str, Body] = {}
-        self._pending: list[tuple[Body, Any]] = []
+        self.agents = Agents(self, stage.agents, self.on_branch_error)
         self._runner: asyncio.Task[None] | None = None
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
@@ -249,13 +249,7 @@ class Task:
 
     def agent_input(self, agent: Agent) -> Callable[[Any], None]:
         """The last operator before an agent: queue the value for its body."""
-        body = self._bodies[agent.name]
-        pending = self._pending
-
-        def to_agent(value: Any) -> None:
-            pending.append((body, value))
-
-        return to_agent
+        return self.agents.input(agent)
 
     def on_branch_error(self, exc: Exception, agent: str | None = None) -> None:
         """An operator (or the body of `agent`) raised on the record being processed, in one
@@ -306,26 +300,6 @@ class Task:
         except Exception as exc:
             self.on_branch_error(exc)
 
-    async def _feed(self) -> None:
-        """Hand the values the pass queued to the agents' bodies, in order."""
-        pending = self._pending
-        for body, value in pending:
-            if not body.running:
-                log.warning(
-                    "%r: agent %s returned before its stream ended; restarting it",
-                    self,
-                    body.agent.name,
-                )
-                await body.start()
-            try:
-                await body.feed(value)
-            except FATAL:
-                raise
-            except Exception as exc:
-                self.on_branch_error(exc, body.agent.name)
-                await body.start()  # made anew; raising here is a bug in the body: it stops
-        pending.clear()
-
     # -- the task's coroutine ------------------------------------------------------------------
 
     def start(self) -> None:
@@ -350,7 +324,6 @@ class Task:
             return
         self._set_status(TaskState.RUNNING)
         compiler = Compiler(self, self.stage)
-        self._bodies = {a.name: Body(a, self) for a in self.stage.agents}
         pushes = compiler.inputs()
         inputs = {
             t.name: _Input(
@@ -358,15 +331,15 @@ class Task:
             )
             for t in self.stage.topics
         }
-        for body in self._bodies.values():
-            await body.start()
+        await self.agents.start()
         with contextlib.suppress(_Closed):
             await self._loop(inputs)
-        for body in self._bodies.values():
-            await body.stop()
+        await self.agents.stop()
 
     async def _loop(self, inputs: dict[str, _Input]) -> None:
-        records, done, pending = self._records, self._done, self._pending
+        records, done = self._records, self._done
+        agents = self.agents
+        pending = agents.pending
         collector, clock = self.collector, self.clock
         while True:
             if not records or self._pausing:
@@ -375,17 +348,7 @@ class Task:
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
-                if len(pending) == 1 and pending[0][0].running:  # the common case, inline
-                    body, value = pending.pop()
-                    try:
-                        await body.feed(value)
-                    except FATAL:
-                        raise
-                    except Exception as exc:
-                        self.on_branch_error(exc, body.agent.name)
-                        await body.start()
-                else:
-                    await self._feed()
+                await agents.feed()
             done[rec.topic] = rec.offset + 1
             self.record = self._event = None
             if self.full:
