@@ -53,8 +53,11 @@ class WorkerFailed(Exception):
 
 class Worker:
     def __init__(self, app: App) -> None:
-        if not app.agents:
-            raise WorkerFailed(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        if not app.agents and not app.sink_nodes:
+            raise WorkerFailed(
+                f"app {app.id} has no agents: decorate one with @app.agent(topic), or write a "
+                "stream to a topic with app.stream(topic)...to(other)"
+            )
         self.app = app
         self.settings = app.settings
         self.client_id = f"{app.id}-{socket.gethostname()}-{os.getpid()}"

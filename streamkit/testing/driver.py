@@ -74,8 +74,11 @@ class AsyncTestDriver:
         workdir: Path | str | None = None,
         settle_timeout: float = SETTLE_TIMEOUT,
     ) -> None:
-        if not app.agents:
-            raise ValueError(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        if not app.agents and not app.sink_nodes:
+            raise ValueError(
+                f"app {app.id} has no agents: decorate one with @app.agent(topic), or write a "
+                "stream to a topic with app.stream(topic)...to(other)"
+            )
         self.app = app
         self.clock = VirtualClock(start_time)
         self.log = MemoryLog()
