@@ -18,6 +18,7 @@ exit) when the task closes.
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
@@ -51,35 +52,11 @@ class _Need:
 NEED = _Need()
 
 
-class _NextValue:
-    """The awaitable `__anext__` returns, and its own iterator (no generator per value): the
-    first step yields NEED up to the task; the value the task sends back is the result."""
-
-    __slots__ = ("_asked",)
-
-    def __init__(self) -> None:
-        self._asked = False
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        self._asked = False
-        return self  # type: ignore[return-value]  # an iterator with send/throw, as await needs
-
-    def __iter__(self) -> _NextValue:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, value: Any) -> Any:
-        if not self._asked:
-            self._asked = True
-            return NEED
-        raise StopIteration(value)
-
-    def throw(self, exc: Any, *rest: Any) -> Any:
-        if isinstance(exc, type):
-            exc = exc(*rest[:1])
-        raise exc
+@types.coroutine
+def _next_value() -> Generator[Any, Any, Any]:
+    """What `await stream.__anext__()` runs: yield NEED up to the task, return what it sends
+    back (a generator's return: no exception per value)."""
+    return (yield NEED)
 
 
 class AgentStream(Stream[T]):
@@ -88,7 +65,6 @@ class AgentStream(Stream[T]):
     def __init__(self, task: BodyHost, agent: Agent) -> None:
         super().__init__(agent.stream.app, agent.stream.node)
         self._task = task
-        self._next = _NextValue()  # one per body: its awaits never interleave
 
     def __repr__(self) -> str:
         return f"AgentStream({self._task!r})"
@@ -97,7 +73,7 @@ class AgentStream(Stream[T]):
         return self
 
     def __anext__(self) -> Any:
-        return self._next
+        return _next_value()
 
     @property
     def event(self) -> Event:
@@ -111,7 +87,7 @@ class AgentStream(Stream[T]):
         """Iterate whole events (key, value, headers...) instead of values."""
         while True:
             try:
-                await self._next
+                await _next_value()
             except StopAsyncIteration:
                 return
             yield self.event
@@ -147,7 +123,7 @@ class Body:
         self.task = task
         self.is_generator = agent.is_generator
         self._gen: Any = None
-        self._step: Any = None  # the awaitable suspended at NEED
+        self._coro: Any = None  # the pump: the body, suspended at NEED
         self.running = False  # between start and the end of the body
         sinks = agent.sinks
         self._plain = [(s.name, s.value_codec.encode) for s in sinks]
@@ -159,20 +135,28 @@ class Body:
     async def start(self) -> None:
         """Make the body and run it up to its first request for a value."""
         self._gen = self.agent.fn(AgentStream(self.task, self.agent))
-        self._step = self._gen.__anext__() if self.is_generator else self._gen
+        self._coro = self._pump() if self.is_generator else self._gen
         self.running = True
-        await _Drive(self, None, None)
+        await resume(self, None, None)
 
-    def feed(self, value: Any) -> _Drive:
+    async def _pump(self) -> None:
+        """An async generator body, iterated: what it yields goes to the sinks. Stepped by
+        `resume`, it suspends only where the body asks for a value."""
+        output, submit = self.output, self.task.collector.submit_full
+        async for out in self._gen:
+            if output(out):
+                await submit()
+
+    def feed(self, value: Any) -> Any:
         """The body's next value: (awaited) run it until it asks for another."""
-        return _Drive(self, value, None)
+        return resume(self, value, None)
 
     async def stop(self) -> None:
         """End the body's `async for` (its code after the loop runs)."""
         for _ in range(3):  # a body that asks again after its stream ended is left alone
             if not self.running:
                 return
-            await _Drive(self, None, StopAsyncIteration())
+            await resume(self, None, StopAsyncIteration())
         self.running = False
 
     def output(self, out: Any) -> bool:
@@ -246,47 +230,27 @@ class Agents:
         pending.clear()
 
 
-class _Drive:
-    """Resume a body's suspended step with a value (or an exception) and run it until it
-    asks for a value again, passing its real awaits through to the event loop."""
-
-    __slots__ = ("_body", "_send", "_throw")
-
-    def __init__(self, body: Body, send: Any, throw: BaseException | None) -> None:
-        self._body = body
-        self._send = send
-        self._throw = throw
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        body = self._body
-        send, throw = self._send, self._throw
-        submit: Callable[[], Any] = body.task.collector.submit_full
-        while True:
-            step = body._step
-            try:
-                if throw is not None:
-                    yielded = step.throw(throw)
-                    throw = None
-                else:
-                    yielded = step.send(send)
-            except StopIteration as stop:
-                if not body.is_generator:
-                    body.running = False
-                    return  # a coroutine agent returned
-                send = None  # the body yielded an output: write it, then carry on
-                body._step = body._gen.__anext__()
-                if body.output(stop.value):
-                    yield from submit().__await__()
-                continue
-            except StopAsyncIteration:
-                body.running = False
-                return  # the async generator returned
-            except BaseException:
-                body.running = False
-                raise
-            if yielded is NEED:
-                return
-            try:
-                send = yield yielded  # a real await of the body's: the event loop's business
-            except BaseException as exc:  # (cancellation) goes into the body
-                throw, send = exc, None
+@types.coroutine
+def resume(body: Body, send: Any, throw: BaseException | None) -> Generator[Any, Any, None]:
+    """Resume a body's suspended pump with a value (or an exception) and run it until it asks
+    for a value again, passing its real awaits through to the event loop."""
+    coro = body._coro
+    while True:
+        try:
+            if throw is not None:
+                yielded = coro.throw(throw)
+                throw = None
+            else:
+                yielded = coro.send(send)
+        except StopIteration:
+            body.running = False
+            return  # the body returned
+        except BaseException:
+            body.running = False
+            raise
+        if yielded is NEED:
+            return
+        try:
+            send = yield yielded  # a real await of the body's: the event loop's business
+        except BaseException as exc:  # (cancellation) goes into the body
+            throw, send = exc, None

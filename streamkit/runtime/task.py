@@ -348,7 +348,17 @@ class Task:
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
-                await agents.feed()
+                if len(pending) == 1 and pending[0][0].running:  # the common case, inline
+                    body, value = pending.pop()
+                    try:
+                        await body.feed(value)
+                    except FATAL:
+                        raise
+                    except Exception as exc:
+                        self.on_branch_error(exc, body.agent.name)
+                        await body.start()
+                else:
+                    await agents.feed()
             done[rec.topic] = rec.offset + 1
             self.record = self._event = None
             if self.full:
