@@ -99,7 +99,7 @@ class Demo:
 
     def topics(self) -> dict[str, str]:
         p, app = self.pipeline, self.app
-        app.stages  # builds the graph: names the late topics
+        _ = app.stages  # builds the graph: names the late topics
         return {
             "enriched": p.enriched.name,
             "sessions": p.sessions_out.name,

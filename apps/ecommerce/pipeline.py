@@ -127,8 +127,11 @@ async def trending_products(stream: sk.Stream[dict[str, Any]]) -> None:
         trending.add(f"p{stream.event.partition}", event["product_id"])
 
 
-@app.agent(app.stream(purchases).key_by("user_id", name="by-user-purchases"), sink=totals,
-           state=[spent, bought])
+@app.agent(
+    app.stream(purchases).key_by("user_id", name="by-user-purchases"),
+    sink=totals,
+    state=[spent, bought],
+)
 async def spend(stream: sk.Stream[Purchase]) -> AsyncIterator[dict[str, Any]]:
     """The seed's example: purchases key_by user → running total (in cents)."""
     async for p in stream:

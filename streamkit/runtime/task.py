@@ -127,7 +127,9 @@ class Task:
         self.position: dict[str, int | None] = {
             tp.topic: positions.get(tp.topic) for tp in self.inputs
         }
-        self._done: dict[str, int | None] = dict(self.position)  # offset after the last done
+        # offset after the last record every branch finished; None until one is (a task that
+        # is still restoring has nothing to commit, and its store is not written)
+        self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
         self.record: Any = None  # the raw record being processed (ConsumerRecord)
         self._key: Any = None
         self._value: Any = None
