@@ -165,8 +165,7 @@ def test_topology_of_the_pipeline(uid: str) -> None:
     mermaid = app.topology("mermaid")
     assert mermaid.startswith("flowchart LR\n")
     assert (
-        f"-- rebalance --> topic_{p.replace('-', '_')}_by_user_rebalance_repartition\n"
-        in mermaid
+        f"-- rebalance --> topic_{p.replace('-', '_')}_by_user_rebalance_repartition\n" in mermaid
     )
     assert mermaid.count("-- key_by -->") == 1 and mermaid.count("-- shuffle -->") == 1
     proc = subprocess.run(
