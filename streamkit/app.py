@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from streamkit.agents import Agent, AgentFn
+from streamkit.clients import make_producer
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
 from streamkit.settings import ConfigError, Settings, load_settings
@@ -332,8 +333,6 @@ class App:
     @asynccontextmanager
     async def producer(self) -> AsyncIterator[Producer]:
         """A producer for sending outside agents (scripts, tests, the CLI)."""
-        from streamkit.runtime.clients import make_producer
-
         producer = make_producer(self.settings, client_id=f"{self.id}-producer")
         await producer.start()
         try:

@@ -384,13 +384,14 @@ def reset(
 @cli.command()
 def topology(
     app: AppArg,
-    format: Annotated[str, typer.Option("--format", help="text or mermaid")] = "text",
+    format: Annotated[str, typer.Option("--format", help="text, mermaid or json")] = "text",
 ) -> None:
-    """Print the app's graph: sources, stages, operators, internal topics, sinks."""
+    """Print the app's graph: stages and their inputs, operators (fan-out, merges, branches),
+    agents, sinks, internal topics, tables, windows, timers."""
 
     def body() -> None:
-        if format not in ("text", "mermaid"):
-            raise UsageError(f"--format {format!r}: use text or mermaid")
+        if format not in ("text", "mermaid", "json"):
+            raise UsageError(f"--format {format!r}: use text, mermaid or json")
         typer.echo(load_app(app).topology(format), nl=False)
 
     _run(body)

@@ -404,6 +404,19 @@ def resolve_partitions(stages: list[Stage]) -> None:
 
 def check_partitions(stage: Stage) -> None:
     counts = {i.topic.name: i.topic.partitions for i in stage.inputs}
+    keyed = {
+        i.topic.name: i.topic.partitions
+        for i in stage.inputs
+        if i.upstream is not None
+        and any(x.output is i.topic and x.kind == "key_by" for x in i.upstream.exchanges)
+    }
+    if len(keyed) > 1 and len(set(keyed.values())) > 1:
+        listed = ", ".join(f"{n} ({c})" for n, c in keyed.items())
+        raise ConfigError(
+            f"stage {stage.name} merges keyed streams that are not co-partitioned: {listed}; "
+            "partition p of each must hold the same keys: give every key_by before the merge "
+            "the same partitions=..."
+        )
     if stage.tables and len(set(counts.values())) > 1:
         listed = ", ".join(f"{n} ({c})" for n, c in counts.items())
         raise ConfigError(

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import orjson
 
 from streamkit.graph import AgentNode, Stage
-from streamkit.streams import ExchangeNode, Node, SinkNode, SourceNode
+from streamkit.streams import BranchNode, ExchangeNode, MergeNode, Node, SinkNode, SourceNode
 from streamkit.topics import Topic
 
 
@@ -26,17 +26,18 @@ class Drawn(Protocol):
 
 
 def _count(topic: Topic) -> str:
-    return "?" if topic.partitions is None else str(topic.partitions)
+    n = topic.partitions
+    return "? partitions" if n is None else f"{n} partition{'s' if n != 1 else ''}"
 
 
 def _label(node: Node) -> str:
     if isinstance(node, ExchangeNode) and node.output is not None:
-        return f"{node.label} => {node.output.name} ({_count(node.output)} partitions, internal)"
+        return f"{node.label} => {node.output.name} ({_count(node.output)}, internal)"
     if isinstance(node, AgentNode) and node.agent is not None:
-        sinks = ", ".join(f"{t.name} ({_count(t)} partitions)" for t in node.agent.sinks)
+        sinks = ", ".join(f"{t.name} ({_count(t)})" for t in node.agent.sinks)
         return f"agent {node.agent.name}()" + (f" -> {sinks}" if sinks else "")
     if isinstance(node, SinkNode) and node.topic is not None:
-        return f"to {node.topic.name} ({_count(node.topic)} partitions)"
+        return f"to {node.topic.name} ({_count(node.topic)})"
     return node.label
 
 
@@ -58,17 +59,21 @@ def _tasks(stage: Stage) -> str:
 def render_text(app: Drawn) -> str:
     lines = [f"app {app.id}"]
     for stage in app.stages:
-        inputs = ", ".join(f"{i.topic.name} ({_count(i.topic)} partitions)" for i in stage.inputs)
+        inputs = ", ".join(f"{i.topic.name} ({_count(i.topic)})" for i in stage.inputs)
         lines.append(f"stage {stage.name}  x{_tasks(stage)} tasks  <- {inputs}")
+        for inp in stage.inputs:
+            if len(inp.entries) > 1:
+                lines.append(
+                    f"  {inp.topic.name}: {len(inp.entries)} branches (fan-out: fetched once, "
+                    "every branch sees every event)"
+                )
         seen: set[Node] = set()
         for inp in stage.inputs:
-            fan = len(inp.entries) > 1
             for entry in inp.entries:
-                if isinstance(entry, SourceNode):
-                    note = " (fan-out: fetched once)" if fan else ""
-                    _tree(stage, entry, 1, seen, lines, "", note)
-                else:
-                    _tree(stage, entry, 1, seen, lines, f"{inp.topic.name} -> ")
+                if entry in seen:
+                    continue  # a merge of several inputs: drawn under the first
+                prefix = "" if isinstance(entry, SourceNode) else f"{inp.topic.name} -> "
+                _tree(stage, entry, 1, seen, lines, prefix)
         windowed = [w.table for w in stage.windows] + [t.table for t in stage.timers]
         for table in stage.tables:
             if table.source:
@@ -90,22 +95,21 @@ def render_text(app: Drawn) -> str:
 
 
 def _tree(
-    stage: Stage,
-    node: Node,
-    depth: int,
-    seen: set[Node],
-    lines: list[str],
-    prefix: str = "",
-    note: str = "",
+    stage: Stage, node: Node, depth: int, seen: set[Node], lines: list[str], prefix: str = ""
 ) -> None:
     pad = "  " * depth
     if node in seen:
-        lines.append(f"{pad}{prefix}{_label(node)} (joined above)")
+        lines.append(f"{pad}{prefix}{_label(node)} (merge: continued above)")
         return
     seen.add(node)
     kids = stage.children.get(node, [])
-    fan = " (fan-out)" if len(kids) > 1 else ""
-    lines.append(f"{pad}{prefix}{_label(node)}{note}{fan}")
+    notes = []
+    if (isinstance(node, SourceNode) and len(node.topics) > 1) or isinstance(node, MergeNode):
+        notes.append("merge")
+    if len(kids) > 1 and not isinstance(node, (ExchangeNode, BranchNode)):
+        notes.append(f"fan-out to {len(kids)}")
+    note = f"  [{', '.join(notes)}]" if notes else ""
+    lines.append(f"{pad}{prefix}{_label(node)}{note}")
     if isinstance(node, ExchangeNode):
         return  # its children run in the next stage
     for kid in kids:

@@ -286,6 +286,23 @@ async def test_a_keyed_merge_of_streams_that_are_not_co_partitioned_fails_at_sta
             pass
 
 
+async def test_a_merge_of_key_by_streams_with_other_partition_counts_fails_at_start() -> None:
+    app = sk.App("keyedmerge")
+    a = app.topic("km-a", partitions=2)
+    b = app.topic("km-b", partitions=2)
+    left = app.stream(a).key_by("user", partitions=4, name="a-by-user")
+    right = app.stream(b).key_by("user", partitions=3, name="b-by-user")
+
+    @app.agent(left.merge(right))
+    async def both(stream: sk.Stream[Any]) -> None:
+        async for _ in stream:
+            pass
+
+    with pytest.raises(sk.ConfigError, match=r"merges keyed streams that are not co-partition"):
+        async with AsyncTestDriver(app):
+            pass
+
+
 def test_state_after_a_rebalance_is_refused() -> None:
     app = sk.App("spread")
     src = app.topic("spread-in", partitions=2)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from streamkit.clients import make_admin
 from streamkit.graph import resolve_partitions
-from streamkit.runtime.clients import make_admin
 from streamkit.security import explain_unreachable
 from streamkit.settings import ConfigError, Settings
 from streamkit.topics import Topic

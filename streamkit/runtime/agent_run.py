@@ -17,16 +17,19 @@ exit) when the task closes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
 from streamkit.agents import Agent
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.failures import FATAL
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class BodyHost(Protocol):
@@ -49,13 +52,34 @@ NEED = _Need()
 
 
 class _NextValue:
-    __slots__ = ()
+    """The awaitable `__anext__` returns, and its own iterator (no generator per value): the
+    first step yields NEED up to the task; the value the task sends back is the result."""
+
+    __slots__ = ("_asked",)
+
+    def __init__(self) -> None:
+        self._asked = False
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        return (yield NEED)
+        self._asked = False
+        return self  # type: ignore[return-value]  # an iterator with send/throw, as await needs
 
+    def __iter__(self) -> _NextValue:
+        return self
 
-_NEXT = _NextValue()
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        if not self._asked:
+            self._asked = True
+            return NEED
+        raise StopIteration(value)
+
+    def throw(self, exc: Any, *rest: Any) -> Any:
+        if isinstance(exc, type):
+            exc = exc(*rest[:1])
+        raise exc
 
 
 class AgentStream(Stream[T]):
@@ -64,6 +88,7 @@ class AgentStream(Stream[T]):
     def __init__(self, task: BodyHost, agent: Agent) -> None:
         super().__init__(agent.stream.app, agent.stream.node)
         self._task = task
+        self._next = _NextValue()  # one per body: its awaits never interleave
 
     def __repr__(self) -> str:
         return f"AgentStream({self._task!r})"
@@ -72,7 +97,7 @@ class AgentStream(Stream[T]):
         return self
 
     def __anext__(self) -> Any:
-        return _NEXT
+        return self._next
 
     @property
     def event(self) -> Event:
@@ -86,7 +111,7 @@ class AgentStream(Stream[T]):
         """Iterate whole events (key, value, headers...) instead of values."""
         while True:
             try:
-                await _NEXT
+                await self._next
             except StopAsyncIteration:
                 return
             yield self.event
@@ -138,9 +163,9 @@ class Body:
         self.running = True
         await _Drive(self, None, None)
 
-    async def feed(self, value: Any) -> None:
-        """The body's next value: run it until it asks for another."""
-        await _Drive(self, value, None)
+    def feed(self, value: Any) -> _Drive:
+        """The body's next value: (awaited) run it until it asks for another."""
+        return _Drive(self, value, None)
 
     async def stop(self) -> None:
         """End the body's `async for` (its code after the loop runs)."""
@@ -175,6 +200,50 @@ class Body:
             for name, encode in self._plain:
                 full |= append(name, None, None if out is None else encode(out))
         return full
+
+
+class Agents:
+    """The bodies of a stage's agents in one task, and the values a pass queued for them."""
+
+    def __init__(
+        self, task: BodyHost, agents: list[Agent], on_error: Callable[[Exception, str], None]
+    ) -> None:
+        self.bodies = {a.name: Body(a, task) for a in agents}
+        self.pending: list[tuple[Body, Any]] = []
+        self._on_error = on_error  # dead-letters the record for that agent, or raises
+
+    def input(self, agent: Agent) -> Callable[[Any], None]:
+        body, pending = self.bodies[agent.name], self.pending
+
+        def to_agent(value: Any) -> None:
+            pending.append((body, value))
+
+        return to_agent
+
+    async def start(self) -> None:
+        for body in self.bodies.values():
+            await body.start()
+
+    async def stop(self) -> None:
+        for body in self.bodies.values():
+            await body.stop()
+
+    async def feed(self) -> None:
+        """Hand the queued values to their bodies, in order. A body that raised on its value
+        is made anew (raising again there is a bug in the body: the task stops)."""
+        pending = self.pending
+        for body, value in pending:
+            if not body.running:
+                log.warning("%r returned before its stream ended; restarting it", body)
+                await body.start()
+            try:
+                await body.feed(value)
+            except FATAL:
+                raise
+            except Exception as exc:
+                self._on_error(exc, body.agent.name)
+                await body.start()
+        pending.clear()
 
 
 class _Drive:

@@ -108,7 +108,8 @@ def plan_together(
 ) -> Plan:
     """`plan`, with the topics of each group (the inputs of one stage, read by one task per
     partition) assigned together: partition p of all of them to the owner of the group's
-    first topic's partition p (planned over the group's largest partition count)."""
+    first topic's partition p (planned over the group's largest partition count). Standbys
+    are named by the first topic's partition only."""
     counts = dict(partitions)
     followers: dict[str, str] = {}
     for group in groups:
@@ -134,10 +135,8 @@ def plan_together(
             out.extend((f, p) for f in led.get(topic, []) if p < partitions[f])
         return out
 
-    return Plan(
-        {m: expand(tps) for m, tps in planned.active.items()},
-        {m: expand(tps) for m, tps in planned.standby.items()},
-    )
+    # standbys stay named by the group's first topic: one store per task, kept warm once
+    return Plan({m: expand(tps) for m, tps in planned.active.items()}, planned.standby)
 
 
 def _tps(items: Iterable[Any]) -> set[TP]:

@@ -45,8 +45,8 @@ from typing import Any
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
+from streamkit.clients import make_producer
 from streamkit.runtime import faults
-from streamkit.runtime.clients import make_producer
 from streamkit.runtime.collector import Sealed
 from streamkit.runtime.task import Task
 from streamkit.settings import Settings

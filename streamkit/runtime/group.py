@@ -24,8 +24,8 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from streamkit.clients import make_consumer
 from streamkit.runtime.admin import describe, open_admin
-from streamkit.runtime.clients import make_consumer
 
 if TYPE_CHECKING:
     from streamkit.app import App

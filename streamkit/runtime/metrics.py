@@ -28,14 +28,14 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
-    from streamkit.runtime.worker import Worker
+    from streamkit.runtime.worker_view import WorkerView
 
 RATE_WINDOW = 10  # samples (one a second) that per-stage rates are computed over
 POSITION_TIMEOUT = 0.5
 
 
 class WorkerMetrics(Collector):
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self._worker = worker
         self.registry = CollectorRegistry(auto_describe=False)
         self.checkpoint_seconds = Histogram(

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from streamkit.agents import Agent
 from streamkit.graph import AgentNode, Stage
-from streamkit.runtime.collector import ProduceFailed, RecordCollector
+from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.exchange import Router
-from streamkit.state.table import TableNotBound
+from streamkit.runtime.failures import FATAL
 from streamkit.streams import (
     BranchNode,
     BranchOut,
@@ -45,14 +45,6 @@ class PassHost(Protocol):
     def on_branch_error(self, exc: Exception) -> None: ...
 
     def agent_input(self, agent: Agent) -> Push: ...
-
-
-class AgentStopped(Exception):
-    """Agent code raised and `on_agent_error="stop"`: the worker must stop."""
-
-
-# Not an event's fault: the worker stops (the event is read again by the next owner).
-FATAL = (TableNotBound, AgentStopped, ProduceFailed)
 
 
 def _nothing(value: Any) -> None:
@@ -159,16 +151,9 @@ class Compiler:
 
     def _exchange(self, node: ExchangeNode) -> Push:
         assert node.output is not None
-        task = self.task
-        router = Router(node, node.output, task.partition)
+        router = Router(node, node.output, self.task.partition)
         self.routers.append(router)
-        route = router.route
-
-        def exchange(value: Any) -> None:
-            if route(value, task.record, task.collector, task.event_ts):
-                task.full = True
-
-        return exchange
+        return router.bind(self.task)
 
     def _sink(self, node: SinkNode) -> Push:
         topic = node.topic

@@ -32,11 +32,12 @@ from streamkit.agents import Agent
 from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
 from streamkit.events import Event
 from streamkit.graph import Stage
-from streamkit.runtime.agent_run import Body
+from streamkit.runtime.agent_run import Agents
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
-from streamkit.runtime.operators import FATAL, AgentStopped, Compiler
+from streamkit.runtime.failures import FATAL, AgentStopped
+from streamkit.runtime.operators import Compiler
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
@@ -80,6 +81,8 @@ class _Input:
     key_codec: Codec[Any]
     value_codec: Codec[Any]
     push: Callable[[Any], None]
+    loads_key: Callable[[bytes], Any]  # the codecs' `loads`, looked up once
+    loads_value: Callable[[bytes], Any]
 
 
 class Task:
@@ -133,8 +136,7 @@ class Task:
         self.full = False  # a batch filled up during the pass: submit before the next record
         self.events_in = 0
         self.dead_letters = 0
-        self._bodies: dict[str, Body] = {}
-        self._pending: list[tuple[Body, Any]] = []
+        self.agents = Agents(self, stage.agents, self.on_branch_error)
         self._runner: asyncio.Task[None] | None = None
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
@@ -247,23 +249,19 @@ class Task:
 
     def agent_input(self, agent: Agent) -> Callable[[Any], None]:
         """The last operator before an agent: queue the value for its body."""
-        body = self._bodies[agent.name]
-        pending = self._pending
+        return self.agents.input(agent)
 
-        def to_agent(value: Any) -> None:
-            pending.append((body, value))
-
-        return to_agent
-
-    def on_branch_error(self, exc: Exception) -> None:
-        """An operator raised on the record being processed, in one branch."""
+    def on_branch_error(self, exc: Exception, agent: str | None = None) -> None:
+        """An operator (or the body of `agent`) raised on the record being processed, in one
+        branch: a dead letter that names the agent (else the stage), or the worker stops."""
         rec = self.record
+        where = f"agent {agent}" if agent is not None else f"stage {self.stage.name}"
         if self.on_agent_error == "stop":
             raise AgentStopped(
-                f"stage {self.stage.name} raised on {rec.topic}[{rec.partition}]@{rec.offset}: "
+                f"{where} raised on {rec.topic}[{rec.partition}]@{rec.offset}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        self._dead_letter(rec, str(exc), type(exc).__name__)
+        self._dead_letter(rec, str(exc), type(exc).__name__, agent)
 
     def _process(self, rec: Any, inputs: dict[str, _Input]) -> None:
         """Decode one record and push it through the stage (the synchronous part)."""
@@ -278,8 +276,8 @@ class Task:
         inp = inputs[rec.topic]
         raw_key, raw_value = rec.key, rec.value
         try:
-            key = None if raw_key is None else inp.key_codec.loads(raw_key)
-            value = None if raw_value is None else inp.value_codec.loads(raw_value)
+            key = None if raw_key is None else inp.loads_key(raw_key)
+            value = None if raw_value is None else inp.loads_value(raw_value)
         except Exception:  # ValueError mostly; a model's own validator may raise anything
             problem = decode_problem(inp.key_codec, inp.value_codec, rec)
             self._dead_letter(rec, problem, "DecodeError")
@@ -301,26 +299,6 @@ class Task:
             raise
         except Exception as exc:
             self.on_branch_error(exc)
-
-    async def _feed(self) -> None:
-        """Hand the values the pass queued to the agents' bodies, in order."""
-        pending = self._pending
-        for body, value in pending:
-            if not body.running:
-                log.warning(
-                    "%r: agent %s returned before its stream ended; restarting it",
-                    self,
-                    body.agent.name,
-                )
-                await body.start()
-            try:
-                await body.feed(value)
-            except FATAL:
-                raise
-            except Exception as exc:
-                self.on_branch_error(exc)
-                await body.start()  # made anew; raising here is a bug in the body: it stops
-        pending.clear()
 
     # -- the task's coroutine ------------------------------------------------------------------
 
@@ -346,20 +324,22 @@ class Task:
             return
         self._set_status(TaskState.RUNNING)
         compiler = Compiler(self, self.stage)
-        self._bodies = {a.name: Body(a, self) for a in self.stage.agents}
         pushes = compiler.inputs()
         inputs = {
-            t.name: _Input(t.key_codec, t.value_codec, pushes[t.name]) for t in self.stage.topics
+            t.name: _Input(
+                t.key_codec, t.value_codec, pushes[t.name], t.key_codec.loads, t.value_codec.loads
+            )
+            for t in self.stage.topics
         }
-        for body in self._bodies.values():
-            await body.start()
+        await self.agents.start()
         with contextlib.suppress(_Closed):
             await self._loop(inputs)
-        for body in self._bodies.values():
-            await body.stop()
+        await self.agents.stop()
 
     async def _loop(self, inputs: dict[str, _Input]) -> None:
-        records, done, pending = self._records, self._done, self._pending
+        records, done = self._records, self._done
+        agents = self.agents
+        pending = agents.pending
         collector, clock = self.collector, self.clock
         while True:
             if not records or self._pausing:
@@ -368,7 +348,7 @@ class Task:
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
-                await self._feed()
+                await agents.feed()
             done[rec.topic] = rec.offset + 1
             self.record = self._event = None
             if self.full:
@@ -451,12 +431,14 @@ class Task:
         if waiter is not None and not waiter.done() and (self._records or self._closing()):
             waiter.set_result(None)
 
-    def _dead_letter(self, rec: Any, reason: str, error_type: str) -> None:
+    def _dead_letter(
+        self, rec: Any, reason: str, error_type: str, agent: str | None = None
+    ) -> None:
         dead_letter(
             self.collector,
             self.dlq_topic,
             rec,
-            agent=self.stage.name,
+            agent=self.stage.name if agent is None else agent,
             reason=reason,
             error_type=error_type,
         )

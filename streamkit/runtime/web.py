@@ -36,7 +36,7 @@ from streamkit.state import queries
 from streamkit.state.queries import QueryError
 
 if TYPE_CHECKING:
-    from streamkit.runtime.worker import Worker
+    from streamkit.runtime.worker_view import WorkerView
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ DEFAULT_LIMIT = 100
 
 
 class WebServer:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self.worker = worker
         self.metrics = WorkerMetrics(worker)
         self.endpoint = ""

@@ -26,10 +26,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
+from streamkit.clients import make_consumer, make_producer
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
-from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.exactly_once import (
     TransactionalCheckpointer,
     TransactionalProducers,
@@ -53,8 +53,11 @@ class WorkerFailed(Exception):
 
 class Worker:
     def __init__(self, app: App) -> None:
-        if not app.agents:
-            raise WorkerFailed(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        if not app.agents and not app.sink_nodes:
+            raise WorkerFailed(
+                f"app {app.id} has no agents: decorate one with @app.agent(topic), or write a "
+                "stream to a topic with app.stream(topic)...to(other)"
+            )
         self.app = app
         self.settings = app.settings
         self.client_id = f"{app.id}-{socket.gethostname()}-{os.getpid()}"

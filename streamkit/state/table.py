@@ -58,15 +58,35 @@ def check_key(kind: str, name: str, encoded: bytes, key: Any, scope: TaskScope) 
     """A written key must hash (murmur2) to the running task's partition."""
     if encoded == scope.event_key():
         return  # the event's own key: its partition is this one (the common case, no hash)
-    partitions = scope.partitions
+    _check_partition(kind, name, encoded, key, scope.partition, scope.partitions, scope)
+
+
+def _check_partition(
+    kind: str, name: str, encoded: bytes, key: Any, partition: int, partitions: int, scope: Any
+) -> None:
     belongs = partition_for_key(encoded, partitions)
-    if belongs != scope.partition:
+    if belongs != partition:
+        stage = scope.stage_name if scope is not None else "?"
         raise KeyNotInPartition(
-            f"{kind} {name}: key {key!r} belongs to partition {belongs} of stage "
-            f"{scope.stage_name} ({partitions} partitions), but partition {scope.partition} "
-            "is writing it: key_by(<this key>) before the stage that writes it (or declare "
-            "it with local_keys=True if its keys are the task's own)"
+            f"{kind} {name}: key {key!r} belongs to partition {belongs} of stage {stage} "
+            f"({partitions} partitions), but partition {partition} is using it: key_by(<this "
+            "key>) before the stage that uses it (or declare it with local_keys=True if its "
+            "keys are the task's own)"
         )
+
+
+def key_checker(table: Table[Any, Any], partition: int, partitions: int) -> Callable[[Any], None]:
+    """The check a table partition runs on each key that enters its cache."""
+    encode, name = table.key_codec.encode, table.name
+
+    def check(key: Any) -> None:
+        scope = CURRENT_TASK.get(None)
+        encoded = encode(key)
+        if scope is not None and encoded == scope.event_key():
+            return
+        _check_partition("table", name, encoded, key, partition, partitions, scope)
+
+    return check
 
 
 _MISSING: Any = object()
@@ -83,6 +103,7 @@ class TablePartition:
         store: PartitionStore,
         max_entries: int,
         on_full: Callable[[], None],
+        partitions: int | None = None,
     ) -> None:
         self.table = table
         self.name = table.name
@@ -95,6 +116,11 @@ class TablePartition:
         self._value_codec = table.value_codec
         self.cache: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
+        # A key is checked to belong to this partition when it enters the cache (a read that
+        # misses, a write of a new key): once per key while it stays cached, not per access.
+        self._check: Callable[[Any], None] | None = None
+        if partitions is not None and table.checked_keys and not table.source:
+            self._check = key_checker(table, partition, partitions)
         # Changes taken by a checkpoint but not yet in SQLite: a key evicted meanwhile must
         # not be read back stale from the store.
         self.flushing: dict[bytes, bytes | None] = {}
@@ -121,6 +147,8 @@ class TablePartition:
     def get(self, key: Any, default: Any = _MISSING) -> Any:
         value = self.cache.get(key, _MISSING)
         if value is _MISSING:
+            if self._check is not None:
+                self._check(key)
             self.misses += 1
             encoded = self._key_codec.encode(key)
             raw = self.flushing.get(encoded, _MISSING)
@@ -139,11 +167,14 @@ class TablePartition:
 
     def set(self, key: Any, value: Any) -> None:
         cache = self.cache
-        self.dirty.add(key)  # before any eviction: a dirty key is never evicted
         if key not in cache:
+            if self._check is not None:
+                self._check(key)
+            self.dirty.add(key)  # before any eviction: a dirty key is never evicted
             cache[key] = value
             self._bound()
         else:
+            self.dirty.add(key)
             cache[key] = value
 
     def delete(self, key: Any) -> bool:
@@ -252,6 +283,9 @@ class Table(Generic[K, V]):
         self.key_codec: Codec[Any] = RAW if key_type is bytes else codec_for(key_type)
         self.value_codec: Codec[Any] = codec_for(value_type)
         self.local_keys = local_keys  # keys are the task's own: no partition check
+        # checked per key as it enters a partition's cache; window tables and timers check
+        # their own (inner) keys per call instead
+        self.checked_keys = not local_keys
         self.stage_name: str | None = None  # the stage that owns it (set when built)
 
     def __repr__(self) -> str:
@@ -279,7 +313,6 @@ class Table(Generic[K, V]):
                 raise KeyError(key)
             value = self.default()
             if not self.source:  # stored, as a defaultdict does: `t[k].append(x)` persists
-                self._check(part, key)
                 part.set(key, value)
             return value
         return self._read(part, key, value)  # type: ignore[no-any-return]
@@ -290,14 +323,7 @@ class Table(Generic[K, V]):
                 f"table {self.name} reads topic {self.changelog.name}: it is read-only "
                 "(produce to that topic to change it)"
             )
-        part = self._local()
-        self._check(part, key)
-        return part
-
-    def _check(self, part: TablePartition, key: Any) -> None:
-        if not self.local_keys:
-            scope = CURRENT_TASK.get()
-            check_key("table", self.name, self.key_codec.encode(key), key, scope)
+        return self._local()
 
     def __setitem__(self, key: K, value: V) -> None:
         self._writable(key).set(key, value)

@@ -41,6 +41,7 @@ class Timers:
         self.table = table
         self.key_codec = codec_for(key_type)  # the partition check hashes the key so encoded
         self.handler: Handler | None = None
+        table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(_TaggedKey())  # (fire ms, (kind, key))
         self.fired = 0
 

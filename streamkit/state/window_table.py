@@ -103,6 +103,7 @@ class WindowTable:
         self.output = output
         self.late_topic = late_topic  # set when the owning agent is known, if not named
         self.key_codec: Codec[Any] = codec_for(key_type)
+        table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
         self.late_events = 0  # late events routed by this process
         self.emitted = 0

@@ -39,6 +39,7 @@ from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.state.table import TablePartition
+from streamkit.testing.follow import follow_global, follow_sources
 from streamkit.testing.memory import (
     MemoryGroup,
     MemoryLog,
@@ -73,8 +74,11 @@ class AsyncTestDriver:
         workdir: Path | str | None = None,
         settle_timeout: float = SETTLE_TIMEOUT,
     ) -> None:
-        if not app.agents:
-            raise ValueError(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        if not app.agents and not app.sink_nodes:
+            raise ValueError(
+                f"app {app.id} has no agents: decorate one with @app.agent(topic), or write a "
+                "stream to a topic with app.stream(topic)...to(other)"
+            )
         self.app = app
         self.clock = VirtualClock(start_time)
         self.log = MemoryLog()
@@ -409,39 +413,14 @@ class AsyncTestDriver:
                 )
 
     def _follow_global(self) -> bool:
-        """Global tables read what was written to their topics, as a worker follows them."""
-        moved = False
-        for gt in self.app.global_tables.values():
-            for p in range(gt.source.partitions or 1):
-                tp = TopicPartition(gt.source.name, p)
-                records = self.log.read(tp.topic, p, self._global.get(tp, 0))
-                if records:
-                    gt.apply([(r.key, r.value) for r in records])
-                    self._global[tp] = records[-1].offset + 1
-                    moved = True
-        return moved
-
-    def _follow_sources(self) -> bool:
-        """Tables read from a topic (`source=`) apply what was written to it since, as the
-        worker's `sources` task does every 0.2 s."""
-        moved = False
-        for task in self._tasks():
-            for part in task.tables.values():
-                if not part.table.source:
-                    continue
-                name = part.table.changelog.name
-                records = self.log.read(name, part.partition, part.source_offset + 1)
-                if records:
-                    part.apply_source([(r.key, r.value) for r in records], records[-1].offset)
-                    moved = True
-        return moved
+        return follow_global(self.app, self.log, self._global)
 
     def _deliver(self) -> bool:
         """Hand each task the records of its input written since the last hand-over."""
         manager = self._manager
         assert manager is not None
         self._follow_global()
-        self._follow_sources()
+        follow_sources(self._tasks(), self.log)
         batches = {}
         for tp, position in self._positions.items():
             records = self.log.read(tp.topic, tp.partition, position)
