@@ -37,7 +37,8 @@ reminders = app.timer_set("reminders")
 def note(event: dict[str, Any]) -> int:
     """A helper that writes a table: state works from any code of the stage's tasks."""
     seen[event["user"]] += 1
-    return seen[event["user"]]
+    count: int = seen[event["user"]]
+    return count
 
 
 @reminders.on_fire

@@ -197,9 +197,9 @@ async def _agent(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
 
 def _declare_two_agents() -> None:
     app = _app()
-    topic = app.topic("t")
-    app.agent(topic, name="same")(_agent)
-    app.agent(app.topic("u"), name="same")(_agent)
+    topic, out = app.topic("t"), app.topic("out")
+    app.agent(topic, name="same", sink=out)(_agent)
+    app.agent(app.topic("u"), name="same", sink=out)(_agent)
 
 
 def _agent_on_undeclared_topic() -> None:
@@ -210,11 +210,7 @@ def _agent_on_undeclared_topic() -> None:
 def _key_by_zero_partitions() -> None:
     app = _app()
 
-    async def body(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
-        async for value in stream.key_by("user", partitions=0):
-            yield value
-
-    app.agent(app.topic("t"))(body)
+    app.stream(app.topic("t")).key_by("user", partitions=0)
 
 
 # (a declaration, words its ConfigError must contain)

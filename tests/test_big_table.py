@@ -52,7 +52,7 @@ async def test_a_million_keys_with_a_small_cache(uid: str, workdir: Path) -> Non
     src = app.topic(f"big-in-{uid}", key_type=str, value_type=int, partitions=PARTITIONS)
     seen = app.table("seen", default=int)
 
-    @app.agent(src)
+    @app.agent(src, state=[seen])
     async def count(stream: sk.Stream[int]) -> None:
         async for n in stream:  # the input is keyed already: the table lives in stage 0
             key = stream.event.key

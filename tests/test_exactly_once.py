@@ -73,7 +73,7 @@ async def test_an_aborted_transaction_shows_nothing_and_its_events_count_once(
     # the aborted transaction's records were written, then aborted: only a read_uncommitted
     # reader sees them
     seen = 0
-    for topic in (f"totals-{uid}", f"shop-{uid}-total_spent-by-user-repartition"):
+    for topic in (f"totals-{uid}", f"shop-{uid}-by-user-repartition"):
         seen += len(await read_all(topic, isolation="read_uncommitted"))
     assert seen > 3000 * 2, "the aborted transaction wrote nothing"
 

@@ -56,9 +56,9 @@ def totals_app(uid: str, workdir: Path, options: dict[str, Any]) -> sk.App:
     totals = app.topic(f"sec-totals-{uid}", partitions=2)
     spent = app.table("spent", default=int)
 
-    @app.agent(orders, sink=totals)
+    @app.agent(app.stream(orders).key_by("user", partitions=2), sink=totals, state=[spent])
     async def add_up(stream: sk.Stream[Any]) -> AsyncIterator[dict[str, Any]]:
-        async for order in stream.key_by("user", partitions=2):
+        async for order in stream:
             spent[order["user"]] += order["amount"]
             yield {"user": order["user"], "total": spent[order["user"]]}
 

@@ -22,7 +22,10 @@ counts = app.window(
 )
 
 
-@app.agent(purchases)
+by_user = app.stream(purchases).key_by("user", name="by-user")
+
+
+@app.agent(by_user, state=[counts])
 async def per_user(stream: sk.Stream[Any]) -> None:
-    async for p in stream.key_by("user", name="by-user"):
+    async for p in stream:
         counts.add(p["user"])
