@@ -5,6 +5,7 @@ tests/test_contract_broker.py."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import sys
@@ -61,6 +62,35 @@ async def test_code_before_the_loop_runs_once_per_task_and_again_after_an_agent_
         await driver.send(src, {"ok": 1}, partition=0)
         assert driver.read_values(out) == [{"ok": 1}]
         assert len(driver.records(app.dlq)) == 1
+
+
+async def test_a_body_that_awaits_holds_its_task_and_keeps_the_order() -> None:
+    """A real await in a body (I/O, a sleep) passes through to the event loop; the task's
+    next event waits for it, so outputs keep the input order."""
+    app = sk.App("awaits")
+    src = app.topic("awaits-in", partitions=1)
+    out = app.topic("awaits-out", partitions=1)
+    side = app.topic("awaits-side", partitions=1)
+
+    async def lookup(n: int) -> int:
+        await asyncio.sleep(0.002 * (5 - n % 5))  # later events answer sooner
+        return n * 10
+
+    @app.agent(src, sink=out)
+    async def enrich(stream: sk.Stream[int]) -> AsyncIterator[int]:
+        async for n in stream:
+            yield await lookup(n)
+
+    @app.agent(src)
+    async def also(stream: sk.Stream[int]) -> None:
+        async for n in stream:
+            await asyncio.sleep(0)
+            await side.send(n)
+
+    async with AsyncTestDriver(app) as driver:
+        await driver.send_many(src, list(range(10)))
+        assert driver.read_values(out) == [n * 10 for n in range(10)]
+        assert driver.read_values(side) == list(range(10))
 
 
 # -- 2. state from any code of its task ----------------------------------------------------
