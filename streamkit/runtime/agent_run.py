@@ -225,9 +225,14 @@ class Agents:
             except FATAL:
                 raise
             except Exception as exc:
-                self._on_error(exc, body.agent.name)
-                await body.start()
+                await self.failed(body, exc)
         pending.clear()
+
+    async def failed(self, body: Body, exc: Exception) -> None:
+        """A body raised on its value: dead-letter the record for it (or stop), make it anew
+        (raising again there is a bug in the body: the task stops)."""
+        self._on_error(exc, body.agent.name)
+        await body.start()
 
 
 @types.coroutine

@@ -357,8 +357,7 @@ class Task:
                     except FATAL:
                         raise
                     except Exception as exc:
-                        self.on_branch_error(exc, body.agent.name)
-                        await body.start()
+                        await agents.failed(body, exc)
                 else:
                     await agents.feed()
             done[rec.topic] = rec.offset + 1
