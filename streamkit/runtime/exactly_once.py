@@ -241,6 +241,11 @@ class TransactionalCheckpointer:
         collector.release()
         return written
 
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        """The input offsets this worker's checkpoints committed, per partition it owns."""
+        return dict(self._committed)
+
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Partitions we no longer own: another owner may commit them past our record."""
         for tp in tps:

@@ -36,6 +36,7 @@ from streamkit.runtime.exactly_once import (
     TransactionFailed,
 )
 from streamkit.runtime.fetch import fetch_loop
+from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
@@ -75,6 +76,7 @@ class Worker:
         self.standbys: Standbys | None = None
         self.global_tables: GlobalTables | None = None
         self.assignor: Any = None
+        self.purger: RepartitionPurger | None = None  # deletes consumed repartition records
         self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
     # -- control -------------------------------------------------------------------------------
@@ -121,6 +123,8 @@ class Worker:
         await self.global_tables.start()
         self.producer = make_producer(settings, self.client_id)
         await self.producer.start()
+        repartition = {out.name for st in app.stages for out in st.outputs}
+        self.purger = RepartitionPurger(settings, self.client_id, repartition)
         self.reader = ChangelogReader(settings, f"{self.client_id}-restore")
         self.tasks = TaskManager(
             app, self.producer, self.fail, self.reader, on_state_full=self.request_checkpoint
@@ -203,9 +207,12 @@ class Worker:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
                 await self.recover(exc)
+                continue
             except Exception:
                 self._checkpoint_broken = True  # e.g. a state write on a full disk
                 raise
+            if self.purger is not None:
+                await self.purger.after_checkpoint(self.checkpointer.committed)
 
     async def recover(self, exc: TransactionFailed) -> None:
         """A transaction failed (this worker was fenced, or an error): what its tasks did since
@@ -255,6 +262,9 @@ class Worker:
                 await self.reader.stop()
         if self.standbys is not None:
             await self.standbys.close()
+        if self.purger is not None:
+            with contextlib.suppress(Exception):
+                await self.purger.close()
         if self.global_tables is not None:
             with contextlib.suppress(Exception):
                 await self.global_tables.close()
