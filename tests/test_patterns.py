@@ -159,7 +159,7 @@ def test_topology_of_the_pipeline(uid: str) -> None:
         "stage by-user-rebalance-shuffle  x3 tasks  "
         f"<- {p}-by-user-rebalance-shuffle-repartition (3 partitions)\n"
         f"  {p}-by-user-rebalance-shuffle-repartition -> agent sessions() "
-        f"-> pipe-out-{uid} (1 partitions)\n"
+        f"-> pipe-out-{uid} (1 partition)\n"
         f"dead letters -> {p}-dlq\n"
     )
     mermaid = app.topology("mermaid")
