@@ -309,7 +309,11 @@ BAD_COMMANDS: list[tuple[list[str], dict[str, str], list[str]]] = [
         ["security_protocol is PLAINTEXT", "STREAMKIT_SECURITY_PROTOCOL"],
     ),
     (["worker", "no_agents:app"], {"STREAMKIT_COMIT_INTERVAL": "1"}, ["did you mean"]),
-    (["topology", "no_agents:app", "--format", "dot"], {}, ["--format 'dot': use text, mermaid or json"]),
+    (
+        ["topology", "no_agents:app", "--format", "dot"],
+        {},
+        ["--format 'dot': use text, mermaid or json"],
+    ),
     (["tables", "get", "no_agents:app"], {}, ["usage: streamkit tables get MODULE:APP TABLE KEY"]),
 ]
 
