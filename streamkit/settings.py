@@ -74,6 +74,19 @@ class Settings(BaseSettings):
         ),
     )
     session_timeout_ms: int = Field(default=10_000, ge=1000)
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "Static group membership (KIP-345, group.instance.id): a name unique to this worker "
+            "that stays the same across its restarts (the host or pod name, e.g. a StatefulSet's "
+            "shop-0). Restarted within session_timeout_ms, the worker gets its partitions back "
+            "with no rebalance. A static worker does not leave the group when it stops: its "
+            "partitions wait for it until session_timeout_ms. Unset: dynamic membership."
+        ),
+    )
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     linger_ms: int = Field(default=5, ge=0, le=60_000)

@@ -139,7 +139,11 @@ class Worker:
             app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
         )
         self.consumer = make_consumer(
-            settings, app.id, self.client_id, partition_assignment_strategy=(self.assignor,)
+            settings,
+            app.id,
+            self.client_id,
+            partition_assignment_strategy=(self.assignor,),
+            group_instance_id=settings.instance_id,  # static membership, when set
         )
         if settings.processing_guarantee == "exactly_once":
             self.producers = TransactionalProducers(settings, app.id, self.client_id)
