@@ -97,7 +97,26 @@ class Settings(BaseSettings):
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
     )
-    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of the app's declared topics it creates."
+    )
+    internal_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Replication factor of the internal topics streamkit creates (changelogs, "
+            "repartition, dead-letter and late topics). Unset: 3, or the number of brokers "
+            "when the cluster has fewer."
+        ),
+    )
+    internal_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "min.insync.replicas of the internal topics streamkit creates. Unset: 2 when they "
+            "have 3 or more replicas, else 1 (a write then survives the loss of one broker)."
+        ),
+    )
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."
     )
@@ -172,6 +191,16 @@ class Settings(BaseSettings):
                 f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
                 f"session_timeout_ms ({self.session_timeout_ms}): lower "
                 "STREAMKIT_HEARTBEAT_INTERVAL_MS (a third of the session timeout is usual)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_min_insync(self) -> Settings:
+        rf, isr = self.internal_replication_factor, self.internal_min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(
+                f"internal_min_insync_replicas ({isr}) is above internal_replication_factor "
+                f"({rf}): no write could ever succeed; lower STREAMKIT_INTERNAL_MIN_INSYNC_REPLICAS"
             )
         return self
 
