@@ -141,10 +141,14 @@ def write_config(
     """One node's server.properties; `voters` (`1@host:port,2@...`) makes it a node of a
     cluster (scripts/kafkacluster.py): internal topics then get 3 replicas, min ISR 2."""
     replicas, min_isr = ("1", "1") if voters is None else ("3", "2")
-    cluster = {} if voters is None else {  # a killed node's partitions move after 4 s, not 9
-        "broker.session.timeout.ms": "4000",
-        "broker.heartbeat.interval.ms": "1000",
-    }
+    cluster = (
+        {}
+        if voters is None
+        else {  # a killed node's partitions move after 4 s, not 9
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "1000",
+        }
+    )
     props = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
