@@ -11,7 +11,8 @@ group member: the broker cannot tell a zombie from the partition's owner. Here:
   member id and group instance id (and the first flexible one), declared with aiokafka's
   protocol building blocks.
 - `enable_group_fencing(producer, metadata)`: the producer's sender sends that request instead
-  of v0, with the group metadata read when the request is built; a broker answer that says the
+  of v0, with the group metadata read when the request is built (none, generation -1: refused
+  here, as the broker would not check it); a broker answer that says the
   member is not the group's (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID) makes the
   transaction fail with `GroupFenced`: abort it, drop the work, replace the producer (a new one
   with the same transactional id ends the transaction on the broker), rejoin.
@@ -309,12 +310,18 @@ def enable_group_fencing(producer: Any, metadata: Callable[[], GroupMetadata]) -
     async def txn_offset_commit(offsets: Any, group_id: str) -> None:
         if not offsets:
             return
+        group = metadata()
+        if group.generation_id < 0 or not group.member_id:
+            # No membership (lost it: the consumer reset its generation, and is rejoining).
+            # The broker would take such a commit without any check, as a v0 one: refuse it.
+            _fail_transaction(sender._txn_manager, GroupFenced(UNKNOWN_MEMBER_ID, group))
+            return
         try:
             node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
         except errors.GroupAuthorizationFailedError as exc:
             sender._txn_manager.error_transaction(exc)
             return
-        await _GroupFencedCommitHandler(sender, offsets, group_id, metadata()).do(node_id)
+        await _GroupFencedCommitHandler(sender, offsets, group_id, group).do(node_id)
 
     sender._do_txn_offset_commit = txn_offset_commit
 

@@ -39,6 +39,16 @@ class Settings(BaseSettings):
             "partition commits its outputs, changelog records and offsets together."
         ),
     )
+    transactional_producer: Literal["per_partition", "per_worker"] = Field(
+        default="per_partition",
+        description=(
+            "exactly_once: per_partition, one transactional producer per input partition "
+            "(transactional id {app}-{topic}-{partition}; the id fences a zombie); per_worker, "
+            "one per worker, offsets committed with the group's generation (KIP-447: the group "
+            "coordinator fences a zombie) and one transaction per checkpoint however many "
+            "partitions. See docs/benchmarks.md for which to choose."
+        ),
+    )
     transaction_timeout_ms: int = Field(
         default=60_000,
         ge=1000,

@@ -156,6 +156,11 @@ async def test_a_zombie_past_its_session_timeout_cannot_commit(uid: str) -> None
             with pytest.raises(GroupFenced) as refused:
                 await commit_in_transaction(producer, sink, b"zombie", {tp0: 3}, group)
     assert refused.value.code in internals.GROUP_FENCING_ERRORS, refused.value
+    # and what the zombie's consumer holds once it learns it lost its membership (generation
+    # -1, no member id: the broker would check nothing) is refused before it is sent
+    async with fenced_producer(f"zmb-{uid}", lambda: GroupMetadata(group, -1, "", None)) as p:
+        with pytest.raises(GroupFenced):
+            await commit_in_transaction(p, sink, b"no member", {tp0: 4}, group)
     async with fenced_producer(f"zmb-{uid}", None):
         pass  # ends the refused transaction on the broker
     assert await committed(group, source) == {}

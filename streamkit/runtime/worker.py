@@ -31,9 +31,12 @@ from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.exactly_once import (
+    ProducerSet,
     TransactionalCheckpointer,
     TransactionalProducers,
     TransactionFailed,
+    WorkerProducer,
+    WorkerTransactionCheckpointer,
 )
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.task_manager import TaskManager
@@ -67,7 +70,7 @@ class Worker:
         self.consumer: Any = None
         self.tasks: TaskManager | None = None
         self.checkpointer: Checkpointer | TransactionalCheckpointer | None = None
-        self.producers: TransactionalProducers | None = None  # exactly-once only
+        self.producers: ProducerSet | None = None  # exactly-once only
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
         self.global_tables: GlobalTables | None = None
@@ -86,7 +89,7 @@ class Worker:
     def fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
-            log.error("worker failing: %s: %s", type(exc).__name__, exc)
+            log.error("worker failing: %s: %s", type(exc).__name__, exc, exc_info=exc)
         self._stopping.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -146,8 +149,13 @@ class Worker:
             group_instance_id=settings.instance_id,  # static membership, when set
         )
         if settings.processing_guarantee == "exactly_once":
-            self.producers = TransactionalProducers(settings, app.id, self.client_id)
-            self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
+            if settings.transactional_producer == "per_worker":  # KIP-447
+                one = WorkerProducer(settings, app.id, self.client_id, self.consumer)
+                self.producers = one
+                self.checkpointer = WorkerTransactionCheckpointer(app.id, one)
+            else:
+                self.producers = TransactionalProducers(settings, app.id, self.client_id)
+                self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
         else:
             self.checkpointer = Checkpointer(self.consumer)
         if self.web is not None:
@@ -313,7 +321,7 @@ class Worker:
         producers = await self.producers.acquire(tps)
         fenced_in = time.monotonic() - started
         ordered = sorted(tps)
-        offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in ordered))
+        offsets = await self.producers.committed(self.consumer, ordered)
         positions = {}
         for tp, offset in zip(ordered, offsets, strict=True):
             if offset is not None:
