@@ -6,6 +6,7 @@ closes: aiokafka's own v0 commit is accepted from the stale member."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -165,3 +166,28 @@ async def test_a_zombie_past_its_session_timeout_cannot_commit(uid: str) -> None
         pass  # ends the refused transaction on the broker
     assert await committed(group, source) == {}
     assert await read_all(sink) == []
+
+
+async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str) -> None:
+    """OffsetFetch v7 with require_stable: while a transaction holding offsets for a partition
+    is open, `fetch_stable_offsets` waits (the broker answers UNSTABLE_OFFSET_COMMIT); once it
+    commits, the new offset is returned. A plain fetch returns the old one meanwhile."""
+    source, sink, group = f"stb-in-{uid}", f"stb-out-{uid}", f"stb-{uid}"
+    await create_topic(source, 1)
+    await create_topic(sink, 1)
+    tp0 = TopicPartition(source, 0)
+    async with member(source, group) as consumer:
+        await joined(consumer, 1)
+        assert await internals.fetch_stable_offsets(consumer, [tp0]) == {tp0: None}
+        async with fenced_producer(f"stb-{uid}", lambda: group_metadata(consumer)) as producer:
+            await producer.begin_transaction()
+            await producer.send_and_wait(sink, b"pending")
+            await producer.send_offsets_to_transaction({tp0: 11}, group)
+            with pytest.raises(internals.OffsetsUnstable):
+                await internals.fetch_stable_offsets(consumer, [tp0], within=1.0)
+            assert await committed(group, source) == {}  # a fetch without require_stable
+            waiting = asyncio.create_task(internals.fetch_stable_offsets(consumer, [tp0]))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await producer.commit_transaction()
+            assert await asyncio.wait_for(waiting, 30) == {tp0: 11}
