@@ -5,7 +5,9 @@ Start: verify/create topics → load the global tables → start the producer �
 `commit`, `standby` and `web` (the HTTP server of runtime/web.py, bound before joining so the
 group learns it), and `global`, `sources` to follow global tables and tables read from a topic.
 Exactly-once: each assigned input partition also gets its transactional producer (which fences
-the previous owner) before its committed offset is read and its task starts.
+the previous owner) before its committed offset is read and its task starts; or, with
+`transactional_producer="per_worker"`, the worker's one producer serves them all, and the
+committed offsets are read once no transaction holds pending offsets for them.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
 final checkpoint → leave the group → stop the producer. Each background task is cancelled,
 then awaited.
@@ -89,7 +91,7 @@ class Worker:
     def fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
-            log.error("worker failing: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            log.error("worker failing: %s: %s", type(exc).__name__, exc)
         self._stopping.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -328,7 +330,8 @@ class Worker:
                 self.consumer.seek(tp, offset)
                 positions[tp] = offset
         log.info(
-            "%d transactional producers ready in %.2fs, committed offsets read in %.2fs",
+            "transactional producers of %d partitions ready in %.2fs, committed offsets read "
+            "in %.2fs",
             len(producers),
             fenced_in,
             time.monotonic() - started - fenced_in,
