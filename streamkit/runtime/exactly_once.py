@@ -321,6 +321,7 @@ class WorkerProducer:
         self._settings = settings
         self._client_id = client_id
         self._consumer = consumer
+        # the lock on the workdir's token is held as long as this object lives (the process)
         self.transactional_id, self._lock = worker_transactional_id(settings, app_id)
         self.gate: Gate | None = None
         self._starting = asyncio.Lock()
@@ -374,11 +375,6 @@ class WorkerProducer:
     async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
         offsets = await fetch_stable_offsets(consumer, tps)
         return [offsets[tp] for tp in tps]
-
-    def release_id(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
 
 
 def worker_transactional_id(settings: Settings, app_id: str) -> tuple[str, IO[str] | None]:
