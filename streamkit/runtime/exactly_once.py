@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import (
@@ -291,19 +291,27 @@ class ProducerSet(Protocol):
 class Gate:
     """The worker's one producer as the tasks' collectors see it: `send_batch` waits while the
     checkpoint is between `commit_transaction` and `begin_transaction`, so a task assigned in
-    that instant never writes outside a transaction."""
+    that instant never writes outside a transaction; once the transaction failed (`fail`),
+    every send is refused (the producer is about to be discarded)."""
 
     def __init__(self, producer: Any) -> None:
         self.producer = producer
         self.open = asyncio.Event()
         self.open.set()
+        self.failed = False
 
     def create_batch(self) -> Any:
         return self.producer.create_batch()
 
     async def send_batch(self, builder: Any, topic: str, *, partition: int) -> Any:
         await self.open.wait()
+        if self.failed:
+            raise KafkaError("the worker's transaction failed: its producer is being replaced")
         return await self.producer.send_batch(builder, topic, partition=partition)
+
+    def fail(self) -> None:
+        self.failed = True
+        self.open.set()
 
 
 class WorkerProducer:
@@ -343,7 +351,7 @@ class WorkerProducer:
                     self._settings,
                     f"{self._client_id}-txn",
                     transactional_id=self.transactional_id,
-                    transaction_timeout_ms=self._settings.transaction_timeout_ms,
+                    transaction_timeout_ms=worker_transaction_timeout(self._settings),
                 )
                 await producer.start()
                 try:
@@ -367,14 +375,30 @@ class WorkerProducer:
             await self.close()
 
     async def close(self) -> None:
+        """Abort the open transaction (no other worker's id will: while it is open, the
+        partitions' next owners wait for its offsets), then stop the producer."""
         gate, self.gate = self.gate, None
         if gate is not None:
-            gate.open.set()  # a task waiting to send fails on the stopped producer instead
+            gate.fail()  # a task waiting to send is refused rather than sent nowhere
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gate.producer.abort_transaction(), ABORT_TIMEOUT)
             await _stop(gate.producer)
 
     async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
         offsets = await fetch_stable_offsets(consumer, tps)
         return [offsets[tp] for tp in tps]
+
+
+WORKER_TRANSACTION_TIMEOUT_MS = 10_000
+
+
+def worker_transaction_timeout(settings: Settings) -> int:
+    """`transaction_timeout_ms` when set; else 10 s for the per-worker producer (as Kafka
+    Streams under exactly-once): a worker killed and not restarted under the same id leaves
+    its transaction open this long, and its partitions' next owners wait for it."""
+    if "transaction_timeout_ms" in settings.model_fields_set:
+        return settings.transaction_timeout_ms
+    return WORKER_TRANSACTION_TIMEOUT_MS
 
 
 def worker_transactional_id(settings: Settings, app_id: str) -> tuple[str, IO[str] | None]:
@@ -415,11 +439,13 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
     async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:
         results: list[Outcome] = [None] * len(snapshots)
         active = [i for i, s in enumerate(snapshots) if not (s.sealed.empty and s.offset is None)]
-        for i, snap in enumerate(snapshots):
-            if i not in active:
-                snap.task.collector.release()
+        idle = [snapshots[i] for i in range(len(snapshots)) if i not in active]
         if not active:
+            for snap in idle:
+                snap.task.collector.release()
             return results
+        # Tasks with nothing to commit stay held too until the transaction is over: what they
+        # produce now must not join a transaction that does not carry their offset.
         snaps = [snapshots[i] for i in active]
         gate = self._worker_producer.gate
         if gate is None:  # discarded after a failed transaction: this work cannot commit
@@ -427,6 +453,8 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             for i, snap in zip(active, snaps, strict=True):
                 snap.task.collector.discard()
                 results[i] = gone
+            for snap in idle:
+                snap.task.collector.release()
             return results
         producer = gate.producer
         try:
@@ -448,7 +476,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             gate.open.clear()
             await producer.commit_transaction()
         except Exception as exc:
-            gate.open.set()
+            gate.fail()  # nothing more goes to this producer: the worker replaces it
             failure: BaseException = exc
             for snap in snaps:
                 snap.task.collector.discard()
@@ -460,6 +488,8 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
                 await asyncio.wait_for(producer.abort_transaction(), ABORT_TIMEOUT)
             for i in active:
                 results[i] = failure
+            for snap in idle:
+                snap.task.collector.release()
             return results
         for snap in snaps:
             if snap.offset is not None:
@@ -472,4 +502,6 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
         for i, snap, w in zip(active, snaps, written, strict=True):
             snap.task.collector.release()
             results[i] = w
+        for snap in idle:
+            snap.task.collector.release()
         return results
