@@ -535,6 +535,10 @@ def _exit_on(signum: int, _frame: FrameType | None) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     with _locked(STATE_FILE.with_suffix(".lock")):
         broker = running_broker()
+        size = len(getattr(broker, "nodes", [broker]))
+        if broker is not None and size != args.brokers:
+            log(f"a {size}-node broker is running at {broker.bootstrap}: `down` it first")
+            return 1
         if broker is None:
             stale = load_state()
             if stale is not None:
@@ -564,6 +568,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("running" if alive else "not running")
     if broker is not None:
         print(f"pid: {broker.pid}\nbootstrap: {broker.bootstrap}\ndata dir: {broker.data_dir}")
+        for node in getattr(broker, "nodes", []):
+            print(f"node {node.port}: pid {node.pid}, {'alive' if node.is_alive() else 'down'}")
         print(f"answering: {'yes' if alive and answers(broker.port) else 'no'}")
     return 0 if alive else 3
 
