@@ -40,7 +40,8 @@ chaos: $(STAMP)
 	CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_EVENTS=$(CHAOS_EVENTS) CHAOS_LONG=1 \
 	CHAOS_FIGURES=$(abspath $(CHAOS_FIGURES)) $(KAFKA) run -- \
 		$(PY) -m pytest -q -ra -s --timeout 1800 tests/test_exactly_once.py tests/test_chaos.py \
-		-k 'kill_9 or zombie or chaos'
+		tests/test_cluster.py tests/test_static_membership.py \
+		-k 'kill_9 or zombie or chaos or static'
 
 # The soak run: MINUTES at the highest sustained rate; memory, lag, rebalances, checkpoints, output
 MINUTES ?= 10

@@ -4,6 +4,7 @@
     python scripts/localkafka.py up | status | down
     python scripts/localkafka.py run -- CMD ARGS...    (CMD gets KAFKA_BOOTSTRAP_SERVERS)
     python scripts/localkafka.py up --secure           (also SASL and TLS listeners, see below)
+    python scripts/localkafka.py up --brokers 3        (a 3-node KRaft cluster: kafkacluster.py)
 
 Maven resolves the jars from kafka/pom.xml once, into <cache>/kafka-<version>/lib, where
 <cache> is $STREAMKIT_KAFKA_CACHE or ~/.cache/streamkit. Tests: start_broker() -> Broker.
@@ -133,11 +134,25 @@ def write_config(
     port: int,
     controller_port: int,
     security: dict[str, Any] | None = None,
+    *,
+    node_id: int = 1,
+    voters: str | None = None,
 ) -> None:
+    """One node's server.properties; `voters` (`1@host:port,2@...`) makes it a node of a
+    cluster (scripts/kafkacluster.py): internal topics then get 3 replicas, min ISR 2."""
+    replicas, min_isr = ("1", "1") if voters is None else ("3", "2")
+    cluster = (
+        {}
+        if voters is None
+        else {  # a killed node's partitions move after 4 s, not 9
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "1000",
+        }
+    )
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"1@{HOST}:{controller_port}",
         "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
         "inter.broker.listener.name": "PLAINTEXT",
@@ -146,15 +161,16 @@ def write_config(
         "log.dirs": str(data_dir / "data"),
         "num.partitions": "1",
         "auto.create.topics.enable": "false",
-        "offsets.topic.replication.factor": "1",
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
     }
+    props |= cluster
     if security is not None:
         props |= secure_listener_config(props, security)
     path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
@@ -274,10 +290,19 @@ def java_command(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
             "-cp", str(lib / "*"), *args]  # fmt: skip
 
 
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+
+
 def format_storage(
-    java: str, lib: Path, data_dir: Path, config: Path, security: dict[str, Any] | None = None
+    java: str,
+    lib: Path,
+    data_dir: Path,
+    config: Path,
+    security: dict[str, Any] | None = None,
+    cluster_id: str | None = None,
 ) -> None:
-    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    cluster_id = cluster_id or new_cluster_id()
     command = java_command(java, lib, data_dir, "kafka.tools.StorageTool", "format",
                            "-t", cluster_id, "-c", str(config))  # fmt: skip
     if security is not None:  # SCRAM credentials live in the cluster metadata
@@ -458,7 +483,12 @@ def start_broker(timeout: float = 60.0, *, secure: bool = False) -> Broker:
 
 def load_state() -> Broker | None:
     try:
-        return Broker.from_state(json.loads(STATE_FILE.read_text()))
+        state = json.loads(STATE_FILE.read_text())
+        if "nodes" in state:  # a cluster (`up --brokers N`): same interface
+            import kafkacluster
+
+            return kafkacluster.Cluster.from_state(state)  # type: ignore[return-value]
+        return Broker.from_state(state)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -477,9 +507,18 @@ def running_broker() -> Broker | None:
     return broker if broker is not None and broker.is_alive() and answers(broker.port) else None
 
 
-def _start_logged(timeout: float, secure: bool = False) -> Broker:
+def _start_logged(timeout: float, secure: bool = False, brokers: int = 1) -> Broker:
     resolve_jars()  # timed on its own when Maven has to run
     started = time.monotonic()
+    if brokers > 1:
+        if secure:
+            raise BrokerError("--secure is for a single broker; drop --brokers or --secure")
+        import kafkacluster
+
+        cluster = kafkacluster.start_cluster(brokers, max(timeout, 90.0))
+        took = time.monotonic() - started
+        log(f"Kafka {cluster.version}: {brokers} nodes up at {cluster.bootstrap} in {took:.1f} s")
+        return cluster  # type: ignore[return-value]  # a Cluster has Broker's interface
     broker = start_broker(timeout, secure=secure)
     took = time.monotonic() - started
     log(f"Kafka {broker.version} up at {broker.bootstrap} in {took:.1f} s (pid {broker.pid})")
@@ -496,12 +535,16 @@ def _exit_on(signum: int, _frame: FrameType | None) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     with _locked(STATE_FILE.with_suffix(".lock")):
         broker = running_broker()
+        size = len(getattr(broker, "nodes", [broker]))
+        if broker is not None and size != args.brokers:
+            log(f"a {size}-node broker is running at {broker.bootstrap}: `down` it first")
+            return 1
         if broker is None:
             stale = load_state()
             if stale is not None:
                 log(f"replacing broker pid {stale.pid} from {STATE_FILE}: dead or not answering")
                 stale.stop()
-            broker = _start_logged(args.timeout, args.secure)
+            broker = _start_logged(args.timeout, args.secure, args.brokers)
             save_state(broker)
     print(broker.bootstrap, flush=True)
     return 0
@@ -525,6 +568,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("running" if alive else "not running")
     if broker is not None:
         print(f"pid: {broker.pid}\nbootstrap: {broker.bootstrap}\ndata dir: {broker.data_dir}")
+        for node in getattr(broker, "nodes", []):
+            print(f"node {node.port}: pid {node.pid}, {'alive' if node.is_alive() else 'down'}")
         print(f"answering: {'yes' if alive and answers(broker.port) else 'no'}")
     return 0 if alive else 3
 
@@ -566,10 +611,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return _exec(command, dict(os.environ))
     broker = running_broker()
-    if broker is not None:
+    if broker is not None and len(getattr(broker, "nodes", [broker])) == args.brokers:
         log(f"using running broker at {broker.bootstrap} (pid {broker.pid})")
         return _exec(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
-    broker = _start_logged(args.timeout, args.secure)
+    broker = _start_logged(args.timeout, args.secure, args.brokers)
     try:
         return run_child(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
     finally:
@@ -591,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--timeout", type=float, default=60.0, help="readiness wait, s")
             command.add_argument(
                 "--secure", action="store_true", help="add SASL and TLS listeners (a new broker)"
+            )
+            command.add_argument(
+                "--brokers",
+                type=int,
+                default=1,
+                help="start a KRaft cluster of N nodes (3: replication 3, min ISR 2)",
             )
         if name == "run":
             command.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")

@@ -17,7 +17,7 @@ from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
 from streamkit.streams import SinkNode, SourceNode, Stream
-from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
+from streamkit.topics import DEAD_LETTER_CONFIG, Topic
 from streamkit.topology import render
 from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
@@ -52,7 +52,7 @@ class App:
             key_type=bytes,
             value_type=bytes,
             internal=True,
-            config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+            config=dict(DEAD_LETTER_CONFIG),
         )
 
     def configure(self, **overrides: Any) -> Settings:

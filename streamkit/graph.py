@@ -34,7 +34,7 @@ from streamkit.streams import (
     StateNode,
     StepNode,
 )
-from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
+from streamkit.topics import DEAD_LETTER_CONFIG, REPARTITION_CONFIG, Topic
 
 if TYPE_CHECKING:
     from streamkit.state.table import Table
@@ -277,6 +277,7 @@ def _declare_output(app: Declared, stage: Stage, exchange: ExchangeNode) -> None
         key_type=key_type,
         value_type=_value_type(stage, exchange),
         partitions=exchange.partitions,
+        config=dict(REPARTITION_CONFIG),
         internal=True,
     )
     if exchange.kind != "key_by":
@@ -355,7 +356,7 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
                     f"{app.id}-{item.name}-late",
                     key_type=bytes,
                     value_type=bytes,
-                    config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+                    config=dict(DEAD_LETTER_CONFIG),
                     internal=True,
                 ).name
 

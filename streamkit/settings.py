@@ -39,10 +39,23 @@ class Settings(BaseSettings):
             "partition commits its outputs, changelog records and offsets together."
         ),
     )
+    transactional_producer: Literal["per_partition", "per_worker"] = Field(
+        default="per_partition",
+        description=(
+            "exactly_once: per_partition, one transactional producer per input partition "
+            "(transactional id {app}-{topic}-{partition}; the id fences a zombie); per_worker, "
+            "one per worker, offsets committed with the group's generation (KIP-447: the group "
+            "coordinator fences a zombie) and one transaction per checkpoint however many "
+            "partitions. See docs/benchmarks.md for which to choose."
+        ),
+    )
     transaction_timeout_ms: int = Field(
         default=60_000,
         ge=1000,
-        description="exactly_once: the broker aborts a transaction left open this long.",
+        description=(
+            "exactly_once: the broker aborts a transaction left open this long. Unset: 60 s "
+            "with per-partition producers, 10 s with transactional_producer=per_worker."
+        ),
     )
     commit_interval: float = Field(
         default=1.0,
@@ -84,6 +97,19 @@ class Settings(BaseSettings):
             "to the others."
         ),
     )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "Static group membership (KIP-345, group.instance.id): a name unique to this worker "
+            "that stays the same across its restarts (the host or pod name, e.g. a StatefulSet's "
+            "shop-0). Restarted within session_timeout_ms, the worker gets its partitions back "
+            "with no rebalance. A static worker does not leave the group when it stops: its "
+            "partitions wait for it until session_timeout_ms. Unset: dynamic membership."
+        ),
+    )
     heartbeat_interval_ms: int = Field(
         default=1_000,
         ge=100,
@@ -114,10 +140,23 @@ class Settings(BaseSettings):
         default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
     )
     topic_replication_factor: int = Field(
-        default=1,
+        default=1, ge=1, description="Replication factor of the app's declared topics it creates."
+    )
+    internal_replication_factor: int | None = Field(
+        default=None,
         ge=1,
         description=(
-            "Replicas of each topic the worker creates (changelogs and internal topics too)."
+            "Replication factor of the internal topics streamkit creates (changelogs, "
+            "repartition, dead-letter and late topics). Unset: 3, or the number of brokers "
+            "when the cluster has fewer."
+        ),
+    )
+    internal_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "min.insync.replicas of the internal topics streamkit creates. Unset: 2 when they "
+            "have 3 or more replicas, else 1 (a write then survives the loss of one broker)."
         ),
     )
     shutdown_timeout: float = Field(
@@ -198,6 +237,16 @@ class Settings(BaseSettings):
                 f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
                 f"session_timeout_ms ({self.session_timeout_ms}): lower "
                 "STREAMKIT_HEARTBEAT_INTERVAL_MS (a third of the session timeout is usual)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_min_insync(self) -> Settings:
+        rf, isr = self.internal_replication_factor, self.internal_min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(
+                f"internal_min_insync_replicas ({isr}) is above internal_replication_factor "
+                f"({rf}): no write could ever succeed; lower STREAMKIT_INTERNAL_MIN_INSYNC_REPLICAS"
             )
         return self
 

@@ -21,6 +21,17 @@ _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # (reason, coordinates) would not fit a topic with the default limit; its transaction would fail
 # again on every retry.
 DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Dead letters and late events keep their record's original timestamp (also in a header): the
+# broker stamps them on arrival instead, so that time retention counts from when they were
+# written, not from an event time that may be long past (which would delete them at once).
+DEAD_LETTER_CONFIG = {
+    "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+    "message.timestamp.type": "LogAppendTime",
+}
+# Repartition topics carry event time in their record timestamps: no time retention (records
+# of old event times would be deleted before the next stage reads them); the worker deletes
+# what every reader has committed instead (`DeleteRecords`, like Kafka Streams).
+REPARTITION_CONFIG = {"retention.ms": "-1"}
 
 
 def check_topic_name(name: str) -> str:

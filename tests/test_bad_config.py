@@ -145,6 +145,7 @@ BAD_ENV: list[tuple[dict[str, str], list[str]]] = [
     ({"STREAMKIT_SSL_CHECK_HOSTNAME": "perhaps"}, ["ssl_check_hostname", "valid boolean"]),
     ({"STREAMKIT_PROCESSING_GUARANTEE": "exactly_twice"}, ["processing_guarantee"]),
     ({"STREAMKIT_BROKER": "kafka:/x"}, ["broker", "host:port"]),
+    ({"STREAMKIT_INSTANCE_ID": "shop 0"}, ["instance_id = 'shop 0'", "STREAMKIT_INSTANCE_ID"]),
     (
         {
             "STREAMKIT_SECURITY_PROTOCOL": "sasl_plaintext",

@@ -104,7 +104,13 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
         a.signal(signal.SIGCONT)
         thawed = time.monotonic()
         await wait_until(
-            lambda: "fenced: ProducerFenced" in a.log() or not a.alive,
+            # per-partition producers: fenced by a's transactional ids; one per worker
+            # (KIP-447): refused by the group coordinator
+            lambda: (
+                "fenced: ProducerFenced" in a.log()
+                or "fenced: GroupFenced" in a.log()
+                or not a.alive
+            ),
             within=60,
             what="a to learn it is fenced",
         )

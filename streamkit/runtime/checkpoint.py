@@ -86,6 +86,11 @@ class Checkpointer:
             if offsets:
                 log.debug("checkpoint: %d partitions in %.3fs", len(offsets), self.last_duration)
 
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        """The input offsets this worker's checkpoints committed, per partition it owns."""
+        return dict(self._committed)
+
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Partitions we no longer own: another owner may commit them past our record."""
         for tp in tps:
