@@ -7,6 +7,7 @@ on stderr and a non-zero exit, never a traceback wall.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -19,6 +20,7 @@ import orjson
 import typer
 from aiokafka.errors import MessageSizeTooLargeError
 
+from streamkit import logfilters
 from streamkit.app import App
 from streamkit.runtime.admin import BrokerUnreachable, describe, ensure_topics, open_admin
 from streamkit.runtime.worker import Worker, WorkerFailed
@@ -98,6 +100,7 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logfilters.install()  # no alarming line on a healthy first start
 
 
 @cli.command()
@@ -392,6 +395,26 @@ def topology(
         if format not in ("text", "mermaid"):
             raise UsageError(f"--format {format!r}: use text or mermaid")
         typer.echo(load_app(app).topology(format), nl=False)
+
+    _run(body)
+
+
+@cli.command()
+def dashboard(
+    app: AppArg,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind (0: any free one).")] = 8080,
+) -> None:
+    """Serve the live dashboard of the whole app (graph, rates, lag, hot partitions and keys,
+    checkpoints, dead letters) at http://HOST:PORT/. Every worker serves it at / too."""
+    from streamkit.dashboard.server import serve
+
+    def body() -> None:
+        loaded = load_app(app)
+        settings = loaded.configure()
+        setup_logging(settings.log_level)
+        with contextlib.suppress(KeyboardInterrupt):
+            _arun(serve(loaded, settings, host, port))
 
     _run(body)
 
