@@ -7,7 +7,6 @@ on stderr and a non-zero exit, never a traceback wall.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
@@ -399,26 +398,6 @@ def topology(
     _run(body)
 
 
-@cli.command()
-def dashboard(
-    app: AppArg,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind (0: any free one).")] = 8080,
-) -> None:
-    """Serve the live dashboard of the whole app (graph, rates, lag, hot partitions and keys,
-    checkpoints, dead letters) at http://HOST:PORT/. Every worker serves it at / too."""
-    from streamkit.dashboard.server import serve
-
-    def body() -> None:
-        loaded = load_app(app)
-        settings = loaded.configure()
-        setup_logging(settings.log_level)
-        with contextlib.suppress(KeyboardInterrupt):
-            _arun(serve(loaded, settings, host, port))
-
-    _run(body)
-
-
 async def _describe(app: App) -> dict[str, int | None]:
     admin = await open_admin(app.settings, f"{app.id}-cli")
     try:
@@ -431,5 +410,9 @@ def main() -> None:
     cli()
 
 
-if __name__ == "__main__":
-    main()
+from streamkit import cli_ops  # noqa: E402, F401  (registers dashboard, dlq, tail)
+
+if __name__ == "__main__":  # python -m streamkit.cli: the module as imported holds every command
+    from streamkit.cli import main as imported_main
+
+    imported_main()

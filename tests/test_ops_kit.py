@@ -1,0 +1,194 @@
+"""The operations kit against the real broker and real worker processes: `streamkit status`
+lag without transaction markers, `dlq show|replay`, `tail`, the bearer token on the worker
+endpoints and on the CLI's requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from tests.kafkahelp import WorkerProcess, committed, end_offsets, produce, read_all, wait_until
+from tests.test_ops import (
+    N,
+    cli,
+    http_endpoint,
+    owner_partition,
+    produce_purchases,
+    worker,
+)
+
+
+async def test_status_lag_does_not_count_transaction_markers(uid: str, tmp_path: Path) -> None:
+    w = WorkerProcess(
+        "tests.opsapp:app",
+        {
+            "SKTEST_ID": uid,
+            "STREAMKIT_WORKDIR": str(tmp_path / "eo"),
+            "STREAMKIT_PROCESSING_GUARANTEE": "exactly_once",
+        },
+        tmp_path / "eo.log",
+    ).start()
+    try:
+        assert await http_endpoint(w), w.log()
+        await produce_purchases(uid)
+        await read_all(f"ops-out-{uid}", expect=N, within=90)
+        repartition = f"ops-{uid}-total-by-user-repartition"
+
+        lines: list[str] = []
+
+        async def zero() -> bool:
+            result = await asyncio.to_thread(cli, uid, "status", "tests.opsapp:app")
+            assert result.returncode == 0, result.stderr
+            lines[:] = result.stdout.splitlines()
+            return "  total lag 0" in lines
+
+        await wait_until(zero, within=60, what="status to show lag 0", every=1.0)
+        rows = [ln.split() for ln in lines if ln.strip().startswith(repartition)]
+        assert len(rows) == 4 and all(row[4] == "0" for row in rows), lines
+        # while the offsets say otherwise: commit markers sit between committed and end
+        done, ends = await committed(f"ops-{uid}", repartition), await end_offsets(repartition)
+        assert any(done.get(p, 0) < end for p, end in ends.items()), (done, ends)
+        assert all(int(row[2]) < int(row[3]) for row in rows if row[2] != "-"), lines
+    finally:
+        w.stop()
+
+
+async def test_dlq_show_replay_and_tail(uid: str, tmp_path: Path) -> None:
+    w = worker(uid, tmp_path, "a").start()
+    try:
+        assert await http_endpoint(w), w.log()
+        await produce(f"ops-in-{uid}", [b'{"user": "u1", "amount": 5}', b"{oops"], partition=1)
+        dlq = f"ops-{uid}-dlq"
+        await read_all(dlq, expect=1, within=60)
+
+        shown = await asyncio.to_thread(cli, uid, "dlq", "show", "tests.opsapp:app", "--json")
+        assert shown.returncode == 0, shown.stderr
+        (row,) = [orjson.loads(line) for line in shown.stdout.splitlines()]
+        assert row["error_type"] == "DecodeError" and "invalid JSON" in row["error"]
+        assert row["source"] == {"topic": f"ops-in-{uid}", "partition": "1", "offset": "1"}
+        assert row["value"] == "{oops"
+
+        text = await asyncio.to_thread(
+            cli, uid, "tail", "tests.opsapp:app", dlq, "--from-beginning", "--limit", "1"
+        )
+        assert text.returncode == 0, text.stderr
+        assert "DecodeError: invalid JSON" in text.stdout
+        assert f"from ops-in-{uid}[1]@1 (agent total)" in text.stdout
+
+        out = await asyncio.to_thread(
+            cli,
+            uid,
+            "tail",
+            "tests.opsapp:app",
+            f"ops-out-{uid}",
+            "--from-beginning",
+            "--limit",
+            "1",
+            "--json",
+        )
+        assert out.returncode == 0, out.stderr
+        assert orjson.loads(out.stdout)["value"] == {"user": "u1", "total": 5}  # decoded JSON
+
+        # replay: back to ops-in[1], processed again (and dead-lettered again, still broken)
+        dry = await asyncio.to_thread(
+            cli, uid, "dlq", "replay", "tests.opsapp:app", "--offset", "0", "--dry-run"
+        )
+        assert f"would send {dlq}[0]@0 -> ops-in-{uid}[1]" in dry.stdout, dry.stderr
+        assert len(await read_all(dlq, within=10)) == 1
+        sent = await asyncio.to_thread(
+            cli, uid, "dlq", "replay", "tests.opsapp:app", "--error-type", "DecodeError"
+        )
+        assert f"sent {dlq}[0]@0 -> ops-in-{uid}[1]" in sent.stdout, sent.stderr
+        await read_all(dlq, expect=2, within=60)
+        shown = await asyncio.to_thread(cli, uid, "dlq", "show", "tests.opsapp:app", "--json")
+        second = orjson.loads(shown.stdout.splitlines()[1])
+        assert second["source"] == {"topic": f"ops-in-{uid}", "partition": "1", "offset": "2"}
+        assert second["replay_of"] == f"{dlq}[0]@0"
+        none = await asyncio.to_thread(cli, uid, "dlq", "replay", "tests.opsapp:app")
+        assert none.returncode == 2 and "choose dead letters" in none.stderr
+    finally:
+        w.stop()
+
+
+async def test_web_token_guards_every_endpoint_and_the_cli_sends_it(
+    uid: str, tmp_path: Path
+) -> None:
+    token = "s3cret-" + uid
+    env = {"STREAMKIT_WEB_TOKEN": token}
+    workers = []
+    for name in ("a", "b"):
+        w = worker(uid, tmp_path, name)
+        w.env.update(env)
+        workers.append(w.start())
+    a, b = workers
+    try:
+        ea, eb = await http_endpoint(a), await http_endpoint(b)
+        assert ea and eb, a.log() + b.log()
+        for w in workers:
+            assert token not in w.log()
+        auth = {"Authorization": f"Bearer {token}"}
+
+        async def code(endpoint: str, path: str, headers: dict[str, str] | None = None) -> int:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{endpoint}{path}", headers=headers or {}) as resp,
+            ):
+                return resp.status
+
+        for path in ("/status", "/metrics", "/tables/totals/u1", "/", "/api/graph"):
+            assert await code(ea, path) == 401
+            assert await code(ea, path, {"Authorization": "Bearer wrong"}) == 401
+        assert await code(ea, "/status", auth) == 200
+        assert await code(ea, f"/api/graph?token={token}") == 200
+
+        async def serving() -> bool:
+            async with aiohttp.ClientSession(headers=auth) as session:
+                answers = []
+                for e in (ea, eb):
+                    async with session.get(f"http://{e}/status") as resp:
+                        answers.append(await resp.json())
+            owned = [
+                {x["partition"] for x in s["assigned"] if x["topic"].endswith("-repartition")}
+                for s in answers
+            ]
+            return all(len(s["group"]) == 2 for s in answers) and all(owned)
+
+        await wait_until(serving, within=60, what="both workers serving")
+        expected = await produce_purchases(uid)
+        # proxied queries carry the token: every key answered through worker A
+        key_partitions = {owner_partition(k) for k in expected}
+        assert len(key_partitions) == 4
+        async with aiohttp.ClientSession(headers=auth) as session:
+
+            async def all_found() -> bool:
+                for key in sorted(expected)[:12]:
+                    async with session.get(f"http://{ea}/tables/totals/{key}") as resp:
+                        if resp.status != 200 or (await resp.json())["value"] != expected[key]:
+                            return False
+                return True
+
+            await wait_until(all_found, within=60, what="every key through A, with the token")
+
+        # the CLI reads the token from the same setting
+        key = sorted(expected)[0]
+        os.environ["STREAMKIT_WEB_TOKEN"] = token
+        try:
+            got = await asyncio.to_thread(
+                cli, uid, "tables", "get", "tests.opsapp:app", "totals", key
+            )
+            status = await asyncio.to_thread(cli, uid, "status", "tests.opsapp:app")
+        finally:
+            del os.environ["STREAMKIT_WEB_TOKEN"]
+        assert got.returncode == 0 and f"= {expected[key]}" in got.stdout, got.stderr
+        assert status.returncode == 0 and "HTTP 401" not in status.stdout, status.stdout
+        assert len(re.findall(r"worker ops-\S+ \(at_least_once\)", status.stdout)) == 2
+        without = await asyncio.to_thread(cli, uid, "status", "tests.opsapp:app")
+        assert "HTTP 401" in without.stdout
+    finally:
+        for w in workers:
+            w.stop()
