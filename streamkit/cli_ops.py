@@ -146,3 +146,39 @@ async def _collect(app: App, topic: str) -> list[dict[str, Any]]:
         rc.describe_record(app, r)
         async for r in rc.read(app, topic, from_beginning=True, follow=False)
     ]
+
+
+broker_cli = typer.Typer(
+    help="A local single-node Kafka broker (KRaft) from Maven Central jars: needs a JDK ≥ 17 "
+    "and Maven. Remembered in .kafka/state.json under the current folder.",
+    no_args_is_help=True,
+)
+cli.add_typer(broker_cli, name="broker")
+
+
+@broker_cli.command("up")
+def broker_up(
+    secure: Annotated[bool, typer.Option("--secure", help="Add SASL and TLS listeners.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to answer.")] = 60.0,
+) -> None:
+    """Start a broker in the background (or reuse the running one); print its address."""
+    from streamkit import localkafka
+
+    args = ["up", "--timeout", str(timeout), *(["--secure"] if secure else [])]
+    raise typer.Exit(localkafka.main(args))
+
+
+@broker_cli.command("down")
+def broker_down() -> None:
+    """Stop the broker and delete its data."""
+    from streamkit import localkafka
+
+    raise typer.Exit(localkafka.main(["down"]))
+
+
+@broker_cli.command("status")
+def broker_status() -> None:
+    """Say whether the broker runs, where, and whether it answers (exit 3 if not running)."""
+    from streamkit import localkafka
+
+    raise typer.Exit(localkafka.main(["status"]))
