@@ -159,6 +159,13 @@ async def test_web_token_guards_every_endpoint_and_the_cli_sends_it(
             return all(len(s["group"]) == 2 for s in answers) and all(owned)
 
         await wait_until(serving, within=60, what="both workers serving")
+
+        # the probes answer without the token (and tell nothing else)
+        async def ready() -> bool:
+            return await code(ea, "/status/ready") == 200 and await code(eb, "/status/ready") == 200
+
+        await wait_until(ready, within=60, what="both workers ready")
+        assert await code(ea, "/status/live") == 200
         expected = await produce_purchases(uid)
         # proxied queries carry the token: every key answered through worker A
         key_partitions = {owner_partition(k) for k in expected}

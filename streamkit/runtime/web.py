@@ -67,6 +67,8 @@ class WebServer:
         app = web.Application(middlewares=webauth.middlewares(settings))
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/status/live", self._live)
+        app.router.add_get("/status/ready", self._ready)
         app.router.add_get("/tables", self._tables)
         app.router.add_get("/tables/{name}", self._scan)
         app.router.add_get("/tables/{name}/{key:.+}", self._get)
@@ -129,6 +131,23 @@ class WebServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(await self.status())
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: the server answers and the worker is not stopping."""
+        if self.worker.stopping:
+            return _json({"live": False, "why": "stopping"}, status=503)
+        return _json({"live": True})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Readiness: a member of the group, and no task of this worker restoring state."""
+        assignor: Any = self.worker.assignor
+        if assignor is None or assignor.member_id is None:
+            return _json({"ready": False, "why": "not in the group yet"}, status=503)
+        tasks = self.worker.tasks.tasks.values() if self.worker.tasks else ()
+        restoring = sum(1 for t in tasks if t.status.value in ("created", "restoring"))
+        if restoring:
+            return _json({"ready": False, "why": f"{restoring} tasks restoring"}, status=503)
+        return _json({"ready": True})
 
     async def status(self) -> dict[str, Any]:
         worker = self.worker

@@ -20,6 +20,10 @@ from streamkit.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Kubernetes probes cannot carry a secret: these answer without the token, and say nothing
+# but whether the worker is alive / ready.
+OPEN_PATHS = frozenset({"/status/live", "/status/ready"})
+
 
 def token_of(settings: Settings) -> str | None:
     secret = settings.web_token
@@ -51,7 +55,7 @@ def middlewares(settings: Settings) -> list[Any]:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not authorized(request, token):
+        if request.path not in OPEN_PATHS and not authorized(request, token):
             return web.json_response(
                 {"error": "unauthorized: send Authorization: Bearer <web_token>"},
                 status=401,
