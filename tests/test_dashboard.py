@@ -134,6 +134,14 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
                 return len({r for r in rates if r > 0}) >= 2
 
             await wait_until(rate_moved, within=60, what="the rate of total.0 to move", every=0.5)
+            # records written to the sink, per second, on its node
+            sink = f"document.querySelector('#graph g.node[data-id=\"topic:ops-out-{uid}\"]')"
+            await wait_until(
+                lambda: js(page, f"Number({sink}.dataset.rate) > 0"),
+                within=30,
+                what="the sink's rate",
+                every=0.5,
+            )
             # the hot partition marked, in the table and in the graph, and only it
             hot_row = (
                 f'document.querySelector(\'#partitions tr[data-topic="ops-in-{uid}"]'
@@ -172,6 +180,15 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
             await wait_until(lambda: js(page, f"{letter} !== null"), within=30, what="the DLQ")
             text = await js(page, f"{letter}.textContent")
             assert f"from ops-in-{uid}[0]@0" in text, text
+            await wait_until(
+                lambda: js(
+                    page,
+                    "document.querySelector('#letters').textContent"
+                    ".includes('1 dead letters counted')",
+                ),
+                within=30,
+                what="the dead letter counted",
+            )
             # the table lookup box: the whale's total, served by its owner
             await js(
                 page,

@@ -118,7 +118,8 @@ class AppView:
         now = time.time()
         if time.monotonic() - self._tails_at >= TAIL_EVERY:
             self._tails_at = time.monotonic()
-            self._tails = await self._read_tails(stage_of, statuses)
+            self._tails = await self._read_tails(stage_of)
+        counted = self._counted(statuses)
         owners = {tuple(tp): m.client_id for m in group.members for tp in m.assigned}
         reported = {
             (a["topic"], a["partition"]): (s["worker"], a) for s in statuses for a in s["assigned"]
@@ -173,7 +174,11 @@ class AppView:
             "checkpoints": _merged(statuses, "checkpoints"),
             "rebalances": _merged(statuses, "rebalances"),
             "tables": [{**t, "worker": s["worker"]} for s in statuses for t in s.get("tables", [])],
-            **self._tails,
+            "hot_keys": self._tails["hot_keys"],
+            **{
+                field: [{**t, "counted": counted.get(t["topic"], 0)} for t in self._tails[field]]
+                for field in ("dead_letters", "late")
+            },
             "errors": errors,
         }
 
@@ -220,11 +225,11 @@ class AppView:
 
     # -- the newest records: dead letters, late events, hot keys --------------------------------
 
-    async def _read_tails(
-        self, stage_of: dict[str, str], statuses: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        dead = sum(n for s in statuses for _, _, n in s.get("dead_letters", []))
-        late_counts: dict[str, int] = defaultdict(int)
+    def _counted(self, statuses: list[dict[str, Any]]) -> dict[str, int]:
+        """Dead letters and late events the running workers counted, per topic."""
+        counts: dict[str, int] = defaultdict(int)
+        for topic in self._topics("dlq"):
+            counts[topic] += sum(n for s in statuses for _, _, n in s.get("dead_letters", []))
         late_topic_of = {}
         window_label = {n["id"]: n["label"] for n in self.graph["nodes"] if n["kind"] == "window"}
         for e in self.graph["edges"]:
@@ -232,22 +237,19 @@ class AppView:
                 late_topic_of[window_label[e["from"]]] = e["to"].removeprefix("topic:")
         for s in statuses:
             for window, n in s.get("late_events", {}).items():
-                late_counts[late_topic_of.get(window, "?")] += n
-        dead_letters = []
-        for topic in self._topics("dlq"):
-            records = await self._latest(topic, LATEST)
-            dead_letters.append({"topic": topic, "counted": dead, "latest": _letters(records)})
-        late = []
-        for topic in self._topics("late"):
-            records = await self._latest(topic, LATEST)
-            late.append(
-                {"topic": topic, "counted": late_counts.get(topic, 0), "latest": _letters(records)}
-            )
-        hot_keys = []
+                counts[late_topic_of.get(window, "?")] += n
+        return counts
+
+    async def _read_tails(self, stage_of: dict[str, str]) -> dict[str, Any]:
+        tails: dict[str, Any] = {"dead_letters": [], "late": [], "hot_keys": []}
+        for role, field in (("dlq", "dead_letters"), ("late", "late")):
+            for topic in self._topics(role):
+                records = await self._latest(topic, LATEST)
+                tails[field].append({"topic": topic, "latest": _letters(records)})
         for topic in sorted(stage_of):
             records = await self._latest(topic, HOT_TAIL)
-            hot_keys.extend(self._top_keys(topic, records))
-        return {"dead_letters": dead_letters, "late": late, "hot_keys": hot_keys}
+            tails["hot_keys"].extend(self._top_keys(topic, records))
+        return tails
 
     async def _latest(self, topic: str, per_partition: int) -> list[Any]:
         """The newest committed records of each partition of `topic`, oldest first."""

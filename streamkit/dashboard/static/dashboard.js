@@ -4,7 +4,10 @@
 
 const TOKEN = new URLSearchParams(location.search).get("token");
 const SVG = "http://www.w3.org/2000/svg";
-const NODE_W = 190, NODE_H = 70, COL_GAP = 56, ROW_GAP = 22, PAD = 16;
+const NODE_W = 190, NODE_H = 70, COL_GAP = 44, ROW_GAP = 20, PAD = 16;
+// topics are the wires between stages: narrower boxes keep long pipelines on one screen
+const WIDTH = {stage: NODE_W, topic: 150, sink: 150, table: 150, window: 160, timers: 130};
+const widthOf = (n) => WIDTH[n.kind] || NODE_W;
 
 function api(path) {
   if (!TOKEN) return path;
@@ -64,6 +67,7 @@ const fmt = {
 
 let GRAPH = null;
 const NODES = new Map(); // id -> {node, g, sub, bars}
+const NODE_WIDTH = new Map();
 
 function layout(graph) {
   const ids = graph.nodes.map((n) => n.id);
@@ -103,12 +107,17 @@ function layout(graph) {
       row.set(id, r);
     });
   });
+  const byId = new Map(graph.nodes.map((n) => [n.id, n]));
+  const colX = [PAD];
+  columns.forEach((col, c) => {
+    const w = Math.max(0, ...(col || []).map((id) => widthOf(byId.get(id))));
+    colX[c + 1] = colX[c] + w + COL_GAP;
+  });
   const pos = new Map();
   for (const [id, r] of row) {
-    const c = layer.get(id);
-    const n = graph.nodes.find((x) => x.id === id);
-    const col = n.role === "dlq" ? 0 : c;
-    pos.set(id, {x: PAD + col * (NODE_W + COL_GAP), y: PAD + r * (NODE_H + ROW_GAP)});
+    const n = byId.get(id);
+    const col = n.role === "dlq" ? 0 : layer.get(id);
+    pos.set(id, {x: colX[col], y: PAD + r * (NODE_H + ROW_GAP), w: widthOf(n)});
   }
   return pos;
 }
@@ -118,7 +127,7 @@ function drawGraph(graph) {
   svg.replaceChildren();
   const pos = layout(graph);
   let w = 0, hgt = 0;
-  for (const p of pos.values()) { w = Math.max(w, p.x + NODE_W); hgt = Math.max(hgt, p.y + NODE_H); }
+  for (const p of pos.values()) { w = Math.max(w, p.x + p.w); hgt = Math.max(hgt, p.y + NODE_H); }
   svg.setAttribute("viewBox", `0 0 ${w + PAD} ${hgt + PAD}`);
   svg.setAttribute("width", w + PAD);
   svg.setAttribute("height", hgt + PAD);
@@ -131,7 +140,7 @@ function drawGraph(graph) {
   for (const e of graph.edges) {
     const a = pos.get(e.from), b = pos.get(e.to);
     if (!a || !b) continue;
-    const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
+    const x1 = a.x + a.w, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
     const mid = (x1 + x2) / 2;
     svg.append(s("path", {class: `edge ${e.kind}`, "marker-end": "url(#arrow)",
       d: `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`, "data-kind": e.kind}));
@@ -143,15 +152,16 @@ function drawGraph(graph) {
     const p = pos.get(n.id);
     const g = s("g", {class: `node ${n.kind}`, transform: `translate(${p.x},${p.y})`,
       "data-id": n.id, "data-kind": n.kind});
-    g.append(s("rect", {class: "box", width: NODE_W, height: NODE_H, rx: 6}));
-    const kind = n.kind === "topic" ? `${n.role} topic` : n.kind;
+    g.append(s("rect", {class: "box", width: p.w, height: NODE_H, rx: 6}));
+    const kind = n.kind === "topic" && n.role !== "topic" ? `${n.role} topic` : n.kind;
     g.append(s("text", {class: "kind", x: 8, y: 13}, kind));
     const title = s("title", {}, n.label);
     g.append(title);
-    g.append(s("text", {class: "label", x: 8, y: 29}, fmt.short(n.label, 27)));
+    g.append(s("text", {class: "label", x: 8, y: 29}, fmt.short(n.label, Math.floor(p.w / 7))));
     const sub = s("text", {class: "sub", x: 8, y: 45}, describe(n));
     g.append(sub);
     const bars = s("g", {class: "pbars", transform: `translate(8, ${NODE_H - 8})`});
+    NODE_WIDTH.set(n.id, p.w);
     g.append(bars);
     svg.append(g);
     NODES.set(n.id, {node: n, g, sub, bars});
@@ -160,7 +170,7 @@ function drawGraph(graph) {
 
 function describe(n) {
   if (n.kind === "stage") return `x${n.parallelism ?? "?"} · ${fmt.short(n.ops, 22)}`;
-  if (n.kind === "topic" || n.kind === "sink") return `${n.partitions ?? "?"} partitions`;
+  if (n.kind === "topic" || n.kind === "sink") return n.partitions ? `${n.partitions} partitions` : "";
   if (n.kind === "window") return `${n.window} · ${n.aggregation}`;
   if (n.kind === "table") return n.global ? "global, read-only" : n.read_only ? "read-only" : "table";
   return n.kind;
@@ -206,8 +216,8 @@ function updateGraph(snap) {
       }));
     } else if (n.kind === "topic" || n.kind === "sink") {
       const out = (snap.topics || {})[n.topic];
-      const count = n.partitions ?? (snap.topic_partitions || {})[n.topic] ?? "?";
-      const bits = [`${count} parts`];
+      const count = n.partitions ?? (snap.topic_partitions || {})[n.topic];
+      const bits = count ? [`${count} parts`] : [];
       if (out) bits.push(`in ${fmt.rate(out.rate_out)}/s`);
       if (n.role === "dlq") bits.push(`${fmt.int(dlqCount[n.topic] || 0)} dead letters`);
       if (n.role === "late") bits.push(`${fmt.int(lateCount[n.topic] || 0)} late`);
@@ -413,6 +423,12 @@ async function start() {
   document.getElementById("app-id").textContent = GRAPH.app;
   drawGraph(GRAPH);
   setupLookup(GRAPH);
+  document.getElementById("fit").addEventListener("click", () => {
+    const svg = document.getElementById("graph");
+    const fitted = svg.getAttribute("width") === "100%";
+    svg.setAttribute("width", fitted ? svg.viewBox.baseVal.width : "100%");
+    svg.setAttribute("height", fitted ? svg.viewBox.baseVal.height : "");
+  });
   const live = document.getElementById("live");
   const events = new EventSource(api("api/events"));
   events.onopen = () => { live.textContent = "live"; live.classList.remove("off"); };
