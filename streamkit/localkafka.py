@@ -282,7 +282,9 @@ def java_command(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
 def format_storage(
     java: str, lib: Path, data_dir: Path, config: Path, security: dict[str, Any] | None = None
 ) -> None:
-    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # one in 64 would be read as an option and fail
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
     command = java_command(java, lib, data_dir, "kafka.tools.StorageTool", "format",
                            "-t", cluster_id, "-c", str(config))  # fmt: skip
     if security is not None:  # SCRAM credentials live in the cluster metadata

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -222,6 +223,9 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
             )
             code, graph = await get(str(endpoints[0]), "/api/graph")
             assert code == 200 and {n["id"] for n in graph["nodes"]} == expected
+            # a page listening to a worker's events does not hold up its shutdown
+            workers[1].signal(signal.SIGTERM)
+            assert await asyncio.to_thread(workers[1].wait, 20) == 0, workers[1].log()
         for w in workers:
             assert " ERROR " not in w.log(), w.log()
     finally:
