@@ -19,6 +19,8 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+from streamkit.runtime.tracing import Tracing
+
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
     from streamkit.runtime.worker import Worker
@@ -42,6 +44,7 @@ class Activity:
         self._delivered_at_last = 0
         self._changelog_at_last = 0
         self._failures_at_last = 0
+        self.tracing = Tracing.create(worker)  # None: off
 
     def _live(self) -> list[Task]:
         manager = self._worker.tasks
@@ -71,7 +74,10 @@ class Activity:
         seen = 0 if assignor is None else assignor.rebalances
         if seen != self._seen_rebalances:
             self._seen_rebalances = seen
-            self.rebalances.append({"at": time.time(), "partitions": len(self._live())})
+            entry = {"at": time.time(), "partitions": len(self._live())}
+            self.rebalances.append(entry)
+            if self.tracing is not None:
+                self.tracing.rebalance(entry, seen, assignor.member_id)
 
     def checkpoint(self, seconds: float) -> None:
         """After each checkpoint (the checkpointer's `on_checkpoint`)."""
@@ -82,15 +88,16 @@ class Activity:
         changelog = sum(n for (topic, _), n in delivered.items() if topic in changelogs)
         checkpointer = worker.checkpointer
         failures = 0 if checkpointer is None else checkpointer.commit_failures
-        self.checkpoints.append(
-            {
-                "at": time.time(),
-                "duration_s": round(seconds, 6),
-                "records": max(0, total - self._delivered_at_last),
-                "changelog_records": max(0, changelog - self._changelog_at_last),
-                "failed": failures > self._failures_at_last,
-            }
-        )
+        entry = {
+            "at": time.time(),
+            "duration_s": round(seconds, 6),
+            "records": max(0, total - self._delivered_at_last),
+            "changelog_records": max(0, changelog - self._changelog_at_last),
+            "failed": failures > self._failures_at_last,
+        }
+        self.checkpoints.append(entry)
+        if self.tracing is not None:
+            self.tracing.checkpoint(seconds, entry)
         self._delivered_at_last, self._changelog_at_last = total, changelog
         self._failures_at_last = failures
 
