@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from tests.cdp import Browser, find_chromium
 from tests.kafkahelp import WorkerProcess, committed, end_offsets, produce, read_all, wait_until
 from tests.test_ops import (
     N,
@@ -115,6 +116,17 @@ async def test_dlq_show_replay_and_tail(uid: str, tmp_path: Path) -> None:
         w.stop()
 
 
+async def raw_status(endpoint: str, path: str) -> int:
+    """The status of a GET sent as is (an HTTP client would normalize the path)."""
+    host, port = endpoint.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    return int(line.split()[1])
+
+
 async def test_web_token_guards_every_endpoint_and_the_cli_sends_it(
     uid: str, tmp_path: Path
 ) -> None:
@@ -140,9 +152,14 @@ async def test_web_token_guards_every_endpoint_and_the_cli_sends_it(
             ):
                 return resp.status
 
-        for path in ("/status", "/metrics", "/tables/totals/u1", "/", "/api/graph"):
+        for path in ("/status", "/metrics", "/tables/totals/u1", "/api/graph", "/api/snapshot"):
             assert await code(ea, path) == 401
             assert await code(ea, path, {"Authorization": "Bearer wrong"}) == 401
+        # the page and its scripts hold no data: a browser loads them without the token
+        assert await code(ea, "/") == 200
+        assert await code(ea, "/static/dashboard.js") == 200
+        assert await raw_status(ea, "/static/../status") == 401  # no way round the token
+        assert await raw_status(ea, "/static/%2e%2e/status") == 401
         assert await code(ea, "/status", auth) == 200
         assert await code(ea, f"/api/graph?token={token}") == 200
 
@@ -166,6 +183,22 @@ async def test_web_token_guards_every_endpoint_and_the_cli_sends_it(
 
         await wait_until(ready, within=60, what="both workers ready")
         assert await code(ea, "/status/live") == 200
+        chromium = find_chromium()
+        if chromium is not None:  # the page forwards ?token= to its API calls and events
+            browser = await Browser(chromium).start()
+            try:
+                page = await browser.page()
+                await page.goto(f"http://{ea}/?token={token}")
+                await wait_until(
+                    lambda: page.evaluate(
+                        "(window.LAST_SNAPSHOT?.group?.members?.length || 0) == 2"
+                        " && document.querySelectorAll('#graph g.node').length > 0"
+                    ),
+                    within=30,
+                    what="the page with the token",
+                )
+            finally:
+                await browser.close()
         expected = await produce_purchases(uid)
         # proxied queries carry the token: every key answered through worker A
         key_partitions = {owner_partition(k) for k in expected}

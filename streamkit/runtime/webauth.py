@@ -21,8 +21,17 @@ from streamkit.settings import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Kubernetes probes cannot carry a secret: these answer without the token, and say nothing
-# but whether the worker is alive / ready.
-OPEN_PATHS = frozenset({"/status/live", "/status/ready"})
+# but whether the worker is alive / ready. The dashboard's page and its static files hold no
+# data (a browser loads them without the token; the page then sends `?token=` with every
+# API call), so they are open too.
+OPEN_PATHS = frozenset({"/status/live", "/status/ready", "/"})
+OPEN_PREFIXES = ("/static/",)
+
+
+def is_open(path: str) -> bool:
+    if path in OPEN_PATHS:
+        return True
+    return path.startswith(OPEN_PREFIXES) and ".." not in path and "%" not in path
 
 
 def token_of(settings: Settings) -> str | None:
@@ -55,7 +64,7 @@ def middlewares(settings: Settings) -> list[Any]:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS and not authorized(request, token):
+        if not is_open(request.path) and not authorized(request, token):
             return web.json_response(
                 {"error": "unauthorized: send Authorization: Bearer <web_token>"},
                 status=401,
