@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -112,6 +113,44 @@ async def test_dlq_show_replay_and_tail(uid: str, tmp_path: Path) -> None:
         assert second["replay_of"] == f"{dlq}[0]@0"
         none = await asyncio.to_thread(cli, uid, "dlq", "replay", "tests.opsapp:app")
         assert none.returncode == 2 and "choose dead letters" in none.stderr
+    finally:
+        w.stop()
+
+
+async def test_window_lookup_on_the_owner(uid: str, tmp_path: Path) -> None:
+    w = WorkerProcess(
+        "tests.windowapp:app",
+        {"SKTEST_ID": uid, "STREAMKIT_WORKDIR": str(tmp_path / "win")},
+        tmp_path / "win.log",
+    ).start()
+    try:
+        endpoint = await http_endpoint(w)
+        assert endpoint, w.log()
+        events = [{"user": "ann", "ts": ts} for ts in (1000, 1001, 1015)]
+        events.append({"user": "bob", "ts": 1002})
+        await produce(f"win-in-{uid}", [orjson.dumps(e) for e in events])
+        found: dict[str, Any] = {}
+
+        async def ann_counted() -> bool:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{endpoint}/windows/counts/ann") as resp,
+            ):
+                found.update(await resp.json())
+                return resp.status == 200 and len(found["windows"]) == 2
+
+        await wait_until(ann_counted, within=60, what="ann's two windows")
+        assert [(x["at"], x["value"]) for x in found["windows"]] == [(1_000_000, 2), (1_010_000, 1)]
+        assert found["kind"].startswith("tumbling") and found["aggregation"] == "count"
+        async with aiohttp.ClientSession() as session:
+            url = f"http://{endpoint}/api/lookup?window=counts&key=bob"
+            async with session.get(url) as resp:
+                bob = await resp.json()
+            assert resp.status == 200 and [x["value"] for x in bob["windows"]] == [1]
+            async with session.get(f"http://{endpoint}/windows/counts/nobody") as resp:
+                assert resp.status == 404 and (await resp.json())["found"] is False
+            async with session.get(f"http://{endpoint}/windows/nope/ann") as resp:
+                assert resp.status == 404
     finally:
         w.stop()
 

@@ -92,6 +92,7 @@ def graph_of(app: App) -> dict[str, Any]:
                 "id": window_id,
                 "kind": "window",
                 "label": wt.name,
+                "name": wt.name,
                 "table": wt.table.name,
                 "window": str(wt.kind),
                 "aggregation": wt.aggregation.name,

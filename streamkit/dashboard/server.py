@@ -6,8 +6,8 @@
 - `GET /api/graph`: `graph_of(app)`.
 - `GET /api/snapshot`: the newest whole-app view (`collect.AppView`).
 - `GET /api/events`: server-sent events, one `data:` line of the view every REFRESH seconds.
-- `GET /api/lookup?table=&key=`: one key of a table, asked of a worker (which routes it to
-  the owner of the key's partition).
+- `GET /api/lookup?table=&key=` (or `window=`): one key of a table, or the windows of one key
+  in a window table, asked of a worker (which routes it to the owner of the key's partition).
 
 The view is only gathered while a page listens (or a snapshot was asked for lately): a worker
 that nobody watches pays nothing. One refresh loop serves every listener.
@@ -163,12 +163,14 @@ class Dashboard:
 
     async def _api_lookup(self, request: web.Request) -> web.Response:
         table, key = request.query.get("table", ""), request.query.get("key", "")
-        if not table or not key:
-            return _json({"error": "give table= and key="}, status=400)
+        window = request.query.get("window", "")
+        if not (table or window) or not key:
+            return _json({"error": "give table= (or window=) and key="}, status=400)
         endpoints = await self._endpoints()
         if not endpoints:
             return _json({"error": "no worker with an HTTP endpoint is running"}, status=503)
-        path = f"/tables/{quote(table, safe='')}/{quote(key, safe='')}"
+        kind, name = ("windows", window) if window else ("tables", table)
+        path = f"/{kind}/{quote(name, safe='')}/{quote(key, safe='')}"
         problems = []
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT),

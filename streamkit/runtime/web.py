@@ -35,7 +35,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamkit.dashboard.server import Dashboard
-from streamkit.runtime import webauth
+from streamkit.runtime import webauth, window_query
 from streamkit.runtime.activity import state_bytes
 from streamkit.runtime.metrics import WorkerMetrics
 from streamkit.settings import ConfigError, parse_bootstrap
@@ -72,6 +72,7 @@ class WebServer:
         app.router.add_get("/tables", self._tables)
         app.router.add_get("/tables/{name}", self._scan)
         app.router.add_get("/tables/{name}/{key:.+}", self._get)
+        app.router.add_get("/windows/{name}/{key:.+}", self._window)
         self.dashboard.add_routes(app.router)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
@@ -265,6 +266,36 @@ class WebServer:
                 status=200 if found else 404,
             )
         path = f"/tables/{quote(name, safe='')}/{quote(text, safe='')}"
+        return await self._forward(request, tp, path, {})
+
+    async def _window(self, request: web.Request) -> web.Response:
+        """The windows a key has in a window table, asked of (or proxied to) its owner."""
+        name, text = request.match_info["name"], request.match_info["key"]
+        app = self.worker.app
+        try:
+            stage = window_query.window_stage(app, name)
+        except QueryError as exc:
+            return _error(404, str(exc))
+        key = window_query.parse_key(stage, text)
+        partition = window_query.key_partition(stage, key, stage.source.partitions or 1)
+        tp = TopicPartition(stage.source.name, partition)
+        wt = app.windows[name]
+        part = self._local_partition(tp, wt.table.name)
+        if part is not None:
+            windows = window_query.windows_of(part, key)
+            body = {
+                "window": name,
+                "kind": str(wt.kind),
+                "aggregation": wt.aggregation.name,
+                "key": queries.jsonable(key),
+                "partition": partition,
+                "found": bool(windows),
+                "windows": windows,
+                "served_by": self.worker.client_id,
+                "endpoint": self.endpoint,
+            }
+            return _json(body, status=200 if windows else 404)
+        path = f"/windows/{quote(name, safe='')}/{quote(text, safe='')}"
         return await self._forward(request, tp, path, {})
 
     async def _scan(self, request: web.Request) -> web.Response:

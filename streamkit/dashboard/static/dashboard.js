@@ -398,15 +398,18 @@ function render(snap) {
 function setupLookup(graph) {
   const select = document.getElementById("lookup-table");
   const tables = graph.nodes.filter((n) => n.kind === "table" && n.queryable);
-  select.replaceChildren(...tables.map((n) => h("option", {value: n.table}, n.table)));
+  const windows = graph.nodes.filter((n) => n.kind === "window");
+  select.replaceChildren(
+    ...tables.map((n) => h("option", {value: "table=" + encodeURIComponent(n.table)}, n.table)),
+    ...windows.map((n) => h("option", {value: "window=" + encodeURIComponent(n.name)},
+      `${n.name} (window)`)));
   document.getElementById("lookup").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const key = document.getElementById("lookup-key").value;
     const out = document.getElementById("lookup-result");
     out.textContent = "…";
     try {
-      const resp = await fetch(api(`api/lookup?table=${encodeURIComponent(select.value)}` +
-        `&key=${encodeURIComponent(key)}`));
+      const resp = await fetch(api(`api/lookup?${select.value}&key=${encodeURIComponent(key)}`));
       const body = await resp.json();
       out.textContent = JSON.stringify(body, null, 2);
     } catch (err) {
