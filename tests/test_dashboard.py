@@ -190,9 +190,23 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
                 within=30,
                 what="the dead letter counted",
             )
+            # checkpoints over time (bars), both workers' rebalances, the state per partition
+            await wait_until(
+                lambda: js(page, "document.querySelectorAll('#checkpoint-chart rect').length > 2"),
+                within=30,
+                what="checkpoint bars",
+            )
+            rebalanced = await js(
+                page,
+                "Array.from(new Set(Array.from(document.querySelectorAll("
+                "'#rebalances tbody td:first-child')).map(td => td.textContent)))",
+            )
+            assert len(rebalanced) == 2, rebalanced  # both workers got an assignment
+            assert await js(page, "document.querySelectorAll('#state tbody tr').length") == 4
             # the table lookup box: the whale's total, served by its owner
             await js(
                 page,
+                "document.getElementById('lookup-table').value = 'table=totals';"
                 "document.getElementById('lookup-key').value = 'whale';"
                 "document.querySelector('#lookup button').click(); true",
             )

@@ -8,8 +8,8 @@ All of it is sampled from what the runtime already keeps, never counted per even
   (`Task.idle` false), backpressured = its buffer is full (`max_buffered_per_partition`);
   the fractions are over the last BUSY_WINDOW looks;
 - the last checkpoints (when, how long, how many records the broker acknowledged since the
-  previous one, changelog records among them, whether a commit failed) and rebalances (when,
-  how many partitions the worker got).
+  previous one, changelog records among them, the size of the worker's stores on disk after
+  it, whether a commit failed) and rebalances (when, how many partitions the worker got).
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ class Activity:
             "records": max(0, total - self._delivered_at_last),
             "changelog_records": max(0, changelog - self._changelog_at_last),
             "failed": failures > self._failures_at_last,
+            # the size of the state it made durable: this worker's stores on disk
+            "state_bytes": sum(state_bytes(task) or 0 for task in self._live()),
         }
         self.checkpoints.append(entry)
         if self.tracing is not None:

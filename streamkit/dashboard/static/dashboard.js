@@ -304,7 +304,8 @@ function updateCheckpoints(snap) {
     const r = s("rect", {class: c.failed ? "failed" : "ok", x: x - 1.5, y: height - 14 - bh,
       width: 3, height: bh});
     r.append(s("title", {}, `${c.worker} ${fmt.time(c.at)}: ${fmt.ms(c.duration_s)}, ` +
-      `${c.records} records (${c.changelog_records} changelog)` + (c.failed ? ", FAILED" : "")));
+      `${c.records} records (${c.changelog_records} changelog), state ${fmt.bytes(c.state_bytes)}` +
+      (c.failed ? ", FAILED" : "")));
     svg.append(r);
   }
   svg.append(s("text", {x: 4, y: 11}, `max ${fmt.ms(max)}`));
@@ -315,10 +316,12 @@ function updateCheckpoints(snap) {
   fill("checkpoints",
     h("p", {}, `${cps.length} recent checkpoints, `, h("span", {class: failed ? "badge bad" : "badge"},
       `${failed} failed`)),
-    table([["worker"], ["at"], ["duration", "num"], ["records", "num"], ["changelog", "num"], [""]],
+    table([["worker"], ["at"], ["duration", "num"], ["records", "num"], ["changelog", "num"],
+      ["state", "num"], [""]],
       recent.map((c) => h("tr", {class: c.failed ? "hot" : null}, h("td", {}, c.worker),
         h("td", {}, fmt.time(c.at)), h("td", {class: "num"}, fmt.ms(c.duration_s)),
         h("td", {class: "num"}, fmt.int(c.records)), h("td", {class: "num"}, fmt.int(c.changelog_records)),
+        h("td", {class: "num"}, fmt.bytes(c.state_bytes)),
         h("td", {}, c.failed ? h("span", {class: "badge bad"}, "failed") : "")))));
   const rbs = (snap.rebalances || []).slice(-8).reverse();
   fill("rebalances", rbs.length
