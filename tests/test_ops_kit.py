@@ -151,6 +151,25 @@ async def test_window_lookup_on_the_owner(uid: str, tmp_path: Path) -> None:
                 assert resp.status == 404 and (await resp.json())["found"] is False
             async with session.get(f"http://{endpoint}/windows/nope/ann") as resp:
                 assert resp.status == 404
+        # a late event: `tail` of the late topic says why and where it came from
+        await produce(f"win-in-{uid}", [orjson.dumps({"user": "cy", "ts": 1100})])
+        await read_all(f"win-out-{uid}", expect=3, within=60)  # the closed windows' finals
+        await produce(f"win-in-{uid}", [orjson.dumps({"user": "ann", "ts": 1003})])
+        await read_all(f"win-late-{uid}", expect=1, within=60)
+        late = await asyncio.to_thread(
+            cli,
+            uid,
+            "tail",
+            "tests.windowapp:app",
+            f"win-late-{uid}",
+            "--from-beginning",
+            "--limit",
+            "1",
+        )
+        assert late.returncode == 0, late.stderr
+        assert "LateEvent: " in late.stdout and "window table counts" in late.stdout, late.stdout
+        assert f"from win-{uid}-per_user-by-user-repartition[" in late.stdout, late.stdout
+        assert '"user":"ann","ts":1003' in late.stdout, late.stdout  # decoded as the source
     finally:
         w.stop()
 
