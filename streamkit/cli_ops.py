@@ -118,14 +118,16 @@ def tail(
 
     async def follow(loaded: App) -> None:
         shown = 0
-        async for record in rc.read(loaded, topic, from_beginning=from_beginning, follow=True):
-            row = rc.describe_record(loaded, record)
-            typer.echo(
-                orjson.dumps(rc.jsonable(row)).decode() if json_lines else rc.format_record(row)
-            )
-            shown += 1
-            if limit and shown >= limit:
-                return
+        records = rc.read(loaded, topic, from_beginning=from_beginning, follow=True)
+        async with contextlib.aclosing(records):  # the consumer stops here, not at teardown
+            async for record in records:
+                row = rc.describe_record(loaded, record)
+                typer.echo(
+                    orjson.dumps(rc.jsonable(row)).decode() if json_lines else rc.format_record(row)
+                )
+                shown += 1
+                if limit and shown >= limit:
+                    return
 
     def body() -> None:
         loaded = load_app(app)

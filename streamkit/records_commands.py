@@ -9,7 +9,7 @@ late topics hold the original bytes) is decoded with the codecs of the topic it 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ async def read(
     follow: bool,
     partitions: list[int] | None = None,
     idle_timeout: float | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """The committed records of `topic`, in each partition's order: from the start (or the
     current end), up to the end as it was at the start (or on and on with `follow`, until
     `idle_timeout` seconds pass with nothing new)."""
