@@ -68,6 +68,8 @@ const fmt = {
 let GRAPH = null;
 const NODES = new Map(); // id -> {node, g, sub, bars}
 const NODE_WIDTH = new Map();
+const RATES = new Map(); // stage node id -> its last 60 rates (one per view), for the sparkline
+const SPARK_W = 64, SPARK_H = 16;
 
 function layout(graph) {
   const ids = graph.nodes.map((n) => n.id);
@@ -168,6 +170,24 @@ function drawGraph(graph) {
   }
 }
 
+function drawSpark(id, g, rate) {
+  const history = RATES.get(id) || [];
+  history.push(rate || 0);
+  if (history.length > 60) history.shift();
+  RATES.set(id, history);
+  let line = g.querySelector("polyline.spark");
+  if (!line) {
+    line = s("polyline", {class: "spark"});
+    g.append(line);
+  }
+  const max = Math.max(1e-9, ...history);
+  const x0 = (NODE_WIDTH.get(id) || NODE_W) - SPARK_W - 8;
+  const step = SPARK_W / 59;
+  line.setAttribute("points", history.map((r, i) =>
+    `${(x0 + (60 - history.length + i) * step).toFixed(1)},${(4 + SPARK_H * (1 - r / max)).toFixed(1)}`
+  ).join(" "));
+}
+
 function describe(n) {
   if (n.kind === "stage") return `x${n.parallelism ?? "?"} · ${fmt.short(n.ops, 22)}`;
   if (n.kind === "topic" || n.kind === "sink") return n.partitions ? `${n.partitions} partitions` : "";
@@ -201,6 +221,7 @@ function updateGraph(snap) {
       sub.textContent = `${fmt.rate(st.rate)}/s · lag ${fmt.int(st.lag)} · busy ${fmt.pct(st.busy)}`;
       g.setAttribute("data-rate", st.rate);
       g.setAttribute("data-lag", st.lag);
+      drawSpark(n.id, g, st.rate);
       g.classList.toggle("hot", !!st.hot);
       g.classList.toggle("busy", (st.busy || 0) > 0.8);
       const mine = parts.filter((p) => p.topic === n.input);
