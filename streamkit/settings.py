@@ -180,6 +180,20 @@ class Settings(BaseSettings):
             "(default: web_host, or this machine's name when web_host is 0.0.0.0)."
         ),
     )
+    web_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token every HTTP request must carry (Authorization: Bearer ..., or "
+            "?token=... for the dashboard in a browser); unset: no check. Never logged."
+        ),
+    )
+    otel_enabled: bool = Field(
+        default=False,
+        description=(
+            "OpenTelemetry spans per checkpoint and per rebalance (pip install "
+            "'streamkit[otel]'; the application configures the SDK and exporter)."
+        ),
+    )
     # -- connection security (docs/security.md); checked by streamkit.security at start ----------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="How to talk to the broker: TLS (SSL), SASL, or both."
