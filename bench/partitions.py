@@ -57,9 +57,11 @@ def running_sum_app(
     out = app.topic(output, partitions=partitions)
     total = app.table("total", default=float)
 
-    @app.agent(src, sink=out)
+    by_user = app.stream(src).key_by("user_id", partitions=partitions)
+
+    @app.agent(by_user, sink=out, state=[total])
     async def running_sum(stream: sk.Stream[Any]) -> Any:
-        async for p in stream.key_by("user_id", partitions=partitions):
+        async for p in stream:
             total[p["user_id"]] += p["amount"]
             yield {"user_id": p["user_id"], "total": total[p["user_id"]], "ts": p["ts"]}
 

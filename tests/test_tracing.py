@@ -43,9 +43,9 @@ async def test_spans_per_checkpoint_and_rebalance_and_trace_context_through_a_ho
     source = app.topic(f"otel-in-{uid}", partitions=2)
     out = app.topic(f"otel-out-{uid}", partitions=2)
 
-    @app.agent(source, sink=out)
+    @app.agent(app.stream(source).key_by("k", partitions=2), sink=out)
     async def relay(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
-        async for v in stream.key_by("k", partitions=2):
+        async for v in stream:
             yield v
 
     async with running(app):
@@ -74,7 +74,7 @@ async def test_spans_per_checkpoint_and_rebalance_and_trace_context_through_a_ho
     assert checkpoint.end_time >= checkpoint.start_time
     assert checkpoint.attributes["streamkit.failed"] is False
     # the producer's trace context crossed the repartition topic with the record
-    hop = await read_all(f"otel-{uid}-relay-key_by-repartition", expect=21, within=30)
+    hop = await read_all(f"otel-{uid}-otel-in-{uid}-key_by-k-repartition", expect=21, within=30)
     carried = [r for r in hop if dict(r.headers or ()).get("traceparent") == TRACEPARENT.encode()]
     assert len(carried) == 1
     span_context = trace.get_current_span(context_of(carried[0].headers)).get_span_context()
