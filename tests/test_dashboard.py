@@ -116,10 +116,10 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
             await wait_until(lambda: _has_nodes(page, expected), within=30, what="graph nodes")
             assert set(await node_ids(page)) == expected
             for node in (
-                "stage:total.0",
-                "stage:total.1",
+                f"stage:ops-in-{uid}",  # stages are named after their first input
+                "stage:by-user",
                 f"topic:ops-in-{uid}",
-                f"topic:ops-{uid}-total-by-user-repartition",
+                f"topic:ops-{uid}-by-user-repartition",
                 "table:totals",
                 f"topic:ops-out-{uid}",
                 f"topic:ops-{uid}-dlq",
@@ -129,12 +129,12 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
             rates: list[float] = []
 
             async def rate_moved() -> bool:
-                rate = await stage_rate(page, "total.0")
+                rate = await stage_rate(page, f"ops-in-{uid}")
                 if rate:
                     rates.append(rate)
                 return len({r for r in rates if r > 0}) >= 2
 
-            await wait_until(rate_moved, within=60, what="the rate of total.0 to move", every=0.5)
+            await wait_until(rate_moved, within=60, what="the first stage rate", every=0.5)
             # records written to the sink, per second, on its node
             sink = f"document.querySelector('#graph g.node[data-id=\"topic:ops-out-{uid}\"]')"
             await wait_until(
@@ -162,13 +162,13 @@ async def test_dashboard_in_a_browser(tmp_path: Path) -> None:
             )
             assert hot == [HOT_PARTITION]
             bar = (
-                'document.querySelector(\'#graph g.node[data-id="stage:total.0"] '
+                f'document.querySelector(\'#graph g.node[data-id="stage:ops-in-{uid}"] '
                 f"rect.pbar[data-partition=\"{HOT_PARTITION}\"]').classList.contains('hot')"
             )
             assert await js(page, bar)
             assert await js(
                 page,
-                "document.querySelector('#graph g.node[data-id=\"stage:total.0\"]')"
+                f"document.querySelector('#graph g.node[data-id=\"stage:ops-in-{uid}\"]')"
                 ".classList.contains('hot')",
             )
             # the hot key, and the dead letter with its reason and where it came from

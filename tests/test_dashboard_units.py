@@ -49,24 +49,31 @@ def test_graph_of_the_ecommerce_app() -> None:
     edges = {(e["from"], e["to"], e["kind"]) for e in graph["edges"]}
     stages = {n["stage"]: n for n in nodes.values() if n["kind"] == "stage"}
     assert set(stages) == {s.name for s in app.stages}
-    assert stages["spend.0"]["input"] == f"{prefix}-purchases"
-    assert stages["spend.1"]["parallelism"] == 4
+    assert stages[f"{prefix}-purchases"]["input"] == f"{prefix}-purchases"
+    assert stages["by-user-purchases"]["parallelism"] == 4  # key_by's default: its input's
     assert (
-        "stage:spend.0",
-        f"topic:{prefix}-spend-by-user-repartition",
+        f"stage:{prefix}-purchases",
+        f"topic:{prefix}-by-user-purchases-repartition",
         "key_by",
     ) in edges
-    assert ("stage:enrich.0", f"topic:{prefix}-enrich-rebalance-repartition", "rebalance") in edges
-    assert ("stage:enrich.1", f"topic:{prefix}-enrich-shuffle-repartition", "shuffle") in edges
-    assert ("stage:spend.1", "table:spent", "state") in edges
+    assert (
+        "stage:by-user",
+        f"topic:{prefix}-by-user-rebalance-repartition",
+        "rebalance",
+    ) in edges
+    assert ("stage:by-user-rebalance", f"topic:{prefix}-log-repartition", "shuffle") in edges
+    assert ("stage:by-user-purchases", "table:spent", "state") in edges
     assert (f"topic:{prefix}-catalog", "table:products", "changelog") in edges
     assert nodes["table:products"]["read_only"] and nodes["table:products-all"]["global"]
     assert nodes["window:trending"]["aggregation"] == "top_k"
     assert ("window:trending", f"topic:{prefix}-trending", "emit") in edges
     assert nodes[f"topic:{prefix}-trending"]["kind"] == "sink"
-    assert nodes[f"topic:{prefix}-trending_products-late"]["role"] == "late"
-    # an agent's sink that another agent reads is an ordinary topic between them
-    assert nodes[f"topic:{prefix}-enriched"]["kind"] == "topic"
+    assert nodes[f"topic:{prefix}-trending-late"]["role"] == "late"
+    # fan-out: the by-user stage feeds the sessions window and the enrichment; the enriched
+    # events leave the graph (a sink), the shuffled stage also feeds key_by product
+    assert ("stage:by-user", "window:user-sessions", "state") in edges
+    assert nodes[f"topic:{prefix}-enriched"]["kind"] == "sink"
+    assert ("stage:log", f"topic:{prefix}-by-product-repartition", "key_by") in edges
     assert nodes[f"topic:{prefix}-totals"]["kind"] == "sink"
     assert nodes[f"topic:{prefix}-dlq"]["role"] == "dlq"
 
