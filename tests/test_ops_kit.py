@@ -39,7 +39,7 @@ async def test_status_lag_does_not_count_transaction_markers(uid: str, tmp_path:
         assert await http_endpoint(w), w.log()
         await produce_purchases(uid)
         await read_all(f"ops-out-{uid}", expect=N, within=90)
-        repartition = f"ops-{uid}-total-by-user-repartition"
+        repartition = f"ops-{uid}-by-user-repartition"
 
         lines: list[str] = []
 
@@ -80,7 +80,8 @@ async def test_dlq_show_replay_and_tail(uid: str, tmp_path: Path) -> None:
         )
         assert text.returncode == 0, text.stderr
         assert "DecodeError: invalid JSON" in text.stdout
-        assert f"from ops-in-{uid}[1]@1 (agent total)" in text.stdout
+        # a record that fails to decode belongs to no agent: the header names its stage
+        assert f"from ops-in-{uid}[1]@1 (agent ops-in-{uid})" in text.stdout
 
         out = await asyncio.to_thread(
             cli,
@@ -169,7 +170,7 @@ async def test_window_lookup_on_the_owner(uid: str, tmp_path: Path) -> None:
         )
         assert late.returncode == 0, late.stderr
         assert "LateEvent: " in late.stdout and "window table counts" in late.stdout, late.stdout
-        assert f"from win-{uid}-per_user-by-user-repartition[" in late.stdout, late.stdout
+        assert f"from win-{uid}-by-user-repartition[" in late.stdout, late.stdout
         assert '"user":"ann","ts":1003' in late.stdout, late.stdout  # decoded as the source
     finally:
         w.stop()
