@@ -16,7 +16,7 @@ to agent code.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,15 +121,8 @@ class WatermarkTracker:
             self.idle.add(upstream)
         else:
             self.idle.discard(upstream)
-        active: Iterable[int] = [u for u in range(self.upstreams) if u not in self.idle]
-        if not active:
-            # everyone idle: nobody is a straggler, so the minimum over all of them, leaving
-            # out those that have seen nothing (an upstream task made anew with nothing left
-            # to read says "no watermark, idle": it would hold the others back for ever)
-            known = [
-                u for u in range(self.upstreams) if self.heard.get(u, NO_WATERMARK) > NO_WATERMARK
-            ]
-            active = known or range(self.upstreams)
+        # everyone idle: nobody is a straggler, so the plain minimum over all of them
+        active = [u for u in range(self.upstreams) if u not in self.idle] or range(self.upstreams)
         return self.advance_to(min(self.heard.get(u, NO_WATERMARK) for u in active))
 
     def advance_to(self, candidate: int) -> bool:

@@ -56,17 +56,6 @@ def test_a_watermark_after_a_hop_is_the_minimum_of_active_upstreams() -> None:
     assert read_control([("other", b"x")]) is None and read_control(()) is None
 
 
-def test_an_idle_upstream_that_has_seen_nothing_holds_nobody_back() -> None:
-    """An upstream task made anew by a rebalance with nothing left to read says "no
-    watermark, idle": when everyone is idle, it does not hold the others at -inf."""
-    wm = WatermarkTracker(out_of_orderness_ms=0, upstreams=2)
-    assert not wm.from_upstream(0, NO_WATERMARK, True)
-    assert wm.from_upstream(1, 500, True) and wm.current == 500  # all idle: 0 knows nothing
-    wm = WatermarkTracker(out_of_orderness_ms=0, upstreams=2)
-    assert not wm.from_upstream(0, NO_WATERMARK, False)  # active and knowing nothing: waits
-    assert not wm.from_upstream(1, 500, True) and wm.current == NO_WATERMARK
-
-
 class FakeTask:
     """What a WindowPartition needs from its task: event time, a collector, late routing."""
 
