@@ -63,6 +63,7 @@ def load_app(spec: str) -> App:
         raise UsageError(f"module {module_name} has no attribute {attr!r}")
     if not isinstance(app, App):
         raise UsageError(f"{spec} is a {type(app).__name__}, not a streamkit.App")
+    _ = app.stages  # the graph: declares the internal topics (commands read them too)
     return app
 
 

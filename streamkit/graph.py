@@ -388,6 +388,20 @@ def _event_time(stages: list[Stage]) -> None:
         )
 
 
+def declared_tasks(stage: Stage) -> int | None:
+    """The stage's task count from the declarations alone (before the broker is asked): an
+    internal topic without a count has its upstream stage's."""
+    counts = []
+    for inp in stage.inputs:
+        n = inp.topic.partitions or inp.topic.declared_partitions
+        if n is None and inp.upstream is not None:
+            n = declared_tasks(inp.upstream)
+        if n is None:
+            return None
+        counts.append(n)
+    return max(counts) if counts else None
+
+
 def resolve_partitions(stages: list[Stage]) -> None:
     """Once the source topics' counts are known: an internal topic without a declared count
     gets its stage's task count; changelogs get their stage's. Co-partitioning is checked."""

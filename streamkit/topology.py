@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from streamkit.graph import AgentNode, Stage
+from streamkit.graph import AgentNode, Stage, declared_tasks
 from streamkit.streams import BranchNode, ExchangeNode, MergeNode, Node, SinkNode, SourceNode
 from streamkit.topics import Topic
 
@@ -52,7 +52,7 @@ def render(app: Drawn, fmt: str = "text") -> str:
 
 
 def _tasks(stage: Stage) -> str:
-    n = stage.partitions
+    n = stage.partitions or declared_tasks(stage)
     return "?" if n is None else str(n)
 
 

@@ -365,7 +365,10 @@ def comparable(role: str, records: list[Any]) -> list[Any]:
         headers = {k: v for k, v in r.headers if k.startswith("streamkit.")}
         if role == "late":  # repartition offsets count watermark control records, which
             headers.pop("streamkit.source.offset", None)  # a worker writes on its own clock
-        rows.append((r.key, r.partition, r.timestamp, r.value, sorted(headers.items())))
+        # dead letters and late events are stamped on arrival (LogAppendTime): the kit's
+        # virtual clock and the broker's differ; the original time is in their headers
+        ts = None if role in ("dlq", "late") else r.timestamp
+        rows.append((r.key, r.partition, ts, r.value, sorted(headers.items())))
     if role == "windows":
         return sorted(rows)
     by_key: dict[Any, list[Any]] = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from streamkit.graph import AgentNode, Stage
+from streamkit.graph import AgentNode, Stage, declared_tasks
 from streamkit.streams import ExchangeNode, SinkNode, SourceNode, StateNode
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def graph_of(app: App) -> dict[str, Any]:
             "input": st.source.name,
             "inputs": [t.name for t in st.topics],
             "ops": _ops_text(st),
-            "parallelism": st.partitions,
+            "parallelism": st.partitions or declared_tasks(st),
         }
         for inp in st.inputs:
             edge(topic(inp.topic), stage_id, "source")

@@ -138,6 +138,8 @@ class AsyncTestDriver:
             if topic.partitions is None:
                 topic.partitions = topic.declared_partitions or 1
             self.log.create(topic.name, topic.partitions)
+            if topic.config.get("message.timestamp.type") == "LogAppendTime":
+                self.producer.append_time.add(topic.name)  # as the broker stamps them
         for gt in app.global_tables.values():  # loaded before the tasks start, as a worker does
             gt.data.clear()
             gt.ready = True
