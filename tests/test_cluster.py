@@ -112,7 +112,7 @@ async def test_kill_9_of_the_busiest_broker_under_exactly_once_loses_and_duplica
         workers.append(w.start())
     rows = purchases(EVENTS, seed=17)
     source, out = f"purchases-{uid}", f"totals-{uid}"
-    repartition = f"shop-{uid}-total_spent-by-user-repartition"
+    repartition = f"shop-{uid}-by-user-repartition"
     internal = [repartition, f"shop-{uid}-spent-changelog", f"shop-{uid}-count-changelog"]
     internal.append(f"shop-{uid}-dlq")
     watch: OutputWatch | None = None
