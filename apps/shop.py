@@ -33,11 +33,12 @@ purchases = app.topic(
 totals = app.topic(os.environ.get("SHOP_TOTALS", "shop-totals"), partitions=4)
 spent = app.table("spent", default=float)
 count = app.table("count", default=int)
+by_user = app.stream(purchases).key_by("user_id", name="by-user")
 
 
-@app.agent(purchases, sink=totals)
+@app.agent(by_user, sink=totals, state=[spent, count])
 async def total_spent(stream: sk.Stream[Purchase]) -> AsyncIterator[dict[str, Any]]:
-    async for p in stream.key_by("user_id", name="by-user"):
+    async for p in stream:
         spent[p.user_id] += p.amount
         count[p.user_id] += 1
         yield {"user_id": p.user_id, "total": spent[p.user_id], "count": count[p.user_id]}

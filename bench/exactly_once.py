@@ -43,9 +43,9 @@ def running_sum_app(uid: str, source: str, output: str, workdir: Path, **setting
     out = app.topic(output, partitions=PARTITIONS)
     total = app.table("total", default=float)
 
-    @app.agent(src, sink=out)
+    @app.agent(app.stream(src).key_by("user_id"), sink=out, state=[total])
     async def running_sum(stream: sk.Stream[Any]) -> Any:
-        async for p in stream.key_by("user_id"):
+        async for p in stream:
             total[p["user_id"]] += p["amount"]
             yield {"user_id": p["user_id"], "total": total[p["user_id"]], "ts": p["ts"]}
 

@@ -190,9 +190,9 @@ def streamkit_app(target: Target, workdir: Path) -> sk.App:
 
     if target.system == STREAMKIT_KEY_BY:
 
-        @app.agent(src, sink=out)
+        @app.agent(app.stream(src).key_by("user_id", name="keyed"), sink=out)
         async def keyed(stream: sk.Stream[Any]) -> Any:
-            async for value in stream.key_by("user_id"):
+            async for value in stream:
                 yield value
 
     else:
@@ -236,7 +236,7 @@ async def run_one(
     if system.startswith(STREAMKIT):  # its internal topics too: no run pays for creating them
         await cluster.create_topics([f"{group}-dlq"], partitions=1)
         if system == STREAMKIT_KEY_BY:
-            await cluster.create_topics([f"{group}-keyed-key_by-repartition"])
+            await cluster.create_topics([f"{group}-keyed-repartition"])
     launcher = launch_streamkit if system.startswith(STREAMKIT) else launch_raw
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         launch, stop = launcher(target, Path(workdir))

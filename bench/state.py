@@ -56,9 +56,9 @@ def keyed_sum_app(uid: str, source: str, output: str, workdir: Path, keyed: bool
 
     if keyed:
 
-        @app.agent(src, sink=out)
+        @app.agent(app.stream(src).key_by("user_id"), sink=out, state=[total])
         async def running_sum(stream: sk.Stream[Any]) -> Any:
-            async for p in stream.key_by("user_id"):
+            async for p in stream:
                 total[p["user_id"]] += p["amount"]
                 yield {"user_id": p["user_id"], "total": total[p["user_id"]]}
 
@@ -95,7 +95,7 @@ async def restore(keys: int) -> tuple[float, int]:
     src = app.topic(f"br-in-{uid}", partitions=PARTITIONS)
     table = app.table("t", default=int)
 
-    @app.agent(src)
+    @app.agent(src, state=[table])
     async def use(stream: sk.Stream[Any]) -> None:
         async for _ in stream:
             table["x"] = 1

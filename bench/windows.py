@@ -46,18 +46,18 @@ def pipeline_b(uid: str, source: str, output: str, workdir: Path, mode: str) -> 
     out = app.topic(output, partitions=PARTITIONS)
     if mode == "key_by only":
 
-        @app.agent(src, sink=out)
+        @app.agent(app.stream(src).key_by("user_id"), sink=out)
         async def relay(stream: sk.Stream[Any]) -> Any:
-            async for p in stream.key_by("user_id"):
+            async for p in stream:
                 yield p
 
         return app
     emit = "final" if mode == "window final" else "update"
     counts = app.window("per-user", sk.tumbling(60), sk.count(), emit=emit, output=out)
 
-    @app.agent(src)
+    @app.agent(app.stream(src).key_by("user_id"), state=[counts])
     async def count_per_user(stream: sk.Stream[Any]) -> None:
-        async for p in stream.key_by("user_id"):
+        async for p in stream:
             counts.add(p["user_id"])
 
     return app
@@ -88,7 +88,11 @@ async def run_mode(cluster: Cluster, source: str, n: int, mode: str) -> dict[str
 def _window_stage_events(worker: Worker) -> int:
     if worker.tasks is None:
         return 0
-    return sum(t.events_in for t in worker.tasks.tasks.values() if t.stage.index == 1)
+    return sum(
+        t.events_in
+        for t in worker.tasks.tasks.values()
+        if t.stage.inputs[0].upstream is not None  # the stage after the key_by
+    )
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:

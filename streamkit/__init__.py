@@ -1,10 +1,15 @@
 """streamkit: asyncio stream processing for Apache Kafka."""
 
+from streamkit.agents import Agent
 from streamkit.app import App, Producer
+from streamkit.context import current_event
 from streamkit.events import Event, Record
 from streamkit.eventtime import processing_time
 from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError, Settings
+from streamkit.state.global_table import GlobalTable
+from streamkit.state.table import KeyNotInPartition, Table, TableNotBound
+from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
 from streamkit.streams import Stream
 from streamkit.topics import Topic
@@ -23,17 +28,24 @@ from streamkit.windows import (
 )
 
 __all__ = [
+    "Agent",
     "App",
     "ConfigError",
     "DecodeError",
     "Event",
+    "GlobalTable",
+    "KeyNotInPartition",
     "Producer",
     "Record",
     "Settings",
     "Stream",
+    "Table",
+    "TableNotBound",
+    "Timers",
     "Topic",
     "WindowTable",
     "count",
+    "current_event",
     "hopping",
     "max_of",
     "merge_top",

@@ -1,38 +1,43 @@
-"""Agent: a user's async generator (or coroutine) bound to a source topic and its sinks."""
+"""Agent: a user's async function consuming a declared stream, the last operator of its stage.
+
+`fn(stream)` is either an async generator (what it yields goes to every sink) or a coroutine
+function that consumes the stream and writes with `topic.send` / `topic.produce`. It runs in
+one long-lived coroutine per partition of its stage: the code before `async for` runs when
+the task starts and again after an event on which the body raised (the body is restarted).
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from streamkit.streams import Op
+from streamkit.settings import ConfigError
+from streamkit.streams import Stream
 from streamkit.topics import Topic
-
-if TYPE_CHECKING:
-    from streamkit.stages import Stage
 
 AgentFn = Callable[..., Any]
 
 
-@dataclass
+@dataclass(eq=False)
 class Agent:
-    """`fn(stream)` is either an async generator (what it yields goes to every sink) or a
-    coroutine function that consumes the stream and sends with `topic.send`."""
-
     name: str
     fn: AgentFn
-    source: Topic
+    stream: Stream[Any]
     sinks: list[Topic] = field(default_factory=list)
-    ops: tuple[Op, ...] = ()  # the operator chain its body builds (found by tracing)
-    stages: list[Stage] = field(default_factory=list)
+    state: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not (inspect.isasyncgenfunction(self.fn) or inspect.iscoroutinefunction(self.fn)):
-            raise TypeError(
+            raise ConfigError(
                 f"agent {self.name}: {self.fn!r} must be an `async def` function "
                 "(an async generator that yields results, or a coroutine)"
+            )
+        if self.is_generator and not self.sinks:
+            raise ConfigError(
+                f"agent {self.name} yields values but has no sink: pass sink=topic to "
+                "@app.agent (or write with topic.send inside a coroutine agent)"
             )
 
     @property

@@ -8,14 +8,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from streamkit.agents import Agent, AgentFn
+from streamkit.clients import make_producer
 from streamkit.events import Headers
+from streamkit.graph import Stage, build
 from streamkit.settings import ConfigError, Settings, load_settings
-from streamkit.stages import AgentShapeError, Stage, bind_tables, build_stages, trace
 from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
-from streamkit.topics import DLQ_MAX_MESSAGE_BYTES, Topic
+from streamkit.streams import SinkNode, SourceNode, Stream
+from streamkit.topics import DEAD_LETTER_CONFIG, Topic
+from streamkit.topology import render
 from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -42,13 +45,14 @@ class App:
         self.windows: dict[str, WindowTable] = {}
         self.timers: dict[str, Timers] = {}
         self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
-        self._bound = False
+        self.sink_nodes: list[SinkNode] = []
+        self._stages: list[Stage] | None = None  # the graph, built on first use
         self.dlq = self.topic(
             f"{id}-dlq",
             key_type=bytes,
             value_type=bytes,
             internal=True,
-            config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+            config=dict(DEAD_LETTER_CONFIG),
         )
 
     def configure(self, **overrides: Any) -> Settings:
@@ -60,7 +64,7 @@ class App:
         self,
         name: str,
         *,
-        key_type: Any = None,
+        key_type: Any = str,
         value_type: Any = None,
         partitions: int | None = None,
         config: dict[str, str] | None = None,
@@ -106,12 +110,18 @@ class App:
         key_type: Any = str,
         value_type: Any = None,
         source: Topic | None = None,
+        local_keys: bool = False,
     ) -> Table[Any, Any]:
-        """Declare per-key state, used as a mapping inside the agent that writes it. It lives
-        in SQLite next to its partition and in the compacted topic `{id}-{name}-changelog`.
+        """Declare per-key state. It lives in SQLite next to its partition and in the
+        compacted topic `{id}-{name}-changelog`; the stage that owns it is declared with
+        `@app.agent(..., state=[table])` or `stream.with_state(table)`, and any code of that
+        stage's tasks may use it (the body, helpers, map functions, timer callbacks).
 
+        A key must hash (murmur2) to the partition of the task writing it: a write of another
+        key fails, naming the key_by it needs. `local_keys=True` lifts that check for keys that
+        are the task's own (they cannot be found by key from outside: queries scan).
         `source=topic`: a read-only table of that (compacted) topic's latest value per key,
-        which is its changelog; the agent stage that reads it must be co-partitioned with it
+        which is its changelog; the stage that reads it must be co-partitioned with it
         (`state/source_tables.py`)."""
         if name in self.tables or name in self.global_tables:
             raise ConfigError(f"two tables are named {name!r}")
@@ -136,8 +146,10 @@ class App:
             key_type=key_type,
             value_type=value_type,
             source=source is not None,
+            local_keys=local_keys,
         )
         self.tables[name] = table
+        self._stages = None
         return table
 
     def global_table(
@@ -177,13 +189,15 @@ class App:
         output: Topic | None = None,
         late_topic: Topic | None = None,
         key_type: Any = str,
+        local_keys: bool = False,
     ) -> WindowTable:
         """Declare a windowed aggregation per key over event time (`sk.tumbling(60)`,
         `sk.hopping(60, every=10)`; `sk.count()`, `sk.sum_of("amount")`...). Results go to
         `output` once per window when it closes (`emit="final"`) or on every change
         (`emit="update"`); events too late for every window go to `late_topic` (default
-        `{id}-{agent}-late`). State lives like a table's: SQLite plus a changelog."""
-        table = self.table(name, key_type=bytes)
+        `{id}-{name}-late`). State lives like a table's: SQLite plus a changelog, owned by
+        the stage that declares it (`state=[...]`)."""
+        table = self.table(name, key_type=bytes, local_keys=local_keys)
         wt = WindowTable(
             name,
             kind,
@@ -200,74 +214,125 @@ class App:
         self.windows[name] = wt
         return wt
 
-    def timer_set(self, name: str) -> Timers:
+    def timer_set(self, name: str, *, key_type: Any = str, local_keys: bool = False) -> Timers:
         """Declare per-key timers (`.at(key, when)` in event time, `.after(key, seconds)` in
         processing time) and name their callback with `@timers.on_fire`. Pending timers are
-        state of the agent that sets them: checkpointed and restored like a table."""
-        timers = Timers(name, self.table(name, key_type=bytes))
+        state of the stage that declares them (`state=[...]`): checkpointed and restored
+        like a table."""
+        timers = Timers(name, self.table(name, key_type=bytes, local_keys=local_keys), key_type)
         self.timers[name] = timers
         return timers
 
+    def stream(self, *topics: Topic) -> Stream[Any]:
+        """A declared stream of the values of `topics` (several: merged). Build on it with
+        map, filter, key_by...; consume it with `@app.agent(stream)` or `stream.to(topic)`."""
+        if not topics:
+            raise ConfigError("app.stream() needs at least one topic")
+        for topic in topics:
+            self._check_topic(topic, "app.stream")
+        return Stream(self, SourceNode((), tuple(topics)))
+
     def agent(
         self,
-        source: Topic,
+        source: Topic | Stream[Any] | list[Topic] | tuple[Topic, ...],
         *,
         sink: Topic | Iterable[Topic] | None = None,
         name: str | None = None,
+        state: Iterable[Any] = (),
     ) -> Callable[[AgentFn], AgentFn]:
-        """Decorate `async def fn(stream)`; it runs once per partition of `source`."""
+        """Decorate `async def fn(stream)`: it consumes `source` (a declared stream, a topic,
+        or a list of topics to merge), once per partition of its stage. `state`: the tables,
+        window tables and timers its stage owns. Nothing of `fn` runs here."""
+        stream = self._as_stream(source)
         sinks = [] if sink is None else [sink] if isinstance(sink, Topic) else list(sink)
+        for topic in sinks:
+            self._check_topic(topic, "sink")
+        owned = tuple(state)
+        self.check_state(owned, "agent state")
 
         def register(fn: AgentFn) -> AgentFn:
-            agent_name = name or fn.__name__
+            agent_name = str(name or getattr(fn, "__name__", "agent"))
             if agent_name in self.agents:
                 raise ConfigError(f"two agents are named {agent_name!r}: pass name=...")
-            for topic in (source, *sinks):
-                if self.topics.get(topic.name) is not topic:
-                    raise ConfigError(f"topic {topic.name} was not declared with app.topic()")
-            agent = Agent(agent_name, fn, source, sinks)
-            try:
-                agent.ops = trace(agent_name, fn)
-                agent.stages = build_stages(self, agent, agent.ops)
-            except AgentShapeError as exc:
-                raise ConfigError(str(exc)) from None
-            consumed = {st.source.name: st for a in self.agents.values() for st in a.stages}
-            for stage in agent.stages:
-                other = consumed.get(stage.source.name)
-                if other is not None:
-                    raise ConfigError(
-                        f"agents {other.agent.name} and {agent_name} both consume "
-                        f"{stage.source.name}: one agent per source topic (chain the work "
-                        "inside one agent instead)"
-                    )
-            self.agents[agent_name] = agent
-            self._bound = False
+            self.agents[agent_name] = Agent(agent_name, fn, stream, sinks, owned)
+            self._stages = None
             return fn
 
         return register
 
+    def sink(self, stream: Stream[Any], topic: Topic) -> None:
+        """`stream.to(topic)`: every value of `stream` to `topic`."""
+        self._check_topic(topic, "to")
+        self.sink_nodes.append(SinkNode((stream.node,), topic=topic))
+        self._stages = None
+
+    def _as_stream(self, source: Any) -> Stream[Any]:
+        if isinstance(source, Stream):
+            if source.app is not self:
+                raise ConfigError(f"{source!r} belongs to another app")
+            return source
+        if isinstance(source, Topic):
+            return self.stream(source)
+        if (
+            isinstance(source, (list, tuple))
+            and source
+            and all(isinstance(t, Topic) for t in source)
+        ):
+            return self.stream(*source)
+        raise ConfigError(
+            f"an agent reads a topic (app.topic), a list of topics or a declared stream "
+            f"(app.stream), not {source!r}"
+        )
+
+    def _check_topic(self, topic: Any, where: str) -> None:
+        if not isinstance(topic, Topic):
+            raise ConfigError(f"{where}: {topic!r} is not a topic (declare it with app.topic())")
+        if self.topics.get(topic.name) is not topic:
+            raise ConfigError(f"topic {topic.name} was not declared with app.topic()")
+
+    def check_state(self, items: Iterable[Any], where: str) -> None:
+        for item in items:
+            if self.state_table(item, strict=False) is None:
+                raise ConfigError(
+                    f"{where}: {item!r} is not a table, window table or timer set of app "
+                    f"{self.id} (declare it with app.table, app.window or app.timer_set)"
+                )
+
+    def state_table(self, item: Any, strict: bool = True) -> Any:
+        """The table that stores `item` (a table, window table or timer set), or None."""
+        table = item if isinstance(item, Table) else getattr(item, "table", None)
+        if isinstance(table, Table) and self.tables.get(table.name) is table:
+            return table
+        if strict:
+            raise ConfigError(f"{item!r} is not state of app {self.id}")
+        return None
+
+    @property
+    def source_topics(self) -> set[str]:
+        """Topics the app reads that no stage of it writes (its input)."""
+        return {i.topic.name for st in self.stages for i in st.inputs if i.upstream is None}
+
+    @property
+    def sink_topics(self) -> set[str]:
+        """Topics agents and `to()` write."""
+        names = {t.name for a in self.agents.values() for t in a.sinks}
+        names |= {n.topic.name for n in self.sink_nodes if n.topic is not None}
+        return names | {w.output.name for w in self.windows.values() if w.output is not None}
+
     @property
     def stages(self) -> list[Stage]:
-        """Every agent's stages, with tables bound to the stage that uses them."""
-        if not self._bound:
-            try:
-                bind_tables(self)
-            except AgentShapeError as exc:
-                raise ConfigError(str(exc)) from None
-            self._bound = True
-        return [stage for agent in self.agents.values() for stage in agent.stages]
+        """The declared graph cut into stages (built on first use, after every declaration)."""
+        if self._stages is None:
+            self._stages = build(self)
+        return self._stages
 
     def topology(self, fmt: str = "text") -> str:
         """The graph of sources, stages, operators, internal topics and sinks."""
-        from streamkit.topology import render
-
         return render(self, fmt)
 
     @asynccontextmanager
     async def producer(self) -> AsyncIterator[Producer]:
         """A producer for sending outside agents (scripts, tests, the CLI)."""
-        from streamkit.runtime.clients import make_producer
-
         producer = make_producer(self.settings, client_id=f"{self.id}-producer")
         await producer.start()
         try:

@@ -6,98 +6,20 @@ on stderr and a non-zero exit, never a traceback wall.
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import logging
-import os
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import orjson
 import typer
 from aiokafka.errors import MessageSizeTooLargeError
 
+from streamkit import cli_ops  # noqa: F401  (registers dashboard, dlq, tail, broker)
 from streamkit.app import App
-from streamkit.runtime.admin import BrokerUnreachable, describe, ensure_topics, open_admin
-from streamkit.runtime.worker import Worker, WorkerFailed
-from streamkit.settings import ConfigError
+from streamkit.cli_common import AppArg, UsageError, _arun, _run, cli, load_app, setup_logging
+from streamkit.runtime.admin import describe, ensure_topics, open_admin
+from streamkit.runtime.worker import Worker
 from streamkit.state import inspect as inspect_state
-
-cli = typer.Typer(
-    help="streamkit: stream processing for Apache Kafka.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-T = TypeVar("T")
-AppArg = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTRIBUTE (apps.shop:app)")]
-
-
-class UsageError(Exception):
-    """Bad command-line input."""
-
-
-def load_app(spec: str) -> App:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"{spec!r} is not MODULE:APP (for example apps.shop:app)")
-    if "/" in module_name or module_name.endswith(".py"):
-        dotted = module_name.removesuffix(".py").strip("/").replace("/", ".")
-        raise UsageError(
-            f"{module_name!r} is a file path: give the module's dotted name, {dotted}:{attr}"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        own = module_name == missing or module_name.startswith(f"{missing}.")
-        if missing and not own:  # the module was found; something it imports was not
-            raise UsageError(
-                f"module {module_name} imports {missing!r}, which is not installed ({exc})"
-            ) from None
-        raise UsageError(
-            f"cannot import module {module_name!r} ({exc}); run from the project folder "
-            "or put it on PYTHONPATH"
-        ) from None
-    app = getattr(module, attr, None)
-    if app is None:
-        raise UsageError(f"module {module_name} has no attribute {attr!r}")
-    if not isinstance(app, App):
-        raise UsageError(f"{spec} is a {type(app).__name__}, not a streamkit.App")
-    return app
-
-
-def _run(action: Callable[[], T]) -> T:
-    """Run a command body, turning known errors into one line and an exit code."""
-    try:
-        return action()
-    except (UsageError, ConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except BrokerUnreachable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(3) from None
-    except WorkerFailed as exc:
-        typer.echo(f"error: worker stopped: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _arun(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 @cli.command()
@@ -206,8 +128,8 @@ def topics(app: AppArg) -> None:
         loaded = load_app(app)
         found = _arun(_describe(loaded))
         typer.echo(f"{'topic':40} {'declared':>8} {'broker':>8}  role")
-        sources = {a.source.name for a in loaded.agents.values()}
-        sinks = {s.name for a in loaded.agents.values() for s in a.sinks}
+        sources = loaded.source_topics
+        sinks = loaded.sink_topics
         for name, t in sorted(loaded.topics.items()):
             on_broker = found.get(name)
             role = "internal" if t.internal else "source" if name in sources else ""
@@ -384,13 +306,14 @@ def reset(
 @cli.command()
 def topology(
     app: AppArg,
-    format: Annotated[str, typer.Option("--format", help="text or mermaid")] = "text",
+    format: Annotated[str, typer.Option("--format", help="text, mermaid or json")] = "text",
 ) -> None:
-    """Print the app's graph: sources, stages, operators, internal topics, sinks."""
+    """Print the app's graph: stages and their inputs, operators (fan-out, merges, branches),
+    agents, sinks, internal topics, tables, windows, timers."""
 
     def body() -> None:
-        if format not in ("text", "mermaid"):
-            raise UsageError(f"--format {format!r}: use text or mermaid")
+        if format not in ("text", "mermaid", "json"):
+            raise UsageError(f"--format {format!r}: use text, mermaid or json")
         typer.echo(load_app(app).topology(format), nl=False)
 
     _run(body)
@@ -408,5 +331,7 @@ def main() -> None:
     cli()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m streamkit.cli: the module as imported holds every command
+    from streamkit.cli import main as imported_main
+
+    imported_main()

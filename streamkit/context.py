@@ -1,8 +1,13 @@
-"""What the running agent code sees around it, as context variables (no global state).
+"""What running code sees around it, as context variables (no global state).
 
-`CURRENT_TASK`: the task whose agent code is running (set once per task coroutine). It lives
-in its own module so that tables, window tables and timers can read it on every access
-without importing the runtime (which imports them).
+`CURRENT_TASK`: the scope of the task whose code is running: set in each coroutine of a task
+(its agents' bodies, its operator steps, its timer callbacks), so tables, window tables and
+timers resolve their partition from it wherever they are called from: the body, a helper, a
+map function, a timer callback. The runtime's task and agent runs implement `TaskScope`; this
+module is the bottom layer so that declarations and state can read it without importing the
+runtime.
+
+`CURRENT_COLLECTOR`: where `topic.produce` / `topic.send` append (the running task's outputs).
 
 `WALL_CLOCK`: where processing time comes from (processing-time timers, `sk.processing_time`,
 idleness). The system clock unless the testing kit runs the tasks on its own virtual clock.
@@ -12,12 +17,63 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from streamkit.runtime.task import Task
 
-CURRENT_TASK: ContextVar[Task] = ContextVar("streamkit_task")
+class Appender(Protocol):
+    """A task's outputs (the runtime's RecordCollector)."""
+
+    def append(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Any = None,
+        timestamp_ms: int | None = None,
+        partition: int | None = None,
+    ) -> bool: ...
+
+    async def submit_full(self) -> None: ...
+
+
+class TaskScope(Protocol):
+    """What state code sees of the running task."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def stage_name(self) -> str: ...
+
+    @property
+    def partitions(self) -> int:
+        """The stage's task count: a key's partition is murmur2(key) % partitions."""
+
+    @property
+    def tables(self) -> dict[str, Any]: ...
+
+    @property
+    def windows(self) -> dict[str, Any]: ...
+
+    @property
+    def timers(self) -> dict[str, Any]: ...
+
+    @property
+    def collector(self) -> Appender: ...
+
+    def event_key(self) -> bytes | None:
+        """The raw key of the event being processed (None: none, or no event)."""
+
+    def event_time(self) -> int:
+        """Epoch ms of the event being processed."""
+
+    def route_late(self, topic: str, reason: str) -> None:
+        """The event being processed is late: to the late topic."""
+
+
+CURRENT_TASK: ContextVar[TaskScope] = ContextVar("streamkit_task")
+CURRENT_COLLECTOR: ContextVar[Appender] = ContextVar("streamkit_collector")
 
 
 class WallClock(Protocol):
@@ -38,3 +94,11 @@ class SystemClock:
 
 SYSTEM_CLOCK = SystemClock()  # stateless
 WALL_CLOCK: ContextVar[WallClock] = ContextVar("streamkit_wall_clock", default=SYSTEM_CLOCK)
+
+
+def current_event() -> Any:
+    """The event being processed by the calling code (an agent body, a map/filter/key
+    function, a helper they call), or None outside a task's event: key, value, headers,
+    timestamp, topic, partition, offset."""
+    scope = CURRENT_TASK.get(None)
+    return None if scope is None else getattr(scope, "current", None)

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from streamkit.app import App
+from streamkit.runtime import webauth
 from streamkit.runtime.admin import open_admin
 from streamkit.runtime.group import (
     describe_group,
@@ -22,6 +23,7 @@ from streamkit.runtime.group import (
     reset_app,
     reset_topics,
 )
+from streamkit.runtime.lag import exact_lags
 
 HTTP_TIMEOUT = 5.0
 
@@ -37,8 +39,12 @@ async def get_json(
         return resp.status, orjson.loads(await resp.read())
 
 
-def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
+def _session(app: App) -> aiohttp.ClientSession:
+    """Sends the bearer token (`web_token`) when the workers require one."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT),
+        headers=webauth.auth_headers(app.settings),
+    )
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -51,6 +57,7 @@ async def status_lines(app: App) -> list[str]:
         lags = await group_lag(app, admin)
     finally:
         await admin.close()
+    exact = await exact_lags(app.settings, f"{app.id}-status", lags)
     lines = [f"app {app.id}: group {group.state}, {len(group.members)} member(s)"]
     owner = {}
     for m in group.members:
@@ -62,17 +69,20 @@ async def status_lines(app: App) -> list[str]:
             owner[tp] = m.client_id
     lines.append("")
     lines.append(f"  {'topic':44} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}  owner")
+    total = 0
     for row in lags:
         committed = "-" if row.committed is None else str(row.committed)
+        lag = exact.get((row.topic, row.partition), row.lag)
+        total += lag
         lines.append(
-            f"  {row.topic:44} {row.partition:>4} {committed:>10} {row.end:>10} {row.lag:>8}  "
+            f"  {row.topic:44} {row.partition:>4} {committed:>10} {row.end:>10} {lag:>8}  "
             f"{owner.get((row.topic, row.partition), '-')}"
         )
-    lines.append(f"  total lag {sum(r.lag for r in lags)}")
+    lines.append(f"  total lag {total}")
     lines.append("")
     rates: dict[str, float] = defaultdict(float)
     totals: dict[str, int] = defaultdict(int)
-    async with _session() as session:
+    async with _session(app) as session:
         for m in group.members:
             if not m.endpoint:
                 lines.append(f"  worker {m.client_id}: no HTTP endpoint (web_enabled=false)")
@@ -111,7 +121,7 @@ async def ask_any_worker(app: App, path: str, params: dict[str, str]) -> tuple[i
     if not endpoints:
         raise NoWorker(f"no live worker of {app.id} advertises an HTTP endpoint")
     problems = []
-    async with _session() as session:
+    async with _session(app) as session:
         for endpoint in endpoints:
             try:
                 return await get_json(session, endpoint, path, params)
@@ -128,7 +138,7 @@ def reset_plan(app: App, *, dead_letters: bool, state_dir: Path | None, local_on
     if not local_only:
         topics = reset_topics(app, dead_letters=dead_letters)
         lines.append(f"  delete topics: {', '.join(topics) or 'none'}")
-        sources = sorted({a.source.name for a in app.agents.values()})
+        sources = sorted(app.source_topics)
         lines.append(f"  commit the earliest offsets of {', '.join(sources)} for group {app.id}")
     if state_dir is not None:
         lines.append(f"  remove local state {state_dir / app.id}")

@@ -1,33 +1,57 @@
 """Connection security: TLS and SASL settings checked at start and turned into aiokafka options.
 
-`check_security` runs when `Settings` are built (a wrong combination is a ConfigError that names
-the setting to change); `kafka_security_options` gives the keyword arguments every aiokafka
-client of the runtime is built with (`streamkit.runtime.clients`); `explain_unreachable` turns
-a failed bootstrap into one sentence (bad password, untrusted certificate, wrong listener).
-Secrets (`sasl_password`, `ssl_password`) stay `SecretStr` until they are handed to aiokafka,
-and no message here ever contains them.
+`check_security` runs when `Settings` are built (a wrong combination is a ConfigError that
+names the setting to change); `kafka_security_options` gives the keyword arguments every
+aiokafka client is built with (`streamkit.clients`); `explain_unreachable` turns a failed
+bootstrap into one sentence (bad password, untrusted certificate, wrong listener). Secrets
+(`sasl_password`, `ssl_password`) stay `SecretStr` until they are handed to aiokafka, and no
+message here ever contains them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from streamkit.aiokafka_internals import probe_connection
+
 if TYPE_CHECKING:
-    from streamkit.settings import Settings
+    from pydantic import SecretStr
 
 SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 MECHANISMS = "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
 PROBE_TIMEOUT = 10.0
+
+
+class Settings(Protocol):
+    """The connection settings this module reads (`streamkit.settings.Settings`, which checks
+    them with `check_security` when it is built: so this module does not import it)."""
+
+    @property
+    def security_protocol(self) -> str: ...
+    @property
+    def sasl_mechanism(self) -> str | None: ...
+    @property
+    def sasl_username(self) -> str | None: ...
+    @property
+    def sasl_password(self) -> SecretStr | None: ...
+    @property
+    def ssl_cafile(self) -> Path | None: ...
+    @property
+    def ssl_certfile(self) -> Path | None: ...
+    @property
+    def ssl_keyfile(self) -> Path | None: ...
+    @property
+    def ssl_password(self) -> SecretStr | None: ...
+    @property
+    def ssl_check_hostname(self) -> bool: ...
 
 
 def _env(name: str) -> str:
@@ -190,9 +214,7 @@ async def explain_unreachable(settings: Settings, server: str) -> str:
     host, _, port = server.rpartition(":")
     options = kafka_security_options(settings)
     try:
-        conn = await asyncio.wait_for(
-            create_conn(host, int(port), client_id="streamkit-probe", **options), PROBE_TIMEOUT
-        )
+        await probe_connection(host, int(port), options, PROBE_TIMEOUT)
     except ssl.SSLCertVerificationError as exc:
         return (
             f"the broker's TLS certificate was not accepted ({exc.verify_message}): set "
@@ -230,5 +252,4 @@ async def explain_unreachable(settings: Settings, server: str) -> str:
     except (OSError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
     else:
-        conn.close()
         return "the first connection worked, but the cluster metadata did not come back"

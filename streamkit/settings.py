@@ -39,15 +39,29 @@ class Settings(BaseSettings):
             "partition commits its outputs, changelog records and offsets together."
         ),
     )
+    transactional_producer: Literal["per_partition", "per_worker"] = Field(
+        default="per_partition",
+        description=(
+            "exactly_once: per_partition, one transactional producer per input partition "
+            "(transactional id {app}-{topic}-{partition}; the id fences a zombie); per_worker, "
+            "one per worker, offsets committed with the group's generation (KIP-447: the group "
+            "coordinator fences a zombie) and one transaction per checkpoint however many "
+            "partitions. See docs/benchmarks.md for which to choose."
+        ),
+    )
     transaction_timeout_ms: int = Field(
         default=60_000,
         ge=1000,
-        description="exactly_once: the broker aborts a transaction left open this long.",
+        description=(
+            "exactly_once: the broker aborts a transaction left open this long. Unset: 60 s "
+            "with per-partition producers, 10 s with transactional_producer=per_worker."
+        ),
     )
     commit_interval: float = Field(
         default=1.0,
         gt=0,
         le=3600,
+        json_schema_extra={"default_doc": "`1.0`, `0.1` under exactly_once"},
         description=(
             "Seconds between checkpoints. Unset: 1 s at-least-once, 0.1 s exactly-once "
             "(outputs become visible only when their transaction commits, once per hop)."
@@ -61,7 +75,9 @@ class Settings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a new consumer group starts reading."
     )
-    max_poll_records: int = Field(default=2000, ge=1, le=1_000_000)
+    max_poll_records: int = Field(
+        default=2000, ge=1, le=1_000_000, description="Records a worker fetches at most per poll."
+    )
     max_buffered_per_partition: int = Field(
         default=4000, ge=1, description="Records fetched but not yet processed, per partition."
     )
@@ -73,22 +89,82 @@ class Settings(BaseSettings):
             "the next stage's watermark (event time) does not wait for it."
         ),
     )
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
-    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
-    linger_ms: int = Field(default=5, ge=0, le=60_000)
-    max_batch_size: int = Field(default=256 * 1024, ge=1024)
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description=(
+            "A worker not heard from this long leaves the consumer group; its partitions move "
+            "to the others."
+        ),
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "Static group membership (KIP-345, group.instance.id): a name unique to this worker "
+            "that stays the same across its restarts (the host or pod name, e.g. a StatefulSet's "
+            "shop-0). Restarted within session_timeout_ms, the worker gets its partitions back "
+            "with no rebalance. A static worker does not leave the group when it stops: its "
+            "partitions wait for it until session_timeout_ms. Unset: dynamic membership."
+        ),
+    )
+    heartbeat_interval_ms: int = Field(
+        default=1_000,
+        ge=100,
+        description="How often a worker tells the group it is alive; below session_timeout_ms.",
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="A worker that does not poll for this long is taken out of the group.",
+    )
+    linger_ms: int = Field(
+        default=5,
+        ge=0,
+        le=60_000,
+        description="Milliseconds the producer waits to fill a batch before sending it.",
+    )
+    max_batch_size: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description=(
+            "Bytes per producer batch and partition; a single record larger than this is refused."
+        ),
+    )
     state_cache_entries: int = Field(
         default=100_000, ge=100, description="Cached keys per table partition (clean + dirty)."
     )
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
     )
-    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of the app's declared topics it creates."
+    )
+    internal_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Replication factor of the internal topics streamkit creates (changelogs, "
+            "repartition, dead-letter and late topics). Unset: 3, or the number of brokers "
+            "when the cluster has fewer."
+        ),
+    )
+    internal_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "min.insync.replicas of the internal topics streamkit creates. Unset: 2 when they "
+            "have 3 or more replicas, else 1 (a write then survives the loss of one broker)."
+        ),
+    )
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds an agent gets to finish its in-flight event."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The worker's log level (any case)."
+    )
     web_enabled: bool = Field(
         default=True,
         description="Serve /metrics, /status and /tables over HTTP (false: no server, no port).",
@@ -104,6 +180,20 @@ class Settings(BaseSettings):
             "(default: web_host, or this machine's name when web_host is 0.0.0.0)."
         ),
     )
+    web_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token every HTTP request must carry (Authorization: Bearer ..., or "
+            "?token=... for the dashboard in a browser); unset: no check. Never logged."
+        ),
+    )
+    otel_enabled: bool = Field(
+        default=False,
+        description=(
+            "OpenTelemetry spans per checkpoint and per rebalance (pip install "
+            "'streamkit[otel]'; the application configures the SDK and exporter)."
+        ),
+    )
     # -- connection security (docs/security.md); checked by streamkit.security at start ----------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="How to talk to the broker: TLS (SSL), SASL, or both."
@@ -111,7 +201,9 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, description="SASL_PLAINTEXT / SASL_SSL: the mechanism the listener offers."
     )
-    sasl_username: str | None = None
+    sasl_username: str | None = Field(
+        default=None, description="SASL user name (with sasl_password)."
+    )
     sasl_password: SecretStr | None = Field(
         default=None, description="Never logged or printed (shows as '**********')."
     )
@@ -159,6 +251,16 @@ class Settings(BaseSettings):
                 f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
                 f"session_timeout_ms ({self.session_timeout_ms}): lower "
                 "STREAMKIT_HEARTBEAT_INTERVAL_MS (a third of the session timeout is usual)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_min_insync(self) -> Settings:
+        rf, isr = self.internal_replication_factor, self.internal_min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(
+                f"internal_min_insync_replicas ({isr}) is above internal_replication_factor "
+                f"({rf}): no write could ever succeed; lower STREAMKIT_INTERNAL_MIN_INSYNC_REPLICAS"
             )
         return self
 

@@ -1,35 +1,74 @@
-"""Stream: what an agent iterates. Values come one at a time, in partition order.
+"""Stream: a declared stream of values, a node of the app's dataflow graph. Nothing runs here.
 
-A stream reads from a `StreamSource` (the runtime's per-partition task, or the testing kit).
-An event counts as processed when the agent asks for the next one, so the checkpoint never
-commits past an event whose outputs are not yet collected.
+`app.stream(purchases)` starts a stream at one or more topics (several: a merge); each operator
+returns a new stream and leaves the old one as it was, so a stream may feed any number of
+operators, agents and sinks (fan-out). The operators:
 
-Operators chain: `map` and `filter` run inline in the task's coroutine; `forward` keeps the
-event in its partition (a no-op marker); `key_by`, `shuffle` and `rebalance` are exchanges:
-the chain is cut there into stages joined by internal topics (see `stages.py`). A stream only
-applies the segment of the chain that belongs to the stage its source runs.
+- `map`, `filter`, `flat_map`, `forward`: run inline, in the task of the partition (no hop);
+- `key_by`, `shuffle`, `rebalance`: exchanges, through an internal topic
+  `{app}-{name}-repartition`; what follows runs in the tasks of that topic's partitions;
+- `merge`: one stream of the values of several; `branch`: each value to the first of several
+  streams whose predicate holds; `to`: write each value to a topic;
+- `with_state`: the tables, window tables and timers the stage of this stream owns.
+
+`graph.py` cuts the declared graph at its exchanges into stages; `runtime/` runs a task per
+stage and partition. An agent (`@app.agent(stream)`) consumes a declared stream: its body
+iterates an `AgentStream` at run time (the runtime's, with the same element type).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+import inspect
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from streamkit.events import Event
+from streamkit.settings import ConfigError
+
+if TYPE_CHECKING:
+    from streamkit.topics import Topic
 
 T = TypeVar("T")
 U = TypeVar("U")
 
-SKIP: Any = object()  # what a filter step returns for a value it drops
-NOTHING: Any = object()  # what a source returns when nothing is buffered
+STEP_KINDS = ("map", "filter", "flat_map", "forward")
+EXCHANGE_KINDS = ("key_by", "shuffle", "rebalance")
 
 
-@dataclass(frozen=True)
-class Step:
-    """map / filter / forward: runs inside a stage."""
+_SERIAL = itertools.count()
 
-    kind: str  # "map" | "filter" | "forward"
+
+@dataclass(eq=False)
+class Node:
+    """A node of the declared graph. Nodes compare by identity; `serial` is the declaration
+    order (the graph lists stages and operators in it)."""
+
+    parents: tuple[Node, ...]
+    serial: int = field(default_factory=lambda: next(_SERIAL), init=False)
+
+    @property
+    def label(self) -> str:
+        return type(self).__name__.lower()
+
+
+@dataclass(eq=False)
+class SourceNode(Node):
+    """Values decoded from one or more topics (`app.stream(a, b)`)."""
+
+    topics: tuple[Topic, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return "stream(" + ", ".join(t.name for t in self.topics) + ")"
+
+
+@dataclass(eq=False)
+class StepNode(Node):
+    """map / filter / flat_map / forward: runs inside the task of its partition."""
+
+    kind: str = "map"
     fn: Callable[[Any], Any] | None = None
 
     @property
@@ -38,143 +77,123 @@ class Step:
         return self.kind if not name or name == "<lambda>" else f"{self.kind}({name})"
 
 
-@dataclass(frozen=True)
-class Exchange:
-    """key_by / shuffle / rebalance: the end of a stage, the start of the next."""
+@dataclass(eq=False)
+class ExchangeNode(Node):
+    """key_by / shuffle / rebalance: the end of a stage; its children run in the stage that
+    reads `output` (declared when the graph is built)."""
 
-    kind: str  # "key_by" | "shuffle" | "rebalance"
-    partitions: int | None
-    name: str | None
+    kind: str = "key_by"
+    partitions: int | None = None
+    name: str | None = None
     key: Callable[[Any], Any] | None = None
+    key_label: str | None = None
     key_type: Any = str
     value_type: Any = None
     seed: int | None = None
+    output: Topic | None = None
 
     @property
     def label(self) -> str:
         if self.kind == "key_by":
-            return f"key_by({getattr(self.key, '__streamkit_label__', 'key')})"
+            return f"key_by({self.key_label or ''})"
         return self.kind
 
 
-Op = Step | Exchange
-
-
-def segment(ops: tuple[Op, ...], index: int) -> tuple[Op, ...]:
-    """The ops of stage `index`: after the index-th exchange, up to and including the next."""
-    start = 0
-    for _ in range(index):
-        start = next(i for i in range(start, len(ops)) if isinstance(ops[i], Exchange)) + 1
-    end = start
-    while end < len(ops) and not isinstance(ops[end], Exchange):
-        end += 1
-    return ops[start : end + 1]
-
-
-def compile_steps(ops: tuple[Op, ...]) -> tuple[Callable[[Any], Any], ...]:
-    """The per-value functions of a segment (exchanges and forward markers dropped)."""
-    fns: list[Callable[[Any], Any]] = []
-    for op in ops:
-        if isinstance(op, Step) and op.fn is not None:
-            if op.kind == "map":
-                fns.append(op.fn)
-            elif op.kind == "filter":
-                fns.append(_keep_if(op.fn))
-    return tuple(fns)
-
-
-def _keep_if(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
-    def keep(value: Any) -> Any:
-        return value if predicate(value) else SKIP
-
-    return keep
-
-
-class StreamSource(Protocol):
-    """Hands out events of one partition, in order."""
+@dataclass(eq=False)
+class MergeNode(Node):
+    """The values of every parent, in the order they arrive."""
 
     @property
-    def current(self) -> Event | None:
-        """The event being processed."""
+    def label(self) -> str:
+        return "merge"
 
-    def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
-        """Called on first iteration with the stream's whole chain; returns this source's
-        segment of it (the tracer raises here instead, to learn the chain)."""
 
-    def next_value(self) -> Any:
-        """Mark the current event processed; the next buffered event's value, or NOTHING."""
+@dataclass(eq=False)
+class BranchNode(Node):
+    """Each value goes to the first output whose predicate holds (the last output takes the
+    rest when `default` is set); values no predicate takes are dropped."""
 
-    async def wait(self) -> None:
-        """Block until more events are buffered; raise StopAsyncIteration when closed."""
+    predicates: tuple[Callable[[Any], bool], ...] = ()
+    default: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"branch({len(self.predicates) + self.default})"
+
+
+@dataclass(eq=False)
+class BranchOut(Node):
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"branch[{self.index}]"
+
+
+@dataclass(eq=False)
+class SinkNode(Node):
+    """`stream.to(topic)`: each value to `topic`, with the key of its event."""
+
+    topic: Topic | None = None
+
+    @property
+    def label(self) -> str:
+        return f"to({self.topic.name if self.topic else '?'})"
+
+
+@dataclass(eq=False)
+class StateNode(Node):
+    """`stream.with_state(...)`: no operator, a declaration that the stage owns this state."""
+
+    state: tuple[Any, ...] = field(default_factory=tuple)
+
+    @property
+    def label(self) -> str:
+        return "with_state(" + ", ".join(getattr(s, "name", "?") for s in self.state) + ")"
+
+
+class Declarer(Protocol):
+    """What a stream needs of its app (`App`): where sinks and state are declared."""
+
+    id: str
+
+    def sink(self, stream: Stream[Any], topic: Topic) -> None: ...
+
+    def check_state(self, items: Iterable[Any], where: str) -> None: ...
 
 
 class Stream(Generic[T]):
-    def __init__(self, source: StreamSource, ops: tuple[Op, ...] = ()) -> None:
-        self._source = source
-        self._ops = ops
-        self._steps: tuple[Callable[[Any], Any], ...] | None = None
+    """A declared stream. Operators return new streams; iterate one only in an agent body."""
 
-    @property
-    def ops(self) -> tuple[Op, ...]:
-        return self._ops
+    def __init__(self, app: Declarer, node: Node) -> None:
+        self.app = app
+        self.node = node
 
-    def __aiter__(self) -> Stream[T]:
-        return self
+    def __repr__(self) -> str:
+        return f"Stream({self.node.label})"
 
-    async def __anext__(self) -> T:
-        steps = self._steps
-        if steps is None:
-            steps = self._steps = compile_steps(self._source.bind(self._ops))
-        source = self._source
-        while True:
-            value = source.next_value()
-            if value is NOTHING:
-                await source.wait()
-                continue
-            for step in steps:
-                value = step(value)
-                if value is SKIP:
-                    break
-            else:
-                return value  # type: ignore[no-any-return]
+    def _then(self, node: Node) -> Stream[Any]:
+        return Stream(self.app, node)
 
-    @property
-    def event(self) -> Event:
-        """The event being processed: key, headers, timestamp, topic, partition, offset."""
-        current = self._source.current
-        if current is None:
-            raise RuntimeError("no event is being processed (iterate the stream first)")
-        return current
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Iterate whole events instead of values (map/filter are not applied)."""
-        source = self._source
-        source.bind(self._ops)
-        while True:
-            if source.next_value() is NOTHING:
-                try:
-                    await source.wait()
-                except StopAsyncIteration:
-                    return
-                continue
-            event = source.current
-            assert event is not None
-            yield event
-
-    def _then(self, op: Op) -> Stream[Any]:
-        return Stream(self._source, (*self._ops, op))
+    # -- inline operators --------------------------------------------------------------------
 
     def map(self, fn: Callable[[T], U]) -> Stream[U]:
         """A stream of `fn(value)`; the event (key, offset...) is unchanged."""
-        return self._then(Step("map", fn))
+        return self._then(StepNode((self.node,), "map", _callable(fn, "map")))
 
     def filter(self, predicate: Callable[[T], bool]) -> Stream[T]:
-        """A stream of the values for which `predicate` is true; others count as processed."""
-        return self._then(Step("filter", predicate))
+        """The values for which `predicate` is true; the others count as processed."""
+        return self._then(StepNode((self.node,), "filter", _callable(predicate, "filter")))
+
+    def flat_map(self, fn: Callable[[T], Iterable[U]]) -> Stream[U]:
+        """Each element of `fn(value)` (an iterable), in order, as values of the same event."""
+        return self._then(StepNode((self.node,), "flat_map", _callable(fn, "flat_map")))
 
     def forward(self) -> Stream[T]:
         """Stay in this partition: the next operator runs in the same task (no topic hop)."""
-        return self._then(Step("forward"))
+        return self._then(StepNode((self.node,), "forward"))
+
+    # -- exchanges ---------------------------------------------------------------------------
 
     def key_by(
         self,
@@ -185,31 +204,115 @@ class Stream(Generic[T]):
         key_type: Any = str,
         value_type: Any = None,
     ) -> Stream[T]:
-        """Repartition by key through `{app}-{agent}-{name}-repartition` (murmur2, like Java).
+        """Repartition by key through `{app}-{name}-repartition` (murmur2, like Java).
 
         `key` is a function of the value or the name of a field/attribute of it. `partitions`
-        defaults to the input's count. The next operator runs where that key's partition is."""
-        key_fn = _field_getter(key) if isinstance(key, str) else key
+        defaults to the input's count. What follows runs where that key's partition is, and
+        the event's key is the new key."""
+        label: str | None
+        if isinstance(key, str):
+            key_fn, label = _field_getter(key), key
+        else:
+            key_fn = _callable(key, "key_by")
+            fn_name = getattr(key, "__name__", None)
+            label = None if fn_name in (None, "<lambda>") else str(fn_name)
         return self._then(
-            Exchange("key_by", partitions, name, key_fn, key_type=key_type, value_type=value_type)
+            ExchangeNode(
+                (self.node,),
+                "key_by",
+                _partitions(partitions),
+                name,
+                key_fn,
+                label,
+                key_type=key_type,
+                value_type=value_type,
+            )
         )
 
     def shuffle(
         self, *, partitions: int | None = None, name: str | None = None, seed: int | None = None
     ) -> Stream[T]:
-        """Send each event to a random partition of an internal topic."""
-        return self._then(Exchange("shuffle", partitions, name, seed=seed))
+        """Each value to a random partition of an internal topic."""
+        return self._then(
+            ExchangeNode((self.node,), "shuffle", _partitions(partitions), name, seed=seed)
+        )
 
     def rebalance(self, *, partitions: int | None = None, name: str | None = None) -> Stream[T]:
         """Round-robin over the partitions of an internal topic, per producing task."""
-        return self._then(Exchange("rebalance", partitions, name))
+        return self._then(ExchangeNode((self.node,), "rebalance", _partitions(partitions), name))
+
+    # -- shape -------------------------------------------------------------------------------
+
+    def merge(self, *others: Stream[Any]) -> Stream[Any]:
+        """One stream of the values of this one and `others`. Streams of different stages
+        are read by one task per partition: their inputs must be co-partitioned when the
+        merged stream is keyed (checked at start)."""
+        for other in others:
+            if not isinstance(other, Stream) or other.app is not self.app:
+                raise ConfigError(
+                    f"merge: {other!r} is not a stream of app {self.app.id} (use app.stream())"
+                )
+        return self._then(MergeNode((self.node, *(o.node for o in others))))
+
+    def branch(
+        self, *predicates: Callable[[T], bool], default: bool = False
+    ) -> tuple[Stream[T], ...]:
+        """Streams that split this one: each value goes to the first whose predicate holds;
+        `default=True` adds a last stream for the values no predicate takes."""
+        if not predicates:
+            raise ConfigError("branch needs at least one predicate")
+        node = BranchNode((self.node,), tuple(_callable(p, "branch") for p in predicates), default)
+        count = len(predicates) + (1 if default else 0)
+        return tuple(self._then(BranchOut((node,), i)) for i in range(count))
+
+    def to(self, topic: Topic) -> None:
+        """Write each value to `topic` (keyed by its event's key, at its event's time)."""
+        self.app.sink(self, topic)
+
+    def with_state(self, *state: Any) -> Stream[T]:
+        """Declare that the stage running this stream owns `state` (tables, window tables,
+        timers): its code (map/filter functions, agents, timer callbacks, helpers they call)
+        may use them on the keys of its partition."""
+        self.app.check_state(state, f"{self!r}.with_state")
+        return self._then(StateNode((self.node,), tuple(state)))
+
+    # -- only in an agent body ---------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        raise TypeError(
+            f"{self!r} is a declared stream: iterate it in an agent body "
+            "(@app.agent(stream) async def fn(stream): async for value in stream: ...)"
+        )
+
+    @property
+    def event(self) -> Event:
+        raise TypeError(f"{self!r} is a declared stream: .event exists in an agent body only")
 
 
-def _field_getter(field: str) -> Callable[[Any], Any]:
+def _partitions(partitions: int | None) -> int | None:
+    if partitions is not None and (
+        isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+    ):
+        raise ConfigError(f"partitions must be a whole number >= 1, got {partitions!r}")
+    return partitions
+
+
+def _callable(fn: Any, op: str) -> Callable[[Any], Any]:
+    if not callable(fn):
+        raise ConfigError(f"{op} needs a function, got {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigError(
+            f"{op}({getattr(fn, '__name__', fn)}): operator functions are plain functions "
+            "(they run inline per event); await inside an agent body instead"
+        )
+    return fn  # type: ignore[no-any-return]
+
+
+def _field_getter(name: str) -> Callable[[Any], Any]:
     def get(value: Any) -> Any:
         if isinstance(value, dict):
-            return value[field]
-        return getattr(value, field)
+            return value[name]
+        return getattr(value, name)
 
-    get.__streamkit_label__ = field  # type: ignore[attr-defined]
+    get.__name__ = name
     return get

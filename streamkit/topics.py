@@ -1,14 +1,18 @@
-"""Topic: a declared Kafka topic with its codecs, partition count and topic configs."""
+"""Topic: a declared Kafka topic with its codecs, partition count and topic configs.
+
+Keys are `str` unless declared (as after `key_by` and in tables): UTF-8 text, and a key that
+is not UTF-8 goes to the dead-letter topic with a reason that says so; `key_type=bytes` takes
+keys as they are. Values are plain JSON unless declared (`serde.codec_for`)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+from streamkit.context import CURRENT_COLLECTOR
 from streamkit.events import Headers
 from streamkit.eventtime import TimestampPolicy
-from streamkit.runtime.collector import CURRENT_COLLECTOR
-from streamkit.serde import RAW, Codec, codec_for
+from streamkit.serde import STR, Codec, codec_for
 from streamkit.settings import ConfigError
 from streamkit.windows import seconds_ms
 
@@ -17,6 +21,17 @@ _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # (reason, coordinates) would not fit a topic with the default limit; its transaction would fail
 # again on every retry.
 DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Dead letters and late events keep their record's original timestamp (also in a header): the
+# broker stamps them on arrival instead, so that time retention counts from when they were
+# written, not from an event time that may be long past (which would delete them at once).
+DEAD_LETTER_CONFIG = {
+    "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+    "message.timestamp.type": "LogAppendTime",
+}
+# Repartition topics carry event time in their record timestamps: no time retention (records
+# of old event times would be deleted before the next stage reads them); the worker deletes
+# what every reader has committed instead (`DeleteRecords`, like Kafka Streams).
+REPARTITION_CONFIG = {"retention.ms": "-1"}
 
 
 def check_topic_name(name: str) -> str:
@@ -36,7 +51,7 @@ class Topic:
         self,
         name: str,
         *,
-        key_type: Any = None,
+        key_type: Any = str,
         value_type: Any = None,
         partitions: int | None = None,
         config: dict[str, str] | None = None,
@@ -52,11 +67,14 @@ class Topic:
             raise ConfigError(
                 f"topic {name}: partitions must be a whole number >= 1, got {partitions!r}"
             )
-        self.key_type = key_type
+        self.key_type = key_type  # as declared; None (an older spelling) means the default, str
         self.value_type = value_type
-        # Undeclared keys stay bytes (keys are often plain text); undeclared values are JSON.
-        self.key_codec: Codec[Any] = RAW if key_type is None else codec_for(key_type)
-        self.value_codec: Codec[Any] = codec_for(value_type)
+        # Keys are str unless declared (bytes: as they are); values are plain JSON unless declared.
+        # A type pydantic cannot validate is refused here, at declaration.
+        self.key_codec: Codec[Any] = (
+            STR if key_type is None else codec_for(key_type, f"topic {name}: key_type")
+        )
+        self.value_codec: Codec[Any] = codec_for(value_type, f"topic {name}: value_type")
         self.declared_partitions = partitions
         self.partitions: int | None = partitions  # the broker's count once verified
         self.config = dict(config or {})

@@ -1,119 +1,223 @@
-"""The app's graph as text or Mermaid: sources, stages with their parallelism and operators,
-internal topics with partition counts, sinks."""
+"""The app's declared graph as text, Mermaid or JSON: stages with their tasks and inputs, the
+operator tree of each (fan-out, merges, branches), agents, sinks, internal topics, tables,
+windows and timers. `streamkit topology MODULE:APP` prints it; the dashboard draws the JSON."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from streamkit.stages import Stage
-from streamkit.streams import Exchange, Op
+import orjson
+
+from streamkit.graph import AgentNode, Stage, declared_tasks
+from streamkit.streams import BranchNode, ExchangeNode, MergeNode, Node, SinkNode, SourceNode
 from streamkit.topics import Topic
 
-if TYPE_CHECKING:
-    from streamkit.app import App
+
+class Drawn(Protocol):
+    """What the topology shows of an app (`App`)."""
+
+    id: str
+    global_tables: dict[str, Any]
+    dlq: Topic
+
+    @property
+    def stages(self) -> list[Stage]: ...
 
 
-def partitions_of(topic: Topic, stages: list[Stage]) -> int | None:
-    """Known partition count: the broker's, the declared one, or the input's (internal)."""
-    if topic.partitions is not None:
-        return topic.partitions
-    for stage in stages:
-        if stage.output is topic:
-            return partitions_of(stage.source, stages)
-    return None
+def _count(topic: Topic) -> str:
+    n = topic.partitions
+    return "? partitions" if n is None else f"{n} partition{'s' if n != 1 else ''}"
 
 
-def _count(topic: Topic, stages: list[Stage]) -> str:
-    n = partitions_of(topic, stages)
-    return "?" if n is None else str(n)
+def _label(node: Node) -> str:
+    if isinstance(node, ExchangeNode) and node.output is not None:
+        return f"{node.label} => {node.output.name} ({_count(node.output)}, internal)"
+    if isinstance(node, AgentNode) and node.agent is not None:
+        sinks = ", ".join(f"{t.name} ({_count(t)})" for t in node.agent.sinks)
+        return f"agent {node.agent.name}()" + (f" -> {sinks}" if sinks else "")
+    if isinstance(node, SinkNode) and node.topic is not None:
+        return f"to {node.topic.name} ({_count(node.topic)})"
+    return node.label
 
 
-def _op_label(op: Op) -> str:
-    if isinstance(op, Exchange) and op.kind == "key_by":
-        name = getattr(op.key, "__streamkit_label__", None) or getattr(op.key, "__name__", "")
-        return f"key_by({'' if name == '<lambda>' else name})"
-    return op.label
-
-
-def _ops_text(stage: Stage) -> str:
-    labels = [_op_label(op) for op in stage.ops]
-    if stage.runs_body:
-        labels.append(f"{stage.agent.name}()")
-    return " → ".join(labels)
-
-
-def render(app: App, fmt: str = "text") -> str:
+def render(app: Drawn, fmt: str = "text") -> str:
     if fmt == "text":
         return render_text(app)
     if fmt == "mermaid":
         return render_mermaid(app)
-    raise ValueError(f"unknown topology format {fmt!r}: use text or mermaid")
+    if fmt == "json":
+        return orjson.dumps(describe(app), option=orjson.OPT_INDENT_2).decode() + "\n"
+    raise ValueError(f"unknown topology format {fmt!r}: use text, mermaid or json")
 
 
-def render_text(app: App) -> str:
-    stages = app.stages
+def _tasks(stage: Stage) -> str:
+    n = stage.partitions or declared_tasks(stage)
+    return "?" if n is None else str(n)
+
+
+def render_text(app: Drawn) -> str:
     lines = [f"app {app.id}"]
-    for agent in app.agents.values():
-        lines.append(f"agent {agent.name}")
-        for st in agent.stages:
-            n = _count(st.source, stages)
-            lines.append(f"  stage {st.name}  x{n} tasks  <- {st.source.name} ({n} partitions)")
-            lines.append(f"    {_ops_text(st)}")
-            for table in st.tables:
-                if table.source:
-                    lines.append(f"    table {table.name} <- {table.changelog.name} (read-only)")
-                else:
-                    lines.append(f"    state {table.name} <-> {table.changelog.name} (compacted)")
-            for wt in st.windows:
-                out = f" -> {wt.output.name}" if wt.output is not None else ""
+    for stage in app.stages:
+        inputs = ", ".join(f"{i.topic.name} ({_count(i.topic)})" for i in stage.inputs)
+        lines.append(f"stage {stage.name}  x{_tasks(stage)} tasks  <- {inputs}")
+        for inp in stage.inputs:
+            if len(inp.entries) > 1:
                 lines.append(
-                    f"    window {wt.name}: {wt.kind}, {wt.aggregation.name}, "
-                    f"emit {wt.emit_mode}{out}; late -> {wt.late_topic}"
+                    f"  {inp.topic.name}: {len(inp.entries)} branches (fan-out: fetched once, "
+                    "every branch sees every event)"
                 )
-            for timers in st.timers:
-                lines.append(f"    timers {timers.name}")
-            if st.output is not None:
-                lines.append(
-                    f"    => {st.output.name} ({_count(st.output, stages)} partitions, internal)"
-                )
-            else:
-                for sink in st.agent.sinks:
-                    lines.append(f"    -> sink {sink.name} ({_count(sink, stages)} partitions)")
+        seen: set[Node] = set()
+        for inp in stage.inputs:
+            for entry in inp.entries:
+                if entry in seen:
+                    continue  # a merge of several inputs: drawn under the first
+                prefix = "" if isinstance(entry, SourceNode) else f"{inp.topic.name} -> "
+                _tree(stage, entry, 1, seen, lines, prefix)
+        windowed = [w.table for w in stage.windows] + [t.table for t in stage.timers]
+        for table in stage.tables:
+            if table.source:
+                lines.append(f"  table {table.name} <- {table.changelog.name} (read-only)")
+            elif not any(table is w for w in windowed):
+                lines.append(f"  state {table.name} <-> {table.changelog.name} (compacted)")
+        for wt in stage.windows:
+            out = f" -> {wt.output.name}" if wt.output is not None else ""
+            lines.append(
+                f"  window {wt.name}: {wt.kind}, {wt.aggregation.name}, emit {wt.emit_mode}"
+                f"{out}; late -> {wt.late_topic}"
+            )
+        for timers in stage.timers:
+            lines.append(f"  timers {timers.name} <-> {timers.table.changelog.name}")
     for gt in app.global_tables.values():
         lines.append(f"global table {gt.name} <- {gt.source.name} (all partitions, every worker)")
     lines.append(f"dead letters -> {app.dlq.name}")
     return "\n".join(lines) + "\n"
 
 
+def _tree(
+    stage: Stage, node: Node, depth: int, seen: set[Node], lines: list[str], prefix: str = ""
+) -> None:
+    pad = "  " * depth
+    if node in seen:
+        lines.append(f"{pad}{prefix}{_label(node)} (merge: continued above)")
+        return
+    seen.add(node)
+    kids = stage.children.get(node, [])
+    notes = []
+    if (isinstance(node, SourceNode) and len(node.topics) > 1) or isinstance(node, MergeNode):
+        notes.append("merge")
+    if len(kids) > 1 and not isinstance(node, (ExchangeNode, BranchNode)):
+        notes.append(f"fan-out to {len(kids)}")
+    note = f"  [{', '.join(notes)}]" if notes else ""
+    lines.append(f"{pad}{prefix}{_label(node)}{note}")
+    if isinstance(node, ExchangeNode):
+        return  # its children run in the next stage
+    for kid in kids:
+        _tree(stage, kid, depth + 1, seen, lines)
+
+
+def describe(app: Drawn) -> dict[str, Any]:
+    """Nodes and edges of the whole graph: topics, stages, operators, agents, state."""
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    ids: dict[int, str] = {}
+    topics: set[str] = set()
+
+    def topic(t: Topic, internal: bool = False) -> str:
+        key = f"topic:{t.name}"
+        if t.name not in topics:
+            topics.add(t.name)
+            nodes.append(
+                {
+                    "id": key,
+                    "kind": "topic",
+                    "label": t.name,
+                    "partitions": t.partitions,
+                    "internal": internal or t.internal,
+                }
+            )
+        return key
+
+    def node_id(stage: Stage, node: Node) -> str:
+        key = ids.get(id(node))
+        if key is None:
+            key = ids[id(node)] = f"op:{stage.name}:{len(ids)}"
+            kind = "agent" if isinstance(node, AgentNode) else "operator"
+            nodes.append(
+                {
+                    "id": key,
+                    "kind": kind,
+                    "label": _label(node).split(" => ")[0],
+                    "stage": stage.name,
+                }
+            )
+        return key
+
+    for stage in app.stages:
+        nodes.append(
+            {
+                "id": f"stage:{stage.name}",
+                "kind": "stage",
+                "label": stage.name,
+                "tasks": stage.partitions,
+            }
+        )
+        for inp in stage.inputs:
+            tid = topic(inp.topic, inp.upstream is not None)
+            for entry in inp.entries:
+                edges.append({"from": tid, "to": node_id(stage, entry), "kind": "input"})
+        for node in stage.nodes:
+            src = node_id(stage, node)
+            for kid in stage.children.get(node, []):
+                if not isinstance(node, ExchangeNode):
+                    edges.append({"from": src, "to": node_id(stage, kid), "kind": "forward"})
+            if isinstance(node, ExchangeNode) and node.output is not None:
+                edges.append({"from": src, "to": topic(node.output, True), "kind": node.kind})
+            if isinstance(node, SinkNode) and node.topic is not None:
+                edges.append({"from": src, "to": topic(node.topic), "kind": "sink"})
+            if isinstance(node, AgentNode) and node.agent is not None:
+                for sink in node.agent.sinks:
+                    edges.append({"from": src, "to": topic(sink), "kind": "sink"})
+        for table in stage.tables:
+            tid = f"table:{table.name}"
+            kind = "table"
+            if any(table is w.table for w in stage.windows):
+                kind = "window"
+            elif any(table is t.table for t in stage.timers):
+                kind = "timers"
+            nodes.append({"id": tid, "kind": kind, "label": table.name, "stage": stage.name})
+            edges.append({"from": f"stage:{stage.name}", "to": tid, "kind": "state"})
+        for wt in stage.windows:
+            if wt.output is not None:
+                edges.append({"from": f"table:{wt.name}", "to": topic(wt.output), "kind": "sink"})
+    for gt in app.global_tables.values():
+        nodes.append({"id": f"table:{gt.name}", "kind": "global_table", "label": gt.name})
+        edges.append({"from": topic(gt.source), "to": f"table:{gt.name}", "kind": "state"})
+    return {"app": app.id, "nodes": nodes, "edges": edges}
+
+
 def _node(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def render_mermaid(app: App) -> str:
-    stages = app.stages
+def render_mermaid(app: Drawn) -> str:
+    graph = describe(app)
     lines = ["flowchart LR"]
-    topics: set[str] = set()
-
-    def topic_node(topic: Topic) -> str:
-        node = "t_" + _node(topic.name)
-        if topic.name not in topics:
-            topics.add(topic.name)
-            lines.append(f'  {node}[("{topic.name}<br/>{_count(topic, stages)} partitions")]')
-        return node
-
-    for st in stages:
-        node = "s_" + _node(st.name)
-        n = _count(st.source, stages)
-        lines.append(f'  {node}["{st.name} x{n}<br/>{_ops_text(st)}"]')
-        lines.append(f"  {topic_node(st.source)} --> {node}")
-        for table in st.tables:
-            lines.append(f'  {node} <--> tbl_{_node(table.name)}[("table {table.name}")]')
-        if st.output is not None:
-            exchange = st.exchange
-            kind = exchange.kind if exchange is not None else ""
-            lines.append(f"  {node} -- {kind} --> {topic_node(st.output)}")
+    for node in graph["nodes"]:
+        nid = _node(node["id"])
+        label = str(node["label"]).replace('"', "'")
+        if node["kind"] == "topic":
+            lines.append(f'  {nid}[("{label}<br/>{node["partitions"] or "?"} partitions")]')
+        elif node["kind"] == "stage":
+            continue
+        elif node["kind"] in ("table", "window", "timers", "global_table"):
+            lines.append(f'  {nid}[("{node["kind"]} {label}")]')
         else:
-            for sink in st.agent.sinks:
-                lines.append(f"  {node} --> {topic_node(sink)}")
+            lines.append(f'  {nid}["{label}"]')
+    for edge in graph["edges"]:
+        if edge["from"].startswith("stage:"):
+            continue
+        kind = edge["kind"]
+        arrow = f" -- {kind} --> " if kind in ("key_by", "shuffle", "rebalance") else " --> "
+        lines.append(f"  {_node(edge['from'])}{arrow}{_node(edge['to'])}")
     return "\n".join(lines) + "\n"

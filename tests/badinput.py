@@ -345,7 +345,9 @@ async def run_task(
     collector = ListCollector()
     clock = None
     if event_time:
-        clock = EventClock(orders.timestamp_policy, 0, 0, None, app.settings.idle_timeout)
+        clock = EventClock(
+            {orders.name: (orders.timestamp_policy, 0)}, 0, [], app.settings.idle_timeout
+        )
     task = Task(
         stage,
         0,

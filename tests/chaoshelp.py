@@ -32,6 +32,7 @@ class OutputWatch:
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.records: list[Any] = []
+        self.times: list[float] = []  # when each record arrived (same order as records)
         self.arrivals: dict[int, list[float]] = {}
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -55,6 +56,7 @@ class OutputWatch:
             now = time.monotonic()
             for tp, recs in batch.items():
                 self.records.extend(recs)
+                self.times.extend([now] * len(recs))
                 self.arrivals.setdefault(tp.partition, []).append(now)
 
     async def stop(self) -> None:

@@ -18,8 +18,11 @@ totals_out = app.topic(f"ops-out-{ID}", partitions=2)
 totals = app.table("totals", default=int)
 
 
-@app.agent(purchases, sink=totals_out)
+by_user = app.stream(purchases).key_by("user", partitions=4, name="by-user")
+
+
+@app.agent(by_user, sink=totals_out, state=[totals])
 async def total(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
-    async for p in stream.key_by("user", partitions=4, name="by-user"):
+    async for p in stream:
         totals[p["user"]] += p["amount"]
         yield {"user": p["user"], "total": totals[p["user"]]}

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import streamkit as sk
-from streamkit.runtime.task import current_event
 
 ID = os.environ.get("SKTEST_ID", "unset")
 
@@ -21,7 +20,7 @@ out = app.topic(f"pipe-out-{ID}", partitions=1)
 
 def hop(name: str) -> Any:
     def record(value: dict[str, Any]) -> dict[str, Any]:
-        event = current_event()
+        event = sk.current_event()
         assert event is not None
         return {**value, name: event.partition, f"{name}_pid": os.getpid()}
 
@@ -29,17 +28,20 @@ def hop(name: str) -> Any:
     return record
 
 
-@app.agent(clicks, sink=out)
+chain = (
+    app.stream(clicks)
+    .map(hop("parse"))
+    .forward()
+    .key_by("user", partitions=4, name="by-user")
+    .map(hop("session"))
+    .rebalance(partitions=8)
+    .map(hop("enrich"))
+    .shuffle(partitions=3, seed=7)
+)
+
+
+@app.agent(chain, sink=out)
 async def sessions(stream: sk.Stream[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    chain = (
-        stream.map(hop("parse"))
-        .forward()
-        .key_by("user", partitions=4, name="by-user")
-        .map(hop("session"))
-        .rebalance(partitions=8)
-        .map(hop("enrich"))
-        .shuffle(partitions=3, seed=7)
-    )
-    async for value in chain:
+    async for value in stream:
         event = stream.event
         yield {**hop("log")(value), "key": event.key}

@@ -145,6 +145,7 @@ BAD_ENV: list[tuple[dict[str, str], list[str]]] = [
     ({"STREAMKIT_SSL_CHECK_HOSTNAME": "perhaps"}, ["ssl_check_hostname", "valid boolean"]),
     ({"STREAMKIT_PROCESSING_GUARANTEE": "exactly_twice"}, ["processing_guarantee"]),
     ({"STREAMKIT_BROKER": "kafka:/x"}, ["broker", "host:port"]),
+    ({"STREAMKIT_INSTANCE_ID": "shop 0"}, ["instance_id = 'shop 0'", "STREAMKIT_INSTANCE_ID"]),
     (
         {
             "STREAMKIT_SECURITY_PROTOCOL": "sasl_plaintext",
@@ -197,9 +198,9 @@ async def _agent(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
 
 def _declare_two_agents() -> None:
     app = _app()
-    topic = app.topic("t")
-    app.agent(topic, name="same")(_agent)
-    app.agent(app.topic("u"), name="same")(_agent)
+    topic, out = app.topic("t"), app.topic("out")
+    app.agent(topic, name="same", sink=out)(_agent)
+    app.agent(app.topic("u"), name="same", sink=out)(_agent)
 
 
 def _agent_on_undeclared_topic() -> None:
@@ -210,11 +211,7 @@ def _agent_on_undeclared_topic() -> None:
 def _key_by_zero_partitions() -> None:
     app = _app()
 
-    async def body(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
-        async for value in stream.key_by("user", partitions=0):
-            yield value
-
-    app.agent(app.topic("t"))(body)
+    app.stream(app.topic("t")).key_by("user", partitions=0)
 
 
 # (a declaration, words its ConfigError must contain)
@@ -313,7 +310,11 @@ BAD_COMMANDS: list[tuple[list[str], dict[str, str], list[str]]] = [
         ["security_protocol is PLAINTEXT", "STREAMKIT_SECURITY_PROTOCOL"],
     ),
     (["worker", "no_agents:app"], {"STREAMKIT_COMIT_INTERVAL": "1"}, ["did you mean"]),
-    (["topology", "no_agents:app", "--format", "dot"], {}, ["--format 'dot': use text or mermaid"]),
+    (
+        ["topology", "no_agents:app", "--format", "dot"],
+        {},
+        ["--format 'dot': use text, mermaid or json"],
+    ),
     (["tables", "get", "no_agents:app"], {}, ["usage: streamkit tables get MODULE:APP TABLE KEY"]),
 ]
 

@@ -20,7 +20,7 @@ async def preload_keys(topic: str) -> None:
     """Each key twice (so every key is read back after eviction), as raw bytes, fast."""
     from aiokafka import AIOKafkaProducer
 
-    from streamkit.runtime.collector import partition_for_key
+    from streamkit.keys import partition_for_key
     from tests.kafkahelp import bootstrap
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=20)
@@ -52,7 +52,7 @@ async def test_a_million_keys_with_a_small_cache(uid: str, workdir: Path) -> Non
     src = app.topic(f"big-in-{uid}", key_type=str, value_type=int, partitions=PARTITIONS)
     seen = app.table("seen", default=int)
 
-    @app.agent(src)
+    @app.agent(src, state=[seen])
     async def count(stream: sk.Stream[int]) -> None:
         async for n in stream:  # the input is keyed already: the table lives in stage 0
             key = stream.event.key

@@ -44,7 +44,7 @@ async def test_window_tables_in_a_worker_emit_final_and_update_results(
         "sums", sk.hopping(10, every=5), sk.sum_of("n"), emit="update", output=updates_topic
     )
 
-    @app.agent(clicks)
+    @app.agent(clicks, state=[counts, sums])
     async def count_clicks(stream: sk.Stream[Any]) -> None:
         async for c in stream:
             counts.add(c["user"])
@@ -58,7 +58,7 @@ async def test_window_tables_in_a_worker_emit_final_and_update_results(
             keys=[b"u"] * len(sequence),
         )
         got = finals(await read_all(finals_topic.name, expect=2, within=30))
-        late = await read_all(f"wt-{uid}-count_clicks-late", expect=1, within=30)
+        late = await read_all(f"wt-{uid}-counts-late", expect=1, within=30)
         updates = finals(await read_all(updates_topic.name, expect=12, within=30))
         assert counts.late_events == 1 and worker.tasks is not None
         await produce(clicks.name, [b'{"user": "u", "n": 1}'], keys=[b"u"])  # no ts
@@ -98,9 +98,9 @@ async def test_a_watermark_after_key_by_waits_for_the_slowest_upstream_but_not_a
     out = app.topic(f"wm-out-{uid}", partitions=1)
     counts = app.window("counts", sk.tumbling(10), sk.count(), output=out)
 
-    @app.agent(clicks)
+    @app.agent(app.stream(clicks).key_by("user"), state=[counts])
     async def per_user(stream: sk.Stream[Any]) -> None:
-        async for c in stream.key_by("user"):
+        async for c in stream:
             counts.add(c["user"])
 
     def events(partition: int, times: list[float]) -> Any:

@@ -151,7 +151,7 @@ async def test_two_workers_route_table_queries_and_report_metrics_and_status(
         await wait_until(all_totals, within=60, what="every total, scanned through worker A")
 
         status_a, status_b = (await get(ea, "/status"))[1], (await get(eb, "/status"))[1]
-        repartition = f"ops-{uid}-total-by-user-repartition"
+        repartition = f"ops-{uid}-by-user-repartition"
         owned_by_b = {x["partition"] for x in status_b["assigned"] if x["topic"] == repartition}
         owned_by_a = {x["partition"] for x in status_a["assigned"] if x["topic"] == repartition}
 
@@ -229,8 +229,8 @@ async def test_two_workers_route_table_queries_and_report_metrics_and_status(
         await wait_until(status_done, within=30, what="streamkit status to show lag 0")
         out = status_done.out.stdout  # type: ignore[attr-defined]
         assert status_a["member_id"] in out and status_b["member_id"] in out
-        assert re.search(rf"total\.0\s+\S+\s+{N}\b", out), out
-        assert re.search(rf"total\.1\s+\S+\s+{N}\b", out), out
+        assert re.search(rf"ops-in-{uid}\s+\S+\s+{N}\b", out), out  # the stages, by name
+        assert re.search(rf"by-user\s+\S+\s+{N}\b", out), out
 
         # streamkit tables get / scan, through any worker
         got = cli(uid, "tables", "get", "tests.opsapp:app", "totals", key_b)
@@ -256,7 +256,7 @@ async def test_reset_puts_the_group_at_earliest_and_a_rerun_recomputes_the_same_
     uid: str, tmp_path: Path
 ) -> None:
     source, app_id = f"ops-in-{uid}", f"ops-{uid}"
-    internal = [f"ops-{uid}-total-by-user-repartition", f"ops-{uid}-totals-changelog"]
+    internal = [f"ops-{uid}-by-user-repartition", f"ops-{uid}-totals-changelog"]
     first = worker(uid, tmp_path, "w").start()
     try:
         endpoint = await http_endpoint(first)
@@ -379,14 +379,14 @@ async def test_metrics_under_exactly_once_count_committed_outputs_and_drain_lag_
     out = app.topic(f"ops-eos-out-{uid}", partitions=2)
     counts = app.table("counts", default=int)
 
-    @app.agent(src, sink=out)
+    @app.agent(app.stream(src).key_by("k", partitions=2), sink=out, state=[counts])
     async def count(stream: sk.Stream[Any]) -> Any:
-        async for v in stream.key_by("k", partitions=2):
+        async for v in stream:
             counts[v["k"]] += 1
             yield {"k": v["k"], "n": counts[v["k"]]}
 
     n = 300
-    repartition = f"ops-eos-{uid}-count-key_by-repartition"
+    repartition = f"ops-eos-{uid}-ops-eos-in-{uid}-key_by-k-repartition"
     async with running(app) as w:
         assert w.web is not None
         endpoint = w.web.endpoint

@@ -92,7 +92,7 @@ async def test_pipeline_with_one_worker(uid: str, java: dict[str, int]) -> None:
 
     app = load_pipeline(uid)
     async with running(app) as worker:
-        await produce(app.agents["sessions"].source.name, [v for _, v in events()])
+        await produce(f"pipe-clicks-{uid}", [v for _, v in events()])
         records = await read_all(f"pipe-out-{uid}", expect=N_EVENTS, within=90)
         assert worker.tasks is not None
         by_topic = collections.Counter(tp.topic for tp in worker.tasks.tasks)
@@ -104,11 +104,11 @@ async def test_pipeline_with_one_worker(uid: str, java: dict[str, int]) -> None:
         t.name: t.partitions for t in app.topics.values() if t.name.endswith("-repartition")
     }
     assert internal == {
-        f"pipe-{uid}-sessions-by-user-repartition": 4,
-        f"pipe-{uid}-sessions-rebalance-repartition": 8,
-        f"pipe-{uid}-sessions-shuffle-repartition": 3,
+        f"pipe-{uid}-by-user-repartition": 4,
+        f"pipe-{uid}-by-user-rebalance-repartition": 8,
+        f"pipe-{uid}-by-user-rebalance-shuffle-repartition": 3,
     }
-    assert len(await end_offsets(f"pipe-{uid}-sessions-shuffle-repartition")) == 3
+    assert len(await end_offsets(f"pipe-{uid}-by-user-rebalance-shuffle-repartition")) == 3
 
 
 async def test_pipeline_with_three_worker_processes(
@@ -145,26 +145,27 @@ def test_topology_of_the_pipeline(uid: str) -> None:
     p = f"pipe-{uid}"
     assert app.topology() == (
         f"app {p}\n"
-        "agent sessions\n"
-        f"  stage sessions.0  x2 tasks  <- pipe-clicks-{uid} (2 partitions)\n"
-        "    map(note_parse) → forward → key_by(user)\n"
-        f"    => {p}-sessions-by-user-repartition (4 partitions, internal)\n"
-        f"  stage sessions.1  x4 tasks  <- {p}-sessions-by-user-repartition (4 partitions)\n"
-        "    map(note_session) → rebalance\n"
-        f"    => {p}-sessions-rebalance-repartition (8 partitions, internal)\n"
-        f"  stage sessions.2  x8 tasks  <- {p}-sessions-rebalance-repartition (8 partitions)\n"
-        "    map(note_enrich) → shuffle\n"
-        f"    => {p}-sessions-shuffle-repartition (3 partitions, internal)\n"
-        f"  stage sessions.3  x3 tasks  <- {p}-sessions-shuffle-repartition (3 partitions)\n"
-        "    sessions()\n"
-        f"    -> sink pipe-out-{uid} (1 partitions)\n"
+        f"stage pipe-clicks-{uid}  x2 tasks  <- pipe-clicks-{uid} (2 partitions)\n"
+        f"  stream(pipe-clicks-{uid})\n"
+        "    map(note_parse)\n"
+        "      forward\n"
+        f"        key_by(user) => {p}-by-user-repartition (4 partitions, internal)\n"
+        f"stage by-user  x4 tasks  <- {p}-by-user-repartition (4 partitions)\n"
+        f"  {p}-by-user-repartition -> map(note_session)\n"
+        f"    rebalance => {p}-by-user-rebalance-repartition (8 partitions, internal)\n"
+        f"stage by-user-rebalance  x8 tasks  <- {p}-by-user-rebalance-repartition (8 partitions)\n"
+        f"  {p}-by-user-rebalance-repartition -> map(note_enrich)\n"
+        f"    shuffle => {p}-by-user-rebalance-shuffle-repartition (3 partitions, internal)\n"
+        "stage by-user-rebalance-shuffle  x3 tasks  "
+        f"<- {p}-by-user-rebalance-shuffle-repartition (3 partitions)\n"
+        f"  {p}-by-user-rebalance-shuffle-repartition -> agent sessions() "
+        f"-> pipe-out-{uid} (1 partition)\n"
         f"dead letters -> {p}-dlq\n"
     )
     mermaid = app.topology("mermaid")
     assert mermaid.startswith("flowchart LR\n")
     assert (
-        f"s_sessions_1 -- rebalance --> t_{p.replace('-', '_')}_sessions_rebalance_repartition"
-        in mermaid
+        f"-- rebalance --> topic_{p.replace('-', '_')}_by_user_rebalance_repartition\n" in mermaid
     )
     assert mermaid.count("-- key_by -->") == 1 and mermaid.count("-- shuffle -->") == 1
     proc = subprocess.run(
@@ -177,16 +178,26 @@ def test_topology_of_the_pipeline(uid: str) -> None:
     assert proc.returncode == 0 and proc.stdout.decode() == app.topology()
 
 
-def test_a_chain_that_awaits_before_iterating_is_refused() -> None:
+async def test_a_chain_inside_a_body_is_refused_and_says_where_to_declare_it() -> None:
+    """Code before the loop may await (it runs once per task, never at declaration); chaining
+    operators on the body's stream is refused with the declared form as the hint."""
+    from streamkit.testing import AsyncTestDriver
+
     app = sk.App("shape-check")
     src = app.topic("shape-in")
+    ran: list[str] = []
 
     async def sneaky(stream: sk.Stream[Any]) -> None:
         import asyncio
 
+        ran.append("start")
         await asyncio.sleep(0)
         async for _ in stream.key_by("k"):
             pass
 
-    with pytest.raises(sk.ConfigError, match="must start iterating its stream"):
-        app.agent(src)(sneaky)
+    app.agent(src)(sneaky)  # declaring runs nothing of the body
+    assert ran == []
+    with pytest.raises(sk.ConfigError, match=r"declared before the agent.*app.stream\(topic\)"):
+        async with AsyncTestDriver(app):
+            pass
+    assert ran and set(ran) == {"start"}

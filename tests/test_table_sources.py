@@ -30,9 +30,11 @@ def make_app(uid: str, workdir: Path, by_product_partitions: int = 4) -> dict[st
     local = app.table("products", source=catalog)
     everywhere = app.global_table("products-all", source=catalog)
 
-    @app.agent(orders, sink=joined)
+    by_product = app.stream(orders).key_by("product", partitions=by_product_partitions)
+
+    @app.agent(by_product, sink=joined, state=[local])
     async def join(stream: sk.Stream[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-        async for order in stream.key_by("product", partitions=by_product_partitions):
+        async for order in stream:
             row = local.get(order["product"])
             yield {
                 "order": order["order"],
@@ -45,9 +47,11 @@ def make_app(uid: str, workdir: Path, by_product_partitions: int = 4) -> dict[st
         row = everywhere.get(order["product"])
         return {**order, "name": None if row is None else row["name"]}
 
-    @app.agent(spread, sink=spread_out)
+    spread_looked_up = app.stream(spread).rebalance(partitions=8).map(lookup).shuffle(partitions=3)
+
+    @app.agent(spread_looked_up, sink=spread_out)
     async def enrich(stream: sk.Stream[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-        async for order in stream.rebalance(partitions=8).map(lookup).shuffle(partitions=3):
+        async for order in stream:
             yield order
 
     return {

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import streamkit as sk
 from apps.ecommerce import generator
-from streamkit.runtime.collector import partition_for_key
+from streamkit.keys import partition_for_key
 from streamkit.windows import Hopping, Session
 from tests.test_windows_logic import run_windows
 

@@ -40,10 +40,10 @@ async def test_commit_is_visible_and_abort_is_not(uid: str) -> None:
 
 
 async def test_the_restore_fetcher_skips_aborted_transactions_and_markers(uid: str) -> None:
-    """ChangelogFetcher reads what a read_committed consumer reads: committed records of two
-    producers interleaved with an aborted transaction, none of the transaction markers."""
+    """The compacted-topic reader reads what a read_committed consumer reads: committed
+    records of two producers interleaved with an aborted transaction, no transaction marker."""
     from streamkit.settings import load_settings
-    from streamkit.state.changelog_fetch import ChangelogFetcher
+    from streamkit.state.compacted import CompactedReader
 
     topic = f"tx-log-{uid}"
     await create_topic(topic, 1)
@@ -65,19 +65,22 @@ async def test_the_restore_fetcher_skips_aborted_transactions_and_markers(uid: s
     finally:
         await one.stop()
         await two.stop()
-    fetcher = ChangelogFetcher(load_settings(), f"fetch-{uid}")
+    reader = CompactedReader(load_settings(), f"fetch-{uid}", "test")
     tp = TopicPartition(topic, 0)
     rows: list[tuple[bytes, bytes | None]] = []
-    position = 0
+
+    async def wipe(tp: TopicPartition, start: int) -> None:
+        raise AssertionError("nothing vanished")
+
     try:
+        await reader.start({tp: None}, wipe)
         for _ in range(50):
-            got = (await fetcher.fetch({tp: position}))[tp]
+            got = (await reader.fetch(wipe))[tp]
             rows += got.rows
-            position = got.next_offset
-            if position >= got.last_stable > 0:
+            if reader.positions[tp] >= got.last_stable > 0:
                 break
     finally:
-        await fetcher.close()
+        await reader.close()
     assert rows == [(b"k0", b"plain"), (b"k1", b"c1"), (b"k2", b"c2"), (b"k3", b"c3")]
     expected = [(r.key, r.value) for r in await read_all(topic)]
     assert rows == expected

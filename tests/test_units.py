@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 import streamkit as sk
-from streamkit.events import Event
-from streamkit.runtime.collector import partition_for_key
-from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, codec_for
+from streamkit.keys import partition_for_key
+from streamkit.serde import JSON, RAW, STR, DecodeError, ModelCodec, TypedCodec, codec_for
 from streamkit.settings import load_settings
 from streamkit.state.store import open_store
 from streamkit.state.table import TablePartition
-from streamkit.streams import NOTHING, Op
+from streamkit.testing import TestDriver
 
 
 class Item(BaseModel):
@@ -25,7 +23,8 @@ class Item(BaseModel):
 
 
 def test_codecs_round_trip_and_fail_clearly() -> None:
-    assert codec_for(bytes) is RAW and codec_for(str) is STR and codec_for(dict) is JSON
+    assert codec_for(bytes) is RAW and codec_for(str) is STR and codec_for(None) is JSON
+    assert isinstance(codec_for(dict), TypedCodec)  # validated: a JSON object (tests/test_types.py)
     model = codec_for(Item)
     assert isinstance(model, ModelCodec)
     assert model.decode(model.encode(Item(name="a", qty=2))) == Item(name="a", qty=2)
@@ -86,51 +85,36 @@ def test_test_hooks_parse() -> None:
     }
 
 
-class ListSource:
-    """A stream source over a fixed list (what the testing kit will build on)."""
-
-    def __init__(self, values: list[object]) -> None:
-        self._events = deque(
-            Event("t", 0, i, None, v, 0, [], None, None) for i, v in enumerate(values)
-        )
-        self.current: Event | None = None
-        self.done: list[int] = []
-
-    def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
-        return ops
-
-    def next_value(self) -> object:
-        if self.current is not None:
-            self.done.append(self.current.offset)
-        self.current = self._events.popleft() if self._events else None
-        return NOTHING if self.current is None else self.current.value
-
-    async def wait(self) -> None:
-        raise StopAsyncIteration
-
-
 def test_map_filter_and_processed_marking() -> None:
-    source = ListSource([1, 2, 3, 4, 5])
-    stream: sk.Stream[int] = sk.Stream(source)
+    app = sk.App("map-filter")
+    src = app.topic("map-filter-in", partitions=1)
+    out = app.topic("map-filter-out", partitions=1)
+    odd_tens = app.stream(src).filter(lambda v: v % 2 == 1).map(lambda v: v * 10)
 
-    async def collect() -> list[int]:
-        return [v async for v in stream.filter(lambda v: v % 2 == 1).map(lambda v: v * 10)]
+    @app.agent(odd_tens, sink=out)
+    async def collect(stream: sk.Stream[int]) -> AsyncIterator[int]:
+        async for v in stream:
+            yield v
 
-    assert asyncio.run(collect()) == [10, 30, 50]
-    assert source.done == [0, 1, 2, 3, 4]  # filtered-out events count as processed
+    with TestDriver(app) as driver:
+        driver.send_many(src, [1, 2, 3, 4, 5])
+        assert driver.read_values(out) == [10, 30, 50]
+        driver.checkpoint()
+        assert driver.committed(src) == {0: 5}  # filtered-out events count as processed
 
 
 def test_a_table_after_rebalance_is_refused_at_start() -> None:
     app = sk.App("tables-check")
     src = app.topic("tables-in", partitions=2)
     totals = app.table("totals", default=int)
+    spread_out = app.stream(src).rebalance(partitions=4)
 
-    @app.agent(src)
+    @app.agent(spread_out, state=[totals])
     async def spread(stream: sk.Stream[dict[str, int]]) -> None:
-        async for v in stream.rebalance(partitions=4):
+        async for v in stream:
             totals[v["k"]] += 1
 
-    with pytest.raises(sk.ConfigError, match=r"after a rebalance\(\).*key_by first"):
+    with pytest.raises(sk.ConfigError, match=r"table totals.*shuffle/rebalance.*key_by before it"):
         _ = app.stages
 
 
@@ -138,15 +122,16 @@ def test_a_table_binds_to_the_stage_after_key_by_with_its_partition_count() -> N
     app = sk.App("tables-bind")
     src = app.topic("bind-in", partitions=2)
     totals = app.table("totals", default=int)
+    keyed = app.stream(src).key_by("k", partitions=6)
 
-    @app.agent(src)
+    @app.agent(keyed, state=[totals])
     async def by_key(stream: sk.Stream[dict[str, int]]) -> None:
-        async for v in stream.key_by("k", partitions=6):
+        async for v in stream:
             totals[v["k"]] += 1
 
     stages = app.stages
     assert [t.name for t in stages[1].tables] == ["totals"] and not stages[0].tables
-    from streamkit.stages import resolve_partitions
+    from streamkit.graph import resolve_partitions
 
     src.partitions = 2
     resolve_partitions(stages)

@@ -17,6 +17,7 @@ import streamkit as sk
 from streamkit.eventtime import NO_WATERMARK, WatermarkTracker, control_headers, read_control
 from streamkit.state.store import open_store
 from streamkit.state.table import TablePartition
+from streamkit.state.window_open import open_window
 from streamkit.windows import Hopping, Session, Sliding, Tumbling
 
 
@@ -90,7 +91,7 @@ def run_windows(
     store = open_store(tmp / f"{len(list(tmp.iterdir()))}.sqlite", {"t": "1"}, ["w"])
     task = FakeTask()
     rows = TablePartition(wt.table, 0, store, 50, lambda: None)
-    part = wt.open_partition(rows, task)  # type: ignore[arg-type]
+    part = open_window(wt, rows, task)  # type: ignore[arg-type]
     tracker = WatermarkTracker(ooo)
     for ts, key, value in events:
         task.ts = ts

@@ -28,7 +28,7 @@ def nudge(key: str, payload: Any) -> None:
     out.produce({"kind": "processing", "key": key, "payload": payload})
 
 
-@app.agent(events)
+@app.agent(events, state=[reminders, nudges])
 async def set_timers(stream: sk.Stream[Any]) -> None:
     async for e in stream:
         if e["user"] == "tick":

@@ -15,14 +15,20 @@ app = sk.App(
     f"win-{ID}", processing_guarantee="exactly_once", commit_interval=0.2, idle_timeout=1.0
 )
 purchases = app.topic(f"win-in-{ID}", partitions=4, timestamp="ts")
-results = app.topic(f"win-out-{ID}", partitions=4)
-late = app.topic(f"win-late-{ID}", key_type=bytes, value_type=bytes, partitions=1)
+# results carry their window's (2024) end as timestamp: no time retention, or the broker's
+# 7-day retention deletes them before the test reads them
+KEEP = {"retention.ms": "-1"}
+results = app.topic(f"win-out-{ID}", partitions=4, config=KEEP)
+late = app.topic(f"win-late-{ID}", key_type=bytes, value_type=bytes, partitions=1, config=KEEP)
 counts = app.window(
     "counts", sk.tumbling(10), sk.count(), allowed_lateness=20, output=results, late_topic=late
 )
 
 
-@app.agent(purchases)
+by_user = app.stream(purchases).key_by("user", name="by-user")
+
+
+@app.agent(by_user, state=[counts])
 async def per_user(stream: sk.Stream[Any]) -> None:
-    async for p in stream.key_by("user", name="by-user"):
+    async for p in stream:
         counts.add(p["user"])

@@ -99,14 +99,15 @@ class Demo:
 
     def topics(self) -> dict[str, str]:
         p, app = self.pipeline, self.app
+        _ = app.stages  # builds the graph: names the late topics
         return {
             "enriched": p.enriched.name,
             "sessions": p.sessions_out.name,
             "trending": p.trending_out.name,
             "totals": p.totals.name,
             "dlq": app.dlq.name,
-            "late-sessions": f"{app.id}-sessions-late",
-            "late-trending": f"{app.id}-trending_products-late",
+            "late-sessions": str(p.user_sessions.late_topic),
+            "late-trending": str(p.trending.late_topic),
         }
 
     async def run(self, data: Input, truth: Truth) -> tuple[Outputs, Progress, list[int | None]]:

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from streamkit.graph import Stage
 from streamkit.runtime.dlq import describe
-from streamkit.stages import Stage
 from streamkit.windows import merge_top
 
 

@@ -1,13 +1,17 @@
 """The e-commerce pipeline: `streamkit worker apps.ecommerce.pipeline:app`.
 
-    clicks (2) ─parse, forward─▶ key_by user (4): session windows ─▶ sessions
-                                       └─▶ clicks-valid (4) ─rebalance (8): join the catalog
-                                           (global table) ─shuffle (3): log ─▶ enriched
-    enriched (3) ─key_by product (4): join the catalog (co-partitioned table), top-k per
-                                       hopping window ─▶ trending
+    clicks (2) ─forward─▶ key_by user (4) ─┬─▶ sessions: session windows ─▶ sessions
+                                           └─▶ rebalance (8): join the catalog (global table)
+                                               ─▶ shuffle (3) ─┬─▶ enriched (a sink topic)
+                                                               └─▶ key_by product (4): the
+                                               co-partitioned catalog table, top-k per
+                                               hopping window ─▶ trending
     purchases (4) ─key_by user (4): running total ─▶ totals
     catalog (4, compacted): the product table, written by the generator
 
+One declared graph: the clicks are fetched once and fan out at the by-user stage (sessions and
+enrichment) and at the shuffled stage (the enriched sink and the trending count); no topic
+between stages is declared by hand. `streamkit topology apps.ecommerce.pipeline:app` draws it.
 Names come from `ECOM_RUN` (a fresh set of topics per demo run) and the knobs from `ECOM_*`
 variables, so that the demo driver and its worker processes agree.
 """
@@ -55,11 +59,8 @@ purchases = app.topic(f"{name}-purchases", value_type=Purchase, partitions=4)
 catalog = app.topic(
     f"{name}-catalog", partitions=CATALOG_PARTITIONS, config={"cleanup.policy": "compact"}
 )
-clicks_valid = app.topic(f"{name}-clicks-valid", partitions=4)
 sessions_out = app.topic(f"{name}-sessions", partitions=4)
-# enriched events cross two spreading hops (rebalance, shuffle) and a sink: their event
-# times are out of order by up to the pipeline's latency, more while a worker is replaced
-enriched = app.topic(f"{name}-enriched", partitions=3, timestamp="ts", out_of_orderness=1800)
+enriched = app.topic(f"{name}-enriched", partitions=3)
 trending_out = app.topic(f"{name}-trending", partitions=4)
 totals = app.topic(f"{name}-totals", partitions=4)
 
@@ -76,53 +77,64 @@ def _session_sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 user_sessions = app.window(
     "user-sessions", sk.session(GAP), sk.reduce(_session_sum), output=sessions_out
 )
+# Keyed by the task's partition ("p0".."p3"): each task keeps the top k of its own products,
+# and the overall top k is in the union of the partitions' lists (`sk.merge_top`).
 trending = app.window(
-    "trending", sk.hopping(WINDOW, every=HOP), sk.top_k(TOP), emit="update", output=trending_out
+    "trending",
+    sk.hopping(WINDOW, every=HOP),
+    sk.top_k(TOP),
+    emit="update",
+    output=trending_out,
+    local_keys=True,
 )
 
 
-@app.agent(clicks, sink=clicks_valid)
-async def sessions(stream: sk.Stream[Click]) -> AsyncIterator[dict[str, Any]]:
-    """Parse (a record that is not a Click goes to the DLQ) → key_by user → sessions."""
-    async for click in stream.forward().key_by("user_id", partitions=4, name="by-user"):
-        user_sessions.add(click.user_id, {"pages": 1, "spend": click.cents})
-        yield click.model_dump()
-
-
-def join_catalog(click: dict[str, Any]) -> dict[str, Any]:
+def join_catalog(click: Click) -> dict[str, Any]:
     """Stream-table join against the global copy of the catalog: any key, any partition."""
-    product = products_everywhere.get(click["product_id"]) or {}
+    product = products_everywhere.get(click.product_id) or {}
     return {
-        **click,
+        **click.model_dump(),
         "name": product.get("name", "?"),
         "category": product.get("category", "?"),
         "price_cents": product.get("price_cents", 0),
     }
 
 
-@app.agent(clicks_valid, sink=enriched)
-async def enrich(stream: sk.Stream[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """rebalance over 8 (the join runs there) → shuffle over 3 → log to the enriched topic."""
-    async for event in stream.rebalance(partitions=8).map(join_catalog).shuffle(partitions=3):
-        yield event
+# Parse (a record that is not a Click goes to the DLQ) → key_by user.
+by_user = app.stream(clicks).forward().key_by("user_id", partitions=4, name="by-user")
 
 
-@app.agent(enriched)
+@app.agent(by_user, state=[user_sessions])
+async def sessions(stream: sk.Stream[Click]) -> None:
+    """A session window per user: pages seen and cents spent."""
+    async for click in stream:
+        user_sessions.add(click.user_id, {"pages": 1, "spend": click.cents})
+
+
+# rebalance over 8 (the join runs there) → shuffle over 3 → the enriched topic, and on to
+# the trending count keyed by product (co-partitioned with the catalog).
+logged = by_user.rebalance(partitions=8).map(join_catalog).shuffle(partitions=3, name="log")
+logged.to(enriched)
+by_product = logged.key_by("product_id", partitions=CATALOG_PARTITIONS, name="by-product")
+
+
+@app.agent(by_product, state=[products, trending])
 async def trending_products(stream: sk.Stream[dict[str, Any]]) -> None:
-    """key_by product (co-partitioned with the catalog) → the top k per hopping window. Each
-    partition holds whole products, so its top k is exact for them and the overall top k is
-    in the union of the partitions' lists (`sk.merge_top`)."""
-    by_product = stream.key_by("product_id", partitions=CATALOG_PARTITIONS, name="by-product")
-    async for event in by_product:
+    """The top k products per hopping window, per partition."""
+    async for event in stream:
         if event["product_id"] not in products:  # the co-partitioned table: a local lookup
             continue
         trending.add(f"p{stream.event.partition}", event["product_id"])
 
 
-@app.agent(purchases, sink=totals)
+@app.agent(
+    app.stream(purchases).key_by("user_id", name="by-user-purchases"),
+    sink=totals,
+    state=[spent, bought],
+)
 async def spend(stream: sk.Stream[Purchase]) -> AsyncIterator[dict[str, Any]]:
     """The seed's example: purchases key_by user → running total (in cents)."""
-    async for p in stream.key_by("user_id", name="by-user"):
+    async for p in stream:
         spent[p.user_id] += round(p.amount * 100)
         bought[p.user_id] += 1
         yield {"user_id": p.user_id, "total_cents": spent[p.user_id], "count": bought[p.user_id]}

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from apps.ecommerce.generator import HOT_USER, Truth
 from apps.ecommerce.monitor import Outputs, Progress
-from streamkit.runtime.collector import partition_for_key
+from streamkit.keys import partition_for_key
 
 
 @dataclass
@@ -56,7 +56,7 @@ def stages_table(progress: Progress) -> Table:
 
 def hot_partition(progress: Progress) -> Text:
     """The per-partition load of the sessions stage (key_by user): the hot key shows."""
-    stage = next(s for s in progress.stages if s.name == "sessions.1")
+    stage = next(s for s in progress.stages if s.name == "by-user")
     loads = {p: stage.end.get(p, 0) for p in range(stage.partitions)}
     total = sum(loads.values()) or 1
     hottest = hottest_partition(progress)
@@ -120,7 +120,7 @@ def progress_line(progress: Progress, out: Outputs, status: Status) -> str:
 
 
 def hottest_partition(progress: Progress) -> int:
-    stage = next(s for s in progress.stages if s.name == "sessions.1")
+    stage = next(s for s in progress.stages if s.name == "by-user")
     return max(range(stage.partitions), key=lambda p: stage.end.get(p, 0))
 
 

@@ -23,12 +23,14 @@ app = sk.App(
 purchases = app.topic(env["BENCH_INPUT"], partitions=4, out_of_orderness=3600)
 out = app.topic(env["BENCH_OUTPUT"], partitions=4)
 
+by_user = app.stream(purchases).key_by("user_id", name="by-user")
+
 if env.get("BENCH_PIPELINE", "A") == "A":
     totals = app.table("totals", default=float)
 
-    @app.agent(purchases, sink=out)
+    @app.agent(by_user, sink=out, state=[totals])
     async def running_sum(stream: sk.Stream[Any]) -> AsyncIterator[dict[str, Any]]:
-        async for p in stream.key_by("user_id", name="by-user"):
+        async for p in stream:
             user = p["user_id"]
             total = totals[user] + p["amount"]
             totals[user] = total
@@ -37,9 +39,9 @@ if env.get("BENCH_PIPELINE", "A") == "A":
 else:
     counts = app.window("per-user", sk.tumbling(60), sk.count(), emit="update", output=out)
 
-    @app.agent(purchases)
+    @app.agent(by_user, state=[counts])
     async def count_per_user(stream: sk.Stream[Any]) -> None:
-        async for p in stream.key_by("user_id", name="by-user"):
+        async for p in stream:
             counts.add(p["user_id"])
 
 

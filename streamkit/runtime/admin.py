@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from streamkit.runtime.clients import make_admin
+from streamkit.clients import make_admin
+from streamkit.graph import resolve_partitions
 from streamkit.security import explain_unreachable
 from streamkit.settings import ConfigError, Settings
-from streamkit.stages import AgentShapeError, resolve_partitions
 from streamkit.topics import Topic
 
 if TYPE_CHECKING:
@@ -76,10 +76,36 @@ async def describe(admin: Any, names: list[str]) -> dict[str, int | None]:
     return found
 
 
+async def internal_replication(admin: Any, settings: Settings) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of the internal topics: the settings, else
+    what the cluster allows: 3 replicas (fewer brokers: as many as there are), min ISR 2 with
+    3 replicas or more, else 1. A replication factor above the broker count is a ConfigError."""
+    brokers = len((await admin.describe_cluster())["brokers"])
+    rf = settings.internal_replication_factor
+    if rf is None:
+        rf = max(1, min(3, brokers))
+    elif rf > brokers:
+        raise ConfigError(
+            f"internal_replication_factor is {rf} but the cluster has {brokers} broker(s): "
+            f"lower STREAMKIT_INTERNAL_REPLICATION_FACTOR to {brokers} or less"
+        )
+    isr = settings.internal_min_insync_replicas
+    if isr is None:
+        isr = 2 if rf >= 3 else 1
+    return rf, min(isr, rf)
+
+
 async def ensure_topics(
-    settings: Settings, topics: Iterable[Topic], *, client_id: str, visible_within: float = 30.0
+    settings: Settings,
+    topics: Iterable[Topic],
+    *,
+    client_id: str,
+    visible_within: float = 30.0,
+    internal: frozenset[str] = frozenset(),
 ) -> None:
     """Create missing topics with their declared partitions; check existing ones agree.
+    Internal topics (`Topic.internal`, or named in `internal`) get the replication of
+    `internal_replication`.
 
     Sets `topic.partitions` to the broker's count. An existing topic whose partition count
     differs from the declaration is a ConfigError that gives both numbers."""
@@ -104,7 +130,7 @@ async def ensure_topics(
         if problems:
             raise ConfigError("; ".join(problems))
         if missing:
-            await _create(admin, settings, missing)
+            await _create(admin, settings, missing, internal)
             await _wait_visible(admin, missing, visible_within)
     finally:
         await admin.close()
@@ -114,38 +140,56 @@ async def ensure_app_topics(app: App, *, client_id: str) -> None:
     """All of an app's topics: declared ones first, then repartition and changelog topics,
     whose partition count defaults to their stage input's (known only after the first step)."""
     stages = app.stages
-    outputs = {st.output.name for st in stages if st.output is not None}
+    outputs = {out.name for st in stages for out in st.outputs}
     outputs |= {t.changelog.name for st in stages for t in st.tables if not t.source}
+    # a window's default late topic is internal too, though not declared so
+    late = frozenset(f"{app.id}-{name}-late" for name in app.agents)
     await ensure_topics(
-        app.settings, [t for t in app.topics.values() if t.name not in outputs], client_id=client_id
+        app.settings,
+        [t for t in app.topics.values() if t.name not in outputs],
+        client_id=client_id,
+        internal=late,
     )
-    try:
-        resolve_partitions(stages)
-    except AgentShapeError as exc:
-        raise ConfigError(str(exc)) from None
+    resolve_partitions(stages)  # ConfigError when inputs are not co-partitioned
     await ensure_topics(
         app.settings, [t for t in app.topics.values() if t.name in outputs], client_id=client_id
     )
 
 
-async def _create(admin: Any, settings: Settings, topics: list[Topic]) -> None:
-    requests = [
-        NewTopic(
-            t.name,
-            num_partitions=t.declared_partitions or 1,
-            replication_factor=settings.topic_replication_factor,
-            topic_configs=t.config,
+async def _create(
+    admin: Any, settings: Settings, topics: list[Topic], internal: frozenset[str]
+) -> None:
+    internal_rf, internal_isr = 0, 0
+    is_internal = {t.name: t.internal or t.name in internal for t in topics}
+    if any(is_internal.values()):
+        internal_rf, internal_isr = await internal_replication(admin, settings)
+    requests = []
+    for t in topics:
+        rf, config = settings.topic_replication_factor, t.config
+        if is_internal[t.name]:
+            rf = internal_rf
+            config = {"min.insync.replicas": str(internal_isr), **t.config}
+        requests.append(
+            NewTopic(
+                t.name,
+                num_partitions=t.declared_partitions or 1,
+                replication_factor=rf,
+                topic_configs=config,
+            )
         )
-        for t in topics
-    ]
     response = await admin.create_topics(requests)
     for name, code, *rest in response.topic_errors:
         if code not in (0, TOPIC_EXISTS):
             message = rest[0] if rest else ""
             raise ConfigError(f"cannot create topic {name}: error {code} {message}")
-    for t in topics:
+    for t, request in zip(topics, requests, strict=True):
         t.partitions = t.declared_partitions or 1
-        log.info("created topic %s with %d partitions", t.name, t.partitions)
+        log.info(
+            "created topic %s with %d partitions, %d replicas",
+            t.name,
+            t.partitions,
+            request.replication_factor,
+        )
 
 
 async def _wait_visible(admin: Any, topics: list[Topic], within: float) -> None:

@@ -99,6 +99,46 @@ def plan(
     return Plan(active, standby)
 
 
+def plan_together(
+    partitions: Mapping[str, int],
+    members: Mapping[str, MemberInfo],
+    stateful: set[str],
+    standby_replicas: int,
+    groups: list[list[str]],
+) -> Plan:
+    """`plan`, with the topics of each group (the inputs of one stage, read by one task per
+    partition) assigned together: partition p of all of them to the owner of the group's
+    first topic's partition p (planned over the group's largest partition count). Standbys
+    are named by the first topic's partition only."""
+    counts = dict(partitions)
+    followers: dict[str, str] = {}
+    for group in groups:
+        if len(group) < 2:
+            continue
+        leader = group[0]
+        counts[leader] = max(partitions[t] for t in group)
+        for topic in group[1:]:
+            followers[topic] = leader
+            counts.pop(topic, None)
+    planned = plan(counts, members, stateful, standby_replicas)
+    if not followers:
+        return planned
+    led: dict[str, list[str]] = {}
+    for topic, leader in followers.items():
+        led.setdefault(leader, []).append(topic)
+
+    def expand(tps: list[TP]) -> list[TP]:
+        out = []
+        for topic, p in tps:
+            if p < partitions.get(topic, 0):
+                out.append((topic, p))
+            out.extend((f, p) for f in led.get(topic, []) if p < partitions[f])
+        return out
+
+    # standbys stay named by the group's first topic: one store per task, kept warm once
+    return Plan({m: expand(tps) for m, tps in planned.active.items()}, planned.standby)
+
+
 def _tps(items: Iterable[Any]) -> set[TP]:
     return {(str(t), int(p)) for t, p in items}
 
@@ -116,8 +156,10 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         owned: Callable[[], set[TopicPartition]],
         local_state: Callable[[], set[TopicPartition]],
         endpoint: str | None = None,
+        copartitioned: Callable[[], list[list[str]]] | None = None,
     ) -> None:
         self._endpoint = endpoint
+        self._copartitioned = copartitioned or (lambda: [])
         self._stateful_topics = stateful_topics
         self._standby_replicas = standby_replicas
         self._owned = owned
@@ -153,7 +195,10 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             found = cluster.partitions_for_topic(topic)
             if found:
                 partitions[topic] = max(found) + 1
-        result = plan(partitions, infos, self._stateful_topics(), self._standby_replicas)
+        groups = [[t for t in g if t in partitions] for g in self._copartitioned()]
+        result = plan_together(
+            partitions, infos, self._stateful_topics(), self._standby_replicas, groups
+        )
         served = sorted(
             [topic, p, endpoints[m]]
             for m, tps in result.active.items()

@@ -54,8 +54,9 @@ class Checkpointer:
             changes = {}
             for task in tasks:
                 tp = TopicPartition(task.topic.name, task.partition)
-                if task.committable is not None and task.committable != self._committed.get(tp):
-                    offsets[tp] = task.committable
+                for itp, offset in task.offsets().items():
+                    if offset != self._committed.get(itp):
+                        offsets[itp] = offset
                 if task.state is not None and task.tables:
                     changes[tp] = task.state.snapshot(task.collector)
             # 3. flush outputs, dead letters and changelog records of every task
@@ -84,6 +85,11 @@ class Checkpointer:
                 self.on_checkpoint(self.last_duration)
             if offsets:
                 log.debug("checkpoint: %d partitions in %.3fs", len(offsets), self.last_duration)
+
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        """The input offsets this worker's checkpoints committed, per partition it owns."""
+        return dict(self._committed)
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Partitions we no longer own: another owner may commit them past our record."""

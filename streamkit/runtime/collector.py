@@ -13,15 +13,13 @@ to the producer) until `release`, after the transaction committed and the next o
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from contextvars import ContextVar
 from typing import Any
 
 from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
-from aiokafka.partitioner import murmur2
 
 from streamkit.events import Headers
+from streamkit.keys import partition_for_key
 
 
 class ProduceFailed(Exception):
@@ -35,18 +33,6 @@ class ProduceFailed(Exception):
 # `request_timeout_ms`. The batch was not queued then, so we retry until our own deadline.
 SUBMIT_DEADLINE = 60.0
 HELD_BATCHES = 64  # full batches a held collector keeps before its task waits for the release
-
-# The collector of the task whose agent code is running (set once per task coroutine).
-CURRENT_COLLECTOR: ContextVar[RecordCollector] = ContextVar("streamkit_collector")
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner: `toPositive(murmur2(key)) % partitions`, as in Java.
-    (aiokafka's murmur2 is pure Python: hot keys are remembered.)"""
-    hashed: int = murmur2(key)
-    return (hashed & 0x7FFFFFFF) % partitions
-
 
 _NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: the builder only reads it
 

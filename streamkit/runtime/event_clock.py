@@ -16,13 +16,16 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamkit.context import WALL_CLOCK
-from streamkit.eventtime import WatermarkTracker, control_headers, read_control
+from streamkit.context import WALL_CLOCK, TaskScope
+from streamkit.eventtime import NO_WATERMARK, WatermarkTracker, control_headers, read_control
+from streamkit.graph import Stage
+from streamkit.state.table import TablePartition
+from streamkit.state.window_open import open_window
+from streamkit.state.window_table import Windows
 
 if TYPE_CHECKING:
     from streamkit.eventtime import TimestampPolicy
     from streamkit.runtime.collector import RecordCollector
-    from streamkit.runtime.task import Task
     from streamkit.state.timers import TimerPartition
     from streamkit.topics import Topic
 
@@ -41,111 +44,149 @@ class OnWatermark(Protocol):
     def advance(self, watermark: int) -> None: ...
 
 
-class EventClock:
-    def __init__(
-        self,
-        policy: TimestampPolicy,
-        upstreams: int,
-        partition: int,
-        output: Topic | None,
-        idle_timeout: float,
-    ) -> None:
+class ClockInput:
+    """One input topic of a stage: how its events get their time, and its watermark."""
+
+    def __init__(self, policy: TimestampPolicy, upstreams: int) -> None:
         self.policy = policy
         self.tracker = WatermarkTracker(policy.out_of_orderness_ms, upstreams)
-        self.partition = partition  # who we are to the next stage
-        self.output = output
+        self.last_input = float("-inf")
+
+
+class EventClock:
+    """The event time of one task. Its watermark is the minimum over its inputs' (inputs
+    quiet for `idle_timeout` left out while others move, as idle upstream tasks are)."""
+
+    def __init__(
+        self,
+        inputs: dict[str, tuple[TimestampPolicy, int]],
+        partition: int,
+        outputs: list[Topic],
+        idle_timeout: float,
+    ) -> None:
+        self.inputs = {name: ClockInput(p, n) for name, (p, n) in inputs.items()}
+        self._single = next(iter(self.inputs.values())) if len(self.inputs) == 1 else None
+        self.current = NO_WATERMARK
+        self.partition = partition  # who we are to the next stages
+        self.outputs = outputs
         self.idle_timeout = idle_timeout
         self.windows: list[OnWatermark] = []  # what the watermark drives
-        self._sent = (self.tracker.current, False)  # last broadcast (watermark, idle)
+        self._sent = (self.current, False)  # last broadcast (watermark, idle)
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
         self._sent_at = float("-inf")  # never
         self.last_input = self._wall.monotonic()
+        for clock_input in self.inputs.values():
+            clock_input.last_input = self.last_input
 
     @property
     def watermark(self) -> int:
-        return self.tracker.current
+        return self.current
 
-    def note_input(self) -> None:
+    def note_input(self, topic: str) -> None:
         """Records arrived (the partition is not idle)."""
-        self.last_input = self._wall.monotonic()
+        self.last_input = now = self._wall.monotonic()
+        clock_input = self.inputs.get(topic)
+        if clock_input is not None:
+            clock_input.last_input = now
 
     def restore(self, watermark: int) -> None:
-        self.tracker.current = max(self.tracker.current, watermark)
+        self.current = max(self.current, watermark)
+        for clock_input in self.inputs.values():
+            tracker = clock_input.tracker
+            tracker.current = max(tracker.current, watermark)
+
+    def _combined(self) -> int:
+        single = self._single
+        if single is not None:
+            return single.tracker.current
+        now = self._wall.monotonic()
+        inputs = list(self.inputs.values())
+        active = [i for i in inputs if now - i.last_input < self.idle_timeout] or inputs
+        return min(i.tracker.current for i in active)
+
+    def _moved(self) -> None:
+        candidate = self._combined()
+        if candidate > self.current:
+            self.current = candidate
+            for window in self.windows:
+                window.advance(candidate)
 
     def on_data(self, rec: Any, value: Any) -> int:
         """The event time of a data record (raises ValueError if the value has none)."""
+        clock_input = self._single or self.inputs[rec.topic]
         try:
-            ts = self.policy.extract(value, rec.timestamp)
+            ts = clock_input.policy.extract(value, rec.timestamp)
         except ValueError:
             raise
         except Exception as exc:  # a field missing, or the user's function raised
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-        if self.tracker.observe(ts):
-            self._advanced()
+        if clock_input.tracker.observe(ts):
+            self._moved()
         return ts
 
     def advance_to(self, watermark: int) -> bool:
         """Move the watermark to `watermark` (never back), closing windows and firing
         event-time timers as an event would; run it in the task's context (the testing kit)."""
-        if self.tracker.advance_to(watermark):
-            self._advanced()
-            return True
-        return False
+        for clock_input in self.inputs.values():
+            clock_input.tracker.advance_to(watermark)
+        before = self.current
+        self._moved()
+        return self.current > before
 
-    def on_control(self, headers: Any) -> bool:
+    def on_control(self, topic: str, headers: Any) -> bool:
         """True if the record is a watermark control record (and consumed here). Only a
         repartition topic carries them: on a source topic every header is the user's.
         ValueError for a malformed one."""
-        if not self.tracker.upstreams:
+        clock_input = self._single or self.inputs.get(topic)
+        if clock_input is None or not clock_input.tracker.upstreams:
             return False
         control = read_control(headers)
         if control is None:
             return False
-        if self.tracker.from_upstream(*control):
-            self._advanced()
+        if clock_input.tracker.from_upstream(*control):
+            self._moved()
         return True
 
-    def _advanced(self) -> None:
-        watermark = self.tracker.current
-        for window in self.windows:
-            window.advance(watermark)
-
     def broadcast(self, collector: RecordCollector, *, force: bool = False) -> None:
-        """Relay stages: tell every downstream partition our watermark if it moved (or our
-        idleness changed), at most every BROADCAST_EVERY seconds unless forced."""
-        output = self.output
-        if output is None:
+        """Stages with exchanges: tell every downstream partition our watermark if it moved
+        (or our idleness changed), at most every BROADCAST_EVERY seconds unless forced."""
+        if not self.outputs:
             return
         now = self._wall.monotonic()
         if not force and now - self._sent_at < BROADCAST_EVERY:
             return
         idle = now - self.last_input >= self.idle_timeout
-        state = (self.tracker.current, idle)
+        state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
             return  # nothing new (an idle task repeats itself every idle_timeout)
         self._sent, self._sent_at = state, now
         log.debug("partition %d: watermark %d%s", self.partition, state[0], " (idle)" * idle)
         headers = control_headers(self.partition, state[0], idle)
-        for partition in range(output.partitions or 1):
-            collector.append(output.name, None, None, headers=headers, partition=partition)
+        for output in self.outputs:
+            for partition in range(output.partitions or 1):
+                collector.append(output.name, None, None, headers=headers, partition=partition)
 
 
-def open_event_state(task: Task) -> None:
-    """A task's window tables and timers: their runtime side over the task's open tables,
-    loaded, and handed to the task's clock (which restores the stored watermark)."""
-    clock = task.clock
+def open_event_state(
+    scope: TaskScope, stage: Stage, tables: dict[str, TablePartition], clock: EventClock | None
+) -> tuple[dict[str, Windows], dict[str, TimerPartition]]:
+    """A task's window tables and timers over its open tables, loaded, and handed to its clock
+    (which restores the watermark their stored state reflects)."""
+    windows: dict[str, Windows] = {}
+    timers: dict[str, TimerPartition] = {}
     parts: list[OnWatermark] = []
-    for wt in task.stage.windows:
-        window = task.windows[wt.name] = wt.open_partition(task.tables[wt.table.name], task)
+    for wt in stage.windows:
+        window = windows[wt.name] = open_window(wt, tables[wt.table.name], scope)
         parts.append(window)
-    for timers in task.stage.timers:
-        timer = task.timers[timers.name] = timers.open_partition(task.tables[timers.name], task)
+    for ts in stage.timers:
+        timer = timers[ts.name] = ts.open_partition(tables[ts.name], scope)
         parts.append(timer)
     for part in parts:
         stored = part.load()
         if clock is not None:
             clock.restore(stored)
             clock.windows.append(part)
+    return windows, timers
 
 
 def fire_processing_timers(timers: Iterable[TimerPartition]) -> float | None:

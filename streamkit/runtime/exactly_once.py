@@ -36,17 +36,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, Protocol
 
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
+from streamkit.aiokafka_internals import (
+    GroupFenced,
+    enable_group_fencing,
+    fetch_stable_offsets,
+    group_metadata,
+)
+from streamkit.clients import make_producer
 from streamkit.runtime import faults
-from streamkit.runtime.clients import make_producer
 from streamkit.runtime.collector import Sealed
 from streamkit.runtime.task import Task
 from streamkit.settings import Settings
@@ -54,6 +62,9 @@ from streamkit.settings import Settings
 log = logging.getLogger(__name__)
 
 ABORT_TIMEOUT = 5.0
+
+# step 3's outcome per task: the changelog offsets written, an error, or None (nothing to commit)
+Outcome = dict[tuple[str, int], int] | BaseException | None
 
 
 def transactional_id(app_id: str, tp: TopicPartition) -> str:
@@ -65,13 +76,17 @@ class TransactionFailed(Exception):
 
     def __init__(self, failed: dict[TopicPartition, BaseException]) -> None:
         self.failed = failed
-        fenced = any(isinstance(e, ProducerFenced) for e in failed.values())
+        fenced = any(isinstance(e, (ProducerFenced, GroupFenced)) for e in failed.values())
         parts = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(failed))
         first = next(iter(failed.values()))
         super().__init__(
             f"transaction of {parts} {'fenced' if fenced else 'failed'}: "
             f"{type(first).__name__}: {first}"
         )
+
+
+class NoProducer(Exception):
+    """The worker's transactional producer is gone (a failed transaction discarded it)."""
 
 
 class TransactionalProducers:
@@ -124,6 +139,10 @@ class TransactionalProducers:
     async def close(self) -> None:
         await self.discard(list(self._producers))
 
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
+        """The group's committed offsets (final once each partition's id is registered)."""
+        return list(await asyncio.gather(*(consumer.committed(tp) for tp in tps)))
+
 
 async def _stop(producer: Any) -> None:
     with contextlib.suppress(Exception):
@@ -133,14 +152,14 @@ async def _stop(producer: Any) -> None:
 @dataclass
 class _Snapshot:
     task: Task
-    tp: TopicPartition
-    offset: int | None  # new committable offset, None if unchanged
+    tp: TopicPartition  # the task's name: its first input partition
+    offsets: dict[TopicPartition, int]  # new committable offsets (those that moved)
     changes: dict[str, dict[bytes, bytes | None]]
     sealed: Sealed
 
 
 class TransactionalCheckpointer:
-    def __init__(self, group_id: str, producers: TransactionalProducers) -> None:
+    def __init__(self, group_id: str, producers: ProducerSet) -> None:
         self._group_id = group_id
         self._producers = producers
         self._lock = asyncio.Lock()  # the commit loop and a revoke never interleave
@@ -167,10 +186,8 @@ class TransactionalCheckpointer:
             finally:
                 for task in tasks:
                     task.resume()
-            # 3. one transaction per task, all at once
-            results = await asyncio.gather(
-                *(self._transact(snap) for snap in snapshots), return_exceptions=True
-            )
+            # 3. the transaction(s)
+            results = await self._transactions(snapshots)
             failed: dict[TopicPartition, BaseException] = {}
             for snap, result in zip(snapshots, results, strict=True):
                 if isinstance(result, BaseException):
@@ -180,7 +197,7 @@ class TransactionalCheckpointer:
                     continue  # nothing to commit
                 # 4. state and the offsets it reflects, one SQLite transaction per task
                 task = snap.task
-                if task.state is not None and (snap.changes or snap.offset is not None):
+                if task.state is not None and (snap.changes or snap.offsets):
                     if snap.changes:
                         faults.reached("crash-after-commit")
                     at = self._committed.get(snap.tp)
@@ -195,32 +212,44 @@ class TransactionalCheckpointer:
             if failed:
                 self.commit_failures += len(failed)
                 await self._producers.discard(failed)
-                for tp in failed:
-                    self._committed.pop(tp, None)
+                for snap in snapshots:
+                    if snap.tp in failed:
+                        for itp in snap.task.offsets():
+                            self._committed.pop(itp, None)
                 raise TransactionFailed(failed)
+
+    async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:
+        """Step 3: one transaction per task, all at once."""
+        return list(
+            await asyncio.gather(
+                *(self._transact(snap) for snap in snapshots), return_exceptions=True
+            )
+        )
 
     def _snapshot(self, task: Task) -> _Snapshot:
         tp = TopicPartition(task.topic.name, task.partition)
-        offset = task.committable
-        if offset is not None and offset == self._committed.get(tp):
-            offset = None
+        offsets = {
+            itp: offset
+            for itp, offset in task.offsets().items()
+            if offset != self._committed.get(itp)
+        }
         changes = {}
         if task.state is not None and task.tables:
             changes = task.state.snapshot(task.collector)
-        return _Snapshot(task, tp, offset, changes, task.collector.seal())
+        return _Snapshot(task, tp, offsets, changes, task.collector.seal())
 
     async def _transact(self, snap: _Snapshot) -> dict[tuple[str, int], int] | None:
         """Step 3 for one task: its sealed outputs, changelog records and offset, committed
         together. None when there was nothing to commit."""
         collector = snap.task.collector
-        if snap.sealed.empty and snap.offset is None:
+        if snap.sealed.empty and not snap.offsets:
             collector.release()
             return None
         producer = self._producers[snap.tp]
         try:
             written = await collector.flush_sealed(snap.sealed)
-            if snap.offset is not None:
-                await producer.send_offsets_to_transaction({snap.tp: snap.offset}, self._group_id)
+            if snap.offsets:
+                await producer.send_offsets_to_transaction(snap.offsets, self._group_id)
             faults.reached("fail-before-commit")
             await producer.commit_transaction()
         except Exception as exc:
@@ -231,14 +260,256 @@ class TransactionalCheckpointer:
             with contextlib.suppress(Exception):  # end it now rather than at the timeout
                 await asyncio.wait_for(producer.abort_transaction(), ABORT_TIMEOUT)
             raise
-        if snap.offset is not None:
-            self._committed[snap.tp] = snap.offset
+        self._committed.update(snap.offsets)
         self.commits += 1
         await producer.begin_transaction()
         collector.release()
         return written
 
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        """The input offsets this worker's checkpoints committed, per partition it owns."""
+        return dict(self._committed)
+
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Partitions we no longer own: another owner may commit them past our record."""
         for tp in tps:
             self._committed.pop(tp, None)
+
+
+# -- one transactional producer per worker (KIP-447) ---------------------------------------------
+
+
+class ProducerSet(Protocol):
+    """What the checkpointer and the worker use of the transactional producers."""
+
+    def __getitem__(self, tp: TopicPartition) -> Any: ...
+
+    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]: ...
+
+    async def keep_only(self, tps: Iterable[TopicPartition]) -> None: ...
+
+    async def discard(self, tps: Iterable[TopicPartition]) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]: ...
+
+
+class Gate:
+    """The worker's one producer as the tasks' collectors see it: `send_batch` waits while the
+    checkpoint is between `commit_transaction` and `begin_transaction`, so a task assigned in
+    that instant never writes outside a transaction; once the transaction failed (`fail`),
+    every send is refused (the producer is about to be discarded)."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.open = asyncio.Event()
+        self.open.set()
+        self.failed = False
+
+    def create_batch(self) -> Any:
+        return self.producer.create_batch()
+
+    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> Any:
+        await self.open.wait()
+        if self.failed:
+            raise KafkaError("the worker's transaction failed: its producer is being replaced")
+        return await self.producer.send_batch(builder, topic, partition=partition)
+
+    def fail(self) -> None:
+        self.failed = True
+        self.open.set()
+
+
+class WorkerProducer:
+    """One transactional producer for every partition this worker owns (`ProducerSet`).
+
+    Its offsets commit with the group's generation and member id (TxnOffsetCommit v3 through
+    `aiokafka_internals.enable_group_fencing`): a worker that lost its partitions (a zombie,
+    an old generation) is refused by the group coordinator, not by a per-partition id. Its
+    transactional id is stable for the worker: `{app}-{instance_id}`, else a token kept in the
+    workdir, so a restarted worker's `InitProducerId` aborts the transaction it left open.
+    A partition's new owner reads its committed offset with `require_stable`: it waits until
+    no transaction (a zombie's) still holds offsets for it."""
+
+    def __init__(self, settings: Settings, app_id: str, client_id: str, consumer: Any) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._consumer = consumer
+        # the lock on the workdir's token is held as long as this object lives (the process)
+        self.transactional_id, self._lock = worker_transactional_id(settings, app_id)
+        self.gate: Gate | None = None
+        self._starting = asyncio.Lock()
+
+    @property
+    def producer(self) -> Any:
+        assert self.gate is not None, "no transactional producer: acquire() first"
+        return self.gate.producer
+
+    def __getitem__(self, tp: TopicPartition) -> Any:
+        if self.gate is None:
+            raise KeyError(tp)
+        return self.gate
+
+    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
+        async with self._starting:
+            if self.gate is None:
+                producer = make_producer(
+                    self._settings,
+                    f"{self._client_id}-txn",
+                    transactional_id=self.transactional_id,
+                    transaction_timeout_ms=worker_transaction_timeout(self._settings),
+                )
+                await producer.start()
+                try:
+                    enable_group_fencing(producer, lambda: group_metadata(self._consumer))
+                    await producer.begin_transaction()  # after InitProducerId
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self.gate = Gate(producer)
+                log.info("transactional producer %s (one per worker) ready", self.transactional_id)
+        gate = self.gate
+        return {tp: gate for tp in tps}
+
+    async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
+        """Nothing to stop: the producer serves whatever partitions the worker owns."""
+
+    async def discard(self, tps: Iterable[TopicPartition]) -> None:
+        """A failed transaction is the worker's: the producer goes (the next one, same id,
+        aborts what it left open)."""
+        if list(tps):
+            await self.close()
+
+    async def close(self) -> None:
+        """Abort the open transaction (no other worker's id will: while it is open, the
+        partitions' next owners wait for its offsets), then stop the producer."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.fail()  # a task waiting to send is refused rather than sent nowhere
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gate.producer.abort_transaction(), ABORT_TIMEOUT)
+            await _stop(gate.producer)
+
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
+        offsets = await fetch_stable_offsets(consumer, tps)
+        return [offsets[tp] for tp in tps]
+
+
+WORKER_TRANSACTION_TIMEOUT_MS = 10_000
+
+
+def worker_transaction_timeout(settings: Settings) -> int:
+    """`transaction_timeout_ms` when set; else 10 s for the per-worker producer (as Kafka
+    Streams under exactly-once): a worker killed and not restarted under the same id leaves
+    its transaction open this long, and its partitions' next owners wait for it."""
+    if "transaction_timeout_ms" in settings.model_fields_set:
+        return settings.transaction_timeout_ms
+    return WORKER_TRANSACTION_TIMEOUT_MS
+
+
+def worker_transactional_id(settings: Settings, app_id: str) -> tuple[str, IO[str] | None]:
+    """`{app}-{instance_id}`, else `{app}-worker-{token}` with the token kept in
+    `{workdir}/{app}/producer.id` and locked while the worker runs (a second worker on the
+    same workdir gets a fresh token rather than fencing the first)."""
+    if settings.instance_id:
+        return f"{app_id}-{settings.instance_id}", None
+    folder = settings.workdir / app_id
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "producer.id"
+    lock = open(folder / "producer.id.lock", "a")  # noqa: SIM115 (held while the worker runs)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        token = uuid.uuid4().hex[:12]
+        log.warning(
+            "workdir %s is in use by another worker: transactional id token %s", folder, token
+        )
+        return f"{app_id}-worker-{token}", None
+    token = path.read_text().strip() if path.exists() else ""
+    if not token:
+        token = uuid.uuid4().hex[:12]
+        path.write_text(token + "\n")
+    return f"{app_id}-worker-{token}", lock
+
+
+class WorkerTransactionCheckpointer(TransactionalCheckpointer):
+    """The exactly-once checkpoint with one producer per worker: step 3 is one transaction for
+    every task (their sealed batches, then all their offsets in one TxnOffsetCommit v3 with
+    the group's generation, then one commit). If it fails, every task in it fails."""
+
+    def __init__(self, group_id: str, producers: WorkerProducer) -> None:
+        super().__init__(group_id, producers)
+        self._worker_producer = producers
+
+    async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:
+        results: list[Outcome] = [None] * len(snapshots)
+        active = [i for i, s in enumerate(snapshots) if not (s.sealed.empty and not s.offsets)]
+        idle = [snapshots[i] for i in range(len(snapshots)) if i not in active]
+        if not active:
+            for snap in idle:
+                snap.task.collector.release()
+            return results
+        # Tasks with nothing to commit stay held too until the transaction is over: what they
+        # produce now must not join a transaction that does not carry their offset.
+        snaps = [snapshots[i] for i in active]
+        gate = self._worker_producer.gate
+        if gate is None:  # discarded after a failed transaction: this work cannot commit
+            gone = NoProducer("the transactional producer was discarded after a failure")
+            for i, snap in zip(active, snaps, strict=True):
+                snap.task.collector.discard()
+                results[i] = gone
+            for snap in idle:
+                snap.task.collector.release()
+            return results
+        producer = gate.producer
+        try:
+            written = await asyncio.gather(
+                *(s.task.collector.flush_sealed(s.sealed) for s in snaps), return_exceptions=True
+            )
+            for w in written:
+                if isinstance(w, BaseException):
+                    raise w
+            offsets = {}
+            for snap in snaps:  # every task's offsets, so the group checks every transaction
+                for itp in snap.task.inputs:
+                    at = snap.offsets.get(itp, self._committed.get(itp))
+                    if at is not None:
+                        offsets[itp] = at
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self._group_id)
+            for _ in snaps:  # counted per task, as in per-partition mode (test hooks' Nth)
+                faults.reached("fail-before-commit")
+            gate.open.clear()
+            await producer.commit_transaction()
+        except Exception as exc:
+            gate.fail()  # nothing more goes to this producer: the worker replaces it
+            failure: BaseException = exc
+            for snap in snaps:
+                snap.task.collector.discard()
+            causes = [exc, exc.__cause__, *(f for s in snaps for f in s.sealed.failures())]
+            fenced = next((c for c in causes if isinstance(c, (ProducerFenced, GroupFenced))), None)
+            if fenced is not None:
+                failure = fenced
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.abort_transaction(), ABORT_TIMEOUT)
+            for i in active:
+                results[i] = failure
+            for snap in idle:
+                snap.task.collector.release()
+            return results
+        for snap in snaps:
+            self._committed.update(snap.offsets)
+        self.commits += 1
+        try:
+            await producer.begin_transaction()
+        finally:
+            gate.open.set()
+        for i, snap, w in zip(active, snaps, written, strict=True):
+            snap.task.collector.release()
+            results[i] = w
+        for snap in idle:
+            snap.task.collector.release()
+        return results

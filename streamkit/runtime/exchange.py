@@ -7,15 +7,17 @@ shuffle's random generator are the task's own: rebalance counts differ by at mos
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from streamkit.runtime.collector import RecordCollector, partition_for_key
-from streamkit.streams import Exchange
+from streamkit.keys import partition_for_key
+from streamkit.runtime.collector import RecordCollector
+from streamkit.streams import ExchangeNode
 from streamkit.topics import Topic
 
 
 class Router:
-    def __init__(self, exchange: Exchange, output: Topic, producer_partition: int) -> None:
+    def __init__(self, exchange: ExchangeNode, output: Topic, producer_partition: int) -> None:
         self.exchange = exchange
         self.output = output
         self.topic = output.name
@@ -54,3 +56,46 @@ class Router:
             timestamp_ms=rec.timestamp if event_ts is None else event_ts,
             partition=partition,
         )
+
+    def bind(self, host: RouteHost) -> Callable[[Any], None]:
+        """`route` as one function per task, for the task's hot path: it reads the record
+        being processed and its event time from `host` and sets `host.full` when a batch
+        filled up."""
+        output, topic, count = self.output, self.topic, self._count
+        encode_key, encode_value = output.key_codec.encode, output.value_codec.encode
+        append = host.collector.append
+        if self._kind != "key_by":
+            route = self.route
+
+            def spread(value: Any) -> None:
+                if route(value, host.record, host.collector, host.event_ts):
+                    host.full = True
+
+            return spread
+        key_of = self._key
+        assert key_of is not None
+
+        def key_by(value: Any) -> None:
+            rec = host.record
+            key = encode_key(key_of(value))
+            ts = host.event_ts
+            if append(
+                topic,
+                key,
+                None if value is None else encode_value(value),
+                headers=rec.headers,
+                timestamp_ms=rec.timestamp if ts is None else ts,
+                partition=partition_for_key(key, count),
+            ):
+                host.full = True
+
+        return key_by
+
+
+class RouteHost(Protocol):
+    """What a bound router reads of its task."""
+
+    record: Any
+    event_ts: int | None
+    full: bool
+    collector: RecordCollector

@@ -24,8 +24,8 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from streamkit.clients import make_consumer
 from streamkit.runtime.admin import describe, open_admin
-from streamkit.runtime.clients import make_consumer
 
 if TYPE_CHECKING:
     from streamkit.app import App
@@ -126,7 +126,7 @@ def reset_topics(app: App, *, dead_letters: bool) -> list[str]:
     """What `reset` deletes: the repartition and changelog topics (derived data: a rerun
     makes them again), and with `dead_letters` the dead-letter and late topics."""
     stages = app.stages
-    names = {st.output.name for st in stages if st.output is not None}
+    names = {out.name for st in stages for out in st.outputs}
     names |= {t.changelog.name for st in stages for t in st.tables}
     if dead_letters:
         names.add(app.dlq.name)
@@ -193,7 +193,7 @@ async def _wait_deleted(admin: Any, names: list[str]) -> None:
 
 async def _rewind(app: App, admin: Any) -> dict[TopicPartition, int]:
     """Commit, for the group, the earliest offset of every source-topic partition."""
-    sources = sorted({agent.source.name for agent in app.agents.values()})
+    sources = sorted(app.source_topics)
     counts = await describe(admin, sources)
     tps = [TopicPartition(t, p) for t in sources for p in range(counts.get(t) or 0)]
     if not tps:

@@ -26,16 +26,18 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streamkit.runtime.activity import Activity
+
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
-    from streamkit.runtime.worker import Worker
+    from streamkit.runtime.worker_view import WorkerView
 
 RATE_WINDOW = 10  # samples (one a second) that per-stage rates are computed over
 POSITION_TIMEOUT = 0.5
 
 
 class WorkerMetrics(Collector):
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self._worker = worker
         self.registry = CollectorRegistry(auto_describe=False)
         self.checkpoint_seconds = Histogram(
@@ -52,11 +54,13 @@ class WorkerMetrics(Collector):
         self._closed_stage: Counter[str] = Counter()
         self.lag: dict[TopicPartition, int] = {}
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
+        self.activity = Activity(worker)  # the dashboard's view: busy time, histories
 
     # -- fed by the runtime --------------------------------------------------------------------
 
     def observe_checkpoint(self, seconds: float) -> None:
         self.checkpoint_seconds.observe(seconds)
+        self.activity.checkpoint(seconds)
 
     def retire(self, tasks: Iterable[Task]) -> None:
         """Tasks that were just closed: keep their final counts."""
@@ -110,6 +114,7 @@ class WorkerMetrics(Collector):
     def sample(self) -> None:
         """One point for the per-stage rates (the web server calls it every second)."""
         self._samples.append((time.monotonic(), self.stage_totals()))
+        self.activity.sample(self.events_in())
 
     def stage_rates(self) -> dict[str, float]:
         """Events per second per stage over the last RATE_WINDOW seconds."""

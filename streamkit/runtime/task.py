@@ -1,45 +1,58 @@
-"""Task: one stage of an agent running over one input partition, in offset order.
+"""Task: one stage running over one partition of its inputs, in offset order.
 
-The fetch loop `put`s raw records into the task's buffer; the agent's stream pulls them through
-`next_event` (decoding on the way; what fails to decode becomes a dead letter) and blocks in
-`wait` when the buffer is empty. One long-lived coroutine per task runs the agent: no task per
-event, no queue hop. `committable` is the offset after the last fully processed record: the
-checkpoint commits exactly that.
+The fetch loop `put`s raw records into the task's buffer. One long-lived coroutine per task
+takes them one at a time: decode (what fails to decode becomes a dead letter), event time,
+then one depth-first pass through the stage's operators (`operators.py`): inline steps,
+exchanges and sinks append to the task's collector, and each agent of the stage gets the
+values queued for it, fed to its body right after the pass (`agent_run.py`). Only when every
+branch has finished the record does its offset become committable: `offsets()` is exactly
+what the checkpoint commits. No task per event, no queue hop, no thread.
 
-`pause` (the exactly-once checkpoint's first step) stops the task at the next event boundary:
-the event in flight finishes, then the stream hands out nothing until `resume`.
+The task is also what state code sees (`context.TaskScope`): tables, window tables and timers
+of the stage resolve their partition from it wherever they are called from.
+
+`pause` (the exactly-once checkpoint's first step) stops the task at the next record boundary:
+the record in flight finishes in every branch, then nothing more is taken until `resume`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streamkit.context import CURRENT_TASK
-from streamkit.events import Event, Record
-from streamkit.runtime.collector import CURRENT_COLLECTOR, ProduceFailed, RecordCollector
+from aiokafka.structs import TopicPartition
+
+from streamkit.agents import Agent
+from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
+from streamkit.events import Event
+from streamkit.graph import Stage
+from streamkit.runtime.agent_run import Agents
+from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
-from streamkit.runtime.exchange import Router
-from streamkit.serde import decode_problem
-from streamkit.stages import Stage
+from streamkit.runtime.failures import FATAL, AgentStopped
+from streamkit.runtime.operators import Compiler
+from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
-from streamkit.state.table import TableNotBound, TablePartition
+from streamkit.state.table import TablePartition
 from streamkit.state.task_tables import TaskTables
-from streamkit.streams import NOTHING, Exchange, Op, Stream, segment
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
     from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
 
-BROADCAST_CHECK = 1024  # relayed events between two looks at the watermark to broadcast
+BROADCAST_CHECK = 1024  # records between two looks at the watermark and processing timers
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AgentStopped", "Task", "TaskState"]
 
 
 class TaskState(enum.Enum):
@@ -59,15 +72,17 @@ _ALLOWED = {
 }
 
 
-def current_event() -> Event | None:
-    """The event being processed by the calling agent code (also inside map/filter/key_by
-    functions), or None outside a task."""
-    task = CURRENT_TASK.get(None)
-    return None if task is None else task.current
+class _Closed(Exception):
+    """The task is closing: its loop ends."""
 
 
-class AgentStopped(Exception):
-    """Agent code raised and `on_agent_error="stop"`: the worker must stop."""
+@dataclass
+class _Input:
+    key_codec: Codec[Any]
+    value_codec: Codec[Any]
+    push: Callable[[Any], None]
+    loads_key: Callable[[bytes], Any]  # the codecs' `loads`, looked up once
+    loads_value: Callable[[bytes], Any]
 
 
 class Task:
@@ -82,15 +97,19 @@ class Task:
         on_room: Callable[[], None],
         state: TaskTables | None = None,
         reader: Restorer | None = None,
-        position: int | None = None,
+        positions: dict[str, int] | None = None,
         clock: EventClock | None = None,
     ) -> None:
         self.stage = stage
-        self.agent = stage.agent
-        self.topic = stage.source
-        self._loads_key = stage.source.key_codec.loads
-        self._loads_value = stage.source.value_codec.loads
+        self.stage_name = stage.name
+        self.topic = stage.source  # the first input: it names the task
         self.partition = partition
+        self.partitions = stage.partitions or 1
+        self.inputs = [
+            TopicPartition(t.name, partition)
+            for t in stage.topics
+            if t.partitions is None or partition < t.partitions
+        ]
         self.collector = collector
         self.dlq_topic = dlq_topic
         self.on_agent_error = on_agent_error
@@ -100,26 +119,33 @@ class Task:
         self.tables: dict[str, TablePartition] = {}
         self.windows: dict[str, Windows] = {}
         self.timers: dict[str, TimerPartition] = {}
-        self.clock = clock  # event time and watermarks (agents with window tables)
-        self._event_ts: int | None = None
+        self.clock = clock  # event time and watermarks (stages that use event time)
         self._reader = reader
         self._records: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self.position = position  # next offset we expect from the fetcher
-        self.committable: int | None = None  # offset after the last processed record
-        self._rec: Any = None  # the raw record being processed (ConsumerRecord)
+        positions = positions or {}
+        self.position: dict[str, int | None] = {
+            tp.topic: positions.get(tp.topic) for tp in self.inputs
+        }
+        # offset after the last record every branch finished; None until one is (a task that
+        # is still restoring has nothing to commit, and its store is not written)
+        self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
+        self.record: Any = None  # the raw record being processed (ConsumerRecord)
         self._key: Any = None
         self._value: Any = None
+        self.event_ts: int | None = None
         self._event: Event | None = None
+        self.full = False  # a batch filled up during the pass: submit before the next record
         self.events_in = 0
         self.dead_letters = 0
+        self.agents = Agents(self, stage.agents, self.on_branch_error)
         self._runner: asyncio.Task[None] | None = None
-        self._pausing = False  # a checkpoint asked this task to stop at an event boundary
+        self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
-        self._idle = False  # blocked in `wait`: between two events
+        self._idle = False  # blocked in `_wait`: between two records
 
     def __repr__(self) -> str:
-        return f"Task({self.stage.name}, {self.topic.name}[{self.partition}], {self.status.value})"
+        return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
 
     def _set_status(self, new: TaskState) -> None:
         if new not in _ALLOWED[self.status]:
@@ -137,39 +163,47 @@ class Task:
         return self.status is TaskState.RUNNING
 
     def put(self, records: list[Any]) -> bool:
-        """Buffer fetched records, skipping any already seen (a re-fetch after a rebalance).
-        False when the task takes none yet (restoring): the caller rewinds the partition."""
+        """Buffer fetched records of one input partition, skipping any already seen (a
+        re-fetch after a rebalance). False when the task takes none yet (restoring): the
+        caller rewinds the partition."""
         if self.status is not TaskState.RUNNING:
             return False
-        if self.position is not None and records[0].offset < self.position:
-            records = [r for r in records if r.offset >= self.position]
+        topic = records[0].topic
+        position = self.position.get(topic)
+        if position is not None and records[0].offset < position:
+            records = [r for r in records if r.offset >= position]
             if not records:
                 return True
         self._records.extend(records)
-        self.position = records[-1].offset + 1
+        self.position[topic] = records[-1].offset + 1
         if self.clock is not None:
-            self.clock.note_input()
+            self.clock.note_input(topic)
         waiter = self._waiter
         if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
         return True
 
-    # -- pulled by the agent's stream (StreamSource) -----------------------------------------
+    # -- what the checkpoint commits ---------------------------------------------------------
 
-    def bind(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
-        exchanges = sum(isinstance(op, Exchange) for op in ops)
-        expected = len(self.agent.stages) - 1
-        if exchanges != expected:
-            raise RuntimeError(
-                f"agent {self.agent.name} built a chain with {exchanges} exchanges at run time "
-                f"but {expected} when it was declared: keep the operator chain fixed"
-            )
-        return segment(ops, self.stage.index)
+    def offsets(self) -> dict[TopicPartition, int]:
+        """Per input partition, the offset after the last record every branch has finished."""
+        return {
+            TopicPartition(topic, self.partition): done
+            for topic, done in self._done.items()
+            if done is not None
+        }
+
+    @property
+    def committable(self) -> int | None:
+        """The first input's committable offset (status pages)."""
+        return self._done.get(self.topic.name)
+
+    # -- the scope state code sees (context.TaskScope) ---------------------------------------
 
     @property
     def current(self) -> Event | None:
         """The event being processed, built on first use (the hot path never needs it)."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             return None
         event = self._event
@@ -187,55 +221,165 @@ class Task:
             )
         return event
 
-    def next_value(self) -> Any:
-        rec = self._rec
-        if rec is not None:
-            self.committable = rec.offset + 1
-            self._rec = self._event = None
-        if self._pausing:
-            return NOTHING  # the stream calls `wait`, which parks the task
-        records = self._records
-        loads_key, loads_value = self._loads_key, self._loads_value
-        clock = self.clock
-        while records:
-            rec = records.popleft()
-            if clock is not None and rec.headers:
-                try:
-                    if clock.on_control(rec.headers):
-                        self.committable = rec.offset + 1  # a watermark control record: consumed
-                        continue
-                except ValueError as exc:
-                    self._dead_letter(rec, str(exc), "ControlRecordError")
-                    continue
-            raw_key, raw_value = rec.key, rec.value
-            try:
-                key = None if raw_key is None else loads_key(raw_key)
-                value = None if raw_value is None else loads_value(raw_value)
-            except Exception:  # ValueError mostly; a model's own validator may raise anything
-                problem = decode_problem(self.topic.key_codec, self.topic.value_codec, rec)
-                self._dead_letter(rec, problem, "DecodeError")
-                continue
-            if clock is not None:
-                try:
-                    self._event_ts = clock.on_data(rec, value)
-                except (ValueError, KeyError, AttributeError, TypeError) as exc:
-                    reason = f"no event time: {type(exc).__name__}: {exc}"
-                    self._dead_letter(rec, reason, "TimestampError")
-                    continue
-            self.events_in += 1
-            if self.timers and not self.events_in % BROADCAST_CHECK:  # busy: no `wait` calls
-                fire_processing_timers(self.timers.values())
-            self._rec, self._key, self._value = rec, key, value
-            return value
-        return NOTHING
+    def event_key(self) -> bytes | None:
+        rec = self.record
+        return None if rec is None else rec.key
 
-    async def wait(self) -> None:
+    def event_time(self) -> int:
+        """Epoch ms of the event being processed (its event time when the stage uses event
+        time, else its record timestamp)."""
+        if self.record is None:
+            raise RuntimeError("no event is being processed")
+        if self.event_ts is not None:
+            return self.event_ts
+        return int(self.record.timestamp)
+
+    def route_late(self, topic: str, reason: str) -> None:
+        """The event being processed is late for a window table: to the late topic."""
+        if self.record is None:
+            raise RuntimeError("a late event outside of event processing")
+        dead_letter(
+            self.collector,
+            topic,
+            self.record,
+            agent=self.stage.name,
+            reason=reason,
+            error_type="LateEvent",
+        )
+
+    # -- one record ----------------------------------------------------------------------------
+
+    def agent_input(self, agent: Agent) -> Callable[[Any], None]:
+        """The last operator before an agent: queue the value for its body."""
+        return self.agents.input(agent)
+
+    def on_branch_error(self, exc: Exception, agent: str | None = None) -> None:
+        """An operator (or the body of `agent`) raised on the record being processed, in one
+        branch: a dead letter that names the agent (else the stage), or the worker stops."""
+        rec = self.record
+        where = f"agent {agent}" if agent is not None else f"stage {self.stage.name}"
+        if self.on_agent_error == "stop":
+            raise AgentStopped(
+                f"{where} raised on {rec.topic}[{rec.partition}]@{rec.offset}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self._dead_letter(rec, str(exc), type(exc).__name__, agent)
+
+    def _process(self, rec: Any, inputs: dict[str, _Input]) -> None:
+        """Decode one record and push it through the stage (the synchronous part)."""
+        clock = self.clock
+        if clock is not None and rec.headers:
+            try:
+                if clock.on_control(rec.topic, rec.headers):
+                    return  # a watermark control record: consumed
+            except ValueError as exc:
+                self._dead_letter(rec, str(exc), "ControlRecordError")
+                return
+        inp = inputs[rec.topic]
+        raw_key, raw_value = rec.key, rec.value
+        try:
+            key = None if raw_key is None else inp.loads_key(raw_key)
+            value = None if raw_value is None else inp.loads_value(raw_value)
+        except Exception:  # ValueError mostly; a model's own validator may raise anything
+            problem = decode_problem(inp.key_codec, inp.value_codec, rec)
+            self._dead_letter(rec, problem, "DecodeError")
+            return
+        self.record, self._key, self._value, self._event = rec, key, value, None
+        if clock is not None:
+            try:
+                self.event_ts = clock.on_data(rec, value)
+            except (ValueError, KeyError, AttributeError, TypeError) as exc:
+                self.record = None
+                self._dead_letter(
+                    rec, f"no event time: {type(exc).__name__}: {exc}", "TimestampError"
+                )
+                return
+        self.events_in += 1
+        try:
+            inp.push(value)
+        except FATAL:
+            raise
+        except Exception as exc:
+            self.on_branch_error(exc)
+
+    # -- the task's coroutine ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._set_status(TaskState.RESTORING)
+        self._runner = asyncio.create_task(
+            self._run(), name=f"streamkit-task-{self.stage.name}-{self.partition}"
+        )
+
+    @property
+    def runner(self) -> asyncio.Task[None] | None:
+        return self._runner
+
+    async def _run(self) -> None:
+        CURRENT_COLLECTOR.set(self.collector)
+        CURRENT_TASK.set(self)
+        if self.state is not None:
+            assert self._reader is not None
+            await self.state.open(self._reader)
+            self.tables = self.state.partitions
+            self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
+        if self._closing_early():
+            return
+        self._set_status(TaskState.RUNNING)
+        compiler = Compiler(self, self.stage)
+        pushes = compiler.inputs()
+        inputs = {
+            t.name: _Input(
+                t.key_codec, t.value_codec, pushes[t.name], t.key_codec.loads, t.value_codec.loads
+            )
+            for t in self.stage.topics
+        }
+        await self.agents.start()
+        with contextlib.suppress(_Closed):
+            await self._loop(inputs)
+        if self.clock is not None:  # the last watermark joins the final checkpoint: the next
+            self.clock.broadcast(self.collector, force=True)  # owner may start knowing none
+        await self.agents.stop()
+
+    async def _loop(self, inputs: dict[str, _Input]) -> None:
+        records, done = self._records, self._done
+        agents = self.agents
+        pending = agents.pending
+        collector, clock = self.collector, self.clock
+        while True:
+            if not records or self._pausing:
+                await self._wait()
+                continue
+            rec = records.popleft()
+            self._process(rec, inputs)
+            if pending:
+                if len(pending) == 1 and pending[0][0].running:  # the common case, inline
+                    body, value = pending.pop()
+                    try:
+                        await body.feed(value)
+                    except FATAL:
+                        raise
+                    except Exception as exc:
+                        await agents.failed(body, exc)
+                else:
+                    await agents.feed()
+            done[rec.topic] = rec.offset + 1
+            self.record = self._event = None
+            if self.full:
+                self.full = False
+                await collector.submit_full()
+            if not self.events_in % BROADCAST_CHECK:
+                if self.timers:
+                    fire_processing_timers(self.timers.values())
+                if clock is not None:
+                    clock.broadcast(collector)
+
+    async def _wait(self) -> None:
         if self.status is not TaskState.RUNNING:
-            raise StopAsyncIteration
+            raise _Closed
         if not self._pausing:
             await self.collector.submit()
             if self._closing():  # closed while submitting: nobody will wake us
-                raise StopAsyncIteration
+                raise _Closed
             self._on_room()
             if self._records and not self._pausing:
                 return
@@ -243,7 +387,7 @@ class Task:
         timeout = None
         if clock is not None:
             clock.broadcast(self.collector)
-            if clock.output is not None:  # wake up now and then to say we are idle
+            if clock.outputs:  # wake up now and then to say we are idle
                 timeout = clock.idle_timeout / 2
         if self.timers:
             due = fire_processing_timers(self.timers.values())
@@ -263,49 +407,25 @@ class Task:
             self._waiter = None
             self._idle = False
         if self.status is not TaskState.RUNNING:
-            raise StopAsyncIteration
+            raise _Closed
 
     @property
     def idle(self) -> bool:
-        """Blocked in `wait` between two events, with nothing about to wake it."""
+        """Blocked between two records, with nothing about to wake it."""
         waiter = self._waiter
         return self._idle and waiter is not None and not waiter.done()
 
     def wake(self) -> None:
-        """Let a waiting task look again (due processing-time timers fire in `wait`)."""
+        """Let a waiting task look again (due processing-time timers fire in `_wait`)."""
         waiter = self._waiter
         if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
 
-    # -- event time --------------------------------------------------------------------------
-
-    def event_time(self) -> int:
-        """Epoch ms of the event being processed (its event time when the agent uses event
-        time, else its record timestamp)."""
-        if self._event_ts is not None and self._rec is not None:
-            return self._event_ts
-        if self._rec is not None:
-            return int(self._rec.timestamp)
-        raise RuntimeError("no event is being processed")
-
-    def route_late(self, topic: str, reason: str) -> None:
-        """The event being processed is late for a window table: to the late topic."""
-        if self._rec is None:
-            raise RuntimeError("a late event outside of event processing")
-        dead_letter(
-            self.collector,
-            topic,
-            self._rec,
-            agent=self.agent.name,
-            reason=reason,
-            error_type="LateEvent",
-        )
-
     # -- driven by the exactly-once checkpoint -----------------------------------------------
 
     async def pause(self) -> None:
-        """Return once the task is between two events (at once if it is idle or not running)
-        and keep it there until `resume`."""
+        """Return once the task is between two records (at once if it is idle or not
+        running) and keep it there until `resume`."""
         runner = self._runner
         if self.status is not TaskState.RUNNING or runner is None or runner.done():
             return
@@ -324,17 +444,18 @@ class Task:
         if waiter is not None and not waiter.done() and (self._records or self._closing()):
             waiter.set_result(None)
 
-    def _dead_letter(self, rec: Any, reason: str, error_type: str) -> None:
+    def _dead_letter(
+        self, rec: Any, reason: str, error_type: str, agent: str | None = None
+    ) -> None:
         dead_letter(
             self.collector,
             self.dlq_topic,
             rec,
-            agent=self.agent.name,
+            agent=self.stage.name if agent is None else agent,
             reason=reason,
             error_type=error_type,
         )
         self.dead_letters += 1
-        self.committable = rec.offset + 1
         log.warning(
             "dead letter from %s[%d]@%d: %s: %s",
             rec.topic,
@@ -344,108 +465,8 @@ class Task:
             reason,
         )
 
-    # -- the agent's coroutine ---------------------------------------------------------------
-
-    def start(self) -> None:
-        self._set_status(TaskState.RESTORING)
-        self._runner = asyncio.create_task(
-            self._run(), name=f"streamkit-task-{self.topic.name}-{self.partition}"
-        )
-
-    @property
-    def runner(self) -> asyncio.Task[None] | None:
-        return self._runner
-
-    async def _run(self) -> None:
-        CURRENT_COLLECTOR.set(self.collector)
-        CURRENT_TASK.set(self)
-        if self.state is not None:
-            assert self._reader is not None
-            await self.state.open(self._reader)
-            self.tables = self.state.partitions
-            open_event_state(self)
-        if self._closing_early():
-            return
-        self._set_status(TaskState.RUNNING)
-        stage = self.stage
-        if stage.runs_body:
-            stream: Stream[Any] = Stream(self)
-            run_once = self._run_agent_once
-        else:
-            stream = Stream(self, self.agent.ops)
-            run_once = self._relay
-        while True:
-            try:
-                await run_once(stream)
-                if self.status is not TaskState.RUNNING:
-                    return
-                log.warning("%r: agent returned before its stream ended; restarting it", self)
-            except (ProduceFailed, TableNotBound):
-                raise  # not the event's fault: the worker stops, the event is read again
-            except Exception as exc:
-                failed = self.current
-                if failed is None:
-                    raise  # raised outside any event: a bug in the agent body
-                self._rec = self._event = None
-                if self.on_agent_error == "stop":
-                    raise AgentStopped(
-                        f"agent {self.agent.name} raised on {failed.topic}[{failed.partition}]"
-                        f"@{failed.offset}: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self._dead_letter(_AsRecord(failed), str(exc), type(exc).__name__)
-
-    async def _relay(self, stream: Stream[Any]) -> None:
-        """A stage before an exchange: its steps, then route each value to the next topic
-        (with the event's time as the record timestamp)."""
-        exchange, output = self.stage.exchange, self.stage.output
-        assert exchange is not None and output is not None
-        router = Router(exchange, output, self.partition)
-        collector = self.collector
-        clock = self.clock
-        count = 0
-        async for value in stream:
-            full = router.route(value, self._rec, collector, self._event_ts)
-            if clock is not None:
-                count += 1
-                if count % BROADCAST_CHECK == 0:
-                    clock.broadcast(collector)
-            if full:
-                await collector.submit_full()
-
-    async def _run_agent_once(self, stream: Stream[Any]) -> None:
-        if not self.agent.is_generator:
-            await self.agent.fn(stream)
-            return
-        sinks = self.agent.sinks
-        plain = [(sink.name, sink.value_codec.encode) for sink in sinks]
-        append = self.collector.append
-        async for out in self.agent.fn(stream):
-            rec = self._rec
-            full = False
-            if type(out) is Record:
-                ts = out.timestamp_ms
-                if ts is None and rec is not None:
-                    ts = rec.timestamp
-                for sink in sinks:
-                    full |= append(
-                        sink.name,
-                        sink.encode_key(out.key),
-                        sink.encode_value(out.value),
-                        headers=out.headers,
-                        timestamp_ms=ts,
-                    )
-            elif rec is not None:  # the common case: keep the input's key and time
-                key, ts = rec.key, rec.timestamp
-                for name, encode in plain:
-                    full |= append(name, key, None if out is None else encode(out), timestamp_ms=ts)
-            else:
-                for name, encode in plain:
-                    full |= append(name, None, None if out is None else encode(out))
-            if full:
-                await self.collector.submit_full()
-
     async def close(self, grace: float) -> None:
-        """Stop after the in-flight event: drop what is buffered, let the agent finish.
+        """Stop after the record in flight: drop what is buffered, let the agents finish.
 
         Records dropped here were never processed, so their offsets are never committed and
         the next owner of the partition reads them again."""
@@ -483,16 +504,3 @@ class Task:
         if self.state is not None:
             self.state.close()
         self.tables = {}
-
-
-class _AsRecord:
-    """An Event seen as the raw record it came from (for the dead-letter writer)."""
-
-    def __init__(self, event: Event) -> None:
-        self.topic = event.topic
-        self.partition = event.partition
-        self.offset = event.offset
-        self.timestamp = event.timestamp_ms
-        self.key = event.raw_key
-        self.value = event.raw_value
-        self.headers = event.headers

@@ -1,7 +1,9 @@
-"""TaskManager: the tasks of this worker, one per assigned input partition.
+"""TaskManager: the tasks of this worker, one per stage and assigned partition.
 
-It creates tasks when the group assigns partitions, closes them when partitions are revoked,
-hands fetched records to the right task, and says which partitions have room for more."""
+It creates tasks when the group assigns partitions (a stage with several inputs, a merge,
+gets one task for partition p of all of them: the assignor keeps them together), closes them
+when partitions are revoked, hands fetched records to the right task, and says which
+partitions have room for more. Tasks are named by their stage's first input partition."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
 from streamkit.eventtime import TimestampPolicy
+from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
 from streamkit.runtime.task import Task
-from streamkit.stages import Stage
 from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
 
@@ -38,9 +40,10 @@ class TaskManager:
         self._on_failure = on_failure
         self._reader = reader
         self._on_state_full = on_state_full
-        self._stages_by_topic = {st.source.name: st for st in app.stages}
+        self._stages_by_topic = {t.name: st for st in app.stages for t in st.topics}
         self._partition_counts: dict[str, int] = {}
-        self.tasks: dict[TopicPartition, Task] = {}
+        self.tasks: dict[TopicPartition, Task] = {}  # by the task's name
+        self.by_input: dict[TopicPartition, Task] = {}  # by each of its input partitions
         self.last_owned: set[TopicPartition] = set()  # what we held before the rebalance
         self.room = asyncio.Event()  # set when some task drained its buffer
         # metrics: records acknowledged per destination partition (every collector adds to
@@ -59,8 +62,16 @@ class TaskManager:
     def stateful_topics(self) -> set[str]:
         return {t for t, stage in self._stages_by_topic.items() if stage.tables}
 
+    def copartitioned(self) -> list[list[str]]:
+        """Input topics read by one task per partition (a stage's inputs): assigned together."""
+        return [[t.name for t in st.topics] for st in self._app.stages if len(st.topics) > 1]
+
+    def task_key(self, tp: TopicPartition) -> TopicPartition:
+        """The name of the task that reads `tp`: its stage's first input, same partition."""
+        return TopicPartition(self._stages_by_topic[tp.topic].source.name, tp.partition)
+
     def owned(self) -> set[TopicPartition]:
-        return set(self.tasks) | self.last_owned
+        return set(self.by_input) | self.last_owned
 
     def local_state(self) -> set[TopicPartition]:
         """Partitions with a store on this worker's disk (assignor metadata)."""
@@ -83,8 +94,8 @@ class TaskManager:
         producers: dict[TopicPartition, Any] | None = None,
         positions: dict[TopicPartition, int] | None = None,
     ) -> None:
-        """Create and start the tasks of `tps`. Exactly-once passes each partition's
-        transactional producer and its committed offset (records before it are skipped)."""
+        """Create and start the tasks of `tps`. Exactly-once passes each task's transactional
+        producer (by task name) and the committed offsets (records before them are skipped)."""
         settings = self._app.settings
         producers = producers or {}
         positions = positions or {}
@@ -92,9 +103,10 @@ class TaskManager:
             {t.name: t.partitions for t in self._app.topics.values() if t.partitions}
         )
         for tp in sorted(tps):
-            if tp in self.tasks:
+            if tp in self.by_input:
                 continue
             stage = self._stages_by_topic[tp.topic]
+            key = self.task_key(tp)
             state = None
             if stage.tables:
                 state = TaskTables(
@@ -109,9 +121,9 @@ class TaskManager:
                 stage,
                 tp.partition,
                 RecordCollector(
-                    producers.get(tp, self._producer),
+                    producers.get(key, self._producer),
                     self._partition_counts,
-                    transactional=tp in producers,
+                    transactional=key in producers,
                     delivered=self.delivered,
                 ),
                 dlq_topic=self._app.dlq.name,
@@ -119,10 +131,16 @@ class TaskManager:
                 on_room=self._signal_room,
                 state=state,
                 reader=self._reader,
-                position=positions.get(tp),
+                positions={
+                    t.name: positions[TopicPartition(t.name, tp.partition)]
+                    for t in stage.topics
+                    if TopicPartition(t.name, tp.partition) in positions
+                },
                 clock=self._clock(stage, tp.partition),
             )
-            self.tasks[tp] = task
+            self.tasks[key] = task
+            for itp in task.inputs:
+                self.by_input[itp] = task
             task.start()
             runner = task.runner
             assert runner is not None
@@ -130,17 +148,16 @@ class TaskManager:
         log.info("assigned %s", _fmt(tps))
 
     def _clock(self, stage: Stage, partition: int) -> EventClock | None:
-        """Event time for every stage of an agent that uses window tables or timers."""
-        stages = stage.agent.stages
+        """Event time for stages that use it (or feed a stage that does)."""
         if not stage.uses_event_time:
             return None
-        if stage.index == 0:
-            policy, upstreams = stage.source.timestamp_policy, 0
-        else:  # after a repartition hop: the record timestamp is the event time
-            policy, upstreams = TimestampPolicy(), stages[stage.index - 1].source.partitions or 1
-        return EventClock(
-            policy, upstreams, partition, stage.output, self._app.settings.idle_timeout
-        )
+        inputs = {}
+        for inp in stage.inputs:
+            if inp.upstream is None:
+                inputs[inp.topic.name] = (inp.topic.timestamp_policy, 0)
+            else:  # after a repartition hop: the record timestamp is the event time
+                inputs[inp.topic.name] = (TimestampPolicy(), inp.upstream.partitions or 1)
+        return EventClock(inputs, partition, stage.outputs, self._app.settings.idle_timeout)
 
     def _runner_done(self, runner: asyncio.Task[None]) -> None:
         if runner.cancelled():
@@ -151,20 +168,28 @@ class TaskManager:
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> list[Task]:
         """Close the tasks of `tps` (each finishes its in-flight event); return them."""
-        closing = [self.tasks.pop(tp) for tp in tps if tp in self.tasks]
-        self.last_owned = {TopicPartition(t.topic.name, t.partition) for t in closing}
+        closing = []
+        for tp in tps:
+            task = self.by_input.get(tp)
+            if task is not None and task not in closing:
+                closing.append(task)
+        for task in closing:
+            self.tasks.pop(TopicPartition(task.topic.name, task.partition), None)
+            for itp in task.inputs:
+                self.by_input.pop(itp, None)
+        self.last_owned = {itp for t in closing for itp in t.inputs}
         timeout = self._app.settings.shutdown_timeout
         await asyncio.gather(*(task.close(timeout) for task in closing))
         if self.on_closed is not None and closing:
             self.on_closed(closing)
         if closing:
-            log.info("revoked %s", _fmt(TopicPartition(t.topic.name, t.partition) for t in closing))
+            log.info("revoked %s", _fmt(itp for t in closing for itp in t.inputs))
         return closing
 
     def dispatch(self, batches: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Hand records to their tasks. Returns where to rewind partitions that have no task
         (records fetched in the instant between an assignment and its tasks), so none is lost."""
-        tasks = self.tasks
+        tasks = self.by_input
         rewind = {}
         for tp, records in batches.items():
             if not records:
@@ -175,7 +200,9 @@ class TaskManager:
         return rewind
 
     def partitions_with_room(self, limit: int) -> list[TopicPartition]:
-        return [tp for tp, task in self.tasks.items() if task.accepting and task.buffered < limit]
+        return [
+            tp for tp, task in self.by_input.items() if task.accepting and task.buffered < limit
+        ]
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:

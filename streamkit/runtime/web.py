@@ -1,4 +1,4 @@
-"""WebServer: a worker's HTTP endpoint (aiohttp): /metrics, /status, /tables.
+"""WebServer: a worker's HTTP endpoint (aiohttp): /metrics, /status, /tables, the dashboard.
 
 - `GET /metrics`: Prometheus text from the worker's own registry (`runtime/metrics.py`).
 - `GET /status`: JSON: app, worker, group member id, owned partitions with their lag, per-stage
@@ -8,10 +8,14 @@
   worker owning its partition: asked elsewhere, the request is proxied there (one hop at most,
   using the partition → endpoint map the group's assignor hands every member).
   `GET /tables/{name}?prefix=&limit=`: a scan over every partition, each asked of its owner.
+  A query is only ever proxied to an endpoint of a member of the current assignment.
+- `GET /`: the dashboard of the whole app (`streamkit/dashboard`), with `/api/...` behind it.
+- With `web_token` set, every request needs the bearer token (`runtime/webauth.py`).
 
 The server binds before the worker joins the group (its port, possibly picked by the OS, is
 advertised in the member metadata). `run` is the worker's named background task `web`: it
-samples the per-stage rates every second; cancelling it stops the server.
+samples the per-stage rates every second and looks at the tasks' busy time ten times a second;
+cancelling it stops the server.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from aiohttp import web
 from aiokafka.structs import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamkit.dashboard.server import Dashboard
+from streamkit.runtime import webauth, window_query
+from streamkit.runtime.activity import state_bytes
 from streamkit.runtime.metrics import WorkerMetrics
 from streamkit.settings import ConfigError, parse_bootstrap
 from streamkit.state import queries
 from streamkit.state.queries import QueryError
 
 if TYPE_CHECKING:
-    from streamkit.runtime.worker import Worker
+    from streamkit.runtime.worker_view import WorkerView
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +53,30 @@ DEFAULT_LIMIT = 100
 
 
 class WebServer:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self.worker = worker
         self.metrics = WorkerMetrics(worker)
         self.endpoint = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.dashboard = Dashboard(worker.app, worker.settings, local=self)
 
     async def start(self) -> str:
         """Bind (port 0: a free one) and return the advertised `host:port`."""
         settings = self.worker.settings
-        app = web.Application()
+        app = web.Application(middlewares=webauth.middlewares(settings))
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/status/live", self._live)
+        app.router.add_get("/status/ready", self._ready)
         app.router.add_get("/tables", self._tables)
         app.router.add_get("/tables/{name}", self._scan)
         app.router.add_get("/tables/{name}/{key:.+}", self._get)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app.router.add_get("/windows/{name}/{key:.+}", self._window)
+        self.dashboard.add_routes(app.router)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.web_host, settings.web_port)
         try:
@@ -80,20 +94,28 @@ class WebServer:
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostname()
         self.endpoint = f"{host}:{port}"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT))
-        log.info("http endpoint http://%s (metrics, status, tables)", self.endpoint)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT),
+            headers=webauth.auth_headers(settings),
+        )
+        log.info("http endpoint http://%s (dashboard, metrics, status, tables)", self.endpoint)
         return self.endpoint
 
     async def run(self) -> None:
         """The `web` background task: sample rates until cancelled, then stop serving."""
         try:
+            looks = 0
             while True:
-                self.metrics.sample()
-                await asyncio.sleep(1.0)
+                self.metrics.activity.look()
+                if looks % 10 == 0:
+                    self.metrics.sample()
+                looks += 1
+                await asyncio.sleep(0.1)
         finally:
             await self.close()
 
     async def close(self) -> None:
+        await self.dashboard.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -111,25 +133,65 @@ class WebServer:
     async def _status(self, request: web.Request) -> web.Response:
         return _json(await self.status())
 
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: the server answers and the worker is not stopping."""
+        if self.worker.stopping:
+            return _json({"live": False, "why": "stopping"}, status=503)
+        return _json({"live": True})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Readiness: a member of the group, and no task of this worker restoring state."""
+        assignor: Any = self.worker.assignor
+        if assignor is None or assignor.member_id is None:
+            return _json({"ready": False, "why": "not in the group yet"}, status=503)
+        tasks = self.worker.tasks.tasks.values() if self.worker.tasks else ()
+        restoring = sum(1 for t in tasks if t.status.value in ("created", "restoring"))
+        if restoring:
+            return _json({"ready": False, "why": f"{restoring} tasks restoring"}, status=503)
+        return _json({"ready": True})
+
     async def status(self) -> dict[str, Any]:
         worker = self.worker
         settings = worker.settings
         lag = await self.metrics.refresh_lag()
         assignor: Any = worker.assignor
         events_in = self.metrics.events_in()
+        activity = self.metrics.activity
+        part_rates = activity.partition_rates()
         assigned = []
+        tables = []
         for tp, task in sorted((worker.tasks.tasks if worker.tasks else {}).items()):
+            key = (tp.topic, tp.partition)
+            busy, backpressured = activity.busy(key)
+            size = state_bytes(task)
             assigned.append(
                 {
                     "topic": tp.topic,
                     "partition": tp.partition,
                     "stage": task.stage.name,
                     "state": task.status.value,
-                    "events_in": events_in.get((tp.topic, tp.partition), 0),
+                    "events_in": events_in.get(key, 0),
+                    "rate": round(part_rates.get(key, 0.0), 3),
+                    "busy": busy,
+                    "backpressured": backpressured,
+                    "buffered": task.buffered,
                     "committable": task.committable,
                     "lag": lag.get(tp),
+                    "state_bytes": size,
                 }
             )
+            for name, part in task.tables.items():
+                tables.append(
+                    {
+                        "table": name,
+                        "partition": tp.partition,
+                        "cached": len(part.cache),
+                        "dirty": len(part.dirty),
+                        "store_bytes": size,
+                    }
+                )
+        dead_letters, events_out = self.metrics.dead_letters(), self.metrics.events_out()
+        app_windows = worker.app.windows
         rates = self.metrics.stage_rates()
         totals = self.metrics.stage_totals()
         checkpointer = worker.checkpointer
@@ -157,6 +219,12 @@ class WebServer:
                 "commit_failures": 0 if checkpointer is None else checkpointer.commit_failures,
             },
             "group": {} if assignor is None else assignor.members,
+            "tables": tables,
+            "checkpoints": list(activity.checkpoints),
+            "rebalances": list(activity.rebalances),
+            "dead_letters": [[t, p, n] for (t, p), n in sorted(dead_letters.items())],
+            "late_events": {name: wt.late_events for name, wt in sorted(app_windows.items())},
+            "events_out": [[t, p, n] for (t, p), n in sorted(events_out.items())],
         }
 
     # -- /tables --------------------------------------------------------------------------------
@@ -198,6 +266,36 @@ class WebServer:
                 status=200 if found else 404,
             )
         path = f"/tables/{quote(name, safe='')}/{quote(text, safe='')}"
+        return await self._forward(request, tp, path, {})
+
+    async def _window(self, request: web.Request) -> web.Response:
+        """The windows a key has in a window table, asked of (or proxied to) its owner."""
+        name, text = request.match_info["name"], request.match_info["key"]
+        app = self.worker.app
+        try:
+            stage = window_query.window_stage(app, name)
+        except QueryError as exc:
+            return _error(404, str(exc))
+        key = window_query.parse_key(stage, text)
+        partition = window_query.key_partition(stage, key, stage.source.partitions or 1)
+        tp = TopicPartition(stage.source.name, partition)
+        wt = app.windows[name]
+        part = self._local_partition(tp, wt.table.name)
+        if part is not None:
+            windows = window_query.windows_of(part, key)
+            body = {
+                "window": name,
+                "kind": str(wt.kind),
+                "aggregation": wt.aggregation.name,
+                "key": queries.jsonable(key),
+                "partition": partition,
+                "found": bool(windows),
+                "windows": windows,
+                "served_by": self.worker.client_id,
+                "endpoint": self.endpoint,
+            }
+            return _json(body, status=200 if windows else 404)
+        path = f"/windows/{quote(name, safe='')}/{quote(text, safe='')}"
         return await self._forward(request, tp, path, {})
 
     async def _scan(self, request: web.Request) -> web.Response:
@@ -270,9 +368,18 @@ class WebServer:
         return task.tables.get(table)  # empty while the task restores
 
     def _owner(self, tp: TopicPartition) -> str | None:
+        """The endpoint serving `tp`, if another member of the current assignment."""
         assignor: Any = self.worker.assignor
         endpoint = None if assignor is None else assignor.endpoints.get(tp)
-        return None if endpoint == self.endpoint else endpoint
+        if endpoint is None or endpoint == self.endpoint:
+            return None
+        return endpoint if endpoint in self.peers() else None
+
+    def peers(self) -> set[str]:
+        """The HTTP endpoints of the members of the current assignment (this one included)."""
+        assignor: Any = self.worker.assignor
+        members = {} if assignor is None else assignor.members
+        return {ep for ep in members.values() if ep}
 
     async def _forward(
         self, request: web.Request, tp: TopicPartition, path: str, params: dict[str, str]
@@ -291,6 +398,8 @@ class WebServer:
 
     async def _fetch(self, endpoint: str, path: str, params: dict[str, str]) -> tuple[int, Any]:
         assert self._session is not None
+        if endpoint not in self.peers():  # never proxy anywhere else
+            raise aiohttp.ClientError(f"{endpoint} is not a member of the current assignment")
         url = f"http://{endpoint}{path}"
         async with self._session.get(url, params=params, headers={FORWARDED: "1"}) as resp:
             return resp.status, orjson.loads(await resp.read())

@@ -5,7 +5,9 @@ Start: verify/create topics → load the global tables → start the producer �
 `commit`, `standby` and `web` (the HTTP server of runtime/web.py, bound before joining so the
 group learns it), and `global`, `sources` to follow global tables and tables read from a topic.
 Exactly-once: each assigned input partition also gets its transactional producer (which fences
-the previous owner) before its committed offset is read and its task starts.
+the previous owner) before its committed offset is read and its task starts; or, with
+`transactional_producer="per_worker"`, the worker's one producer serves them all, and the
+committed offsets are read once no transaction holds pending offsets for them.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
 final checkpoint → leave the group → stop the producer. Each background task is cancelled,
 then awaited.
@@ -26,16 +28,20 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
+from streamkit.clients import make_consumer, make_producer
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
-from streamkit.runtime.clients import make_consumer, make_producer
 from streamkit.runtime.exactly_once import (
+    ProducerSet,
     TransactionalCheckpointer,
     TransactionalProducers,
     TransactionFailed,
+    WorkerProducer,
+    WorkerTransactionCheckpointer,
 )
 from streamkit.runtime.fetch import fetch_loop
+from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
@@ -53,8 +59,11 @@ class WorkerFailed(Exception):
 
 class Worker:
     def __init__(self, app: App) -> None:
-        if not app.agents:
-            raise WorkerFailed(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        if not app.agents and not app.sink_nodes:
+            raise WorkerFailed(
+                f"app {app.id} has no agents: decorate one with @app.agent(topic), or write a "
+                "stream to a topic with app.stream(topic)...to(other)"
+            )
         self.app = app
         self.settings = app.settings
         self.client_id = f"{app.id}-{socket.gethostname()}-{os.getpid()}"
@@ -67,11 +76,12 @@ class Worker:
         self.consumer: Any = None
         self.tasks: TaskManager | None = None
         self.checkpointer: Checkpointer | TransactionalCheckpointer | None = None
-        self.producers: TransactionalProducers | None = None  # exactly-once only
+        self.producers: ProducerSet | None = None  # exactly-once only
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
         self.global_tables: GlobalTables | None = None
         self.assignor: Any = None
+        self.purger: RepartitionPurger | None = None  # deletes consumed repartition records
         self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
     # -- control -------------------------------------------------------------------------------
@@ -118,6 +128,8 @@ class Worker:
         await self.global_tables.start()
         self.producer = make_producer(settings, self.client_id)
         await self.producer.start()
+        repartition = {out.name for st in app.stages for out in st.outputs}
+        self.purger = RepartitionPurger(settings, self.client_id, repartition)
         self.reader = ChangelogReader(settings, f"{self.client_id}-restore")
         self.tasks = TaskManager(
             app, self.producer, self.fail, self.reader, on_state_full=self.request_checkpoint
@@ -134,16 +146,26 @@ class Worker:
             self.tasks.owned,
             self.tasks.local_state,
             endpoint,
+            copartitioned=self.tasks.copartitioned,
         )
         self.standbys = Standbys(
             app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
         )
         self.consumer = make_consumer(
-            settings, app.id, self.client_id, partition_assignment_strategy=(self.assignor,)
+            settings,
+            app.id,
+            self.client_id,
+            partition_assignment_strategy=(self.assignor,),
+            group_instance_id=settings.instance_id,  # static membership, when set
         )
         if settings.processing_guarantee == "exactly_once":
-            self.producers = TransactionalProducers(settings, app.id, self.client_id)
-            self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
+            if settings.transactional_producer == "per_worker":  # KIP-447
+                one = WorkerProducer(settings, app.id, self.client_id, self.consumer)
+                self.producers = one
+                self.checkpointer = WorkerTransactionCheckpointer(app.id, one)
+            else:
+                self.producers = TransactionalProducers(settings, app.id, self.client_id)
+                self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
         else:
             self.checkpointer = Checkpointer(self.consumer)
         if self.web is not None:
@@ -199,9 +221,12 @@ class Worker:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
                 await self.recover(exc)
+                continue
             except Exception:
                 self._checkpoint_broken = True  # e.g. a state write on a full disk
                 raise
+            if self.purger is not None:
+                await self.purger.after_checkpoint(self.checkpointer.committed)
 
     async def recover(self, exc: TransactionFailed) -> None:
         """A transaction failed (this worker was fenced, or an error): what its tasks did since
@@ -215,7 +240,7 @@ class Worker:
         for task in dropped:
             task.collector.discard()
             task.close_state()
-        self.checkpointer.forget(TopicPartition(t.topic.name, t.partition) for t in dropped)
+        self.checkpointer.forget(itp for t in dropped for itp in t.inputs)
         await self.producers.close()
         self.consumer.unsubscribe()
         self._subscribe()
@@ -251,6 +276,9 @@ class Worker:
                 await self.reader.stop()
         if self.standbys is not None:
             await self.standbys.close()
+        if self.purger is not None:
+            with contextlib.suppress(Exception):
+                await self.purger.close()
         if self.global_tables is not None:
             with contextlib.suppress(Exception):
                 await self.global_tables.close()
@@ -303,20 +331,22 @@ class Worker:
     ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
         """Exactly-once: take each partition's transactional id (fencing its previous owner and
         ending its open transaction), then read the committed offsets, now final, and seek."""
-        assert self.producers is not None
+        assert self.producers is not None and self.tasks is not None
         started = time.monotonic()
-        await self.producers.keep_only(tps)
-        producers = await self.producers.acquire(tps)
+        keys = {self.tasks.task_key(tp) for tp in tps}  # one producer per task
+        await self.producers.keep_only(keys)
+        producers = await self.producers.acquire(keys)
         fenced_in = time.monotonic() - started
         ordered = sorted(tps)
-        offsets = await asyncio.gather(*(self.consumer.committed(tp) for tp in ordered))
+        offsets = await self.producers.committed(self.consumer, ordered)
         positions = {}
         for tp, offset in zip(ordered, offsets, strict=True):
             if offset is not None:
                 self.consumer.seek(tp, offset)
                 positions[tp] = offset
         log.info(
-            "%d transactional producers ready in %.2fs, committed offsets read in %.2fs",
+            "transactional producers of %d partitions ready in %.2fs, committed offsets read "
+            "in %.2fs",
             len(producers),
             fenced_in,
             time.monotonic() - started - fenced_in,

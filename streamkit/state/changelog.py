@@ -1,13 +1,35 @@
 """ChangelogReader: brings stores up to date from their changelog partitions.
 
-One reader per worker. Tasks ask for a restore with `restore(store, sources)`; the reader's
-background task `restore` waits `GATHER` for the other tasks of the same rebalance, then
-replays every waiting request in one round (fetches are shared instead of queued). Each
-changelog partition is read from the offset after the one its store reflects up to its end
-(last stable offset) as it was when the round began. Records come through `ChangelogFetcher`
-(raw read_committed fetches, keys and values only); offsets come from a group-less consumer.
-Each fetch is written into SQLite per store, with the offset reached, so an interrupted
-restore resumes where it stopped; each write overlaps the next fetch.
+One reader per worker; tasks ask for a restore with `restore(store, sources)`. When a task
+of a stateful stage starts, its store is brought up to date in these numbered steps (the
+same text is in docs/architecture.md, "Recovery"):
+
+1. **Open.** `open_store` opens the file (or creates it). `PRAGMA quick_check` failing, a
+   file that is not SQLite, or an identity that differs (another app, stage, partition or
+   table set): the file (and its WAL) is renamed `*.bad-<ms>`, logged, and a fresh store is
+   made. An error of the disk rather than the file (`sqlite3.OperationalError`: full,
+   read-only, I/O) sets nothing aside: `StoreUnavailable` (its message says if the file
+   system is read-only or full) fails the worker.
+2. **Gather.** The task asks the `ChangelogReader` (one per worker, background task
+   `restore`) for a restore. The reader waits 50 ms for the other tasks of the same
+   rebalance, then takes every waiting request into one round.
+3. **Check.** For each changelog partition: its end (last stable offset) as of the start of
+   the round, its log start, its high watermark and its topic's id. The position is the
+   stored offset + 1 (the log start for a store without one). A position before the log
+   start or past the high watermark, or a topic id other than the one the store recorded,
+   is a vanished offset: the table's rows are wiped and the partition is read from its log
+   start. The store records the topics' ids.
+4. **Replay.** Fetch from every position up to the end through the one reader of compacted
+   topics; each fetch is written into the right stores in one thread hop, with the offsets
+   reached, overlapping the next fetch. A store's request completes once its last write is
+   done.
+5. **Run.** The task turns `RUNNING` and the consumer resumes the input at the group's
+   committed offset.
+
+Records come through the one reader of compacted topics (`state/compacted.py`), which
+handles a vanished offset (retention, a changelog created again) as every reader does. Each
+fetch is written into SQLite per store with the offset reached, so an interrupted restore
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,9 +42,8 @@ from typing import Any, Protocol
 
 from aiokafka.structs import TopicPartition
 
-from streamkit.runtime.clients import make_consumer
 from streamkit.settings import Settings
-from streamkit.state.changelog_fetch import ChangelogFetcher, Fetched
+from streamkit.state.compacted import CompactedReader, Fetched
 from streamkit.state.store import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -54,8 +75,7 @@ class ChangelogReader:
     def __init__(self, settings: Settings, client_id: str) -> None:
         self._settings = settings
         self._client_id = client_id
-        self._consumer: Any = None  # made on the first restore: stateless apps need none
-        self._fetcher: ChangelogFetcher | None = None
+        self._reader: CompactedReader | None = None  # made on the first restore
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -64,10 +84,8 @@ class ChangelogReader:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._fetcher is not None:
-            await self._fetcher.close()
+        if self._reader is not None:
+            await self._reader.close()
 
     async def restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
         """Replay `sources` into `store`; returns the number of records replayed."""
@@ -94,42 +112,52 @@ class ChangelogReader:
                         request.done.set_exception(exc)
 
     async def _round(self, requests: list[_Request]) -> None:
-        if self._consumer is None:
-            self._consumer = make_consumer(self._settings, group_id=None, client_id=self._client_id)
-            await self._consumer.start()
-            self._fetcher = ChangelogFetcher(self._settings, self._client_id)
-        consumer, fetcher = self._consumer, self._fetcher
-        assert fetcher is not None
+        if self._reader is None:
+            self._reader = CompactedReader(self._settings, self._client_id, "restore")
+        reader = self._reader
+        reader.positions.clear()
         started = time.monotonic()
         owner: dict[TopicPartition, tuple[_Request, str]] = {}
+        stored: dict[TopicPartition, int | None] = {}
+        known: dict[TopicPartition, str] = {}
         for request in requests:
+            offsets, ids = request.store.offsets(), request.store.topic_ids()
             for table, tp in request.sources.items():
                 owner[tp] = (request, table)
-        ends = await consumer.end_offsets(list(owner))  # read_committed: last stable offsets
-        positions: dict[TopicPartition, int] = {}
-        for request in requests:
-            stored = request.store.offsets()
-            for tp in request.sources.values():
-                start = stored.get((tp.topic, tp.partition), -1) + 1
-                if start < ends[tp]:
-                    positions[tp] = start
-                    request.pending.add(tp)
+                stored[tp] = offsets.get((tp.topic, tp.partition))
+                if tp.topic in ids:
+                    known[tp] = ids[tp.topic]
         writing: asyncio.Task[None] | None = None
+
+        async def wipe(tp: TopicPartition, _start: int) -> None:
+            nonlocal writing
+            if writing is not None:  # the store's writer connection: one thread at a time
+                await writing
+                writing = None
+            request, table = owner[tp]
+            await asyncio.to_thread(request.store.wipe, table, tp.topic, tp.partition)
+
+        ends = await reader.ends(list(owner))  # read_committed: last stable offsets
+        ids = await reader.start(stored, wipe, known)
+        for request in requests:
+            mine = {tp.topic: ids[tp.topic] for tp in request.sources.values() if tp.topic in ids}
+            if mine and any(request.store.topic_ids().get(t) != i for t, i in mine.items()):
+                await asyncio.to_thread(request.store.set_topic_ids, mine)
+        for tp, position in list(reader.positions.items()):
+            if position < ends[tp]:
+                owner[tp][0].pending.add(tp)
+            else:
+                del reader.positions[tp]
         self._finish(requests, started)
-        while positions:
-            fetched = await fetcher.fetch(positions)
-            for tp in [tp for tp, f in fetched.items() if f.out_of_range]:
-                # the stored offset was compacted or deleted away: from the log start
-                positions[tp] = (await consumer.beginning_offsets([tp]))[tp]
-                del fetched[tp]
+        while reader.positions:
+            fetched = await reader.fetch(wipe)
             work = self._collect(fetched, owner)
             if writing is not None:
                 await writing
             writing = asyncio.create_task(_write(work)) if work else None
             for tp, got in fetched.items():
-                positions[tp] = got.next_offset
                 if got.next_offset >= ends[tp]:
-                    del positions[tp]
+                    reader.positions.pop(tp, None)
                     owner[tp][0].pending.discard(tp)
             if writing is not None and any(not r.pending and not r.done.done() for r in requests):
                 await writing  # a finished store must hold everything before its task runs

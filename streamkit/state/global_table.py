@@ -25,10 +25,9 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka.structs import TopicPartition
 
-from streamkit.runtime.clients import make_consumer
 from streamkit.serde import RAW, Codec, DecodeError, codec_for
 from streamkit.settings import Settings
-from streamkit.state.changelog_fetch import ChangelogFetcher
+from streamkit.state.compacted import CompactedReader
 from streamkit.state.store import PartitionStore, open_store
 from streamkit.topics import Topic
 
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
-_ROWS = "rows"
 
 
 class GlobalTableNotReady(Exception):
@@ -120,7 +118,11 @@ def store_path(workdir: Path, app_id: str, name: str) -> Path:
 
 
 class GlobalTables:
-    """The runtime side, one per worker: load every global table, then follow them."""
+    """The runtime side, one per worker: load every global table, then follow them.
+
+    Each table's SQLite file holds one table of rows per partition of its topic (`"0"`,
+    `"1"`, ...), so a partition whose offset vanished (see `state/compacted.py`) is wiped and
+    read again alone."""
 
     def __init__(
         self,
@@ -133,80 +135,91 @@ class GlobalTables:
         self._app_id = app_id
         self.tables = tables
         self._settings = settings
-        self._client_id = client_id
         self._interval = interval
         self._stores: dict[str, PartitionStore] = {}
-        self._positions: dict[TopicPartition, int] = {}  # next offset to read
         self._owner: dict[TopicPartition, GlobalTable[Any, Any]] = {}
-        self._fetcher = ChangelogFetcher(settings, client_id)
+        self._reader = CompactedReader(settings, client_id, "global table")
 
     async def start(self) -> None:
         """Open the local copies and read every partition up to its current end."""
         if not self.tables:
             return
-        consumer = make_consumer(self._settings, group_id=None, client_id=self._client_id)
-        await consumer.start()
-        try:
-            for table in self.tables:
-                await self._open(table, consumer)
-            ends = await consumer.end_offsets(list(self._positions))
-        finally:
-            await consumer.stop()
-        behind = {tp: at for tp, at in self._positions.items() if at < ends[tp]}
-        while behind:
-            reached = await self._round(behind)
-            behind = {tp: at for tp, at in reached.items() if at < ends[tp]}
+        stored: dict[TopicPartition, int | None] = {}
+        known: dict[TopicPartition, str] = {}
+        for table in self.tables:
+            await self._open(table, stored, known)
+        ids = await self._reader.start(stored, self._wipe, known)
+        for table in self.tables:
+            if table.source.name in ids:
+                mine = {table.source.name: ids[table.source.name]}
+                await asyncio.to_thread(self._stores[table.name].set_topic_ids, mine)
+        ends = await self._reader.ends(list(self._owner))
+        while any(at < ends[tp] for tp, at in self._reader.positions.items()):
+            await self._round()
         for table in self.tables:
             table.ready = True
             log.info("global table %s: %d keys loaded", table.name, len(table.data))
 
-    async def _open(self, table: GlobalTable[Any, Any], consumer: Any) -> None:
-        identity = {"app": self._app_id, "global": table.name, "source": table.source.name}
+    async def _open(
+        self,
+        table: GlobalTable[Any, Any],
+        stored: dict[TopicPartition, int | None],
+        known: dict[TopicPartition, str],
+    ) -> None:
+        topic = table.source.name
+        count = table.source.partitions or await self._reader.partitions(topic)
+        identity = {"app": self._app_id, "global": table.name, "source": topic}
         path = store_path(self._settings.workdir, self._app_id, table.name)
-        store = await asyncio.to_thread(open_store, path, identity, [_ROWS])
+        names = [str(p) for p in range(count)]
+        store = await asyncio.to_thread(open_store, path, identity, names)
         self._stores[table.name] = store
-        table.data.clear()
-        table.apply(list(store.scan(_ROWS)))
-        stored = store.offsets()
-        count = table.source.partitions or len(consumer.partitions_for_topic(table.source.name))
+        _load(table, store)
+        offsets, ids = store.offsets(), store.topic_ids()
         for p in range(count):
-            tp = TopicPartition(table.source.name, p)
-            self._positions[tp] = stored.get((tp.topic, p), -1) + 1
+            tp = TopicPartition(topic, p)
+            stored[tp] = offsets.get((topic, p))
+            if topic in ids:
+                known[tp] = ids[topic]
             self._owner[tp] = table
 
-    async def _round(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """One fetch from `positions`: apply and store what came; returns the new positions."""
-        fetched = await self._fetcher.fetch(positions)
-        per_store: dict[str, tuple[dict[bytes, bytes | None], dict[tuple[str, int], int]]] = {}
-        reached = dict(positions)
+    async def _wipe(self, tp: TopicPartition, _start: int) -> None:
+        table = self._owner[tp]
+        store = self._stores[table.name]
+        await asyncio.to_thread(store.wipe, str(tp.partition), tp.topic, tp.partition)
+        _load(table, store)  # the other partitions' rows stay
+
+    async def _round(self) -> bool:
+        """One fetch from every position: apply and store what came; whether anything did."""
+        fetched = await self._reader.fetch(self._wipe)
+        per_store: dict[str, tuple[dict[str, dict[bytes, bytes | None]], dict[Any, int]]] = {}
         for tp, got in fetched.items():
-            if got.out_of_range:
-                log.warning("global table source %s[%d]: offset out of range", *tp)
-                continue
             if got.rows:
                 table = self._owner[tp]
                 table.apply(got.rows)
-                rows, offsets = per_store.setdefault(table.name, ({}, {}))
-                rows.update(got.rows)
+                changes, offsets = per_store.setdefault(table.name, ({}, {}))
+                changes.setdefault(str(tp.partition), {}).update(got.rows)
                 offsets[(tp.topic, tp.partition)] = got.next_offset - 1
-            reached[tp] = got.next_offset
-            self._positions[tp] = got.next_offset
-        for name, (rows, offsets) in per_store.items():
-            await asyncio.to_thread(self._stores[name].apply, {_ROWS: rows}, offsets)
-        return reached
+        for name, (changes, offsets) in per_store.items():
+            await asyncio.to_thread(self._stores[name].apply, changes, offsets)
+        return bool(per_store)
 
     async def run(self) -> None:
         """The `global` background task: keep following every partition."""
         if not self.tables:
             return
         while True:
-            before = dict(self._positions)
-            after = await self._round(before)
-            if after == before:
+            if not await self._round():
                 await asyncio.sleep(self._interval)
 
     async def close(self) -> None:
-        await self._fetcher.close()
+        await self._reader.close()
         for store in self._stores.values():
             store.close()
         self._stores.clear()
+
+
+def _load(table: GlobalTable[Any, Any], store: PartitionStore) -> None:
+    """The table's rows as its SQLite file holds them (every partition)."""
+    table.data.clear()
+    for name in store.tables:
+        table.apply(list(store.scan(name)))

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
-from streamkit.runtime.collector import partition_for_key
+from streamkit.keys import partition_for_key
 from streamkit.serde import RawCodec, StrCodec
 
 if TYPE_CHECKING:
     from streamkit.app import App
-    from streamkit.stages import Stage
+    from streamkit.graph import Stage
     from streamkit.state.table import Table, TablePartition
 
 MAX_SCAN = 10_000  # rows one scan returns at most

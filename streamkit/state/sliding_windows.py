@@ -18,14 +18,14 @@ from streamkit.state.table import _MISSING, TablePartition
 from streamkit.state.window_table import WATERMARK_ROW, stored_watermark
 
 if TYPE_CHECKING:
-    from streamkit.runtime.task import Task
+    from streamkit.context import TaskScope
     from streamkit.state.window_table import WindowTable
 
 EVENTS = NO_WATERMARK + 1  # the "start" of a key's events row
 
 
 class SlidingPartition:
-    def __init__(self, wt: WindowTable, rows: TablePartition, task: Task) -> None:
+    def __init__(self, wt: WindowTable, rows: TablePartition, task: TaskScope) -> None:
         self.wt = wt
         self.rows = rows
         self.task = task

@@ -10,16 +10,14 @@ almost current and replays only the tail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from streamkit.runtime.clients import make_consumer
+from streamkit.graph import Stage
 from streamkit.settings import Settings
-from streamkit.stages import Stage
+from streamkit.state.compacted import CompactedReader, Fetched
 from streamkit.state.task_tables import TaskTables
 
 log = logging.getLogger(__name__)
@@ -34,13 +32,13 @@ class Standbys:
         self._app_id = app_id
         self._settings = settings
         self._stages = stages  # source topic → its stage
-        self._client_id = client_id
-        self._consumer: Any = None
+        self._reader = CompactedReader(settings, client_id, "standby")
         self._lock = asyncio.Lock()  # `update` never closes a store while a batch is applied
         self.tables: dict[TopicPartition, TaskTables] = {}  # stage source tp → its store
         self._changelogs: dict[TopicPartition, tuple[TaskTables, str]] = {}
         self.applied = 0
         self._wake = asyncio.Event()
+        self.interval = 0.2  # seconds between fetches while nothing is new
 
     def _workdir(self) -> Path:
         return self._settings.workdir
@@ -51,6 +49,7 @@ class Standbys:
             for tp in list(self.tables):
                 if tp not in wanted:
                     self.tables.pop(tp).close()
+            added = []
             for tp in sorted(wanted - set(self.tables)):
                 stage = self._stages.get(tp.topic)
                 if stage is None or not stage.tables:
@@ -60,65 +59,78 @@ class Standbys:
                 )
                 await tables.open_store()
                 self.tables[tp] = tables
-            await self._follow()
+                added.append(tables)
+            await self._follow(added)
         self._wake.set()
         if self.tables:
             log.info("standbys: %s", ", ".join(f"{t.topic}[{t.partition}]" for t in self.tables))
 
-    async def _follow(self) -> None:
-        """Point the consumer at every standby's changelog partitions, from stored offsets."""
+    async def _follow(self, added: list[TaskTables]) -> None:
+        """Read every standby's changelog partitions; the new ones from their stored offsets."""
         self._changelogs = {}
         for tables in self.tables.values():
             for table in tables.tables:
                 tp = TopicPartition(table.changelog.name, tables.partition)
                 self._changelogs[tp] = (tables, table.name)
-        if self._consumer is None:
-            if not self._changelogs:
-                return
-            self._consumer = make_consumer(
-                self._settings, group_id=None, client_id=self._client_id, max_poll_records=20_000
-            )
-            await self._consumer.start()
-        self._consumer.assign(list(self._changelogs))
-        for tp, (tables, _) in self._changelogs.items():
+        for tp in list(self._reader.positions):
+            if tp not in self._changelogs:
+                del self._reader.positions[tp]
+        stored: dict[TopicPartition, int | None] = {}
+        known: dict[TopicPartition, str] = {}
+        for tables in added:
             assert tables.store is not None
-            stored = tables.store.offsets().get((tp.topic, tp.partition))
-            if stored is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, stored + 1)
+            offsets, ids = tables.store.offsets(), tables.store.topic_ids()
+            for table in tables.tables:
+                tp = TopicPartition(table.changelog.name, tables.partition)
+                stored[tp] = offsets.get((tp.topic, tp.partition))
+                if tp.topic in ids:
+                    known[tp] = ids[tp.topic]
+        ids = await self._reader.start(stored, self._wipe, known)
+        for tables in added:
+            assert tables.store is not None
+            mine = {
+                t.changelog.name: ids[t.changelog.name]
+                for t in tables.tables
+                if t.changelog.name in ids
+            }
+            if mine:
+                await asyncio.to_thread(tables.store.set_topic_ids, mine)
+
+    async def _wipe(self, tp: TopicPartition, _start: int) -> None:
+        tables, name = self._changelogs[tp]
+        assert tables.store is not None
+        await asyncio.to_thread(tables.store.wipe, name, tp.topic, tp.partition)
 
     async def run(self) -> None:
         """The `standby` background task: apply changelog batches as they come."""
         while True:
-            if not self._changelogs:
+            if not self._reader.positions:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = await self._consumer.getmany(timeout_ms=200)
-            if not batch:
-                continue
             async with self._lock:
-                await self._apply(batch)
+                fetched = await self._reader.fetch(self._wipe)
+                applied = await self._apply(fetched)
+            if not applied:
+                await asyncio.sleep(self.interval)
 
-    async def _apply(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        per_store: dict[
-            int, tuple[TaskTables, dict[str, dict[bytes, bytes | None]], dict[Any, int]]
-        ] = {}
-        for tp, records in batch.items():
+    async def _apply(self, fetched: dict[TopicPartition, Fetched]) -> int:
+        per_store: dict[int, tuple[TaskTables, Changes, dict[tuple[str, int], int]]] = {}
+        count = 0
+        for tp, got in fetched.items():
             target = self._changelogs.get(tp)
-            if target is None or not records:
-                continue  # no longer a standby
+            if target is None or not got.rows:
+                continue  # no longer a standby, or nothing new
             tables, name = target
             _, changes, offsets = per_store.setdefault(id(tables), (tables, {}, {}))
-            rows = changes.setdefault(name, {})
-            for rec in records:
-                rows[rec.key] = rec.value
-            offsets[(tp.topic, tp.partition)] = records[-1].offset
-            self.applied += len(records)
+            changes.setdefault(name, {}).update(got.rows)  # the last value of a key wins
+            offsets[(tp.topic, tp.partition)] = got.next_offset - 1
+            count += len(got.rows)
         for tables, changes, offsets in per_store.values():
             assert tables.store is not None
             await asyncio.to_thread(tables.store.apply, changes, offsets)
+        self.applied += count
+        return count
 
     async def close(self) -> None:
         async with self._lock:
@@ -126,9 +138,8 @@ class Standbys:
                 tables.close()
             self.tables.clear()
             self._changelogs = {}
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
+            self._reader.positions.clear()
+        await self._reader.close()
 
 
 def _nothing() -> None:

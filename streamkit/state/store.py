@@ -10,6 +10,9 @@ Layout (STRICT tables, keys and values as the table codecs' bytes):
     offsets(topic TEXT, partition INT, offset INT, PK(topic, partition))
         changelog offsets: the last changelog record this file reflects
         source offsets: the input offset after the last event it reflects
+    topics(topic TEXT PRIMARY KEY, id TEXT)                  the changelogs' topic ids: a
+        changelog deleted and created again (`streamkit reset`) has another id, and its
+        offsets mean nothing to this file (state/compacted.py rebuilds the rows)
     "t:<table>"(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID
 
 Pragmas: WAL, synchronous=NORMAL. NORMAL in WAL mode survives a process crash; only an OS
@@ -86,6 +89,7 @@ class PartitionStore:
             "CREATE TABLE IF NOT EXISTS offsets(topic TEXT, partition INTEGER, offset INTEGER,"
             " PRIMARY KEY(topic, partition)) STRICT"
         )
+        db.execute("CREATE TABLE IF NOT EXISTS topics(topic TEXT PRIMARY KEY, id TEXT) STRICT")
         for name in self.tables:
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {_table(name)}"
@@ -133,6 +137,9 @@ class PartitionStore:
         rows = self.reader.execute("SELECT topic, partition, offset FROM offsets").fetchall()
         return {(t, p): o for t, p, o in rows}
 
+    def topic_ids(self) -> dict[str, str]:
+        return dict(self.reader.execute("SELECT topic, id FROM topics").fetchall())
+
     # -- writes --------------------------------------------------------------------------------
 
     def apply(
@@ -155,6 +162,22 @@ class PartitionStore:
             db.executemany(
                 "INSERT OR REPLACE INTO offsets(topic, partition, offset) VALUES (?, ?, ?)",
                 [(t, p, o) for (t, p), o in offsets.items()],
+            )
+
+    def set_topic_ids(self, ids: Mapping[str, str]) -> None:
+        """Record the topic ids of the changelogs this file reflects (writer connection)."""
+        with self.transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO topics(topic, id) VALUES (?, ?)", ids.items()
+            )
+
+    def wipe(self, table: str, topic: str, partition: int) -> None:
+        """Forget `table`'s rows and the offset of `topic[partition]` it reflects, atomically:
+        its changelog lost that offset, the rows are read again from the log start."""
+        with self.transaction():
+            self._db.execute(f"DELETE FROM {_table(table)}")
+            self._db.execute(
+                "DELETE FROM offsets WHERE topic = ? AND partition = ?", (topic, partition)
             )
 
 

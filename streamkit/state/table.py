@@ -10,22 +10,85 @@ first, and too many dirty ones ask for an early checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from streamkit.context import CURRENT_TASK
+from streamkit.context import CURRENT_TASK, TaskScope
+from streamkit.keys import partition_for_key
 from streamkit.serde import RAW, Codec, codec_for
 from streamkit.state.store import PartitionStore
 from streamkit.topics import Topic
 
-if TYPE_CHECKING:
-    from streamkit.stages import Stage
-
 K = TypeVar("K")
 V = TypeVar("V")
 
+# Values of these types cannot change in place: reading one does not make its key dirty.
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), tuple, frozenset})
+
 
 class TableNotBound(Exception):
-    """A table used from code that does not own it: a mistake in the app, not in an event."""
+    """State used from code that does not own it, or under a key of another partition: a
+    mistake in the app, not in an event (the worker stops with this message)."""
+
+
+class KeyNotInPartition(TableNotBound):
+    """A write under a key that does not hash to the partition of the task writing it."""
+
+
+def scope_for(kind: str, name: str, owner: str | None) -> TaskScope:
+    """The running task's scope, or TableNotBound naming the state and what to declare."""
+    scope = CURRENT_TASK.get(None)
+    if scope is None:
+        raise TableNotBound(
+            f"{kind} {name} used outside a running task: state is used from the code of the "
+            "stage that owns it (agent bodies, their helpers, map functions, timer callbacks)"
+        )
+    where = f"stage {scope.stage_name}"
+    if owner is None:
+        raise TableNotBound(
+            f"{kind} {name} is used in {where} but no stage declares it: add it to "
+            f"state=[...] of the agent (or .with_state(...) on the stream) of {where}"
+        )
+    raise TableNotBound(
+        f"{kind} {name} is used in {where} but belongs to stage {owner}: state is local to "
+        f"the stage that declares it; move the code there, or declare it on {where} instead"
+    )
+
+
+def check_key(kind: str, name: str, encoded: bytes, key: Any, scope: TaskScope) -> None:
+    """A written key must hash (murmur2) to the running task's partition."""
+    if encoded == scope.event_key():
+        return  # the event's own key: its partition is this one (the common case, no hash)
+    _check_partition(kind, name, encoded, key, scope.partition, scope.partitions, scope)
+
+
+def _check_partition(
+    kind: str, name: str, encoded: bytes, key: Any, partition: int, partitions: int, scope: Any
+) -> None:
+    belongs = partition_for_key(encoded, partitions)
+    if belongs != partition:
+        raise KeyNotInPartition(
+            f"{kind} {name}: key {key!r} belongs to partition {belongs} of stage "
+            f"{scope.stage_name} "
+            f"({partitions} partitions), but partition {partition} is using it: key_by(<this "
+            "key>) before the stage that uses it (or declare it with local_keys=True if its "
+            "keys are the task's own)"
+        )
+
+
+def key_checker(table: Table[Any, Any], partition: int, partitions: int) -> Callable[[Any], None]:
+    """The check a table partition runs on each key that enters its cache."""
+    encode, name = table.key_codec.encode, table.name
+
+    def check(key: Any) -> None:
+        scope = CURRENT_TASK.get(None)
+        if scope is None:
+            return  # read from outside a task (a query, the testing kit's views)
+        encoded = encode(key)
+        if encoded == scope.event_key():
+            return
+        _check_partition("table", name, encoded, key, partition, partitions, scope)
+
+    return check
 
 
 _MISSING: Any = object()
@@ -42,6 +105,7 @@ class TablePartition:
         store: PartitionStore,
         max_entries: int,
         on_full: Callable[[], None],
+        partitions: int | None = None,
     ) -> None:
         self.table = table
         self.name = table.name
@@ -54,6 +118,11 @@ class TablePartition:
         self._value_codec = table.value_codec
         self.cache: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
+        # A key is checked to belong to this partition when it enters the cache (a read that
+        # misses, a write of a new key): once per key while it stays cached, not per access.
+        self._check: Callable[[Any], None] | None = None
+        if partitions is not None and table.checked_keys and not table.source:
+            self._check = key_checker(table, partition, partitions)
         # Changes taken by a checkpoint but not yet in SQLite: a key evicted meanwhile must
         # not be read back stale from the store.
         self.flushing: dict[bytes, bytes | None] = {}
@@ -80,6 +149,8 @@ class TablePartition:
     def get(self, key: Any, default: Any = _MISSING) -> Any:
         value = self.cache.get(key, _MISSING)
         if value is _MISSING:
+            if self._check is not None:
+                self._check(key)
             self.misses += 1
             encoded = self._key_codec.encode(key)
             raw = self.flushing.get(encoded, _MISSING)
@@ -98,11 +169,14 @@ class TablePartition:
 
     def set(self, key: Any, value: Any) -> None:
         cache = self.cache
-        self.dirty.add(key)  # before any eviction: a dirty key is never evicted
         if key not in cache:
+            if self._check is not None:
+                self._check(key)
+            self.dirty.add(key)  # before any eviction: a dirty key is never evicted
             cache[key] = value
             self._bound()
         else:
+            self.dirty.add(key)
             cache[key] = value
 
     def delete(self, key: Any) -> bool:
@@ -199,6 +273,7 @@ class Table(Generic[K, V]):
         key_type: Any = str,
         value_type: Any = None,
         source: bool = False,
+        local_keys: bool = False,
     ) -> None:
         self.name = name
         self.changelog = changelog
@@ -209,31 +284,42 @@ class Table(Generic[K, V]):
         self.value_type = value_type
         self.key_codec: Codec[Any] = RAW if key_type is bytes else codec_for(key_type)
         self.value_codec: Codec[Any] = codec_for(value_type)
-        self.stage: Stage | None = None  # the stage that owns and writes it (set at start)
+        self.local_keys = local_keys  # keys are the task's own: no partition check
+        # checked per key as it enters a partition's cache; window tables and timers check
+        # their own (inner) keys per call instead
+        self.checked_keys = not local_keys
+        self.stage_name: str | None = None  # the stage that owns it (set when built)
 
     def __repr__(self) -> str:
         return f"Table({self.name!r})"
 
     def _local(self) -> TablePartition:
-        task = CURRENT_TASK.get(None)
-        part = None if task is None else task.tables.get(self.name)
+        scope = CURRENT_TASK.get(None)
+        part = None if scope is None else scope.tables.get(self.name)
         if part is None:
-            where = "outside an agent" if task is None else f"in stage {task.stage.name}"
-            raise TableNotBound(
-                f"table {self.name} used {where}: use it in the body of the agent that owns "
-                "it (a table belongs to the last stage of the agent whose code names it)"
-            )
-        return part
+            scope_for("table", self.name, self.stage_name)  # raises, saying what to declare
+        return part  # type: ignore[return-value]
+
+    def _read(self, part: TablePartition, key: Any, value: Any) -> Any:
+        """A value handed to user code: if it can change in place, its key is written back
+        at the next checkpoint (so `t[k].append(x)` persists)."""
+        if type(value) not in _IMMUTABLE and not self.source:
+            part.dirty.add(key)
+        return value
 
     def __getitem__(self, key: K) -> V:
-        value = self._local().get(key)
+        part = self._local()
+        value = part.get(key)
         if value is _MISSING:
             if self.default is None:
                 raise KeyError(key)
-            return self.default()
-        return value  # type: ignore[no-any-return]
+            value = self.default()
+            if not self.source:  # stored, as a defaultdict does: `t[k].append(x)` persists
+                part.set(key, value)
+            return value
+        return self._read(part, key, value)  # type: ignore[no-any-return]
 
-    def _writable(self) -> TablePartition:
+    def _writable(self, key: Any) -> TablePartition:
         if self.source:
             raise TypeError(
                 f"table {self.name} reads topic {self.changelog.name}: it is read-only "
@@ -242,18 +328,19 @@ class Table(Generic[K, V]):
         return self._local()
 
     def __setitem__(self, key: K, value: V) -> None:
-        self._writable().set(key, value)
+        self._writable(key).set(key, value)
 
     def __delitem__(self, key: K) -> None:
-        if not self._writable().delete(key):
+        if not self._writable(key).delete(key):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
         return self._local().get(key) is not _MISSING
 
     def get(self, key: K, default: V | None = None) -> V | None:
-        value = self._local().get(key)
-        return default if value is _MISSING else value
+        part = self._local()
+        value = part.get(key)
+        return default if value is _MISSING else self._read(part, key, value)
 
     def __iter__(self) -> Iterator[K]:
         return self._local().iter_keys()
@@ -263,5 +350,5 @@ class Table(Generic[K, V]):
 
     def items(self) -> Iterator[tuple[K, V]]:
         local = self._local()
-        for key in local.iter_keys():
-            yield key, local.get(key)
+        for key in list(local.iter_keys()):
+            yield key, self._read(local, key, local.get(key))

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from streamkit.state.changelog import Restorer, describe_sources
 from streamkit.state.store import PartitionStore, open_store
@@ -16,8 +16,16 @@ log = logging.getLogger(__name__)
 _GONE = object()
 
 if TYPE_CHECKING:
-    from streamkit.runtime.collector import RecordCollector
-    from streamkit.stages import Stage
+    from streamkit.graph import Stage
+
+
+class RecordCollector(Protocol):
+    """Where a snapshot's changelog records go (the task's `runtime.collector.RecordCollector`;
+    state/ imports nothing from runtime/)."""
+
+    def append(
+        self, topic: str, key: bytes | None, value: bytes | None, *, partition: int
+    ) -> object: ...
 
 
 def store_path(workdir: Path, app_id: str, stage: Stage, partition: int) -> Path:
@@ -64,7 +72,12 @@ class TaskTables:
         )
         self.partitions = {
             t.name: TablePartition(
-                t, self.partition, self.store, self._cache_entries, self._on_full
+                t,
+                self.partition,
+                self.store,
+                self._cache_entries,
+                self._on_full,
+                self.stage.partitions,
             )
             for t in self.tables
         }

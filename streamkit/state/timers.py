@@ -12,6 +12,7 @@ in the same checkpoint as the outputs of its callback, so under exactly-once it 
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,11 +21,13 @@ import orjson
 
 from streamkit.context import CURRENT_TASK, WALL_CLOCK
 from streamkit.eventtime import NO_WATERMARK, to_ms
-from streamkit.state.table import _MISSING, Table, TableNotBound, TablePartition
+from streamkit.serde import codec_for
+from streamkit.settings import ConfigError
+from streamkit.state.table import _MISSING, Table, TablePartition, check_key, scope_for
 from streamkit.state.window_table import WATERMARK_ROW, WindowKeyCodec, stored_watermark
 
 if TYPE_CHECKING:
-    from streamkit.runtime.task import Task
+    from streamkit.context import TaskScope
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,12 @@ Handler = Callable[[Any, Any], None]
 
 
 class Timers:
-    def __init__(self, name: str, table: Table[Any, Any]) -> None:
+    def __init__(self, name: str, table: Table[Any, Any], key_type: Any = str) -> None:
         self.name = name
         self.table = table
+        self.key_codec = codec_for(key_type)  # the partition check hashes the key so encoded
         self.handler: Handler | None = None
+        table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(_TaggedKey())  # (fire ms, (kind, key))
         self.fired = 0
 
@@ -44,26 +49,39 @@ class Timers:
         return f"Timers({self.name!r})"
 
     def on_fire(self, fn: Handler) -> Handler:
+        """Name the callback `(key, payload) -> None`: a plain function, run inside the task
+        (it may use the stage's state and `topic.produce`)."""
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ConfigError(
+                f"timers {self.name}: on_fire({getattr(fn, '__name__', fn)}) is async; a timer "
+                "callback runs inside the task's checkpointed step and must be a plain def "
+                "(produce outputs with topic.produce(...))"
+            )
+        if not callable(fn):
+            raise ConfigError(f"timers {self.name}: on_fire needs a function, got {fn!r}")
         self.handler = fn
         return fn
 
-    def _local(self) -> TimerPartition:
-        task = CURRENT_TASK.get(None)
-        part = None if task is None else task.timers.get(self.name)
+    def _local(self, key: Any) -> TimerPartition:
+        scope = CURRENT_TASK.get(None)
+        part = None if scope is None else scope.timers.get(self.name)
         if part is None:
-            raise TableNotBound(f"timers {self.name} used outside the agent that owns them")
-        return part
+            scope_for("timers", self.name, self.table.stage_name)  # raises
+        assert scope is not None
+        if not self.table.local_keys:
+            check_key("timers", self.name, self.key_codec.encode(key), key, scope)
+        return part  # type: ignore[return-value]
 
     def at(self, key: Any, when: Any, payload: Any = None) -> None:
         """Fire once the watermark reaches `when` (epoch seconds or a datetime)."""
-        self._local().schedule(EVENT, to_ms(when), key, payload)
+        self._local(key).schedule(EVENT, to_ms(when), key, payload)
 
     def after(self, key: Any, seconds: float, payload: Any = None) -> None:
         """Fire `seconds` from now, by the wall clock."""
         fire = round((WALL_CLOCK.get().time() + seconds) * 1000)
-        self._local().schedule(PROCESSING, fire, key, payload)
+        self._local(key).schedule(PROCESSING, fire, key, payload)
 
-    def open_partition(self, rows: TablePartition, task: Task) -> TimerPartition:
+    def open_partition(self, rows: TablePartition, task: TaskScope) -> TimerPartition:
         return TimerPartition(self, rows, task)
 
 
@@ -85,7 +103,7 @@ class _TaggedKey:
 
 
 class TimerPartition:
-    def __init__(self, timers: Timers, rows: TablePartition, task: Task) -> None:
+    def __init__(self, timers: Timers, rows: TablePartition, task: TaskScope) -> None:
         self.timers = timers
         self.rows = rows
         self.task = task

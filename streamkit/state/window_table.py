@@ -30,12 +30,12 @@ from streamkit.context import CURRENT_TASK
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
 from streamkit.settings import ConfigError
-from streamkit.state.table import _DELETED, _MISSING, Table, TableNotBound, TablePartition
+from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
 from streamkit.topics import Topic
-from streamkit.windows import Aggregation, Session, Sliding, WindowKind
+from streamkit.windows import Aggregation, WindowKind
 
 if TYPE_CHECKING:
-    from streamkit.runtime.task import Task
+    from streamkit.context import TaskScope
 
 _START = struct.Struct(">q")
 WATERMARK_ROW: tuple[int, Any] = (NO_WATERMARK, None)  # the reserved row: the watermark
@@ -103,6 +103,7 @@ class WindowTable:
         self.output = output
         self.late_topic = late_topic  # set when the owning agent is known, if not named
         self.key_codec: Codec[Any] = codec_for(key_type)
+        table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
         self.late_events = 0  # late events routed by this process
         self.emitted = 0
@@ -111,37 +112,28 @@ class WindowTable:
         return f"WindowTable({self.name!r}, {self.kind})"
 
     def _local(self) -> Windows:
-        task = CURRENT_TASK.get(None)
-        part = None if task is None else task.windows.get(self.name)
+        scope = CURRENT_TASK.get(None)
+        part = None if scope is None else scope.windows.get(self.name)
         if part is None:
-            where = "outside an agent" if task is None else f"in stage {task.stage.name}"
-            raise TableNotBound(
-                f"window table {self.name} used {where}: use it in the body of the agent "
-                "that owns it"
-            )
-        return part
+            scope_for("window table", self.name, self.table.stage_name)  # raises
+        return part  # type: ignore[return-value]
 
     def add(self, key: Any, value: Any = None, *, timestamp_ms: int | None = None) -> None:
         """Fold `value` into `key`'s windows at the event time of the event being processed
         (or `timestamp_ms`)."""
-        self._local().add(key, value, timestamp_ms)
+        part = self._local()
+        if not self.table.local_keys:
+            encoded = self.key_codec.encode(key)
+            check_key("window table", self.name, encoded, key, CURRENT_TASK.get())
+        part.add(key, value, timestamp_ms)
 
     def get(self, key: Any, start_ms: int) -> Any:
         """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
         return self._local().get(key, start_ms)
 
-    def open_partition(self, rows: TablePartition, task: Task) -> Windows:
-        """The runtime side of this table on one task's partition."""
-        from streamkit.state.session_windows import SessionPartition
-        from streamkit.state.sliding_windows import SlidingPartition
-
-        if isinstance(self.kind, Session):
-            return SessionPartition(self, rows, task)
-        if isinstance(self.kind, Sliding):
-            return SlidingPartition(self, rows, task)
-        return WindowPartition(self, rows, task)
-
-    def emit(self, task: Task, key: Any, start: int, end: int, acc: Any, *, final: bool) -> None:
+    def emit(
+        self, task: TaskScope, key: Any, start: int, end: int, acc: Any, *, final: bool
+    ) -> None:
         """A window's result to the output topic, through the task's collector (a batch
         that fills up here goes out with the task's next submit)."""
         if self.output is None:
@@ -160,7 +152,7 @@ class WindowTable:
         )
         self.emitted += 1
 
-    def late(self, task: Task, ts: int, watermark: int) -> None:
+    def late(self, task: TaskScope, ts: int, watermark: int) -> None:
         """The event being processed is too late for this table: to the late topic."""
         self.late_events += 1
         task.route_late(
@@ -185,7 +177,7 @@ class Windows(Protocol):
 class WindowPartition:
     """One window table on one partition: its rows, the open windows by start, closing."""
 
-    def __init__(self, wt: WindowTable, rows: TablePartition, task: Task) -> None:
+    def __init__(self, wt: WindowTable, rows: TablePartition, task: TaskScope) -> None:
         self.wt = wt
         self.rows = rows
         self.task = task

@@ -30,15 +30,16 @@ from typing import Any, TypeVar
 from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
-from streamkit.context import CURRENT_TASK, WALL_CLOCK
+from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK, WALL_CLOCK
 from streamkit.events import Headers, Record
 from streamkit.eventtime import read_control, to_ms
+from streamkit.graph import resolve_partitions
+from streamkit.keys import partition_for_key
 from streamkit.runtime.checkpoint import Checkpointer
-from streamkit.runtime.collector import CURRENT_COLLECTOR, partition_for_key
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
-from streamkit.stages import resolve_partitions
 from streamkit.state.table import TablePartition
+from streamkit.testing.follow import follow_global, follow_sources
 from streamkit.testing.memory import (
     MemoryGroup,
     MemoryLog,
@@ -73,8 +74,11 @@ class AsyncTestDriver:
         workdir: Path | str | None = None,
         settle_timeout: float = SETTLE_TIMEOUT,
     ) -> None:
-        if not app.agents:
-            raise ValueError(f"app {app.id} has no agents: decorate one with @app.agent(topic)")
+        if not app.agents and not app.sink_nodes:
+            raise ValueError(
+                f"app {app.id} has no agents: decorate one with @app.agent(topic), or write a "
+                "stream to a topic with app.stream(topic)...to(other)"
+            )
         self.app = app
         self.clock = VirtualClock(start_time)
         self.log = MemoryLog()
@@ -90,6 +94,7 @@ class AsyncTestDriver:
         self._manager: TaskManager | None = None
         self._checkpointer = Checkpointer(self.group)
         self._positions: dict[TopicPartition, int] = {}  # next offset handed to each task
+        self._global: dict[TopicPartition, int] = {}  # next offset of each global table source
         self._read: dict[str, int] = {}  # read cursor per topic (records written before it)
         self._round_robin: dict[str, int] = {}
         self._failure: BaseException | None = None
@@ -123,7 +128,7 @@ class AsyncTestDriver:
             workdir = self._given_workdir
         app.settings = app.settings.model_copy(update={"workdir": workdir})
         stages = app.stages  # binds tables (and declares late topics) first
-        outputs = {st.output.name for st in stages if st.output is not None}
+        outputs = {out.name for st in stages for out in st.outputs}
         outputs |= {t.changelog.name for st in stages for t in st.tables}
         for topic in app.topics.values():  # as a new broker would: the declared count, or 1
             if topic.name not in outputs and topic.partitions is None:
@@ -133,6 +138,14 @@ class AsyncTestDriver:
             if topic.partitions is None:
                 topic.partitions = topic.declared_partitions or 1
             self.log.create(topic.name, topic.partitions)
+            if topic.config.get("message.timestamp.type") == "LogAppendTime":
+                self.producer.append_time.add(topic.name)  # as the broker stamps them
+        for gt in app.global_tables.values():  # loaded before the tasks start, as a worker does
+            gt.data.clear()
+            gt.ready = True
+            for p in range(gt.source.partitions or 1):
+                self._global[TopicPartition(gt.source.name, p)] = 0
+        self._follow_global()
         self._started = True
         await self._assign({})
 
@@ -141,9 +154,10 @@ class AsyncTestDriver:
             self.app, self.producer, self._fail, self.restorer, self._request_checkpoint
         )
         tps = [
-            TopicPartition(stage.source.name, p)
+            TopicPartition(topic.name, p)
             for stage in self.app.stages
-            for p in range(stage.source.partitions or 1)
+            for topic in stage.topics
+            for p in range(topic.partitions or 1)
         ]
         self._positions = {tp: positions.get(tp, 0) for tp in tps}
         self._ctx.run(manager.assign, tps, None, positions)  # tasks inherit the virtual clock
@@ -176,7 +190,7 @@ class AsyncTestDriver:
         finally:
             for task in closed:
                 task.close_state()
-            self._checkpointer.forget(TopicPartition(t.topic.name, t.partition) for t in closed)
+            self._checkpointer.forget(itp for t in closed for itp in t.inputs)
 
     async def restart(self, *, lose_state: bool = False) -> None:
         """Stop every task as a worker's shutdown does (final checkpoint), then start them
@@ -308,8 +322,10 @@ class AsyncTestDriver:
             task
             for task in self._tasks()
             if task.clock is not None
-            and task.stage.index == 0
-            and (name is None or task.topic.name == name)
+            and any(
+                i.upstream is None and (name is None or i.topic.name == name)
+                for i in task.stage.inputs
+            )
         ]
         if not moved:
             where = "any source topic" if name is None else name
@@ -337,7 +353,7 @@ class AsyncTestDriver:
         return {
             task.partition: task.clock.watermark
             for task in self._tasks()
-            if task.topic.name == name and task.clock is not None
+            if task.clock is not None and any(t.name == name for t in task.stage.topics)
         }
 
     # -- pumping -------------------------------------------------------------------------------
@@ -366,7 +382,7 @@ class AsyncTestDriver:
             await self._settle()
             for task in self._tasks():
                 clock = task.clock
-                if clock is not None and clock.output is not None:
+                if clock is not None and clock.outputs:
                     clock.broadcast(task.collector, force=True)
                 await task.collector.submit()
             if not self._deliver():
@@ -398,10 +414,15 @@ class AsyncTestDriver:
                     "await something that never completes?)"
                 )
 
+    def _follow_global(self) -> bool:
+        return follow_global(self.app, self.log, self._global)
+
     def _deliver(self) -> bool:
         """Hand each task the records of its input written since the last hand-over."""
         manager = self._manager
         assert manager is not None
+        self._follow_global()
+        follow_sources(self._tasks(), self.log)
         batches = {}
         for tp, position in self._positions.items():
             records = self.log.read(tp.topic, tp.partition, position)

@@ -132,6 +132,7 @@ class MemoryProducer:
         self._log = log
         self._clock = clock
         self.batches = 0
+        self.append_time: set[str] = set()  # topics stamped on arrival (LogAppendTime)
 
     def create_batch(self) -> MemoryBatch:
         return MemoryBatch()
@@ -142,7 +143,7 @@ class MemoryProducer:
         now = self._clock.now_ms()
         first = self._log.end(topic, partition)
         for timestamp, key, value, headers in batch.records:
-            stamp = now if timestamp is None else timestamp
+            stamp = now if timestamp is None or topic in self.append_time else timestamp
             self._log.append(topic, partition, key, value, stamp, headers)
         self.batches += 1
         done: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()

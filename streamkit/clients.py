@@ -1,8 +1,9 @@
-"""Builds the aiokafka clients from settings: the one place connection options live.
+"""Builds the Kafka clients from settings: the one place connection options live.
 
-Every client the runtime makes (consumers, producers incl. transactional ones, the admin client,
-the changelog fetcher's `AIOKafkaClient`, the CLI's) takes `connection_options`: the bootstrap
-servers plus the TLS/SASL options of `streamkit.security`."""
+Every client streamkit makes (consumers, producers incl. transactional ones, the admin client,
+the compacted-topic reader's `RawClient`, the CLI's) takes `connection_options`: the bootstrap
+servers plus the TLS/SASL options of `streamkit.security`. Below `state/` and `runtime/`: both
+build their clients here."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import AIOKafkaClient
 
+from streamkit.aiokafka_internals import RawClient
 from streamkit.security import kafka_security_options
 from streamkit.settings import Settings
 
@@ -53,6 +54,6 @@ def make_admin(settings: Settings, client_id: str) -> Any:
     return AIOKafkaAdminClient(**connection_options(settings), client_id=client_id)
 
 
-def make_client(settings: Settings, client_id: str) -> Any:
-    """A bare `AIOKafkaClient` (the changelog fetcher sends its own Fetch requests)."""
-    return AIOKafkaClient(**connection_options(settings), client_id=client_id)
+def make_raw_client(settings: Settings, client_id: str) -> RawClient:
+    """The compacted-topic reader's client (raw Fetch, ListOffsets and Metadata requests)."""
+    return RawClient(connection_options(settings), client_id)

@@ -1,0 +1,229 @@
+"""Exactly-once at 8, 64 and 256 input partitions per worker: one transactional producer per
+input partition vs one per worker (KIP-447).
+
+    python -m bench.partitions [--events N] [--partitions 8,64,256]
+                               [--modes per_partition,per_worker] [--json FILE]
+
+Pipeline A (the keyed running sum of bench.exactly_once: purchases → key_by(user_id) → table
++= amount → the total), exactly-once, commit interval 0.1 s, one worker in-process. "P input
+partitions" is P/2 source partitions plus P/2 repartition partitions (both stages' tasks run
+in the worker). For each P and mode, N pre-loaded events; reported:
+
+- events/s end to end: from the worker's start until a read_committed reader has all N totals
+  (includes the start: topics, producers, restore);
+- ready_s: from the start until every task is assigned (per-partition mode registers P
+  producers here, each `InitProducerId`);
+- events/s after ready: N / (end - ready);
+- the checkpoints: how many, their mean and p95 duration (pause → transaction(s) → SQLite),
+  and the transactions committed;
+- then a paced run (`--rate` events/s for `--seconds`, each event stamped with its send time)
+  into fresh topics: the checkpoint's mean and p95 duration at that steady load, transactions
+  per second, and p50 / p99 of (total visible to a read_committed reader - sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+import streamkit as sk
+from bench.common import Cluster, bootstrap, make_events, preload
+from bench.exactly_once import Reader
+from streamkit.runtime.worker import Worker
+
+
+def running_sum_app(
+    uid: str, source: str, output: str, partitions: int, workdir: Path, mode: str
+) -> sk.App:
+    app = sk.App(
+        f"bp-{uid}",
+        workdir=workdir,
+        processing_guarantee="exactly_once",
+        commit_interval=0.1,
+        transactional_producer=mode,
+        web_enabled=False,
+    )
+    src = app.topic(source, partitions=partitions)
+    out = app.topic(output, partitions=partitions)
+    total = app.table("total", default=float)
+
+    by_user = app.stream(src).key_by("user_id", partitions=partitions)
+
+    @app.agent(by_user, sink=out, state=[total])
+    async def running_sum(stream: sk.Stream[Any]) -> Any:
+        async for p in stream:
+            total[p["user_id"]] += p["amount"]
+            yield {"user_id": p["user_id"], "total": total[p["user_id"]], "ts": p["ts"]}
+
+    return app
+
+
+async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -> dict[str, Any]:
+    uid = uuid.uuid4().hex[:6]
+    output = f"bp-out-{uid}"
+    await cluster.create_topics([output], partitions=half)
+    reader = Reader(output)
+    reading = asyncio.create_task(reader.run(latency=False))
+    durations: list[float] = []
+    with tempfile.TemporaryDirectory() as wd:
+        app = running_sum_app(uid, source, output, half, Path(wd), mode)
+        worker = Worker(app)
+        started = time.monotonic()
+        task = asyncio.create_task(worker.run(install_signal_handlers=False))
+        ready = None
+        try:
+            while reader.count < n:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("worker stopped early")
+                if (
+                    ready is None
+                    and worker.tasks is not None
+                    and len(worker.tasks.tasks) == 2 * half
+                ):
+                    ready = time.monotonic() - started
+                    assert worker.checkpointer is not None
+                    worker.checkpointer.on_checkpoint = durations.append
+                if time.monotonic() - started > 900:
+                    raise RuntimeError("not done in 900 s")
+                await asyncio.sleep(0.02)
+            elapsed = time.monotonic() - started
+        finally:
+            worker.request_stop()
+            await task
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    cp = worker.checkpointer
+    assert cp is not None and ready is not None
+    durations.sort()
+    return {
+        "partitions": 2 * half,
+        "mode": mode,
+        "events": n,
+        "events_per_s": round(n / elapsed),
+        "ready_s": round(ready, 2),
+        "events_per_s_after_ready": round(n / (elapsed - ready)),
+        "checkpoints": len(durations),
+        "mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1) if durations else None,
+        "p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1)
+        if durations
+        else None,
+        "transactions": cp.commits,
+    }
+
+
+async def paced_run(
+    cluster: Cluster, half: int, mode: str, rate: int, seconds: float
+) -> dict[str, Any]:
+    """RATE events/s for SECONDS into a fresh source while the worker runs: the checkpoint
+    at a steady load (not a backlog) and the end-to-end latency of each total."""
+    uid = uuid.uuid4().hex[:6]
+    source, output = f"bp-pin-{uid}", f"bp-pout-{uid}"
+    await cluster.create_topics([source, output], partitions=half)
+    n = int(rate * seconds)
+    reader = Reader(output)
+    reading = asyncio.create_task(reader.run(latency=True))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
+    await producer.start()
+    template = [orjson.loads(e) for e in make_events(min(n, 10_000))]
+    durations: list[float] = []
+
+    async def feed() -> None:
+        tick, per_tick, sent = 0.02, max(1, int(rate * 0.02)), 0
+        next_at = time.monotonic()
+        while sent < n:
+            for _ in range(min(per_tick, n - sent)):
+                event = dict(template[sent % len(template)], ts=time.time())
+                await producer.send(source, orjson.dumps(event), partition=sent % half)
+                sent += 1
+            next_at += tick
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    with tempfile.TemporaryDirectory() as wd:
+        app = running_sum_app(uid, source, output, half, Path(wd), mode)
+        worker = Worker(app)
+        task = asyncio.create_task(worker.run(install_signal_handlers=False))
+        feeding: asyncio.Task[None] | None = None
+        started = time.monotonic()
+        try:
+            while reader.count < n:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("worker stopped early")
+                tasks = worker.tasks
+                if feeding is None and tasks is not None and len(tasks.tasks) == 2 * half:
+                    assert worker.checkpointer is not None
+                    worker.checkpointer.on_checkpoint = durations.append
+                    transactions_before = worker.checkpointer.commits
+                    feeding = asyncio.create_task(feed())
+                if time.monotonic() - started > seconds + 300:
+                    raise RuntimeError("paced run not done")
+                await asyncio.sleep(0.05)
+        finally:
+            worker.request_stop()
+            await task
+    await producer.stop()
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    lat = sorted(reader.latencies)
+    durations.sort()
+    cp = worker.checkpointer
+    assert cp is not None
+    return {
+        "paced_rate": rate,
+        "paced_mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1),
+        "paced_p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1),
+        "paced_transactions_per_s": round((cp.commits - transactions_before) / seconds, 1),
+        "paced_p50_ms": round(1000 * statistics.median(lat)),
+        "paced_p99_ms": round(1000 * lat[int(len(lat) * 0.99) - 1]),
+    }
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    async with Cluster() as cluster:
+        await cluster.warm_up_groups()
+        for total in args.partitions:
+            half = total // 2
+            source = f"bp-in-{uuid.uuid4().hex[:6]}"
+            await cluster.create_topics([source], partitions=half)
+            await preload(source, make_events(args.events), partitions=half)
+            for mode in args.modes:
+                row = await one_run(cluster, source, half, args.events, mode)
+                if args.rate:
+                    row |= await paced_run(cluster, half, mode, args.rate, args.seconds)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--partitions", type=lambda s: [int(x) for x in s.split(",")], default=[8, 64, 256]
+    )
+    parser.add_argument(
+        "--modes", type=lambda s: s.split(","), default=["per_partition", "per_worker"]
+    )
+    parser.add_argument("--rate", type=int, default=2000, help="paced run, events/s (0: none)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="paced run length")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    rows = asyncio.run(run(args))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

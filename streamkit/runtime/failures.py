@@ -1,0 +1,14 @@
+"""Failures that are not an event's fault: the worker stops (the event is read again by the
+next owner of its partition), where an event's own failure becomes a dead letter."""
+
+from __future__ import annotations
+
+from streamkit.runtime.collector import ProduceFailed
+from streamkit.state.table import TableNotBound
+
+
+class AgentStopped(Exception):
+    """Agent code raised and `on_agent_error="stop"`: the worker must stop."""
+
+
+FATAL = (TableNotBound, AgentStopped, ProduceFailed)

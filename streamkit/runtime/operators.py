@@ -1,0 +1,170 @@
+"""A stage's operators compiled for one task: per input topic, a function that pushes one
+decoded value through every operator of the stage, depth first, in declaration order.
+
+Inline operators (map, filter, flat_map, forward, merge, branch) call the next ones directly;
+an exchange appends the value to its internal topic (`Router`); a sink appends it to its topic;
+an agent gets it queued, and the task hands it to the agent's body right after the push (see
+`task.py`). Where a stream fans out, a branch that raises does not stop the others: the task
+dead-letters the event for that branch (`on_branch_error`) and the push goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from streamkit.agents import Agent
+from streamkit.graph import AgentNode, Stage
+from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.exchange import Router
+from streamkit.runtime.failures import FATAL
+from streamkit.streams import (
+    BranchNode,
+    BranchOut,
+    ExchangeNode,
+    MergeNode,
+    Node,
+    SinkNode,
+    SourceNode,
+    StateNode,
+    StepNode,
+)
+
+Push = Callable[[Any], None]
+
+
+class PassHost(Protocol):
+    """What the compiled operators use of their task (`runtime/task.py`)."""
+
+    partition: int
+    record: Any  # the raw record being pushed
+    event_ts: int | None
+    full: bool  # set when an append filled a batch
+    collector: RecordCollector
+
+    def on_branch_error(self, exc: Exception) -> None: ...
+
+    def agent_input(self, agent: Agent) -> Push: ...
+
+
+def _nothing(value: Any) -> None:
+    return None
+
+
+class Compiler:
+    def __init__(self, task: PassHost, stage: Stage) -> None:
+        self.task = task
+        self.stage = stage
+        self.routers: list[Router] = []
+        self._done: dict[Node, Push] = {}
+
+    def inputs(self) -> dict[str, Push]:
+        """Input topic name → the push function of its values."""
+        return {inp.topic.name: self._fan(inp.entries) for inp in self.stage.inputs}
+
+    def node(self, node: Node) -> Push:
+        """What `node` does with a value coming from its parent."""
+        push = self._done.get(node)
+        if push is None:
+            push = self._done[node] = self._make(node)
+        return push
+
+    def _next(self, node: Node) -> Push:
+        return self._fan(self.stage.children.get(node, []))
+
+    def _fan(self, nodes: list[Node]) -> Push:
+        outs = [self.node(n) for n in nodes]
+        if not outs:
+            return _nothing
+        if len(outs) == 1:
+            return outs[0]
+        failed = self.task.on_branch_error
+
+        def fan(value: Any) -> None:
+            for out in outs:
+                try:
+                    out(value)
+                except FATAL:
+                    raise
+                except Exception as exc:  # one branch's failure is not the others'
+                    failed(exc)
+
+        return fan
+
+    def _make(self, node: Node) -> Push:
+        if isinstance(node, (SourceNode, StateNode, MergeNode, BranchOut)):
+            return self._next(node)
+        if isinstance(node, StepNode):
+            return self._step(node)
+        if isinstance(node, BranchNode):
+            return self._branch(node)
+        if isinstance(node, ExchangeNode):
+            return self._exchange(node)
+        if isinstance(node, SinkNode):
+            return self._sink(node)
+        if isinstance(node, AgentNode):
+            assert node.agent is not None
+            return self.task.agent_input(node.agent)
+        raise TypeError(f"unknown node {node!r}")
+
+    def _step(self, node: StepNode) -> Push:
+        nxt = self._next(node)
+        fn = node.fn
+        if fn is None or node.kind == "forward":
+            return nxt
+        if node.kind == "map":
+
+            def map_(value: Any) -> None:
+                nxt(fn(value))
+
+            return map_
+        if node.kind == "filter":
+
+            def filter_(value: Any) -> None:
+                if fn(value):
+                    nxt(value)
+
+            return filter_
+
+        def flat_map(value: Any) -> None:
+            for item in fn(value):
+                nxt(item)
+
+        return flat_map
+
+    def _branch(self, node: BranchNode) -> Push:
+        outs: dict[int, Push] = {}
+        for child in self.stage.children.get(node, []):
+            if isinstance(child, BranchOut):
+                outs[child.index] = self.node(child)
+        routes = [(pred, outs.get(i, _nothing)) for i, pred in enumerate(node.predicates)]
+        rest = outs.get(len(node.predicates), _nothing) if node.default else _nothing
+
+        def branch(value: Any) -> None:
+            for pred, out in routes:
+                if pred(value):
+                    out(value)
+                    return
+            rest(value)
+
+        return branch
+
+    def _exchange(self, node: ExchangeNode) -> Push:
+        assert node.output is not None
+        router = Router(node, node.output, self.task.partition)
+        self.routers.append(router)
+        return router.bind(self.task)
+
+    def _sink(self, node: SinkNode) -> Push:
+        topic = node.topic
+        assert topic is not None
+        task = self.task
+        name, encode = topic.name, topic.encode_value
+        append = task.collector.append
+
+        def sink(value: Any) -> None:
+            rec = task.record
+            if append(name, rec.key, encode(value), timestamp_ms=rec.timestamp):
+                task.full = True
+
+        return sink

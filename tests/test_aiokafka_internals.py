@@ -1,0 +1,193 @@
+"""streamkit/aiokafka_internals/ against the real broker: the pin (aiokafka's version and every
+private attribute the module uses), and group fencing of transactional offset commits
+(TxnOffsetCommit v3, KIP-447): a member of an old generation is refused, a zombie past its
+session timeout cannot commit, while the group's current member commits; and the hole it
+closes: aiokafka's own v0 commit is accepted from the stale member."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from streamkit import aiokafka_internals as internals
+from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata
+from tests.kafkahelp import bootstrap, committed, create_topic, read_all, wait_until
+
+
+def test_aiokafka_is_the_pinned_version() -> None:
+    internals.check_version()  # fails when aiokafka changes: re-check the module, then re-pin
+
+
+@contextlib.asynccontextmanager
+async def member(topic: str, group: str, **extra: Any) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(),
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        **extra,
+    )
+    await consumer.start()
+    consumer.subscribe([topic])
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def joined(consumer: AIOKafkaConsumer, partitions: int | None = None) -> None:
+    """Drive the consumer until it holds an assignment (of `partitions` partitions)."""
+
+    async def done() -> bool:
+        await consumer.getmany(timeout_ms=50)
+        held = consumer.assignment()
+        return bool(held) and (partitions is None or len(held) == partitions)
+
+    await wait_until(done, within=60, what="the consumer to join the group", every=0.01)
+
+
+@contextlib.asynccontextmanager
+async def fenced_producer(
+    txn_id: str, metadata: Callable[[], GroupMetadata] | None
+) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), transactional_id=txn_id)
+    await producer.start()
+    if metadata is not None:
+        internals.enable_group_fencing(producer, metadata)
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def commit_in_transaction(
+    producer: AIOKafkaProducer,
+    sink: str,
+    value: bytes,
+    offsets: dict[TopicPartition, int],
+    group: str,
+) -> None:
+    await producer.begin_transaction()
+    try:
+        await producer.send_and_wait(sink, value)
+        await producer.send_offsets_to_transaction(offsets, group)
+        await producer.commit_transaction()
+    except BaseException:
+        await producer.abort_transaction()
+        raise
+
+
+async def test_the_private_attributes_the_module_uses_are_there(uid: str) -> None:
+    topic, group = f"pin-{uid}", f"pin-{uid}"
+    await create_topic(topic, 1)
+    async with member(topic, group) as consumer, fenced_producer(f"pin-{uid}", None) as producer:
+        await joined(consumer)
+        internals.check_consumer(consumer)
+        internals.check_producer(producer)
+        meta = group_metadata(consumer)
+        assert meta.group_id == group and meta.generation_id >= 1 and meta.member_id
+        pid, epoch = internals.producer_identity(producer)
+        assert pid >= 0 and epoch >= 0
+
+
+async def test_a_member_of_an_old_generation_is_refused(uid: str) -> None:
+    source, sink, group = f"gen-in-{uid}", f"gen-out-{uid}", f"gen-{uid}"
+    await create_topic(source, 2)
+    await create_topic(sink, 1)
+    tp0 = TopicPartition(source, 0)
+    async with member(source, group) as a:
+        await joined(a, 2)
+        current = group_metadata(a)
+        # the current member commits: the v3 request is accepted and the offset is there
+        async with fenced_producer(f"gen-a-{uid}", lambda: group_metadata(a)) as producer:
+            await commit_in_transaction(producer, sink, b"current", {tp0: 5}, group)
+        assert await committed(group, source) == {0: 5}
+
+        async with member(source, group) as b:  # a second member: a new generation
+            await wait_until(
+                lambda: group_metadata(a).generation_id > current.generation_id,
+                within=60,
+                what="a rebalance to a new generation",
+            )
+            await joined(b)
+            stale = current  # what a worker that missed the rebalance would still send
+            async with fenced_producer(f"gen-z-{uid}", lambda: stale) as producer:
+                with pytest.raises(GroupFenced) as refused:
+                    await commit_in_transaction(producer, sink, b"stale", {tp0: 9}, group)
+            assert refused.value.code == internals.ILLEGAL_GENERATION, refused.value
+            # a refused transaction stays open on the broker until its transactional id is
+            # registered again (what the worker does: it replaces a fenced producer)
+            async with fenced_producer(f"gen-z-{uid}", None):
+                pass
+            assert await committed(group, source) == {0: 5}, "a stale generation committed"
+
+            # the hole this closes: aiokafka's own TxnOffsetCommit v0 names no member, and the
+            # broker takes it from anyone
+            async with fenced_producer(f"gen-v0-{uid}", None) as producer:
+                await commit_in_transaction(producer, sink, b"unfenced", {tp0: 7}, group)
+            assert await committed(group, source) == {0: 7}
+    values = [r.value for r in await read_all(sink)]
+    assert values == [b"current", b"unfenced"], "the refused transaction's record is visible"
+
+
+async def test_a_zombie_past_its_session_timeout_cannot_commit(uid: str) -> None:
+    """A static member (it leaves no group on stop) falls silent: the group waits for its
+    session timeout, then gives its partitions to the other member. Its producer, still alive,
+    commits with its last membership: refused."""
+    source, sink, group = f"zmb-in-{uid}", f"zmb-out-{uid}", f"zmb-{uid}"
+    await create_topic(source, 2)
+    await create_topic(sink, 1)
+    tp0 = TopicPartition(source, 0)
+    async with fenced_producer(f"zmb-{uid}", None) as producer:
+        async with member(source, group, group_instance_id=f"zombie-{uid}") as zombie:
+            await joined(zombie, 2)
+            last = group_metadata(zombie)
+        # the zombie stopped without leaving; another member takes over after 6 s
+        async with member(source, group) as heir:
+            await joined(heir, 2)
+            assert group_metadata(heir).generation_id > last.generation_id
+            internals.enable_group_fencing(producer, lambda: last)
+            with pytest.raises(GroupFenced) as refused:
+                await commit_in_transaction(producer, sink, b"zombie", {tp0: 3}, group)
+    assert refused.value.code in internals.GROUP_FENCING_ERRORS, refused.value
+    # and what the zombie's consumer holds once it learns it lost its membership (generation
+    # -1, no member id: the broker would check nothing) is refused before it is sent
+    async with fenced_producer(f"zmb-{uid}", lambda: GroupMetadata(group, -1, "", None)) as p:
+        with pytest.raises(GroupFenced):
+            await commit_in_transaction(p, sink, b"no member", {tp0: 4}, group)
+    async with fenced_producer(f"zmb-{uid}", None):
+        pass  # ends the refused transaction on the broker
+    assert await committed(group, source) == {}
+    assert await read_all(sink) == []
+
+
+async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str) -> None:
+    """OffsetFetch v7 with require_stable: while a transaction holding offsets for a partition
+    is open, `fetch_stable_offsets` waits (the broker answers UNSTABLE_OFFSET_COMMIT); once it
+    commits, the new offset is returned. A plain fetch returns the old one meanwhile."""
+    source, sink, group = f"stb-in-{uid}", f"stb-out-{uid}", f"stb-{uid}"
+    await create_topic(source, 1)
+    await create_topic(sink, 1)
+    tp0 = TopicPartition(source, 0)
+    async with member(source, group) as consumer:
+        await joined(consumer, 1)
+        assert await internals.fetch_stable_offsets(consumer, [tp0]) == {tp0: None}
+        async with fenced_producer(f"stb-{uid}", lambda: group_metadata(consumer)) as producer:
+            await producer.begin_transaction()
+            await producer.send_and_wait(sink, b"pending")
+            await producer.send_offsets_to_transaction({tp0: 11}, group)
+            with pytest.raises(internals.OffsetsUnstable):
+                await internals.fetch_stable_offsets(consumer, [tp0], within=1.0)
+            assert await committed(group, source) == {}  # a fetch without require_stable
+            waiting = asyncio.create_task(internals.fetch_stable_offsets(consumer, [tp0]))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await producer.commit_transaction()
+            assert await asyncio.wait_for(waiting, 30) == {tp0: 11}
