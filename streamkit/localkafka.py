@@ -174,6 +174,9 @@ def write_config(
         "share.coordinator.state.topic.replication.factor": replicas,
         "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
+        # a local broker for development and tests: no time retention (test data and replayed
+        # data carry event times long past, which a 7-day retention deletes within minutes)
+        "log.retention.ms": "-1",
     }
     props |= cluster
     if security is not None:

@@ -108,7 +108,11 @@ async def test_a_member_of_an_old_generation_is_refused(uid: str) -> None:
         # the current member commits: the v3 request is accepted and the offset is there
         async with fenced_producer(f"gen-a-{uid}", lambda: group_metadata(a)) as producer:
             await commit_in_transaction(producer, sink, b"current", {tp0: 5}, group)
-        assert await committed(group, source) == {0: 5}
+
+        async def at_five() -> bool:  # visible once the commit's markers are written
+            return await committed(group, source) == {0: 5}
+
+        await wait_until(at_five, within=10, what="the committed offset")
 
         async with member(source, group) as b:  # a second member: a new generation
             await wait_until(

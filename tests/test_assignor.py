@@ -51,3 +51,17 @@ def test_standbys_are_never_the_owner_and_prefer_warm_members() -> None:
     if owners[("rep", 0)] != "m2":
         assert ("rep", 0) in result.standby["m2"]
     assert plan(TOPICS, members(1), {"rep"}, 1).standby == {"m0": []}
+
+
+def test_a_member_that_joins_gets_partitions_though_the_others_could_keep_the_ceiling() -> None:
+    """Two members own 2 + 2 of 4 partitions of each topic; a third joins: it gets some of
+    each topic (3 members over 4 partitions: 2, 1, 1), not nothing."""
+    owned = {
+        "m0": {("in", 0), ("in", 2), ("rep", 0), ("rep", 2)},
+        "m1": set(),
+        "m2": {("in", 1), ("in", 3), ("rep", 1), ("rep", 3)},
+    }
+    members = {m: MemberInfo({"in", "rep"}, owned=o) for m, o in owned.items()}
+    result = plan({"in": 4, "rep": 4}, members, set(), 0)
+    assert count(result.active["m1"], "in") == 1 and count(result.active["m1"], "rep") == 1
+    assert sorted(count(tps, "in") for tps in result.active.values()) == [1, 1, 2]

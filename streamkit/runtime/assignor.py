@@ -4,7 +4,8 @@ Each worker's JoinGroup metadata carries (as JSON user data) the partitions it o
 this rebalance and those it holds local state for (a store on disk, warm from a standby or an
 earlier ownership). The leader's `plan` is a pure function of that:
 
-1. Per topic, each member may own at most ceil(partitions / members).
+1. Per topic, each member may own at most ceil(partitions / members), and only as many
+   members as the remainder allows own that many.
 2. A partition stays with its previous owner while that owner is under its limit (sticky).
 3. Otherwise it goes to a member holding its state, else to the least-loaded member.
 4. For partitions of stateful stages, `standby_replicas` other members (those with state
@@ -74,9 +75,15 @@ def plan(
 
         tps = [(topic, p) for p in range(partitions[topic])]
         rest = []
+        # only `extra` members may keep the ceiling: the others stop at the floor, so a member
+        # that just joined is left partitions to take (3 members over 4: 2, 1, 1, not 2, 2, 0)
+        floor, extra = divmod(partitions[topic], len(subscribed))
         for tp in tps:  # 2. sticky
             previous = next((m for m in subscribed if tp in members[m].owned), None)
-            if previous is not None and per_topic[previous] < limit:
+            at_ceiling = sum(1 for m in subscribed if per_topic[m] > floor)
+            if previous is not None and (
+                per_topic[previous] < floor or (per_topic[previous] == floor and at_ceiling < extra)
+            ):
                 give(tp, previous)
             else:
                 rest.append(tp)
