@@ -119,7 +119,13 @@ class Browser:
                 await asyncio.to_thread(self._proc.wait, 10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
-        self._profile.cleanup()
+        for _ in range(50):  # its helper processes may still be writing the profile as they exit
+            try:
+                self._profile.cleanup()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        shutil.rmtree(self._profile.name, ignore_errors=True)
 
 
 class Page:
