@@ -56,7 +56,7 @@ from streamkit.aiokafka_internals import (
 from streamkit.clients import make_producer
 from streamkit.runtime import faults
 from streamkit.runtime.collector import Sealed
-from streamkit.runtime.task import Task
+from streamkit.runtime.task import Task, TaskState
 from streamkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,13 @@ class TransactionalCheckpointer:
         if snap.sealed.empty and not snap.offsets:
             collector.release()
             return None
-        producer = self._producers[snap.tp]
+        try:
+            producer = self._producers[snap.tp]
+        except KeyError:  # given up meanwhile (a rebalance stopped its producer)
+            collector.discard()
+            if snap.task.status is TaskState.CLOSED:
+                return None  # revoked: its next owner starts from the last commit
+            raise ProducerFenced() from None  # still running: drop it with the others
         try:
             written = await collector.flush_sealed(snap.sealed)
             if snap.offsets:
