@@ -63,6 +63,18 @@ class Codec(Protocol[T]):
         (then call `decode` for the reason)."""
 
 
+class DeclaredCodec:
+    """A codec declared in place of a type: `value_type=Avro(Order)` (streamkit/registry).
+    `codec_for` uses it as it is; a topic binds it to its name and part (`key`/`value`), and
+    the worker prepares it at start (`prepare`: register or look up its schema)."""
+
+    name = "declared"
+
+    def bind(self, topic: str, part: str) -> DeclaredCodec:
+        """The codec for `part` of `topic` (this one, or a copy when bound elsewhere)."""
+        return self
+
+
 class RawCodec:
     name = "raw"
 
@@ -269,6 +281,8 @@ def codec_for(declared: Any, what: str = "type") -> Codec[Any]:
     """The codec for a declared key/value type. `what` names the declaration in a refusal
     (`topic orders: value_type`). Raises ConfigError for a type pydantic cannot validate
     from JSON."""
+    if isinstance(declared, DeclaredCodec):
+        return declared  # type: ignore[return-value]  # each subclass is a Codec
     if declared is bytes:
         return RAW
     if declared is str:

@@ -194,6 +194,16 @@ class Settings(BaseSettings):
             "'streamkit[otel]'; the application configures the SDK and exporter)."
         ),
     )
+    schema_registry_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description=(
+            "Base URL of a Confluent-compatible schema registry (Confluent's API; Apicurio's "
+            "is at /apis/ccompat/v7), for topics declared with Avro, Protobuf or JsonSchema "
+            "codecs (docs/registry.md); `user:password@` in it is sent as basic "
+            "authentication. Unset: such a topic fails at start."
+        ),
+    )
     # -- connection security (docs/security.md); checked by streamkit.security at start ----------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="How to talk to the broker: TLS (SSL), SASL, or both."

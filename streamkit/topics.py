@@ -12,7 +12,7 @@ from typing import Any
 from streamkit.context import CURRENT_COLLECTOR
 from streamkit.events import Headers
 from streamkit.eventtime import TimestampPolicy
-from streamkit.serde import STR, Codec, codec_for
+from streamkit.serde import STR, Codec, DeclaredCodec, codec_for
 from streamkit.settings import ConfigError
 from streamkit.windows import seconds_ms
 
@@ -75,6 +75,11 @@ class Topic:
             STR if key_type is None else codec_for(key_type, f"topic {name}: key_type")
         )
         self.value_codec: Codec[Any] = codec_for(value_type, f"topic {name}: value_type")
+        # a schema-registry codec learns its subject ({topic}-key, {topic}-value)
+        if isinstance(self.key_codec, DeclaredCodec):
+            self.key_codec = self.key_codec.bind(name, "key")  # type: ignore[assignment]
+        if isinstance(self.value_codec, DeclaredCodec):
+            self.value_codec = self.value_codec.bind(name, "value")  # type: ignore[assignment]
         self.declared_partitions = partitions
         self.partitions: int | None = partitions  # the broker's count once verified
         self.config = dict(config or {})

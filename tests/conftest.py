@@ -57,3 +57,29 @@ def secure_kafka() -> Iterator[dict[str, Any]]:
         yield broker.security
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Confluent-compatible schema registry's URL: STREAMKIT_SCHEMA_REGISTRY_URL when set,
+    else an Apicurio Registry started here (streamkit/localregistry.py) once, for the tests
+    that ask for it, and stopped at the end; its start-up time is reported."""
+    given = os.environ.get("STREAMKIT_SCHEMA_REGISTRY_URL")
+    if given:
+        yield given
+        return
+    import time
+
+    from streamkit import localregistry
+
+    localregistry.resolve_app()  # a first run's Maven download is not start-up time
+    started = time.monotonic()
+    registry = localregistry.start_registry()
+    took = time.monotonic() - started
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"schema registry: Apicurio {registry.version} up in {took:.1f} s")
+    try:
+        yield registry.url
+    finally:
+        registry.stop()

@@ -1,9 +1,10 @@
 """Worker: one process of an app. Start, run the background tasks, stop cleanly.
 
-Start: verify/create topics → load the global tables → start the producer → join the group
-(tasks are created as partitions are assigned) → run the named background tasks `fetch`,
-`commit`, `standby` and `web` (the HTTP server of runtime/web.py, bound before joining so the
-group learns it), and `global`, `sources` to follow global tables and tables read from a topic.
+Start: verify/create topics → register the schemas of schema-registry codecs → load the global
+tables → start the producer → join the group (tasks are created as partitions are assigned) →
+run the named background tasks `fetch`, `commit`, `standby` and `web` (the HTTP server of
+runtime/web.py, bound before joining so the group learns it), and `global`, `sources` to follow
+global tables and tables read from a topic.
 Exactly-once: each assigned input partition also gets its transactional producer (which fences
 the previous owner) before its committed offset is read and its task starts; or, with
 `transactional_producer="per_worker"`, the worker's one producer serves them all, and the
@@ -29,6 +30,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
+from streamkit.registry.codec import prepare_codecs
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
@@ -121,6 +123,8 @@ class Worker:
     async def _start(self) -> None:
         app, settings = self.app, self.settings
         await ensure_app_topics(app, client_id=self.client_id)
+        # schema-registry codecs register their schemas: a refused one fails the start
+        await asyncio.to_thread(prepare_codecs, app.topics.values(), settings.schema_registry_url)
         # global tables are loaded before the group is joined: no agent sees them half-read
         self.global_tables = GlobalTables(
             app.id, list(app.global_tables.values()), settings, f"{self.client_id}-global"

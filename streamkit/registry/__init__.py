@@ -1,0 +1,22 @@
+"""Schema Registry codecs: Avro, Protobuf and JSON Schema keys and values in the Confluent wire
+format, their schemas registered (or looked up) at start in a Confluent-compatible registry
+(`schema_registry_url`). See docs/registry.md.
+
+    from streamkit.registry import Avro
+    orders = app.topic("orders", value_type=Avro(Order), key_type=Avro(str))
+"""
+
+from streamkit.registry.avro import Avro
+from streamkit.registry.avro_schema import avro_schema
+from streamkit.registry.client import RegistryClient, RegistryError, RegistryUnavailable
+from streamkit.registry.codec import SchemaCodec, prepare_codecs
+
+__all__ = [
+    "Avro",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryUnavailable",
+    "SchemaCodec",
+    "avro_schema",
+    "prepare_codecs",
+]
