@@ -17,10 +17,21 @@ import pytest
 from pydantic import BaseModel
 
 import streamkit as sk
-from streamkit.registry import Avro, RegistryClient, avro_schema, prepare_codecs
+from streamkit.localkafka import free_ports
+from streamkit.registry import (
+    Avro,
+    JsonSchema,
+    Protobuf,
+    RegistryClient,
+    RegistryUnavailable,
+    SchemaCodec,
+    avro_schema,
+    prepare_codecs,
+)
 from streamkit.runtime.dlq import describe
 from streamkit.runtime.worker import Worker
 from streamkit.settings import ConfigError
+from tests.badinput import Made, run_task
 from tests.kafkahelp import (
     committed,
     create_topic,
@@ -30,6 +41,7 @@ from tests.kafkahelp import (
     running,
     wait_until,
 )
+from tests.protohelp import shop_messages
 
 
 class Color(enum.StrEnum):
@@ -72,8 +84,9 @@ def orders(n: int) -> list[Order]:
 
 
 def registry_app(
-    uid: str, url: str, workdir: Path, key: Any, value: Any, out_value: Any
+    uid: str, url: str, workdir: Path, key: Any, value: Any, out_value: Any, total: Any
 ) -> tuple[sk.App, sk.Topic, sk.Topic]:
+    """in (key, value) → an agent → out (the same key, `total(order)`), exactly-once."""
     app = sk.App(
         f"reg-{uid}",
         schema_registry_url=url,
@@ -84,9 +97,9 @@ def registry_app(
     out = app.topic(f"reg-out-{uid}", key_type=key, value_type=out_value, partitions=2)
 
     @app.agent(src, sink=out)
-    async def total(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
+    async def totals(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
         async for order in stream:
-            yield Total(id=order.id, total=order.amount * 2)
+            yield total(order)
 
     return app, src, out
 
@@ -101,10 +114,45 @@ async def run_to_the_end(app: sk.App, topic: str) -> None:
         await wait_until(all_committed, within=60, what="every input offset committed")
 
 
+async def check_round_trip_and_dlq(
+    app: sk.App,
+    src: sk.Topic,
+    out: sk.Topic,
+    pairs: list[tuple[Any, Any]],
+    expected: list[tuple[Any, Any]],
+    bad: dict[str, tuple[bytes | None, bytes]],
+) -> None:
+    """Produce the good (key, value) pairs through the codecs, then the bad records (reason →
+    raw key or None for a good one, raw value); run a worker to the end; the outputs decode to
+    `expected` and each bad record is a dead letter, its bytes intact, with its reason."""
+    keys = [src.key_codec.encode(k) for k, _ in pairs]
+    values = [src.value_codec.encode(v) for _, v in pairs]
+    for key, value in bad.values():
+        keys.append(keys[0] if key is None else key)
+        values.append(value)
+    await produce(src.name, values, keys=keys, partition=0)
+    await run_to_the_end(app, src.name)
+    outputs = [
+        (out.key_codec.decode(r.key), out.value_codec.decode(r.value))
+        for r in await read_all(out.name)
+    ]
+    assert sorted(outputs, key=repr) == sorted(expected, key=repr)
+    dead = await read_all(app.dlq.name)
+    by_offset = {int(describe(r.headers)["streamkit.source.offset"]): r for r in dead}
+    assert len(dead) == len(bad)
+    for offset, (reason, (_key, value)) in enumerate(bad.items(), start=len(pairs)):
+        record = by_offset[offset]
+        assert reason in describe(record.headers)["streamkit.error"], reason
+        assert record.value == value  # the bytes as they came
+
+
 async def test_avro_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
     schema_registry: str, uid: str, workdir: Path
 ) -> None:
-    app, src, out = registry_app(uid, schema_registry, workdir, Avro(str), Avro(Order), Avro(Total))
+    app, src, out = registry_app(
+        uid, schema_registry, workdir, Avro(str), Avro(Order), Avro(Total),
+        lambda o: Total(id=o.id, total=o.amount * 2),
+    )  # fmt: skip
     await create_topic(src.name, 1)
     await asyncio.to_thread(prepare_codecs, [src, out], schema_registry)
     good = orders(40)
@@ -113,41 +161,91 @@ async def test_avro_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
         f"reg-other-{uid}", '{"type": "object", "properties": {"a": {"type": "string"}}}', "JSON"
     )
     header = src.value_codec.encode(good[0])[:5]
-    bad: dict[str, tuple[bytes, bytes]] = {  # the reason each must carry → (key, value)
-        "magic byte 0x7b, expected 0x00": (b"", b'{"id": 1}'),
-        "fewer than the 5-byte header": (b"", b"\0\0\1"),
-        "unknown schema id 999999": (b"", b"\0" + (999999).to_bytes(4, "big") + b"\2"),
-        f"schema id {json_id} is a JSON schema, not AVRO": (
-            b"",
+    bad: dict[str, tuple[bytes | None, bytes]] = {
+        "magic byte 0x7b, expected 0x00": (None, b'{"id": 1}'),
+        "fewer than the 5-byte header": (None, b"\0\0\1"),
+        "unknown schema id 999999": (None, b"\0" + (999999).to_bytes(4, "big") + b"\2"),
+        f"schema id {json_id} is registered as JSON, not AVRO": (
+            None,
             b"\0" + json_id.to_bytes(4, "big") + b"{}",
         ),
-        "bytes do not match Avro schema id": (b"", header + b"\x02"),  # truncated record
-        "left over after the record": (b"", src.value_codec.encode(good[1]) + b"\0\0"),
+        "bytes do not match Avro schema id": (None, header + b"\x02"),  # truncated record
+        "left over after the record": (None, src.value_codec.encode(good[1]) + b"\0\0"),
         "key: not in the schema registry's wire format": (
             b"plain",
             src.value_codec.encode(good[2]),
         ),
     }
-    keys = [src.key_codec.encode(f"k{o.id % 7}") for o in good]
-    values = [src.value_codec.encode(o) for o in good]
-    for key, value in bad.values():
-        keys.append(key or keys[0])
-        values.append(value)
-    await produce(src.name, values, keys=keys, partition=0)
-    await run_to_the_end(app, src.name)
+    pairs = [(f"k{o.id % 7}", o) for o in good]
+    expected = [(k, Total(id=o.id, total=o.amount * 2)) for k, o in pairs]
+    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
 
-    totals = await read_all(out.name)
-    decoded = [(out.key_codec.decode(r.key), out.value_codec.decode(r.value)) for r in totals]
-    assert sorted(decoded, key=lambda kv: kv[1].id) == [
-        (f"k{o.id % 7}", Total(id=o.id, total=o.amount * 2)) for o in good
-    ]
-    dead = await read_all(app.dlq.name)
-    reasons = {int(describe(r.headers)["streamkit.source.offset"]): r for r in dead}
-    assert len(dead) == len(bad)
-    for offset, (expected, (_key, value)) in enumerate(bad.items(), start=len(good)):
-        record = reasons[offset]
-        assert expected in describe(record.headers)["streamkit.error"], expected
-        assert record.value == value  # the bytes as they came
+
+async def test_protobuf_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
+    schema_registry: str, uid: str, workdir: Path
+) -> None:
+    messages = shop_messages(f"reg{uid}")
+    Key, Order, Total = messages["Key"], messages["Order"], messages["Total"]
+    app, src, out = registry_app(
+        uid, schema_registry, workdir, Protobuf(Key), Protobuf(Order), Protobuf(Total),
+        lambda o: Total(id=o.id, total=o.amount * 2 + sum(line.qty for line in o.lines)),
+    )  # fmt: skip
+    await create_topic(src.name, 1)
+    await asyncio.to_thread(prepare_codecs, [src, out], schema_registry)
+    pairs = []
+    for i in range(30):
+        order = Order(id=i, amount=i / 2, color=i % 2, card=f"c{i}")
+        order.lines.add(sku="x", qty=i % 4)
+        order.tags["t"] = i
+        pairs.append((Key(customer=f"k{i % 5}"), order))
+    avro_id = RegistryClient(schema_registry).register(f"reg-avro-{uid}", '"string"', "AVRO")
+    header = src.value_codec.encode(pairs[0][1])[:5]  # id; Order's index list is b"\x02\x02"
+    bad: dict[str, tuple[bytes | None, bytes]] = {
+        f"message indexes [2] name another message than reg{uid}.Order": (
+            None,
+            header + b"\x02\x04" + pairs[1][1].SerializeToString(),
+        ),
+        "no valid message-index list after the header": (None, header + b"\x80"),
+        "bytes do not match Protobuf schema id": (None, header + b"\x02\x02\xff\xff\xff"),
+        f"schema id {avro_id} is registered as AVRO, not PROTOBUF": (
+            None,
+            b"\0" + avro_id.to_bytes(4, "big") + b"\0",
+        ),
+        "key: not in the schema registry's wire format": (
+            b"k",
+            src.value_codec.encode(pairs[2][1]),
+        ),
+    }
+    expected = [(k, Total(id=o.id, total=o.amount * 2 + o.lines[0].qty)) for k, o in pairs]
+    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
+
+
+async def test_json_schema_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
+    schema_registry: str, uid: str, workdir: Path
+) -> None:
+    app, src, out = registry_app(
+        uid, schema_registry, workdir, JsonSchema(int), JsonSchema(Order), JsonSchema(Total),
+        lambda o: Total(id=o.id, total=o.amount * 2),
+    )  # fmt: skip
+    await create_topic(src.name, 1)
+    await asyncio.to_thread(prepare_codecs, [src, out], schema_registry)
+    good = orders(30)
+    header = src.value_codec.encode(good[0])[:5]
+    bad: dict[str, tuple[bytes | None, bytes]] = {
+        "invalid Order: id: Input should be a valid integer": (
+            None,
+            header + b'{"id": "x", "amount": 1, "at": "2026-01-01T00:00:00Z"}',
+        ),
+        "invalid Order: value: Invalid JSON": (None, header + b"{not json"),
+        "magic byte 0x7b, expected 0x00": (None, b'{"id": 1}'),
+        "key: invalid int: value: Input should be a valid integer": (
+            src.key_codec.encode(0)[:5] + b'"seven"',
+            src.value_codec.encode(good[1]),
+        ),
+    }
+    pairs = [(o.id % 6, o) for o in good]
+    expected = [(k, Total(id=o.id, total=o.amount * 2)) for k, o in pairs]
+    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
 
 
 async def test_an_incompatible_schema_fails_the_start_with_the_registrys_message(
@@ -205,3 +303,37 @@ def test_a_lookup_of_an_unregistered_schema_says_so(schema_registry: str) -> Non
     codec = Avro(Total, subject=f"reg-none-{uuid.uuid4().hex[:8]}", register=False)
     with pytest.raises(ConfigError, match=r"HTTP 404.*register it, or declare register=True"):
         codec.prepare(RegistryClient(schema_registry))
+
+
+async def test_an_unreachable_registry_stops_the_task_and_dead_letters_nothing(
+    schema_registry: str, uid: str
+) -> None:
+    """A record whose schema id is new while the registry is down is not the record's fault:
+    the task fails (the worker stops; the next owner reads the record again), no dead letter."""
+    app = sk.App(f"reg-down-{uid}", schema_registry_url=schema_registry)
+    src = app.topic(f"reg-down-{uid}", value_type=Avro(Total))
+    out = app.topic(f"reg-down-out-{uid}")
+
+    @app.agent(src, sink=out)
+    async def ids(stream: sk.Stream[Total]) -> AsyncIterator[int]:
+        async for total in stream:
+            yield total.id
+
+    prepare_codecs([src], schema_registry)
+    codec = src.value_codec
+    assert isinstance(codec, SchemaCodec)
+    codec.client = RegistryClient(f"http://127.0.0.1:{free_ports(1)[0]}")  # nobody listens
+    good = codec.encode(Total(id=1, total=2.0))
+    made = [
+        Made("valid", None, good),
+        Made("new-id", None, b"\0" + (424242).to_bytes(4, "big") + good[5:], good=False),
+    ]
+    task, collector = await run_task(app, src, made, event_time=False)
+    try:
+        assert task.runner is not None and task.runner.done()
+        with pytest.raises(RegistryUnavailable, match="unreachable"):
+            task.runner.result()
+        assert task.committable == 1  # the good record only
+        assert not [r for r in collector.records if r.topic == app.dlq.name]
+    finally:
+        await task.close(1.0)

@@ -74,7 +74,7 @@ class Avro(SchemaCodec):
         return self.text
 
     def own_writer(self) -> Any:
-        return None  # the writer is the reader: no resolution needed
+        return self.parsed  # the writer is the reader: `read` needs no resolution
 
     def parse_writer(self, registered: RegisteredSchema) -> Any:
         return fastavro.parse_schema(json.loads(registered.schema))
@@ -92,7 +92,7 @@ class Avro(SchemaCodec):
         buf = io.BytesIO(data)
         buf.seek(HEADER)
         try:
-            if writer is None:
+            if writer is self.parsed:
                 value = fastavro.schemaless_reader(buf, self.parsed, None)
             else:
                 value = fastavro.schemaless_reader(buf, writer, self.parsed)

@@ -36,6 +36,7 @@ from streamkit.settings import ConfigError
 
 MAGIC = 0
 HEADER = 5  # magic byte + 4-byte schema id
+_MISSING = object()
 _MAX_UNKNOWN = 1000  # unknown ids remembered (their reason), so bad records cost no request
 
 
@@ -150,8 +151,8 @@ class SchemaCodec(DeclaredCodec):
                 "expected 0x00"
             )
         schema_id = int.from_bytes(data[1:HEADER], "big")
-        writer = self._writers.get(schema_id)
-        if writer is None:
+        writer = self._writers.get(schema_id, _MISSING)
+        if writer is _MISSING:
             writer = self._fetch(schema_id)
         return self.read(writer, schema_id, data)
 
@@ -189,7 +190,7 @@ class SchemaCodec(DeclaredCodec):
         if registered.schema_type != self.schema_type:
             return self._refuse(
                 schema_id,
-                f"schema id {schema_id} is a {registered.schema_type} schema, not "
+                f"schema id {schema_id} is registered as {registered.schema_type}, not "
                 f"{self.schema_type} ({self.where} is declared {self.format_name})",
             )
         try:

@@ -3,6 +3,7 @@ next owner of its partition), where an event's own failure becomes a dead letter
 
 from __future__ import annotations
 
+from streamkit.registry.client import RegistryUnavailable
 from streamkit.runtime.collector import ProduceFailed
 from streamkit.state.table import TableNotBound
 
@@ -11,4 +12,6 @@ class AgentStopped(Exception):
     """Agent code raised and `on_agent_error="stop"`: the worker must stop."""
 
 
-FATAL = (TableNotBound, AgentStopped, ProduceFailed)
+# RegistryUnavailable: a record names a schema id not seen yet and the schema registry does not
+# answer; the record is not at fault, so it is read again rather than dead-lettered.
+FATAL = (TableNotBound, AgentStopped, ProduceFailed, RegistryUnavailable)

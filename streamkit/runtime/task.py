@@ -263,6 +263,8 @@ class Task:
         try:
             key = None if raw_key is None else inp.loads_key(raw_key)
             value = None if raw_value is None else inp.loads_value(raw_value)
+        except FATAL:  # the schema registry unreachable: not the record's fault
+            raise
         except Exception:  # ValueError mostly; a model's own validator may raise anything
             problem = decode_problem(inp.key_codec, inp.value_codec, rec)
             self._dead_letter(rec, problem, "DecodeError")
