@@ -101,7 +101,7 @@ class _Deriver:
         if not all(isinstance(s, str) and _NAME.match(s) for s in symbols):
             raise ConfigError(
                 f"{where}: enum {cls.__name__} needs str values that are Avro names "
-                "(letters, digits, _), got {symbols!r}"
+                f"(letters, digits, _), got {symbols!r}"
             )
         self.named.add(name)
         return {"type": "enum", "name": cls.__name__, **self.ns(), "symbols": symbols}
