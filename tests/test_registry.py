@@ -28,6 +28,7 @@ from streamkit.registry import (
     avro_schema,
     prepare_codecs,
 )
+from streamkit.registry.codec import check_state_codecs
 from streamkit.runtime.dlq import describe
 from streamkit.runtime.worker import Worker
 from streamkit.settings import ConfigError
@@ -303,6 +304,16 @@ async def test_without_a_registry_url_a_registry_topic_fails_at_start(uid: str) 
     topic = app.topic(f"reg-nourl-{uid}", value_type=Avro(Total))
     with pytest.raises(ConfigError, match="set schema_registry_url"):
         prepare_codecs([topic], None)
+
+
+def test_a_registry_codec_on_a_table_is_refused_unless_it_is_its_topics(uid: str) -> None:
+    app = sk.App(f"reg-table-{uid}", schema_registry_url="http://127.0.0.1:9/x")
+    totals = app.topic(f"reg-table-{uid}", value_type=Avro(Total))
+    app.table("by-source", source=totals)  # shares the topic's codec: fine
+    check_state_codecs(app)
+    app.table("own", value_type=Avro(Total))
+    with pytest.raises(ConfigError, match=r"table own: value_type Avro\(Total\) is for topics"):
+        check_state_codecs(app)
 
 
 def test_a_lookup_of_an_unregistered_schema_says_so(schema_registry: str) -> None:

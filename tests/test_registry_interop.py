@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 import streamkit as sk
 from streamkit.registry import Avro, JsonSchema, Protobuf, SchemaCodec, prepare_codecs
+from streamkit.serde import DecodeError
 from tests.protohelp import shop_messages
 
 
@@ -169,3 +170,17 @@ def test_a_codec_given_only_a_schema_round_trips_plain_values(
 ) -> None:
     topic, _ = topic_with(Avro(str), codec, schema_registry)
     assert topic.value_codec.decode(topic.value_codec.encode(value)) == value
+
+
+def test_an_untyped_json_schema_codec_checks_records_against_their_writers_schema(
+    schema_registry: str,
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    topic, _ = topic_with(JsonSchema(int), JsonSchema(schema=schema), schema_registry)
+    header = topic.value_codec.encode({"n": 1})[:5]
+    with pytest.raises(DecodeError, match=r"does not match JSON schema id \d+: n: 'x' is not"):
+        topic.value_codec.decode(header + b'{"n": "x"}')
+    with pytest.raises(DecodeError, match="invalid JSON after the header"):
+        topic.value_codec.decode(header + b"{")
+    with pytest.raises(ValueError, match="value does not match the JSON schema: value: 'n'"):
+        topic.value_codec.encode({"m": 1})  # written records are checked too

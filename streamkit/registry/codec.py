@@ -220,6 +220,32 @@ def registry_codecs(topics: Iterable[Any]) -> list[SchemaCodec]:
     return list(found.values())
 
 
+def check_state_codecs(app: Any) -> None:
+    """A registry codec declared on a table, global table or window rather than on a topic has
+    no subject: refused at start. (A table read from a topic shares that topic's codec.)"""
+    for kind, holders in (
+        ("table", app.tables),
+        ("global table", app.global_tables),
+        ("window", app.windows),
+    ):
+        for name, holder in holders.items():
+            for part in ("key", "value"):
+                codec = getattr(holder, f"{part}_codec", None)
+                if isinstance(codec, SchemaCodec) and codec.topic is None:
+                    raise ConfigError(
+                        f"{kind} {name}: {part}_type {codec.format_name}({codec.what}) is for "
+                        "topics (its subject is the topic's): declare it on the topic the "
+                        f"{kind} reads, or give the {kind} a plain type (JSON)"
+                    )
+
+
+def prepare_app_codecs(app: Any) -> list[SchemaCodec]:
+    """The worker's start step: check the state declarations, then `prepare_codecs` on the
+    app's topics with its `schema_registry_url`."""
+    check_state_codecs(app)
+    return prepare_codecs(app.topics.values(), app.settings.schema_registry_url)
+
+
 def prepare_codecs(topics: Iterable[Any], url: str | None) -> list[SchemaCodec]:
     """Start steps 1-3 (module docstring): register or look up every registry codec's schema
     of these topics; ConfigError with the registry's message when one is refused."""

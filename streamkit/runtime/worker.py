@@ -30,7 +30,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
-from streamkit.registry.codec import prepare_codecs
+from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
 from streamkit.runtime.checkpoint import Checkpointer
@@ -124,7 +124,7 @@ class Worker:
         app, settings = self.app, self.settings
         await ensure_app_topics(app, client_id=self.client_id)
         # schema-registry codecs register their schemas: a refused one fails the start
-        await asyncio.to_thread(prepare_codecs, app.topics.values(), settings.schema_registry_url)
+        await asyncio.to_thread(prepare_app_codecs, app)
         # global tables are loaded before the group is joined: no agent sees them half-read
         self.global_tables = GlobalTables(
             app.id, list(app.global_tables.values()), settings, f"{self.client_id}-global"
