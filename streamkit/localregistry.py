@@ -60,36 +60,50 @@ def registry_version(pom: Path = POM) -> str:
     return node.text.strip()
 
 
-def app_dir(version: str) -> Path:
+def cache_dir(name: str) -> Path:
     root = os.environ.get("STREAMKIT_KAFKA_CACHE") or Path.home() / ".cache" / "streamkit"
-    return Path(root) / f"apicurio-registry-{version}"
+    return Path(root) / name
 
 
 def resolve_app(pom: Path = POM) -> Path:
     """The unpacked distribution (the folder of quarkus-run.jar); Maven runs only when it is
-    not cached. The cache is filled in a temporary folder and renamed: complete or absent."""
-    target, digest = app_dir(registry_version(pom)), hashlib.sha256(pom.read_bytes()).hexdigest()
+    not cached."""
+    target = cache_dir(f"apicurio-registry-{registry_version(pom)}")
+    return _maven(pom, target, ["dependency:unpack"], "quarkus-run.jar")
+
+
+def resolve_jars(pom: Path) -> Path:
+    """The folder of the runtime jars a pom depends on (Apicurio's Java serdes for the tests),
+    cached as `apicurio-serde-<version>`; Maven runs only when it is not cached."""
+    target = cache_dir(f"apicurio-serde-{registry_version(pom)}")
+    args = ["dependency:copy-dependencies", "-DincludeScope=runtime"]
+    return _maven(pom, target, args, "")
+
+
+def _maven(pom: Path, target: Path, goal: list[str], expect: str) -> Path:
+    """Run Maven's `goal` into `target` once per pom content: it fills a temporary folder that
+    is renamed when complete, so the cache is complete or absent."""
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     marker = target / MARKER
     if marker.is_file() and marker.read_text() == digest:
         return target
-    with _locked(target.parent / ".registry-lock"):
+    with _locked(target.parent / f".{target.name}.lock"):
         if marker.is_file() and marker.read_text() == digest:
             return target
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise RegistryError(f"Maven (mvn) is needed once, to fetch Apicurio into {target}")
-        for leftover in target.parent.glob(".apicurio-*"):  # from a run killed mid-download
+            raise RegistryError(f"Maven (mvn) is needed once, to fetch {pom} into {target}")
+        for leftover in target.parent.glob(f".{target.name}-*"):  # a run killed mid-download
             shutil.rmtree(leftover, ignore_errors=True)
-        log(f"fetching Apicurio Registry with Maven into {target} (first run only)")
+        log(f"fetching {target.name} with Maven into {target} (first run only)")
         started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=".apicurio-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             result = subprocess.run(
-                [mvn, "-q", "-B", "-f", str(pom), "dependency:unpack",
-                 f"-DoutputDirectory={tmp}"],
+                [mvn, "-q", "-B", "-f", str(pom), *goal, f"-DoutputDirectory={tmp}"],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
             )  # fmt: skip
-            if result.returncode != 0 or not (tmp / "quarkus-run.jar").is_file():
+            if result.returncode != 0 or not (tmp / expect).exists():
                 raise RegistryError(f"Maven failed:\n{result.stdout}{result.stderr}")
             (tmp / MARKER).write_text(digest)
             shutil.rmtree(target, ignore_errors=True)
