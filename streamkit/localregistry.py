@@ -42,6 +42,7 @@ POM = Path(__file__).resolve().parent / "registry" / "pom.xml"
 MARKER = ".streamkit-resolved"  # written last; holds the sha256 of the pom it came from
 API = "/apis/ccompat/v7"
 MIN_JAVA = 21
+JVM_DIRS = ("/usr/lib/jvm",)  # where Debian's (and Temurin's) packages put JDKs
 
 
 class RegistryError(RuntimeError):
@@ -136,7 +137,7 @@ def find_java(minimum: int = MIN_JAVA) -> str:
         if home
     ]
     candidates += [found] if (found := shutil.which("java")) else []
-    candidates += sorted(str(p) for p in Path("/usr/lib/jvm").glob("*/bin/java"))
+    candidates += sorted(str(p) for root in JVM_DIRS for p in Path(root).glob("*/bin/java"))
     for java in candidates:
         if os.access(java, os.X_OK) and java_major(java) >= minimum:
             return java
