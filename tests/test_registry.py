@@ -182,6 +182,29 @@ async def test_avro_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
     await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
 
 
+async def test_avro_values_cross_a_key_by_through_their_own_subject(
+    schema_registry: str, uid: str, workdir: Path
+) -> None:
+    """The repartition topic of a key_by after an Avro topic carries Avro too, its schema
+    registered under `{repartition topic}-value` at start."""
+    app = sk.App(f"reg-kb-{uid}", schema_registry_url=schema_registry, workdir=workdir)
+    src = app.topic(f"reg-kb-in-{uid}", value_type=Avro(Order), partitions=1)
+    out = app.topic(f"reg-kb-out-{uid}", value_type=Avro(Total), partitions=1)
+    by_color = app.stream(src).key_by(lambda o: o.color.value, partitions=2, name="by-color")
+    by_color.map(lambda o: Total(id=o.id, total=o.amount)).to(out)
+    await create_topic(src.name, 1)
+    await asyncio.to_thread(prepare_codecs, [src, out], schema_registry)
+    good = orders(20)
+    await produce(src.name, [src.value_codec.encode(o) for o in good], partition=0)
+    async with running(app):
+        totals = await read_all(out.name, expect=len(good), within=60)
+    assert sorted(
+        ((r.key.decode(), out.value_codec.decode(r.value)) for r in totals), key=repr
+    ) == sorted(((o.color.value, Total(id=o.id, total=o.amount)) for o in good), key=repr)
+    subjects = RegistryClient(schema_registry).subjects()
+    assert f"{app.id}-by-color-repartition-value" in subjects
+
+
 async def test_protobuf_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
     schema_registry: str, uid: str, workdir: Path
 ) -> None:
