@@ -71,3 +71,23 @@ def shop_messages(package: str = "streamkit.test") -> dict[str, Any]:
         file.message_types_by_name["Order"].nested_types_by_name["Line"]
     )
     return classes
+
+
+def event_with_timestamp(package: str) -> Any:
+    """A message `Event {google.protobuf.Timestamp at = 1; int32 n = 2;}` whose file imports
+    a well-known type."""
+    from google.protobuf import timestamp_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    well_known = descriptor_pb2.FileDescriptorProto()
+    timestamp_pb2.DESCRIPTOR.CopyToProto(well_known)
+    pool.Add(well_known)
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"{package}.proto", package=package, dependency=["google/protobuf/timestamp.proto"]
+    )
+    file.syntax = "proto3"
+    event = file.message_type.add(name="Event")
+    event.field.append(_field("at", 1, F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp"))
+    event.field.append(_field("n", 2, F.TYPE_INT32))
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.Event"))

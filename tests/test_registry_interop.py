@@ -22,7 +22,7 @@ from pydantic import BaseModel
 import streamkit as sk
 from streamkit.registry import Avro, JsonSchema, Protobuf, SchemaCodec, prepare_codecs
 from streamkit.serde import DecodeError
-from tests.protohelp import shop_messages
+from tests.protohelp import event_with_timestamp, shop_messages
 
 
 class Reading(BaseModel):
@@ -184,3 +184,17 @@ def test_an_untyped_json_schema_codec_checks_records_against_their_writers_schem
         topic.value_codec.decode(header + b"{")
     with pytest.raises(ValueError, match="value does not match the JSON schema: value: 'n'"):
         topic.value_codec.encode({"m": 1})  # written records are checked too
+
+
+def test_a_protobuf_message_importing_a_well_known_type_registers_and_crosses(
+    schema_registry: str,
+) -> None:
+    Event = event_with_timestamp(f"wkt{uuid.uuid4().hex[:6]}")
+    topic, name = topic_with(Avro(str), Protobuf(Event), schema_registry)
+    assert 'import "google/protobuf/timestamp.proto";' in topic.value_codec.schema_text()  # type: ignore[attr-defined]
+    event = Event(n=3)
+    event.at.seconds = 1_700_000_000
+    frame = topic.value_codec.encode(event)
+    assert topic.value_codec.decode(frame) == event
+    theirs = ProtobufDeserializer(Event, {"use.deprecated.format": False})
+    assert theirs(frame, contexts(name)[1]) == event
