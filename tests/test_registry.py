@@ -28,6 +28,7 @@ from streamkit.registry import (
     avro_schema,
     prepare_codecs,
 )
+from streamkit.registry import codec as codec_module
 from streamkit.registry.codec import check_state_codecs
 from streamkit.runtime.dlq import describe
 from streamkit.runtime.worker import Worker
@@ -337,6 +338,27 @@ def test_a_registry_codec_on_a_table_is_refused_unless_it_is_its_topics(uid: str
     app.table("own", value_type=Avro(Total))
     with pytest.raises(ConfigError, match=r"table own: value_type Avro\(Total\) is for topics"):
         check_state_codecs(app)
+
+
+def test_an_unreachable_registry_at_start_is_tried_again_then_fails_the_start(
+    uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec_module, "START_RETRIES", (0.01, 0.01))
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/apis/ccompat/v7"  # nobody listens
+    app = sk.App(f"reg-start-{uid}", schema_registry_url=url)
+    topic = app.topic(f"reg-start-{uid}", value_type=Avro(Total))
+    with pytest.raises(ConfigError, match=r"unreachable.*check schema_registry_url"):
+        prepare_codecs([topic], url)
+
+
+def test_the_start_steps_read_the_same_in_the_code_and_in_the_docs() -> None:
+    def steps(text: str) -> str:
+        start = text.index("1. every topic's")
+        return " ".join(text[start : text.index("the codec writes.", start)].split())
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "registry.md").read_text()
+    assert codec_module.__doc__ is not None
+    assert steps(codec_module.__doc__) == steps(docs)
 
 
 def test_a_lookup_of_an_unregistered_schema_says_so(schema_registry: str) -> None:

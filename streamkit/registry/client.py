@@ -40,7 +40,9 @@ class RegisteredSchema:
 
 
 class RegistryClient:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, fetch_timeout: float = 3.0) -> None:
+        """`timeout`: the calls at start; `fetch_timeout`: `schema(id)`, which the record
+        path calls (blocking the worker's event loop) the first time it meets an id."""
         parts = urllib.parse.urlsplit(url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -52,12 +54,18 @@ class RegistryClient:
             netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
             parts = parts._replace(netloc=netloc)
         self.url = urllib.parse.urlunsplit(parts)
-        self.timeout = timeout
+        self.timeout, self.fetch_timeout = timeout, fetch_timeout
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r})"
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
         request.add_header("Accept", CONTENT_TYPE)
@@ -66,7 +74,7 @@ class RegistryClient:
         if self._auth is not None:
             request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -101,7 +109,7 @@ class RegistryClient:
         return int(self._call("POST", path, self._payload(schema, schema_type))["id"])
 
     def schema(self, schema_id: int) -> RegisteredSchema:
-        answer = self._call("GET", f"/schemas/ids/{int(schema_id)}")
+        answer = self._call("GET", f"/schemas/ids/{int(schema_id)}", timeout=self.fetch_timeout)
         return RegisteredSchema(
             int(schema_id), str(answer.get("schemaType") or "AVRO"), str(answer["schema"])
         )

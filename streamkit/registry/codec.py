@@ -10,7 +10,8 @@ Start (`prepare_codecs`, run by the worker before it joins the group):
    ConfigError naming the topic;
 2. each codec registers its schema under its subject (or, declared `register=False`, looks it
    up): a schema the registry refuses (incompatible, invalid, not found) is a ConfigError with
-   the registry's own message, so the worker fails at start;
+   the registry's own message, so the worker fails at start; a registry that cannot be reached
+   is tried 4 times over 3.5 s, then fails the start the same way;
 3. the id becomes the 5-byte header of every record the codec writes.
 
 Decoding reads the id, takes the writer's schema from the codec's cache or, the first time an
@@ -22,6 +23,7 @@ DecodeError with that reason, and the stream sends it to the dead-letter topic.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -36,7 +38,14 @@ from streamkit.settings import ConfigError
 
 MAGIC = 0
 HEADER = 5  # magic byte + 4-byte schema id
+START_RETRIES = (0.5, 1.0, 2.0)  # seconds between tries to reach the registry at start
 _MISSING = object()
+
+
+class RegistryStartError(ConfigError):
+    """The registry could not be reached at start (after retries): the worker does not start."""
+
+
 _MAX_UNKNOWN = 1000  # unknown ids remembered (their reason), so bad records cost no request
 
 
@@ -64,7 +73,8 @@ class SchemaCodec(DeclaredCodec):
     # -- declaration ---------------------------------------------------------------------------
 
     def bind(self, topic: str, part: str) -> SchemaCodec:
-        codec = self if self.topic in (None, topic) and self.part == part else copy.copy(self)
+        mine = self.topic is None or (self.topic == topic and self.part == part)
+        codec = self if mine else copy.copy(self)
         if codec is not self:  # its own caches: ids differ per subject
             codec._writers, codec._unknown = {}, {}
         codec.topic, codec.part = topic, part
@@ -111,7 +121,7 @@ class SchemaCodec(DeclaredCodec):
                 f"{exc.message}{hint}"
             ) from None
         except RegistryUnavailable as exc:
-            raise ConfigError(
+            raise RegistryStartError(
                 f"{self.where} {self.format_name} schema {self.what}: {exc}; check "
                 "schema_registry_url (STREAMKIT_SCHEMA_REGISTRY_URL)"
             ) from None
@@ -260,5 +270,12 @@ def prepare_codecs(topics: Iterable[Any], url: str | None) -> list[SchemaCodec]:
         )
     client = RegistryClient(url)
     for codec in codecs:
-        codec.prepare(client)
+        for pause in (*START_RETRIES, None):  # a registry restarting: a few tries, then fail
+            try:
+                codec.prepare(client)
+                break
+            except RegistryStartError:
+                if pause is None:
+                    raise
+                time.sleep(pause)
     return codecs
