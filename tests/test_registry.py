@@ -399,3 +399,25 @@ async def test_an_unreachable_registry_stops_the_task_and_dead_letters_nothing(
         assert not [r for r in collector.records if r.topic == app.dlq.name]
     finally:
         await task.close(1.0)
+
+
+def test_the_testing_kit_registers_the_codecs_and_runs_them(schema_registry: str, uid: str) -> None:
+    from streamkit.testing import TestDriver
+
+    app = sk.App(f"reg-kit-{uid}", schema_registry_url=schema_registry)
+    src = app.topic(f"reg-kit-in-{uid}", key_type=Avro(str), value_type=Avro(Order))
+    out = app.topic(f"reg-kit-out-{uid}", value_type=JsonSchema(Total))
+
+    @app.agent(src, sink=out)
+    async def totals(stream: sk.Stream[Order]) -> AsyncIterator[Total]:
+        async for order in stream:
+            yield Total(id=order.id, total=order.amount * 2)
+
+    good = orders(5)
+    with TestDriver(app) as driver:
+        for order in good:
+            driver.send(src, order, key=f"k{order.id}")
+        driver.send_raw(src, b"not avro", key=src.key_codec.encode("bad"))  # to the DLQ
+        assert driver.read_values(out) == [Total(id=o.id, total=o.amount * 2) for o in good]
+        (dead,) = driver.read(app.dlq)
+        assert "magic byte 0x6e, expected 0x00" in (dead.header("streamkit.error") or b"").decode()

@@ -35,6 +35,7 @@ from streamkit.events import Headers, Record
 from streamkit.eventtime import read_control, to_ms
 from streamkit.graph import resolve_partitions
 from streamkit.keys import partition_for_key
+from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
@@ -140,6 +141,9 @@ class AsyncTestDriver:
             self.log.create(topic.name, topic.partitions)
             if topic.config.get("message.timestamp.type") == "LogAppendTime":
                 self.producer.append_time.add(topic.name)  # as the broker stamps them
+        # schema-registry codecs register at start, as a worker's do (a real registry: the
+        # app's schema_registry_url)
+        await asyncio.to_thread(prepare_app_codecs, app)
         for gt in app.global_tables.values():  # loaded before the tasks start, as a worker does
             gt.data.clear()
             gt.ready = True
