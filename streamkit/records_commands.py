@@ -18,6 +18,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
+from streamkit.registry.codec import connect_codecs
 from streamkit.runtime.admin import describe, open_admin
 from streamkit.runtime.dlq import ERROR, ERROR_TYPE, SOURCE_PARTITION, SOURCE_TOPIC
 from streamkit.runtime.dlq import describe as streamkit_headers
@@ -55,6 +56,7 @@ async def read(
     current end), up to the end as it was at the start (or on and on with `follow`, until
     `idle_timeout` seconds pass with nothing new)."""
     count = await partitions_of(app, topic)
+    connect_codecs(app.topics.values(), app.settings.schema_registry_url)  # Avro... readable
     tps = [TopicPartition(topic, p) for p in (partitions or range(count)) if p < count]
     consumer = make_consumer(app.settings, None, f"{app.id}-cli-read")
     await consumer.start()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from pydantic import BaseModel
 
 import streamkit as sk
 from streamkit.localkafka import free_ports
+from streamkit.records_commands import describe_record, read
 from streamkit.registry import (
     Avro,
     JsonSchema,
@@ -123,10 +126,12 @@ async def check_round_trip_and_dlq(
     pairs: list[tuple[Any, Any]],
     expected: list[tuple[Any, Any]],
     bad: dict[str, tuple[bytes | None, bytes]],
+    fresh: tuple[Any, Any],
 ) -> None:
     """Produce the good (key, value) pairs through the codecs, then the bad records (reason →
     raw key or None for a good one, raw value); run a worker to the end; the outputs decode to
-    `expected` and each bad record is a dead letter, its bytes intact, with its reason."""
+    `expected` and each bad record is a dead letter, its bytes intact, with its reason; a new
+    app with `fresh` (unprepared) codecs for `out`, as `streamkit tail` loads it, reads it."""
     keys = [src.key_codec.encode(k) for k, _ in pairs]
     values = [src.value_codec.encode(v) for _, v in pairs]
     for key, value in bad.values():
@@ -146,6 +151,15 @@ async def check_round_trip_and_dlq(
         record = by_offset[offset]
         assert reason in describe(record.headers)["streamkit.error"], reason
         assert record.value == value  # the bytes as they came
+    # `streamkit tail` of the output: a fresh app (as the CLI loads it) decodes the records
+    # with schemas fetched by id, registering nothing
+    tool = sk.App(app.id, schema_registry_url=app.settings.schema_registry_url)
+    tool.topic(out.name, key_type=fresh[0], value_type=fresh[1])
+    records = read(tool, out.name, from_beginning=True, follow=False)
+    shown = [describe_record(tool, r) async for r in records]
+    assert sorted(((row["key"], row["value"]) for row in shown), key=repr) == sorted(
+        expected, key=repr
+    )
 
 
 async def test_avro_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
@@ -180,7 +194,8 @@ async def test_avro_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
     }
     pairs = [(f"k{o.id % 7}", o) for o in good]
     expected = [(k, Total(id=o.id, total=o.amount * 2)) for k, o in pairs]
-    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
+    fresh = (Avro(str), Avro(Total))
+    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad, fresh)
 
 
 async def test_avro_values_cross_a_key_by_through_their_own_subject(
@@ -242,7 +257,8 @@ async def test_protobuf_keys_and_values_round_trip_and_bad_records_go_to_the_dlq
         ),
     }
     expected = [(k, Total(id=o.id, total=o.amount * 2 + o.lines[0].qty)) for k, o in pairs]
-    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
+    fresh = (Protobuf(Key), Protobuf(Total))
+    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad, fresh)
 
 
 async def test_json_schema_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
@@ -270,7 +286,8 @@ async def test_json_schema_keys_and_values_round_trip_and_bad_records_go_to_the_
     }
     pairs = [(o.id % 6, o) for o in good]
     expected = [(k, Total(id=o.id, total=o.amount * 2)) for k, o in pairs]
-    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad)
+    fresh = (JsonSchema(int), JsonSchema(Total))
+    await check_round_trip_and_dlq(app, src, out, pairs, expected, bad, fresh)
 
 
 async def test_an_incompatible_schema_fails_the_start_with_the_registrys_message(
@@ -421,3 +438,28 @@ def test_the_testing_kit_registers_the_codecs_and_runs_them(schema_registry: str
         assert driver.read_values(out) == [Total(id=o.id, total=o.amount * 2) for o in good]
         (dead,) = driver.read(app.dlq)
         assert "magic byte 0x6e, expected 0x00" in (dead.header("streamkit.error") or b"").decode()
+
+
+def test_streamkit_runs_without_the_registry_extra() -> None:
+    """fastavro, protobuf and jsonschema are the `registry` extra: without them streamkit
+    imports, and declaring a registry codec says what to install."""
+    script = (
+        "import sys\n"
+        "for name in ('fastavro', 'google', 'google.protobuf', 'jsonschema'):\n"
+        "    sys.modules[name] = None  # import fails, as when not installed\n"
+        "import streamkit.cli, streamkit.runtime.worker, streamkit.testing\n"
+        "from streamkit.registry import Avro, JsonSchema, Protobuf\n"
+        "for codec in (Avro, JsonSchema, Protobuf):\n"
+        "    try:\n"
+        "        codec(int)\n"
+        "    except Exception as exc:\n"
+        "        print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{name} needs the registry extra: pip install 'streamkit[registry]'"
+        for name in ("Avro", "JsonSchema", "Protobuf")
+    ]

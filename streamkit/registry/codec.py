@@ -230,6 +230,17 @@ def registry_codecs(topics: Iterable[Any]) -> list[SchemaCodec]:
     return list(found.values())
 
 
+def connect_codecs(topics: Iterable[Any], url: str | None) -> None:
+    """For tools that only read (`streamkit tail`, `dlq show`): the codecs fetch the writers'
+    schemas by id from the registry, and register nothing."""
+    if url is None:
+        return
+    client = RegistryClient(url)
+    for codec in registry_codecs(topics):
+        if codec.client is None:
+            codec.client = client
+
+
 def check_state_codecs(app: Any) -> None:
     """A registry codec declared on a table, global table or window rather than on a topic has
     no subject: refused at start. (A table read from a topic shares that topic's codec.)"""

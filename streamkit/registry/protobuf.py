@@ -18,7 +18,6 @@ from typing import Any
 
 from streamkit.registry.client import RegisteredSchema
 from streamkit.registry.codec import HEADER, SchemaCodec
-from streamkit.registry.proto_text import proto_source
 from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError
 
@@ -111,6 +110,8 @@ class Protobuf(SchemaCodec):
         self.message = message
         self.indexes = _index_path(descriptor)
         if schema is None:
+            from streamkit.registry.proto_text import proto_source  # needs protobuf
+
             file = descriptor_pb2.FileDescriptorProto()
             descriptor.file.CopyToProto(file)
             others = [d for d in file.dependency if not d.startswith("google/protobuf/")]
