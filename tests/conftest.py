@@ -59,6 +59,18 @@ def secure_kafka() -> Iterator[dict[str, Any]]:
         broker.stop()
 
 
+REGISTRY_START = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The schema registry's start-up cost, shown after every run that started one."""
+    started = config.stash.get(REGISTRY_START, None)
+    if started is not None:
+        terminalreporter.write_line(
+            f"schema registry (started for the tests that need it): {started}"
+        )
+
+
 @pytest.fixture(scope="session")
 def schema_registry(request: pytest.FixtureRequest) -> Iterator[str]:
     """A Confluent-compatible schema registry's URL: STREAMKIT_SCHEMA_REGISTRY_URL when set,
@@ -76,9 +88,7 @@ def schema_registry(request: pytest.FixtureRequest) -> Iterator[str]:
     started = time.monotonic()
     registry = localregistry.start_registry()
     took = time.monotonic() - started
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"schema registry: Apicurio {registry.version} up in {took:.1f} s")
+    request.config.stash[REGISTRY_START] = f"Apicurio {registry.version} up in {took:.1f} s"
     try:
         yield registry.url
     finally:
