@@ -463,3 +463,15 @@ def test_streamkit_runs_without_the_registry_extra() -> None:
         f"{name} needs the registry extra: pip install 'streamkit[registry]'"
         for name in ("Avro", "JsonSchema", "Protobuf")
     ]
+
+
+def test_a_value_that_does_not_fit_its_schema_is_refused_when_written(
+    schema_registry: str, uid: str
+) -> None:
+    app = sk.App(f"reg-write-{uid}", schema_registry_url=schema_registry)
+    topic = app.topic(f"reg-write-{uid}", value_type=Avro(Total))
+    prepare_codecs([topic], schema_registry)
+    with pytest.raises(ValueError, match=r"value: dict value does not fit Avro schema Total: no"):
+        topic.encode_value({"id": 1})
+    with pytest.raises(ValueError, match="an integer is required on field id"):
+        topic.encode_value({"id": "x", "total": 1.0})

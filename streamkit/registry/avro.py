@@ -85,7 +85,13 @@ class Avro(SchemaCodec):
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             obj = dataclasses.asdict(obj)
         out = io.BytesIO()
-        fastavro.schemaless_writer(out, self.parsed, obj)
+        try:
+            fastavro.schemaless_writer(out, self.parsed, obj)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise ValueError(
+                f"{self.where}: {type(obj).__name__} value does not fit Avro schema "
+                f"{self.what}: {exc}"
+            ) from None
         return out.getvalue()
 
     def read(self, writer: Any, schema_id: int, data: bytes) -> Any:
