@@ -176,8 +176,14 @@ async def test_avro_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
     json_id = client.register(
         f"reg-other-{uid}", '{"type": "object", "properties": {"a": {"type": "string"}}}', "JSON"
     )
+    other = '{"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]}'
+    other_id = client.register(f"reg-other-avro-{uid}", other, "AVRO")
     header = src.value_codec.encode(good[0])[:5]
     bad: dict[str, tuple[bytes | None, bytes]] = {
+        "the writer's record Other does not resolve to the declared record Order": (
+            None,
+            b"\0" + other_id.to_bytes(4, "big") + b"\x02",
+        ),
         "magic byte 0x7b, expected 0x00": (None, b'{"id": 1}'),
         "fewer than the 5-byte header": (None, b"\0\0\1"),
         "unknown schema id 999999": (None, b"\0" + (999999).to_bytes(4, "big") + b"\2"),

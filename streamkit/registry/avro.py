@@ -39,6 +39,13 @@ def _needs(module: Any, what: str) -> None:
         raise ConfigError(f"{what} needs the registry extra: pip install 'streamkit[registry]'")
 
 
+def _name(schema: Any) -> str:
+    """`record A`, `"string"`: how an Avro schema reads in a reason."""
+    if isinstance(schema, dict):
+        return f"{schema.get('type')} {schema.get('name', '')}".strip()
+    return json.dumps(schema)[:60]
+
+
 class Avro(SchemaCodec):
     schema_type = "AVRO"
     format_name = "Avro"
@@ -104,6 +111,13 @@ class Avro(SchemaCodec):
                 value = fastavro.schemaless_reader(buf, writer, self.parsed)
         except Exception as exc:  # EOFError, UnicodeDecodeError, SchemaResolutionError...
             said = _BUFFER.sub("", str(exc)) or "truncated"
+            if type(exc).__name__ == "SchemaResolutionError":
+                said = (
+                    f"the writer's {_name(writer)} does not resolve to the declared "
+                    f"{_name(self.parsed)} ({said[:120]}...)"
+                    if len(said) > 160
+                    else said
+                )
             raise DecodeError(
                 f"bytes do not match Avro schema id {schema_id} ({self.what}): "
                 f"{type(exc).__name__}: {said}"
