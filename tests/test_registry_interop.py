@@ -17,12 +17,20 @@ from confluent_kafka.schema_registry.common.serde import SchemaId
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from google.protobuf import descriptor_pool, message_factory
 from pydantic import BaseModel
 
 import streamkit as sk
-from streamkit.registry import Avro, JsonSchema, Protobuf, SchemaCodec, prepare_codecs
+from streamkit.registry import (
+    Avro,
+    JsonSchema,
+    Protobuf,
+    RegistryClient,
+    SchemaCodec,
+    prepare_codecs,
+)
 from streamkit.serde import DecodeError
-from tests.protohelp import event_with_timestamp, shop_messages
+from tests.protohelp import F, event_with_timestamp, shop_file, shop_messages
 
 
 class Reading(BaseModel):
@@ -198,3 +206,28 @@ def test_a_protobuf_message_importing_a_well_known_type_registers_and_crosses(
     assert topic.value_codec.decode(frame) == event
     theirs = ProtobufDeserializer(Event, {"use.deprecated.format": False})
     assert theirs(frame, contexts(name)[1]) == event
+
+
+def test_a_protobuf_record_of_a_newer_version_reads_into_the_declared_message(
+    schema_registry: str,
+) -> None:
+    package = f"evo{uuid.uuid4().hex[:6]}"
+    subject = f"{package}-value"
+    old = shop_messages(package)["Order"]
+    newer_file = shop_file(package)
+    newer_file.message_type[1].field.add(
+        name="channel", number=9, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL, json_name="channel"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(newer_file)
+    newer = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.Order"))
+    client = RegistryClient(schema_registry)
+    reader, writer = Protobuf(old, subject=subject), Protobuf(newer, subject=subject)
+    assert reader.prepare(client) != writer.prepare(client)  # two versions, two ids
+    frame = writer.encode(newer(id=5, amount=2.5, channel="web"))
+    decoded = reader.decode(frame)
+    assert isinstance(decoded, old)
+    assert (decoded.id, decoded.amount) == (5, 2.5)
+    # the field the reader does not know is kept (unknown fields), so passing it on loses nothing
+    again: Any = newer.FromString(decoded.SerializeToString())
+    assert again.channel == "web"
