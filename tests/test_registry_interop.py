@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry.common.serde import SchemaId
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, struct_pb2
 from pydantic import BaseModel
 
 import streamkit as sk
@@ -30,6 +30,7 @@ from streamkit.registry import (
     prepare_codecs,
 )
 from streamkit.serde import DecodeError
+from streamkit.settings import ConfigError
 from tests.protohelp import F, event_with_timestamp, shop_file, shop_messages
 
 
@@ -231,3 +232,39 @@ def test_a_protobuf_record_of_a_newer_version_reads_into_the_declared_message(
     # the field the reader does not know is kept (unknown fields), so passing it on loses nothing
     again: Any = newer.FromString(decoded.SerializeToString())
     assert again.channel == "web"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [descriptor_pb2.FileDescriptorProto, struct_pb2.Struct, any_pb2.Any],
+    ids=["descriptor.proto (proto2: nesting, enums, options)", "struct.proto (map, oneof)", "any"],
+)
+def test_the_proto_source_rendered_from_protobufs_own_files_registers_and_round_trips(
+    schema_registry: str, message: Any
+) -> None:
+    codec = Protobuf(message, subject=f"render-{uuid.uuid4().hex[:8]}")
+    codec.prepare(RegistryClient(schema_registry))  # the registry parses the rendered source
+    value = message()
+    if message is struct_pb2.Struct:
+        value.update({"a": 1.5, "b": [True, None, "x"], "c": {"d": "e"}})
+    elif message is any_pb2.Any:
+        value.Pack(struct_pb2.Value(string_value="packed"))
+    else:
+        value.name, value.package = "x.proto", "x"
+        value.message_type.add(name="M").field.add(name="f", number=1)
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_a_protobuf_editions_file_asks_for_its_source() -> None:
+    file = descriptor_pb2.FileDescriptorProto(name="ed.proto", package="ed")
+    file.syntax = "editions"
+    file.edition = descriptor_pb2.EDITION_2023
+    file.message_type.add(name="M").field.add(
+        name="n", number=1, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL, json_name="n"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    message = message_factory.GetMessageClass(pool.FindMessageTypeByName("ed.M"))
+    with pytest.raises(ConfigError, match=r"editions.*pass its \.proto source as schema="):
+        Protobuf(message)
+    assert Protobuf(message, schema='edition = "2023";\npackage ed;\nmessage M { int32 n = 1; }\n')

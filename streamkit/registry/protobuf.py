@@ -114,6 +114,12 @@ class Protobuf(SchemaCodec):
 
             file = descriptor_pb2.FileDescriptorProto()
             descriptor.file.CopyToProto(file)
+            if file.syntax not in ("", "proto2", "proto3"):
+                raise ConfigError(
+                    f"Protobuf({descriptor.full_name}): a file of syntax {file.syntax!r} "
+                    "(protobuf editions) cannot be rendered yet: pass its .proto source as "
+                    "schema="
+                )
             others = [d for d in file.dependency if not d.startswith("google/protobuf/")]
             if others:
                 raise ConfigError(
