@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from streamkit.agents import Agent, AgentFn
+from streamkit.aggregations import check_window
 from streamkit.clients import make_producer
+from streamkit.count_windows import CountWindow
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
 from streamkit.settings import ConfigError, Settings, load_settings
@@ -181,8 +183,8 @@ class App:
     def window(
         self,
         name: str,
-        kind: WindowKind,
-        aggregation: Aggregation,
+        kind: WindowKind | CountWindow,
+        aggregation: Aggregation | Sequence[Aggregation] | Mapping[str, Aggregation],
         *,
         emit: str = "final",
         allowed_lateness: float = 0.0,
@@ -196,12 +198,14 @@ class App:
         `output` once per window when it closes (`emit="final"`) or on every change
         (`emit="update"`); events too late for every window go to `late_topic` (default
         `{id}-{name}-late`). State lives like a table's: SQLite plus a changelog, owned by
-        the stage that declares it (`state=[...]`)."""
+        the stage that declares it (`state=[...]`). Several aggregations: a list of them, or
+        a dict field → aggregation (`docs/windows.md`)."""
+        agg = check_window(name, kind, aggregation, emit)
         table = self.table(name, key_type=bytes, local_keys=local_keys)
         wt = WindowTable(
             name,
             kind,
-            aggregation,
+            agg,
             table,
             emit=emit,
             allowed_lateness_ms=seconds_ms(

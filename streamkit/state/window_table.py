@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from streamkit.aggregations import Several
 from streamkit.context import CURRENT_TASK
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
@@ -139,18 +140,20 @@ class WindowTable:
         if self.output is None:
             return
         value = orjson.dumps(
-            {
-                "key": key,
-                "start": start,
-                "end": end,
-                self.aggregation.name: self.aggregation.result(acc),
-                "final": final,
-            }
+            {"key": key, "start": start, "end": end, **self.fields(acc), "final": final}
         )
         task.collector.append(
             self.output.name, self.key_codec.encode(key), value, timestamp_ms=end - 1
         )
         self.emitted += 1
+
+    def fields(self, acc: Any) -> dict[str, Any]:
+        """A window's result fields: `{name: result}`, or one field per aggregation of
+        `sk.aggregate(...)`."""
+        result = self.aggregation.result(acc)
+        if isinstance(self.aggregation, Several):
+            return result  # type: ignore[no-any-return]
+        return {self.aggregation.name: result}
 
     def late(self, task: TaskScope, ts: int, watermark: int) -> None:
         """The event being processed is too late for this table: to the late topic."""
@@ -223,7 +226,7 @@ class WindowPartition:
             if acc is _MISSING:
                 acc = wt.aggregation.initial()
                 self._index(start, key)
-            acc = wt.aggregation.add(acc, value)
+            acc = wt.aggregation.add(acc, value, ts)
             rows.set(row, acc)
             added = True
             if wt.emit_mode == "update":
