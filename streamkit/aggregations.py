@@ -176,7 +176,7 @@ def aggregate(*aggregations: Aggregation, **named: Aggregation) -> Aggregation:
     for field, agg in parts:
         if not hasattr(agg, "initial") or not hasattr(agg, "merge"):
             raise ConfigError(f"sk.aggregate: {field}={agg!r} is not an aggregation")
-    return Several(tuple(parts))
+    return Several(tuple(parts), ", ".join(fields))
 
 
 def as_aggregation(spec: Aggregation | Sequence[Aggregation] | Mapping[str, Aggregation]) -> Any:
