@@ -44,6 +44,7 @@ from streamkit.runtime.metrics import WorkerMetrics
 from streamkit.settings import ConfigError, parse_bootstrap
 from streamkit.state import queries
 from streamkit.state.queries import QueryError
+from streamkit.state.ttl import visible
 
 if TYPE_CHECKING:
     from streamkit.runtime.worker_view import WorkerView
@@ -259,6 +260,8 @@ class WebServer:
         part = self._local_partition(tp, name)
         if part is not None:
             found, value = part.peek(key)
+            if found:
+                found, value = visible(part, value)  # a table with a TTL: unstamped, live
             return _json(
                 {
                     "table": name,
