@@ -26,7 +26,7 @@ import heapq
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from streamkit.context import CURRENT_TASK, WALL_CLOCK
 from streamkit.eventtime import NO_WATERMARK
@@ -34,8 +34,20 @@ from streamkit.serde import Codec
 from streamkit.settings import ConfigError
 from streamkit.windows import seconds_ms
 
-if TYPE_CHECKING:
-    from streamkit.state.table import TablePartition
+
+class Rows(Protocol):
+    """What expiry needs of a table partition (`state/table.py`'s Rows, which
+    imports this module)."""
+
+    name: str
+    table: Any
+    store: Any
+    expiry: Expiry | None
+
+    def peek(self, key: Any) -> tuple[bool, Any]: ...
+
+    def delete(self, key: Any) -> bool: ...
+
 
 _STAMP = struct.Struct(">q")
 TTL_TIMES = ("event", "processing")
@@ -89,7 +101,7 @@ class StampedCodec:
 class Expiry:
     """The keys of one table partition by expiry time, and their purge."""
 
-    def __init__(self, ttl: Ttl, part: TablePartition) -> None:
+    def __init__(self, ttl: Ttl, part: Rows) -> None:
         self.ttl = ttl
         self.part = part
         self.heap: list[tuple[int, int, Any]] = []  # (expires at, seq, key)
@@ -149,7 +161,7 @@ class Expiry:
         return n
 
 
-def visible(part: TablePartition, value: Any) -> tuple[bool, Any]:
+def visible(part: Rows, value: Any) -> tuple[bool, Any]:
     """A stored value as a reader outside the task sees it (a query, the testing kit): the
     value itself, unstamped; `(False, None)` once expired."""
     expiry = part.expiry
