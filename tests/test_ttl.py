@@ -1,17 +1,21 @@
 """State TTL on tables, over the testing kit (the real tasks, SQLite stores and checkpoints on
 a virtual clock): in event time and in processing time a key expires after its last write,
 reads as absent at once, is purged with a tombstone in the changelog, and a restore from the
-changelog alone does not bring it back."""
+changelog alone does not bring it back; then the same on the broker across a kill -9."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import streamkit as sk
 from streamkit.testing import TestDriver
+from tests.kafkahelp import WorkerProcess, create_topic, produce, read_all, wait_until
+from tests.test_ops import get, http_endpoint
 
 T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
 
@@ -92,3 +96,63 @@ def test_a_bad_ttl_fails_at_declaration_saying_what_to_change() -> None:
     catalog = app.topic("catalog")
     with pytest.raises(sk.ConfigError, match="give the topic a retention"):
         app.table("c", source=catalog, ttl=5)
+
+
+async def test_expired_keys_stay_gone_after_a_kill_9_and_a_restore_from_the_changelog(
+    uid: str, tmp_path: Path
+) -> None:
+    """On the broker, exactly-once: old keys (event time 1000 s) expire once the watermark
+    reaches 1100 s, their tombstones commit to the changelog; a worker killed with -9 and
+    replaced on an empty workdir restores the table from the changelog alone: the old keys
+    stay gone, the new ones come back with their write times (and expire in their turn)."""
+    topic = f"ttl-in-{uid}"
+    await create_topic(topic, 1)
+    changelog = f"ttl-{uid}-seen-changelog"
+
+    async def visit(users: list[str], ts: int) -> None:
+        rows = [orjson.dumps({"user": u, "ts": ts}) for u in users]
+        await produce(topic, rows, keys=[u.encode() for u in users])
+
+    def start(name: str) -> WorkerProcess:
+        env = {"SKTEST_ID": uid, "STREAMKIT_WORKDIR": str(tmp_path / name)}
+        return WorkerProcess("tests.ttlapp:app", env, tmp_path / f"{name}.log").start()
+
+    async def found(endpoint: str, user: str) -> bool:
+        code, _ = await get(endpoint, f"/tables/seen/{user}")
+        return code == 200
+
+    async def tombstoned() -> list[str]:
+        last = {r.key: r.value for r in await read_all(changelog)}
+        return sorted(k.decode() for k, v in last.items() if v is None)
+
+    old, new = [f"old{i}" for i in range(5)], [f"new{i}" for i in range(5)]
+    worker = start("a")
+    try:
+        endpoint = await http_endpoint(worker)
+        assert endpoint, worker.log()
+        await visit(old, 1000)
+        await wait_until(lambda: found(endpoint, "old4"), within=60, what="old keys counted")
+        await visit(new, 1150)  # the watermark passes 1000 + 100: the old keys expire
+        await wait_until(lambda: found(endpoint, "new4"), within=30, what="new keys counted")
+        assert not any([await found(endpoint, u) for u in old])
+        await wait_until(
+            lambda: _equal(tombstoned(), old), within=30, what="the old keys' tombstones"
+        )
+        worker.kill9()
+        worker = start("b")  # an empty workdir: the table comes from its changelog alone
+        endpoint = await http_endpoint(worker)
+        assert endpoint, worker.log()
+        await wait_until(lambda: found(endpoint, "new4"), within=60, what="the restore")
+        assert [await found(endpoint, u) for u in old + new] == [False] * 5 + [True] * 5
+        await visit(["tick"], 1300)  # new keys were written at 1150: expired at 1250
+        await wait_until(lambda: found(endpoint, "tick"), within=30, what="the tick")
+        assert not any([await found(endpoint, u) for u in new])
+        await wait_until(
+            lambda: _equal(tombstoned(), sorted(old + new)), within=30, what="tombstones"
+        )
+    finally:
+        worker.stop()
+
+
+async def _equal(got: Any, expected: list[str]) -> bool:
+    return bool(await got == expected)
