@@ -233,29 +233,21 @@ def test_count_windows_are_restored_from_their_changelog() -> None:
         async for c in stream:
             per3.add(c["user"], c)
 
+    def tens(start: int, pages: list[str]) -> dict[str, Any]:
+        return {
+            "key": "ann",
+            "start": start,
+            "end": start + 3,
+            "count": 3,
+            "collect": pages,
+            "final": True,
+        }
+
     with TestDriver(app) as driver:
         for i, page in enumerate("abcde"):
             driver.send(clicks, {"user": "ann", "page": page, "ts": 100 - i})
-        assert driver.read_values(out) == [
-            {
-                "key": "ann",
-                "start": 0,
-                "end": 3,
-                "count": 3,
-                "collect": ["c", "b", "a"],
-                "final": True,
-            }
-        ]
+        assert driver.read_values(out) == [tens(0, ["c", "b", "a"])]
         driver.restart(lose_state=True)
         assert driver.window("per-3").get("ann", 3) == [2, [[96_000, "e"], [97_000, "d"]]]
         driver.send(clicks, {"user": "ann", "page": "f", "ts": 1})
-        assert driver.read_values(out) == [
-            {
-                "key": "ann",
-                "start": 3,
-                "end": 6,
-                "count": 3,
-                "collect": ["f", "e", "d"],
-                "final": True,
-            }
-        ]
+        assert driver.read_values(out) == [tens(3, ["f", "e", "d"])]

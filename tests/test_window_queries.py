@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from tests.kafkahelp import WorkerProcess, produce, wait_until
-from tests.test_ops import both_serving, cli, endpoint_of, get, owner_partition
+from tests.test_ops import cli, get, owner_partition, two_serving
 
 HOUR = 3_600_000
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a whole hour
@@ -40,14 +40,7 @@ async def test_windows_sessions_count_windows_and_timers_are_routed_to_their_own
 ) -> None:
     a, b = worker(uid, tmp_path, "a").start(), worker(uid, tmp_path, "b").start()
     try:
-        await wait_until(
-            lambda: bool(endpoint_of(a) and endpoint_of(b)) or not (a.alive and b.alive),
-            within=60,
-            what="both HTTP endpoints",
-        )
-        ea, eb = endpoint_of(a), endpoint_of(b)
-        assert ea and eb, a.log() + b.log()
-        await wait_until(lambda: both_serving(ea, eb), within=60, what="the partitions to split")
+        ea, eb = await two_serving(a, b)
         sent = clicks()  # keyed: each user's clicks reach the key_by in order
         await produce(
             f"wq-in-{uid}", [orjson.dumps(c) for c in sent], keys=[c["user"].encode() for c in sent]

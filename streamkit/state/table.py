@@ -389,11 +389,14 @@ class Table(Generic[K, V]):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        return self._get(self._local(), key, False) is not _MISSING
+        part = self._local()
+        if self.ttl is None:
+            return part.get(key) is not _MISSING
+        return self._expiring(part, key, False) is not _MISSING
 
     def get(self, key: K, default: V | None = None) -> V | None:
         part = self._local()
-        value = self._get(part, key)
+        value = part.get(key) if self.ttl is None else self._expiring(part, key, True)
         return default if value is _MISSING else self._read(part, key, value)
 
     def __iter__(self) -> Iterator[K]:
