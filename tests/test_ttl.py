@@ -11,8 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamkit as sk
+from streamkit.context import CURRENT_TASK
+from streamkit.state.store import open_store
+from streamkit.state.table import TablePartition
 from streamkit.testing import TestDriver
 from tests.kafkahelp import WorkerProcess, create_topic, produce, read_all, wait_until
 from tests.test_ops import get, http_endpoint
@@ -156,3 +161,66 @@ async def test_expired_keys_stay_gone_after_a_kill_9_and_a_restore_from_the_chan
 
 async def _equal(got: Any, expected: list[str]) -> bool:
     return bool(await got == expected)
+
+
+class Scope:
+    """The running task as state code sees it: the event's time (and no key check)."""
+
+    def __init__(self) -> None:
+        self.ts = 0
+        self.tables: dict[str, Any] = {}
+        self.partition, self.partitions, self.stage_name = 0, 1, "ttl"
+
+    def event_time(self) -> int:
+        return self.ts
+
+    def event_key(self) -> None:
+        return None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("write"), st.sampled_from("abcd"), st.integers(0, 20)),
+            st.tuples(st.just("advance"), st.just(""), st.integers(0, 10)),
+        ),
+        max_size=40,
+    )
+)
+def test_event_time_expiry_matches_a_brute_force_model(
+    tmp_path_factory: Any, steps: list[tuple[str, str, int]]
+) -> None:
+    """Writes at any event time (out of order too), the watermark moving forward: a key is
+    live while its last write's time + ttl is after the watermark, and once the watermark
+    moves every expired key is gone from the store as well (purged)."""
+    ttl = 10
+    app = sk.App("ttl-model")
+    seen = app.table("seen", default=int, ttl=ttl / 1000)
+    store = open_store(tmp_path_factory.mktemp("t") / "0.sqlite", {"t": "1"}, ["seen"])
+    scope = Scope()
+    part = TablePartition(seen, 0, store, 1000, lambda: None, 1)
+    scope.tables["seen"] = part
+    token = CURRENT_TASK.set(scope)  # type: ignore[arg-type]
+    try:
+        assert part.expiry is not None
+        last: dict[str, int] = {}
+        watermark = 0
+        part.expiry.advance(watermark)
+        for op, key, n in steps:
+            if op == "write":
+                scope.ts = watermark + n - 10  # up to 10 ms behind the watermark
+                seen[key] = n
+                last[key] = scope.ts
+            else:
+                watermark += n
+                part.expiry.advance(watermark)
+                for k in "abcd":  # purged: not even in the store
+                    if k in last and last[k] + ttl <= watermark:
+                        assert part.peek(k) == (False, None), k
+            live = {k for k, at in last.items() if at + ttl > watermark}
+            assert {k for k in "abcd" if k in seen} == live
+            assert sorted(seen) == sorted(live)
+    finally:
+        CURRENT_TASK.reset(token)
+        store.close()

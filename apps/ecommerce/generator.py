@@ -201,7 +201,7 @@ def oracle(cfg: Config, data: Input) -> Truth:
     trending = {window: top_items(dict(c), cfg.top) for window, c in counts.items()}
     bought: dict[str, list[int]] = collections.defaultdict(list)
     for c in real:
-        if c["kind"] == "purchase":
+        if c.get("kind") == "purchase":
             bought[c["user_id"]].append(round(c["ts"] * 1000))
     alerts = []
     for user, times in bought.items():

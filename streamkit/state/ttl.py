@@ -11,11 +11,13 @@ can change in place (it is written back, as any such read is).
   changelog and SQLite hold the stamp too and a restore brings it back.
 - An expired key reads as absent at once (`in`, `get`, `[]`, iteration), whether or not it
   was purged yet.
-- `Expiry` (one per table partition) keeps a heap of (expiry, key), built from the store when
-  the partition opens and pushed on each write. Expired keys are deleted when the watermark
-  moves (event time) and at each checkpoint (both kinds), before the checkpoint takes the
-  dirty keys: the deletion is a tombstone in the changelog, committed with that checkpoint,
-  so a restore (from SQLite or from the changelog alone) does not bring them back.
+- `Expiry` (one per table partition) keeps a heap of (expiry, key), one entry per key, built
+  from the store when the partition opens; a write queues a key not queued yet, and the purge
+  queues a key again at its newer expiry when it finds it written since. Expired keys are
+  deleted when the watermark moves (event time) and at each checkpoint (both kinds), before
+  the checkpoint takes the dirty keys: the deletion is a tombstone in the changelog,
+  committed with that checkpoint, so a restore (from SQLite or from the changelog alone) does
+  not bring them back.
 - After a restart, event-time expiry waits for the watermark to move again (a table alone
   stores no watermark); processing-time expiry goes on at once.
 """
@@ -105,6 +107,7 @@ class Expiry:
         self.ttl = ttl
         self.part = part
         self.heap: list[tuple[int, int, Any]] = []  # (expires at, seq, key)
+        self.queued: dict[Any, int] = {}  # key → the expiry of its heap entry
         self._seq = 0
         self.watermark = NO_WATERMARK
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
@@ -132,8 +135,15 @@ class Expiry:
         return stamp + self.ttl.ms <= self.now()
 
     def track(self, key: Any, stamp: int) -> None:
-        self._seq += 1
-        heapq.heappush(self.heap, (stamp + self.ttl.ms, self._seq, key))
+        """`key` was written at `stamp`. One heap entry per key: a later write leaves the
+        entry where it is (the purge finds the newer stamp and queues the key again), an
+        earlier one (an out-of-order event) queues it sooner."""
+        expires = stamp + self.ttl.ms
+        queued = self.queued.get(key)
+        if queued is None or expires < queued:
+            self.queued[key] = expires
+            self._seq += 1
+            heapq.heappush(self.heap, (expires, self._seq, key))
 
     def load(self) -> int:
         """Index the stored keys (the partition just opened); no watermark of its own."""
@@ -150,13 +160,20 @@ class Expiry:
 
     def purge(self) -> int:
         """Delete every expired key (a tombstone at the next checkpoint); how many."""
-        heap, part, now, n = self.heap, self.part, self.now(), 0
+        heap, queued, part, now, n = self.heap, self.queued, self.part, self.now(), 0
         while heap and heap[0][0] <= now:
             expires, _, key = heapq.heappop(heap)
+            if queued.get(key) != expires:
+                continue  # superseded by an earlier entry of the key
+            del queued[key]
             found, stored = part.peek(key)
-            if found and stored[0] + self.ttl.ms == expires:  # not written again since
+            if not found:
+                continue  # deleted meanwhile
+            if stored[0] + self.ttl.ms <= now:
                 part.delete(key)
                 n += 1
+            else:  # written again since: queued at its new expiry
+                self.track(key, stored[0])
         self.purged += n
         return n
 
