@@ -351,7 +351,7 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
             table.stage_name = stage.name
             if item is not table:
                 (stage.windows if hasattr(item, "aggregation") else stage.timers).append(item)
-            if hasattr(item, "aggregation") and item.late_topic is None:
+            if hasattr(item, "aggregation") and item.late_topic is None and item.has_late:
                 item.late_topic = app.topic(
                     f"{app.id}-{item.name}-late",
                     key_type=bytes,

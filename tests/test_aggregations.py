@@ -216,6 +216,9 @@ def test_a_tumbling_count_window_in_update_mode_says_when_it_is_complete(tmp_pat
             sk.tumbling_count(bad)  # type: ignore[arg-type]
     with pytest.raises(sk.ConfigError, match="every must be <= size"):
         sk.sliding_count(2, every=3)
+    app = sk.App("count-late")
+    with pytest.raises(sk.ConfigError, match="no late events"):
+        app.window("w", sk.tumbling_count(3), sk.count(), late_topic=app.topic("late"))
 
 
 def test_count_windows_are_restored_from_their_changelog() -> None:

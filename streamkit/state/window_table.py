@@ -28,6 +28,7 @@ import orjson
 
 from streamkit.aggregations import Several
 from streamkit.context import CURRENT_TASK
+from streamkit.count_windows import SlidingCount, TumblingCount
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.serde import Codec, codec_for
 from streamkit.settings import ConfigError
@@ -103,6 +104,13 @@ class WindowTable:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.output = output
         self.late_topic = late_topic  # set when the owning agent is known, if not named
+        # count windows close with their last event: nothing is ever late for them
+        self.has_late = not isinstance(kind, TumblingCount | SlidingCount)
+        if late_topic is not None and not self.has_late:
+            raise ConfigError(
+                f"window {name}: a count window has no late events (it closes with its last "
+                "event): drop late_topic="
+            )
         self.key_codec: Codec[Any] = codec_for(key_type)
         table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
