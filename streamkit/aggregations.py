@@ -15,11 +15,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from streamkit.count_windows import SlidingCount
+from streamkit.serde import JSON
 from streamkit.settings import ConfigError
 from streamkit.windows import Aggregation, Session, _getter
 
 Of = str | Callable[[Any], Any] | None
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def plain(item: Any) -> Any:
+    """An item kept in an accumulator, as JSON keeps it (a pydantic model as its dict), so
+    that a result is the same before and after a restore, and the output topic can carry it."""
+    if type(item) in _PLAIN:
+        return item
+    return orjson.loads(JSON.encode(item))
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ class _ByTime:
         return None
 
     def add(self, acc: Any, value: Any, ts: int) -> Any:
-        return self.merge(acc, [ts, self.get(value)])
+        return self.merge(acc, [ts, plain(self.get(value))])
 
     def merge(self, a: Any, b: Any) -> Any:
         if a is None or b is None:
@@ -106,7 +118,7 @@ class _Collect:
 
     def add(self, acc: Any, value: Any, ts: int) -> Any:
         acc = list(acc)
-        acc.insert(bisect.bisect_right(acc, ts, key=_ts), [ts, self.get(value)])
+        acc.insert(bisect.bisect_right(acc, ts, key=_ts), [ts, plain(self.get(value))])
         return self._trim(acc)
 
     def merge(self, a: Any, b: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 import streamkit as sk
 from streamkit.count_windows import SlidingCount, TumblingCount, completed_by, count_windows_of
@@ -254,3 +255,41 @@ def test_count_windows_are_restored_from_their_changelog() -> None:
         assert driver.window("per-3").get("ann", 3) == [2, [[96_000, "e"], [97_000, "d"]]]
         driver.send(clicks, {"user": "ann", "page": "f", "ts": 1})
         assert driver.read_values(out) == [tens(3, ["f", "e", "d"])]
+
+
+class Visit(BaseModel):
+    user: str
+    page: str
+    ts: float
+
+
+def test_models_are_kept_as_their_json_and_emitted_the_same_after_a_restore() -> None:
+    """first_of and collect of pydantic values keep them as JSON (dicts): the window's result
+    is the same whether or not a restore happened while it was open."""
+    app = sk.App("kit-models")
+    visits = app.topic("visits", value_type=Visit, timestamp="ts")
+    out = app.topic("firsts")
+    firsts = app.window(
+        "firsts", sk.tumbling(60), [sk.first_of(), sk.collect("page", limit=2)], output=out
+    )
+
+    @app.agent(visits, state=[firsts])
+    async def track(stream: sk.Stream[Visit]) -> None:
+        async for v in stream:
+            firsts.add(v.user, v)
+
+    with TestDriver(app) as driver:
+        driver.send(visits, Visit(user="ann", page="b", ts=10), key="ann")
+        driver.restart(lose_state=True)
+        driver.send(visits, Visit(user="ann", page="a", ts=5), key="ann")
+        driver.advance_watermark(120)
+        assert driver.read_values(out) == [
+            {
+                "key": "ann",
+                "start": 0,
+                "end": 60_000,
+                "first": {"user": "ann", "page": "a", "ts": 5.0},
+                "collect": ["a", "b"],
+                "final": True,
+            }
+        ]
