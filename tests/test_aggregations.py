@@ -265,12 +265,20 @@ class Visit(BaseModel):
 
 def test_models_are_kept_as_their_json_and_emitted_the_same_after_a_restore() -> None:
     """first_of and collect of pydantic values keep them as JSON (dicts): the window's result
-    is the same whether or not a restore happened while it was open."""
+    is the same whether or not a restore happened while it was open; a model in a result (a
+    reduce's accumulator) is written as its JSON."""
+
+    def keep(acc: Any, v: Visit) -> Visit:  # a reduce whose accumulator is a model
+        return v
+
     app = sk.App("kit-models")
     visits = app.topic("visits", value_type=Visit, timestamp="ts")
     out = app.topic("firsts")
     firsts = app.window(
-        "firsts", sk.tumbling(60), [sk.first_of(), sk.collect("page", limit=2)], output=out
+        "firsts",
+        sk.tumbling(60),
+        {"first": sk.first_of(), "collect": sk.collect("page", limit=2), "latest": sk.reduce(keep)},
+        output=out,
     )
 
     @app.agent(visits, state=[firsts])
@@ -290,6 +298,7 @@ def test_models_are_kept_as_their_json_and_emitted_the_same_after_a_restore() ->
                 "end": 60_000,
                 "first": {"user": "ann", "page": "a", "ts": 5.0},
                 "collect": ["a", "b"],
+                "latest": {"user": "ann", "page": "a", "ts": 5.0},
                 "final": True,
             }
         ]

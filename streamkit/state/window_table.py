@@ -24,13 +24,11 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
 from streamkit.aggregations import Several
 from streamkit.context import CURRENT_TASK
 from streamkit.count_windows import SlidingCount, TumblingCount
 from streamkit.eventtime import NO_WATERMARK
-from streamkit.serde import Codec, codec_for
+from streamkit.serde import JSON, Codec, codec_for
 from streamkit.settings import ConfigError
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
 from streamkit.topics import Topic
@@ -147,7 +145,7 @@ class WindowTable:
         that fills up here goes out with the task's next submit)."""
         if self.output is None:
             return
-        value = orjson.dumps(
+        value = JSON.encode(  # models in a result (a reduce's accumulator) as their JSON
             {"key": key, "start": start, "end": end, **self.fields(acc), "final": final}
         )
         task.collector.append(
