@@ -1,8 +1,10 @@
 """streamkit: asyncio stream processing for Apache Kafka."""
 
 from streamkit.agents import Agent
+from streamkit.aggregations import aggregate, aggregator, collect, first_of, last_of, mean_of
 from streamkit.app import App, Producer
 from streamkit.context import current_event
+from streamkit.count_windows import sliding_count, tumbling_count
 from streamkit.events import Event, Record
 from streamkit.eventtime import processing_time
 from streamkit.serde import DecodeError
@@ -44,18 +46,26 @@ __all__ = [
     "Timers",
     "Topic",
     "WindowTable",
+    "aggregate",
+    "aggregator",
+    "collect",
     "count",
     "current_event",
+    "first_of",
     "hopping",
+    "last_of",
     "max_of",
+    "mean_of",
     "merge_top",
     "min_of",
     "processing_time",
     "reduce",
     "session",
     "sliding",
+    "sliding_count",
     "sum_of",
     "top_k",
     "tumbling",
+    "tumbling_count",
 ]
 __version__ = "0.1.0"

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from streamkit.agents import Agent, AgentFn
+from streamkit.aggregations import check_window
 from streamkit.clients import make_producer
+from streamkit.count_windows import CountWindow
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
+from streamkit.state.ttl import ttl_of
 from streamkit.state.window_table import WindowTable
 from streamkit.streams import SinkNode, SourceNode, Stream
 from streamkit.topics import DEAD_LETTER_CONFIG, Topic
@@ -111,6 +114,8 @@ class App:
         value_type: Any = None,
         source: Topic | None = None,
         local_keys: bool = False,
+        ttl: float | None = None,
+        ttl_time: str = "event",
     ) -> Table[Any, Any]:
         """Declare per-key state. It lives in SQLite next to its partition and in the
         compacted topic `{id}-{name}-changelog`; the stage that owns it is declared with
@@ -122,9 +127,12 @@ class App:
         are the task's own (they cannot be found by key from outside: queries scan).
         `source=topic`: a read-only table of that (compacted) topic's latest value per key,
         which is its changelog; the stage that reads it must be co-partitioned with it
-        (`state/source_tables.py`)."""
+        (`state/source_tables.py`). `ttl=seconds`: a key expires that long after its last
+        write, in event time (`ttl_time="event"`) or by the wall clock (`"processing"`), and
+        is purged with a tombstone (`state/ttl.py`)."""
         if name in self.tables or name in self.global_tables:
             raise ConfigError(f"two tables are named {name!r}")
+        expiry = ttl_of(name, ttl, ttl_time, source is not None)
         if source is not None:
             if self.topics.get(source.name) is not source:
                 raise ConfigError(f"topic {source.name} was not declared with app.topic()")
@@ -147,6 +155,7 @@ class App:
             value_type=value_type,
             source=source is not None,
             local_keys=local_keys,
+            ttl=expiry,
         )
         self.tables[name] = table
         self._stages = None
@@ -181,8 +190,8 @@ class App:
     def window(
         self,
         name: str,
-        kind: WindowKind,
-        aggregation: Aggregation,
+        kind: WindowKind | CountWindow,
+        aggregation: Aggregation | Sequence[Aggregation] | Mapping[str, Aggregation],
         *,
         emit: str = "final",
         allowed_lateness: float = 0.0,
@@ -196,12 +205,14 @@ class App:
         `output` once per window when it closes (`emit="final"`) or on every change
         (`emit="update"`); events too late for every window go to `late_topic` (default
         `{id}-{name}-late`). State lives like a table's: SQLite plus a changelog, owned by
-        the stage that declares it (`state=[...]`)."""
+        the stage that declares it (`state=[...]`). Several aggregations: a list of them, or
+        a dict field → aggregation (`docs/windows.md`)."""
+        agg = check_window(name, kind, aggregation, emit)
         table = self.table(name, key_type=bytes, local_keys=local_keys)
         wt = WindowTable(
             name,
             kind,
-            aggregation,
+            agg,
             table,
             emit=emit,
             allowed_lateness_ms=seconds_ms(

@@ -14,7 +14,10 @@ import orjson
 import typer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from streamkit import cli_ops  # noqa: F401  (registers dashboard, dlq, tail, broker)
+from streamkit import (
+    cli_ops,  # noqa: F401  (registers dashboard, dlq, tail, broker)
+    cli_windows,  # registers windows
+)
 from streamkit.app import App
 from streamkit.cli_common import AppArg, UsageError, _arun, _run, cli, load_app, setup_logging
 from streamkit.runtime.admin import describe, ensure_topics, open_admin
@@ -198,6 +201,9 @@ def _table_query(
     name = args[2]
     if name not in loaded.tables:
         raise UsageError(f"app {loaded.id} has no table {name!r}: {sorted(loaded.tables)}")
+    if get and not local and (name in loaded.windows or name in loaded.timers):
+        cli_windows.query_windows(loaded, name, args[3], None, None)
+        return
     if get and local:
         found = inspect_state.read_key(loaded, name, args[3])
         if found is None:

@@ -351,7 +351,7 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
             table.stage_name = stage.name
             if item is not table:
                 (stage.windows if hasattr(item, "aggregation") else stage.timers).append(item)
-            if hasattr(item, "aggregation") and item.late_topic is None:
+            if hasattr(item, "aggregation") and item.late_topic is None and item.has_late:
                 item.late_topic = app.topic(
                     f"{app.id}-{item.name}-late",
                     key_type=bytes,
@@ -378,13 +378,15 @@ def _what(item: Any) -> str:
 
 
 def _event_time(stages: list[Stage]) -> None:
-    """A stage tracks event time when it or a stage after it has windows or timers."""
+    """A stage tracks event time when it or a stage after it has windows, timers or tables
+    with an event-time TTL."""
     for stage in reversed(stages):
         downstream = [
             s for s in stages if any(i.upstream is stage for i in s.inputs) and s is not stage
         ]
+        expiring = any(t.ttl is not None and t.ttl.event_time for t in stage.tables)
         stage.uses_event_time = bool(
-            stage.windows or stage.timers or any(s.uses_event_time for s in downstream)
+            stage.windows or stage.timers or expiring or any(s.uses_event_time for s in downstream)
         )
 
 

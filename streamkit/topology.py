@@ -84,7 +84,7 @@ def render_text(app: Drawn) -> str:
             out = f" -> {wt.output.name}" if wt.output is not None else ""
             lines.append(
                 f"  window {wt.name}: {wt.kind}, {wt.aggregation.name}, emit {wt.emit_mode}"
-                f"{out}; late -> {wt.late_topic}"
+                f"{out}" + (f"; late -> {wt.late_topic}" if wt.late_topic else "")
             )
         for timers in stage.timers:
             lines.append(f"  timers {timers.name} <-> {timers.table.changelog.name}")

@@ -138,10 +138,15 @@ class Aggregation(Protocol):
 
     def initial(self) -> Any: ...
 
-    def add(self, acc: Any, value: Any) -> Any: ...
+    @property
+    def mergeable(self) -> bool:
+        """True if `merge` can combine two accumulators (session windows need it)."""
+
+    def add(self, acc: Any, value: Any, ts: int) -> Any:
+        """`value`, of event time `ts` (ms), folded into `acc`."""
 
     def merge(self, a: Any, b: Any) -> Any:
-        """Two accumulators as one (session windows merge)."""
+        """Two accumulators as one (session windows merge; `a` is the earlier session's)."""
 
     def result(self, acc: Any) -> Any:
         """What a window emits for its accumulator."""
@@ -166,18 +171,23 @@ class _Fold:
     start: Any
     step: Callable[[Any, Any], Any]
     get: Callable[[Any], Any]
+    combine: Callable[[Any, Any], Any] | None = None  # merge; None: `step` merges
+
+    @property
+    def mergeable(self) -> bool:
+        return self.combine is not None or self.start is None
 
     def initial(self) -> Any:
         return self.start
 
-    def add(self, acc: Any, value: Any) -> Any:
+    def add(self, acc: Any, value: Any, ts: int) -> Any:
         item = self.get(value)
         return item if acc is None else self.step(acc, item)
 
     def merge(self, a: Any, b: Any) -> Any:
         if a is None or b is None:
             return b if a is None else a
-        return self.step(a, b)
+        return (self.combine or self.step)(a, b)
 
     def result(self, acc: Any) -> Any:
         return acc
@@ -186,11 +196,12 @@ class _Fold:
 @dataclass(frozen=True)
 class _Count:
     name: str = "count"
+    mergeable: bool = True
 
     def initial(self) -> Any:
         return 0
 
-    def add(self, acc: Any, value: Any) -> Any:
+    def add(self, acc: Any, value: Any, ts: int) -> Any:
         return acc + 1
 
     def merge(self, a: Any, b: Any) -> Any:
@@ -206,7 +217,7 @@ def count() -> Aggregation:
 
 def sum_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
     """The sum of a field (name), of a function's result, or of the values themselves."""
-    return _Fold("sum", 0, operator.add, _getter(of))
+    return _Fold("sum", 0, operator.add, _getter(of), operator.add)
 
 
 def min_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
@@ -217,13 +228,18 @@ def max_of(of: str | Callable[[Any], Any] | None = None) -> Aggregation:
     return _Fold("max", None, max, _getter(of))
 
 
-def reduce(fn: Callable[[Any, Any], Any], initial: Any = None) -> Aggregation:
+def reduce(
+    fn: Callable[[Any, Any], Any],
+    initial: Any = None,
+    *,
+    merge: Callable[[Any, Any], Any] | None = None,
+) -> Aggregation:
     """`fn(acc, value) -> acc`; the accumulator must be JSON-able (it is stored as JSON).
-    With `initial=None` the first value is the first accumulator. Session windows merge two
-    accumulators with `fn(a, b)` too."""
-    if initial is None:
-        return _Fold("reduce", None, fn, _getter(None))
-    return _Fold("reduce", initial, fn, _getter(None))
+    With `initial=None` the first value is the first accumulator, and session windows merge
+    two accumulators with `fn(a, b)` unless `merge=` says otherwise. With an `initial`, the
+    accumulator is not a value: session windows need `merge(a, b) -> acc` (`a` is the earlier
+    session's), refused at declaration without it."""
+    return _Fold("reduce", initial, fn, _getter(None), merge)
 
 
 @dataclass(frozen=True)
@@ -231,11 +247,12 @@ class _TopK:
     k: int
     get: Callable[[Any], Any]
     name: str = "top_k"
+    mergeable: bool = True
 
     def initial(self) -> Any:
         return {}
 
-    def add(self, acc: Any, value: Any) -> Any:
+    def add(self, acc: Any, value: Any, ts: int) -> Any:
         item = str(self.get(value))
         acc[item] = acc.get(item, 0) + 1
         return acc

@@ -316,6 +316,12 @@ BAD_COMMANDS: list[tuple[list[str], dict[str, str], list[str]]] = [
         ["--format 'dot': use text, mermaid or json"],
     ),
     (["tables", "get", "no_agents:app"], {}, ["usage: streamkit tables get MODULE:APP TABLE KEY"]),
+    (["windows", "get", "no_agents:app"], {}, ["usage: streamkit windows get MODULE:APP NAME"]),
+    (
+        ["windows", "get", "no_agents:app", "nope", "k"],
+        {},
+        ["has no window table or timer set 'nope'"],
+    ),
 ]
 
 # typer's own checks (a missing argument, an option of the wrong type): a short usage box

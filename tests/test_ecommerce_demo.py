@@ -1,7 +1,8 @@
 """`make demo` in its short form: the e-commerce pipeline on the broker, two worker processes
 (one killed with SIGKILL midway, a replacement started), and its own checks against the
 generator's oracle (spend per user, sessions, DLQ, late events, enriched count, the local
-sink, top-k per window, clean stops). The demo exits 0 only if every check passes."""
+sink, top-k per window, the fraud rule's alerts, clean stops). The demo exits 0 only if
+every check passes."""
 
 from __future__ import annotations
 
@@ -27,6 +28,6 @@ def test_the_demo_passes_its_checks(tmp_path: object) -> None:
     out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
     assert done.returncode == 0, out
     assert "FAIL" not in out, out
-    assert out.count("PASS ") == 10, out
+    assert out.count("PASS ") == 11, out
     assert "All checks passed." in out
     assert "worker-2 killed with SIGKILL" in out

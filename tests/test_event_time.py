@@ -179,6 +179,12 @@ async def test_a_kill_9_mid_window_gives_every_final_result_once_and_every_late_
             (e["user"], int(e["ts"] * 1000) // 10_000 * 10_000) for e in on_time
         )
         outputs = await read_all(f"win-out-{uid}", expect=len(expected), within=90)
+        # count windows of ten per user, over every event sent (count windows have no late)
+        per_user = collections.Counter(e["user"] for e in on_time + late)
+        per_user["flush"] = 4
+        tens = finals(
+            await read_all(f"win-tens-{uid}", expect=sum(n // 10 for n in per_user.values()))
+        )
     finally:
         worker.stop()
     got = [(o["key"], o["start"]) for o in finals(outputs)]
@@ -186,6 +192,18 @@ async def test_a_kill_9_mid_window_gives_every_final_result_once_and_every_late_
     assert {(o["key"], o["start"]): o["count"] for o in finals(outputs)} == dict(expected)
     late_ids = sorted(int(orjson.loads(r.value)["id"]) for r in late_records)
     assert late_ids == sorted(int(e["id"]) for e in late)
+    # each user's complete count windows once, numbered 0, 10, 20...; each event in one
+    starts = collections.defaultdict(list)
+    for t in tens:
+        starts[t["key"]].append(t["start"])
+    assert {u: sorted(s) for u, s in starts.items()} == {
+        u: list(range(0, n - n % 10, 10)) for u, n in per_user.items() if n >= 10
+    }
+    assert all(t["count"] == 10 == len(t["collect"]) for t in tens)
+    ids = [i for t in tens for i in t["collect"]]
+    assert len(ids) == len(set(ids)), "an event was counted in two count windows"
+    user_of = {e["id"]: e["user"] for e in on_time + late}
+    assert all(user_of[i] == t["key"] for t in tens for i in t["collect"])
 
 
 async def _send(uid: str, rows: list[dict[str, Any]], spread: bool = False) -> None:

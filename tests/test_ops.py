@@ -129,20 +129,26 @@ async def both_serving(a: str, b: str) -> bool:
     )
 
 
+async def two_serving(a: WorkerProcess, b: WorkerProcess) -> tuple[str, str]:
+    """The HTTP endpoints of two workers, once each serves half of the partitions."""
+    await wait_until(
+        lambda: bool(endpoint_of(a) and endpoint_of(b)) or not (a.alive and b.alive),
+        within=60,
+        what="both HTTP endpoints",
+    )
+    assert a.alive and b.alive, a.log() + b.log()
+    ea, eb = endpoint_of(a), endpoint_of(b)
+    assert ea and eb
+    await wait_until(lambda: both_serving(ea, eb), within=60, what="the partitions to split")
+    return ea, eb
+
+
 async def test_two_workers_route_table_queries_and_report_metrics_and_status(
     uid: str, tmp_path: Path
 ) -> None:
     a, b = worker(uid, tmp_path, "a").start(), worker(uid, tmp_path, "b").start()
     try:
-        await wait_until(
-            lambda: bool(endpoint_of(a) and endpoint_of(b)) or not (a.alive and b.alive),
-            within=60,
-            what="both HTTP endpoints",
-        )
-        assert a.alive and b.alive, a.log() + b.log()
-        ea, eb = endpoint_of(a), endpoint_of(b)
-        assert ea and eb
-        await wait_until(lambda: both_serving(ea, eb), within=60, what="the partitions to split")
+        ea, eb = await two_serving(a, b)
         expected = await produce_purchases(uid)
 
         async def all_totals() -> bool:

@@ -87,6 +87,7 @@ class Demo:
             "ECOM_WINDOW": str(cfg.window_s),
             "ECOM_HOP": str(cfg.hop_s),
             "ECOM_TOP": str(cfg.top),
+            "ECOM_FRAUD": str(cfg.fraud),
             "STREAMKIT_SESSION_TIMEOUT_MS": "6000",  # a killed worker's partitions move sooner
         }
         self.pipeline: Any = importlib.import_module("apps.ecommerce.pipeline")
@@ -105,6 +106,7 @@ class Demo:
             "sessions": p.sessions_out.name,
             "trending": p.trending_out.name,
             "totals": p.totals.name,
+            "fraud-alerts": p.fraud_alerts.name,
             "dlq": app.dlq.name,
             "late-sessions": str(p.user_sessions.late_topic),
             "late-trending": str(p.trending.late_topic),
@@ -237,6 +239,7 @@ class Demo:
                 "enriched": out.counts["enriched"] >= truth.clicks_valid,
                 "sessions": len(out.sessions) >= len(truth.sessions),
                 "totals": out.totals == truth.spend,
+                "fraud alerts": len(out.alerts) >= len(truth.alerts),
                 "trending": out.merged_trending() == truth.trending,
             }
             return [name for name, ok in waits.items() if not ok]
@@ -282,6 +285,7 @@ def main() -> None:
     os.environ["ECOM_WINDOW"] = str(cfg.window_s)
     os.environ["ECOM_HOP"] = str(cfg.hop_s)
     os.environ["ECOM_TOP"] = str(cfg.top)
+    os.environ["ECOM_FRAUD"] = str(cfg.fraud)
     logs = Path(os.environ.get("ECOM_LOGS", f"/tmp/streamkit-ecommerce-{run}"))
     logs.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]streamkit e-commerce demo")

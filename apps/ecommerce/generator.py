@@ -4,7 +4,8 @@ Web clicks (views, add-to-cart, purchases) of users in sessions over simulated e
 delivered a little out of order; a few very late clicks; a few malformed records; one
 super-active user (`user_123`, a hot key); a product catalog; and the purchases as their own
 topic. The oracle computes every answer the pipeline must reproduce, by brute force over the
-same events: sessions, spend per user, the top-k products per hopping window.
+same events: sessions, spend per user, the top-k products per hopping window, the fraud
+rule's alerts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Config:
     window_s: int = 300  # trending: hopping windows of this size
     hop_s: int = 60  # ... starting every hop_s
     top: int = 5
+    fraud: int = 4  # the fraud rule: this many purchases of a user within a minute
     seed: int = 7
 
     @classmethod
@@ -155,6 +157,9 @@ class Truth:
     malformed: int
     late: int
     events_per_user: collections.Counter[str]
+    # the fraud rule: (user, t, purchases in [t - 60 s, t]) for each purchase time t with
+    # at least `fraud` of them
+    alerts: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def oracle(cfg: Config, data: Input) -> Truth:
@@ -194,6 +199,16 @@ def oracle(cfg: Config, data: Input) -> Truth:
             counts[(start, start + size)][c["product_id"]] += 1
             start -= hop
     trending = {window: top_items(dict(c), cfg.top) for window, c in counts.items()}
+    bought: dict[str, list[int]] = collections.defaultdict(list)
+    for c in real:
+        if c.get("kind") == "purchase":
+            bought[c["user_id"]].append(round(c["ts"] * 1000))
+    alerts = []
+    for user, times in bought.items():
+        for t in sorted(set(times)):
+            n = sum(1 for other in times if t - 60_000 <= other <= t)
+            if n >= cfg.fraud:
+                alerts.append((user, t, n))
     return Truth(
         sessions=sorted(sessions),
         spend=dict(spend),
@@ -202,4 +217,5 @@ def oracle(cfg: Config, data: Input) -> Truth:
         malformed=cfg.malformed,
         late=len(data.late_ids),
         events_per_user=collections.Counter(c["user_id"] for c in data.valid),
+        alerts=sorted(alerts),
     )

@@ -106,6 +106,7 @@ class Outputs:
         self.counts: collections.Counter[str] = collections.Counter()
         self.sessions: list[tuple[str, int, int, int, int]] = []
         self.totals: dict[str, int] = {}
+        self.alerts: list[tuple[str, int, int]] = []  # fraud: (user, window end, purchases)
         self.trending: dict[tuple[int, int], dict[str, list[list[Any]]]] = {}
         self.dead_reasons: collections.Counter[str] = collections.Counter()
         self.per_user: collections.Counter[str] = collections.Counter()
@@ -164,6 +165,9 @@ class Outputs:
                 elif role == "trending":
                     v = orjson.loads(r.value)
                     self.trending.setdefault((v["start"], v["end"]), {})[v["key"]] = v["top_k"]
+                elif role == "fraud-alerts":
+                    v = orjson.loads(r.value)
+                    self.alerts.append((v["key"], v["end"], v["count"]))
                 elif role == "dlq":
                     self.dead_reasons[describe(r.headers).get("streamkit.error.type", "?")] += 1
         if rows:

@@ -7,6 +7,7 @@
                                                co-partitioned catalog table, top-k per
                                                hopping window ─▶ trending
     purchases (4) ─key_by user (4): running total ─▶ totals
+    by user: purchase clicks, sliding minute per user ─▶ purchase-bursts ─filter─▶ fraud-alerts
     catalog (4, compacted): the product table, written by the generator
 
 One declared graph: the clicks are fetched once and fan out at the by-user stage (sessions and
@@ -48,6 +49,7 @@ GAP = float(os.environ.get("ECOM_GAP", "30"))  # session gap, seconds of event t
 WINDOW = float(os.environ.get("ECOM_WINDOW", "300"))  # trending: window size ...
 HOP = float(os.environ.get("ECOM_HOP", "60"))  # ... and hop, seconds of event time
 TOP = int(os.environ.get("ECOM_TOP", "5"))
+FRAUD = int(os.environ.get("ECOM_FRAUD", "4"))  # purchases by one user within a minute: alert
 CATALOG_PARTITIONS = 4
 
 app = sk.App(f"ecom-{RUN}", processing_guarantee="exactly_once", commit_interval=0.5)
@@ -63,6 +65,8 @@ sessions_out = app.topic(f"{name}-sessions", partitions=4)
 enriched = app.topic(f"{name}-enriched", partitions=3)
 trending_out = app.topic(f"{name}-trending", partitions=4)
 totals = app.topic(f"{name}-totals", partitions=4)
+bursts_out = app.topic(f"{name}-purchase-bursts", partitions=4)
+fraud_alerts = app.topic(f"{name}-fraud-alerts", partitions=4)
 
 products = app.table("products", source=catalog)  # co-partitioned with key_by product
 products_everywhere = app.global_table("products-all", source=catalog)  # any key, any stage
@@ -88,6 +92,15 @@ trending = app.window(
     local_keys=True,
 )
 
+# The fraud rule: each purchase's sliding minute [t - 60 s, t] of its user's purchases (count
+# and cents), and those with FRAUD or more purchases to the alert topic.
+purchase_bursts = app.window(
+    "purchase-bursts",
+    sk.sliding(60),
+    sk.aggregate(sk.count(), cents=sk.sum_of()),
+    output=bursts_out,
+)
+
 
 def join_catalog(click: Click) -> dict[str, Any]:
     """Stream-table join against the global copy of the catalog: any key, any partition."""
@@ -109,6 +122,23 @@ async def sessions(stream: sk.Stream[Click]) -> None:
     """A session window per user: pages seen and cents spent."""
     async for click in stream:
         user_sessions.add(click.user_id, {"pages": 1, "spend": click.cents})
+
+
+def is_purchase(click: Click) -> bool:
+    return click.kind == "purchase"
+
+
+@app.agent(by_user.filter(is_purchase), state=[purchase_bursts])
+async def purchases_per_minute(stream: sk.Stream[Click]) -> None:
+    async for click in stream:
+        purchase_bursts.add(click.user_id, click.cents)
+
+
+def too_many(burst: dict[str, Any]) -> bool:
+    return int(burst["count"]) >= FRAUD
+
+
+app.stream(bursts_out).filter(too_many).to(fraud_alerts)
 
 
 # rebalance over 8 (the join runs there) → shuffle over 3 → the enriched topic, and on to

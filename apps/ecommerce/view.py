@@ -145,6 +145,8 @@ def checks(
         and out.enriched_ok == truth.clicks_valid,
         "local sink rows = enriched events": out.sink_rows() == truth.clicks_valid,
         "trending top-k of every window = the oracle's": trending == truth.trending,
+        "fraud alerts (user, minute, purchases) = the oracle's, each once": sorted(out.alerts)
+        == truth.alerts,
         f"the hot partition of key_by user is {HOT_USER}'s": hottest_partition(progress)
         == partition_for_key(HOT_USER.encode(), 4),
         "the surviving workers stopped cleanly": all(c == 0 for c in worker_codes if c is not None),
@@ -174,6 +176,12 @@ def summary(
         "late / DLQ",
         f"{out.counts['late-sessions']} + {out.counts['late-trending']} late "
         f"(sent {truth.late}), {out.counts['dlq']} dead letters (sent {truth.malformed})",
+    )
+    users = sorted({a[0] for a in out.alerts})
+    lines.add_row(
+        "fraud alerts",
+        f"{len(out.alerts):,} (oracle {len(truth.alerts):,}) for {len(users)} users "
+        f"({', '.join(users[:4])}{', ...' * (len(users) > 4)})",
     )
     verdicts = Text()
     for name, ok in results.items():

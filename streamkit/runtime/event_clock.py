@@ -186,6 +186,9 @@ def open_event_state(
         if clock is not None:
             clock.restore(stored)
             clock.windows.append(part)
+    for rows in tables.values():  # tables with an event-time TTL: purged as the watermark moves
+        if clock is not None and rows.expiry is not None and rows.expiry.ttl.event_time:
+            clock.windows.append(rows.expiry)
     return windows, timers
 
 

@@ -9,6 +9,9 @@
   using the partition → endpoint map the group's assignor hands every member).
   `GET /tables/{name}?prefix=&limit=`: a scan over every partition, each asked of its owner.
   A query is only ever proxied to an endpoint of a member of the current assignment.
+- `GET /windows/{name}/{key}?from=&to=`: the open windows of one key in a window table (their
+  results and accumulators), or with a timer set's name (or `/timers/{name}/{key}`) its
+  pending timers; routed like `/tables/{name}/{key}`, which answers the same for them.
 - `GET /`: the dashboard of the whole app (`streamkit/dashboard`), with `/api/...` behind it.
 - With `web_token` set, every request needs the bearer token (`runtime/webauth.py`).
 
@@ -41,6 +44,7 @@ from streamkit.runtime.metrics import WorkerMetrics
 from streamkit.settings import ConfigError, parse_bootstrap
 from streamkit.state import queries
 from streamkit.state.queries import QueryError
+from streamkit.state.ttl import visible
 
 if TYPE_CHECKING:
     from streamkit.runtime.worker_view import WorkerView
@@ -73,6 +77,7 @@ class WebServer:
         app.router.add_get("/tables/{name}", self._scan)
         app.router.add_get("/tables/{name}/{key:.+}", self._get)
         app.router.add_get("/windows/{name}/{key:.+}", self._window)
+        app.router.add_get("/timers/{name}/{key:.+}", self._window)
         self.dashboard.add_routes(app.router)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
@@ -241,6 +246,8 @@ class WebServer:
     async def _get(self, request: web.Request) -> web.Response:
         name, text = request.match_info["name"], request.match_info["key"]
         app = self.worker.app
+        if name in app.windows or name in app.timers:
+            return await self._window(request)  # a window table's or timer set's key
         try:
             stage = queries.table_stage(app, name)
             table = app.tables[name]
@@ -253,6 +260,8 @@ class WebServer:
         part = self._local_partition(tp, name)
         if part is not None:
             found, value = part.peek(key)
+            if found:
+                found, value = visible(part, value)  # a table with a TTL: unstamped, live
             return _json(
                 {
                     "table": name,
@@ -269,34 +278,37 @@ class WebServer:
         return await self._forward(request, tp, path, {})
 
     async def _window(self, request: web.Request) -> web.Response:
-        """The windows a key has in a window table, asked of (or proxied to) its owner."""
+        """The open windows of a key in a window table (`?from=&to=`: window starts, epoch
+        ms, inclusive), or its pending timers in a timer set, asked of (or proxied to) the
+        owner of the key's partition."""
         name, text = request.match_info["name"], request.match_info["key"]
         app = self.worker.app
         try:
             stage = window_query.window_stage(app, name)
         except QueryError as exc:
             return _error(404, str(exc))
+        try:
+            lo, hi = window_query.parse_range(dict(request.query))
+        except QueryError as exc:
+            return _error(400, str(exc))
         key = window_query.parse_key(stage, text)
         partition = window_query.key_partition(stage, key, stage.source.partitions or 1)
         tp = TopicPartition(stage.source.name, partition)
-        wt = app.windows[name]
-        part = self._local_partition(tp, wt.table.name)
-        if part is not None:
-            windows = window_query.windows_of(part, key)
-            body = {
-                "window": name,
-                "kind": str(wt.kind),
-                "aggregation": wt.aggregation.name,
-                "key": queries.jsonable(key),
-                "partition": partition,
-                "found": bool(windows),
-                "windows": windows,
-                "served_by": self.worker.client_id,
-                "endpoint": self.endpoint,
-            }
-            return _json(body, status=200 if windows else 404)
-        path = f"/windows/{quote(name, safe='')}/{quote(text, safe='')}"
-        return await self._forward(request, tp, path, {})
+        wt = app.windows.get(name)
+        part = self._local_partition(tp, name if wt is None else wt.table.name)
+        if part is None:
+            path = f"/windows/{quote(name, safe='')}/{quote(text, safe='')}"
+            return await self._forward(request, tp, path, dict(request.query))
+        body: dict[str, Any] = {"key": queries.jsonable(key), "partition": partition}
+        if wt is None:
+            timers = window_query.timers_of(part, key)
+            body.update(timers=name, found=bool(timers), pending=timers)
+        else:
+            windows = window_query.windows_of(wt, part, key, lo, hi)
+            body.update(window=name, kind=str(wt.kind), aggregation=wt.aggregation.name)
+            body.update(found=bool(windows), windows=windows)
+        body.update(served_by=self.worker.client_id, endpoint=self.endpoint)
+        return _json(body, status=200 if body["found"] else 404)
 
     async def _scan(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

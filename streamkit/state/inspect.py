@@ -52,7 +52,8 @@ def read_key(app: App, table_name: str, key: Any) -> tuple[int, Any] | None:
         with _connect(part.path) as db:
             row = db.execute(f'SELECT v FROM "t:{table_name}" WHERE k = ?', (encoded,)).fetchone()
         if row is not None:
-            return part.partition, table.value_codec.decode(row[0])
+            value = table.value_codec.decode(row[0])
+            return part.partition, value if table.ttl is None else value[1]  # unstamped
     return None
 
 
@@ -63,5 +64,6 @@ def read_all(app: App, table_name: str) -> dict[Any, Any]:
         if part.table == table_name:
             with _connect(part.path) as db:
                 for k, v in db.execute(f'SELECT k, v FROM "t:{table_name}"'):
-                    values[table.key_codec.decode(k)] = table.value_codec.decode(v)
+                    value = table.value_codec.decode(v)
+                    values[table.key_codec.decode(k)] = value if table.ttl is None else value[1]
     return values

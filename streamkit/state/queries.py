@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from streamkit.keys import partition_for_key
 from streamkit.serde import RawCodec, StrCodec
+from streamkit.state.ttl import visible
 
 if TYPE_CHECKING:
     from streamkit.app import App
@@ -108,10 +109,14 @@ async def scan(part: TablePartition, prefix: str, limit: int) -> list[Row]:
         else:
             merged[raw_key] = raw_value
     decode_value = table.value_codec.decode
-    return [
-        Row(codec.decode(k), decode_value(merged[k]), part.partition)
-        for k in sorted(merged)[:limit]
-    ]
+    found: list[Row] = []
+    for k in sorted(merged):
+        live, value = visible(part, decode_value(merged[k]))  # a TTL: unstamped, live
+        if live:
+            found.append(Row(codec.decode(k), value, part.partition))
+        if len(found) >= limit:
+            break
+    return found
 
 
 def _matches(key: Any, prefix: str) -> bool:

@@ -21,6 +21,17 @@ from streamkit.state.window_table import WATERMARK_ROW, stored_watermark
 if TYPE_CHECKING:
     from streamkit.context import TaskScope
     from streamkit.state.window_table import WindowTable
+    from streamkit.windows import Aggregation
+
+
+def merge_in_order(agg: Aggregation, pieces: list[tuple[int, int, Any]]) -> Any:
+    """Accumulators `(start, rank, acc)` merged oldest first (`rank` orders equal starts: a
+    stored session before the new event, which arrived after it)."""
+    pieces.sort(key=lambda piece: (piece[0], piece[1]))
+    acc = pieces[0][2]
+    for _, _, other in pieces[1:]:
+        acc = agg.merge(acc, other)
+    return acc
 
 
 class SessionPartition:
@@ -72,11 +83,13 @@ class SessionPartition:
             wt.late(task, ts, self.watermark)
             return
         agg = wt.aggregation
-        acc = agg.add(agg.initial(), value)
+        # the accumulators merged in time order: the earlier session's is `a` of merge(a, b)
+        pieces = [(ts, 1, agg.add(agg.initial(), value, ts))]
         for other, _ in merging:
-            acc = agg.merge(rows.get((other, key))[1], acc)
+            pieces.append((other, 0, rows.get((other, key))[1]))
             rows.delete((other, key))
             starts.remove(other)
+        acc = merge_in_order(agg, pieces)
         rows.set((start, key), [end, acc])
         self._track(start, key, end)
         if wt.emit_mode == "update":

@@ -71,7 +71,7 @@ class SlidingPartition:
         ends = self.by_key.setdefault(key, [])
         for end in ends:  # the open windows this event falls in
             if end != ts and end - size <= ts <= end:
-                acc = agg.add(rows.get((end, key)), value)
+                acc = agg.add(rows.get((end, key)), value, ts)
                 rows.set((end, key), acc)
                 if wt.emit_mode == "update":
                     wt.emit(task, key, end - size, end, acc, final=False)
@@ -80,10 +80,10 @@ class SlidingPartition:
             acc = agg.initial()
             for other_ts, other in events:
                 if ts - size <= other_ts <= ts:
-                    acc = agg.add(acc, other)
+                    acc = agg.add(acc, other, other_ts)
             self._track(ts, key)
         else:  # another event at the same time made it already
-            acc = agg.add(own, value)
+            acc = agg.add(own, value, ts)
         rows.set((ts, key), acc)
         if wt.emit_mode == "update":
             wt.emit(task, key, ts - size, ts, acc, final=False)

@@ -16,6 +16,7 @@ from streamkit.context import CURRENT_TASK, TaskScope
 from streamkit.keys import partition_for_key
 from streamkit.serde import RAW, Codec, codec_for
 from streamkit.state.store import PartitionStore
+from streamkit.state.ttl import Expiry, StampedCodec, Ttl
 from streamkit.topics import Topic
 
 K = TypeVar("K")
@@ -136,6 +137,10 @@ class TablePartition:
         # A table read from a source topic: the last source offset applied to this partition
         # (restored or followed), and the rows applied since the last store write.
         self.source_offset = -1
+        # A table with a TTL: its keys by expiry (`state/ttl.py`); values are [stamp, value]
+        self.expiry: Expiry | None = None
+        if table.ttl is not None:
+            self.expiry = Expiry(table.ttl, self)
 
     def apply_source(self, rows: list[tuple[bytes, bytes | None]], last_offset: int) -> None:
         """Records of the source topic (read-only tables): visible at once, written to SQLite
@@ -274,6 +279,7 @@ class Table(Generic[K, V]):
         value_type: Any = None,
         source: bool = False,
         local_keys: bool = False,
+        ttl: Ttl | None = None,
     ) -> None:
         self.name = name
         self.changelog = changelog
@@ -284,6 +290,9 @@ class Table(Generic[K, V]):
         self.value_type = value_type
         self.key_codec: Codec[Any] = RAW if key_type is bytes else codec_for(key_type)
         self.value_codec: Codec[Any] = codec_for(value_type)
+        self.ttl = ttl  # keys expire after their last write (`state/ttl.py`)
+        if ttl is not None:
+            self.value_codec = StampedCodec(self.value_codec)
         self.local_keys = local_keys  # keys are the task's own: no partition check
         # checked per key as it enters a partition's cache; window tables and timers check
         # their own (inner) keys per call instead
@@ -307,8 +316,47 @@ class Table(Generic[K, V]):
             part.dirty.add(key)
         return value
 
+    # -- a table with a TTL stores [write stamp, value]: these read and write through it ----
+
+    def _expiring(self, part: TablePartition, key: Any, touch: bool) -> Any:
+        """The live value of `key` (or _MISSING: absent or expired); with `touch`, a value
+        that can change in place is restamped (it is written back, as any such read)."""
+        expiry = part.expiry
+        assert expiry is not None
+        stored = part.get(key)
+        if stored is _MISSING or expiry.expired(stored[0]):
+            return _MISSING
+        value = stored[1]
+        if touch and type(value) not in _IMMUTABLE:
+            stamp = expiry.stamp()
+            if stamp != stored[0]:
+                part.set(key, [stamp, value])
+                expiry.track(key, stamp)
+        return value
+
+    def _stamped(self, part: TablePartition, key: Any, value: Any) -> None:
+        expiry = part.expiry
+        assert expiry is not None
+        stamp = expiry.stamp()
+        part.set(key, [stamp, value])
+        expiry.track(key, stamp)
+
+    def _get(self, part: TablePartition, key: Any, touch: bool = True) -> Any:
+        if self.ttl is not None:
+            return self._expiring(part, key, touch)
+        return part.get(key)
+
     def __getitem__(self, key: K) -> V:
         part = self._local()
+        if self.ttl is not None:
+            value = self._expiring(part, key, True)
+            if value is not _MISSING:
+                return value  # type: ignore[no-any-return]
+            if self.default is None:
+                raise KeyError(key)
+            value = self.default()
+            self._stamped(part, key, value)
+            return value
         value = part.get(key)
         if value is _MISSING:
             if self.default is None:
@@ -330,27 +378,41 @@ class Table(Generic[K, V]):
         return self._local()
 
     def __setitem__(self, key: K, value: V) -> None:
-        self._writable(key).set(key, value)
+        part = self._writable(key)
+        if self.ttl is not None:
+            self._stamped(part, key, value)
+        else:
+            part.set(key, value)
 
     def __delitem__(self, key: K) -> None:
-        if not self._writable(key).delete(key):
+        part = self._writable(key)
+        live = self.ttl is None or self._expiring(part, key, False) is not _MISSING
+        if not part.delete(key) or not live:
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        return self._local().get(key) is not _MISSING
+        part = self._local()
+        if self.ttl is None:
+            return part.get(key) is not _MISSING
+        return self._expiring(part, key, False) is not _MISSING
 
     def get(self, key: K, default: V | None = None) -> V | None:
         part = self._local()
-        value = part.get(key)
+        value = part.get(key) if self.ttl is None else self._expiring(part, key, True)
         return default if value is _MISSING else self._read(part, key, value)
 
     def __iter__(self) -> Iterator[K]:
-        return self._local().iter_keys()
+        part = self._local()
+        if self.ttl is None:
+            return part.iter_keys()
+        return (k for k in list(part.iter_keys()) if self._get(part, k, False) is not _MISSING)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._local().iter_keys())
+        return sum(1 for _ in self)
 
     def items(self) -> Iterator[tuple[K, V]]:
         local = self._local()
         for key in list(local.iter_keys()):
-            yield key, self._read(local, key, local.get(key))
+            value = self._get(local, key)
+            if value is not _MISSING:
+                yield key, self._read(local, key, value)

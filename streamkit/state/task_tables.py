@@ -81,6 +81,9 @@ class TaskTables:
             )
             for t in self.tables
         }
+        for part in self.partitions.values():
+            if part.expiry is not None:
+                part.expiry.load()  # index the keys of a table with a TTL by expiry
         stored = self.store.offsets()
         for t in self.tables:
             if t.source:
@@ -89,11 +92,14 @@ class TaskTables:
         log.info("%s: open, %d changelog records replayed", self.path, self.replayed)
 
     def snapshot(self, collector: RecordCollector) -> dict[str, dict[bytes, bytes | None]]:
-        """Checkpoint step: take every dirty key and append it to its changelog partition."""
+        """Checkpoint step: take every dirty key (expired keys of a table with a TTL deleted
+        first) and append it to its changelog partition."""
         changes = {}
         for name, part in self.partitions.items():
             if part.table.source:
                 continue  # read-only: its rows come from its topic (see `write`)
+            if part.expiry is not None:
+                part.expiry.purge()  # expired keys: tombstones in this snapshot
             rows = part.take_dirty()
             if not rows:
                 continue

@@ -24,11 +24,11 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
+from streamkit.aggregations import Several
 from streamkit.context import CURRENT_TASK
+from streamkit.count_windows import SlidingCount, TumblingCount
 from streamkit.eventtime import NO_WATERMARK
-from streamkit.serde import Codec, codec_for
+from streamkit.serde import JSON, Codec, codec_for
 from streamkit.settings import ConfigError
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
 from streamkit.topics import Topic
@@ -102,6 +102,13 @@ class WindowTable:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.output = output
         self.late_topic = late_topic  # set when the owning agent is known, if not named
+        # count windows close with their last event: nothing is ever late for them
+        self.has_late = not isinstance(kind, TumblingCount | SlidingCount)
+        if late_topic is not None and not self.has_late:
+            raise ConfigError(
+                f"window {name}: a count window has no late events (it closes with its last "
+                "event): drop late_topic="
+            )
         self.key_codec: Codec[Any] = codec_for(key_type)
         table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
@@ -138,19 +145,21 @@ class WindowTable:
         that fills up here goes out with the task's next submit)."""
         if self.output is None:
             return
-        value = orjson.dumps(
-            {
-                "key": key,
-                "start": start,
-                "end": end,
-                self.aggregation.name: self.aggregation.result(acc),
-                "final": final,
-            }
+        value = JSON.encode(  # models in a result (a reduce's accumulator) as their JSON
+            {"key": key, "start": start, "end": end, **self.fields(acc), "final": final}
         )
         task.collector.append(
             self.output.name, self.key_codec.encode(key), value, timestamp_ms=end - 1
         )
         self.emitted += 1
+
+    def fields(self, acc: Any) -> dict[str, Any]:
+        """A window's result fields: `{name: result}`, or one field per aggregation of
+        `sk.aggregate(...)`."""
+        result = self.aggregation.result(acc)
+        if isinstance(self.aggregation, Several):
+            return result  # type: ignore[no-any-return]
+        return {self.aggregation.name: result}
 
     def late(self, task: TaskScope, ts: int, watermark: int) -> None:
         """The event being processed is too late for this table: to the late topic."""
@@ -223,7 +232,7 @@ class WindowPartition:
             if acc is _MISSING:
                 acc = wt.aggregation.initial()
                 self._index(start, key)
-            acc = wt.aggregation.add(acc, value)
+            acc = wt.aggregation.add(acc, value, ts)
             rows.set(row, acc)
             added = True
             if wt.emit_mode == "update":

@@ -15,6 +15,7 @@ from streamkit.eventtime import NO_WATERMARK
 from streamkit.runtime.dlq import describe
 from streamkit.serde import Codec, DecodeError
 from streamkit.state.table import TablePartition
+from streamkit.state.ttl import visible
 from streamkit.state.window_table import WATERMARK_ROW, Windows
 from streamkit.topics import Topic
 
@@ -107,7 +108,9 @@ class TableView:
         for _, part in sorted(self._parts.items()):
             value = part.get(key, _ABSENT)
             if value is not _ABSENT:
-                return value
+                live, value = visible(part, value)  # a table with a TTL: unstamped, live
+                if live:
+                    return value
         return default
 
     def __getitem__(self, key: Any) -> Any:
@@ -120,7 +123,12 @@ class TableView:
         return self.get(key, _ABSENT) is not _ABSENT
 
     def keys(self) -> list[Any]:
-        return [key for _, part in sorted(self._parts.items()) for key in part.iter_keys()]
+        return [
+            key
+            for _, part in sorted(self._parts.items())
+            for key in part.iter_keys()
+            if visible(part, part.get(key))[0]
+        ]
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.keys())
@@ -129,11 +137,13 @@ class TableView:
         return len(self.keys())
 
     def items(self) -> list[tuple[Any, Any]]:
-        return [
-            (key, part.get(key))
-            for _, part in sorted(self._parts.items())
-            for key in part.iter_keys()
-        ]
+        found = []
+        for _, part in sorted(self._parts.items()):
+            for key in part.iter_keys():
+                live, value = visible(part, part.get(key))
+                if live:
+                    found.append((key, value))
+        return found
 
     def to_dict(self) -> dict[Any, Any]:
         return dict(self.items())

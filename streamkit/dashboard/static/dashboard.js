@@ -423,10 +423,13 @@ function setupLookup(graph) {
   const select = document.getElementById("lookup-table");
   const tables = graph.nodes.filter((n) => n.kind === "table" && n.queryable);
   const windows = graph.nodes.filter((n) => n.kind === "window");
+  const timers = graph.nodes.filter((n) => n.kind === "timers");  // answered by /windows too
   select.replaceChildren(
     ...tables.map((n) => h("option", {value: "table=" + encodeURIComponent(n.table)}, n.table)),
     ...windows.map((n) => h("option", {value: "window=" + encodeURIComponent(n.name)},
-      `${n.name} (window)`)));
+      `${n.name} (window)`)),
+    ...timers.map((n) => h("option", {value: "window=" + encodeURIComponent(n.label)},
+      `${n.label} (timers)`)));
   document.getElementById("lookup").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const key = document.getElementById("lookup-key").value;
