@@ -37,6 +37,7 @@ from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.operators import Compiler
+from streamkit.runtime.table_sync import TableSync
 from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
@@ -82,6 +83,7 @@ class Task:
         reader: Restorer | None = None,
         positions: dict[str, int] | None = None,
         clock: EventClock | None = None,
+        sync_wait: float = 0.0,
     ) -> None:
         self.stage = stage
         self.stage_name = stage.name
@@ -126,6 +128,9 @@ class Task:
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
         self._idle = False  # blocked in `_wait`: between two records
+        # holds records back until the tables read from topics caught up (table_sync.py)
+        self.sync: TableSync | None = None
+        self._sync_wait = sync_wait
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
@@ -159,6 +164,8 @@ class Task:
                 return True
         self._records.extend(records)
         self.position[topic] = records[-1].offset + 1
+        if self.sync is not None:
+            self.sync.arrived(topic, records[-1].offset)
         if self.clock is not None:
             self.clock.note_input(topic)
         waiter = self._waiter
@@ -305,6 +312,7 @@ class Task:
             await self.state.open(self._reader)
             self.tables = self.state.partitions
             self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
+            self.sync = TableSync.of(self.tables, self._sync_wait)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -327,11 +335,16 @@ class Task:
         records, done = self._records, self._done
         agents = self.agents
         pending, single = agents.pending, agents.single
-        collector, clock = self.collector, self.clock
+        collector, clock, sync = self.collector, self.clock, self.sync
         while True:
             if not records or self._pausing:
                 await self._wait()
                 continue
+            if sync is not None:
+                hold = sync.hold(records[0])
+                if hold:
+                    await self._wait(hold)
+                    continue
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
@@ -367,7 +380,8 @@ class Task:
                 if clock is not None:
                     clock.broadcast(collector)
 
-    async def _wait(self) -> None:
+    async def _wait(self, hold: float | None = None) -> None:
+        """Wait for records (or, `hold` seconds at most, for a held record's tables)."""
         if self.status is not TaskState.RUNNING:
             raise _Closed
         if not self._pausing:
@@ -375,14 +389,15 @@ class Task:
             if self._closing():  # closed while submitting: nobody will wake us
                 raise _Closed
             self._on_room()
-            if self._records and not self._pausing:
+            if self._records and not self._pausing and hold is None:
                 return
         clock = self.clock
-        timeout = None
+        timeout = hold
         if clock is not None:
             clock.broadcast(self.collector)
             if clock.outputs:  # wake up now and then to say we are idle
-                timeout = clock.idle_timeout / 2
+                half = clock.idle_timeout / 2
+                timeout = half if timeout is None else min(timeout, half)
         if self.timers:
             due = fire_processing_timers(self.timers.values())
             if due is not None:
