@@ -4,6 +4,7 @@ stream-table sync decision, and what a table-table join emits."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -70,7 +71,7 @@ def test_as_of_after_puts_and_purges_is_the_brute_force_answer(
             want = oracle_as_of(accepted, t, oldest)
             assert (found, got if found else None) == want, (t, versions, accepted)
         # nothing kept that no lookup at or after the cutoff can see
-        for (_, _), (nxt, _) in zip(versions, versions[1:], strict=False):
+        for _, (nxt, _) in itertools.pairwise(versions):
             assert oldest is None or nxt > oldest
         if versions and versions[-1][1] is TOMBSTONE and oldest is not None:
             assert versions[-1][0] > oldest or len(versions) > 1
