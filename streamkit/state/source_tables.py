@@ -29,7 +29,7 @@ from aiokafka.structs import TopicPartition
 from streamkit.context import WALL_CLOCK
 from streamkit.settings import Settings
 from streamkit.state.compacted import CompactedReader, Fetched
-from streamkit.state.table import TablePartition
+from streamkit.state.table import Table, TablePartition
 
 
 class _Task(Protocol):
@@ -63,12 +63,21 @@ def following(tasks: RunningTasks) -> dict[TopicPartition, list[TablePartition]]
 
 def source_of(part: TablePartition) -> str | None:
     """The topic a table partition follows: a source table's, or a versioned table's feed."""
-    if part.table.source:
-        return part.table.changelog.name
-    versioned = part.table.versioned
+    return followed_topic(part.table)
+
+
+def followed_topic(table: Table[Any, Any]) -> str | None:
+    if table.source:
+        return table.changelog.name
+    versioned = table.versioned
     if versioned is not None and versioned.source is not None:
         return str(versioned.source.name)
     return None
+
+
+def is_followed(table: Table[Any, Any]) -> bool:
+    """Whether the worker's `sources` task follows a topic for `table`."""
+    return followed_topic(table) is not None
 
 
 def applied_offset(part: TablePartition) -> int:

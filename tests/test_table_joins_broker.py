@@ -1,0 +1,136 @@
+"""Joins with tables against the broker: a payment sent right after its order joins it (the
+stream waits until the table read from a topic caught up), and an as-of join over replayed,
+out-of-order history gives the historical values, also after the worker lost its local state
+and the table's source topic lost its records (the versioned table comes back from its own
+changelog)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition
+
+import streamkit as sk
+from streamkit.runtime.admin import ensure_app_topics
+from tests.kafkahelp import bootstrap, end_offsets, read_all, running, wait_until
+
+
+async def test_a_record_sent_just_after_its_table_row_joins_it(uid: str, workdir: Path) -> None:
+    app = sk.App(f"race-{uid}", workdir=str(workdir), commit_interval=0.2)
+    orders = app.topic(f"race-{uid}-orders", partitions=2, config={"cleanup.policy": "compact"})
+    payments = app.topic(f"race-{uid}-payments", partitions=2)
+    paid = app.topic(f"race-{uid}-paid", partitions=2)
+    table = app.table("orders", source=orders)
+    app.stream(payments).join_table(
+        table, how="left", joiner=lambda p, o: {"payment": p["id"], "order": o}
+    ).to(paid)
+    await ensure_app_topics(app, client_id="test")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap())
+    await producer.start()
+    try:
+        async with running(app) as worker:
+            assert worker.tasks is not None
+            await wait_until(
+                lambda: all(t.sync is not None for t in worker.tasks.tasks.values()),
+                what="the tasks to run",
+            )
+            for i in range(10):  # as a new user would: the order, then at once its payment
+                key = f"o{i}".encode()
+                await producer.send_and_wait(orders.name, orjson.dumps({"amount": i}), key=key)
+                await producer.send_and_wait(payments.name, orjson.dumps({"id": i}), key=key)
+            out = [orjson.loads(r.value) for r in await read_all(paid.name, expect=10)]
+    finally:
+        await producer.stop()
+    assert sorted(o["payment"] for o in out) == list(range(10))
+    assert all(o["order"] == {"amount": o["payment"]} for o in out), out
+
+
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
+T0 = 1_600_000_000_000  # ms: the replayed history is years old
+
+
+def price_history(rng: random.Random) -> list[tuple[str, int, int | None]]:
+    """(symbol, time ms, price or None for a delisting) for each symbol, every 10 s."""
+    rows = []
+    for s in SYMBOLS:
+        for step in range(30):
+            price = None if step == 17 else rng.randint(1, 1000)
+            rows.append((s, T0 + step * 10_000, price))
+    return rows
+
+
+def expected(history: list[tuple[str, int, int | None]], symbol: str, t: int) -> int | None:
+    held = [(ts, p) for s, ts, p in history if s == symbol and ts <= t]
+    return max(held)[1] if held else None
+
+
+async def test_as_of_join_over_replayed_history(uid: str, workdir: Path) -> None:
+    def make_app() -> tuple[sk.App, Any, Any, Any]:
+        app = sk.App(f"asof-{uid}", workdir=str(workdir), commit_interval=0.2)
+        prices = app.topic(f"asof-{uid}-prices", partitions=2, config={"retention.ms": "-1"})
+        trades = app.topic(f"asof-{uid}-trades", partitions=2, config={"retention.ms": "-1"})
+        out = app.topic(f"asof-{uid}-priced", partitions=2, config={"retention.ms": "-1"})
+        table = app.table("prices", source=prices, versioned=sk.Versioned(retention=24 * 3600))
+        app.stream(trades).join_table(
+            table, how="left", joiner=lambda t, p: {"trade": t["id"], "price": p}
+        ).to(out)
+        return app, prices, trades, out
+
+    rng = random.Random(16)
+    history = price_history(rng)
+    rng.shuffle(history)  # the price topic itself is out of order
+    trades = [
+        (i, SYMBOLS[i % 4], T0 - 5_000 + rng.randint(0, 300_000)) for i in range(200)
+    ]  # some before the first price, some in the delisting, most in between
+    app, prices_topic, trades_topic, out_topic = make_app()
+    await ensure_app_topics(app, client_id="test")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
+    await producer.start()
+    try:
+        for s, ts, p in history:
+            value = None if p is None else orjson.dumps(p)
+            await producer.send(prices_topic.name, value, key=s.encode(), timestamp_ms=ts)
+        for i, s, ts in trades[:100]:  # all written before the worker starts: a replay
+            await producer.send(
+                trades_topic.name, orjson.dumps({"id": i}), key=s.encode(), timestamp_ms=ts
+            )
+        await producer.flush()
+        async with running(app):
+            got = await read_all(out_topic.name, expect=100, within=60)
+        # the worker's local state is lost and so are the price topic's records: the
+        # versioned table comes back from its own changelog
+        shutil.rmtree(workdir)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        await admin.start()
+        try:
+            ends = await end_offsets(prices_topic.name)
+            await admin.delete_records(
+                {
+                    TopicPartition(prices_topic.name, p): RecordsToDelete(before_offset=end)
+                    for p, end in ends.items()
+                }
+            )
+        finally:
+            await admin.close()
+        for i, s, ts in trades[100:]:
+            await producer.send(
+                trades_topic.name, orjson.dumps({"id": i}), key=s.encode(), timestamp_ms=ts
+            )
+        await producer.flush()
+        app2, *_ = make_app()
+        async with running(app2):
+            got = await read_all(out_topic.name, expect=200, within=60)
+    finally:
+        await producer.stop()
+    answers = {orjson.loads(r.value)["trade"]: orjson.loads(r.value)["price"] for r in got}
+    assert sorted(answers) == list(range(200))
+    want = {i: expected(history, s, ts) for i, s, ts in trades}
+    wrong = sorted(i for i in want if answers[i] != want[i])
+    assert answers == want, (len(wrong), wrong[:5], wrong[-5:])
+    assert any(v is None for v in want.values()) and len(set(want.values())) > 20
