@@ -30,6 +30,9 @@ def priced_app() -> tuple[sk.App, Any]:
 
 def test_as_of_join_gives_the_value_that_held_at_each_event_time() -> None:
     app, _ = priced_app()
+    text = app.topology()
+    assert "join_table(prices)" in text
+    assert "versioned table prices <- prices (versions at record times), history 3600s" in text
     with TestDriver(app) as driver:
         driver.send("prices", 10, key="X", timestamp=100)
         driver.send("prices", 20, key="X", timestamp=200)
@@ -114,6 +117,7 @@ def test_a_source_table_join_and_topology_shows_the_joins() -> None:
     app.join_tables(orders, customers, how="outer", name="oc").to(both)
     text = app.topology()
     assert "join_table(orders)" in text and "join_tables(oc-left, oc-right)" in text
+    assert "table orders <- orders (read-only)" in text
     with TestDriver(app) as driver:
         driver.send("orders", {"amount": 5}, key="o1")
         driver.send("payments", {"paid": 5}, key="o1")
