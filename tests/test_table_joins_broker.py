@@ -6,6 +6,7 @@ changelog)."""
 
 from __future__ import annotations
 
+import collections
 import random
 import shutil
 from pathlib import Path
@@ -18,7 +19,15 @@ from aiokafka.structs import TopicPartition
 
 import streamkit as sk
 from streamkit.runtime.admin import ensure_app_topics
-from tests.kafkahelp import bootstrap, end_offsets, read_all, running, wait_until
+from tests.kafkahelp import (
+    WorkerProcess,
+    bootstrap,
+    committed,
+    end_offsets,
+    read_all,
+    running,
+    wait_until,
+)
 
 
 async def test_a_record_sent_just_after_its_table_row_joins_it(uid: str, workdir: Path) -> None:
@@ -134,3 +143,67 @@ async def test_as_of_join_over_replayed_history(uid: str, workdir: Path) -> None
     wrong = sorted(i for i in want if answers[i] != want[i])
     assert answers == want, (len(wrong), wrong[:5], wrong[-5:])
     assert any(v is None for v in want.values()) and len(set(want.values())) > 20
+
+
+async def test_kill_9_mid_as_of_join_under_exactly_once_gives_each_result_once(
+    uid: str, tmp_path: Path
+) -> None:
+    """A worker is killed with -9 mid-join; one with an empty state directory takes over:
+    every trade is joined once (read_committed, to the end offsets) with the price that held
+    at its time, the versioned table coming back from its changelog."""
+    prefix = f"asofp-{uid}"
+    rng = random.Random(7)
+    history = price_history(rng)
+    n = 400
+    trades = [(i, SYMBOLS[i % 4], T0 + rng.randint(0, 300_000)) for i in range(n)]
+
+    def worker(name: str, **env: str) -> WorkerProcess:
+        return WorkerProcess(
+            "tests.tablejoinapp:app",
+            {"SKTEST_ID": uid, "STREAMKIT_WORKDIR": str(tmp_path / name), **env},
+            tmp_path / f"{name}.log",
+        )
+
+    victim = worker("victim", SKTEST_SLOW="0.01").start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
+    await producer.start()
+    try:
+        await wait_until(lambda: "assigned" in victim.log() or not victim.alive, within=60)
+        assert victim.alive, victim.log()
+        for s, ts, p in history:
+            value = None if p is None else orjson.dumps(p)
+            await producer.send(f"{prefix}-prices", value, key=s.encode(), timestamp_ms=ts)
+        for i, s, ts in trades:
+            await producer.send(
+                f"{prefix}-trades", orjson.dumps({"id": i}), key=s.encode(), timestamp_ms=ts
+            )
+        await producer.flush()
+
+        async def some_committed() -> bool:
+            return sum((await committed(prefix, f"{prefix}-trades")).values()) > 0
+
+        await wait_until(some_committed, within=60, what="a first commit", every=0.05)
+        victim.kill9()
+        done_before = len(await read_all(f"{prefix}-priced"))
+        assert done_before < n, "the worker finished before the kill; make it slower"
+        survivor = worker("survivor").start()
+        try:
+            await read_all(f"{prefix}-priced", expect=n, within=90)
+            await wait_until(
+                lambda: committed_all(prefix, f"{prefix}-trades"), within=60, what="all committed"
+            )
+            got = await read_all(f"{prefix}-priced")  # to the end offsets, read_committed
+        finally:
+            survivor.stop()
+    finally:
+        await producer.stop()
+        victim.stop()
+    results = [orjson.loads(r.value) for r in got]
+    counts = collections.Counter(r["trade"] for r in results)
+    assert set(counts) == set(range(n)) and set(counts.values()) == {1}, counts.most_common(3)
+    want = {i: expected(history, s, ts) for i, s, ts in trades}
+    assert {r["trade"]: r["price"] for r in results} == want
+
+
+async def committed_all(group: str, topic: str) -> bool:
+    return await committed(group, topic) == await end_offsets(topic)
