@@ -43,6 +43,15 @@ def test_as_of_join_gives_the_value_that_held_at_each_event_time() -> None:
         for trade, ts in sent:
             driver.send("trades", {"id": trade}, key="X", timestamp=ts)
         got = {v["trade"]: v["price"] for v in driver.read_values("priced")}
+        view = driver.versioned("prices")
+        assert view.as_of("X", 250_000) == 20 and view.get("X") == 30
+        assert view.history("X") == [
+            (100_000, 10),
+            (150_000, 15),
+            (200_000, 20),
+            (300_000, None),
+            (400_000, 30),
+        ]
     assert got == {1: None, 2: 10, 3: 15, 4: 20, 5: 10, 6: None, 7: 30, 8: 10}
 
 

@@ -116,6 +116,7 @@ async def follow_source_tables(
     wanted: dict[TopicPartition, list[TablePartition]] = {}
     poke = asyncio.Event()
     clock = WALL_CLOCK.get()
+    known: set[TopicPartition] = set()  # the partitions followed in the last round
 
     async def wipe(tp: TopicPartition, start: int) -> None:
         for part in wanted.get(tp, []):
@@ -135,7 +136,10 @@ async def follow_source_tables(
                 for part in parts:
                     if part.follow is not None:
                         part.follow.poke = poke
-            asked = poke.is_set()  # a task holds a record until this round's answer
+            # a task holds a record until this round's answer (it poked, or its tables are
+            # new here: it could not poke before their first round)
+            asked = poke.is_set() or not set(wanted) <= known
+            known = set(wanted)
             poke.clear()
             started = clock.monotonic()
             before = dict(reader.positions)
