@@ -160,6 +160,11 @@ class App:
         if name in self.tables or name in self.global_tables:
             raise ConfigError(f"two tables are named {name!r}")
         if versioned is not None:
+            if default is not None:
+                raise ConfigError(
+                    f"table {name}: a versioned table has no default= (as_of and get return "
+                    "None, or the default you pass them, for a key without a value)"
+                )
             return self._versioned(name, versioned, key_type, value_type, source, local_keys)
         if source is not None:
             if self.topics.get(source.name) is not source:

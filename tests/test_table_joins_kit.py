@@ -163,3 +163,32 @@ def test_table_table_join_emits_on_either_side_and_tombstones(how: str, want: li
         got = [r.raw_value for r in driver.read("joined")]
     decoded = [None if v is None else orjson.loads(v) for v in got]
     assert decoded == want
+
+
+def test_bad_joins_are_refused_at_declaration() -> None:
+    app = sk.App("tj-bad")
+    src = app.topic("src", partitions=1)
+    other = app.topic("other", partitions=1)
+    table = app.table("t")
+    window = app.window("w", sk.tumbling(60), sk.count())
+    with pytest.raises(sk.ConfigError, match="how='outer' is not one of inner, left"):
+        app.stream(src).join_table(table, how="outer")
+    with pytest.raises(sk.ConfigError, match="a window table or timer set cannot be joined"):
+        app.stream(src).join_table(window)
+    with pytest.raises(sk.ConfigError, match="the two sides are one topic"):
+        app.join_tables(src, src)
+    with pytest.raises(sk.ConfigError, match="how='right' is not one of"):
+        app.join_tables(src, other, how="right")
+    with pytest.raises(sk.ConfigError, match="a versioned table has no default="):
+        app.table("v", versioned=sk.Versioned(retention=1), default=int)  # type: ignore[call-overload]
+
+
+def test_a_versioned_table_fed_from_a_topic_must_be_co_partitioned() -> None:
+    app = sk.App("tj-copart")
+    prices = app.topic("prices", partitions=2)
+    trades = app.topic("trades", partitions=1)
+    table = app.table("prices", source=prices, versioned=sk.Versioned(retention=60))
+    app.stream(trades).join_table(table).to(app.topic("out", partitions=1))
+    with pytest.raises(sk.ConfigError, match=r"table prices reads prices \(2 partitions\)"):
+        with TestDriver(app):
+            pass

@@ -25,6 +25,7 @@ from typing import Any
 from streamkit.context import CURRENT_TASK, current_event
 from streamkit.settings import ConfigError
 from streamkit.state.table import _MISSING, Table
+from streamkit.state.versioned_table import VersionedTable
 
 Joiner = Callable[[Any, Any], Any]
 
@@ -68,11 +69,16 @@ def stream_table_join(
     table: Any, how: str, joiner: Joiner | None
 ) -> Callable[[Any], Iterable[Any]]:
     """The flat_map of `stream.join_table(table)` (`table`: a Table or a VersionedTable)."""
+    if not isinstance(table, (Table, VersionedTable)):
+        raise ConfigError(
+            f"join_table: {table!r} is not a table (declare it with app.table(...); a window "
+            "table or timer set cannot be joined)"
+        )
     check_how(how, STREAM_TABLE_HOWS, f"join_table({table.name})")
     join = joiner or pair
     inner = how == "inner"
-    versioned = table if hasattr(table, "as_of") else None
-    rows: Table[Any, Any] = table.table if versioned is not None else table
+    versioned = table if isinstance(table, VersionedTable) else None
+    rows: Table[Any, Any] = table.table if isinstance(table, VersionedTable) else table
     decode = rows.key_codec.decode
     name = table.name
 
