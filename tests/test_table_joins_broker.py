@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
@@ -133,8 +134,18 @@ async def test_as_of_join_over_replayed_history(uid: str, workdir: Path) -> None
             )
         await producer.flush()
         app2, *_ = make_app()
-        async with running(app2):
+        async with running(app2) as worker:
             got = await read_all(out_topic.name, expect=200, within=60)
+            # the interactive query: the versions kept, and one as of a time
+            when = T0 + 123_000
+            assert worker.web is not None
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"http://{worker.web.endpoint}/tables/prices/AAA", params={"as_of": str(when)}
+                ) as resp,
+            ):
+                answer = await resp.json()
     finally:
         await producer.stop()
     answers = {orjson.loads(r.value)["trade"]: orjson.loads(r.value)["price"] for r in got}
@@ -143,6 +154,8 @@ async def test_as_of_join_over_replayed_history(uid: str, workdir: Path) -> None
     wrong = sorted(i for i in want if answers[i] != want[i])
     assert answers == want, (len(wrong), wrong[:5], wrong[-5:])
     assert any(v is None for v in want.values()) and len(set(want.values())) > 20
+    assert answer["value"] == expected(history, "AAA", when) and answer["found"]
+    assert answer["versions"] == sorted([ts, p] for s, ts, p in history if s == "AAA")
 
 
 async def test_kill_9_mid_as_of_join_under_exactly_once_gives_each_result_once(

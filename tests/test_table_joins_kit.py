@@ -189,6 +189,8 @@ def test_a_versioned_table_fed_from_a_topic_must_be_co_partitioned() -> None:
     trades = app.topic("trades", partitions=1)
     table = app.table("prices", source=prices, versioned=sk.Versioned(retention=60))
     app.stream(trades).join_table(table).to(app.topic("out", partitions=1))
-    with pytest.raises(sk.ConfigError, match=r"table prices reads prices \(2 partitions\)"):
-        with TestDriver(app):
-            pass
+    with (
+        pytest.raises(sk.ConfigError, match=r"table prices reads prices \(2 partitions\)"),
+        TestDriver(app),
+    ):
+        pass

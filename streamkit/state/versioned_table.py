@@ -274,3 +274,22 @@ class VersionedTable(Generic[K, V]):
     def __delitem__(self, key: K) -> None:
         """A delete version at the event's time: `as_of` finds nothing from then on."""
         self.put(key, None)
+
+
+def versioned_answer(part: VersionedPartition, key: bytes, as_of_ms: str | None) -> dict[str, Any]:
+    """An interactive query's answer (`GET /tables/{name}/{key}[?as_of=ms]`): the latest
+    value (or the one that held at `as_of_ms`) and every kept version."""
+    table = part.table
+    if as_of_ms is None:
+        found, value = part.latest(key)
+    else:
+        found, value = part.as_of(key, int(as_of_ms))
+    versions = part.index.get(key, [])
+    return {
+        "table": table.name,
+        "key": table.key_codec.decode(key),
+        "found": found,
+        "value": value,
+        "as_of": None if as_of_ms is None else int(as_of_ms),
+        "versions": [[ts, None if v is TOMBSTONE else v] for ts, v in versions],
+    }
