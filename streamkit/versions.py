@@ -150,10 +150,17 @@ def sync_delay(
        read new rows (`progressed_at`): while the table is catching up the record waits, a
        table whose topic does not answer delays it by `max_wait` at most.
     """
-    if table_time is not None and table_time >= record_ts:
-        return 0.0
-    if caught_up_at is not None and caught_up_at >= arrived:
+    if synced(record_ts, arrived, table_time, caught_up_at):
         return 0.0
     since = arrived if progressed_at is None else max(arrived, progressed_at)
     left = since + max_wait - now
     return left if left > 0 else 0.0
+
+
+def synced(
+    record_ts: int, arrived: float, table_time: int | None, caught_up_at: float | None
+) -> bool:
+    """Conditions 1 or 2 of `sync_delay`: the table has caught up with the record."""
+    return (table_time is not None and table_time >= record_ts) or (
+        caught_up_at is not None and caught_up_at >= arrived
+    )

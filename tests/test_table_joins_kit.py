@@ -1,18 +1,26 @@
 """Versioned tables and joins with tables in the testing kit (the runtime's real tasks, no
 broker): as-of joins with out-of-order events and deletes, the retention's refusals and purge
 (tombstones of purged versions in the changelog), stream-table joins with a table read from a
-topic, table-table joins (inner, left, outer) with tombstones, and what `topology` shows."""
+topic, table-table joins (inner, left, outer) with tombstones, what `topology` shows, bad
+declarations, and a task's hold on a virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
 import streamkit as sk
+from streamkit.context import WALL_CLOCK
+from streamkit.runtime.table_sync import TableSync
+from streamkit.state.table import FollowStatus
 from streamkit.testing import TestDriver
+from streamkit.testing.memory import VirtualClock
 from streamkit.versions import split_row_key
 
 
@@ -194,3 +202,32 @@ def test_a_versioned_table_fed_from_a_topic_must_be_co_partitioned() -> None:
         TestDriver(app),
     ):
         pass
+
+
+def test_table_sync_holds_until_caught_up_or_the_bound_and_says_when_it_gave_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = VirtualClock(0.0)
+    token = WALL_CLOCK.set(clock)
+    try:
+        status = FollowStatus()
+        status.poke = asyncio.Event()
+        sync = TableSync([status], max_wait=2.0)
+        rec = SimpleNamespace(topic="pay", partition=0, offset=5, timestamp=1000)
+        sync.arrived("pay", 9)  # a batch up to offset 9 arrives at 0 s
+        assert sync.hold(rec) == 2.0 and status.poke.is_set()
+        clock.advance(0.5)
+        status.caught_up_at = 0.1  # a fetch that started after the record arrived
+        assert sync.hold(rec) == 0 and sync.timeouts == 0
+        sync.arrived("pay", 20)  # the next batch at 0.5 s: that fetch is too old for it
+        later = SimpleNamespace(topic="pay", partition=0, offset=12, timestamp=1000)
+        assert sync.hold(later) == 2.0
+        status.table_time = 1000  # the table was read up to the record's time
+        assert sync.hold(later) == 0
+        status.table_time = 999
+        clock.advance(2.0)  # nothing more from the table: the bound passed
+        with caplog.at_level(logging.WARNING):
+            assert sync.hold(later) == 0
+        assert sync.timeouts == 1 and "did not catch up within table_sync_max_wait" in caplog.text
+    finally:
+        WALL_CLOCK.reset(token)

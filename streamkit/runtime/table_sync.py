@@ -16,13 +16,17 @@ turns the hold off.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from streamkit.context import WALL_CLOCK, WallClock
 from streamkit.state.table import FollowStatus, TablePartition
-from streamkit.versions import sync_delay
+from streamkit.versions import sync_delay, synced
+
+log = logging.getLogger(__name__)
 
 
 class TableSync:
@@ -35,6 +39,8 @@ class TableSync:
         # per input topic: (last offset of a fetched batch, when it was buffered), in order
         self._arrivals: dict[str, deque[tuple[int, float]]] = {}
         self.holds = 0  # times a record was held back
+        self.timeouts = 0  # records that went on because the wait ran out
+        self._warned = -math.inf
 
     @classmethod
     def of(cls, tables: Mapping[str, TablePartition], max_wait: float) -> TableSync | None:
@@ -59,6 +65,7 @@ class TableSync:
         arrived = self._arrival(rec)
         now = self._clock.monotonic()
         longest = 0.0
+        timed_out = False
         for status in self.statuses:
             delay = sync_delay(
                 rec.timestamp,
@@ -73,6 +80,30 @@ class TableSync:
                 longest = delay
             if delay and status.poke is not None:
                 status.poke.set()
+            if not delay and not synced(
+                rec.timestamp, arrived, status.table_time, status.caught_up_at
+            ):
+                timed_out = True
         if longest:
             self.holds += 1
+        elif timed_out:
+            self._timed_out(rec)
         return longest
+
+    def _timed_out(self, rec: Any) -> None:
+        """`rec` goes on without its tables having caught up: counted, and said (at most
+        every 10 s per task) since it may miss a table row."""
+        self.timeouts += 1
+        now = self._clock.monotonic()
+        if now - self._warned >= 10.0:
+            self._warned = now
+            log.warning(
+                "%s[%d]@%d: a table read from a topic did not catch up within "
+                "table_sync_max_wait=%ss; the record goes on with what the table holds "
+                "(%d such records in this task)",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                self.max_wait,
+                self.timeouts,
+            )
