@@ -231,3 +231,20 @@ def test_table_sync_holds_until_caught_up_or_the_bound_and_says_when_it_gave_up(
         assert sync.timeouts == 1 and "did not catch up within table_sync_max_wait" in caplog.text
     finally:
         WALL_CLOCK.reset(token)
+
+
+def test_as_of_uses_the_event_time_of_the_stream_a_value_field_here() -> None:
+    app = sk.App("vt-kit-field")
+    prices = app.topic("prices", partitions=1)
+    trades = app.topic("trades", partitions=1, timestamp="at")  # seconds, in the value
+    out = app.topic("priced", partitions=1)
+    table = app.table("prices", source=prices, versioned=sk.Versioned(retention=3600))
+    app.stream(trades).join_table(table, how="left", joiner=lambda t, p: [t["id"], p]).to(out)
+    with TestDriver(app) as driver:
+        driver.send("prices", 1, key="X", timestamp=100)
+        driver.send("prices", 2, key="X", timestamp=200)
+        # record timestamps all after both prices; the event times in the value decide
+        driver.send("trades", {"id": "a", "at": 150}, key="X", timestamp=999)
+        driver.send("trades", {"id": "b", "at": 250}, key="X", timestamp=999)
+        driver.send("trades", {"id": "c", "at": 50}, key="X", timestamp=999)
+        assert driver.read_values("priced") == [["a", 1], ["b", 2], ["c", None]]
