@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,8 +129,7 @@ class Task:
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
         self._idle = False  # blocked in `_wait`: between two records
-        # holds records back until the tables read from topics caught up (table_sync.py)
-        self.sync: TableSync | None = None
+        self.sync: TableSync | None = None  # holds records until followed tables caught up
         self._sync_wait = sync_wait
 
     def __repr__(self) -> str:
@@ -340,11 +340,9 @@ class Task:
             if not records or self._pausing:
                 await self._wait()
                 continue
-            if sync is not None:
-                hold = sync.hold(records[0])
-                if hold:
-                    await self._wait(hold)
-                    continue
+            if sync is not None and (hold := sync.hold(records[0])):
+                await self._wait(hold)  # until its tables caught up (`table_sync.py`)
+                continue
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
@@ -396,8 +394,7 @@ class Task:
         if clock is not None:
             clock.broadcast(self.collector)
             if clock.outputs:  # wake up now and then to say we are idle
-                half = clock.idle_timeout / 2
-                timeout = half if timeout is None else min(timeout, half)
+                timeout = min(timeout or math.inf, clock.idle_timeout / 2)
         if self.timers:
             due = fire_processing_timers(self.timers.values())
             if due is not None:
