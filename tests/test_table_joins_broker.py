@@ -220,3 +220,54 @@ async def test_kill_9_mid_as_of_join_under_exactly_once_gives_each_result_once(
 
 async def committed_all(group: str, topic: str) -> bool:
     return await committed(group, topic) == await end_offsets(topic)
+
+
+async def test_table_table_join_end_to_end(uid: str, workdir: Path) -> None:
+    """Orders and customers read as tables from two co-partitioned topics, outer-joined: the
+    output read as a table (last value per key, tombstones deleting) is the join of the two
+    topics read as tables, updates and deletes included."""
+    app = sk.App(f"ttj-{uid}", workdir=str(workdir), commit_interval=0.2)
+    left = app.topic(f"ttj-{uid}-orders", partitions=2)
+    right = app.topic(f"ttj-{uid}-customers", partitions=2)
+    out = app.topic(f"ttj-{uid}-joined", partitions=2)
+    app.join_tables(left, right, how="outer", joiner=lambda a, b: [a, b]).to(out)
+    await ensure_app_topics(app, client_id="test")
+    rng = random.Random(3)
+    changes = [
+        (rng.choice([left.name, right.name]), f"k{rng.randrange(12)}", rng.choice([None, 1, 2, 3]))
+        for _ in range(150)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
+    await producer.start()
+    try:
+        async with running(app):
+            for topic, key, value in changes:
+                body = None if value is None else orjson.dumps(value)
+                await producer.send(topic, body, key=key.encode())
+            await producer.flush()
+            tables: dict[str, dict[str, int]] = {left.name: {}, right.name: {}}
+            for topic, key, value in changes:
+                if value is None:
+                    tables[topic].pop(key, None)
+                else:
+                    tables[topic][key] = value
+            want = {
+                k: [tables[left.name].get(k), tables[right.name].get(k)]
+                for k in set(tables[left.name]) | set(tables[right.name])
+            }
+
+            async def materialized() -> dict[str, Any]:
+                table: dict[str, Any] = {}
+                for r in await read_all(out.name):
+                    if r.value is None:
+                        table.pop(r.key.decode(), None)
+                    else:
+                        table[r.key.decode()] = orjson.loads(r.value)
+                return table
+
+            async def done() -> bool:
+                return await materialized() == want
+
+            await wait_until(done, within=60, what="the joined output to match both tables")
+    finally:
+        await producer.stop()
