@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
+from prometheus_client import generate_latest
 
 import streamkit as sk
 from streamkit.runtime.admin import ensure_app_topics
@@ -55,10 +56,23 @@ async def test_a_record_sent_just_after_its_table_row_joins_it(uid: str, workdir
                 await producer.send_and_wait(orders.name, orjson.dumps({"amount": i}), key=key)
                 await producer.send_and_wait(payments.name, orjson.dumps({"id": i}), key=key)
             out = [orjson.loads(r.value) for r in await read_all(paid.name, expect=10)]
+            assert worker.web is not None
+            scraped = generate_latest(worker.web.metrics.registry).decode()
+            held = sum(t.sync.holds for t in worker.tasks.tasks.values() if t.sync is not None)
+            sync_lines = [
+                line for line in scraped.splitlines() if line.startswith("streamkit_table_sync_")
+            ]
     finally:
         await producer.stop()
     assert sorted(o["payment"] for o in out) == list(range(10))
     assert all(o["order"] == {"amount": o["payment"]} for o in out), out
+    # none went on without its table caught up; /metrics says what the tasks counted
+    counted = {"held": 0.0, "timed_out": 0.0}
+    for line in sync_lines:
+        if line.startswith("streamkit_table_sync_total{"):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counted[outcome] += float(line.rsplit(" ", 1)[1])
+    assert counted == {"held": held, "timed_out": 0.0}, sync_lines
 
 
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]

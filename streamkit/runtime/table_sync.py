@@ -38,7 +38,8 @@ class TableSync:
         self._clock: WallClock = WALL_CLOCK.get()
         # per input topic: (last offset of a fetched batch, when it was buffered), in order
         self._arrivals: dict[str, deque[tuple[int, float]]] = {}
-        self.holds = 0  # times a record was held back
+        self.holds = 0  # records held back
+        self._last_held: tuple[str, int] | None = None
         self.timeouts = 0  # records that went on because the wait ran out
         self._warned = -math.inf
 
@@ -85,7 +86,9 @@ class TableSync:
             ):
                 timed_out = True
         if longest:
-            self.holds += 1
+            if self._last_held != (rec.topic, rec.offset):  # each record counted once
+                self._last_held = (rec.topic, rec.offset)
+                self.holds += 1
         elif timed_out:
             self._timed_out(rec)
         return longest
