@@ -12,9 +12,11 @@ from streamkit.settings import ConfigError, Settings
 from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import KeyNotInPartition, Table, TableNotBound
 from streamkit.state.timers import Timers
+from streamkit.state.versioned_table import VersionedTable
 from streamkit.state.window_table import WindowTable
 from streamkit.streams import Stream
 from streamkit.topics import Topic
+from streamkit.versions import Versioned
 from streamkit.windows import (
     count,
     hopping,
@@ -45,6 +47,8 @@ __all__ = [
     "TableNotBound",
     "Timers",
     "Topic",
+    "Versioned",
+    "VersionedTable",
     "WindowTable",
     "aggregate",
     "aggregator",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, overload
 
 from streamkit.agents import Agent, AgentFn
 from streamkit.aggregations import check_window
@@ -18,10 +18,12 @@ from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.ttl import ttl_of
+from streamkit.state.versioned_table import VersionedTable
 from streamkit.state.window_table import WindowTable
-from streamkit.streams import SinkNode, SourceNode, Stream
+from streamkit.streams import SinkNode, SourceNode, StepNode, Stream
 from streamkit.topics import DEAD_LETTER_CONFIG, Topic
 from streamkit.topology import render
+from streamkit.versions import Versioned
 from streamkit.windows import Aggregation, WindowKind, seconds_ms
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -48,6 +50,7 @@ class App:
         self.windows: dict[str, WindowTable] = {}
         self.timers: dict[str, Timers] = {}
         self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
+        self.versioned_tables: dict[str, VersionedTable[Any, Any]] = {}
         self.sink_nodes: list[SinkNode] = []
         self._stages: list[Stage] | None = None  # the graph, built on first use
         self.dlq = self.topic(
@@ -105,6 +108,7 @@ class App:
         self.topics[name] = topic
         return topic
 
+    @overload
     def table(
         self,
         name: str,
@@ -116,7 +120,37 @@ class App:
         local_keys: bool = False,
         ttl: float | None = None,
         ttl_time: str = "event",
-    ) -> Table[Any, Any]:
+        versioned: None = None,
+    ) -> Table[Any, Any]: ...
+
+    @overload
+    def table(
+        self,
+        name: str,
+        *,
+        default: None = None,
+        key_type: Any = str,
+        value_type: Any = None,
+        source: Topic | None = None,
+        local_keys: bool = False,
+        ttl: None = None,
+        ttl_time: str = "event",
+        versioned: Versioned,
+    ) -> VersionedTable[Any, Any]: ...
+
+    def table(
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: Any = str,
+        value_type: Any = None,
+        source: Topic | None = None,
+        local_keys: bool = False,
+        ttl: float | None = None,
+        ttl_time: str = "event",
+        versioned: Versioned | None = None,
+    ) -> Any:
         """Declare per-key state. It lives in SQLite next to its partition and in the
         compacted topic `{id}-{name}-changelog`; the stage that owns it is declared with
         `@app.agent(..., state=[table])` or `stream.with_state(table)`, and any code of that
@@ -129,9 +163,25 @@ class App:
         which is its changelog; the stage that reads it must be co-partitioned with it
         (`state/source_tables.py`). `ttl=seconds`: a key expires that long after its last
         write, in event time (`ttl_time="event"`) or by the wall clock (`"processing"`), and
-        is purged with a tombstone (`state/ttl.py`)."""
+        is purged with a tombstone (`state/ttl.py`).
+
+        `versioned=sk.Versioned(retention=3600)`: a `VersionedTable` that keeps each key's
+        history for that many seconds of event time (`as_of(key, t)`); with `source=`, each
+        record of the topic is a version at its timestamp (`state/versioned_table.py`)."""
         if name in self.tables or name in self.global_tables:
             raise ConfigError(f"two tables are named {name!r}")
+        if versioned is not None:
+            if default is not None:
+                raise ConfigError(
+                    f"table {name}: a versioned table has no default= (as_of and get return "
+                    "None, or the default you pass them, for a key without a value)"
+                )
+            if ttl is not None:
+                raise ConfigError(
+                    f"table {name}: a versioned table keeps history for its retention; "
+                    "ttl= is for plain tables (drop one of them)"
+                )
+            return self._versioned(name, versioned, key_type, value_type, source, local_keys)
         expiry = ttl_of(name, ttl, ttl_time, source is not None)
         if source is not None:
             if self.topics.get(source.name) is not source:
@@ -160,6 +210,61 @@ class App:
         self.tables[name] = table
         self._stages = None
         return table
+
+    def _versioned(
+        self,
+        name: str,
+        versioned: Versioned,
+        key_type: Any,
+        value_type: Any,
+        source: Topic | None,
+        local_keys: bool,
+    ) -> VersionedTable[Any, Any]:
+        if not isinstance(versioned, Versioned):
+            raise ConfigError(f"table {name}: versioned= takes sk.Versioned(retention=...)")
+        if source is not None:
+            self._check_topic(source, f"table {name}: source")
+            if value_type is None:
+                value_type = source.value_type
+        rows = self.table(name, key_type=bytes, value_type=bytes, local_keys=True)
+        rows.local_keys = local_keys  # the versions' keys are checked by the table itself
+        table: VersionedTable[Any, Any] = VersionedTable(
+            name, rows, versioned, key_type=key_type, value_type=value_type, source=source
+        )
+        self.versioned_tables[name] = table
+        return table
+
+    def join_tables(
+        self,
+        left: Topic,
+        right: Topic,
+        *,
+        how: str = "inner",
+        joiner: Callable[[Any, Any], Any] | None = None,
+        name: str | None = None,
+        key_type: Any = str,
+    ) -> Stream[Any]:
+        """The join of two tables read from co-partitioned topics, on the same key: a stream
+        of `joiner(left_value, right_value)` (default: the tuple) emitted whenever either
+        side of a key changes; a null value (tombstone) deletes that side's row, and a key
+        whose joined row disappears emits None (a tombstone). `how`: "inner", "left" or
+        "outer". Each side is a table of the stage (`{name}-left`, `{name}-right`: SQLite and
+        a changelog); see `state/table_join.py`."""
+        from streamkit.state.table_join import TABLE_TABLE_HOWS, check_how, table_table_join
+
+        join_name = name or f"{left.name}-{right.name}"
+        check_how(how, TABLE_TABLE_HOWS, f"join_tables({join_name})")
+        if left is right:
+            raise ConfigError(f"join_tables({join_name}): the two sides are one topic")
+        if joiner is not None and not callable(joiner):
+            raise ConfigError(f"join_tables({join_name}): joiner must be a function")
+        sides = [
+            self.table(f"{join_name}-{side}", key_type=key_type, value_type=topic.value_type)
+            for side, topic in (("left", left), ("right", right))
+        ]
+        fn = table_table_join(left.name, sides[0], sides[1], how, joiner)
+        owned = self.stream(left, right).with_state(*sides)
+        return Stream(self, StepNode((owned.node,), "join_tables", fn))
 
     def global_table(
         self,

@@ -349,7 +349,7 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
                 )
             stage.tables.append(table)
             table.stage_name = stage.name
-            if item is not table:
+            if item is not table and not hasattr(item, "as_of"):  # not a versioned table
                 (stage.windows if hasattr(item, "aggregation") else stage.timers).append(item)
             if hasattr(item, "aggregation") and item.late_topic is None and item.has_late:
                 item.late_topic = app.topic(
@@ -374,19 +374,26 @@ def _what(item: Any) -> str:
         return f"window table {item.name}"
     if hasattr(item, "on_fire"):
         return f"timers {item.name}"
+    if hasattr(item, "as_of"):
+        return f"versioned table {item.name}"
     return f"table {item.name}"
 
 
 def _event_time(stages: list[Stage]) -> None:
-    """A stage tracks event time when it or a stage after it has windows, timers or tables
-    with an event-time TTL."""
+    """A stage tracks event time when it or a stage after it has windows, timers, tables
+    with an event-time TTL or versioned tables (their versions and lookups are at event
+    times)."""
     for stage in reversed(stages):
         downstream = [
             s for s in stages if any(i.upstream is stage for i in s.inputs) and s is not stage
         ]
         expiring = any(t.ttl is not None and t.ttl.event_time for t in stage.tables)
         stage.uses_event_time = bool(
-            stage.windows or stage.timers or expiring or any(s.uses_event_time for s in downstream)
+            stage.windows
+            or stage.timers
+            or expiring
+            or any(t.versioned is not None for t in stage.tables)
+            or any(s.uses_event_time for s in downstream)
         )
 
 
@@ -442,12 +449,14 @@ def check_partitions(stage: Stage) -> None:
             "partition count: give the key_by before the merge partitions=..."
         )
     for table in stage.tables:
-        if table.source and table.changelog.partitions != stage.partitions:
+        fed = table.versioned.source if table.versioned is not None else None
+        source = table.changelog if table.source else fed
+        if source is not None and source.partitions != stage.partitions:
             raise ConfigError(
-                f"table {table.name} reads {table.changelog.name} "
-                f"({table.changelog.partitions} partitions) in stage {stage.name}, whose input "
+                f"table {table.name} reads {source.name} "
+                f"({source.partitions} partitions) in stage {stage.name}, whose input "
                 f"has {stage.partitions}: give the key_by before it "
-                f"partitions={table.changelog.partitions} (co-partitioned), or use "
+                f"partitions={source.partitions} (co-partitioned), or use "
                 "app.global_table"
             )
 

@@ -89,6 +89,17 @@ class Settings(BaseSettings):
             "the next stage's watermark (event time) does not wait for it."
         ),
     )
+    table_sync_max_wait: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Seconds a task holds a record back, at most, until the tables it reads from "
+            "topics (source=) have been read up to the record's timestamp or to their end "
+            "(as Kafka Streams' max.task.idle.ms); counted from the record's arrival and from "
+            "the table's last progress. 0: no hold (a record may miss a table row written "
+            "just before it)."
+        ),
+    )
     session_timeout_ms: int = Field(
         default=10_000,
         ge=1000,

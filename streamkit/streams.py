@@ -276,6 +276,27 @@ class Stream(Generic[T]):
         self.app.check_state(state, f"{self!r}.with_state")
         return self._then(StateNode((self.node,), tuple(state)))
 
+    def join_table(
+        self,
+        table: Any,
+        *,
+        how: str = "inner",
+        joiner: Callable[[T, Any], U] | None = None,
+    ) -> Stream[Any]:
+        """Join each value with `table`'s value under the event's key: `joiner(value,
+        table_value)`, by default the tuple `(value, table_value)`. `how="inner"` drops values
+        whose key the table lacks; `how="left"` joins them with None. A versioned table
+        answers as of the event's time (`as_of`); a table read from a topic is first read up
+        to the event (`table_sync_max_wait`). The stage owns `table` (co-partitioned with it:
+        key_by on the table's key). See `state/table_join.py`."""
+        from streamkit.state.table_join import stream_table_join
+
+        if joiner is not None:
+            _callable(joiner, "join_table")
+        fn = stream_table_join(table, how, joiner)
+        owned = self.with_state(table)
+        return owned._then(StepNode((owned.node,), "join_table", fn))
+
     # -- only in an agent body ---------------------------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[T]:

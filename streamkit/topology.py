@@ -78,6 +78,8 @@ def render_text(app: Drawn) -> str:
         for table in stage.tables:
             if table.source:
                 lines.append(f"  table {table.name} <- {table.changelog.name} (read-only)")
+            elif table.versioned is not None:
+                lines.append(f"  {_versioned(table)}")
             elif not any(table is w for w in windowed):
                 lines.append(f"  state {table.name} <-> {table.changelog.name} (compacted)")
         for wt in stage.windows:
@@ -185,8 +187,13 @@ def describe(app: Drawn) -> dict[str, Any]:
                 kind = "window"
             elif any(table is t.table for t in stage.timers):
                 kind = "timers"
+            elif table.versioned is not None:
+                kind = "versioned_table"
             nodes.append({"id": tid, "kind": kind, "label": table.name, "stage": stage.name})
             edges.append({"from": f"stage:{stage.name}", "to": tid, "kind": "state"})
+            fed = table.versioned.source if table.versioned is not None else None
+            if fed is not None:
+                edges.append({"from": topic(fed), "to": tid, "kind": "state"})
         for wt in stage.windows:
             if wt.output is not None:
                 edges.append({"from": f"table:{wt.name}", "to": topic(wt.output), "kind": "sink"})
@@ -194,6 +201,16 @@ def describe(app: Drawn) -> dict[str, Any]:
         nodes.append({"id": f"table:{gt.name}", "kind": "global_table", "label": gt.name})
         edges.append({"from": topic(gt.source), "to": f"table:{gt.name}", "kind": "state"})
     return {"app": app.id, "nodes": nodes, "edges": edges}
+
+
+def _versioned(table: Any) -> str:
+    """The text line of a versioned table: its history, its feed, its changelog."""
+    vt = table.versioned
+    fed = f" <- {vt.source.name} (versions at record times)" if vt.source is not None else ""
+    return (
+        f"versioned table {table.name}{fed}, history {vt.versioned.retention:g}s "
+        f"<-> {table.changelog.name} (compacted)"
+    )
 
 
 def _node(name: str) -> str:

@@ -276,7 +276,8 @@ async def test_a_source_table_partition_is_rebuilt_when_its_topic_is_created_aga
     store.apply({"t": {b"stale": b"x", b"k0": b"old"}}, {(topic, 0): 7})  # an older log
     part = TablePartition(table, 0, store, 1000, lambda: None)
     part.source_offset = 7
-    tasks = cast(Any, SimpleNamespace(tasks={0: SimpleNamespace(tables={"t": part})}))
+    task = SimpleNamespace(tables={"t": part}, wake=lambda: None)
+    tasks = cast(Any, SimpleNamespace(tasks={0: task}))
     runner = asyncio.create_task(follow_source_tables(tasks, settings(), "test-src", 0.05))
     try:
 

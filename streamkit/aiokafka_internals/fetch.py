@@ -17,6 +17,7 @@ built with (`streamkit.clients.connection_options`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -59,6 +60,8 @@ class Fetched:
     next_offset: int = 0
     last_stable: int = 0  # the partition's last stable offset (end for read_committed)
     out_of_range: bool = False  # the position is before the log start or past the end
+    max_timestamp: int = -1  # the newest record timestamp (ms) of the batches read
+    times: list[int] | None = None  # each row's timestamp (ms), when asked for (`timed`)
 
 
 # -- Metadata v12: topic ids -------------------------------------------------------------------
@@ -254,9 +257,12 @@ class RawClient:
                 ids[name] = topic_id.hex()
         return ids
 
-    async def fetch(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Fetched]:
+    async def fetch(
+        self, positions: dict[TopicPartition, int], timed: Collection[TopicPartition] = ()
+    ) -> dict[TopicPartition, Fetched]:
         """Fetch once (read_committed) from every partition's leader, from the given positions;
-        a partition without a leader now is not in the answer."""
+        a partition without a leader now is not in the answer. The partitions in `timed` also
+        give each row's timestamp (`Fetched.times`)."""
         found: dict[TopicPartition, Fetched] = {}
         for node, group in (await self._by_leader(list(positions))).items():
             topics: dict[str, list[tuple[int, int, int]]] = {}
@@ -270,13 +276,22 @@ class RawClient:
             for topic, partitions in response.topics:
                 for partition, error_code, _high, *data in partitions:
                     tp = TopicPartition(topic, partition)
-                    found[tp] = self._read(tp, positions[tp], error_code, version, data)
+                    found[tp] = self._read(
+                        tp, positions[tp], error_code, version, data, tp in timed
+                    )
         return found
 
     def _read(
-        self, tp: TopicPartition, offset: int, error_code: int, version: int, data: list[Any]
+        self,
+        tp: TopicPartition,
+        offset: int,
+        error_code: int,
+        version: int,
+        data: list[Any],
+        timed: bool = False,
     ) -> Fetched:
         out = Fetched(next_offset=offset)
+        times = out.times = [] if timed else None
         if error_code == OFFSET_OUT_OF_RANGE:
             out.out_of_range = True
             return out
@@ -308,9 +323,17 @@ class RawClient:
                 out.next_offset = batch.next_offset
                 continue
             start = out.next_offset
-            for record in batch:
-                if record.offset >= start:
-                    rows.append((record.key, record.value))
+            if times is None:
+                for record in batch:
+                    if record.offset >= start:
+                        rows.append((record.key, record.value))
+            else:
+                for record in batch:
+                    if record.offset >= start:
+                        rows.append((record.key, record.value))
+                        times.append(record.timestamp)
+            if batch.max_timestamp > out.max_timestamp:
+                out.max_timestamp = batch.max_timestamp
             out.next_offset = batch.next_offset
         return out
 

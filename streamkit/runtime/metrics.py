@@ -52,6 +52,7 @@ class WorkerMetrics(Collector):
         self._closed_dlq: Counter[tuple[str, int]] = Counter()
         self._closed_reads: Counter[tuple[str, str]] = Counter()
         self._closed_stage: Counter[str] = Counter()
+        self._closed_sync: Counter[tuple[str, int, str]] = Counter()
         self.lag: dict[TopicPartition, int] = {}
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
         self.activity = Activity(worker)  # the dashboard's view: busy time, histories
@@ -69,6 +70,7 @@ class WorkerMetrics(Collector):
             self._closed_in[tp] += task.events_in
             self._closed_dlq[tp] += task.dead_letters
             self._closed_stage[task.stage.name] += task.events_in
+            self._closed_sync.update(_sync_counts(task))
             for name, part in task.tables.items():
                 self._closed_reads[(name, "memory")] += part.hits
                 self._closed_reads[(name, "store")] += part.misses
@@ -93,6 +95,12 @@ class WorkerMetrics(Collector):
         counts = Counter(self._closed_dlq)
         for task in self._live():
             counts[(task.topic.name, task.partition)] += task.dead_letters
+        return counts
+
+    def table_sync(self) -> Counter[tuple[str, int, str]]:
+        counts = Counter(self._closed_sync)
+        for task in self._live():
+            counts.update(_sync_counts(task))
         return counts
 
     def table_reads(self) -> Counter[tuple[str, str]]:
@@ -198,6 +206,15 @@ class WorkerMetrics(Collector):
         for (name, source), n in sorted(self.table_reads().items()):
             reads.add_metric([name, source], n)
         yield reads
+        sync = CounterMetricFamily(
+            "streamkit_table_sync",
+            "Records held back until the tables read from topics caught up (held), and those "
+            "let through by table_sync_max_wait before they did (timed_out).",
+            labels=[*tp_labels, "outcome"],
+        )
+        for (topic, p, outcome), n in sorted(self.table_sync().items()):
+            sync.add_metric([topic, str(p), outcome], n)
+        yield sync
         checkpointer = worker.checkpointer
         failures = CounterMetricFamily(
             "streamkit_commit_failures",
@@ -219,3 +236,11 @@ class WorkerMetrics(Collector):
         )
         assigned.add_metric([], len(self._live()))
         yield assigned
+
+
+def _sync_counts(task: Task) -> dict[tuple[str, int, str], int]:
+    sync = task.sync
+    if sync is None:
+        return {}
+    tp = (task.topic.name, task.partition)
+    return {(*tp, "held"): sync.holds, (*tp, "timed_out"): sync.timeouts}

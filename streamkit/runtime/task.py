@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.operators import Compiler
+from streamkit.runtime.table_sync import TableSync
 from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
@@ -82,6 +84,7 @@ class Task:
         reader: Restorer | None = None,
         positions: dict[str, int] | None = None,
         clock: EventClock | None = None,
+        sync_wait: float = 0.0,
     ) -> None:
         self.stage = stage
         self.stage_name = stage.name
@@ -126,6 +129,8 @@ class Task:
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
         self._idle = False  # blocked in `_wait`: between two records
+        self.sync: TableSync | None = None  # holds records until followed tables caught up
+        self._sync_wait = sync_wait
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
@@ -159,6 +164,8 @@ class Task:
                 return True
         self._records.extend(records)
         self.position[topic] = records[-1].offset + 1
+        if self.sync is not None:
+            self.sync.arrived(topic, records[-1].offset)
         if self.clock is not None:
             self.clock.note_input(topic)
         waiter = self._waiter
@@ -307,6 +314,7 @@ class Task:
             await self.state.open(self._reader)
             self.tables = self.state.partitions
             self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
+            self.sync = TableSync.of(self.tables, self._sync_wait)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -329,10 +337,13 @@ class Task:
         records, done = self._records, self._done
         agents = self.agents
         pending, single = agents.pending, agents.single
-        collector, clock = self.collector, self.clock
+        collector, clock, sync = self.collector, self.clock, self.sync
         while True:
             if not records or self._pausing:
                 await self._wait()
+                continue
+            if sync is not None and (hold := sync.hold(records[0])):
+                await self._wait(hold)  # until its tables caught up (`table_sync.py`)
                 continue
             rec = records.popleft()
             self._process(rec, inputs)
@@ -369,7 +380,8 @@ class Task:
                 if clock is not None:
                     clock.broadcast(collector)
 
-    async def _wait(self) -> None:
+    async def _wait(self, hold: float | None = None) -> None:
+        """Wait for records (or, `hold` seconds at most, for a held record's tables)."""
         if self.status is not TaskState.RUNNING:
             raise _Closed
         if not self._pausing:
@@ -377,14 +389,14 @@ class Task:
             if self._closing():  # closed while submitting: nobody will wake us
                 raise _Closed
             self._on_room()
-            if self._records and not self._pausing:
+            if self._records and not self._pausing and hold is None:
                 return
         clock = self.clock
-        timeout = None
+        timeout = hold
         if clock is not None:
             clock.broadcast(self.collector)
             if clock.outputs:  # wake up now and then to say we are idle
-                timeout = clock.idle_timeout / 2
+                timeout = min(timeout or math.inf, clock.idle_timeout / 2)
         if self.timers:
             due = fire_processing_timers(self.timers.values())
             if due is not None:

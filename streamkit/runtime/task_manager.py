@@ -137,6 +137,7 @@ class TaskManager:
                     if TopicPartition(t.name, tp.partition) in positions
                 },
                 clock=self._clock(stage, tp.partition),
+                sync_wait=settings.table_sync_max_wait,
             )
             self.tasks[key] = task
             for itp in task.inputs:

@@ -45,6 +45,7 @@ from streamkit.settings import ConfigError, parse_bootstrap
 from streamkit.state import queries
 from streamkit.state.queries import QueryError
 from streamkit.state.ttl import visible
+from streamkit.state.versioned_table import versioned_answer
 
 if TYPE_CHECKING:
     from streamkit.runtime.worker_view import WorkerView
@@ -258,6 +259,15 @@ class WebServer:
         partition = queries.key_partition(table, key, partitions)
         tp = TopicPartition(stage.source.name, partition)
         part = self._local_partition(tp, name)
+        versioned = table.versioned
+        as_of = request.query.get("as_of")
+        if as_of is not None and not as_of.lstrip("-").isdigit():
+            return _error(400, f"as_of={as_of!r}: epoch milliseconds, a whole number")
+        if part is not None and versioned is not None:  # the key's versions, or one as of
+            body = versioned_answer(versioned.partition(part), key, as_of)
+            body = {k: queries.jsonable(v) for k, v in body.items()}
+            body.update(partition=partition, served_by=self.worker.client_id)
+            return _json(body, status=200 if body["found"] else 404)
         if part is not None:
             found, value = part.peek(key)
             if found:
@@ -275,7 +285,7 @@ class WebServer:
                 status=200 if found else 404,
             )
         path = f"/tables/{quote(name, safe='')}/{quote(text, safe='')}"
-        return await self._forward(request, tp, path, {})
+        return await self._forward(request, tp, path, {} if as_of is None else {"as_of": as_of})
 
     async def _window(self, request: web.Request) -> web.Response:
         """The open windows of a key in a window table (`?from=&to=`: window starts, epoch

@@ -49,7 +49,7 @@ from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
 from streamkit.state.global_table import GlobalTables
-from streamkit.state.source_tables import follow_source_tables
+from streamkit.state.source_tables import follow_source_tables, is_followed
 from streamkit.state.standby import Standbys
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class Worker:
         self._spawn("standby", self.standbys.run())
         if app.global_tables:
             self._spawn("global", self.global_tables.run())
-        if any(t.source for t in app.tables.values()):
+        if any(is_followed(t) for t in app.tables.values()):
             sources = follow_source_tables(self.tasks, settings, f"{self.client_id}-sources")
             self._spawn("sources", sources)
         log.info(

@@ -65,6 +65,7 @@ class CompactedReader:
         self._client = make_raw_client(settings, client_id)
         self._what = what  # for the logs: "restore", "standby", "global table", ...
         self.positions: dict[TopicPartition, int] = {}
+        self.timed: set[TopicPartition] = set()  # partitions whose rows' timestamps are kept
         self._ids: dict[str, str] = {}  # the id of each topic read, as last seen
         self._ids_checked = time.monotonic()
 
@@ -121,7 +122,7 @@ class CompactedReader:
             return {}
         if time.monotonic() - self._ids_checked > ID_CHECK:
             await self._check_ids(wipe)
-        fetched = await self._client.fetch(dict(self.positions))
+        fetched = await self._client.fetch(dict(self.positions), self.timed)
         if len(fetched) < len(self.positions):
             await asyncio.sleep(0.1)  # a partition without a leader now: not in a tight loop
         lost = [tp for tp, got in fetched.items() if got.out_of_range]

@@ -96,6 +96,18 @@ _MISSING: Any = object()
 _DELETED: Any = object()
 
 
+class FollowStatus:
+    """How far a table read from a topic has been followed (`source_tables.py` writes it,
+    `runtime/table_sync.py` reads it to hold stream records back until the table caught up).
+    Times are the wall clock's `monotonic()`."""
+
+    def __init__(self) -> None:
+        self.table_time: int | None = None  # the newest record timestamp (ms) read
+        self.caught_up_at: float | None = None  # start of the last fetch that reached the end
+        self.progressed_at: float | None = None  # when the last new rows were applied
+        self.poke: Any = None  # an asyncio.Event: set, the follower fetches at once
+
+
 class TablePartition:
     """One table's keys on one partition: cache over the task's SQLite store."""
 
@@ -141,6 +153,10 @@ class TablePartition:
         self.expiry: Expiry | None = None
         if table.ttl is not None:
             self.expiry = Expiry(table.ttl, self)
+        followed = table.source or (
+            table.versioned is not None and table.versioned.source is not None
+        )
+        self.follow: FollowStatus | None = FollowStatus() if followed else None
 
     def apply_source(self, rows: list[tuple[bytes, bytes | None]], last_offset: int) -> None:
         """Records of the source topic (read-only tables): visible at once, written to SQLite
@@ -186,9 +202,18 @@ class TablePartition:
 
     def delete(self, key: Any) -> bool:
         existed = self.get(key) is not _MISSING
-        self.dirty.add(key)
-        self.cache[key] = _DELETED
+        self.remove(key)
         return existed
+
+    def remove(self, key: Any) -> None:
+        """Delete `key` without looking whether it exists (no read)."""
+        if key not in self.cache:
+            self.dirty.add(key)
+            self.cache[key] = _DELETED
+            self._bound()
+        else:
+            self.dirty.add(key)
+            self.cache[key] = _DELETED
 
     def _bound(self) -> None:
         cache = self.cache
@@ -298,6 +323,8 @@ class Table(Generic[K, V]):
         # their own (inner) keys per call instead
         self.checked_keys = not local_keys
         self.stage_name: str | None = None  # the stage that owns it (set when built)
+        # the versioned table stored in this one (`state/versioned_table.py`), if any
+        self.versioned: Any = None
 
     def __repr__(self) -> str:
         return f"Table({self.name!r})"

@@ -48,7 +48,13 @@ from streamkit.testing.memory import (
     MemoryRestorer,
     VirtualClock,
 )
-from streamkit.testing.views import Output, TableView, WindowView, pending_timers
+from streamkit.testing.views import (
+    Output,
+    TableView,
+    VersionedView,
+    WindowView,
+    pending_timers,
+)
 from streamkit.topics import Topic
 
 START_TIME = 1_704_067_200.0  # 2024-01-01T00:00:00Z: the virtual clock's default start
@@ -495,6 +501,13 @@ class AsyncTestDriver:
     def table(self, name: str) -> TableView:
         """A table across its partitions (`driver.table("spent")["u1"]`)."""
         return TableView(name, self._table_parts(name))
+
+    def versioned(self, name: str) -> VersionedView:
+        """A versioned table across its partitions (`driver.versioned("prices").as_of(k, t)`)."""
+        table = self.app.versioned_tables.get(name)
+        if table is None:
+            raise KeyError(f"no versioned table {name!r} in app {self.app.id}")
+        return VersionedView(table, self._table_parts(name))
 
     def window(self, name: str) -> WindowView:
         """A window table's open windows across its partitions."""

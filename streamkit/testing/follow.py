@@ -4,11 +4,13 @@ records to the tasks, so a record written before another is seen before it)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.structs import TopicPartition
 
+from streamkit.state.source_tables import applied_offset, source_of
 from streamkit.testing.memory import MemoryLog
 
 
@@ -27,15 +29,25 @@ def follow_global(app: Any, log: MemoryLog, positions: dict[TopicPartition, int]
 
 
 def follow_sources(tasks: Iterable[Any], log: MemoryLog) -> bool:
-    """Tables read from a topic (`source=`) apply what was written to it since the offset
-    their partition reflects."""
+    """Tables read from a topic (`source=`, and versioned tables fed from one) apply what was
+    written to it since the offset their partition reflects. They are then read to their
+    end before any record is handed over: a task never holds a record for them."""
     moved = False
     for task in tasks:
         for part in task.tables.values():
-            if not part.table.source:
+            topic = source_of(part)
+            if topic is None:
                 continue
-            records = log.read(part.table.changelog.name, part.partition, part.source_offset + 1)
+            records = log.read(topic, part.partition, applied_offset(part) + 1)
             if records:
-                part.apply_source([(r.key, r.value) for r in records], records[-1].offset)
+                last = records[-1].offset
+                if part.table.versioned is not None:
+                    rows = [(r.key, r.value) for r in records]
+                    times = [r.timestamp for r in records]
+                    part.table.versioned.partition(part).apply_source(rows, times, last)
+                else:
+                    part.apply_source([(r.key, r.value) for r in records], last)
                 moved = True
+            if part.follow is not None:
+                part.follow.caught_up_at = math.inf
     return moved

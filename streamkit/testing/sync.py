@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from streamkit.app import App
 from streamkit.events import Headers
 from streamkit.testing.driver import SETTLE_TIMEOUT, START_TIME, AsyncTestDriver
-from streamkit.testing.views import Output, TableView, WindowView
+from streamkit.testing.views import Output, TableView, VersionedView, WindowView
 from streamkit.topics import Topic
 
 R = TypeVar("R")
@@ -159,6 +159,9 @@ class TestDriver:
 
     def window(self, name: str) -> WindowView:
         return self.driver.window(name)
+
+    def versioned(self, name: str) -> VersionedView:
+        return self.driver.versioned(name)
 
     def timers(self, name: str) -> list[tuple[int, str, Any, Any]]:
         return self.driver.timers(name)

@@ -16,8 +16,10 @@ from streamkit.runtime.dlq import describe
 from streamkit.serde import Codec, DecodeError
 from streamkit.state.table import TablePartition
 from streamkit.state.ttl import visible
+from streamkit.state.versioned_table import VersionedTable
 from streamkit.state.window_table import WATERMARK_ROW, Windows
 from streamkit.topics import Topic
+from streamkit.versions import TOMBSTONE
 
 _ABSENT: Any = object()
 RESERVED_BELOW = NO_WATERMARK + 2  # window rows starting lower are bookkeeping, not windows
@@ -188,3 +190,40 @@ def pending_timers(parts: dict[int, TablePartition]) -> list[tuple[int, str, Any
             fire, (kind, key) = row
             found.append((fire, kinds.get(kind, kind), key, part.get(row)["payload"]))
     return sorted(found, key=lambda t: (t[0], t[1], repr(t[2])))
+
+
+class VersionedView:
+    """A versioned table across its partitions: `as_of(key, t_ms)`, `get(key)` (the latest),
+    `history(key)` (every kept version, a delete as None)."""
+
+    def __init__(self, table: VersionedTable[Any, Any], parts: dict[int, TablePartition]) -> None:
+        self.name = table.name
+        self._table = table
+        self._parts = [table.partition(p) for _, p in sorted(parts.items())]
+        self._encode = table.key_codec.encode
+
+    def __repr__(self) -> str:
+        return f"VersionedView({self.name!r})"
+
+    def as_of(self, key: Any, t_ms: int, default: Any = None) -> Any:
+        encoded = self._encode(key)
+        for part in self._parts:
+            if encoded in part.index:
+                found, value = part.as_of(encoded, int(t_ms))
+                return value if found else default
+        return default
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        encoded = self._encode(key)
+        for part in self._parts:
+            found, value = part.latest(encoded)
+            if found:
+                return value
+        return default
+
+    def history(self, key: Any) -> list[tuple[int, Any]]:
+        encoded = self._encode(key)
+        for part in self._parts:
+            if encoded in part.index:
+                return [(ts, None if v is TOMBSTONE else v) for ts, v in part.index[encoded]]
+        return []
