@@ -12,6 +12,7 @@ from streamkit.clients import make_producer
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
 from streamkit.settings import ConfigError, Settings, load_settings
+from streamkit.sinks.base import Sink, is_sink
 from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
@@ -260,10 +261,21 @@ class App:
 
         return register
 
-    def sink(self, stream: Stream[Any], topic: Topic) -> None:
-        """`stream.to(topic)`: every value of `stream` to `topic`."""
-        self._check_topic(topic, "to")
-        self.sink_nodes.append(SinkNode((stream.node,), topic=topic))
+    def sink(self, stream: Stream[Any], topic: Topic | Sink) -> None:
+        """`stream.to(topic)`: every value of `stream` to `topic` (or to a sink beyond Kafka:
+        `streamkit/sinks/`, docs/sinks.md)."""
+        if not isinstance(topic, Topic) and is_sink(topic):
+            names = {n.sink.name for n in self.sink_nodes if n.sink is not None}
+            if topic.name in names:
+                raise ConfigError(
+                    f"two sinks are named {topic.name!r}: pass name= to one (it keys the "
+                    "offsets stored with its rows)"
+                )
+            self.sink_nodes.append(SinkNode((stream.node,), sink=topic))
+        else:
+            self._check_topic(topic, "to")
+            assert isinstance(topic, Topic)
+            self.sink_nodes.append(SinkNode((stream.node,), topic=topic))
         self._stages = None
 
     def _as_stream(self, source: Any) -> Stream[Any]:

@@ -37,6 +37,7 @@ from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.operators import Compiler
+from streamkit.runtime.sinks import TaskSinks
 from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
@@ -82,6 +83,7 @@ class Task:
         reader: Restorer | None = None,
         positions: dict[str, int] | None = None,
         clock: EventClock | None = None,
+        sinks: Callable[[Task], TaskSinks] | None = None,
     ) -> None:
         self.stage = stage
         self.stage_name = stage.name
@@ -126,6 +128,7 @@ class Task:
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
         self._idle = False  # blocked in `_wait`: between two records
+        self.sinks = None if sinks is None else sinks(self)  # beyond Kafka (runtime/sinks.py)
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
@@ -175,6 +178,10 @@ class Task:
             for topic, done in self._done.items()
             if done is not None
         }
+
+    def offsets_now(self) -> dict[str, int | None]:
+        """Input topic → the offset after the last record every branch finished (live)."""
+        return self._done
 
     @property
     def committable(self) -> int | None:
@@ -305,6 +312,8 @@ class Task:
             await self.state.open(self._reader)
             self.tables = self.state.partitions
             self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
+        if self.sinks is not None:
+            await self.sinks.open()
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -327,7 +336,7 @@ class Task:
         records, done = self._records, self._done
         agents = self.agents
         pending, single = agents.pending, agents.single
-        collector, clock = self.collector, self.clock
+        collector, clock, sinks = self.collector, self.clock, self.sinks
         while True:
             if not records or self._pausing:
                 await self._wait()
@@ -358,6 +367,8 @@ class Task:
                     await agents.feed()
             done[rec.topic] = rec.offset + 1
             self.record = self._event = None
+            if sinks is not None and sinks.mark():
+                await sinks.flush()  # a batch is due: the task waits for it (backpressure)
             if self.full:
                 self.full = False
                 await collector.submit_full()
@@ -497,4 +508,6 @@ class Task:
         """After the final checkpoint of this task: release its store."""
         if self.state is not None:
             self.state.close()
+        if self.sinks is not None:
+            self.sinks.close()
         self.tables = {}

@@ -19,6 +19,7 @@ from streamkit.eventtime import TimestampPolicy
 from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
+from streamkit.runtime.sinks import TaskSinks
 from streamkit.runtime.task import Task
 from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
@@ -137,6 +138,7 @@ class TaskManager:
                     if TopicPartition(t.name, tp.partition) in positions
                 },
                 clock=self._clock(stage, tp.partition),
+                sinks=self._sinks(stage, key),
             )
             self.tasks[key] = task
             for itp in task.inputs:
@@ -146,6 +148,26 @@ class TaskManager:
             assert runner is not None
             runner.add_done_callback(self._runner_done)
         log.info("assigned %s", _fmt(tps))
+
+    def _sinks(self, stage: Stage, key: TopicPartition) -> Callable[[Task], TaskSinks] | None:
+        """The sinks beyond Kafka of the stage (runtime/sinks.py), made for each task."""
+        declared = [n.sink for n in stage.sinks if n.sink is not None]
+        if not declared:
+            return None
+        settings = self._app.settings
+
+        def make(task: Task) -> TaskSinks:
+            return TaskSinks(
+                task,
+                declared,
+                app_id=self._app.id,
+                task_name=f"{key.topic}-{key.partition}",
+                inputs=[tp.topic for tp in task.inputs],
+                postgres_dsn=settings.postgres_dsn,
+                retry_timeout=settings.sink_retry_timeout,
+            )
+
+        return make
 
     def _clock(self, stage: Stage, partition: int) -> EventClock | None:
         """Event time for stages that use it (or feed a stage that does)."""

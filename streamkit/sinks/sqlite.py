@@ -1,0 +1,183 @@
+"""SqliteSink: rows into a table of a local SQLite file, exactly-once or upsert.
+
+The embedded default: no server. The write of one batch (`SqliteWriter.write`, in a thread:
+SQLite blocks), exactly-once mode:
+
+1. `BEGIN IMMEDIATE` (the file's write lock, waiting up to `busy_timeout` for another
+   writer, another worker's task perhaps); insert every row of the batch.
+2. If SQLite refused one (a constraint, a type it cannot bind): roll back, and insert the
+   rows again one by one, each under a savepoint; the refused rows are released with
+   SQLite's error.
+3. Upsert the next offset of every input partition the batch covers into
+   `streamkit_sink_offsets`, in the same transaction.
+4. `COMMIT`.
+
+A file still locked after `busy_timeout` raises `SinkUnavailable` (retried with backoff). The
+file is local to the worker: exactly-once holds for the workers that share this disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamkit.sinks.base import (
+    GUARANTEES,
+    OFFSETS_DDL,
+    OFFSETS_TABLE,
+    Columns,
+    Coordinates,
+    Mode,
+    SinkUnavailable,
+    check_batching,
+    offsets_upsert,
+)
+
+BUSY_TIMEOUT = 5.0
+
+
+def _param(i: int) -> str:
+    return "?"
+
+
+@dataclass(eq=False)
+class SqliteSink:
+    """`stream.to(sk.SqliteSink("out.sqlite", "orders", columns=["id", "amount"]))`.
+
+    `create`: SQL run once per connection before writing (`CREATE TABLE IF NOT EXISTS`).
+    `mode="upsert"` with `key=[...]` writes `ON CONFLICT (key) DO UPDATE` (the key needs a
+    unique index) and stores no offsets."""
+
+    path: str | Path
+    table: str
+    columns: Sequence[str]
+    key: Sequence[str] = ()
+    mode: Mode = "exactly_once"
+    create: str | None = None
+    name: str = ""
+    batch_rows: int = 1000
+    batch_seconds: float | None = None
+    _cols: Columns = field(init=False, repr=False)
+    _row: Callable[[Any], tuple[Any, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._cols = Columns.declare("SqliteSink", self.table, self.columns, self.key, self.mode)
+        check_batching(f"SqliteSink({self.table})", self.batch_rows, self.batch_seconds)
+        self.name = self.name or self.table
+        self._row = self._cols.getter()
+
+    @property
+    def label(self) -> str:
+        return f"sqlite {Path(self.path).name}:{self.table}"
+
+    @property
+    def guarantee(self) -> str:
+        return GUARANTEES[self.mode]
+
+    def row(self, value: Any) -> Any:
+        return self._row(value)
+
+    def check(self, postgres_dsn: str | None) -> None:
+        return None
+
+    def writer(self, app_id: str, task: str, postgres_dsn: str | None) -> SqliteWriter:
+        return SqliteWriter(self, self._cols, f"{app_id}:{self.name}")
+
+
+class SqliteWriter:
+    def __init__(self, sink: SqliteSink, cols: Columns, key: str) -> None:
+        self._sink = sink
+        self._key = key
+        self._insert = cols.insert(sink.table, _param)
+        self._offsets = offsets_upsert(_param)
+        self._db: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        path = Path(self._sink.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(OFFSETS_DDL)
+            if self._sink.create:
+                db.execute(self._sink.create)
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            db.close()
+            raise SinkUnavailable(f"SQLite {path}: {exc}") from exc
+        self._db = db
+        return db
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._connection)
+
+    async def stored(self, inputs: Sequence[Coordinates]) -> dict[Coordinates, int]:
+        def read() -> dict[Coordinates, int]:
+            rows = self._connection().execute(
+                f"SELECT topic, partition, next_offset FROM {OFFSETS_TABLE} WHERE sink = ?",
+                (self._key,),
+            )
+            wanted = set(inputs)
+            return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
+
+        return await asyncio.to_thread(read)
+
+    async def write(
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+    ) -> list[tuple[int, str]]:
+        return await asyncio.to_thread(self._write, rows, offsets)
+
+    def _write(
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+    ) -> list[tuple[int, str]]:
+        db = self._connection()
+        stored = [(self._key, t, p, o) for (t, p), o in offsets.items()]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(self._insert, rows)
+                out = []
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError):
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                out = self._one_by_one(db, rows)
+            db.executemany(self._offsets, stored)
+            db.execute("COMMIT")
+            return out
+        except sqlite3.OperationalError as exc:  # locked, disk I/O: retried
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SinkUnavailable(f"SQLite {self._sink.path}: {exc}") from exc
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _one_by_one(self, db: sqlite3.Connection, rows: Sequence[Any]) -> list[tuple[int, str]]:
+        out = []
+        for i, row in enumerate(rows):
+            db.execute("SAVEPOINT row")
+            try:
+                db.execute(self._insert, row)
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError) as exc:
+                db.execute("ROLLBACK TO row")
+                out.append((i, f"{type(exc).__name__}: {exc}"))
+            db.execute("RELEASE row")
+        return out
+
+    async def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
