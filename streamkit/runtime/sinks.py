@@ -110,6 +110,12 @@ class TaskSinks:
                     buf, functools.partial(buf.writer.stored, coords)
                 )
                 buf.stored = {t: o for (t, _), o in stored.items()}
+                if buf.stored:
+                    log.info(
+                        "%s: rows stored up to %s: the records before are skipped",
+                        buf.sink.label,
+                        ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(stored.items())),
+                    )
         self._opened = True
 
     # 2. append --------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class TaskManager:
         self._reader = reader
         self._on_state_full = on_state_full
         self._stages_by_topic = {t.name: st for st in app.stages for t in st.topics}
+        for stage in app.stages:  # a sink that cannot run fails the start (ConfigError)
+            for node in stage.sinks:
+                if node.sink is not None:
+                    node.sink.check(app.settings.postgres_dsn)
         self._partition_counts: dict[str, int] = {}
         self.tasks: dict[TopicPartition, Task] = {}  # by the task's name
         self.by_input: dict[TopicPartition, Task] = {}  # by each of its input partitions
