@@ -1,6 +1,7 @@
 """An app for the sink tests, named by environment so each test gets its own topics, group and
 table (SKTEST_ID). SKTEST_SINK: `postgres` (the default; STREAMKIT_POSTGRES_DSN names the
-server) or `sqlite:PATH`; SKTEST_MODE: `exactly_once` (the default) or `upsert`.
+server) or `sqlite:PATH`; SKTEST_MODE: `exactly_once` (the default) or `upsert`;
+SKTEST_COMMIT_INTERVAL: seconds between checkpoints (0.3).
 
     orders (4) ─key_by user (4)─▶ running total per user (a table) ─▶ the sink
     one row per order: id, user_id, amount, total (the user's total after it)
@@ -45,7 +46,7 @@ def make_sink() -> Any:
     return sk.PostgresSink(TABLE, **options)
 
 
-app = sk.App(f"sinks-{ID}", commit_interval=0.3)
+app = sk.App(f"sinks-{ID}", commit_interval=float(os.environ.get("SKTEST_COMMIT_INTERVAL", "0.3")))
 orders = app.topic(f"sink-orders-{ID}", partitions=4)
 spent = app.table("spent", default=int)
 
