@@ -87,6 +87,7 @@ class Demo:
             "ECOM_WINDOW": str(cfg.window_s),
             "ECOM_HOP": str(cfg.hop_s),
             "ECOM_TOP": str(cfg.top),
+            "ECOM_SINK_DIR": str(logs / "sink"),
             "STREAMKIT_SESSION_TIMEOUT_MS": "6000",  # a killed worker's partitions move sooner
         }
         self.pipeline: Any = importlib.import_module("apps.ecommerce.pipeline")
@@ -305,7 +306,8 @@ def main() -> None:
         "run": f"{elapsed:.1f}s, {demo.status.to_send:,} records sent",
         "workers": ", ".join(demo.workers)
         + (f" ({', '.join(demo.killed)} killed with SIGKILL midway)" if demo.killed else ""),
-        "local sink": f"{out.sink_rows():,} rows in {out.sqlite_path} (and {out.jsonl_path.name})",
+        "local sink": f"{out.sink_rows():,} rows in {out.sqlite_path} (and JSON lines in "
+        f"{out.jsonl_dir}/), written by the pipeline's sinks",
     }
     console.print(summary(out, truth, results, facts))
     ok = all(results.values())

@@ -3,13 +3,14 @@
 `Progress`: each stage's input partitions: end offsets vs the group's committed offsets
 (lag), and the committed offsets' growth per second (events/s per stage and partition).
 `Outputs`: a read_committed consumer of the output topics: sessions, trending, totals,
-dead letters, late events and the enriched events, which it also writes to the local sink
-(SQLite and JSON lines, files a person can open).
+dead letters, late events and the enriched events; and what the pipeline's own sinks wrote
+to the local sink (a SQLite table and JSON lines, files a person can open).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -111,16 +112,8 @@ class Outputs:
         self.per_user: collections.Counter[str] = collections.Counter()
         self.enriched_ids: collections.Counter[str] = collections.Counter()
         self.enriched_ok = 0  # joined with a known product
-        sink_dir.mkdir(parents=True, exist_ok=True)
-        self.sqlite_path = sink_dir / "enriched.sqlite"
-        self.jsonl_path = sink_dir / "enriched.jsonl"
-        self._db = sqlite3.connect(self.sqlite_path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS enriched (id TEXT, user_id TEXT, kind TEXT, "
-            "product_id TEXT, name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, "
-            "ts REAL, partition INTEGER, offset INTEGER)"
-        )
-        self._jsonl = self.jsonl_path.open("ab")
+        self.sqlite_path = sink_dir / "enriched.sqlite"  # written by the pipeline's sinks
+        self.jsonl_dir = sink_dir / "enriched"
         self._consumer: Any = None
 
     async def start(self) -> None:
@@ -139,19 +132,17 @@ class Outputs:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-        self._jsonl.close()
 
     async def poll(self, timeout_ms: int = 200) -> int:
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
         n = 0
-        rows = []
         for tp, records in batch.items():
             role = self._role[tp.topic]
             for r in records:
                 n += 1
                 self.counts[role] += 1
                 if role == "enriched":
-                    rows.append(self._enriched(r))
+                    self._enriched(r)
                 elif role == "sessions":
                     v = orjson.loads(r.value)
                     acc = v["reduce"]
@@ -166,34 +157,14 @@ class Outputs:
                     self.trending.setdefault((v["start"], v["end"]), {})[v["key"]] = v["top_k"]
                 elif role == "dlq":
                     self.dead_reasons[describe(r.headers).get("streamkit.error.type", "?")] += 1
-        if rows:
-            self._db.executemany(
-                "INSERT INTO enriched VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            self._db.commit()
-            self._jsonl.flush()
         return n
 
-    def _enriched(self, r: Any) -> tuple[Any, ...]:
+    def _enriched(self, r: Any) -> None:
         v = orjson.loads(r.value)
         self.enriched_ids[v["id"]] += 1
         self.per_user[v["user_id"]] += 1
         if v["name"] != "?":
             self.enriched_ok += 1
-        self._jsonl.write(orjson.dumps(v) + b"\n")
-        return (
-            v["id"],
-            v["user_id"],
-            v["kind"],
-            v["product_id"],
-            v["name"],
-            v["category"],
-            v["price_cents"],
-            v.get("cents", 0),
-            v["ts"],
-            r.partition,
-            r.offset,
-        )
 
     def top_trending(self) -> tuple[tuple[int, int], list[list[Any]]] | None:
         """The busiest of the ten newest windows, with its overall top k (merged over the
@@ -211,4 +182,20 @@ class Outputs:
         return {w: merge_top(list(p.values()), self._top) for w, p in self.trending.items()}
 
     def sink_rows(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM enriched").fetchone()[0])
+        """Rows of the SQLite sink (0 before its first batch)."""
+        return self.sink_counts()[0]
+
+    def sink_counts(self) -> tuple[int, int, int, int]:
+        """The local sink's rows and distinct event ids in the SQLite table, then its JSON
+        lines and their distinct ids (every task's file)."""
+        rows = distinct = 0
+        if self.sqlite_path.exists():
+            with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
+                found = db.execute("SELECT count(*), count(DISTINCT id) FROM enriched").fetchone()
+                rows, distinct = int(found[0]), int(found[1])
+        ids = [
+            orjson.loads(line)["id"]
+            for path in sorted(self.jsonl_dir.glob("*.jsonl"))
+            for line in path.read_bytes().splitlines()
+        ]
+        return rows, distinct, len(ids), len(set(ids))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -115,6 +116,33 @@ async def sessions(stream: sk.Stream[Click]) -> None:
 # the trending count keyed by product (co-partitioned with the catalog).
 logged = by_user.rebalance(partitions=8).map(join_catalog).shuffle(partitions=3, name="log")
 logged.to(enriched)
+
+# The local sink: the same events as rows of a SQLite table and as JSON lines, written by the
+# `log` stage itself, exactly once (rows and input offsets in one transaction, docs/sinks.md).
+SINK_DIR = Path(os.environ.get("ECOM_SINK_DIR", f"/tmp/streamkit-ecommerce-{RUN}/sink"))
+SINK_COLUMNS = [
+    "id", "user_id", "kind", "product_id", "name", "category", "price_cents", "cents", "ts",
+    "source_partition", "source_offset",
+]  # fmt: skip
+
+
+def sink_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An enriched event with where the sink stage read it (its repartition record)."""
+    at = sk.current_event()
+    return {**event, "source_partition": at.partition, "source_offset": at.offset}
+
+
+logged.map(sink_row).to(
+    sk.SqliteSink(
+        SINK_DIR / "enriched.sqlite",
+        "enriched",
+        columns=SINK_COLUMNS,
+        create="CREATE TABLE IF NOT EXISTS enriched (id TEXT, user_id TEXT, kind TEXT, "
+        "product_id TEXT, name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, "
+        "ts REAL, source_partition INTEGER, source_offset INTEGER)",
+    )
+)
+logged.to(sk.JsonLinesSink(SINK_DIR / "enriched"))
 by_product = logged.key_by("product_id", partitions=CATALOG_PARTITIONS, name="by-product")
 
 

@@ -143,7 +143,10 @@ def checks(
         == truth.clicks_valid
         and dupes == 0
         and out.enriched_ok == truth.clicks_valid,
-        "local sink rows = enriched events": out.sink_rows() == truth.clicks_valid,
+        "local sink rows = enriched events, each once (SQLite and JSON lines)": set(
+            out.sink_counts()
+        )
+        == {truth.clicks_valid},
         "trending top-k of every window = the oracle's": trending == truth.trending,
         f"the hot partition of key_by user is {HOT_USER}'s": hottest_partition(progress)
         == partition_for_key(HOT_USER.encode(), 4),

@@ -54,7 +54,7 @@ class JsonLinesSink:
         check_batching(f"JsonLinesSink({self.folder})", self.batch_rows, self.batch_seconds)
         if self.mode != "exactly_once":
             raise ConfigError(f"JsonLinesSink({self.folder}): only mode='exactly_once'")
-        self.name = self.name or Path(self.folder).name
+        self.name = self.name or f"{Path(self.folder).name}.jsonl"
 
     @property
     def label(self) -> str:
