@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 KAFKA := $(PY) scripts/localkafka.py
+# a local PostgreSQL around the command (streamkit/localpg.py), unless STREAMKIT_POSTGRES_DSN is set
+PG := $(PY) -m streamkit.localpg run --
 
 .PHONY: demo test lint unit chaos soak kafka-up kafka-down kafka-status bench clean chromium
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(KAFKA) run -- $(PY) -m apps.ecommerce $(DEMO_ARGS)
+	$(KAFKA) run -- $(PG) $(PY) -m apps.ecommerce $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -26,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint chromium
-	$(KAFKA) run -- $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(KAFKA) run -- $(PG) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # The dashboard's browser test drives Debian's headless Chromium: installed here when missing
 # (as root, with apt); without apt or root the test is skipped and says why.

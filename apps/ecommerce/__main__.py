@@ -150,6 +150,9 @@ class Demo:
             codes = self.stop_workers()
             await progress.stop()
             await out.stop()
+        dsn = os.environ.get("STREAMKIT_POSTGRES_DSN")
+        if dsn:
+            await out.read_postgres(dsn, p.PG_TABLE)
         return out, progress, codes
 
     async def watch(self, out: Outputs, progress: Progress, live: Live, interactive: bool) -> None:
@@ -307,7 +310,8 @@ def main() -> None:
         "workers": ", ".join(demo.workers)
         + (f" ({', '.join(demo.killed)} killed with SIGKILL midway)" if demo.killed else ""),
         "local sink": f"{out.sink_rows():,} rows in {out.sqlite_path} (and JSON lines in "
-        f"{out.jsonl_dir}/), written by the pipeline's sinks",
+        f"{out.jsonl_dir}/), written by the pipeline's sinks"
+        + (f"; {out.postgres[0]:,} in PostgreSQL" if out.postgres else ""),
     }
     console.print(summary(out, truth, results, facts))
     ok = all(results.values())

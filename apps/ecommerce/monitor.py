@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -114,6 +115,7 @@ class Outputs:
         self.enriched_ok = 0  # joined with a known product
         self.sqlite_path = sink_dir / "enriched.sqlite"  # written by the pipeline's sinks
         self.jsonl_dir = sink_dir / "enriched"
+        self.postgres: tuple[int, int] | None = None  # rows, distinct ids (with a server)
         self._consumer: Any = None
 
     async def start(self) -> None:
@@ -185,9 +187,9 @@ class Outputs:
         """Rows of the SQLite sink (0 before its first batch)."""
         return self.sink_counts()[0]
 
-    def sink_counts(self) -> tuple[int, int, int, int]:
+    def sink_counts(self) -> tuple[int, ...]:
         """The local sink's rows and distinct event ids in the SQLite table, then its JSON
-        lines and their distinct ids (every task's file)."""
+        lines and their distinct ids (every task's file), then the PostgreSQL table's."""
         rows = distinct = 0
         if self.sqlite_path.exists():
             with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
@@ -198,4 +200,14 @@ class Outputs:
             for path in sorted(self.jsonl_dir.glob("*.jsonl"))
             for line in path.read_bytes().splitlines()
         ]
-        return rows, distinct, len(ids), len(set(ids))
+        return rows, distinct, len(ids), len(set(ids)), *(self.postgres or ())
+
+    async def read_postgres(self, dsn: str, table: str) -> None:
+        """The PostgreSQL sink's rows and distinct ids (after the workers stopped)."""
+        conn = await asyncpg.connect(dsn)
+        try:
+            found = await conn.fetchrow(f"SELECT count(*), count(DISTINCT id) FROM {table}")
+        finally:
+            await conn.close()
+        assert found is not None
+        self.postgres = int(found[0]), int(found[1])

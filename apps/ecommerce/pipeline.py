@@ -132,16 +132,25 @@ def sink_row(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "source_partition": at.partition, "source_offset": at.offset}
 
 
-logged.map(sink_row).to(
+SINK_DDL = (
+    "CREATE TABLE IF NOT EXISTS {} (id TEXT, user_id TEXT, kind TEXT, product_id TEXT, "
+    "name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, ts DOUBLE PRECISION, "
+    "source_partition INTEGER, source_offset INTEGER)"
+)
+sink_rows = logged.map(sink_row)
+sink_rows.to(
     sk.SqliteSink(
         SINK_DIR / "enriched.sqlite",
         "enriched",
         columns=SINK_COLUMNS,
-        create="CREATE TABLE IF NOT EXISTS enriched (id TEXT, user_id TEXT, kind TEXT, "
-        "product_id TEXT, name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, "
-        "ts REAL, source_partition INTEGER, source_offset INTEGER)",
+        create=SINK_DDL.format("enriched"),
     )
 )
+# With a PostgreSQL server (`make demo` starts one, or STREAMKIT_POSTGRES_DSN names yours),
+# the same rows go to its table `enriched_{run}` too.
+PG_TABLE = f"enriched_{RUN}"
+if os.environ.get("STREAMKIT_POSTGRES_DSN"):
+    sink_rows.to(sk.PostgresSink(PG_TABLE, columns=SINK_COLUMNS, create=SINK_DDL.format(PG_TABLE)))
 logged.to(sk.JsonLinesSink(SINK_DIR / "enriched"))
 by_product = logged.key_by("product_id", partitions=CATALOG_PARTITIONS, name="by-product")
 

@@ -143,7 +143,7 @@ def checks(
         == truth.clicks_valid
         and dupes == 0
         and out.enriched_ok == truth.clicks_valid,
-        "local sink rows = enriched events, each once (SQLite and JSON lines)": set(
+        "sink rows = enriched events, each once (SQLite, JSON lines, PostgreSQL)": set(
             out.sink_counts()
         )
         == {truth.clicks_valid},
