@@ -54,8 +54,7 @@ class SinkHost(Protocol):
     record: Any
     collector: RecordCollector
     dlq_topic: str
-
-    def offsets_now(self) -> dict[str, int | None]: ...
+    done_offsets: dict[str, int | None]  # input topic → offset after the last finished record
 
 
 class SinkBuffer:
@@ -161,7 +160,7 @@ class TaskSinks:
             offsets: dict[Coordinates, int] = {}
             if buf.exactly_once:  # read with `done`, no await between: they agree
                 part = self._task.partition
-                for topic, at in self._task.offsets_now().items():
+                for topic, at in self._task.done_offsets.items():
                     if at is not None and at > buf.stored.get(topic, -1):
                         offsets[(topic, part)] = at
             if not n:

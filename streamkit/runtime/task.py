@@ -115,6 +115,7 @@ class Task:
         # offset after the last record every branch finished; None until one is (a task that
         # is still restoring has nothing to commit, and its store is not written)
         self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
+        self.done_offsets = self._done  # the same, live, for the sinks (runtime/sinks.py)
         self.record: Any = None  # the raw record being processed (ConsumerRecord)
         self._key: Any = None
         self._value: Any = None
@@ -178,10 +179,6 @@ class Task:
             for topic, done in self._done.items()
             if done is not None
         }
-
-    def offsets_now(self) -> dict[str, int | None]:
-        """Input topic → the offset after the last record every branch finished (live)."""
-        return self._done
 
     @property
     def committable(self) -> int | None:
