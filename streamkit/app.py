@@ -265,11 +265,11 @@ class App:
         """`stream.to(topic)`: every value of `stream` to `topic` (or to a sink beyond Kafka:
         `streamkit/sinks/`, docs/sinks.md)."""
         if not isinstance(topic, Topic) and is_sink(topic):
-            names = {n.sink.name for n in self.sink_nodes if n.sink is not None}
-            if topic.name in names:
+            taken = {(n.sink.label, n.sink.name) for n in self.sink_nodes if n.sink is not None}
+            if (topic.label, topic.name) in taken:
                 raise ConfigError(
-                    f"two sinks are named {topic.name!r}: pass name= to one (it keys the "
-                    "offsets stored with its rows)"
+                    f"two sinks write to {topic.label} named {topic.name!r}: pass name= to "
+                    "one (it keys the offsets stored with its rows)"
                 )
             self.sink_nodes.append(SinkNode((stream.node,), sink=topic))
         else:

@@ -133,8 +133,9 @@ def test_declarations_refuse_what_cannot_run() -> None:
     app = sk.App("twice")
     src = app.topic("src")
     app.stream(src).to(sk.SqliteSink("a.db", "t", columns=["a"]))
-    with pytest.raises(sk.ConfigError, match="two sinks are named 't'"):
-        app.stream(src).to(sk.SqliteSink("b.db", "t", columns=["a"]))
+    app.stream(src).to(sk.SqliteSink("b.db", "t", columns=["a"]))  # another file
+    with pytest.raises(sk.ConfigError, match=r"two sinks write to sqlite a\.db:t named 't'"):
+        app.stream(src).to(sk.SqliteSink("a.db", "t", columns=["a"]))
 
 
 def test_a_postgres_sink_without_a_server_fails_at_start_saying_what_to_set(

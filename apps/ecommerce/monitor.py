@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.graph import Stage
 from streamkit.runtime.dlq import describe
+from streamkit.sinks.jsonlines import committed_lines
 from streamkit.windows import merge_top
 
 
@@ -195,11 +196,7 @@ class Outputs:
             with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
                 found = db.execute("SELECT count(*), count(DISTINCT id) FROM enriched").fetchone()
                 rows, distinct = int(found[0]), int(found[1])
-        ids = [
-            orjson.loads(line)["id"]
-            for path in sorted(self.jsonl_dir.glob("*.jsonl"))
-            for line in path.read_bytes().splitlines()
-        ]
+        ids = [orjson.loads(line)["id"] for line in committed_lines(self.jsonl_dir)]
         return rows, distinct, len(ids), len(set(ids)), *(self.postgres or ())
 
     async def read_postgres(self, dsn: str, table: str) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,15 @@ def read_offsets(path: Path) -> tuple[int, dict[Coordinates, int]]:
         return 0, {}
     offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
     return int(doc["length"]), offsets
+
+
+def committed_lines(folder: str | Path) -> Iterator[bytes]:
+    """Every committed line of a JsonLinesSink's folder (each file up to the length its
+    `.offsets` commits: a batch being written, or torn by a crash, is left out)."""
+    for data in sorted(Path(folder).glob("*.jsonl")):
+        length, _ = read_offsets(data.with_suffix(".offsets"))
+        with data.open("rb") as f:
+            yield from f.read(length).splitlines()
 
 
 class JsonLinesWriter:
