@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 
@@ -166,6 +168,23 @@ async def test_a_row_the_table_refuses_goes_to_the_dead_letter_topic_with_its_er
         await holding(a)
         await send(uid, rows)
         await rows_reach(postgres, uid, len(oracle(rows)), within=60)
+        endpoint = re.search(r"http endpoint (http://\S+)", a.log())
+        assert endpoint is not None, a.log()
+        sink = f'sink="orders_{uid}"'
+
+        async def counted() -> bool:  # the metrics trail by one checkpoint at most
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{endpoint[1]}/metrics") as response,
+            ):
+                text = await response.text()
+            return (
+                f'streamkit_sink_rows_total{{outcome="written",{sink}}} {len(oracle(rows))}.0'
+                in text
+                and f'streamkit_sink_rows_total{{outcome="refused",{sink}}} 5.0' in text
+            )
+
+        await wait_until(counted, within=30, what="the sink's metrics")
         a.stop()
     finally:
         a.stop()

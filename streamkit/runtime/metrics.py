@@ -52,6 +52,7 @@ class WorkerMetrics(Collector):
         self._closed_dlq: Counter[tuple[str, int]] = Counter()
         self._closed_reads: Counter[tuple[str, str]] = Counter()
         self._closed_stage: Counter[str] = Counter()
+        self._closed_sinks: Counter[tuple[str, str]] = Counter()  # (sink, written|refused|...)
         self.lag: dict[TopicPartition, int] = {}
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
         self.activity = Activity(worker)  # the dashboard's view: busy time, histories
@@ -72,6 +73,9 @@ class WorkerMetrics(Collector):
             for name, part in task.tables.items():
                 self._closed_reads[(name, "memory")] += part.hits
                 self._closed_reads[(name, "store")] += part.misses
+            if task.sinks is not None:
+                for sink, what, n in task.sinks.counts():
+                    self._closed_sinks[(sink, what)] += n
 
     # -- read at scrape / status time ------------------------------------------------------------
 
@@ -93,6 +97,15 @@ class WorkerMetrics(Collector):
         counts = Counter(self._closed_dlq)
         for task in self._live():
             counts[(task.topic.name, task.partition)] += task.dead_letters
+        return counts
+
+    def sink_counts(self) -> Counter[tuple[str, str]]:
+        """(sink, written|refused|retries) → count, over closed and live tasks."""
+        counts = Counter(self._closed_sinks)
+        for task in self._live():
+            if task.sinks is not None:
+                for sink, what, n in task.sinks.counts():
+                    counts[(sink, what)] += n
         return counts
 
     def table_reads(self) -> Counter[tuple[str, str]]:
@@ -198,6 +211,23 @@ class WorkerMetrics(Collector):
         for (name, source), n in sorted(self.table_reads().items()):
             reads.add_metric([name, source], n)
         yield reads
+        sink_rows = CounterMetricFamily(
+            "streamkit_sink_rows",
+            "Rows a sink beyond Kafka committed (written) or its destination refused (refused).",
+            labels=["sink", "outcome"],
+        )
+        sink_retries = CounterMetricFamily(
+            "streamkit_sink_retries",
+            "Tries of a sink whose destination was unavailable.",
+            labels=["sink"],
+        )
+        for (sink, what), n in sorted(self.sink_counts().items()):
+            if what == "retries":
+                sink_retries.add_metric([sink], n)
+            else:
+                sink_rows.add_metric([sink, what], n)
+        yield sink_rows
+        yield sink_retries
         checkpointer = worker.checkpointer
         failures = CounterMetricFamily(
             "streamkit_commit_failures",

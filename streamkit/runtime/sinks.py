@@ -230,6 +230,15 @@ class TaskSinks:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
 
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(sink, what, n) for the metrics: rows written and refused, retries."""
+        out = []
+        for buf in self.buffers.values():
+            name = buf.sink.name
+            out += [(name, "written", buf.rows_written), (name, "refused", buf.refused)]
+            out.append((name, "retries", buf.retries))
+        return out
+
     def close(self) -> None:
         for buf in self.buffers.values():
             buf.writer.close()
