@@ -76,12 +76,19 @@ def test_a_row_sqlite_refuses_goes_to_the_dead_letter_topic_and_the_others_go_in
         t.checkpoint()
         dead = t.read(app.dlq)
     assert rows(db) == [(i, i) for i in range(6) if i != 3]
+    with sqlite3.connect(db) as conn:  # kept by the destination too, where it came from
+        kept = conn.execute(
+            "SELECT topic, record_offset, error, row_json FROM streamkit_sink_refused"
+        ).fetchall()
+    assert [(t, orjson.loads(r)) for t, _, _, r in kept] == [("orders", [3, -1])]
+    assert "CHECK constraint failed" in kept[0][2]
     by_id = {orjson.loads(d.raw_value or b"null")["id"]: d.error for d in dead}
     assert set(by_id) == {3, 7}
     assert by_id[3]["streamkit.error.type"] == "SinkRefused"
     assert "CHECK constraint failed" in by_id[3]["streamkit.error"]
     assert by_id[3]["streamkit.source.topic"] == "orders"
     assert by_id[7]["streamkit.error.type"] == "KeyError"
+    assert str(kept[0][1]) == by_id[3]["streamkit.source.offset"]
 
 
 def test_sqlite_upsert_mode_keeps_one_row_per_key(tmp_path: Path) -> None:

@@ -191,13 +191,26 @@ async def test_a_row_the_table_refuses_goes_to_the_dead_letter_topic_with_its_er
     assert_exactly(await table_rows(postgres, uid), oracle(rows))
     dead = await read_all(f"sinks-{uid}-dlq")
     refused = {r["id"] for r in rows if r["amount"] < 0}
+    conn = await asyncpg.connect(postgres)
+    try:  # the destination keeps them too, with the same coordinates
+        kept = await conn.fetch(
+            "SELECT topic, partition, record_offset, error, row_json FROM streamkit_sink_refused "
+            "WHERE sink = $1",
+            f"sinks-{uid}:orders_{uid}",
+        )
+    finally:
+        await conn.close()
+    assert {orjson.loads(k["row_json"])[0] for k in kept} == refused
+    assert all("violates check constraint" in k["error"] for k in kept)
+    kept_at = {(k["topic"], k["partition"], k["record_offset"]) for k in kept}
     assert {orjson.loads(d.value)["id"] for d in dead} == refused
     for d in dead:
         why = describe(d.headers)
         assert why["streamkit.error.type"] == "SinkRefused"
         assert "violates check constraint" in why["streamkit.error"], why
         assert why["streamkit.source.topic"] == f"sinks-{uid}-by-user-repartition"
-        assert int(why["streamkit.source.offset"]) >= 0
+        at = (why["streamkit.source.topic"], int(why["streamkit.source.partition"]))
+        assert (*at, int(why["streamkit.source.offset"])) in kept_at
 
 
 async def test_upsert_mode_overwrites_replayed_rows_under_at_least_once(

@@ -18,8 +18,9 @@ How a sink stage runs, per task (the numbered steps of docs/architecture.md, "Si
    checkpoint **before** the checkpoint commits the same offsets to Kafka. The destination
    may thus be ahead of Kafka (a replay skips those rows, step 1), never behind.
 4. **Refused rows** (the destination's own error, e.g. a constraint) are left out of the
-   transaction and go to the dead-letter topic with that error and their record's
-   coordinates (they join the task's next Kafka commit).
+   batch; the same transaction keeps them in `streamkit_sink_refused` (their record's
+   coordinates, the error, the row), and after it they go to the dead-letter topic with
+   that error and their record's coordinates (joining the task's next Kafka commit).
 5. **Unavailable** (connection lost, server restarting, file locked): drop the connection,
    wait (backoff from 0.05 s doubling to 5 s), reconnect and re-read the stored offsets; if
    they show the batch committed (its COMMIT's answer was lost), it is done, else it is
@@ -166,7 +167,7 @@ class TaskSinks:
             if not n:
                 return  # nothing to write (offsets alone move nothing: no row is skipped)
             rows, records = buf.rows[:n], buf.records[:n]
-            refused = await self._write(buf, rows, offsets)
+            refused = await self._write(buf, rows, offsets, records)
             del buf.rows[:n], buf.records[:n]
             buf.done -= n
             buf.last_flush = time.monotonic()
@@ -194,7 +195,11 @@ class TaskSinks:
                 )
 
     async def _write(
-        self, buf: SinkBuffer, rows: list[Any], offsets: dict[Coordinates, int]
+        self,
+        buf: SinkBuffer,
+        rows: list[Any],
+        offsets: dict[Coordinates, int],
+        records: list[Any],
     ) -> list[tuple[int, str]]:
         retried = False
 
@@ -210,7 +215,7 @@ class TaskSinks:
                     )
                     return []
             retried = True
-            return await buf.writer.write(rows, offsets)
+            return await buf.writer.write(rows, offsets, records)
 
         result: list[tuple[int, str]] = await self._retry(buf, attempt)
         return result

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeGuard
 
+import orjson
+
 from streamkit.settings import ConfigError
 
 Mode = Literal["exactly_once", "upsert"]
@@ -47,10 +49,11 @@ class Writer(Protocol):
         """The next offset to write of each of `inputs`, as the destination has it."""
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         """Write `rows` and `offsets` in one transaction; the rows the destination refused
-        (their index in `rows` and its error) are left out and returned."""
+        (their index in `rows` and its error) are left out, kept in `streamkit_sink_refused`
+        with their source record's coordinates (`records[i]`), and returned."""
 
     async def reset(self) -> None:
         """After SinkUnavailable: drop the connection; the next call connects anew."""
@@ -151,6 +154,40 @@ OFFSETS_DDL = (
     f"CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (sink TEXT NOT NULL, topic TEXT NOT NULL, "
     "partition INTEGER NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (sink, topic, partition))"
 )
+
+
+REFUSED_TABLE = "streamkit_sink_refused"
+REFUSED_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {REFUSED_TABLE} (sink TEXT NOT NULL, topic TEXT NOT NULL, "
+    "partition INTEGER NOT NULL, record_offset BIGINT NOT NULL, error TEXT NOT NULL, "
+    "row_json TEXT NOT NULL)"
+)
+
+
+def refused_insert(param: Callable[[int], str]) -> str:
+    values = ", ".join(param(i) for i in range(1, 7))
+    return (
+        f"INSERT INTO {REFUSED_TABLE} (sink, topic, partition, record_offset, error, row_json) "
+        f"VALUES ({values})"
+    )
+
+
+def refused_rows(
+    sink: str, rows: Sequence[Any], records: Sequence[Any], refused: list[tuple[int, str]]
+) -> list[tuple[Any, ...]]:
+    """The `streamkit_sink_refused` rows of the refused ones: where each came from, why, and
+    the row itself as JSON (anything JSON cannot say as text)."""
+    return [
+        (
+            sink,
+            records[i].topic,
+            records[i].partition,
+            records[i].offset,
+            error,
+            orjson.dumps(rows[i], default=str).decode(),
+        )
+        for i, error in refused
+    ]
 
 
 def offsets_upsert(param: Callable[[int], str]) -> str:

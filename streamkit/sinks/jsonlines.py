@@ -114,7 +114,7 @@ class JsonLinesWriter:
         return {c: o for c, o in self._offsets.items() if c in set(inputs)}
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         await asyncio.to_thread(self._write, rows, offsets)
         return []

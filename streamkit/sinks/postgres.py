@@ -10,7 +10,8 @@ The write of one batch (`PostgresWriter.write`), exactly-once mode:
 1. `BEGIN`; insert every row of the batch (`executemany`).
 2. If the server refused one (SQLSTATE class 22 data exception, 23 integrity violation, or a
    value asyncpg cannot encode for its column): roll back, and insert the rows again one by
-   one, each under a savepoint; the refused rows are released with the server's error.
+   one, each under a savepoint; the refused rows go to `streamkit_sink_refused` (their
+   source coordinates, the server's error, the row as JSON) and are released with the error.
 3. Upsert the next offset of every input partition the batch covers into
    `streamkit_sink_offsets` (sink, topic, partition), in the same transaction.
 4. `COMMIT`: rows and offsets are durable together, or neither is.
@@ -34,12 +35,15 @@ from streamkit.sinks.base import (
     GUARANTEES,
     OFFSETS_DDL,
     OFFSETS_TABLE,
+    REFUSED_DDL,
     Columns,
     Coordinates,
     Mode,
     SinkUnavailable,
     check_batching,
     offsets_upsert,
+    refused_insert,
+    refused_rows,
 )
 
 CONNECT_TIMEOUT = 10.0
@@ -127,6 +131,7 @@ class PostgresWriter:
         self._key = key  # this sink's rows of streamkit_sink_offsets
         self._insert = cols.insert(sink.table, _param)
         self._offsets = offsets_upsert(_param)
+        self._refused = refused_insert(_param)
         self._conn: asyncpg.Connection | None = None
 
     async def _connection(self) -> asyncpg.Connection:
@@ -137,6 +142,7 @@ class PostgresWriter:
             async with conn.transaction():  # tasks open at once: one DDL at a time
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", OFFSETS_TABLE)
                 await conn.execute(OFFSETS_DDL)
+                await conn.execute(REFUSED_DDL)
                 if self._sink.create:
                     await conn.execute(self._sink.create)
         except Exception as exc:
@@ -167,7 +173,7 @@ class PostgresWriter:
         return {c: o for c, o in found.items() if c in wanted}
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         try:
             conn = await self._connection()
@@ -179,7 +185,7 @@ class PostgresWriter:
             except Exception as exc:
                 if not refused(exc):
                     raise
-            return await self._one_by_one(conn, rows, offsets)
+            return await self._one_by_one(conn, rows, offsets, records)
         except SinkUnavailable:
             raise
         except Exception as exc:
@@ -188,7 +194,11 @@ class PostgresWriter:
             raise
 
     async def _one_by_one(
-        self, conn: asyncpg.Connection, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+        self,
+        conn: asyncpg.Connection,
+        rows: Sequence[Any],
+        offsets: Mapping[Coordinates, int],
+        records: Sequence[Any],
     ) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
         async with conn.transaction():
@@ -200,6 +210,7 @@ class PostgresWriter:
                     if not refused(exc):
                         raise
                     out.append((i, f"{type(exc).__name__}: {exc}"))
+            await conn.executemany(self._refused, refused_rows(self._key, rows, records, out))
             await self._store(conn, offsets)
         return out
 

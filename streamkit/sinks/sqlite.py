@@ -6,8 +6,8 @@ SQLite blocks), exactly-once mode:
 1. `BEGIN IMMEDIATE` (the file's write lock, waiting up to `busy_timeout` for another
    writer, another worker's task perhaps); insert every row of the batch.
 2. If SQLite refused one (a constraint, a type it cannot bind): roll back, and insert the
-   rows again one by one, each under a savepoint; the refused rows are released with
-   SQLite's error.
+   rows again one by one, each under a savepoint; the refused rows go to
+   `streamkit_sink_refused` and are released with SQLite's error.
 3. Upsert the next offset of every input partition the batch covers into
    `streamkit_sink_offsets`, in the same transaction.
 4. `COMMIT`.
@@ -29,12 +29,15 @@ from streamkit.sinks.base import (
     GUARANTEES,
     OFFSETS_DDL,
     OFFSETS_TABLE,
+    REFUSED_DDL,
     Columns,
     Coordinates,
     Mode,
     SinkUnavailable,
     check_batching,
     offsets_upsert,
+    refused_insert,
+    refused_rows,
 )
 
 BUSY_TIMEOUT = 5.0
@@ -94,6 +97,7 @@ class SqliteWriter:
         self._key = key
         self._insert = cols.insert(sink.table, _param)
         self._offsets = offsets_upsert(_param)
+        self._refused = refused_insert(_param)
         self._db: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
@@ -108,6 +112,7 @@ class SqliteWriter:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN IMMEDIATE")
             db.execute(OFFSETS_DDL)
+            db.execute(REFUSED_DDL)
             if self._sink.create:
                 db.execute(self._sink.create)
             db.execute("COMMIT")
@@ -132,12 +137,12 @@ class SqliteWriter:
         return await asyncio.to_thread(read)
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
     ) -> list[tuple[int, str]]:
-        return await asyncio.to_thread(self._write, rows, offsets)
+        return await asyncio.to_thread(self._write, rows, offsets, records)
 
     def _write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int]
+        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         db = self._connection()
         stored = [(self._key, t, p, o) for (t, p), o in offsets.items()]
@@ -150,6 +155,7 @@ class SqliteWriter:
                 db.execute("ROLLBACK")
                 db.execute("BEGIN IMMEDIATE")
                 out = self._one_by_one(db, rows)
+                db.executemany(self._refused, refused_rows(self._key, rows, records, out))
             db.executemany(self._offsets, stored)
             db.execute("COMMIT")
             return out
