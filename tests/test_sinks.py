@@ -6,8 +6,10 @@ tests/test_ecommerce_demo.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -15,7 +17,8 @@ import pytest
 
 import streamkit as sk
 from streamkit.runtime import sinks as runtime_sinks
-from streamkit.sinks.jsonlines import read_offsets
+from streamkit.sinks.base import SinkFenced
+from streamkit.sinks.jsonlines import committed_lines, read_offsets
 from streamkit.testing import TestDriver
 
 DDL = (
@@ -175,3 +178,38 @@ def test_the_sink_steps_read_the_same_in_the_code_and_in_the_docs() -> None:
     docs = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
     assert runtime_sinks.__doc__ is not None
     assert _steps(runtime_sinks.__doc__) == _steps(docs)
+
+
+async def fence_two_writers(sink: Any) -> None:
+    """Two writers of one task's sink (a zombie and the partition's new owner): each batch
+    moves the stored offset only from the value its writer expects, so the one that did not
+    see the other's write is refused and writes nothing."""
+    at = SimpleNamespace(topic="orders", partition=0, offset=0)
+    owner, zombie = (sink.writer("fence", "orders-0", None) for _ in range(2))
+    await owner.open()
+    await zombie.open()
+    refused = await owner.write(
+        [sink.row({"id": 1, "amount": 1})], {("orders", 0): (None, 1)}, [at]
+    )
+    assert refused == []
+    with pytest.raises(SinkFenced, match="another"):
+        await zombie.write([sink.row({"id": 1, "amount": 1})], {("orders", 0): (None, 1)}, [at])
+    assert not await owner.write([sink.row({"id": 2, "amount": 2})], {("orders", 0): (1, 2)}, [at])
+    with pytest.raises(SinkFenced, match="another"):
+        await zombie.write([sink.row({"id": 2, "amount": 2})], {("orders", 0): (1, 2)}, [at])
+    owner.close()
+    zombie.close()
+
+
+def test_a_zombie_writer_is_fenced_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "out.sqlite"
+    asyncio.run(
+        fence_two_writers(sk.SqliteSink(db, "orders", columns=["id", "amount"], create=DDL))
+    )
+    assert rows(db) == [(1, 1), (2, 2)]
+
+
+def test_a_zombie_writer_is_fenced_json_lines(tmp_path: Path) -> None:
+    asyncio.run(fence_two_writers(sk.JsonLinesSink(tmp_path / "out")))
+    lines = list(committed_lines(tmp_path / "out"))
+    assert [orjson.loads(x) for x in lines] == [{"id": 1, "amount": 1}, {"id": 2, "amount": 2}]

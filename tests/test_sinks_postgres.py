@@ -16,10 +16,12 @@ import aiohttp
 import asyncpg
 import orjson
 
+import streamkit as sk
 from streamkit.localpg import start_postgres
 from streamkit.runtime.dlq import describe
 from tests.kafkahelp import WorkerProcess, produce, read_all, wait_until
 from tests.sinkapp import oracle
+from tests.test_sinks import fence_two_writers
 
 USERS = [f"u{i}" for i in range(40)]
 
@@ -243,3 +245,22 @@ async def test_upsert_mode_overwrites_replayed_rows_under_at_least_once(
         for w in started:
             w.stop()
     assert_exactly(await table_rows(postgres, uid), oracle(rows, stateful=False))
+
+
+async def test_a_zombie_writer_is_fenced_by_the_stored_offsets(uid: str, postgres: str) -> None:
+    table = f"fence_{uid}"
+    sink = sk.PostgresSink(
+        table,
+        columns=["id", "amount"],
+        dsn=postgres,
+        create=f"CREATE TABLE IF NOT EXISTS {table} (id BIGINT, amount BIGINT)",
+    )
+    await fence_two_writers(sink)
+    conn = await asyncpg.connect(postgres)
+    try:
+        assert [tuple(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY id")] == [
+            (1, 1),
+            (2, 2),
+        ]
+    finally:
+        await conn.close()

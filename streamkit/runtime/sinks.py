@@ -16,7 +16,10 @@ How a sink stage runs, per task (the numbered steps of docs/architecture.md, "Si
    or `batch_seconds` are pending, in the task itself (it takes no record meanwhile: the
    fetch loop stops fetching its partitions once their buffer is full), and at every
    checkpoint **before** the checkpoint commits the same offsets to Kafka. The destination
-   may thus be ahead of Kafka (a replay skips those rows, step 1), never behind.
+   may thus be ahead of Kafka (a replay skips those rows, step 1), never behind. It moves a
+   stored offset only from the value this task read or wrote last: a zombie (a worker whose
+   partition was taken over) has its batch refused, nothing written (`SinkFenced`: the
+   worker stops).
 4. **Refused rows** (the destination's own error, e.g. a constraint) are left out of the
    batch; the same transaction keeps them in `streamkit_sink_refused` (their record's
    coordinates, the error, the row), and after it they go to the dead-letter topic with
@@ -158,12 +161,12 @@ class TaskSinks:
     async def _flush(self, buf: SinkBuffer) -> None:
         async with buf.lock:
             n = buf.done
-            offsets: dict[Coordinates, int] = {}
+            offsets: dict[Coordinates, tuple[int | None, int]] = {}
             if buf.exactly_once:  # read with `done`, no await between: they agree
                 part = self._task.partition
                 for topic, at in self._task.done_offsets.items():
                     if at is not None and at > buf.stored.get(topic, -1):
-                        offsets[(topic, part)] = at
+                        offsets[(topic, part)] = (buf.stored.get(topic), at)
             if not n:
                 return  # nothing to write (offsets alone move nothing: no row is skipped)
             rows, records = buf.rows[:n], buf.records[:n]
@@ -172,7 +175,7 @@ class TaskSinks:
             buf.done -= n
             buf.last_flush = time.monotonic()
             buf.rows_written += n - len(refused)
-            for (topic, _), at in offsets.items():
+            for (topic, _), (_, at) in offsets.items():
                 buf.stored[topic] = at
             for i, error in refused:  # 4.
                 buf.refused += 1
@@ -198,7 +201,7 @@ class TaskSinks:
         self,
         buf: SinkBuffer,
         rows: list[Any],
-        offsets: dict[Coordinates, int],
+        offsets: dict[Coordinates, tuple[int | None, int]],
         records: list[Any],
     ) -> list[tuple[int, str]]:
         retried = False
@@ -207,7 +210,7 @@ class TaskSinks:
             nonlocal retried
             if retried and offsets:  # did the lost connection's COMMIT happen?
                 stored = await buf.writer.stored(list(offsets))
-                if all(stored.get(c, -1) >= at for c, at in offsets.items()):
+                if all(stored.get(c, -1) >= at for c, (_, at) in offsets.items()):
                     log.warning(
                         "%s: the batch had committed before the connection was lost (the "
                         "dead letters of its refused rows, if any, are not known)",

@@ -25,6 +25,9 @@ from streamkit.settings import ConfigError
 
 Mode = Literal["exactly_once", "upsert"]
 Coordinates = tuple[str, int]  # (topic, partition) of one input of a task
+# per input partition a batch moves: (the stored offset this task read or wrote last, or
+# None when there was none; the offset after the batch)
+Moves = Mapping[Coordinates, tuple[int | None, int]]
 
 GUARANTEES: dict[str, str] = {
     "exactly_once": "exactly-once (rows and input offsets in one transaction)",
@@ -32,6 +35,12 @@ GUARANTEES: dict[str, str] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SinkFenced(Exception):
+    """Another writer moved this sink's stored offsets since this task read them: the
+    partition belongs to another task now (this worker was a zombie). Nothing of the batch
+    is written; the worker stops, and its partitions' owners go on from the stored offsets."""
 
 
 class SinkUnavailable(Exception):
@@ -49,11 +58,13 @@ class Writer(Protocol):
         """The next offset to write of each of `inputs`, as the destination has it."""
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
+        self, rows: Sequence[Any], offsets: Moves, records: Sequence[Any]
     ) -> list[tuple[int, str]]:
-        """Write `rows` and `offsets` in one transaction; the rows the destination refused
-        (their index in `rows` and its error) are left out, kept in `streamkit_sink_refused`
-        with their source record's coordinates (`records[i]`), and returned."""
+        """Write `rows` and move the stored offsets in one transaction, each only from the
+        value this task expects (else `SinkFenced`, nothing written); the rows the destination
+        refused (their index in `rows` and its error) are left out, kept in
+        `streamkit_sink_refused` with their source record's coordinates (`records[i]`), and
+        returned."""
 
     async def reset(self) -> None:
         """After SinkUnavailable: drop the connection; the next call connects anew."""
@@ -190,9 +201,33 @@ def refused_rows(
     ]
 
 
-def offsets_upsert(param: Callable[[int], str]) -> str:
-    return (
+def offsets_moves(param: Callable[[int], str]) -> tuple[str, str]:
+    """The statements that move one stored offset, fenced: the first offset of a partition
+    (parameters: sink, topic, partition, offset) is inserted only if there is none; a later
+    one (parameters: offset, sink, topic, partition, expected) only over the expected one.
+    Each must change exactly one row."""
+    first = (
         f"INSERT INTO {OFFSETS_TABLE} (sink, topic, partition, next_offset) VALUES "
         f"({param(1)}, {param(2)}, {param(3)}, {param(4)}) ON CONFLICT (sink, topic, partition) "
-        "DO UPDATE SET next_offset = excluded.next_offset"
+        "DO NOTHING"
+    )
+    later = (
+        f"UPDATE {OFFSETS_TABLE} SET next_offset = {param(1)} WHERE sink = {param(2)} "
+        f"AND topic = {param(3)} AND partition = {param(4)} AND next_offset = {param(5)}"
+    )
+    return first, later
+
+
+def offset_moves(key: str, offsets: Moves) -> list[tuple[bool, tuple[Any, ...]]]:
+    """(first?, parameters) of each move, for `offsets_moves`' two statements."""
+    return [
+        (True, (key, t, p, after)) if before is None else (False, (after, key, t, p, before))
+        for (t, p), (before, after) in offsets.items()
+    ]
+
+
+def fenced(key: str, params: tuple[Any, ...]) -> SinkFenced:
+    return SinkFenced(
+        f"sink {key}: another writer moved the stored offset of {params[1:4]} since this task "
+        "read it (the partition belongs to another task now): nothing of this batch written"
     )

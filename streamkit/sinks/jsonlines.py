@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 import orjson
 
 from streamkit.settings import ConfigError
-from streamkit.sinks.base import GUARANTEES, Coordinates, Mode, check_batching
+from streamkit.sinks.base import GUARANTEES, Coordinates, Mode, Moves, SinkFenced, check_batching
 
 
 def _default(value: Any) -> Any:
@@ -103,9 +104,10 @@ class JsonLinesWriter:
 
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._length, self._offsets = read_offsets(self.meta)
-        with self.data.open("ab") as f:  # step 1: cut what no offsets file committed
-            f.truncate(self._length)
+        with self._locked():
+            self._length, self._offsets = read_offsets(self.meta)
+            with self.data.open("ab") as f:  # step 1: cut what no offsets file committed
+                f.truncate(self._length)
 
     async def open(self) -> None:
         await asyncio.to_thread(self._open)
@@ -114,12 +116,31 @@ class JsonLinesWriter:
         return {c: o for c, o in self._offsets.items() if c in set(inputs)}
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
+        self, rows: Sequence[Any], offsets: Moves, records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         await asyncio.to_thread(self._write, rows, offsets)
         return []
 
-    def _write(self, rows: Sequence[bytes], offsets: Mapping[Coordinates, int]) -> None:
+    def _write(self, rows: Sequence[bytes], offsets: Moves) -> None:
+        with self._locked():
+            if read_offsets(self.meta) != (self._length, self._offsets):
+                raise SinkFenced(
+                    f"{self.meta}: another writer committed to this file since this task "
+                    "opened it (its partition belongs to another task now)"
+                )
+            self._append(rows, {c: after for c, (_, after) in offsets.items()})
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The file's lock (`{task}.lock`): one writer at a time, across processes."""
+        with (self.folder / f"{self.data.stem}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _append(self, rows: Sequence[bytes], offsets: Mapping[Coordinates, int]) -> None:
         with self.data.open("r+b") as f:
             f.truncate(self._length)  # 1.
             f.seek(self._length)

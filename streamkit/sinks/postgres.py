@@ -12,8 +12,10 @@ The write of one batch (`PostgresWriter.write`), exactly-once mode:
    value asyncpg cannot encode for its column): roll back, and insert the rows again one by
    one, each under a savepoint; the refused rows go to `streamkit_sink_refused` (their
    source coordinates, the server's error, the row as JSON) and are released with the error.
-3. Upsert the next offset of every input partition the batch covers into
-   `streamkit_sink_offsets` (sink, topic, partition), in the same transaction.
+3. Move the next offset of every input partition the batch covers in
+   `streamkit_sink_offsets` (sink, topic, partition), in the same transaction, and only from
+   the value this task read or wrote last: a row changed by another writer (this worker is a
+   zombie, its partition taken over) fails the batch with `SinkFenced`, nothing written.
 4. `COMMIT`: rows and offsets are durable together, or neither is.
 
 A task opens its writer before it takes a record, reads the stored offsets, and skips the
@@ -24,7 +26,7 @@ stored offsets (a COMMIT whose answer was lost is not written twice).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +41,12 @@ from streamkit.sinks.base import (
     Columns,
     Coordinates,
     Mode,
+    Moves,
     SinkUnavailable,
     check_batching,
-    offsets_upsert,
+    fenced,
+    offset_moves,
+    offsets_moves,
     refused_insert,
     refused_rows,
 )
@@ -130,7 +135,7 @@ class PostgresWriter:
         self._dsn = dsn
         self._key = key  # this sink's rows of streamkit_sink_offsets
         self._insert = cols.insert(sink.table, _param)
-        self._offsets = offsets_upsert(_param)
+        self._first, self._later = offsets_moves(_param)
         self._refused = refused_insert(_param)
         self._conn: asyncpg.Connection | None = None
 
@@ -173,7 +178,7 @@ class PostgresWriter:
         return {c: o for c, o in found.items() if c in wanted}
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
+        self, rows: Sequence[Any], offsets: Moves, records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         try:
             conn = await self._connection()
@@ -197,7 +202,7 @@ class PostgresWriter:
         self,
         conn: asyncpg.Connection,
         rows: Sequence[Any],
-        offsets: Mapping[Coordinates, int],
+        offsets: Moves,
         records: Sequence[Any],
     ) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
@@ -214,11 +219,11 @@ class PostgresWriter:
             await self._store(conn, offsets)
         return out
 
-    async def _store(self, conn: asyncpg.Connection, offsets: Mapping[Coordinates, int]) -> None:
-        if offsets:
-            await conn.executemany(
-                self._offsets, [(self._key, t, p, o) for (t, p), o in offsets.items()]
-            )
+    async def _store(self, conn: asyncpg.Connection, offsets: Moves) -> None:
+        for first, params in offset_moves(self._key, offsets):
+            status = await conn.execute(self._first if first else self._later, *params)
+            if not status.endswith(" 1"):  # "INSERT 0 1", "UPDATE 1"
+                raise fenced(self._key, params)  # the transaction rolls back
 
     async def reset(self) -> None:
         conn, self._conn = self._conn, None

@@ -8,8 +8,9 @@ SQLite blocks), exactly-once mode:
 2. If SQLite refused one (a constraint, a type it cannot bind): roll back, and insert the
    rows again one by one, each under a savepoint; the refused rows go to
    `streamkit_sink_refused` and are released with SQLite's error.
-3. Upsert the next offset of every input partition the batch covers into
-   `streamkit_sink_offsets`, in the same transaction.
+3. Move the next offset of every input partition the batch covers in
+   `streamkit_sink_offsets`, in the same transaction, only from the value this task read
+   or wrote last (else `SinkFenced`: another writer took the partition, nothing written).
 4. `COMMIT`.
 
 A file still locked after `busy_timeout` raises `SinkUnavailable` (retried with backoff). The
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ from streamkit.sinks.base import (
     Columns,
     Coordinates,
     Mode,
+    Moves,
     SinkUnavailable,
     check_batching,
-    offsets_upsert,
+    fenced,
+    offset_moves,
+    offsets_moves,
     refused_insert,
     refused_rows,
 )
@@ -96,7 +100,7 @@ class SqliteWriter:
         self._sink = sink
         self._key = key
         self._insert = cols.insert(sink.table, _param)
-        self._offsets = offsets_upsert(_param)
+        self._first, self._later = offsets_moves(_param)
         self._refused = refused_insert(_param)
         self._db: sqlite3.Connection | None = None
 
@@ -137,15 +141,14 @@ class SqliteWriter:
         return await asyncio.to_thread(read)
 
     async def write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
+        self, rows: Sequence[Any], offsets: Moves, records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         return await asyncio.to_thread(self._write, rows, offsets, records)
 
     def _write(
-        self, rows: Sequence[Any], offsets: Mapping[Coordinates, int], records: Sequence[Any]
+        self, rows: Sequence[Any], offsets: Moves, records: Sequence[Any]
     ) -> list[tuple[int, str]]:
         db = self._connection()
-        stored = [(self._key, t, p, o) for (t, p), o in offsets.items()]
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -156,7 +159,9 @@ class SqliteWriter:
                 db.execute("BEGIN IMMEDIATE")
                 out = self._one_by_one(db, rows)
                 db.executemany(self._refused, refused_rows(self._key, rows, records, out))
-            db.executemany(self._offsets, stored)
+            for first, params in offset_moves(self._key, offsets):
+                if db.execute(self._first if first else self._later, params).rowcount != 1:
+                    raise fenced(self._key, params)
             db.execute("COMMIT")
             return out
         except sqlite3.OperationalError as exc:  # locked, disk I/O: retried
