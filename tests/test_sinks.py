@@ -27,8 +27,8 @@ DDL = (
 )
 
 
-def app_with(*sinks: Any, partitions: int = 2) -> tuple[sk.App, sk.Topic]:
-    app = sk.App("sinks")
+def app_with(*sinks: Any, partitions: int = 2, **settings: Any) -> tuple[sk.App, sk.Topic]:
+    app = sk.App("sinks", **settings)
     orders = app.topic("orders", partitions=partitions)
     for sink in sinks:
         app.stream(orders).to(sink)
@@ -65,6 +65,22 @@ def test_sqlite_rows_and_offsets_commit_together_and_a_restart_writes_nothing_tw
         t.send(orders, {"id": 10, "amount": 10}, key="10")
         t.checkpoint()
     assert rows(db) == [(i, i) for i in range(11)]
+
+
+def test_batch_seconds_writes_a_batch_once_that_much_processing_time_passed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "out.sqlite"
+    sink = sk.SqliteSink(db, "orders", columns=["id", "amount"], create=DDL, batch_seconds=5)
+    app, orders = app_with(sink, partitions=1, commit_interval=60)  # no checkpoint meanwhile
+    with TestDriver(app) as t:
+        t.send(orders, {"id": 0, "amount": 0}, key="0")
+        t.advance_time(1)
+        t.send(orders, {"id": 1, "amount": 1}, key="1")
+        assert rows(db) == []  # 1000 rows or 5 s: neither yet (and no checkpoint)
+        t.advance_time(4.5)
+        t.send(orders, {"id": 2, "amount": 2}, key="2")  # checked at a record boundary
+        assert rows(db) == [(0, 0), (1, 1), (2, 2)]
 
 
 def test_a_row_sqlite_refuses_goes_to_the_dead_letter_topic_and_the_others_go_in(

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from streamkit.context import WALL_CLOCK
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.sinks.base import Coordinates, Sink, SinkUnavailable, Writer
@@ -64,7 +65,7 @@ class SinkHost(Protocol):
 class SinkBuffer:
     """One sink's rows in one task, and its writer."""
 
-    def __init__(self, sink: Sink, writer: Writer) -> None:
+    def __init__(self, sink: Sink, writer: Writer, now: float) -> None:
         self.sink = sink
         self.writer = writer
         self.exactly_once = sink.mode == "exactly_once"
@@ -73,7 +74,7 @@ class SinkBuffer:
         self.done = 0  # rows of finished records: what a flush may take
         self.stored: dict[str, int] = {}  # input topic → next offset the destination has
         self.lock = asyncio.Lock()
-        self.last_flush = time.monotonic()
+        self.last_flush = now  # on the task's clock (the testing kit's is virtual)
         self.rows_written = 0
         self.refused = 0
         self.retries = 0
@@ -94,8 +95,10 @@ class TaskSinks:
         self._task = task
         self._inputs = inputs
         self._retry_timeout = retry_timeout
+        self._clock = WALL_CLOCK.get()  # batch_seconds: processing time, as timers see it
+        now = self._clock.monotonic()
         self.buffers = {
-            id(s): SinkBuffer(s, s.writer(app_id, task_name, postgres_dsn)) for s in sinks
+            id(s): SinkBuffer(s, s.writer(app_id, task_name, postgres_dsn), now) for s in sinks
         }
         self._opened = False
         self._due_rows = min(b.sink.batch_rows for b in self.buffers.values())
@@ -146,7 +149,7 @@ class TaskSinks:
             if n >= self._due_rows:
                 due = True
             elif n and self._due_seconds is not None:
-                due = due or time.monotonic() - buf.last_flush >= self._due_seconds
+                due = due or self._clock.monotonic() - buf.last_flush >= self._due_seconds
         return due
 
     # 3. flush ---------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ class TaskSinks:
             refused = await self._write(buf, rows, offsets, records)
             del buf.rows[:n], buf.records[:n]
             buf.done -= n
-            buf.last_flush = time.monotonic()
+            buf.last_flush = self._clock.monotonic()
             buf.rows_written += n - len(refused)
             for (topic, _), (_, at) in offsets.items():
                 buf.stored[topic] = at
