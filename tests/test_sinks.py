@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -145,6 +146,32 @@ def test_json_lines_cut_a_torn_batch_and_resume_after_their_offsets(tmp_path: Pa
         t.checkpoint()
     lines = [orjson.loads(x) for x in data.read_bytes().splitlines()]
     assert lines == [{"id": i} for i in range(6)]
+
+
+def test_an_agent_yields_rows_to_a_sink_and_to_a_topic_alike(tmp_path: Path) -> None:
+    db = tmp_path / "out.sqlite"
+    app = sk.App("agent-sinks")
+    orders = app.topic("orders", partitions=2)
+    flagged = app.topic("flagged", partitions=2)
+    sink = sk.SqliteSink(db, "orders", columns=["id", "amount"], create=DDL)
+
+    @app.agent(orders, sink=[flagged, sink])
+    async def flag(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
+        async for order in stream:
+            if order["id"] % 2:
+                yield sk.Record(key="odd", value={**order, "amount": order["amount"] * 10})
+            else:
+                yield order
+
+    assert "agent flag() -> flagged (2 partitions), sqlite out.sqlite:orders (exactly-once" in (
+        app.topology()
+    )
+    with TestDriver(app) as t:
+        for i in range(6):
+            t.send(orders, {"id": i, "amount": i}, key=str(i))
+        t.checkpoint()
+        assert len(t.read(flagged)) == 6
+    assert rows(db) == [(0, 0), (1, 10), (2, 2), (3, 30), (4, 4), (5, 50)]
 
 
 def test_declarations_refuse_what_cannot_run() -> None:

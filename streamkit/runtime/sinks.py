@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from streamkit.context import WALL_CLOCK
+from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.sinks.base import Coordinates, Sink, SinkUnavailable, Writer
@@ -133,6 +134,11 @@ class TaskSinks:
 
         def append(value: Any) -> None:
             rec = task.record
+            if rec is None:
+                raise RuntimeError(
+                    f"{sink.label} takes the rows of the record being processed: yield them "
+                    "inside the body's `async for`"
+                )
             if stored and rec.offset < stored.get(rec.topic, -1):
                 return  # step 1: the destination has this record's rows
             rows.append(row(value))
@@ -253,6 +259,12 @@ class TaskSinks:
     def close(self) -> None:
         for buf in self.buffers.values():
             buf.writer.close()
+
+
+def stage_sinks(stage: Stage) -> list[Sink]:
+    """A stage's sinks beyond Kafka: those its streams end in (`to`), then its agents'."""
+    found = [n.sink for n in stage.sinks if n.sink is not None]
+    return found + [s for agent in stage.agents for s in agent.row_sinks]
 
 
 async def flush_sinks(tasks: Iterable[Any]) -> None:

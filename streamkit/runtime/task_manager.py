@@ -19,7 +19,7 @@ from streamkit.eventtime import TimestampPolicy
 from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
-from streamkit.runtime.sinks import TaskSinks
+from streamkit.runtime.sinks import TaskSinks, stage_sinks
 from streamkit.runtime.task import Task
 from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
@@ -43,9 +43,8 @@ class TaskManager:
         self._on_state_full = on_state_full
         self._stages_by_topic = {t.name: st for st in app.stages for t in st.topics}
         for stage in app.stages:  # a sink that cannot run fails the start (ConfigError)
-            for node in stage.sinks:
-                if node.sink is not None:
-                    node.sink.check(app.settings.postgres_dsn)
+            for sink in stage_sinks(stage):
+                sink.check(app.settings.postgres_dsn)
         self._partition_counts: dict[str, int] = {}
         self.tasks: dict[TopicPartition, Task] = {}  # by the task's name
         self.by_input: dict[TopicPartition, Task] = {}  # by each of its input partitions
@@ -155,7 +154,7 @@ class TaskManager:
 
     def _sinks(self, stage: Stage, key: TopicPartition) -> Callable[[Task], TaskSinks] | None:
         """The sinks beyond Kafka of the stage (runtime/sinks.py), made for each task."""
-        declared = [n.sink for n in stage.sinks if n.sink is not None]
+        declared = stage_sinks(stage)
         if not declared:
             return None
         settings = self._app.settings
