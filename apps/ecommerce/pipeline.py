@@ -3,6 +3,8 @@
     clicks (2) ─forward─▶ key_by user (4) ─┬─▶ sessions: session windows ─▶ sessions
                                            └─▶ rebalance (8): join the catalog (global table)
                                                ─▶ shuffle (3) ─┬─▶ enriched (a sink topic)
+                                                               ├─▶ the local sink: SQLite,
+                                                               │   JSON lines (PostgreSQL)
                                                                └─▶ key_by product (4): the
                                                co-partitioned catalog table, top-k per
                                                hopping window ─▶ trending
