@@ -93,6 +93,7 @@ def test_a_row_sqlite_refuses_goes_to_the_dead_letter_topic_and_the_others_go_in
         for i in range(6):
             t.send(orders, {"id": i, "amount": -1 if i == 3 else i}, key=str(i))
         t.send(orders, {"id": 7}, key="7")  # no amount: not a row at all
+        t.send(orders, {"id": 8, "amount": {"cents": 8}}, key="8")  # SQLite cannot bind it
         t.checkpoint()
         dead = t.read(app.dlq)
     assert rows(db) == [(i, i) for i in range(6) if i != 3]
@@ -100,15 +101,19 @@ def test_a_row_sqlite_refuses_goes_to_the_dead_letter_topic_and_the_others_go_in
         kept = conn.execute(
             "SELECT topic, record_offset, error, row_json FROM streamkit_sink_refused"
         ).fetchall()
-    assert [(t, orjson.loads(r)) for t, _, _, r in kept] == [("orders", [3, -1])]
-    assert "CHECK constraint failed" in kept[0][2]
+    kept_by_id = {orjson.loads(r)[0]: (topic, at, error) for topic, at, error, r in kept}
+    assert sorted(kept_by_id) == [3, 8]
+    assert "CHECK constraint failed" in kept_by_id[3][2]
     by_id = {orjson.loads(d.raw_value or b"null")["id"]: d.error for d in dead}
-    assert set(by_id) == {3, 7}
+    assert set(by_id) == {3, 7, 8}
+    assert "Error binding parameter" in by_id[8]["streamkit.error"]
     assert by_id[3]["streamkit.error.type"] == "SinkRefused"
     assert "CHECK constraint failed" in by_id[3]["streamkit.error"]
     assert by_id[3]["streamkit.source.topic"] == "orders"
     assert by_id[7]["streamkit.error.type"] == "KeyError"
-    assert str(kept[0][1]) == by_id[3]["streamkit.source.offset"]
+    for i in (3, 8):  # the same coordinates in the table and the dead letter
+        assert kept_by_id[i][0] == by_id[i]["streamkit.source.topic"]
+        assert str(kept_by_id[i][1]) == by_id[i]["streamkit.source.offset"]
 
 
 def test_sqlite_upsert_mode_keeps_one_row_per_key(tmp_path: Path) -> None:

@@ -51,6 +51,14 @@ def _param(i: int) -> str:
     return "?"
 
 
+def refused(exc: BaseException) -> bool:
+    """The row's own fault: a constraint, or a value SQLite cannot bind (not a wrong number
+    of columns, which is the sink's configuration)."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError)):
+        return True
+    return isinstance(exc, sqlite3.ProgrammingError) and "binding parameter" in str(exc)
+
+
 @dataclass(eq=False)
 class SqliteSink:
     """`stream.to(sk.SqliteSink("out.sqlite", "orders", columns=["id", "amount"]))`.
@@ -154,7 +162,9 @@ class SqliteWriter:
             try:
                 db.executemany(self._insert, rows)
                 out = []
-            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError):
+            except Exception as exc:
+                if not refused(exc):
+                    raise
                 db.execute("ROLLBACK")
                 db.execute("BEGIN IMMEDIATE")
                 out = self._one_by_one(db, rows)
@@ -179,7 +189,9 @@ class SqliteWriter:
             db.execute("SAVEPOINT row")
             try:
                 db.execute(self._insert, row)
-            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError) as exc:
+            except Exception as exc:
+                if not refused(exc):
+                    raise
                 db.execute("ROLLBACK TO row")
                 out.append((i, f"{type(exc).__name__}: {exc}"))
             db.execute("RELEASE row")
