@@ -73,7 +73,17 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = str(exc.sqlstate)
         return state[:2] in _UNAVAILABLE or state in _RETRY
-    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError))
+    # InternalClientError: the protocol out of step after a connection broke mid-operation
+    return isinstance(
+        exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    )
+
+
+def _raise_if_lost(exc: Exception, conn: asyncpg.Connection | None) -> None:
+    """SinkUnavailable when the server is the cause, or the connection is gone (an error
+    raised after it broke, e.g. by the rollback on it, says nothing more)."""
+    if unavailable(exc) or (conn is not None and conn.is_closed()):
+        raise SinkUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(eq=False)
@@ -151,8 +161,7 @@ class PostgresWriter:
                 if self._sink.create:
                     await conn.execute(self._sink.create)
         except Exception as exc:
-            if unavailable(exc):
-                raise SinkUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            _raise_if_lost(exc, None)
             raise
         self._conn = conn
         return conn
@@ -170,8 +179,7 @@ class PostgresWriter:
         except SinkUnavailable:
             raise
         except Exception as exc:
-            if unavailable(exc):
-                raise SinkUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            _raise_if_lost(exc, self._conn)
             raise
         wanted = set(inputs)
         found = {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
@@ -194,8 +202,7 @@ class PostgresWriter:
         except SinkUnavailable:
             raise
         except Exception as exc:
-            if unavailable(exc):
-                raise SinkUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            _raise_if_lost(exc, self._conn)
             raise
 
     async def _one_by_one(
