@@ -6,8 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 KAFKA := $(PY) scripts/localkafka.py
+# a local PostgreSQL around the command (streamkit/localpg.py), unless STREAMKIT_POSTGRES_DSN is set
+PG := $(PY) -m streamkit.localpg run --
 
-.PHONY: demo test lint unit chaos soak kafka-up kafka-down kafka-status bench clean chromium
+.PHONY: demo test lint unit chaos soak kafka-up kafka-down kafka-status bench clean chromium postgres
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +19,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(KAFKA) run -- $(PY) -m apps.ecommerce $(DEMO_ARGS)
+demo: $(STAMP) postgres
+	$(KAFKA) run -- $(PG) $(PY) -m apps.ecommerce $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint chromium
-	$(KAFKA) run -- $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+test: lint chromium postgres
+	$(KAFKA) run -- $(PG) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # The dashboard's browser test drives Debian's headless Chromium: installed here when missing
 # (as root, with apt); without apt or root the test is skipped and says why.
@@ -36,6 +38,16 @@ chromium:
 		echo "installing chromium (Debian package) for the dashboard's browser test"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium missing and apt-get (as root) unavailable: the browser test will skip"; fi
+
+# PostgreSQL's server (initdb, postgres) for the sink tests and the demo: Debian's package is
+# installed when it is missing (as root, with apt); unneeded with STREAMKIT_POSTGRES_DSN set.
+postgres:
+	@if [ -n "$$STREAMKIT_POSTGRES_DSN" ] || command -v initdb >/dev/null 2>&1 \
+		|| ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing postgresql (Debian package) for the sink tests and the demo"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL missing: install it, or set STREAMKIT_POSTGRES_DSN to a server of yours"; exit 1; fi
 
 # The chaos suite in its long form (docs/reliability.md): CHAOS_KILLS kill -9s of random workers
 # while CHAOS_EVENTS purchases flow, the zombie, then tests/test_chaos.py with CHAOS_LONG=1 (broker

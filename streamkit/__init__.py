@@ -9,6 +9,7 @@ from streamkit.events import Event, Record
 from streamkit.eventtime import processing_time
 from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError, Settings
+from streamkit.sinks import JsonLinesSink, PostgresSink, SqliteSink
 from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import KeyNotInPartition, Table, TableNotBound
 from streamkit.state.timers import Timers
@@ -38,10 +39,13 @@ __all__ = [
     "DecodeError",
     "Event",
     "GlobalTable",
+    "JsonLinesSink",
     "KeyNotInPartition",
+    "PostgresSink",
     "Producer",
     "Record",
     "Settings",
+    "SqliteSink",
     "Stream",
     "Table",
     "TableNotBound",

@@ -27,6 +27,7 @@ class Agent:
     stream: Stream[Any]
     sinks: list[Topic] = field(default_factory=list)
     state: tuple[Any, ...] = ()
+    row_sinks: list[Any] = field(default_factory=list)  # beyond Kafka (streamkit/sinks/)
 
     def __post_init__(self) -> None:
         if not (inspect.isasyncgenfunction(self.fn) or inspect.iscoroutinefunction(self.fn)):
@@ -34,7 +35,7 @@ class Agent:
                 f"agent {self.name}: {self.fn!r} must be an `async def` function "
                 "(an async generator that yields results, or a coroutine)"
             )
-        if self.is_generator and not self.sinks:
+        if self.is_generator and not self.sinks and not self.row_sinks:
             raise ConfigError(
                 f"agent {self.name} yields values but has no sink: pass sink=topic to "
                 "@app.agent (or write with topic.send inside a coroutine agent)"

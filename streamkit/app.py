@@ -14,6 +14,7 @@ from streamkit.count_windows import CountWindow
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
 from streamkit.settings import ConfigError, Settings, load_settings
+from streamkit.sinks.base import Sink, is_sink
 from streamkit.state.global_table import GlobalTable
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
@@ -352,17 +353,26 @@ class App:
         self,
         source: Topic | Stream[Any] | list[Topic] | tuple[Topic, ...],
         *,
-        sink: Topic | Iterable[Topic] | None = None,
+        sink: Topic | Sink | Iterable[Topic | Sink] | None = None,
         name: str | None = None,
         state: Iterable[Any] = (),
     ) -> Callable[[AgentFn], AgentFn]:
         """Decorate `async def fn(stream)`: it consumes `source` (a declared stream, a topic,
         or a list of topics to merge), once per partition of its stage. `state`: the tables,
-        window tables and timers its stage owns. Nothing of `fn` runs here."""
+        window tables and timers its stage owns. `sink`: topics, or sinks beyond Kafka
+        (`sk.PostgresSink`...) that take what the body yields as rows. Nothing of `fn` runs
+        here."""
         stream = self._as_stream(source)
-        sinks = [] if sink is None else [sink] if isinstance(sink, Topic) else list(sink)
-        for topic in sinks:
-            self._check_topic(topic, "sink")
+        targets = [] if sink is None else [sink] if not isinstance(sink, Iterable) else list(sink)
+        rows = [t for t in targets if not isinstance(t, Topic) and is_sink(t)]
+        sinks: list[Topic] = []
+        for topic in targets:
+            if not any(topic is r for r in rows):
+                self._check_topic(topic, "sink")
+                assert isinstance(topic, Topic)
+                sinks.append(topic)
+        for row_sink in rows:
+            self._check_sink_name(row_sink)
         owned = tuple(state)
         self.check_state(owned, "agent state")
 
@@ -370,17 +380,32 @@ class App:
             agent_name = str(name or getattr(fn, "__name__", "agent"))
             if agent_name in self.agents:
                 raise ConfigError(f"two agents are named {agent_name!r}: pass name=...")
-            self.agents[agent_name] = Agent(agent_name, fn, stream, sinks, owned)
+            self.agents[agent_name] = Agent(agent_name, fn, stream, sinks, owned, rows)
             self._stages = None
             return fn
 
         return register
 
-    def sink(self, stream: Stream[Any], topic: Topic) -> None:
-        """`stream.to(topic)`: every value of `stream` to `topic`."""
-        self._check_topic(topic, "to")
-        self.sink_nodes.append(SinkNode((stream.node,), topic=topic))
+    def sink(self, stream: Stream[Any], topic: Topic | Sink) -> None:
+        """`stream.to(topic)`: every value of `stream` to `topic` (or to a sink beyond Kafka:
+        `streamkit/sinks/`, docs/sinks.md)."""
+        if not isinstance(topic, Topic) and is_sink(topic):
+            self._check_sink_name(topic)
+            self.sink_nodes.append(SinkNode((stream.node,), sink=topic))
+        else:
+            self._check_topic(topic, "to")
+            assert isinstance(topic, Topic)
+            self.sink_nodes.append(SinkNode((stream.node,), topic=topic))
         self._stages = None
+
+    def _check_sink_name(self, sink: Sink) -> None:
+        taken = {(n.sink.label, n.sink.name) for n in self.sink_nodes if n.sink is not None}
+        taken |= {(s.label, s.name) for a in self.agents.values() for s in a.row_sinks}
+        if (sink.label, sink.name) in taken:
+            raise ConfigError(
+                f"two sinks write to {sink.label} named {sink.name!r}: pass name= to one (it "
+                "keys the offsets stored with its rows)"
+            )
 
     def _as_stream(self, source: Any) -> Stream[Any]:
         if isinstance(source, Stream):

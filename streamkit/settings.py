@@ -150,6 +150,21 @@ class Settings(BaseSettings):
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
     )
+    postgres_dsn: str | None = Field(
+        default=None,
+        description=(
+            "The PostgreSQL server of PostgresSinks declared without dsn= "
+            "(postgresql://user:password@host:port/database)."
+        ),
+    )
+    sink_retry_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Seconds a sink beyond Kafka (docs/sinks.md) retries an unavailable destination, "
+            "its stage waiting meanwhile, before the worker stops with the error."
+        ),
+    )
     topic_replication_factor: int = Field(
         default=1, ge=1, description="Replication factor of the app's declared topics it creates."
     )
@@ -348,7 +363,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
-SECRET_SETTINGS = frozenset({"sasl_password", "ssl_password"})
+SECRET_SETTINGS = frozenset({"sasl_password", "ssl_password", "postgres_dsn"})
 
 
 def describe_validation_error(exc: ValidationError) -> str:

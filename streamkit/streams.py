@@ -28,6 +28,7 @@ from streamkit.events import Event
 from streamkit.settings import ConfigError
 
 if TYPE_CHECKING:
+    from streamkit.sinks.base import Sink
     from streamkit.topics import Topic
 
 T = TypeVar("T")
@@ -132,12 +133,16 @@ class BranchOut(Node):
 
 @dataclass(eq=False)
 class SinkNode(Node):
-    """`stream.to(topic)`: each value to `topic`, with the key of its event."""
+    """`stream.to(topic)`: each value to `topic`, with the key of its event; or
+    `stream.to(sink)`: each value as a row of a sink beyond Kafka (`streamkit/sinks/`)."""
 
     topic: Topic | None = None
+    sink: Any = None
 
     @property
     def label(self) -> str:
+        if self.sink is not None:
+            return f"to({self.sink.label}, {self.sink.guarantee})"
         return f"to({self.topic.name if self.topic else '?'})"
 
 
@@ -157,7 +162,7 @@ class Declarer(Protocol):
 
     id: str
 
-    def sink(self, stream: Stream[Any], topic: Topic) -> None: ...
+    def sink(self, stream: Stream[Any], topic: Any) -> None: ...
 
     def check_state(self, items: Iterable[Any], where: str) -> None: ...
 
@@ -265,8 +270,9 @@ class Stream(Generic[T]):
         count = len(predicates) + (1 if default else 0)
         return tuple(self._then(BranchOut((node,), i)) for i in range(count))
 
-    def to(self, topic: Topic) -> None:
-        """Write each value to `topic` (keyed by its event's key, at its event's time)."""
+    def to(self, topic: Topic | Sink) -> None:
+        """Write each value to `topic` (keyed by its event's key, at its event's time), or
+        to a sink beyond Kafka (`sk.PostgresSink`, `sk.SqliteSink`, `sk.JsonLinesSink`)."""
         self.app.sink(self, topic)
 
     def with_state(self, *state: Any) -> Stream[T]:

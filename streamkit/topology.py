@@ -34,7 +34,10 @@ def _label(node: Node) -> str:
     if isinstance(node, ExchangeNode) and node.output is not None:
         return f"{node.label} => {node.output.name} ({_count(node.output)}, internal)"
     if isinstance(node, AgentNode) and node.agent is not None:
-        sinks = ", ".join(f"{t.name} ({_count(t)})" for t in node.agent.sinks)
+        sinks = ", ".join(
+            [f"{t.name} ({_count(t)})" for t in node.agent.sinks]
+            + [f"{s.label} ({s.guarantee})" for s in node.agent.row_sinks]
+        )
         return f"agent {node.agent.name}()" + (f" -> {sinks}" if sinks else "")
     if isinstance(node, SinkNode) and node.topic is not None:
         return f"to {node.topic.name} ({_count(node.topic)})"

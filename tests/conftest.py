@@ -93,3 +93,21 @@ def schema_registry(request: pytest.FixtureRequest) -> Iterator[str]:
         yield registry.url
     finally:
         registry.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL DSN: STREAMKIT_POSTGRES_DSN when set (`make test` starts a server and sets
+    it), else a server started here (streamkit/localpg.py) for the session and stopped at its
+    end."""
+    given = os.environ.get("STREAMKIT_POSTGRES_DSN")
+    if given:
+        yield given
+        return
+    from streamkit.localpg import start_postgres
+
+    server = start_postgres()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()

@@ -88,6 +88,7 @@ class Demo:
             "ECOM_HOP": str(cfg.hop_s),
             "ECOM_TOP": str(cfg.top),
             "ECOM_FRAUD": str(cfg.fraud),
+            "ECOM_SINK_DIR": str(logs / "sink"),
             "STREAMKIT_SESSION_TIMEOUT_MS": "6000",  # a killed worker's partitions move sooner
         }
         self.pipeline: Any = importlib.import_module("apps.ecommerce.pipeline")
@@ -151,6 +152,9 @@ class Demo:
             codes = self.stop_workers()
             await progress.stop()
             await out.stop()
+        dsn = os.environ.get("STREAMKIT_POSTGRES_DSN")
+        if dsn:
+            await out.read_postgres(dsn, p.PG_TABLE)
         return out, progress, codes
 
     async def watch(self, out: Outputs, progress: Progress, live: Live, interactive: bool) -> None:
@@ -309,7 +313,9 @@ def main() -> None:
         "run": f"{elapsed:.1f}s, {demo.status.to_send:,} records sent",
         "workers": ", ".join(demo.workers)
         + (f" ({', '.join(demo.killed)} killed with SIGKILL midway)" if demo.killed else ""),
-        "local sink": f"{out.sink_rows():,} rows in {out.sqlite_path} (and {out.jsonl_path.name})",
+        "local sink": f"{out.sink_rows():,} rows in {out.sqlite_path} (and JSON lines in "
+        f"{out.jsonl_dir}/), written by the pipeline's sinks"
+        + (f"; {out.postgres[0]:,} in PostgreSQL" if out.postgres else ""),
     }
     console.print(summary(out, truth, results, facts))
     ok = all(results.values())

@@ -3,19 +3,21 @@
 `Progress`: each stage's input partitions: end offsets vs the group's committed offsets
 (lag), and the committed offsets' growth per second (events/s per stage and partition).
 `Outputs`: a read_committed consumer of the output topics: sessions, trending, totals,
-dead letters, late events and the enriched events, which it also writes to the local sink
-(SQLite and JSON lines, files a person can open).
+dead letters, late events and the enriched events; and what the pipeline's own sinks wrote
+to the local sink (a SQLite table and JSON lines, files a person can open).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -23,6 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.graph import Stage
 from streamkit.runtime.dlq import describe
+from streamkit.sinks.jsonlines import committed_lines
 from streamkit.windows import merge_top
 
 
@@ -112,16 +115,9 @@ class Outputs:
         self.per_user: collections.Counter[str] = collections.Counter()
         self.enriched_ids: collections.Counter[str] = collections.Counter()
         self.enriched_ok = 0  # joined with a known product
-        sink_dir.mkdir(parents=True, exist_ok=True)
-        self.sqlite_path = sink_dir / "enriched.sqlite"
-        self.jsonl_path = sink_dir / "enriched.jsonl"
-        self._db = sqlite3.connect(self.sqlite_path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS enriched (id TEXT, user_id TEXT, kind TEXT, "
-            "product_id TEXT, name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, "
-            "ts REAL, partition INTEGER, offset INTEGER)"
-        )
-        self._jsonl = self.jsonl_path.open("ab")
+        self.sqlite_path = sink_dir / "enriched.sqlite"  # written by the pipeline's sinks
+        self.jsonl_dir = sink_dir / "enriched"
+        self.postgres: tuple[int, int] | None = None  # rows, distinct ids (with a server)
         self._consumer: Any = None
 
     async def start(self) -> None:
@@ -140,19 +136,17 @@ class Outputs:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-        self._jsonl.close()
 
     async def poll(self, timeout_ms: int = 200) -> int:
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
         n = 0
-        rows = []
         for tp, records in batch.items():
             role = self._role[tp.topic]
             for r in records:
                 n += 1
                 self.counts[role] += 1
                 if role == "enriched":
-                    rows.append(self._enriched(r))
+                    self._enriched(r)
                 elif role == "sessions":
                     v = orjson.loads(r.value)
                     acc = v["reduce"]
@@ -170,34 +164,14 @@ class Outputs:
                     self.alerts.append((v["key"], v["end"], v["count"]))
                 elif role == "dlq":
                     self.dead_reasons[describe(r.headers).get("streamkit.error.type", "?")] += 1
-        if rows:
-            self._db.executemany(
-                "INSERT INTO enriched VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            self._db.commit()
-            self._jsonl.flush()
         return n
 
-    def _enriched(self, r: Any) -> tuple[Any, ...]:
+    def _enriched(self, r: Any) -> None:
         v = orjson.loads(r.value)
         self.enriched_ids[v["id"]] += 1
         self.per_user[v["user_id"]] += 1
         if v["name"] != "?":
             self.enriched_ok += 1
-        self._jsonl.write(orjson.dumps(v) + b"\n")
-        return (
-            v["id"],
-            v["user_id"],
-            v["kind"],
-            v["product_id"],
-            v["name"],
-            v["category"],
-            v["price_cents"],
-            v.get("cents", 0),
-            v["ts"],
-            r.partition,
-            r.offset,
-        )
 
     def top_trending(self) -> tuple[tuple[int, int], list[list[Any]]] | None:
         """The busiest of the ten newest windows, with its overall top k (merged over the
@@ -215,4 +189,26 @@ class Outputs:
         return {w: merge_top(list(p.values()), self._top) for w, p in self.trending.items()}
 
     def sink_rows(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM enriched").fetchone()[0])
+        """Rows of the SQLite sink (0 before its first batch)."""
+        return self.sink_counts()[0]
+
+    def sink_counts(self) -> tuple[int, ...]:
+        """The local sink's rows and distinct event ids in the SQLite table, then its JSON
+        lines and their distinct ids (every task's file), then the PostgreSQL table's."""
+        rows = distinct = 0
+        if self.sqlite_path.exists():
+            with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
+                found = db.execute("SELECT count(*), count(DISTINCT id) FROM enriched").fetchone()
+                rows, distinct = int(found[0]), int(found[1])
+        ids = [orjson.loads(line)["id"] for line in committed_lines(self.jsonl_dir)]
+        return rows, distinct, len(ids), len(set(ids)), *(self.postgres or ())
+
+    async def read_postgres(self, dsn: str, table: str) -> None:
+        """The PostgreSQL sink's rows and distinct ids (after the workers stopped)."""
+        conn = await asyncpg.connect(dsn)
+        try:
+            found = await conn.fetchrow(f"SELECT count(*), count(DISTINCT id) FROM {table}")
+        finally:
+            await conn.close()
+        assert found is not None
+        self.postgres = int(found[0]), int(found[1])

@@ -3,6 +3,8 @@
     clicks (2) ─forward─▶ key_by user (4) ─┬─▶ sessions: session windows ─▶ sessions
                                            └─▶ rebalance (8): join the catalog (global table)
                                                ─▶ shuffle (3) ─┬─▶ enriched (a sink topic)
+                                                               ├─▶ the local sink: SQLite,
+                                                               │   JSON lines (PostgreSQL)
                                                                └─▶ key_by product (4): the
                                                co-partitioned catalog table, top-k per
                                                hopping window ─▶ trending
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -145,6 +148,42 @@ app.stream(bursts_out).filter(too_many).to(fraud_alerts)
 # the trending count keyed by product (co-partitioned with the catalog).
 logged = by_user.rebalance(partitions=8).map(join_catalog).shuffle(partitions=3, name="log")
 logged.to(enriched)
+
+# The local sink: the same events as rows of a SQLite table and as JSON lines, written by the
+# `log` stage itself, exactly once (rows and input offsets in one transaction, docs/sinks.md).
+SINK_DIR = Path(os.environ.get("ECOM_SINK_DIR", f"/tmp/streamkit-ecommerce-{RUN}/sink"))
+SINK_COLUMNS = [
+    "id", "user_id", "kind", "product_id", "name", "category", "price_cents", "cents", "ts",
+    "source_partition", "source_offset",
+]  # fmt: skip
+
+
+def sink_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An enriched event with where the sink stage read it (its repartition record)."""
+    at = sk.current_event()
+    return {**event, "source_partition": at.partition, "source_offset": at.offset}
+
+
+SINK_DDL = (
+    "CREATE TABLE IF NOT EXISTS {} (id TEXT, user_id TEXT, kind TEXT, product_id TEXT, "
+    "name TEXT, category TEXT, price_cents INTEGER, cents INTEGER, ts DOUBLE PRECISION, "
+    "source_partition INTEGER, source_offset INTEGER)"
+)
+sink_rows = logged.map(sink_row)
+sink_rows.to(
+    sk.SqliteSink(
+        SINK_DIR / "enriched.sqlite",
+        "enriched",
+        columns=SINK_COLUMNS,
+        create=SINK_DDL.format("enriched"),
+    )
+)
+# With a PostgreSQL server (`make demo` starts one, or STREAMKIT_POSTGRES_DSN names yours),
+# the same rows go to its table `enriched_{run}` too.
+PG_TABLE = f"enriched_{RUN}"
+if os.environ.get("STREAMKIT_POSTGRES_DSN"):
+    sink_rows.to(sk.PostgresSink(PG_TABLE, columns=SINK_COLUMNS, create=SINK_DDL.format(PG_TABLE)))
+logged.to(sk.JsonLinesSink(SINK_DIR / "enriched"))
 by_product = logged.key_by("product_id", partitions=CATALOG_PARTITIONS, name="by-product")
 
 

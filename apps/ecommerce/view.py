@@ -143,7 +143,10 @@ def checks(
         == truth.clicks_valid
         and dupes == 0
         and out.enriched_ok == truth.clicks_valid,
-        "local sink rows = enriched events": out.sink_rows() == truth.clicks_valid,
+        "sink rows = enriched events, each once (SQLite, JSON lines, PostgreSQL)": set(
+            out.sink_counts()
+        )
+        == {truth.clicks_valid},
         "trending top-k of every window = the oracle's": trending == truth.trending,
         "fraud alerts (user, minute, purchases) = the oracle's, each once": sorted(out.alerts)
         == truth.alerts,

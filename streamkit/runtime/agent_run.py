@@ -26,6 +26,7 @@ from streamkit.agents import Agent
 from streamkit.events import Event, Record
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
+from streamkit.runtime.sinks import TaskSinks
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
@@ -38,6 +39,7 @@ class BodyHost(Protocol):
 
     record: Any  # the raw record being processed
     collector: RecordCollector
+    sinks: TaskSinks | None
 
     @property
     def current(self) -> Event | None: ...
@@ -128,12 +130,15 @@ class Body:
         sinks = agent.sinks
         self._plain = [(s.name, s.value_codec.encode) for s in sinks]
         self._sinks = sinks
+        self._rows: list[Callable[[Any], None]] = []  # sinks beyond Kafka, bound at start
 
     def __repr__(self) -> str:
         return f"Body({self.agent.name}, {self.task!r})"
 
     async def start(self) -> None:
         """Make the body and run it up to its first request for a value."""
+        if self.agent.row_sinks and self.task.sinks is not None:
+            self._rows = [self.task.sinks.push(s) for s in self.agent.row_sinks]
         self._gen = self.agent.fn(AgentStream(self.task, self.agent))
         self.coro = self._pump() if self.is_generator else self._gen
         self.running = True
@@ -188,6 +193,8 @@ class Body:
         else:
             for name, encode in self._plain:
                 full |= append(name, None, None if out is None else encode(out))
+        for row in self._rows:  # sinks beyond Kafka: the value as a row
+            row(out.value if type(out) is Record else out)
         return full
 
 

@@ -5,7 +5,9 @@ At-least-once, every `commit_interval`, on revoke and on shutdown:
 1. Snapshot each task's committable offset (the offset after its last processed event) and
    take its tables' dirty keys. No await separates the two, so the snapshot is consistent.
 2. Append the dirty keys to their changelog partitions (the task's collector). Every output
-   of the snapshot's events is already in the collectors.
+   of the snapshot's events is already in the collectors. Sinks beyond Kafka write their
+   rows with the offsets they reach, each in one transaction of its destination
+   (`runtime/sinks.py`): a destination may get ahead of the group's offsets, never behind.
 3. Flush every task's collector: hand open batches to the producer and wait for the broker's
    acknowledgement of all of them. A delivery failure raises here and nothing is committed.
 4. Commit the snapshot's offsets to the consumer group.
@@ -27,6 +29,7 @@ from typing import Any
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import TopicPartition
 
+from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class Checkpointer:
                         offsets[itp] = offset
                 if task.state is not None and task.tables:
                     changes[tp] = task.state.snapshot(task.collector)
+            await flush_sinks(tasks)  # their refused rows' dead letters join the flush below
             # 3. flush outputs, dead letters and changelog records of every task
             written = await asyncio.gather(*(task.collector.flush() for task in tasks))
             # 4. commit the snapshot's offsets

@@ -11,7 +11,10 @@ partition a zombie could not be fenced.)
 The checkpoint, every `commit_interval`, on revoke and on shutdown:
 
 1. Pause: every running task stops at its next event boundary (the event in flight finishes;
-   no new event starts).
+   no new event starts). Sinks beyond Kafka then write their rows with the offsets they
+   reach, each in one transaction of its destination (`runtime/sinks.py`): a destination may
+   get ahead of the Kafka transaction, never behind; dead letters of rows it refused join
+   this one.
 2. Snapshot, per task, with no await in between: the offset after its last processed event,
    its tables' dirty keys appended to their changelog partitions, and its collector sealed
    (everything appended so far belongs to this transaction). Then every task resumes; what it
@@ -56,6 +59,7 @@ from streamkit.aiokafka_internals import (
 from streamkit.clients import make_producer
 from streamkit.runtime import faults
 from streamkit.runtime.collector import Sealed
+from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
 from streamkit.settings import Settings
 
@@ -181,6 +185,8 @@ class TransactionalCheckpointer:
             # 1. pause every task at an event boundary
             await asyncio.gather(*(task.pause() for task in tasks))
             try:
+                # sinks beyond Kafka: rows and these offsets in their destination first
+                await flush_sinks(tasks)
                 # 2. snapshot offsets and dirty state, seal each collector
                 snapshots = [self._snapshot(task) for task in tasks]
             finally:

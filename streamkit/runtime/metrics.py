@@ -53,6 +53,7 @@ class WorkerMetrics(Collector):
         self._closed_reads: Counter[tuple[str, str]] = Counter()
         self._closed_stage: Counter[str] = Counter()
         self._closed_sync: Counter[tuple[str, int, str]] = Counter()
+        self._closed_sinks: Counter[tuple[str, str]] = Counter()  # (sink, written|refused|...)
         self.lag: dict[TopicPartition, int] = {}
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
         self.activity = Activity(worker)  # the dashboard's view: busy time, histories
@@ -74,6 +75,9 @@ class WorkerMetrics(Collector):
             for name, part in task.tables.items():
                 self._closed_reads[(name, "memory")] += part.hits
                 self._closed_reads[(name, "store")] += part.misses
+            if task.sinks is not None:
+                for sink, what, n in task.sinks.counts():
+                    self._closed_sinks[(sink, what)] += n
 
     # -- read at scrape / status time ------------------------------------------------------------
 
@@ -101,6 +105,15 @@ class WorkerMetrics(Collector):
         counts = Counter(self._closed_sync)
         for task in self._live():
             counts.update(_sync_counts(task))
+        return counts
+
+    def sink_counts(self) -> Counter[tuple[str, str]]:
+        """(sink, written|refused|retries) → count, over closed and live tasks."""
+        counts = Counter(self._closed_sinks)
+        for task in self._live():
+            if task.sinks is not None:
+                for sink, what, n in task.sinks.counts():
+                    counts[(sink, what)] += n
         return counts
 
     def table_reads(self) -> Counter[tuple[str, str]]:
@@ -215,6 +228,23 @@ class WorkerMetrics(Collector):
         for (topic, p, outcome), n in sorted(self.table_sync().items()):
             sync.add_metric([topic, str(p), outcome], n)
         yield sync
+        sink_rows = CounterMetricFamily(
+            "streamkit_sink_rows",
+            "Rows a sink beyond Kafka committed (written) or its destination refused (refused).",
+            labels=["sink", "outcome"],
+        )
+        sink_retries = CounterMetricFamily(
+            "streamkit_sink_retries",
+            "Tries of a sink whose destination was unavailable.",
+            labels=["sink"],
+        )
+        for (sink, what), n in sorted(self.sink_counts().items()):
+            if what == "retries":
+                sink_retries.add_metric([sink], n)
+            else:
+                sink_rows.add_metric([sink, what], n)
+        yield sink_rows
+        yield sink_retries
         checkpointer = worker.checkpointer
         failures = CounterMetricFamily(
             "streamkit_commit_failures",

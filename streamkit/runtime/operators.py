@@ -18,6 +18,7 @@ from streamkit.graph import AgentNode, Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
+from streamkit.runtime.sinks import TaskSinks
 from streamkit.streams import (
     BranchNode,
     BranchOut,
@@ -41,6 +42,7 @@ class PassHost(Protocol):
     event_ts: int | None
     full: bool  # set when an append filled a batch
     collector: RecordCollector
+    sinks: TaskSinks | None
 
     def on_branch_error(self, exc: Exception) -> None: ...
 
@@ -156,6 +158,9 @@ class Compiler:
         return router.bind(self.task)
 
     def _sink(self, node: SinkNode) -> Push:
+        if node.sink is not None:  # beyond Kafka: rows for the task's sinks
+            assert self.task.sinks is not None
+            return self.task.sinks.push(node.sink)
         topic = node.topic
         assert topic is not None
         task = self.task

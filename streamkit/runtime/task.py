@@ -39,6 +39,7 @@ from streamkit.runtime.event_clock import fire_processing_timers, open_event_sta
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.operators import Compiler
 from streamkit.runtime.table_sync import TableSync
+from streamkit.runtime.sinks import TaskSinks
 from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
@@ -85,6 +86,7 @@ class Task:
         positions: dict[str, int] | None = None,
         clock: EventClock | None = None,
         sync_wait: float = 0.0,
+        sinks: Callable[[Task], TaskSinks] | None = None,
     ) -> None:
         self.stage = stage
         self.stage_name = stage.name
@@ -116,6 +118,7 @@ class Task:
         # offset after the last record every branch finished; None until one is (a task that
         # is still restoring has nothing to commit, and its store is not written)
         self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
+        self.done_offsets = self._done  # the same, live, for the sinks (runtime/sinks.py)
         self.record: Any = None  # the raw record being processed (ConsumerRecord)
         self._key: Any = None
         self._value: Any = None
@@ -131,6 +134,7 @@ class Task:
         self._idle = False  # blocked in `_wait`: between two records
         self.sync: TableSync | None = None  # holds records until followed tables caught up
         self._sync_wait = sync_wait
+        self.sinks = None if sinks is None else sinks(self)  # beyond Kafka (runtime/sinks.py)
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
@@ -315,6 +319,8 @@ class Task:
             self.tables = self.state.partitions
             self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
             self.sync = TableSync.of(self.tables, self._sync_wait)
+        if self.sinks is not None:
+            await self.sinks.open()
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -337,7 +343,7 @@ class Task:
         records, done = self._records, self._done
         agents = self.agents
         pending, single = agents.pending, agents.single
-        collector, clock, sync = self.collector, self.clock, self.sync
+        collector, clock, sync, sinks = self.collector, self.clock, self.sync, self.sinks
         while True:
             if not records or self._pausing:
                 await self._wait()
@@ -371,6 +377,8 @@ class Task:
                     await agents.feed()
             done[rec.topic] = rec.offset + 1
             self.record = self._event = None
+            if sinks is not None and sinks.mark():
+                await sinks.flush()  # a batch is due: the task waits for it (backpressure)
             if self.full:
                 self.full = False
                 await collector.submit_full()
@@ -511,4 +519,6 @@ class Task:
         """After the final checkpoint of this task: release its store."""
         if self.state is not None:
             self.state.close()
+        if self.sinks is not None:
+            self.sinks.close()
         self.tables = {}

@@ -19,6 +19,7 @@ from streamkit.eventtime import TimestampPolicy
 from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
+from streamkit.runtime.sinks import TaskSinks, stage_sinks
 from streamkit.runtime.task import Task
 from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
@@ -41,6 +42,9 @@ class TaskManager:
         self._reader = reader
         self._on_state_full = on_state_full
         self._stages_by_topic = {t.name: st for st in app.stages for t in st.topics}
+        for stage in app.stages:  # a sink that cannot run fails the start (ConfigError)
+            for sink in stage_sinks(stage):
+                sink.check(app.settings.postgres_dsn)
         self._partition_counts: dict[str, int] = {}
         self.tasks: dict[TopicPartition, Task] = {}  # by the task's name
         self.by_input: dict[TopicPartition, Task] = {}  # by each of its input partitions
@@ -138,6 +142,7 @@ class TaskManager:
                 },
                 clock=self._clock(stage, tp.partition),
                 sync_wait=settings.table_sync_max_wait,
+                sinks=self._sinks(stage, key),
             )
             self.tasks[key] = task
             for itp in task.inputs:
@@ -147,6 +152,26 @@ class TaskManager:
             assert runner is not None
             runner.add_done_callback(self._runner_done)
         log.info("assigned %s", _fmt(tps))
+
+    def _sinks(self, stage: Stage, key: TopicPartition) -> Callable[[Task], TaskSinks] | None:
+        """The sinks beyond Kafka of the stage (runtime/sinks.py), made for each task."""
+        declared = stage_sinks(stage)
+        if not declared:
+            return None
+        settings = self._app.settings
+
+        def make(task: Task) -> TaskSinks:
+            return TaskSinks(
+                task,
+                declared,
+                app_id=self._app.id,
+                task_name=f"{key.topic}-{key.partition}",
+                inputs=[tp.topic for tp in task.inputs],
+                postgres_dsn=settings.postgres_dsn,
+                retry_timeout=settings.sink_retry_timeout,
+            )
+
+        return make
 
     def _clock(self, stage: Stage, partition: int) -> EventClock | None:
         """Event time for stages that use it (or feed a stage that does)."""
