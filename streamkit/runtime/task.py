@@ -33,6 +33,7 @@ from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
 from streamkit.events import Event
 from streamkit.graph import Stage
 from streamkit.runtime.agent_run import Agents
+from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
@@ -42,6 +43,7 @@ from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
 from streamkit.state.task_tables import TaskTables
+from streamkit.streams import AsyncMapNode
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
@@ -143,6 +145,9 @@ class Task:
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
         self._idle = False  # blocked in `_wait`: between two records
+        self.calls: AsyncCalls | None = None  # map_async calls (async_map.py), when any
+        if any(isinstance(n, AsyncMapNode) for n in stage.nodes):
+            self.calls = AsyncCalls(self)
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
@@ -325,7 +330,9 @@ class Task:
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
-        compiler = Compiler(self, self.stage)
+        compiler = Compiler(self, self.stage, self.calls)
+        if self.calls is not None:
+            self.calls.bind(self._done)
         pushes = compiler.inputs()
         inputs = {
             t.name: _Input(
@@ -345,8 +352,9 @@ class Task:
         agents = self.agents
         pending = agents.pending
         collector, clock = self.collector, self.clock
+        calls = self.calls
         while True:
-            if not records or self._pausing:
+            if not records or self._pausing or (calls is not None and calls.blocked):
                 await self._wait()
                 continue
             rec = records.popleft()
@@ -362,7 +370,10 @@ class Task:
                         await agents.failed(body, exc)
                 else:
                     await agents.feed()
-            done[rec.topic] = rec.offset + 1
+            if calls is None:
+                done[rec.topic] = rec.offset + 1
+            else:  # map_async: the offset waits for its calls
+                calls.passed(rec)
             self.record = self._event = None
             if self.full:
                 self.full = False
@@ -370,10 +381,13 @@ class Task:
             if not self.events_in % BROADCAST_CHECK:
                 if self.timers:
                     fire_processing_timers(self.timers.values())
-                if clock is not None:
+                if clock is not None and not (calls is not None and calls.outstanding):
                     clock.broadcast(collector)
 
     async def _wait(self) -> None:
+        if self.calls is not None and self.calls.outstanding:
+            await self._wait_calls(self.calls)
+            return
         if self.status is not TaskState.RUNNING:
             raise _Closed
         if not self._pausing:
@@ -408,6 +422,27 @@ class Task:
             self._idle = False
         if self.status is not TaskState.RUNNING:
             raise _Closed
+
+    async def _wait_calls(self, calls: AsyncCalls) -> None:
+        """map_async calls are in flight: deliver those that finished, or wait for one (or for
+        records, when there is room). Pausing or closing, the task waits for all of them."""
+        if not calls.ready and not self._pausing:
+            await self.collector.submit()
+        if not calls.ready:
+            waiter = self._waiter = calls.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = calls.waiter = None
+        await calls.deliver()
+
+    def here(self) -> tuple[Any, Any, Any, int | None]:
+        """Where the pass is (record, key, value, event time): a map_async call resumes it."""
+        return self.record, self._key, self._value, self.event_ts
+
+    def back_to(self, here: tuple[Any, Any, Any, int | None]) -> None:
+        self.record, self._key, self._value, self.event_ts = here
+        self._event = None
 
     @property
     def idle(self) -> bool:

@@ -1,0 +1,287 @@
+"""map_async in one task: key-ordered async calls, with offsets and outputs as if sequential.
+
+A stage's pass (`operators.py`) reaches a `map_async` step synchronously: the step only notes
+a *job* (the value, its key, where the pass was) and returns. When the pass is over, the task
+hands the record's jobs here (`passed`): the record's offset is held back (`Frontier`) until
+each of its jobs has finished, and every job goes to its step's *lane*.
+
+A lane runs `concurrency` long-lived worker coroutines (no asyncio task per event). A job
+starts only when no earlier job of its key is in flight (`KeyGate`); a worker that finishes
+a job runs the next job of that key itself. An attempt that raises or outlives `timeout` is
+retried after a backoff; one that keeps failing becomes a `CallFailed`. A finished job waits
+in `finished` for the task's coroutine, which picks it up between two records (`deliver`):
+the pass resumes where the job left it (same record, key, value, event time), the operators
+after the step and the agents they feed run, and the record's slot counts one job less. A job
+of one key finishes after the job before it, so its key's outputs leave in offset order.
+
+Backpressure: the task takes no new record while `capacity` jobs are unfinished, or while
+finished ones wait to be delivered. Checkpoints: under exactly-once the task's `pause` drains
+every job first (the task stops taking records, delivers each job as it finishes, and parks
+only when none is left), so a checkpoint's offsets and outputs match as in sequential code.
+At-least-once commits `Frontier.committable`, never past an unfinished event. A task that
+closes delivers its jobs before its final checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+from streamkit.asyncmap import AsyncOptions
+from streamkit.runtime.agent_run import Agents
+from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.failures import FATAL
+from streamkit.runtime.frontier import Frontier, KeyGate, Slot
+from streamkit.streams import AsyncMapNode
+
+log = logging.getLogger(__name__)
+
+Push = Callable[[Any], None]
+NOWHERE: tuple[Any, Any, Any, int | None] = (None, None, None, None)
+
+
+class CallFailed(Exception):
+    """A map_async call that failed on every attempt: its event goes to the dead-letter topic."""
+
+
+class CallHost(Protocol):
+    """What the calls use of their task (`runtime/task.py`)."""
+
+    record: Any
+    full: bool
+    collector: RecordCollector
+    agents: Agents
+
+    def here(self) -> tuple[Any, Any, Any, int | None]: ...
+
+    def back_to(self, here: tuple[Any, Any, Any, int | None]) -> None: ...
+
+    def on_branch_error(self, exc: Exception, agent: str | None = None) -> None: ...
+
+
+class Job:
+    """One value on its way through one map_async step."""
+
+    __slots__ = ("here", "key", "lane", "ok", "out", "slot", "value")
+
+    def __init__(self, lane: Lane, key: Hashable, value: Any, here: tuple[Any, ...]) -> None:
+        self.lane = lane
+        self.key = key
+        self.value = value
+        self.here = here
+        self.slot: Slot | None = None
+        self.ok = False
+        self.out: Any = None  # the call's result, or its CallFailed
+
+
+class AsyncCalls:
+    """Every map_async step of one task, and the offsets they hold back."""
+
+    def __init__(self, task: CallHost) -> None:
+        self.task = task
+        self.frontier = Frontier()
+        self.lanes: list[Lane] = []
+        self.outstanding = 0  # jobs noted and not yet delivered
+        self.capacity = 1 << 30  # the smallest capacity of the lanes
+        self.waiter: asyncio.Future[None] | None = None  # the task waiting for a job to finish
+        self.finished: deque[Job] = deque()
+        self._fresh: list[Job] = []  # jobs of the pass (or delivery) going on
+        self._done: dict[str, int | None] = {}
+        self._crash: BaseException | None = None
+
+    def lane(self, node: AsyncMapNode, nxt: Push) -> Push:
+        """The push function of a map_async step whose result goes on to `nxt`."""
+        lane = Lane(self, node, nxt)
+        self.lanes.append(lane)
+        self.capacity = min(self.capacity, node.options.capacity)
+        return lane.push
+
+    def bind(self, done: dict[str, int | None]) -> None:
+        """Called in the task's coroutine: `done` is its committable offsets per input
+        topic; the lanes' workers end with the coroutine."""
+        self._done = done
+        runner = asyncio.current_task()
+        if runner is not None:
+            runner.add_done_callback(lambda _: self.cancel())
+
+    # -- the task's side -----------------------------------------------------------------------
+
+    @property
+    def blocked(self) -> bool:
+        """The task should deliver finished jobs (or wait for one) before taking a record."""
+        return bool(self.finished) or self.outstanding >= self.capacity or self._crash is not None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.finished) or self._crash is not None
+
+    def passed(self, rec: Any) -> None:
+        """The pass of `rec` is over: its jobs start, its offset waits for them."""
+        fresh = self._fresh
+        slot = self.frontier.taken(rec.topic, rec.offset, len(fresh))
+        if fresh:
+            self._fresh = []
+            for job in fresh:
+                job.slot = slot
+                job.lane.start(job)
+        self._done[rec.topic] = self.frontier.committable(rec.topic)
+
+    async def deliver(self) -> None:
+        """Resume the pass of every finished job, in the order they finished."""
+        task, finished = self.task, self.finished
+        agents = task.agents
+        while finished:
+            job = finished.popleft()
+            task.back_to(job.here)
+            if job.ok:
+                try:
+                    job.lane.nxt(job.out)
+                except FATAL:
+                    raise
+                except Exception as exc:
+                    task.on_branch_error(exc)
+            else:
+                task.on_branch_error(job.out)
+            if agents.pending:
+                await agents.feed()
+            slot = job.slot
+            assert slot is not None
+            fresh = self._fresh
+            if fresh:  # a map_async after this one: the event waits for those calls too
+                self._fresh = []
+                slot.pending += len(fresh)
+                for nxt in fresh:
+                    nxt.slot = slot
+                    nxt.lane.start(nxt)
+            slot.pending -= 1
+            self.outstanding -= 1
+            if not slot.pending:
+                self._done[slot.topic] = self.frontier.committable(slot.topic)
+            task.back_to(NOWHERE)
+            if task.full:
+                task.full = False
+                await task.collector.submit_full()
+        if self._crash is not None:
+            raise self._crash
+
+    # -- the lanes' side -----------------------------------------------------------------------
+
+    def note(self, job: Job) -> None:
+        self._fresh.append(job)
+        self.outstanding += 1
+
+    def done(self, job: Job) -> None:
+        self.finished.append(job)
+        self._wake()
+
+    def crashed(self, exc: BaseException) -> None:
+        if self._crash is None:
+            self._crash = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def cancel(self) -> None:
+        for lane in self.lanes:
+            lane.cancel()
+
+
+class Lane:
+    """One map_async step in one task: its workers and its key gate."""
+
+    def __init__(self, calls: AsyncCalls, node: AsyncMapNode, nxt: Push) -> None:
+        assert node.fn is not None
+        self.calls = calls
+        self.fn = node.fn
+        self.name = getattr(node.fn, "__name__", "map_async")
+        self.options: AsyncOptions = node.options
+        self.nxt = nxt
+        self.attempts = 0  # calls made, retries included
+        self.retries = 0
+        self.failures = 0  # events sent to the dead-letter topic
+        self._gate: KeyGate[Job] = KeyGate()
+        self._ready: deque[Job] = deque()
+        self._sleepers: list[asyncio.Future[Job]] = []
+        self._workers: list[asyncio.Task[None]] = []
+
+    def push(self, value: Any) -> None:
+        """The step, in the pass: note the job; it starts once the pass is over."""
+        task = self.calls.task
+        self.calls.note(Job(self, task.record.key, value, task.here()))
+
+    def start(self, job: Job) -> None:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"streamkit-map-async-{self.name}-{i}")
+                for i in range(self.options.concurrency)
+            ]
+        if self._gate.admit(job.key, job):
+            if self._sleepers:
+                self._sleepers.pop().set_result(job)
+            else:
+                self._ready.append(job)
+
+    def cancel(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self._ready:
+                    job: Job | None = self._ready.popleft()
+                else:
+                    sleeper = loop.create_future()
+                    self._sleepers.append(sleeper)
+                    job = await sleeper
+                while job is not None:
+                    await self._call(job)
+                    self.calls.done(job)
+                    job = self._gate.release(job.key)  # the next of its key: on this worker
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # FATAL, or the process is going down
+            self.calls.crashed(exc)
+
+    async def _call(self, job: Job) -> None:
+        """Call, retrying with backoff; the result or the last failure goes into `job`."""
+        options = self.options
+        delay = options.backoff
+        failure: BaseException | None = None
+        for attempt in range(options.retries + 1):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, options.max_backoff)
+            self.attempts += 1
+            try:
+                if options.timeout is None:
+                    job.out = await self.fn(job.value)
+                else:
+                    async with asyncio.timeout(options.timeout):
+                        job.out = await self.fn(job.value)
+            except FATAL:
+                raise
+            except Exception as exc:
+                failure = exc
+                continue
+            job.ok = True
+            return
+        self.failures += 1
+        job.out = CallFailed(
+            f"map_async({self.name}) failed {options.retries + 1} times, the last: "
+            + _describe(failure, options.timeout)
+        )
+
+
+def _describe(exc: BaseException | None, timeout: float | None) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"timed out after {timeout} s"
+    return f"{type(exc).__name__}: {exc}"
