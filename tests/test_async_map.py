@@ -265,3 +265,37 @@ def test_bad_declarations_are_refused_with_what_to_change() -> None:
     stream.map_async(fine).with_state(minute).to(app.topic("out"))
     with pytest.raises(ConfigError, match="key_by the results of map_async before windowing"):
         assert app.stages
+
+
+async def test_an_offset_waits_for_every_event_before_it() -> None:
+    app = sk.App("am-frontier")
+    src, out = app.topic("src", partitions=1), app.topic("out", partitions=1)
+    gate = asyncio.Event()
+
+    async def slow_first(value: dict[str, Any]) -> dict[str, Any]:
+        if value["i"] == 1:
+            await gate.wait()
+        return value
+
+    app.stream(src).map_async(slow_first, concurrency=4).to(out)
+    async with AsyncTestDriver(app) as driver:
+        sending = asyncio.create_task(
+            driver.send_many(src, [sk.Record({"i": i}, key=f"k{i}") for i in range(6)])
+        )
+        [task] = [t for t in driver._tasks() if t.stage.source.name == "src"]
+
+        def delivered() -> list[int]:
+            return sorted(v["i"] for v in driver.read_values(out))
+
+        seen: list[int] = []
+        for _ in range(2000):  # the others finish while event 1 waits
+            seen += delivered()
+            if len(seen) == 5:
+                break
+            await asyncio.sleep(0.001)
+        assert seen == [0, 2, 3, 4, 5]
+        assert list(task.offsets().values()) == [1]  # not past the unfinished event 1
+        gate.set()
+        await sending
+        assert driver.read_values(out) == [{"i": 1}]
+        assert list(task.offsets().values()) == [6]
