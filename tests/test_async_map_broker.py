@@ -18,6 +18,7 @@ from tests.kafkahelp import (
     read_all,
     wait_until,
 )
+from tests.test_bench_smoke import run_bench
 
 EVENTS = 3000
 KEYS = 37
@@ -83,3 +84,10 @@ async def test_kill_9_with_calls_in_flight_loses_and_repeats_nothing(
     }
     kept = {v["i"] for v in values if str(v["pid"]) == victim_pid}
     assert len(pids) == 2 and started - kept, "no call was in flight at the kill"
+
+
+def test_async_io_benchmark_smoke_run() -> None:
+    """bench/async_io.py at tiny N (concurrency 1 and 8), its exactly-once check included."""
+    out = run_bench("bench.async_io", "--smoke")
+    assert "| 1 | 40 |" in out and "| 8 | 160 |" in out
+    assert out.count("| yes |") == 2, out

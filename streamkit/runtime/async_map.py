@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Push = Callable[[Any], None]
 NOWHERE: tuple[Any, Any, Any, int | None] = (None, None, None, None)
+SUBMIT_AFTER = 0.005  # seconds delivered outputs may wait for more before they are submitted
 
 
 class CallFailed(Exception):
@@ -91,6 +92,7 @@ class AsyncCalls:
         self._fresh: list[Job] = []  # jobs of the pass (or delivery) going on
         self._done: dict[str, int | None] = {}
         self._crash: BaseException | None = None
+        self._unsent_since: float | None = None  # when the oldest unsubmitted delivery was
 
     def lane(self, node: AsyncMapNode, nxt: Push) -> Push:
         """The push function of a map_async step whose result goes on to `nxt`."""
@@ -118,6 +120,17 @@ class AsyncCalls:
     def ready(self) -> bool:
         return bool(self.finished) or self._crash is not None
 
+    def linger(self) -> float | None:
+        """Seconds until the outputs delivered so far should be submitted (None: there are
+        none): one submit for many deliveries, not one small batch each."""
+        since = self._unsent_since
+        if since is None:
+            return None
+        return max(0.0, since + SUBMIT_AFTER - asyncio.get_running_loop().time())
+
+    def submitted(self) -> None:
+        self._unsent_since = None
+
     def passed(self, rec: Any) -> None:
         """The pass of `rec` is over: its jobs start, its offset waits for them."""
         fresh = self._fresh
@@ -133,6 +146,8 @@ class AsyncCalls:
         """Resume the pass of every finished job, in the order they finished."""
         task, finished = self.task, self.finished
         agents = task.agents
+        if finished and self._unsent_since is None:
+            self._unsent_since = asyncio.get_running_loop().time()
         while finished:
             job = finished.popleft()
             task.back_to(job.here)

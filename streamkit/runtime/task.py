@@ -425,13 +425,19 @@ class Task:
 
     async def _wait_calls(self, calls: AsyncCalls) -> None:
         """map_async calls are in flight: deliver those that finished, or wait for one (or for
-        records, when there is room). Pausing or closing, the task waits for all of them."""
-        if not calls.ready and not self._pausing:
-            await self.collector.submit()
+        records, when there is room). Pausing or closing, the task waits for all of them.
+        Outputs delivered meanwhile are submitted once they have waited `SUBMIT_AFTER`."""
         if not calls.ready:
             waiter = self._waiter = calls.waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
+                linger = None if self._pausing else calls.linger()
+                if linger is None:
+                    await waiter
+                else:
+                    await asyncio.wait((waiter,), timeout=linger)
+                    if not waiter.done():
+                        calls.submitted()
+                        await self.collector.submit()
             finally:
                 self._waiter = calls.waiter = None
         await calls.deliver()
