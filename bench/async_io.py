@@ -280,6 +280,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for concurrency, n in zip(args.concurrency, args.events, strict=True):
                 row = await one_run(cluster, url, concurrency, n, args)
                 row["client_alone_per_s"] = await client_alone(url, concurrency, n)
+                row["load_average"] = os.getloadavg()[0]  # the machine is shared: say how much
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
@@ -296,15 +297,16 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         "",
         "| concurrency | events | seconds | events/s | vs concurrency "
-        f"{rows[0]['concurrency'] if rows else 1} | exact | the HTTP client alone, events/s |",
-        "|--:|--:|--:|--:|--:|---|--:|",
+        f"{rows[0]['concurrency'] if rows else 1} | exact | the HTTP client alone, events/s "
+        "| load average |",
+        "|--:|--:|--:|--:|--:|---|--:|--:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['concurrency']} | {r['events']:,} | {r['seconds']:.1f} "
             f"| {r['events_per_s']:,.0f} | {r['events_per_s'] / base:.1f}x "
             f"| {'yes' if r['exact'] else 'NO: ' + r['problem']} "
-            f"| {r['client_alone_per_s']:,.0f} |"
+            f"| {r['client_alone_per_s']:,.0f} | {r['load_average']:.1f} |"
         )
     return "\n".join(lines)
 

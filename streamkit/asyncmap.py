@@ -20,10 +20,10 @@ class AsyncOptions:
 
     concurrency: int = 8  # calls in flight at once, per task
     capacity: int = 0  # events taken but unfinished before the task stops taking records
-    timeout: float | None = 10.0  # seconds per attempt (None: no limit)
+    timeout: float | None = 5.0  # seconds per attempt (None: no limit)
     retries: int = 3  # attempts after the first
     backoff: float = 0.1  # seconds before the first retry, doubled each time
-    max_backoff: float = 5.0
+    max_backoff: float = 2.0
 
 
 def async_function(fn: Any) -> Callable[[Any], Awaitable[Any]]:
@@ -71,6 +71,18 @@ def async_options(
     _seconds("backoff", backoff, positive=False)
     _seconds("max_backoff", max_backoff, positive=False)
     return AsyncOptions(concurrency, capacity, timeout, retries, backoff, max(backoff, max_backoff))
+
+
+def worst_case(options: AsyncOptions) -> float | None:
+    """Seconds one event can spend in its calls (every attempt timing out), None: no bound.
+    A task that closes waits that long for its calls (`shutdown_timeout` should cover it)."""
+    if options.timeout is None:
+        return None
+    waits, delay = 0.0, options.backoff
+    for _ in range(options.retries):
+        waits += delay
+        delay = min(2 * delay, options.max_backoff)
+    return options.timeout * (options.retries + 1) + waits
 
 
 def _whole(name: str, value: Any, least: int) -> None:

@@ -212,10 +212,10 @@ class Stream(Generic[T]):
         *,
         concurrency: int = 8,
         capacity: int | None = None,
-        timeout: float | None = 10.0,
+        timeout: float | None = 5.0,
         retries: int = 3,
         backoff: float = 0.1,
-        max_backoff: float = 5.0,
+        max_backoff: float = 2.0,
     ) -> Stream[U]:
         """A stream of `await fn(value)`, up to `concurrency` calls in flight per task; events
         of one key are called and delivered in their order, and an offset is committed only

@@ -16,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamkit as sk
+from streamkit.asyncmap import worst_case
+from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.frontier import Frontier, KeyGate
 from streamkit.settings import ConfigError
+from streamkit.streams import AsyncMapNode
 from streamkit.testing import AsyncTestDriver
 
 # -- the frontier and the gate ------------------------------------------------------------------
@@ -299,3 +302,28 @@ async def test_an_offset_waits_for_every_event_before_it() -> None:
         await sending
         assert driver.read_values(out) == [{"i": 1}]
         assert list(task.offsets().values()) == [6]
+
+
+def test_under_exactly_once_a_step_must_finish_within_the_shutdown_timeout() -> None:
+    async def call(value: Any) -> Any:
+        return value
+
+    def app_with(**step: Any) -> sk.App:
+        app = sk.App("am-budget", processing_guarantee="exactly_once", shutdown_timeout=30)
+        app.stream(app.topic("src")).map_async(call, **step).to(app.topic("out"))
+        return app
+
+    fine = app_with()  # 4 attempts of 5 s, backoff 0.1 + 0.2 + 0.4 s
+    [step] = [n for n in fine.stages[0].nodes if isinstance(n, AsyncMapNode)]
+    assert worst_case(step.options) == pytest.approx(20.7)
+    check_call_budget(fine.stages, fine.settings)
+    slow, endless = app_with(timeout=10), app_with(timeout=None)
+    with pytest.raises(ConfigError, match=r"may take 40.7 s per event \(4 attempts of 10 s"):
+        check_call_budget(slow.stages, slow.settings)
+    with pytest.raises(ConfigError, match="has no timeout, not within shutdown_timeout"):
+        check_call_budget(endless.stages, endless.settings)
+    at_least_once = sk.App("am-budget-alo")
+    at_least_once.stream(at_least_once.topic("src")).map_async(call, timeout=None).to(
+        at_least_once.topic("out")
+    )
+    check_call_budget(at_least_once.stages, at_least_once.settings)  # replays are allowed

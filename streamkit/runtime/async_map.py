@@ -28,14 +28,18 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from streamkit.asyncmap import AsyncOptions
+from streamkit.asyncmap import AsyncOptions, worst_case
 from streamkit.runtime.agent_run import Agents
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.frontier import Frontier, KeyGate, Slot
+from streamkit.settings import ConfigError, Settings
 from streamkit.streams import AsyncMapNode
+
+if TYPE_CHECKING:
+    from streamkit.graph import Stage
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +298,34 @@ class Lane:
             f"map_async({self.name}) failed {options.retries + 1} times, the last: "
             + _describe(failure, options.timeout)
         )
+
+
+def check_call_budget(stages: list[Stage], settings: Settings) -> None:
+    """At worker start, under exactly-once: a task that closes (rebalance, shutdown) waits for
+    its calls before its final checkpoint, for at most `shutdown_timeout`; a step whose calls
+    may take longer is refused (cut short, the checkpoint would commit outputs of events whose
+    offsets it does not commit)."""
+    if settings.processing_guarantee != "exactly_once":
+        return
+    for stage in stages:
+        for node in stage.nodes:
+            if not isinstance(node, AsyncMapNode):
+                continue
+            worst, opts = worst_case(node.options), node.options
+            if worst is not None and worst < settings.shutdown_timeout:
+                continue
+            spent = (
+                "has no timeout"
+                if worst is None
+                else f"may take {worst:.1f} s per event ({opts.retries + 1} attempts of "
+                f"{opts.timeout:g} s, and the backoff)"
+            )
+            raise ConfigError(
+                f"stage {stage.name}: {node.label} {spent}, not within shutdown_timeout "
+                f"({settings.shutdown_timeout:g} s): under exactly-once a closing task waits "
+                "for its calls. Give map_async a smaller timeout= or retries=, or raise "
+                "STREAMKIT_SHUTDOWN_TIMEOUT"
+            )
 
 
 def _describe(exc: BaseException | None, timeout: float | None) -> str:

@@ -31,6 +31,7 @@ from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
+from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
     ProducerSet,
@@ -120,6 +121,7 @@ class Worker:
 
     async def _start(self) -> None:
         app, settings = self.app, self.settings
+        check_call_budget(app.stages, settings)  # map_async under exactly-once
         await ensure_app_topics(app, client_id=self.client_id)
         # global tables are loaded before the group is joined: no agent sees them half-read
         self.global_tables = GlobalTables(
