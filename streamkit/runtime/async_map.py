@@ -218,7 +218,7 @@ class Lane:
         assert node.fn is not None
         self.calls = calls
         self.fn = node.fn
-        self.name = getattr(node.fn, "__name__", "map_async")
+        self.name = getattr(node.fn, "__name__", type(node.fn).__name__)
         self.options: AsyncOptions = node.options
         self.nxt = nxt
         self.attempts = 0  # calls made, retries included
