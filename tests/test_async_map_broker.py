@@ -4,18 +4,23 @@ offsets (read_committed), holds every event exactly once and each key in order."
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+import streamkit as sk
+from streamkit.runtime.dlq import describe
 from tests.kafkahelp import (
     WorkerProcess,
     committed,
     create_topic,
     produce,
     read_all,
+    running,
     wait_until,
 )
 from tests.test_bench_smoke import run_bench
@@ -84,6 +89,65 @@ async def test_kill_9_with_calls_in_flight_loses_and_repeats_nothing(
     }
     kept = {v["i"] for v in values if str(v["pid"]) == victim_pid}
     assert len(pids) == 2 and started - kept, "no call was in flight at the kill"
+
+
+def lookup_app(uid: str, workdir: Path) -> sk.App:
+    app = sk.App(
+        f"amstop-{uid}", processing_guarantee="exactly_once", commit_interval=0.2, workdir=workdir
+    )
+    src, out = app.topic(f"amstop-in-{uid}", partitions=2), app.topic(f"amstop-out-{uid}")
+
+    async def lookup(value: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.02)
+        if value["i"] % 50 == 7:
+            raise LookupError(f"no customer for order {value['i']}")
+        return {**value, "ok": True}
+
+    app.stream(src).map_async(lookup, concurrency=8, timeout=1, retries=1, backoff=0.01).to(out)
+    return app
+
+
+async def test_a_stop_with_calls_in_flight_and_calls_that_keep_failing(
+    uid: str, tmp_path: Path
+) -> None:
+    """A graceful stop delivers the calls in flight before the final checkpoint; the next run
+    goes on from there; failing calls become dead letters, once each."""
+    n = 400
+    await create_topic(f"amstop-in-{uid}", 2)
+    keys = [f"c{i % 29}" for i in range(n)]
+    await produce(
+        f"amstop-in-{uid}",
+        [orjson.dumps({"i": i}) for i in range(n)],
+        keys=[k.encode() for k in keys],
+    )
+    in_flight = 0
+    async with running(lookup_app(uid, tmp_path / "state")) as first:
+
+        async def some_done() -> bool:
+            return sum((await committed(f"amstop-{uid}", f"amstop-in-{uid}")).values()) >= 60
+
+        await wait_until(some_done, within=60, what="some offsets committed")
+        assert first.tasks is not None
+        in_flight = sum(t.calls.outstanding for t in first.tasks.tasks.values() if t.calls)
+    assert in_flight, "no call was in flight at the stop"
+    stopped_at = sum((await committed(f"amstop-{uid}", f"amstop-in-{uid}")).values())
+    assert stopped_at < n
+    async with running(lookup_app(uid, tmp_path / "state")):
+
+        async def all_done() -> bool:
+            return sum((await committed(f"amstop-{uid}", f"amstop-in-{uid}")).values()) == n
+
+        await wait_until(all_done, within=60, what="every offset committed")
+    outputs = [orjson.loads(r.value) for r in await read_all(f"amstop-out-{uid}")]
+    assert sorted(v["i"] for v in outputs) == [i for i in range(n) if i % 50 != 7]
+    dead_records = await read_all(f"amstop-{uid}-dlq")
+    assert sorted(orjson.loads(r.value)["i"] for r in dead_records) == list(range(7, n, 50))
+    dead = [describe(r.headers) for r in dead_records]
+    assert {d["streamkit.error.type"] for d in dead} == {"CallFailed"}
+    assert all(
+        d["streamkit.error"].startswith("map_async(lookup) failed 2 times, the last: LookupError")
+        for d in dead
+    )
 
 
 def test_async_io_benchmark_smoke_run() -> None:
