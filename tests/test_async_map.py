@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import streamkit as sk
 from streamkit.asyncmap import worst_case
+from streamkit.eventtime import read_control
 from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.frontier import Frontier, KeyGate
 from streamkit.settings import ConfigError
@@ -94,6 +95,8 @@ def test_the_gate_runs_one_call_per_key_in_order_and_loses_none(
         assert mine == sorted(mine), f"key {key} out of order"
     assert gate.keys_in_flight == 0
 
+
+T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 # -- the real tasks in the kit ------------------------------------------------------------------
 
@@ -327,3 +330,45 @@ def test_under_exactly_once_a_step_must_finish_within_the_shutdown_timeout() -> 
         at_least_once.topic("out")
     )
     check_call_budget(at_least_once.stages, at_least_once.settings)  # replays are allowed
+
+
+async def test_the_watermark_leaves_behind_the_events_whose_calls_are_done() -> None:
+    """Under a steady flow (calls always in flight) the stage still tells the next one its
+    watermark now and then, and never before every event up to it has gone out."""
+    app = sk.App("am-wm")
+    src = app.topic("src", partitions=1, timestamp="ts")
+    counts = app.window("per-minute", sk.tumbling(60), sk.count(), output=app.topic("counts"))
+    holder: dict[str, AsyncTestDriver] = {}
+
+    async def call(value: dict[str, Any]) -> dict[str, Any]:
+        holder["driver"].clock.advance(0.001)  # processing time moves while calls run
+        await asyncio.sleep(0)
+        return value
+
+    steps = app.stream(src).map_async(call, concurrency=4).key_by("k", name="k")
+
+    @app.agent(steps, state=[counts])
+    async def count(stream: sk.Stream[dict[str, Any]]) -> None:
+        async for value in stream:
+            counts.add(value["k"])
+
+    n = 3000
+    async with AsyncTestDriver(app) as driver:
+        holder["driver"] = driver
+        await driver.send_many(
+            src,
+            [sk.Record({"k": f"k{i % 5}", "ts": T0 + i / 10}, key=f"k{i % 5}") for i in range(n)],
+        )
+        hop = driver.log.written("am-wm-k-repartition")
+    marks: list[tuple[int, int]] = []  # (data records written before, watermark)
+    data = 0
+    for r in hop:
+        control = read_control(r.headers)
+        if control is None:
+            data += 1
+        else:
+            marks.append((data, control[1]))
+    mid_stream = [(before, w) for before, w in marks if 0 < before < n]
+    assert len(mid_stream) >= 2, marks  # sent while calls were in flight, not only at the end
+    for before, watermark in marks:  # every event at or before the watermark went out first
+        assert before >= sum(1 for i in range(n) if (T0 + i / 10) * 1000 <= watermark)

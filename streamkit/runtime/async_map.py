@@ -15,11 +15,13 @@ after the step and the agents they feed run, and the record's slot counts one jo
 of one key finishes after the job before it, so its key's outputs leave in offset order.
 
 Backpressure: the task takes no new record while `capacity` jobs are unfinished, or while
-finished ones wait to be delivered. Checkpoints: under exactly-once the task's `pause` drains
-every job first (the task stops taking records, delivers each job as it finishes, and parks
-only when none is left), so a checkpoint's offsets and outputs match as in sequential code.
-At-least-once commits `Frontier.committable`, never past an unfinished event. A task that
-closes delivers its jobs before its final checkpoint.
+finished ones wait to be delivered. Watermarks: the task's periodic watermark for the next
+stage waits until no job is in flight (`broadcast`), the task taking no record meanwhile.
+Checkpoints: under exactly-once the task's `pause` drains every job first (the task stops
+taking records, delivers each job as it finishes, and parks only when none is left), so a
+checkpoint's offsets and outputs match as in sequential code. At-least-once commits
+`Frontier.committable`, never past an unfinished event. A task that closes delivers its
+jobs before its final checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from streamkit.streams import AsyncMapNode
 
 if TYPE_CHECKING:
     from streamkit.graph import Stage
+    from streamkit.runtime.event_clock import EventClock
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,8 @@ class AsyncCalls:
         self._fresh: list[Job] = []  # jobs of the pass (or delivery) going on
         self._done: dict[str, int | None] = {}
         self._crash: BaseException | None = None
+        self._held: EventClock | None = None  # a watermark to send once no call is in flight
+        self._hold = False  # take no record: crashed, or holding a watermark
         self._unsent_since: float | None = None  # when the oldest unsubmitted delivery was
 
     def lane(self, node: AsyncMapNode, nxt: Push) -> Push:
@@ -118,7 +123,7 @@ class AsyncCalls:
     @property
     def blocked(self) -> bool:
         """The task should deliver finished jobs (or wait for one) before taking a record."""
-        return bool(self.finished) or self.outstanding >= self.capacity or self._crash is not None
+        return self._hold or bool(self.finished) or self.outstanding >= self.capacity
 
     @property
     def ready(self) -> bool:
@@ -177,6 +182,10 @@ class AsyncCalls:
                     nxt.lane.start(nxt)
             slot.pending -= 1
             self.outstanding -= 1
+            if not self.outstanding and self._held is not None:
+                self._held.broadcast(task.collector)
+                self._held = None
+                self._hold = self._crash is not None
             if not slot.pending:
                 self._done[slot.topic] = self.frontier.committable(slot.topic)
             task.back_to(NOWHERE)
@@ -199,7 +208,18 @@ class AsyncCalls:
     def crashed(self, exc: BaseException) -> None:
         if self._crash is None:
             self._crash = exc
+        self._hold = True
         self._wake()
+
+    def broadcast(self, clock: EventClock) -> None:
+        """Tell the next stage the watermark, but never ahead of an event whose calls are in
+        flight: at once when none is, else once they are done (the task takes no record
+        meanwhile, so that happens, even under a steady flow)."""
+        if not self.outstanding:
+            clock.broadcast(self.task.collector)
+        else:
+            self._held = clock
+            self._hold = True
 
     def _wake(self) -> None:
         waiter = self.waiter

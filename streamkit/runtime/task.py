@@ -381,8 +381,11 @@ class Task:
             if not self.events_in % BROADCAST_CHECK:
                 if self.timers:
                     fire_processing_timers(self.timers.values())
-                if clock is not None and not (calls is not None and calls.outstanding):
-                    clock.broadcast(collector)
+                if clock is not None:
+                    if calls is None:
+                        clock.broadcast(collector)
+                    else:  # never ahead of events whose calls are in flight
+                        calls.broadcast(clock)
 
     async def _wait(self) -> None:
         if self.calls is not None and self.calls.outstanding:
