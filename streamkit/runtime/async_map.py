@@ -27,7 +27,6 @@ jobs before its final checkpoint.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,8 +42,6 @@ from streamkit.streams import AsyncMapNode
 if TYPE_CHECKING:
     from streamkit.graph import Stage
     from streamkit.runtime.event_clock import EventClock
-
-log = logging.getLogger(__name__)
 
 Push = Callable[[Any], None]
 NOWHERE: tuple[Any, Any, Any, int | None] = (None, None, None, None)
