@@ -59,12 +59,12 @@ def async_options(
     _whole("concurrency", concurrency, 1)
     _whole("retries", retries, 0)
     if capacity is None:
-        capacity = 4 * concurrency
+        capacity = 2 * concurrency
     _whole("capacity", capacity, 1)
     if capacity < concurrency:
         raise ConfigError(
             f"map_async: capacity ({capacity}) below concurrency ({concurrency}) leaves calls "
-            "unused: give capacity >= concurrency (or leave it out: 4 x concurrency)"
+            "unused: give capacity >= concurrency (or leave it out: 2 x concurrency)"
         )
     if timeout is not None:
         _seconds("timeout", timeout, positive=True)

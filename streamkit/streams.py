@@ -222,7 +222,7 @@ class Stream(Generic[T]):
         once every event before it has finished. An attempt that raises or outlives `timeout`
         seconds is tried again `retries` times (after `backoff` seconds, doubled each time up to
         `max_backoff`), then the event goes to the dead-letter topic. The task takes no new
-        record while `capacity` events (default 4 x concurrency) are unfinished. See
+        record while `capacity` events (default 2 x concurrency) are unfinished. See
         docs/async-io.md."""
         options = async_options(
             concurrency=concurrency,
