@@ -59,6 +59,8 @@ class CallHost(Protocol):
     full: bool
     collector: RecordCollector
     agents: Agents
+    _waiter: asyncio.Future[None] | None  # what the task awaits: new records, close... resolve it
+    _pausing: bool  # a checkpoint asked the task to stop taking records
 
     def here(self) -> tuple[Any, Any, Any, int | None]: ...
 
@@ -134,8 +136,25 @@ class AsyncCalls:
             return None
         return max(0.0, since + SUBMIT_AFTER - asyncio.get_running_loop().time())
 
-    def submitted(self) -> None:
-        self._unsent_since = None
+    async def wait(self, task: CallHost) -> None:
+        """Calls are in flight and the task takes no record: deliver those that finished, or
+        wait for one (or for records, when there is room). Pausing or closing, the task comes
+        back here until none is left. Outputs delivered meanwhile are submitted once they have
+        waited `SUBMIT_AFTER`."""
+        if not self.ready:
+            waiter = task._waiter = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                linger = None if task._pausing else self.linger()
+                if linger is None:
+                    await waiter
+                else:
+                    await asyncio.wait((waiter,), timeout=linger)
+                    if not waiter.done():
+                        self._unsent_since = None
+                        await task.collector.submit()
+            finally:
+                task._waiter = self.waiter = None
+        await self.deliver()
 
     def passed(self, rec: Any) -> None:
         """The pass of `rec` is over: its jobs start, its offset waits for them."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +31,14 @@ from streamkit.agents import Agent
 from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
 from streamkit.events import Event
 from streamkit.graph import Stage
-from streamkit.runtime.agent_run import Agents
+from streamkit.runtime.agent_run import NEED, Agents
 from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.operators import Compiler
+from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
@@ -55,23 +55,6 @@ BROADCAST_CHECK = 1024  # records between two looks at the watermark and process
 log = logging.getLogger(__name__)
 
 __all__ = ["AgentStopped", "Task", "TaskState"]
-
-
-class TaskState(enum.Enum):
-    CREATED = "created"
-    RESTORING = "restoring"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_ALLOWED = {
-    TaskState.CREATED: {TaskState.RESTORING, TaskState.CLOSED},
-    TaskState.RESTORING: {TaskState.RUNNING, TaskState.CLOSING, TaskState.CLOSED},
-    TaskState.RUNNING: {TaskState.CLOSING, TaskState.CLOSED},
-    TaskState.CLOSING: {TaskState.CLOSED},
-    TaskState.CLOSED: set(),
-}
 
 
 class _Closed(Exception):
@@ -145,15 +128,14 @@ class Task:
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
         self._idle = False  # blocked in `_wait`: between two records
-        self.calls: AsyncCalls | None = None  # map_async calls (async_map.py), when any
-        if any(isinstance(n, AsyncMapNode) for n in stage.nodes):
-            self.calls = AsyncCalls(self)
+        async_steps = any(isinstance(n, AsyncMapNode) for n in stage.nodes)
+        self.calls = AsyncCalls(self) if async_steps else None  # map_async (async_map.py)
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
 
     def _set_status(self, new: TaskState) -> None:
-        if new not in _ALLOWED[self.status]:
+        if new not in ALLOWED[self.status]:
             raise RuntimeError(f"{self!r}: illegal transition to {new.value}")
         self.status = new
 
@@ -350,7 +332,7 @@ class Task:
     async def _loop(self, inputs: dict[str, _Input]) -> None:
         records, done = self._records, self._done
         agents = self.agents
-        pending = agents.pending
+        pending, single = agents.pending, agents.single
         collector, clock = self.collector, self.clock
         calls = self.calls
         while True:
@@ -360,14 +342,25 @@ class Task:
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
-                if len(pending) == 1 and pending[0][0].running:  # the common case, inline
-                    body, value = pending.pop()
+                if single is not None and len(pending) == 1 and single.running:
+                    # the common case, inline: one agent, one value, a body that only computes
                     try:
-                        await body.feed(value)
+                        awaited = single.coro.send(pending.pop())
+                    except StopIteration:
+                        single.running = False  # it returned: `feed` restarts it next time
                     except FATAL:
                         raise
                     except Exception as exc:
-                        await agents.failed(body, exc)
+                        single.running = False
+                        await agents.failed(single, exc)
+                    else:
+                        if awaited is not NEED:  # a real await of the body's: the loop's
+                            try:
+                                await single.carry(awaited)
+                            except FATAL:
+                                raise
+                            except Exception as exc:
+                                await agents.failed(single, exc)
                 else:
                     await agents.feed()
             if calls is None:
@@ -389,7 +382,7 @@ class Task:
 
     async def _wait(self) -> None:
         if self.calls is not None and self.calls.outstanding:
-            await self._wait_calls(self.calls)
+            await self.calls.wait(self)  # map_async calls in flight (async_map.py)
             return
         if self.status is not TaskState.RUNNING:
             raise _Closed
@@ -425,25 +418,6 @@ class Task:
             self._idle = False
         if self.status is not TaskState.RUNNING:
             raise _Closed
-
-    async def _wait_calls(self, calls: AsyncCalls) -> None:
-        """map_async calls are in flight: deliver those that finished, or wait for one (or for
-        records, when there is room). Pausing or closing, the task waits for all of them.
-        Outputs delivered meanwhile are submitted once they have waited `SUBMIT_AFTER`."""
-        if not calls.ready:
-            waiter = self._waiter = calls.waiter = asyncio.get_running_loop().create_future()
-            try:
-                linger = None if self._pausing else calls.linger()
-                if linger is None:
-                    await waiter
-                else:
-                    await asyncio.wait((waiter,), timeout=linger)
-                    if not waiter.done():
-                        calls.submitted()
-                        await self.collector.submit()
-            finally:
-                self._waiter = calls.waiter = None
-        await calls.deliver()
 
     def here(self) -> tuple[Any, Any, Any, int | None]:
         """Where the pass is (record, key, value, event time): a map_async call resumes it."""
