@@ -14,6 +14,7 @@ import orjson
 
 import streamkit as sk
 from streamkit.runtime.dlq import describe
+from streamkit.runtime.metrics import WorkerMetrics
 from tests.kafkahelp import (
     WorkerProcess,
     committed,
@@ -132,12 +133,23 @@ async def test_a_stop_with_calls_in_flight_and_calls_that_keep_failing(
     assert in_flight, "no call was in flight at the stop"
     stopped_at = sum((await committed(f"amstop-{uid}", f"amstop-in-{uid}")).values())
     assert stopped_at < n
-    async with running(lookup_app(uid, tmp_path / "state")):
+    async with running(lookup_app(uid, tmp_path / "state")) as second:
 
         async def all_done() -> bool:
             return sum((await committed(f"amstop-{uid}", f"amstop-in-{uid}")).values()) == n
 
         await wait_until(all_done, within=60, what="every offset committed")
+        samples = {
+            sample.name: sample.value
+            for family in WorkerMetrics(second).registry.collect()
+            if family.name.startswith("streamkit_map_async")
+            for sample in family.samples
+        }
+    # the second run called each of its events once, the failing ones twice (retries=1)
+    failed_here = samples["streamkit_map_async_failures_total"]
+    assert failed_here >= 1 and samples["streamkit_map_async_retries_total"] == failed_here
+    assert samples["streamkit_map_async_attempts_total"] == n - stopped_at + failed_here
+    assert samples["streamkit_map_async_in_flight"] == 0
     outputs = [orjson.loads(r.value) for r in await read_all(f"amstop-out-{uid}")]
     assert sorted(v["i"] for v in outputs) == [i for i in range(n) if i % 50 != 7]
     dead_records = await read_all(f"amstop-{uid}-dlq")

@@ -211,6 +211,16 @@ class AsyncCalls:
         if self._crash is not None:
             raise self._crash
 
+    def counts(self) -> dict[str, int]:
+        """For the metrics: calls made (retries included), retries, events dead-lettered after
+        their last attempt, and events taken but unfinished."""
+        return {
+            "attempts": sum(lane.attempts for lane in self.lanes),
+            "retries": sum(lane.retries for lane in self.lanes),
+            "failures": sum(lane.failures for lane in self.lanes),
+            "in_flight": self.outstanding,
+        }
+
     # -- the lanes' side -----------------------------------------------------------------------
 
     def note(self, job: Job) -> None:

@@ -52,6 +52,7 @@ class WorkerMetrics(Collector):
         self._closed_dlq: Counter[tuple[str, int]] = Counter()
         self._closed_reads: Counter[tuple[str, str]] = Counter()
         self._closed_stage: Counter[str] = Counter()
+        self._closed_calls: Counter[tuple[str, str]] = Counter()  # (stage, what): map_async
         self.lag: dict[TopicPartition, int] = {}
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
         self.activity = Activity(worker)  # the dashboard's view: busy time, histories
@@ -72,6 +73,10 @@ class WorkerMetrics(Collector):
             for name, part in task.tables.items():
                 self._closed_reads[(name, "memory")] += part.hits
                 self._closed_reads[(name, "store")] += part.misses
+            if task.calls is not None:
+                for what, n in task.calls.counts().items():
+                    if what != "in_flight":
+                        self._closed_calls[(task.stage.name, what)] += n
 
     # -- read at scrape / status time ------------------------------------------------------------
 
@@ -101,6 +106,15 @@ class WorkerMetrics(Collector):
             for name, part in task.tables.items():
                 counts[(name, "memory")] += part.hits
                 counts[(name, "store")] += part.misses
+        return counts
+
+    def async_calls(self) -> Counter[tuple[str, str]]:
+        """map_async per stage: attempts, retries, failures (totals), in_flight (now)."""
+        counts = Counter(self._closed_calls)
+        for task in self._live():
+            if task.calls is not None:
+                for what, n in task.calls.counts().items():
+                    counts[(task.stage.name, what)] += n
         return counts
 
     def stage_totals(self) -> dict[str, int]:
@@ -198,6 +212,7 @@ class WorkerMetrics(Collector):
         for (name, source), n in sorted(self.table_reads().items()):
             reads.add_metric([name, source], n)
         yield reads
+        yield from _async_call_metrics(self.async_calls())
         checkpointer = worker.checkpointer
         failures = CounterMetricFamily(
             "streamkit_commit_failures",
@@ -219,3 +234,27 @@ class WorkerMetrics(Collector):
         )
         assigned.add_metric([], len(self._live()))
         yield assigned
+
+
+def _async_call_metrics(counts: Counter[tuple[str, str]]) -> Iterator[Metric]:
+    """map_async's calls per stage (`docs/async-io.md`)."""
+    helps = {
+        "attempts": "map_async calls made, retries included.",
+        "retries": "map_async calls made again after a failure or a timeout.",
+        "failures": "Events sent to the dead-letter topic after their last map_async attempt.",
+    }
+    for what, help_text in helps.items():
+        family = CounterMetricFamily(f"streamkit_map_async_{what}", help_text, labels=["stage"])
+        for (stage, kind), n in sorted(counts.items()):
+            if kind == what:
+                family.add_metric([stage], n)
+        yield family
+    in_flight = GaugeMetricFamily(
+        "streamkit_map_async_in_flight",
+        "Events taken by a map_async stage and not yet finished.",
+        labels=["stage"],
+    )
+    for (stage, kind), n in sorted(counts.items()):
+        if kind == "in_flight":
+            in_flight.add_metric([stage], n)
+    yield in_flight
