@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streamkit.agents import Agent
 from streamkit.settings import ConfigError
 from streamkit.streams import (
+    AsyncMapNode,
     BranchNode,
     BranchOut,
     ExchangeNode,
@@ -199,6 +200,7 @@ def build(app: Declared) -> list[Stage]:
     _check_names(ordered)
     _bind_state(app, ordered, stage_of)
     _event_time(ordered)
+    _check_async(ordered)
     return ordered
 
 
@@ -296,7 +298,9 @@ def _value_type(stage: Stage, exchange: ExchangeNode) -> Any:
         if node in seen:
             continue
         seen.add(node)
-        if isinstance(node, StepNode) and node.kind in ("map", "flat_map"):
+        if isinstance(node, AsyncMapNode) or (
+            isinstance(node, StepNode) and node.kind in ("map", "flat_map")
+        ):
             return None  # JSON
         for inp in stage.inputs:
             if node in inp.entries:
@@ -395,6 +399,19 @@ def _event_time(stages: list[Stage]) -> None:
             or any(t.versioned is not None for t in stage.tables)
             or any(s.uses_event_time for s in downstream)
         )
+
+
+def _check_async(stages: list[Stage]) -> None:
+    """Windows see their events in the order of the watermark: a map_async step, which lets
+    events finish out of offset order, cannot feed one in its own stage."""
+    for stage in stages:
+        steps = [n for n in stage.nodes if isinstance(n, AsyncMapNode)]
+        if steps and stage.windows:
+            raise ConfigError(
+                f"stage {stage.name}: {steps[0].label} and window tables "
+                f"({', '.join(w.name for w in stage.windows)}) in one stage: key_by the results "
+                "of map_async before windowing them (the window then runs in the next stage)"
+            )
 
 
 def declared_tasks(stage: Stage) -> int | None:

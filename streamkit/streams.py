@@ -5,6 +5,7 @@ returns a new stream and leaves the old one as it was, so a stream may feed any 
 operators, agents and sinks (fan-out). The operators:
 
 - `map`, `filter`, `flat_map`, `forward`: run inline, in the task of the partition (no hop);
+- `map_async`: awaits a function per value, several at once, one at a time per key;
 - `key_by`, `shuffle`, `rebalance`: exchanges, through an internal topic
   `{app}-{name}-repartition`; what follows runs in the tasks of that topic's partitions;
 - `merge`: one stream of the values of several; `branch`: each value to the first of several
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from streamkit.asyncmap import AsyncOptions, async_function, async_options
 from streamkit.events import Event
 from streamkit.settings import ConfigError
 
@@ -76,6 +78,21 @@ class StepNode(Node):
     def label(self) -> str:
         name = getattr(self.fn, "__name__", "")
         return self.kind if not name or name == "<lambda>" else f"{self.kind}({name})"
+
+
+@dataclass(eq=False)
+class AsyncMapNode(Node):
+    """map_async: awaits `fn(value)` in the task of its partition, several events at once
+    (one at a time per key); what follows runs when the call has returned."""
+
+    fn: Callable[[Any], Any] | None = None
+    options: AsyncOptions = field(default_factory=AsyncOptions)
+
+    @property
+    def label(self) -> str:
+        name = getattr(self.fn, "__name__", "")
+        n = self.options.concurrency
+        return f"map_async({name}, {n})" if name and name != "<lambda>" else f"map_async({n})"
 
 
 @dataclass(eq=False)
@@ -193,6 +210,34 @@ class Stream(Generic[T]):
     def flat_map(self, fn: Callable[[T], Iterable[U]]) -> Stream[U]:
         """Each element of `fn(value)` (an iterable), in order, as values of the same event."""
         return self._then(StepNode((self.node,), "flat_map", _callable(fn, "flat_map")))
+
+    def map_async(
+        self,
+        fn: Callable[[T], Awaitable[U]],
+        *,
+        concurrency: int = 8,
+        capacity: int | None = None,
+        timeout: float | None = 5.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+    ) -> Stream[U]:
+        """A stream of `await fn(value)`, up to `concurrency` calls in flight per task; events
+        of one key are called and delivered in their order, and an offset is committed only
+        once every event before it has finished. An attempt that raises or outlives `timeout`
+        seconds is tried again `retries` times (after `backoff` seconds, doubled each time up to
+        `max_backoff`), then the event goes to the dead-letter topic. The task takes no new
+        record while `capacity` events (default 2 x concurrency) are unfinished. See
+        docs/async-io.md."""
+        options = async_options(
+            concurrency=concurrency,
+            capacity=capacity,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+        )
+        return self._then(AsyncMapNode((self.node,), async_function(fn), options))
 
     def forward(self) -> Stream[T]:
         """Stay in this partition: the next operator runs in the same task (no topic hop)."""

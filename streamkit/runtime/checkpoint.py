@@ -2,8 +2,9 @@
 
 At-least-once, every `commit_interval`, on revoke and on shutdown:
 
-1. Snapshot each task's committable offset (the offset after its last processed event) and
-   take its tables' dirty keys. No await separates the two, so the snapshot is consistent.
+1. Snapshot each task's committable offset (the offset after its last processed event; with
+   map_async calls in flight, of its first unfinished event) and take its tables' dirty keys.
+   No await separates the two, so the snapshot is consistent.
 2. Append the dirty keys to their changelog partitions (the task's collector). Every output
    of the snapshot's events is already in the collectors. Sinks beyond Kafka write their
    rows with the offsets they reach, each in one transaction of its destination

@@ -54,6 +54,7 @@ class WorkerMetrics(Collector):
         self._closed_stage: Counter[str] = Counter()
         self._closed_sync: Counter[tuple[str, int, str]] = Counter()
         self._closed_sinks: Counter[tuple[str, str]] = Counter()  # (sink, written|refused|...)
+        self._closed_calls: Counter[tuple[str, str]] = Counter()  # (stage, what): map_async
         self.lag: dict[TopicPartition, int] = {}
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
         self.activity = Activity(worker)  # the dashboard's view: busy time, histories
@@ -78,6 +79,10 @@ class WorkerMetrics(Collector):
             if task.sinks is not None:
                 for sink, what, n in task.sinks.counts():
                     self._closed_sinks[(sink, what)] += n
+            if task.calls is not None:
+                for what, n in task.calls.counts().items():
+                    if what != "in_flight":
+                        self._closed_calls[(task.stage.name, what)] += n
 
     # -- read at scrape / status time ------------------------------------------------------------
 
@@ -122,6 +127,15 @@ class WorkerMetrics(Collector):
             for name, part in task.tables.items():
                 counts[(name, "memory")] += part.hits
                 counts[(name, "store")] += part.misses
+        return counts
+
+    def async_calls(self) -> Counter[tuple[str, str]]:
+        """map_async per stage: attempts, retries, failures (totals), in_flight (now)."""
+        counts = Counter(self._closed_calls)
+        for task in self._live():
+            if task.calls is not None:
+                for what, n in task.calls.counts().items():
+                    counts[(task.stage.name, what)] += n
         return counts
 
     def stage_totals(self) -> dict[str, int]:
@@ -245,6 +259,7 @@ class WorkerMetrics(Collector):
                 sink_rows.add_metric([sink, what], n)
         yield sink_rows
         yield sink_retries
+        yield from _async_call_metrics(self.async_calls())
         checkpointer = worker.checkpointer
         failures = CounterMetricFamily(
             "streamkit_commit_failures",
@@ -274,3 +289,27 @@ def _sync_counts(task: Task) -> dict[tuple[str, int, str], int]:
         return {}
     tp = (task.topic.name, task.partition)
     return {(*tp, "held"): sync.holds, (*tp, "timed_out"): sync.timeouts}
+
+
+def _async_call_metrics(counts: Counter[tuple[str, str]]) -> Iterator[Metric]:
+    """map_async's calls per stage (`docs/async-io.md`)."""
+    helps = {
+        "attempts": "map_async calls made, retries included.",
+        "retries": "map_async calls made again after a failure or a timeout.",
+        "failures": "Events sent to the dead-letter topic after their last map_async attempt.",
+    }
+    for what, help_text in helps.items():
+        family = CounterMetricFamily(f"streamkit_map_async_{what}", help_text, labels=["stage"])
+        for (stage, kind), n in sorted(counts.items()):
+            if kind == what:
+                family.add_metric([stage], n)
+        yield family
+    in_flight = GaugeMetricFamily(
+        "streamkit_map_async_in_flight",
+        "Events taken by a map_async stage and not yet finished.",
+        labels=["stage"],
+    )
+    for (stage, kind), n in sorted(counts.items()):
+        if kind == "in_flight":
+            in_flight.add_metric([stage], n)
+    yield in_flight

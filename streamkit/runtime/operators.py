@@ -2,6 +2,7 @@
 decoded value through every operator of the stage, depth first, in declaration order.
 
 Inline operators (map, filter, flat_map, forward, merge, branch) call the next ones directly;
+a map_async step notes a job for its task's calls (`async_map.py`), which push its result on;
 an exchange appends the value to its internal topic (`Router`); a sink appends it to its topic;
 an agent gets it queued, and the task hands it to the agent's body right after the push (see
 `task.py`). Where a stream fans out, a branch that raises does not stop the others: the task
@@ -15,11 +16,13 @@ from typing import Any, Protocol
 
 from streamkit.agents import Agent
 from streamkit.graph import AgentNode, Stage
+from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.sinks import TaskSinks
 from streamkit.streams import (
+    AsyncMapNode,
     BranchNode,
     BranchOut,
     ExchangeNode,
@@ -54,9 +57,10 @@ def _nothing(value: Any) -> None:
 
 
 class Compiler:
-    def __init__(self, task: PassHost, stage: Stage) -> None:
+    def __init__(self, task: PassHost, stage: Stage, calls: AsyncCalls | None = None) -> None:
         self.task = task
         self.stage = stage
+        self.calls = calls  # the task's map_async steps (when the stage has some)
         self.routers: list[Router] = []
         self._done: dict[Node, Push] = {}
 
@@ -107,6 +111,9 @@ class Compiler:
         if isinstance(node, AgentNode):
             assert node.agent is not None
             return self.task.agent_input(node.agent)
+        if isinstance(node, AsyncMapNode):
+            assert self.calls is not None
+            return self.calls.lane(node, self._next(node))
         raise TypeError(f"unknown node {node!r}")
 
     def _step(self, node: StepNode) -> Push:

@@ -33,6 +33,7 @@ from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
 from streamkit.events import Event
 from streamkit.graph import Stage
 from streamkit.runtime.agent_run import NEED, Agents
+from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
@@ -45,6 +46,7 @@ from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
 from streamkit.state.task_tables import TaskTables
+from streamkit.streams import AsyncMapNode
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
@@ -135,6 +137,8 @@ class Task:
         self.sync: TableSync | None = None  # holds records until followed tables caught up
         self._sync_wait = sync_wait
         self.sinks = None if sinks is None else sinks(self)  # beyond Kafka (runtime/sinks.py)
+        async_steps = any(isinstance(n, AsyncMapNode) for n in stage.nodes)
+        self.calls = AsyncCalls(self) if async_steps else None  # map_async (async_map.py)
 
     def __repr__(self) -> str:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
@@ -324,7 +328,9 @@ class Task:
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
-        compiler = Compiler(self, self.stage)
+        compiler = Compiler(self, self.stage, self.calls)
+        if self.calls is not None:
+            self.calls.bind(self._done)
         pushes = compiler.inputs()
         inputs = {
             t.name: _Input(
@@ -344,8 +350,9 @@ class Task:
         agents = self.agents
         pending, single = agents.pending, agents.single
         collector, clock, sync, sinks = self.collector, self.clock, self.sync, self.sinks
+        calls = self.calls
         while True:
-            if not records or self._pausing:
+            if not records or self._pausing or (calls is not None and calls.blocked):
                 await self._wait()
                 continue
             if sync is not None and (hold := sync.hold(records[0])):
@@ -375,7 +382,10 @@ class Task:
                                 await agents.failed(single, exc)
                 else:
                     await agents.feed()
-            done[rec.topic] = rec.offset + 1
+            if calls is None:
+                done[rec.topic] = rec.offset + 1
+            else:  # map_async: the offset waits for its calls
+                calls.passed(rec)
             self.record = self._event = None
             if sinks is not None and sinks.mark():
                 await sinks.flush()  # a batch is due: the task waits for it (backpressure)
@@ -386,10 +396,16 @@ class Task:
                 if self.timers:
                     fire_processing_timers(self.timers.values())
                 if clock is not None:
-                    clock.broadcast(collector)
+                    if calls is None:
+                        clock.broadcast(collector)
+                    else:  # never ahead of events whose calls are in flight
+                        calls.broadcast(clock)
 
     async def _wait(self, hold: float | None = None) -> None:
         """Wait for records (or, `hold` seconds at most, for a held record's tables)."""
+        if self.calls is not None and self.calls.outstanding:
+            await self.calls.wait(self)  # map_async calls in flight (async_map.py)
+            return
         if self.status is not TaskState.RUNNING:
             raise _Closed
         if not self._pausing:
@@ -424,6 +440,14 @@ class Task:
             self._idle = False
         if self.status is not TaskState.RUNNING:
             raise _Closed
+
+    def here(self) -> tuple[Any, Any, Any, int | None]:
+        """Where the pass is (record, key, value, event time): a map_async call resumes it."""
+        return self.record, self._key, self._value, self.event_ts
+
+    def back_to(self, here: tuple[Any, Any, Any, int | None]) -> None:
+        self.record, self._key, self._value, self.event_ts = here
+        self._event = None
 
     @property
     def idle(self) -> bool:

@@ -33,6 +33,7 @@ from streamkit.clients import make_consumer, make_producer
 from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor
+from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
     ProducerSet,
@@ -122,6 +123,7 @@ class Worker:
 
     async def _start(self) -> None:
         app, settings = self.app, self.settings
+        check_call_budget(app.stages, settings)  # map_async under exactly-once
         await ensure_app_topics(app, client_id=self.client_id)
         # schema-registry codecs register their schemas: a refused one fails the start
         await asyncio.to_thread(prepare_app_codecs, app)
