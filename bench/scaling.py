@@ -3,6 +3,7 @@
 
     python -m bench.scaling [--workers 1,2,4,8] [--partitions 64] [--events N] [--reps R]
                             [--mode per_worker|per_partition] [--json FILE]
+    python -m bench.scaling --assignment     (JoinGroup / SyncGroup sizes, no broker)
 
 For each worker count: fresh topics (`--partitions` source partitions, as many repartition
 and output partitions), W workers (`bench/scaleapp.py`, commit interval 0.1 s, HTTP off)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -35,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 
 from bench.common import Cluster, make_events, preload
 from bench.exactly_once import Reader
+from streamkit.runtime.assignor import StreamkitAssignor
 from tests.kafkahelp import WorkerProcess
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -124,6 +128,52 @@ async def one_run(
     }
 
 
+class _Metadata:
+    """What the assignor reads of the cluster: partitions per topic."""
+
+    def __init__(self, partitions: dict[str, int]) -> None:
+        self._partitions = partitions
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self._partitions[topic]))
+
+
+def assignment_sizes(partitions: int, members: int) -> dict[str, Any]:
+    """JoinGroup and SyncGroup sizes with the pure assignor: pipeline A's two input topics of
+    `partitions` each, `members` members serving HTTP, each owning its share and holding
+    state for it and for one standby share; then the leader's assign() time."""
+    topics = {"app-source": partitions, "app-by-user-repartition": partitions}
+    stateful = {"app-by-user-repartition"}
+    metas = {}
+    for i in range(members):
+        owned = {TopicPartition(t, p) for t in topics for p in range(i, partitions, members)}
+        standby = range((i + 1) % members, partitions, members)
+        state = owned | {TopicPartition("app-by-user-repartition", p) for p in standby}
+        assignor = StreamkitAssignor(
+            lambda: stateful,
+            1,
+            functools.partial(set, owned),
+            functools.partial(set, state),
+            endpoint=f"10.0.{i // 250}.{i % 250}:6066",
+        )
+        metas[f"streamkit-{uuid.uuid4()}"] = assignor.metadata(sorted(topics))
+    leader = StreamkitAssignor(lambda: stateful, 1, set, set)
+    started = time.perf_counter()
+    result = leader.assign(_Metadata(topics), metas)
+    elapsed = time.perf_counter() - started
+    join = [len(m.encode()) for m in metas.values()]
+    sync = [len(a.encode()) for a in result.values()]
+    return {
+        "partitions_per_topic": partitions,
+        "members": members,
+        "join_bytes_per_member_max": max(join),
+        "join_bytes_at_leader": sum(join),
+        "sync_bytes_per_member_max": max(sync),
+        "sync_bytes_total": sum(sync),
+        "assign_ms": round(1000 * elapsed),
+    }
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     events = make_events(args.events)
     rows = []
@@ -148,7 +198,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--mode", default="per_worker", choices=["per_worker", "per_partition"])
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--assignment",
+        action="store_true",
+        help="only the group messages' sizes at 1,000 partitions x 100 members (no broker)",
+    )
     args = parser.parse_args()
+    if args.assignment:
+        print(json.dumps(assignment_sizes(1000, 100)))
+        return
     rows = asyncio.run(run(args))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

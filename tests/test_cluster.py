@@ -5,10 +5,12 @@ the app's transactional ids, then of the active controller — each killed node 
 the cluster healed (every replica back in sync) before the next — with worker processes killed
 -9 and restarted meanwhile, loses nothing and duplicates nothing.
 
-The cluster is the test's own (three more JVMs), started once for this module. The short form
-(`make test`) kills one worker, at the coordinator's step; the long form (`CHAOS_LONG=1`,
-`make chaos`) runs the three steps twice, kills a worker at every step, and runs both producer
-modes (one transactional producer per input partition, and one per worker).
+The cluster is the test's own (three more JVMs), started once for this module. The long form
+(`CHAOS_LONG=1`, `make chaos`) is the scenario above, twice over (six node kills), a worker
+killed at every step, in both producer modes (one transactional producer per input partition,
+and one per worker). The short form (`make test`) kills the busiest leader and a worker only:
+each further fault needs the node before it started again and its replicas back in sync, and
+the three took 100-130 s on the shared 2-core machine, beyond the 90 s `make test` allows it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import collections
 import os
 import time
+from asyncio import to_thread
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ from tests.shophelp import assert_exactly_once, holding, purchases, shop_worker
 
 LONG = bool(os.environ.get("CHAOS_LONG"))
 RATE = 400  # purchases/s
-ROUNDS = 2 if LONG else 1  # times the three kinds of broker are killed
+ROUNDS = 2  # the long form kills the three kinds of node twice over
 STEP_OUTPUTS = 400  # outputs between two faults: each fault lands mid-run
 
 
@@ -163,6 +166,7 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
     feeder: asyncio.Task[int] | None = None
     steps: list[dict[str, Any]] = []
     down: int | None = None  # the node killed last and not restarted yet
+    restart: asyncio.Task[None] | None = None
     started = time.monotonic()
     try:
         await holding(*workers)
@@ -171,7 +175,8 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
         await transactional_ids()
         watch = await OutputWatch(out).start()
         feeder = asyncio.create_task(feed(bootstrap, source, rows, stop))
-        for step, fault in enumerate(faults * ROUNDS):
+        planned = faults * ROUNDS if LONG else faults[:1]
+        for step, fault in enumerate(planned):
             mark = len(watch.records)
             await wait_until(
                 lambda mark=mark: len(watch.records) >= mark + STEP_OUTPUTS,
@@ -182,12 +187,11 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
             killed_at = time.monotonic()
             cluster.kill(node)
             down = node
-            worker_killed = LONG or fault.kind == "transaction coordinator"
-            if worker_killed:  # kill -9 a worker while the node is down; restart it at once
-                i = step % len(workers)
-                workers[i].kill9()
-                workers[i] = worker(i, step + 1)
-                incarnations.append(workers[i])
+            # a worker too, while the node is down: kill -9, restarted at once (same id)
+            i = step % len(workers)
+            workers[i].kill9()
+            workers[i] = worker(i, step + 1)
+            incarnations.append(workers[i])
             await wait_until(
                 lambda node=node, fault=fault: fault.moved(node),
                 within=60,
@@ -195,6 +199,10 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
                 every=0.25,
             )
             moved_s = time.monotonic() - killed_at
+            last = step == len(planned) - 1
+            # its part taken over, the node starts again (in a thread: the watch keeps
+            # reading) while the output recovers; the next fault meets a healed cluster
+            restart = None if last else asyncio.create_task(to_thread(cluster.start_node, node))
             await wait_until(
                 lambda t=killed_at: watch.resumed_after(t) is not None,
                 within=90,
@@ -202,8 +210,8 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
                 every=0.2,
             )
             resumed_s = watch.resumed_after(killed_at)
-            if step < len(faults) * ROUNDS - 1:  # the next fault meets a healed cluster
-                cluster.start_node(node)
+            if restart is not None:
+                await restart
                 down = None
                 await wait_until(
                     lambda: clusterhelp.healed(cluster, topics),
@@ -215,7 +223,6 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
                 {
                     "killed": fault.kind,
                     "node": node,
-                    "worker_killed": worker_killed,
                     "taken_over_s": round(moved_s, 2),
                     "output_everywhere_s": round(resumed_s or 0, 2),
                     "healed_s": None if down else round(time.monotonic() - killed_at, 2),
@@ -230,6 +237,8 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
         alive = [w.alive for w in workers]
     finally:
         stop.set()
+        if restart is not None:  # a node starting again: let it finish before the teardown
+            await asyncio.gather(restart, return_exceptions=True)
         if feeder is not None:
             await asyncio.gather(feeder, return_exceptions=True)
         if watch is not None:
