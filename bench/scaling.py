@@ -11,7 +11,8 @@ started on the empty source; once their group is Stable with W members, N events
 written (round-robin over the partitions) and the clock runs until a read_committed reader
 has N outputs. Reported per run:
 
-- events/s: N / (last output visible - first event sent), and per worker (÷ W);
+- events/s: N / (last output visible - first event sent), and per worker (÷ W); the time
+  the writing took (when the two are close, the harness, not the workers, set the pace);
 - CPU µs per event: the workers' CPU time (user + system, /proc/<pid>/stat) over the run,
   summed over the workers, ÷ N — what the work costs, less sensitive than events/s to the
   other processes sharing the machine;
@@ -102,6 +103,7 @@ async def one_run(
             cpu_before = [cpu_seconds(pid) for pid in pids]
             started = time.monotonic()
             await preload(source, events, partitions=partitions)
+            preloaded = time.monotonic() - started
             while reader.count < len(events):
                 if not all(p.alive for p in procs) or time.monotonic() - started > 600:
                     raise RuntimeError(f"run stopped at {reader.count} of {len(events)}")
@@ -120,6 +122,7 @@ async def one_run(
         "mode": mode,
         "events": n,
         "seconds": round(elapsed, 2),
+        "writing_s": round(preloaded, 2),
         "events_per_s": round(n / elapsed),
         "events_per_s_per_worker": round(n / elapsed / workers),
         "cpu_us_per_event": round(1e6 * sum(cpu) / n, 1),
