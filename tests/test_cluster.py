@@ -54,6 +54,25 @@ def cluster() -> Iterator[Any]:
         nodes.stop()
 
 
+def test_every_node_names_the_same_active_controller_and_coordinators(cluster: Any) -> None:
+    """The probes the long form relies on (DescribeQuorum, FindCoordinator), asked of each
+    node: one answer, a node of the cluster (the short form kills no coordinator and no
+    controller, so this is where `make test` checks them). Runs first, on three live nodes."""
+    import kafkaprobe  # scripts/ is on the path (tests/clusterhelp.py)
+
+    ids = {1, 2, 3}
+    ports = [node.port for node in cluster.nodes]
+    controllers = {kafkaprobe.active_controller(port) for port in ports}
+    assert len(controllers) == 1 and controllers <= ids, controllers
+    for key, kind in (("some-app-input-0", kafkaprobe.TRANSACTION), ("g", kafkaprobe.GROUP)):
+        # the first FindCoordinator creates the log behind it: no answer until it has leaders
+        deadline = time.monotonic() + 60
+        while None in (found := {kafkaprobe.find_coordinator(p, key, kind) for p in ports}):
+            assert time.monotonic() < deadline, f"no coordinator for {key} in 60 s"
+            time.sleep(0.2)
+        assert len(found) == 1 and found <= ids, (key, found)
+
+
 async def feed(bootstrap: str, topic: str, rows: list[dict[str, Any]], stop: asyncio.Event) -> int:
     """Send rows at RATE until `stop` (or the rows run out) with an idempotent acks=all producer
     (it rides out a leader change without writing an input twice); how many were sent."""
