@@ -11,7 +11,7 @@ partition a zombie could not be fenced.)
 The checkpoint, every `commit_interval`, on revoke and on shutdown:
 
 1. Pause: every running task stops at its next event boundary (the event in flight finishes;
-   no new event starts).
+   no new event starts); a task still restoring is not waited for but held at its first.
 2. Snapshot, per task, with no await in between: the offset after its last processed event,
    its tables' dirty keys appended to their changelog partitions, and its collector sealed
    (everything appended so far belongs to this transaction). Then every task resumes; what it
