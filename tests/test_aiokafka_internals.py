@@ -2,7 +2,8 @@
 private attribute the module uses), and group fencing of transactional offset commits
 (TxnOffsetCommit v3, KIP-447): a member of an old generation is refused, a zombie past its
 session timeout cannot commit, while the group's current member commits; and the hole it
-closes: aiokafka's own v0 commit is accepted from the stale member."""
+closes: aiokafka's own v0 commit is accepted from the stale member. And `know_topics`, which
+refreshes a consumer's metadata until it lists the topics it will read."""
 
 from __future__ import annotations
 
@@ -195,3 +196,18 @@ async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str
             assert not waiting.done()
             await producer.commit_transaction()
             assert await asyncio.wait_for(waiting, 30) == {tp0: 11}
+
+
+async def test_know_topics_refreshes_the_consumer_metadata_and_names_what_is_missing(
+    uid: str,
+) -> None:
+    topic, absent = f"known-{uid}", f"absent-{uid}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    await consumer.start()
+    try:
+        await create_topic(topic, 3)  # after the consumer's first metadata: unknown to it
+        assert await internals.know_topics(consumer, [topic], 10.0) == set()
+        assert consumer.partitions_for_topic(topic) == {0, 1, 2}
+        assert await internals.know_topics(consumer, [topic, absent], 0.5) == {absent}
+    finally:
+        await consumer.stop()
