@@ -211,3 +211,22 @@ async def test_know_topics_refreshes_the_consumer_metadata_and_names_what_is_mis
         assert await internals.know_topics(consumer, [topic, absent], 0.5) == {absent}
     finally:
         await consumer.stop()
+
+
+async def test_a_request_to_a_leader_that_cannot_be_reached_is_no_answer(uid: str) -> None:
+    """The compacted-topic reader asks each partition's leader as its metadata knows it; a node
+    that cannot be reached (killed: the chaos test's case; here an id no broker has) gives no
+    answer and a metadata refresh, never an error that stops the worker."""
+    from aiokafka.protocol.offset import OffsetRequest
+
+    topic = f"raw-{uid}"
+    await create_topic(topic, 1)
+    raw = internals.RawClient({"bootstrap_servers": bootstrap()}, f"raw-{uid}")
+    try:
+        await raw.start()
+        assert await raw._send(4242, OffsetRequest(-1, 0, [(topic, [(0, -1)])])) is None
+        # the same request to the real leader answers; the partition's offsets are read
+        ends = await raw.list_offsets([TopicPartition(topic, 0)], internals.LATEST)
+        assert ends == {TopicPartition(topic, 0): 0}
+    finally:
+        await raw.close()
