@@ -14,6 +14,7 @@ in the worker). For each P and mode, N pre-loaded events; reported:
 - ready_s: from the start until every task is assigned (per-partition mode registers P
   producers here, each `InitProducerId`);
 - events/s after ready: N / (end - ready);
+- CPU µs per event: this process's CPU time (worker and reader) over the run, ÷ N;
 - the checkpoints: how many, their mean and p95 duration (pause → transaction(s) → SQLite),
   and the transactions committed;
 - then a paced run (`--rate` events/s for `--seconds`, each event stamped with its send time)
@@ -78,7 +79,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     with tempfile.TemporaryDirectory() as wd:
         app = running_sum_app(uid, source, output, half, Path(wd), mode)
         worker = Worker(app)
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         task = asyncio.create_task(worker.run(install_signal_handlers=False))
         ready = None
         try:
@@ -98,6 +99,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
                     raise RuntimeError("not done in 900 s")
                 await asyncio.sleep(0.02)
             elapsed = time.monotonic() - started
+            cpu = time.process_time() - cpu_started
         finally:
             worker.request_stop()
             await task
@@ -113,6 +115,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
         "events_per_s": round(n / elapsed),
         "ready_s": round(ready, 2),
         "events_per_s_after_ready": round(n / (elapsed - ready)),
+        "cpu_us_per_event": round(1e6 * cpu / n, 1),
         "checkpoints": len(durations),
         "mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1) if durations else None,
         "p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1)

@@ -2,7 +2,8 @@
 private attribute the module uses), and group fencing of transactional offset commits
 (TxnOffsetCommit v3, KIP-447): a member of an old generation is refused, a zombie past its
 session timeout cannot commit, while the group's current member commits; and the hole it
-closes: aiokafka's own v0 commit is accepted from the stale member."""
+closes: aiokafka's own v0 commit is accepted from the stale member. And `know_topics`, which
+refreshes a consumer's metadata until it lists the topics it will read."""
 
 from __future__ import annotations
 
@@ -195,3 +196,37 @@ async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str
             assert not waiting.done()
             await producer.commit_transaction()
             assert await asyncio.wait_for(waiting, 30) == {tp0: 11}
+
+
+async def test_know_topics_refreshes_the_consumer_metadata_and_names_what_is_missing(
+    uid: str,
+) -> None:
+    topic, absent = f"known-{uid}", f"absent-{uid}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    await consumer.start()
+    try:
+        await create_topic(topic, 3)  # after the consumer's first metadata: unknown to it
+        assert await internals.know_topics(consumer, [topic], 10.0) == set()
+        assert consumer.partitions_for_topic(topic) == {0, 1, 2}
+        assert await internals.know_topics(consumer, [topic, absent], 0.5) == {absent}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_request_to_a_leader_that_cannot_be_reached_is_no_answer(uid: str) -> None:
+    """The compacted-topic reader asks each partition's leader as its metadata knows it; a node
+    that cannot be reached (killed: the chaos test's case; here an id no broker has) gives no
+    answer and a metadata refresh, never an error that stops the worker."""
+    from aiokafka.protocol.offset import OffsetRequest
+
+    topic = f"raw-{uid}"
+    await create_topic(topic, 1)
+    raw = internals.RawClient({"bootstrap_servers": bootstrap()}, f"raw-{uid}")
+    try:
+        await raw.start()
+        assert await raw._send(4242, OffsetRequest(-1, 0, [(topic, [(0, -1)])])) is None
+        # the same request to the real leader answers; the partition's offsets are read
+        ends = await raw.list_offsets([TopicPartition(topic, 0)], internals.LATEST)
+        assert ends == {TopicPartition(topic, 0): 0}
+    finally:
+        await raw.close()

@@ -1,9 +1,16 @@
 """A three-broker KRaft cluster (scripts/kafkacluster.py, `localkafka.py up --brokers 3`): the
-internal topics get 3 replicas and min.insync.replicas=2, and under exactly-once a `kill -9` of
-the broker leading the most partitions, mid-run, loses nothing and duplicates nothing.
+internal topics get 3 replicas and min.insync.replicas=2, and under exactly-once, mid-run,
+`kill -9` of the node that leads the most partitions, then of the node coordinating the most of
+the app's transactional ids, then of the active controller — each killed node started again and
+the cluster healed (every replica back in sync) before the next — with worker processes killed
+-9 and restarted meanwhile, loses nothing and duplicates nothing.
 
 The cluster is the test's own (three more JVMs), started once for this module. The long form
-(`CHAOS_LONG=1`, `make chaos`) sends more and also kills -9 a worker while the broker is down.
+(`CHAOS_LONG=1`, `make chaos`) is the scenario above, twice over (six node kills), a worker
+killed at every step, in both producer modes (one transactional producer per input partition,
+and one per worker). The short form (`make test`) kills the busiest leader and a worker only:
+each further fault needs the node before it started again and its replicas back in sync, and
+the three took 100-130 s on the shared 2-core machine, beyond the 90 s `make test` allows it.
 """
 
 from __future__ import annotations
@@ -11,32 +18,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import sys
 import time
-from collections.abc import Iterator
+from asyncio import to_thread
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 
+from streamkit.runtime.exactly_once import transactional_id
+from tests import clusterhelp
 from tests.chaoshelp import OutputWatch, figures
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
 from tests.shophelp import assert_exactly_once, holding, purchases, shop_worker
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
 LONG = bool(os.environ.get("CHAOS_LONG"))
-EVENTS = 12_000 if LONG else 4_000
 RATE = 400  # purchases/s
+ROUNDS = 2  # the long form kills the three kinds of node twice over
+STEP_OUTPUTS = 400  # outputs between two faults: each fault lands mid-run
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    import kafkacluster
+    import kafkacluster  # scripts/ is on the path (tests/clusterhelp.py)
 
     nodes = kafkacluster.start_cluster(3)
     try:
@@ -45,129 +54,232 @@ def cluster() -> Iterator[Any]:
         nodes.stop()
 
 
-async def _admin(bootstrap: str) -> Any:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    return admin
+def test_every_node_names_the_same_active_controller_and_coordinators(cluster: Any) -> None:
+    """The probes the long form relies on (DescribeQuorum, FindCoordinator), asked of each
+    node: one answer, a node of the cluster (the short form kills no coordinator and no
+    controller, so this is where `make test` checks them). Runs first, on three live nodes."""
+    import kafkaprobe  # scripts/ is on the path (tests/clusterhelp.py)
+
+    ids = {1, 2, 3}
+    ports = [node.port for node in cluster.nodes]
+    controllers = {kafkaprobe.active_controller(port) for port in ports}
+    assert len(controllers) == 1 and controllers <= ids, controllers
+    for key, kind in (("some-app-input-0", kafkaprobe.TRANSACTION), ("g", kafkaprobe.GROUP)):
+        # the first FindCoordinator creates the log behind it: no answer until it has leaders
+        deadline = time.monotonic() + 60
+        while None in (found := {kafkaprobe.find_coordinator(p, key, kind) for p in ports}):
+            assert time.monotonic() < deadline, f"no coordinator for {key} in 60 s"
+            time.sleep(0.2)
+        assert len(found) == 1 and found <= ids, (key, found)
 
 
-async def leaders(bootstrap: str, topics: list[str]) -> collections.Counter[int]:
-    """node id → how many of the partitions of `topics` it leads."""
-    admin = await _admin(bootstrap)
-    try:
-        counts: collections.Counter[int] = collections.Counter()
-        for meta in await admin.describe_topics(topics):
-            for p in meta["partitions"]:
-                counts[p["leader"]] += 1
-        return counts
-    finally:
-        await admin.close()
-
-
-async def replication(bootstrap: str, topic: str) -> tuple[int, str]:
-    """(replicas of partition 0, min.insync.replicas) of a topic."""
-    admin = await _admin(bootstrap)
-    try:
-        (meta,) = await admin.describe_topics([topic])
-        replicas = len(meta["partitions"][0]["replicas"])
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})
-        (response,) = await admin.describe_configs([resource])
-        configs = response.resources[0][4]
-        isr = next(c[1] for c in configs if c[0] == "min.insync.replicas")
-        return replicas, str(isr)
-    finally:
-        await admin.close()
-
-
-async def feed(bootstrap: str, topic: str, rows: list[dict[str, Any]], sent: list[int]) -> None:
-    """Send every row at RATE with an idempotent acks=all producer (it rides out a leader
-    change without writing an input twice)."""
+async def feed(bootstrap: str, topic: str, rows: list[dict[str, Any]], stop: asyncio.Event) -> int:
+    """Send rows at RATE until `stop` (or the rows run out) with an idempotent acks=all producer
+    (it rides out a leader change without writing an input twice); how many were sent."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
     )
     await producer.start()
+    sent = 0
     try:
         started = time.monotonic()
-        for i, row in enumerate(rows):
-            await producer.send(topic, orjson.dumps(row))
-            sent.append(i)
-            ahead = (i + 1) / RATE - (time.monotonic() - started)
+        while sent < len(rows) and not stop.is_set():
+            await producer.send(topic, orjson.dumps(rows[sent]))
+            sent += 1
+            ahead = sent / RATE - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
         await producer.flush()
     finally:
         await producer.stop()
+    return sent
 
 
-async def test_kill_9_of_the_busiest_broker_under_exactly_once_loses_and_duplicates_nothing(
-    cluster: Any, uid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@dataclass
+class Fault:
+    """One kind of node to kill: how to pick it, and when its part has moved elsewhere."""
+
+    kind: str
+    pick: Callable[[], Awaitable[int]]
+    moved: Callable[[int], Awaitable[bool]]
+
+
+async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_controller(
+    cluster: Any,
+    uid: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    producers: str,
 ) -> None:
+    for i, node in enumerate(cluster.nodes):  # the previous test may end with one down
+        if not node.is_alive():
+            cluster.start_node(i + 1)
     bootstrap = cluster.bootstrap
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap)  # the helpers read it per call
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "STREAMKIT_TOPIC_REPLICATION_FACTOR": "3"}
-    workers: list[WorkerProcess] = []
-    for i in range(2):
-        w = shop_worker(uid, tmp_path / f"wd{i}", tmp_path, f"w{i}")
-        w.env.update(env)
-        workers.append(w.start())
-    rows = purchases(EVENTS, seed=17)
-    source, out = f"purchases-{uid}", f"totals-{uid}"
-    repartition = f"shop-{uid}-by-user-repartition"
-    internal = [repartition, f"shop-{uid}-spent-changelog", f"shop-{uid}-count-changelog"]
-    internal.append(f"shop-{uid}-dlq")
+    app_id, source, out = f"shop-{uid}", f"purchases-{uid}", f"totals-{uid}"
+    repartition = f"{app_id}-by-user-repartition"
+    internal = [repartition, f"{app_id}-spent-changelog", f"{app_id}-count-changelog"]
+    internal.append(f"{app_id}-dlq")
+    topics = [source, out, *internal]
+
+    def worker(i: int, incarnation: int) -> WorkerProcess:
+        w = shop_worker(uid, tmp_path / f"wd{i}", tmp_path, f"w{i}-{incarnation}")
+        w.env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            STREAMKIT_TOPIC_REPLICATION_FACTOR="3",
+            STREAMKIT_INSTANCE_ID=f"w{i}-{uid}",  # a restart is no rebalance (static member)
+            STREAMKIT_TRANSACTIONAL_PRODUCER=producers,
+        )
+        return w.start()
+
+    workers = [worker(0, 0), worker(1, 0)]
+    incarnations = list(workers)
+
+    txn_ids: list[str] = []  # the app's transactional ids, read while every node is up
+
+    async def transactional_ids() -> list[str]:
+        if not txn_ids and producers == "per_worker":
+            txn_ids.extend(f"{app_id}-w{i}-{uid}" for i in range(len(workers)))
+        elif not txn_ids:
+            parts = await clusterhelp.partitions(bootstrap, [source, repartition])
+            txn_ids.extend(
+                transactional_id(app_id, TopicPartition(p["topic"], p["partition"])) for p in parts
+            )
+        return txn_ids
+
+    async def busiest() -> int:
+        return (await clusterhelp.leaders(bootstrap, topics)).most_common(1)[0][0]
+
+    async def leads_none(node: int) -> bool:
+        try:
+            counts = await clusterhelp.leaders(clusterhelp.live_bootstrap(cluster), topics)
+        except KafkaError:  # the client may first ask the dead node: not known yet
+            return False
+        return counts[node] == 0 and counts[-1] == 0
+
+    async def coordinator() -> int:
+        found = clusterhelp.coordinators(cluster, await transactional_ids())
+        assert found is not None, "no coordinator found for the transactional ids"
+        return collections.Counter(found.values()).most_common(1)[0][0]
+
+    async def coordinates_none(node: int) -> bool:
+        found = clusterhelp.coordinators(cluster, await transactional_ids())
+        return found is not None and node not in found.values()
+
+    async def controller() -> int:
+        node = clusterhelp.controller(cluster)
+        assert node is not None, "no active controller"
+        return node
+
+    async def controls_not(node: int) -> bool:
+        return clusterhelp.controller(cluster) not in (None, node)
+
+    faults = [
+        Fault("busiest leader", busiest, leads_none),
+        Fault("transaction coordinator", coordinator, coordinates_none),
+        Fault("active controller", controller, controls_not),
+    ]
+    rows = purchases(RATE * 600, seed=17)
     watch: OutputWatch | None = None
-    feeder: asyncio.Task[None] | None = None
-    sent: list[int] = []
-    killed, killed_at, restarted_worker = 0, 0.0, None
+    stop = asyncio.Event()
+    feeder: asyncio.Task[int] | None = None
+    steps: list[dict[str, Any]] = []
+    down: int | None = None  # the node killed last and not restarted yet
+    restart: asyncio.Task[None] | None = None
+    started = time.monotonic()
     try:
         await holding(*workers)
         for topic in internal:
-            assert await replication(bootstrap, topic) == (3, "2"), topic
+            assert await clusterhelp.replication(bootstrap, topic) == (3, "2"), topic
+        await transactional_ids()
         watch = await OutputWatch(out).start()
-        feeder = asyncio.create_task(feed(bootstrap, source, rows, sent))
+        feeder = asyncio.create_task(feed(bootstrap, source, rows, stop))
+        planned = faults * ROUNDS if LONG else faults[:1]
+        for step, fault in enumerate(planned):
+            mark = len(watch.records)
+            await wait_until(
+                lambda mark=mark: len(watch.records) >= mark + STEP_OUTPUTS,
+                within=120,
+                what=f"output before killing the {fault.kind}",
+            )
+            node = await fault.pick()
+            killed_at = time.monotonic()
+            cluster.kill(node)
+            down = node
+            # a worker too, while the node is down: kill -9, restarted at once (same id)
+            i = step % len(workers)
+            workers[i].kill9()
+            workers[i] = worker(i, step + 1)
+            incarnations.append(workers[i])
+            await wait_until(
+                lambda node=node, fault=fault: fault.moved(node),
+                within=60,
+                what=f"the {fault.kind}'s part (node {node}) taken over",
+                every=0.25,
+            )
+            moved_s = time.monotonic() - killed_at
+            last = step == len(planned) - 1
+            # its part taken over, the node starts again (in a thread: the watch keeps
+            # reading) while the output recovers; the next fault meets a healed cluster
+            restart = None if last else asyncio.create_task(to_thread(cluster.start_node, node))
+            await wait_until(
+                lambda t=killed_at: watch.resumed_after(t) is not None,
+                within=90,
+                what=f"output on every partition after killing the {fault.kind}",
+                every=0.2,
+            )
+            resumed_s = watch.resumed_after(killed_at)
+            if restart is not None:
+                await restart
+                down = None
+                await wait_until(
+                    lambda: clusterhelp.healed(cluster, topics),
+                    within=90,
+                    what="every replica back in sync",
+                    every=0.5,
+                )
+            steps.append(
+                {
+                    "killed": fault.kind,
+                    "node": node,
+                    "taken_over_s": round(moved_s, 2),
+                    "output_everywhere_s": round(resumed_s or 0, 2),
+                    "healed_s": None if down else round(time.monotonic() - killed_at, 2),
+                }
+            )
+        stop.set()
+        sent = await feeder
         await wait_until(
-            lambda: len(watch.records) >= EVENTS // 4, within=120, what="a quarter of the output"
+            lambda: len(watch.records) >= sent, within=120, what=f"{sent} outputs", every=0.2
         )
-        # kill -9 the node leading the most partitions of the app's topics, mid-run
-        counts = await leaders(bootstrap, [source, out, *internal])
-        killed = counts.most_common(1)[0][0]
-        killed_at = time.monotonic()
-        cluster.kill(killed)
-        if LONG:  # a worker too, while the broker is down; restarted on its workdir
-            await asyncio.sleep(2)
-            workers[0].kill9()
-            restarted_worker = shop_worker(uid, tmp_path / "wd0", tmp_path, "w0-again")
-            restarted_worker.env.update(env)
-            workers.append(restarted_worker.start())
-        await feeder
-        await wait_until(
-            lambda: len(watch.records) >= EVENTS, within=180, what=f"{EVENTS} outputs", every=0.2
-        )
-        resumed = watch.resumed_after(killed_at)
         records = await read_all(out)  # to the end offsets, read_committed
         alive = [w.alive for w in workers]
     finally:
+        stop.set()
+        if restart is not None:  # a node starting again: let it finish before the teardown
+            await asyncio.gather(restart, return_exceptions=True)
         if feeder is not None:
-            feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
         if watch is not None:
             await watch.stop()
-        for w in workers:
+        for w in incarnations:
             w.stop()
-        if killed:
-            cluster.start_node(killed)  # the next test gets three nodes again
-    logs = "".join(w.log() for w in workers)
-    assert len(sent) == EVENTS
-    assert_exactly_once(records, rows)
-    if not LONG:
-        assert all(alive), logs[-5000:]
+    logs = "".join(w.log() for w in incarnations)
+    assert_exactly_once(records, rows[:sent])
+    assert all(alive), logs[-5000:]
+    assert "worker failing" not in logs, logs[-5000:]
     figures(
-        "cluster-broker-kill-9" + ("-long" if LONG else ""),
-        killed_node=killed,
-        leaders_before=dict(counts),
-        events=EVENTS,
-        output_resumed_everywhere_s=None if resumed is None else round(resumed, 2),
+        "cluster-broker-roles-kill-9" + ("-long" if LONG else ""),
+        producers=producers,
+        events=sent,
+        steps=steps,
         lost=0,
         duplicated=0,
-        workers_failed=logs.count("worker failing"),
+        run_s=round(time.monotonic() - started, 1),
     )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "producers" in metafunc.fixturenames:
+        modes = ["per_partition", "per_worker"] if LONG else ["per_partition"]
+        metafunc.parametrize("producers", modes)

@@ -3,7 +3,8 @@ private attributes), in this one package, pinned to the aiokafka version it was 
 against; nothing else in streamkit imports them. `fetch`: raw Fetch, ListOffsets and topic ids
 for the reader of compacted topics, the connection probe. `groups`: group fencing of
 transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata,
-OffsetFetch with `require_stable`. Neither imports anything from streamkit."""
+OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
+topics. Neither imports anything from streamkit."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from streamkit.aiokafka_internals.groups import (
     enable_group_fencing,
     fetch_stable_offsets,
     group_metadata,
+    know_topics,
     producer_identity,
 )
 
@@ -89,6 +91,7 @@ __all__ = [
     "enable_group_fencing",
     "fetch_stable_offsets",
     "group_metadata",
+    "know_topics",
     "probe_connection",
     "producer_identity",
 ]

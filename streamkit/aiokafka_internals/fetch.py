@@ -24,7 +24,12 @@ from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import for_code
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    for_code,
+)
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.offset import OffsetRequest
@@ -196,6 +201,15 @@ class RawClient:
                 by_node.setdefault(leader, []).append(tp)
         return by_node
 
+    async def _send(self, node: int, request: Any) -> Any | None:
+        """Send to `node`; None when it cannot be reached now (a broker down, or a leader that
+        moved before our metadata knew): the metadata is refreshed and the caller asks again."""
+        try:
+            return await self._client.send(node, request)
+        except (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError):
+            self._client.force_metadata_update()
+            return None
+
     def _retry_or_raise(self, tp: TopicPartition, error_code: int) -> None:
         error = for_code(error_code)
         if getattr(error, "retriable", False) or getattr(error, "invalid_metadata", False):
@@ -229,7 +243,9 @@ class RawClient:
                     topics.setdefault(tp.topic, []).append((tp.partition, which))
                 isolation = READ_COMMITTED if committed else READ_UNCOMMITTED
                 request = OffsetRequest(-1, isolation, list(topics.items()))
-                response = await self._client.send(node, request)
+                response = await self._send(node, request)
+                if response is None:
+                    continue
                 for topic, partitions in response.topics:
                     for partition, error_code, *rest in partitions:
                         tp = TopicPartition(topic, partition)
@@ -248,8 +264,10 @@ class RawClient:
         await self.start()
         node = self._client.get_random_node()
         try:
-            response = await self._client.send(node, _TopicIdsRequest(list(topics)))
+            response = await self._send(node, _TopicIdsRequest(list(topics)))
         except NotImplementedError:
+            return dict.fromkeys(topics)
+        if response is None:  # that broker is down: cannot say now
             return dict.fromkeys(topics)
         ids: dict[str, str | None] = dict.fromkeys(topics)
         for error_code, name, topic_id, *_ in response.topics:
@@ -261,8 +279,8 @@ class RawClient:
         self, positions: dict[TopicPartition, int], timed: Collection[TopicPartition] = ()
     ) -> dict[TopicPartition, Fetched]:
         """Fetch once (read_committed) from every partition's leader, from the given positions;
-        a partition without a leader now is not in the answer. The partitions in `timed` also
-        give each row's timestamp (`Fetched.times`)."""
+        a partition without a leader now, or whose leader cannot be reached, is not in the
+        answer. The partitions in `timed` also give each row's timestamp (`Fetched.times`).
         found: dict[TopicPartition, Fetched] = {}
         for node, group in (await self._by_leader(list(positions))).items():
             topics: dict[str, list[tuple[int, int, int]]] = {}
@@ -271,7 +289,9 @@ class RawClient:
                     (tp.partition, positions[tp], PARTITION_BYTES)
                 )
             request = FetchRequest(50, 1, FETCH_BYTES, READ_COMMITTED, list(topics.items()))
-            response = await self._client.send(node, request)
+            response = await self._send(node, request)
+            if response is None:
+                continue
             version = response.API_VERSION
             for topic, partitions in response.topics:
                 for partition, error_code, _high, *data in partitions:

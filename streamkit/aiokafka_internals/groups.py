@@ -441,3 +441,22 @@ async def fetch_stable_offsets(
                 f"offsets of {len(tps)} partitions still unstable after {within}s"
             )
         await asyncio.sleep(0.05)
+
+
+async def know_topics(consumer: Any, topics: Iterable[str], within: float) -> set[str]:
+    """Refresh the consumer's metadata until it lists every one of `topics` with partitions;
+    the topics still unknown after `within` seconds. A topic just created is not on every
+    broker's metadata at once (a cluster of several): a group leader whose metadata lacks it
+    assigns none of its partitions, and aiokafka looks again only at its next periodic
+    refresh (`metadata_max_age_ms`, 5 minutes by default)."""
+    client = consumer._client
+    wanted = set(topics)
+    for topic in wanted:
+        client.add_topic(topic)
+    deadline = time.monotonic() + within
+    while True:
+        missing = {t for t in wanted if not client.cluster.partitions_for_topic(t)}
+        if not missing or time.monotonic() > deadline:
+            return missing
+        await client.force_metadata_update()
+        await asyncio.sleep(0.1)

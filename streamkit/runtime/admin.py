@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka.admin import NewTopic
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
 from streamkit.clients import make_admin
 from streamkit.graph import resolve_partitions
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_TOPIC = 3
 TOPIC_EXISTS = 36
+NODE_DOWN = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
+NODE_DOWN_WITHIN = 30.0  # seconds a cluster has to elect around a dead broker
+
+T = TypeVar("T")
 
 
 class BrokerUnreachable(Exception):
@@ -63,10 +67,24 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+async def answered(call: Callable[[], Awaitable[T]]) -> T:
+    """`call`'s answer, asked again while the broker it went to is down: the admin client
+    sends each request to a broker it picks at random, on a cluster maybe one that just died
+    (a worker restarting then would fail at start for nothing)."""
+    deadline = time.monotonic() + NODE_DOWN_WITHIN
+    while True:
+        try:
+            return await call()
+        except NODE_DOWN:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def describe(admin: Any, names: list[str]) -> dict[str, int | None]:
     """topic → partition count on the broker, or None when it does not exist."""
     found: dict[str, int | None] = {}
-    for meta in await admin.describe_topics(names):
+    for meta in await answered(lambda: admin.describe_topics(names)):
         if meta["error_code"] == UNKNOWN_TOPIC:
             found[meta["topic"]] = None
         elif meta["error_code"] == 0:
@@ -80,7 +98,7 @@ async def internal_replication(admin: Any, settings: Settings) -> tuple[int, int
     """(replication factor, min.insync.replicas) of the internal topics: the settings, else
     what the cluster allows: 3 replicas (fewer brokers: as many as there are), min ISR 2 with
     3 replicas or more, else 1. A replication factor above the broker count is a ConfigError."""
-    brokers = len((await admin.describe_cluster())["brokers"])
+    brokers = len((await answered(admin.describe_cluster))["brokers"])
     rf = settings.internal_replication_factor
     if rf is None:
         rf = max(1, min(3, brokers))
@@ -177,7 +195,7 @@ async def _create(
                 topic_configs=config,
             )
         )
-    response = await admin.create_topics(requests)
+    response = await answered(lambda: admin.create_topics(requests))
     for name, code, *rest in response.topic_errors:
         if code not in (0, TOPIC_EXISTS):
             message = rest[0] if rest else ""

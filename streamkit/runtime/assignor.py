@@ -13,9 +13,10 @@ earlier ownership). The leader's `plan` is a pure function of that:
    assignment's user data.
 
 Each member also advertises its HTTP endpoint (`host:port`, or nothing when its server is off)
-in its metadata, and every assignment carries the member's own id and the map partition →
-endpoint of the whole group, so any worker can route an interactive query to the owner of a
-key (Kafka Streams does the same with `application.server`).
+in its metadata, and every assignment carries the member's own id, the group's members and,
+for a member that serves HTTP, the map partition → endpoint of the whole group, so it can
+route an interactive query to the owner of a key (Kafka Streams does the same with
+`application.server`); `assignment_data` encodes it compactly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberMetadata,
 )
 from aiokafka.structs import TopicPartition
+
+from streamkit.runtime import assignment_data
 
 TP = tuple[str, int]
 
@@ -206,24 +209,17 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         result = plan_together(
             partitions, infos, self._stateful_topics(), self._standby_replicas, groups
         )
-        served = sorted(
-            [topic, p, endpoints[m]]
-            for m, tps in result.active.items()
-            if endpoints.get(m)
-            for topic, p in tps
-        )
+        routes = assignment_data.Routes.build(result.active, endpoints)
         assignments = {}
         for member_id in members:
             by_topic: dict[str, list[int]] = defaultdict(list)
             for topic, p in result.active[member_id]:
                 by_topic[topic].append(p)
-            user = orjson.dumps(
-                {
-                    "standby": sorted(result.standby[member_id]),
-                    "member_id": member_id,
-                    "members": endpoints,
-                    "endpoints": served,
-                }
+            user = assignment_data.encode(
+                member_id,
+                result.standby[member_id],
+                endpoints,
+                routes if endpoints.get(member_id) else None,
             )
             assignments[member_id] = ConsumerProtocolMemberAssignment(
                 self.version, sorted((t, sorted(ps)) for t, ps in by_topic.items()), user
@@ -231,9 +227,9 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         return assignments
 
     def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
-        data = orjson.loads(assignment.user_data) if assignment.user_data else {}
-        self.standbys = {TopicPartition(t, p) for t, p in data.get("standby", [])}
-        self.member_id = data.get("member_id")
-        self.members = dict(data.get("members", {}))
-        self.endpoints = {TopicPartition(t, p): ep for t, p, ep in data.get("endpoints", [])}
+        data = assignment_data.decode(assignment.user_data)
+        self.standbys = data.standbys
+        self.member_id = data.member_id
+        self.members = data.members
+        self.endpoints = data.endpoints
         self.rebalances += 1

@@ -11,10 +11,11 @@ partition a zombie could not be fenced.)
 The checkpoint, every `commit_interval`, on revoke and on shutdown:
 
 1. Pause: every running task stops at its next event boundary (the event in flight finishes,
-   and so do map_async calls in flight with what follows them; no new event starts). Sinks
-   beyond Kafka then write their rows with the offsets they reach, each in one transaction
-   of its destination (`runtime/sinks.py`): a destination may get ahead of the Kafka
-   transaction, never behind; dead letters of rows it refused join this one.
+   and so do map_async calls in flight with what follows them; no new event starts); a task
+   still restoring is not waited for but held at its first. Sinks beyond Kafka then write
+   their rows with the offsets they reach, each in one transaction of its destination
+   (`runtime/sinks.py`): a destination may get ahead of the Kafka transaction, never behind;
+   dead letters of rows it refused join this one.
 2. Snapshot, per task, with no await in between: the offset after its last processed event,
    its tables' dirty keys appended to their changelog partitions, and its collector sealed
    (everything appended so far belongs to this transaction). Then every task resumes; what it

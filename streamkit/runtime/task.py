@@ -464,10 +464,17 @@ class Task:
     # -- driven by the exactly-once checkpoint -----------------------------------------------
 
     async def pause(self) -> None:
-        """Return once the task is between two records (at once if it is idle or not
-        running) and keep it there until `resume`."""
+        """Return once the task is between two records (at once if it is idle, restoring or
+        not running) and keep it there until `resume` (a restoring one: at its first)."""
         runner = self._runner
-        if self.status is not TaskState.RUNNING or runner is None or runner.done():
+        if runner is None or runner.done():
+            return
+        if self.status is TaskState.RESTORING:
+            # nothing handed over yet; it must not start while the others are paused (what
+            # it would submit then, the checkpoint's seal would take a second time)
+            self._pausing = True
+            return
+        if self.status is not TaskState.RUNNING:
             return
         self._pausing = True
         if self._idle:

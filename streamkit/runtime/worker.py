@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
+from streamkit.aiokafka_internals import know_topics
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
 from streamkit.registry.codec import prepare_app_codecs
@@ -177,6 +178,9 @@ class Worker:
         if self.web is not None:
             self.checkpointer.on_checkpoint = self.web.metrics.observe_checkpoint
         await self.consumer.start()
+        missing = await know_topics(self.consumer, self.tasks.source_topics, 30.0)
+        if missing:  # joining anyway: a later metadata refresh rebalances them in
+            log.warning("topics %s not in the cluster's metadata yet", sorted(missing))
         self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
