@@ -280,7 +280,7 @@ class RawClient:
     ) -> dict[TopicPartition, Fetched]:
         """Fetch once (read_committed) from every partition's leader, from the given positions;
         a partition without a leader now, or whose leader cannot be reached, is not in the
-        answer. The partitions in `timed` also give each row's timestamp (`Fetched.times`).
+        answer. The partitions in `timed` also give each row's timestamp (`Fetched.times`)."""
         found: dict[TopicPartition, Fetched] = {}
         for node, group in (await self._by_leader(list(positions))).items():
             topics: dict[str, list[tuple[int, int, int]]] = {}
