@@ -39,8 +39,8 @@ from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.operators import Compiler
-from streamkit.runtime.table_sync import TableSync
 from streamkit.runtime.sinks import TaskSinks
+from streamkit.runtime.table_sync import TableSync
 from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
