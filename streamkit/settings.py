@@ -110,6 +110,17 @@ class Settings(BaseSettings):
             "partitions wait for it until session_timeout_ms. Unset: dynamic membership."
         ),
     )
+    rebalance_protocol: Literal["eager", "cooperative"] = Field(
+        default="eager",
+        description=(
+            "How a worker takes part in a rebalance. eager: every worker stops every task "
+            "before the group reassigns, then reopens what it gets. cooperative (KIP-429): only "
+            "the partitions that move stop, in a second round; the other tasks keep processing "
+            "and committing. Switch a running app eager → cooperative by restarting the "
+            "workers one by one (a cooperative worker is refused by a group led by a version "
+            "without cooperative support: upgrade those first). See docs/rebalancing.md."
+        ),
+    )
     heartbeat_interval_ms: int = Field(
         default=1_000,
         ge=100,

@@ -12,6 +12,20 @@ earlier ownership). The leader's `plan` is a pure function of that:
    first, then the least-loaded) tail its changelogs; each member learns its standbys from the
    assignment's user data.
 
+5. Cooperative rebalancing (KIP-429): a member that says `"protocol": "cooperative"` in its
+   metadata still holds the partitions it lists as `owned` while the group rebalances (an
+   eager member released them before joining: its `owned` only steers stickiness). A
+   partition the plan moves away from a cooperative member that holds it goes to nobody in
+   this round (`hold_back`): its holder revokes it, rejoins, and the follow-up round gives it
+   to its new owner. The partitions that stay are in both rounds: their tasks never stop.
+
+Protocol names: the leader runs the assignor of the protocol every member supports. This
+assignor is `streamkit-coop` (it knows cooperative members); eager members also offer
+`streamkit`, the name of versions that do not, so they can join a group led by one of those.
+A cooperative member offers `streamkit-coop` only: a group still led by a version without
+step 5 refuses it (INCONSISTENT_GROUP_PROTOCOL) rather than let that leader move a partition
+the member still holds.
+
 Each member also advertises its HTTP endpoint (`host:port`, or nothing when its server is off)
 in its metadata, and every assignment carries the member's own id and the map partition →
 endpoint of the whole group, so any worker can route an interactive query to the owner of a
@@ -37,11 +51,16 @@ from aiokafka.structs import TopicPartition
 TP = tuple[str, int]
 
 
+EAGER_NAME = "streamkit"
+COOPERATIVE_NAME = "streamkit-coop"
+
+
 @dataclass
 class MemberInfo:
     topics: set[str]
     owned: set[TP] = field(default_factory=set)
     state: set[TP] = field(default_factory=set)
+    cooperative: bool = False  # still holds `owned` while the group rebalances
 
 
 @dataclass
@@ -146,6 +165,20 @@ def plan_together(
     return Plan({m: expand(tps) for m, tps in planned.active.items()}, planned.standby)
 
 
+def hold_back(
+    active: Mapping[str, list[TP]], members: Mapping[str, MemberInfo]
+) -> dict[str, list[TP]]:
+    """A cooperative round of `active`: a partition that a cooperative member other than its
+    planned owner still holds goes to nobody (its holder revokes it; the next round gives
+    it). Claimed by two cooperative members (never in a sound group): to neither."""
+    holders: dict[TP, set[str]] = defaultdict(set)
+    for m, info in members.items():
+        if info.cooperative:
+            for tp in info.owned:
+                holders[tp].add(m)
+    return {m: [tp for tp in tps if holders.get(tp, {m}) == {m}] for m, tps in active.items()}
+
+
 def _tps(items: Iterable[Any]) -> set[TP]:
     return {(str(t), int(p)) for t, p in items}
 
@@ -153,7 +186,7 @@ def _tps(items: Iterable[Any]) -> set[TP]:
 class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     """aiokafka's pluggable assignor interface, fed by the worker's callbacks."""
 
-    name = "streamkit"
+    name = COOPERATIVE_NAME
     version = 1
 
     def __init__(
@@ -164,7 +197,9 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         local_state: Callable[[], set[TopicPartition]],
         endpoint: str | None = None,
         copartitioned: Callable[[], list[list[str]]] | None = None,
+        cooperative: bool = False,
     ) -> None:
+        self.cooperative = cooperative
         self._endpoint = endpoint
         self._copartitioned = copartitioned or (lambda: [])
         self._stateful_topics = stateful_topics
@@ -182,6 +217,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             "owned": sorted((tp.topic, tp.partition) for tp in self._owned()),
             "state": sorted((tp.topic, tp.partition) for tp in self._local_state()),
             "endpoint": self._endpoint,
+            "protocol": "cooperative" if self.cooperative else "eager",
         }
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), orjson.dumps(info))
 
@@ -194,7 +230,10 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             data = orjson.loads(meta.user_data) if meta.user_data else {}
             endpoints[member_id] = data.get("endpoint")
             infos[member_id] = MemberInfo(
-                set(meta.subscription), _tps(data.get("owned", [])), _tps(data.get("state", []))
+                set(meta.subscription),
+                _tps(data.get("owned", [])),
+                _tps(data.get("state", [])),
+                cooperative=data.get("protocol") == "cooperative",
             )
         topics = {t for info in infos.values() for t in info.topics}
         partitions = {}
@@ -206,6 +245,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         result = plan_together(
             partitions, infos, self._stateful_topics(), self._standby_replicas, groups
         )
+        result.active = hold_back(result.active, infos)
         served = sorted(
             [topic, p, endpoints[m]]
             for m, tps in result.active.items()
@@ -237,3 +277,31 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.members = dict(data.get("members", {}))
         self.endpoints = {TopicPartition(t, p): ep for t, p, ep in data.get("endpoints", [])}
         self.rebalances += 1
+
+    def protocols(self) -> tuple[AbstractPartitionAssignor, ...]:
+        """What the consumer offers the group: a cooperative member this assignor only; an
+        eager one this assignor and, under the older name, the same again (see above)."""
+        if self.cooperative:
+            return (self,)
+        return (self, _EagerName(self))
+
+
+class _EagerName(AbstractPartitionAssignor):  # type: ignore[misc]
+    """`StreamkitAssignor` offered under the name of versions without cooperative rounds."""
+
+    name = EAGER_NAME
+    version = 1
+
+    def __init__(self, assignor: StreamkitAssignor) -> None:
+        self._assignor = assignor
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return self._assignor.metadata(topics)
+
+    def assign(
+        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        return self._assignor.assign(cluster, members)
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        self._assignor.on_assignment(assignment)

@@ -27,6 +27,7 @@ from typing import Any
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
+from streamkit.aiokafka_internals import CooperativeRebalance
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
 from streamkit.runtime.admin import ensure_app_topics
@@ -81,6 +82,8 @@ class Worker:
         self.standbys: Standbys | None = None
         self.global_tables: GlobalTables | None = None
         self.assignor: Any = None
+        self.rebalance: CooperativeRebalance | None = None  # rebalance_protocol=cooperative
+        self._recovery_due: TransactionFailed | None = None  # a cooperative revoke's failure
         self.purger: RepartitionPurger | None = None  # deletes consumed repartition records
         self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
@@ -140,13 +143,15 @@ class Worker:
             endpoint = await self.web.start()
             self._spawn("web", self.web.run())
             self.tasks.on_closed = self.web.metrics.retire
+        cooperative = settings.rebalance_protocol == "cooperative"
         self.assignor = StreamkitAssignor(
             self.tasks.stateful_topics,
             settings.standby_replicas,
-            self.tasks.owned,
+            self._owned,
             self.tasks.local_state,
             endpoint,
             copartitioned=self.tasks.copartitioned,
+            cooperative=cooperative,
         )
         self.standbys = Standbys(
             app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
@@ -155,7 +160,7 @@ class Worker:
             settings,
             app.id,
             self.client_id,
-            partition_assignment_strategy=(self.assignor,),
+            partition_assignment_strategy=self.assignor.protocols(),
             group_instance_id=settings.instance_id,  # static membership, when set
         )
         if settings.processing_guarantee == "exactly_once":
@@ -171,6 +176,8 @@ class Worker:
         if self.web is not None:
             self.checkpointer.on_checkpoint = self.web.metrics.observe_checkpoint
         await self.consumer.start()
+        if cooperative:  # before subscribing: the first join is cooperative already
+            self.rebalance = CooperativeRebalance(self.consumer)
         self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
@@ -188,6 +195,14 @@ class Worker:
             settings.bootstrap_servers,
             describe_security(settings),
         )
+
+    def _owned(self) -> set[TopicPartition]:
+        """The JoinGroup metadata's `owned`: under cooperative rebalancing what this worker
+        holds now; eager, what it held before this rebalance (for stickiness)."""
+        assert self.tasks is not None
+        if self.rebalance is not None:
+            return self.rebalance.holding()
+        return self.tasks.owned()
 
     def _subscribe(self) -> None:
         assert self.tasks is not None
@@ -217,6 +232,13 @@ class Worker:
             due.clear()
             if self._stopping.is_set():
                 return
+            if self._recovery_due is not None:  # a cooperative revoke's transaction failed
+                failure, self._recovery_due = self._recovery_due, None
+                await self.recover(failure)
+                continue
+            if self.rebalance is not None and not self.rebalance.synced():
+                # between JoinGroup and SyncGroup the group takes no plain offset commit
+                await self.rebalance.wait_synced(self.settings.session_timeout_ms / 1000)
             try:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
@@ -298,7 +320,19 @@ class Worker:
         closed = []
         try:
             closed = await self.tasks.revoke(tps)
-            await self.checkpointer.commit(closed)
+            running = list(self.tasks.tasks.values())
+            if self.rebalance is not None and running:
+                # cooperative: the others keep running; their checkpoint goes with this one
+                # (one producer per worker: they share the transaction that must commit now)
+                try:
+                    await self.checkpointer.commit([*closed, *running])
+                except TransactionFailed as exc:
+                    if set(exc.failed) & set(self.tasks.tasks):
+                        self._recovery_due = exc  # running tasks lost work: drop, rejoin
+                        self._checkpoint_due.set()
+                    raise
+            else:
+                await self.checkpointer.commit(closed)
         except TransactionFailed as exc:
             # Their uncommitted work is dropped with them; the next owners start from the
             # last commit. Nothing else to do: the group is rebalancing already.
@@ -324,7 +358,11 @@ class Worker:
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
             return
+        known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, positions)
+        if isinstance(self.checkpointer, TransactionalCheckpointer):
+            # cooperative: a checkpoint may be running; the new tasks must not join it
+            self.checkpointer.adopt(t for t in self.tasks.tasks.values() if t not in known)
 
     async def _fence_and_seek(
         self, tps: set[TopicPartition]
@@ -334,7 +372,7 @@ class Worker:
         assert self.producers is not None and self.tasks is not None
         started = time.monotonic()
         keys = {self.tasks.task_key(tp) for tp in tps}  # one producer per task
-        await self.producers.keep_only(keys)
+        await self.producers.keep_only(keys | set(self.tasks.tasks))  # and the running ones
         producers = await self.producers.acquire(keys)
         fenced_in = time.monotonic() - started
         ordered = sorted(tps)
