@@ -1,8 +1,9 @@
 """Cooperative rounds of the assignor (KIP-429, a pure function): a membership change, then
 rounds of `plan` + `hold_back` until no cooperative member revokes anything, checked against
-a brute-force replay of the group: no partition is ever held twice, a cooperative member
-revokes exactly the partitions that move, the ones that stay are never revoked, and the
-group ends complete and within the plan's limits in at most two rounds. Members may be cooperative or eager (a group in the middle of a rolling switch)."""
+a brute-force replay of the group: no partition is ever held twice or given while another
+member holds it, a cooperative member revokes exactly the partitions the plan moves and keeps
+the others through every round, and the group ends complete and within the plan's limits in
+at most two rounds. Members may be cooperative or eager (a group in a rolling switch)."""
 
 from __future__ import annotations
 
