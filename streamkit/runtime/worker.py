@@ -358,6 +358,8 @@ class Worker:
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
             return
+        if self._stopping.is_set():  # the stop began meanwhile: its revoke would miss them
+            return
         known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, positions)
         if isinstance(self.checkpointer, TransactionalCheckpointer):
