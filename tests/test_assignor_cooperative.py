@@ -2,8 +2,9 @@
 rounds of `plan` + `hold_back` until no cooperative member revokes anything, checked against
 a brute-force replay of the group: no partition is ever held twice or given while another
 member holds it, a cooperative member revokes exactly the partitions the plan moves and keeps
-the others through every round, and the group ends complete and within the plan's limits in
-at most two rounds. Members may be cooperative or eager (a group in a rolling switch)."""
+the others through every round, and the group ends complete and within the plan's limits:
+in at most two rounds when every member is cooperative, in a few when some are eager (a
+group in a rolling switch)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamkit.runtime.assignor import (
-    COOPERATIVE_NAME,
-    EAGER_NAME,
     TP,
     MemberInfo,
     StreamkitAssignor,
     hold_back,
     plan,
+    planned_cooperatively,
 )
 
 
@@ -55,7 +55,7 @@ def replay(g: dict[str, Any]) -> tuple[list[dict[str, set[TP]]], dict[str, list[
     last = dict(holding)  # what each member held before the round (eager: for stickiness)
     rounds: list[dict[str, set[TP]]] = [holding]
     target1: dict[str, list[TP]] = {}
-    for _ in range(5):
+    for _ in range(6):
         infos = {
             m: MemberInfo(names, set(holding[m] if coop[m] else last[m]), state[m], coop[m])
             for m in g["after"]
@@ -75,8 +75,8 @@ def replay(g: dict[str, Any]) -> tuple[list[dict[str, set[TP]]], dict[str, list[
         assert len(everything) == len(set(everything)), "a partition held twice"
         rounds.append(holding)
         if not any(revoked.values()):
-            break
-    return rounds, target1
+            return rounds, target1
+    raise AssertionError(f"no stable assignment after {len(rounds) - 1} rounds: {rounds}")
 
 
 @settings(max_examples=300, deadline=None)
@@ -85,7 +85,10 @@ def test_cooperative_rounds_revoke_only_what_moves_and_end_at_the_eager_plan(
     g: dict[str, Any],
 ) -> None:
     rounds, target = replay(g)
-    assert len(rounds) <= 3, rounds  # the change, and one follow-up round at most
+    if all(g["cooperative"].values()):  # the change, and one follow-up round at most
+        assert len(rounds) <= 3, rounds
+    # (with eager members too, their stickiness to what a round gave them may move a
+    # partition once more: the replay bounds the rounds at 5)
     final = rounds[-1]
     every = {(t, p) for t, n in g["topics"].items() for p in range(n)}
     assert set().union(*final.values()) == every
@@ -126,18 +129,19 @@ def _assignor(cooperative: bool, owned: set[TopicPartition]) -> StreamkitAssigno
     return StreamkitAssignor(set, 0, lambda: owned, set, None, cooperative=cooperative)
 
 
-def test_the_assignor_offers_its_protocols_and_holds_back_through_its_metadata() -> None:
+def test_the_assignor_holds_back_through_its_metadata_and_marks_its_assignments() -> None:
     coop = _assignor(True, {TopicPartition("t", p) for p in range(4)})
     eager = _assignor(False, set())
-    assert [a.name for a in coop.protocols()] == [COOPERATIVE_NAME]
-    assert [a.name for a in eager.protocols()] == [COOPERATIVE_NAME, EAGER_NAME]
+    assert coop.name == eager.name == "streamkit"  # one protocol: the two kinds mix
     meta = {"a": coop.metadata(["t"]), "b": eager.metadata(["t"])}
     assert orjson.loads(meta["a"].user_data)["protocol"] == "cooperative"
     first = {m: a.partitions() for m, a in coop.assign(_Cluster(), meta).items()}
     assert len(first["a"]) == 2 and first["b"] == []  # the 2 that move: to nobody yet
+    assert all(planned_cooperatively(a.user_data) for a in coop.assign(_Cluster(), meta).values())
+    assert not planned_cooperatively(orjson.dumps({"standby": []}))  # an older leader's
     # the follow-up round: a no longer holds them
     follow = {"a": _assignor(True, set(first["a"])).metadata(["t"]), "b": meta["b"]}
-    second = {m: a.partitions() for m, a in eager.protocols()[1].assign(_Cluster(), follow).items()}
+    second = {m: a.partitions() for m, a in eager.assign(_Cluster(), follow).items()}
     assert second["a"] == first["a"] and len(second["b"]) == 2
     # an old member's metadata (no protocol field) is eager: its owned list is not held back
     old = ConsumerProtocolMemberMetadata(1, ["t"], orjson.dumps({"owned": [["t", 0]]}))

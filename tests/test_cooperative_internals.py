@@ -4,7 +4,8 @@ first member's partitions in two rounds; the first member's listener is told to 
 those, never the others; the fetch position of a partition that stays survives the
 rebalance (it is not re-read from the committed offset: nothing was committed, so it would
 restart at the beginning); the group's generation is synced again once the second round is
-done; and a member whose generation was reset revokes everything before rejoining."""
+done; a member whose generation was reset revokes everything before rejoining; and an
+assignment from a leader without cooperative rounds (an older version) installs nothing."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import CooperativeRebalance, check_coordinator
-from streamkit.runtime.assignor import StreamkitAssignor
+from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from tests.kafkahelp import bootstrap, create_topic, produce, wait_until
 
 PARTITIONS = 4
+refusals: dict[CooperativeRebalance, list[bool]] = {}  # each member's `refused()` calls
 
 
 class Recorder(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -49,11 +53,13 @@ async def cooperative_member(
         auto_offset_reset="earliest",
         session_timeout_ms=6000,
         heartbeat_interval_ms=300,
-        partition_assignment_strategy=assignor.protocols(),
+        partition_assignment_strategy=(assignor,),
     )
     await consumer.start()
     check_coordinator(consumer)
-    rebalance = CooperativeRebalance(consumer)
+    refused: list[bool] = []
+    rebalance = CooperativeRebalance(consumer, planned_cooperatively, lambda: refused.append(True))
+    refusals[rebalance] = refused
     holder.append(rebalance)
     recorder = Recorder()
     consumer.subscribe([topic], listener=recorder)
@@ -125,3 +131,41 @@ async def test_a_joining_member_takes_half_in_two_rounds_and_the_rest_keep_their
                 [a, b], lambda: ra.synced() and len(la.calls) > 4, "a to rejoin after the loss"
             )
             assert la.calls[4] == ("revoked", kept)
+
+
+class OlderLeader(StreamkitAssignor):
+    """The assignor of a version without cooperative rounds: no `hold_back`, no marker."""
+
+    def assign(self, cluster: Any, members: Any) -> Any:
+        out = {}
+        for member, a in super().assign(cluster, members).items():
+            data = orjson.loads(a.user_data)
+            data.pop("rounds")
+            out[member] = ConsumerProtocolMemberAssignment(
+                a.version, a.assignment, orjson.dumps(data)
+            )
+        return out
+
+
+async def test_a_cooperative_member_led_by_an_older_version_installs_nothing(uid: str) -> None:
+    topic, group = f"coop-{uid}", f"coop-{uid}"
+    await create_topic(topic, PARTITIONS)
+    await produce(topic, [b"x"], partition=0)  # (and its metadata is known)
+    older = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(),
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
+        partition_assignment_strategy=(OlderLeader(set, 0, set, set),),
+    )
+    await older.start()
+    older.subscribe([topic])
+    try:
+        await poll_until([older], lambda: len(older.assignment()) == PARTITIONS, "the leader")
+        async with cooperative_member(topic, group) as (a, ra, la):
+            # (a is not polled: with no assignment, getmany waits for one)
+            await poll_until([older], lambda: bool(refusals[ra]), "a's refusal")
+            assert la.calls == [] and a.assignment() == set() and not ra.synced()
+    finally:
+        await older.stop()

@@ -11,8 +11,8 @@ conventions of the members. aiokafka's eager one, in its `GroupCoordinator`:
   partition's fetch state, its position too, is made anew) and calls `on_partitions_assigned`
   with all of it.
 
-`CooperativeRebalance(consumer)`, installed on a started consumer before it subscribes,
-replaces both on that consumer's coordinator object:
+`CooperativeRebalance(consumer, accept, refused)`, installed on a started consumer before it
+subscribes, replaces both on that consumer's coordinator object:
 
 1. Before JoinGroup: nothing is revoked; the member keeps fetching and its listener's tasks
    keep running. The assignor's metadata says which partitions the member still holds
@@ -26,6 +26,11 @@ replaces both on that consumer's coordinator object:
 3. If something was revoked, the member asks to rejoin at once: the leader's assignor gives a
    partition that moves to nobody in the first round (its holder revokes it) and to its new
    owner in this follow-up round.
+
+The leader must plan cooperative rounds: an assignment whose user data `accept` refuses (a
+leader that could have given a partition this member holds to another member in the same
+round) installs nothing and calls `refused()`, which must stop the member without
+committing anything more.
 
 `synced()` says whether the member's generation is the one its last SyncGroup completed: from
 a JoinGroup answer until the SyncGroup answer the group is "completing a rebalance", and the
@@ -92,8 +97,12 @@ def check_assignment(subscription: Any) -> None:
 class CooperativeRebalance:
     """Cooperative rebalancing for one consumer (see the module's docstring)."""
 
-    def __init__(self, consumer: Any) -> None:
+    def __init__(
+        self, consumer: Any, accept: Callable[[bytes], bool], refused: Callable[[], None]
+    ) -> None:
         check_coordinator(consumer)
+        self._accept = accept
+        self._refused = refused
         self._coordinator = coordinator = consumer._coordinator
         self._state = coordinator._subscription  # aiokafka's SubscriptionState
         self.owned: set[TopicPartition] = set()  # what the listener holds (told, not revoked)
@@ -161,6 +170,10 @@ class CooperativeRebalance:
         assignor = coordinator._lookup_assignor(protocol)
         assert assignor is not None, f"invalid assignment protocol: {protocol}"
         assignment = ConsumerProtocolMemberAssignment.decode(assignment_bytes)
+        if not self._accept(assignment.user_data):
+            log.error("generation %d: the leader does not plan cooperative rounds", generation)
+            self._refused()
+            return
         assigned = set(assignment.partitions())
         subscription = self._state.subscription
         owned = self.owned if subscription is self._owned_in else set()

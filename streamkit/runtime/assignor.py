@@ -19,12 +19,13 @@ earlier ownership). The leader's `plan` is a pure function of that:
    this round (`hold_back`): its holder revokes it, rejoins, and the follow-up round gives it
    to its new owner. The partitions that stay are in both rounds: their tasks never stop.
 
-Protocol names: the leader runs the assignor of the protocol every member supports. This
-assignor is `streamkit-coop` (it knows cooperative members); eager members also offer
-`streamkit`, the name of versions that do not, so they can join a group led by one of those.
-A cooperative member offers `streamkit-coop` only: a group still led by a version without
-step 5 refuses it (INCONSISTENT_GROUP_PROTOCOL) rather than let that leader move a partition
-the member still holds.
+Eager and cooperative members mix in one group (a rolling switch): the same assignor
+(`streamkit`) plans for both. A leader of a version without step 5 would move a partition a
+cooperative member still holds: every assignment of this version says `"rounds":
+"cooperative"`, and a cooperative member that gets one without it stops at once, committing
+nothing more (`planned_cooperatively`; the worker says to upgrade the other workers first).
+(aiokafka 0.14 cannot offer two protocols: with two assignors it sends JoinGroup once per
+assignor in one join, and the group rebalances again and again.)
 
 Each member also advertises its HTTP endpoint (`host:port`, or nothing when its server is off)
 in its metadata, and every assignment carries the member's own id and the map partition →
@@ -49,10 +50,6 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.structs import TopicPartition
 
 TP = tuple[str, int]
-
-
-EAGER_NAME = "streamkit"
-COOPERATIVE_NAME = "streamkit-coop"
 
 
 @dataclass
@@ -186,7 +183,7 @@ def _tps(items: Iterable[Any]) -> set[TP]:
 class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     """aiokafka's pluggable assignor interface, fed by the worker's callbacks."""
 
-    name = COOPERATIVE_NAME
+    name = "streamkit"
     version = 1
 
     def __init__(
@@ -263,6 +260,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
                     "member_id": member_id,
                     "members": endpoints,
                     "endpoints": served,
+                    "rounds": "cooperative",  # planned with `hold_back`
                 }
             )
             assignments[member_id] = ConsumerProtocolMemberAssignment(
@@ -278,30 +276,8 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.endpoints = {TopicPartition(t, p): ep for t, p, ep in data.get("endpoints", [])}
         self.rebalances += 1
 
-    def protocols(self) -> tuple[AbstractPartitionAssignor, ...]:
-        """What the consumer offers the group: a cooperative member this assignor only; an
-        eager one this assignor and, under the older name, the same again (see above)."""
-        if self.cooperative:
-            return (self,)
-        return (self, _EagerName(self))
 
-
-class _EagerName(AbstractPartitionAssignor):  # type: ignore[misc]
-    """`StreamkitAssignor` offered under the name of versions without cooperative rounds."""
-
-    name = EAGER_NAME
-    version = 1
-
-    def __init__(self, assignor: StreamkitAssignor) -> None:
-        self._assignor = assignor
-
-    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return self._assignor.metadata(topics)
-
-    def assign(
-        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        return self._assignor.assign(cluster, members)
-
-    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
-        self._assignor.on_assignment(assignment)
+def planned_cooperatively(user_data: bytes) -> bool:
+    """Whether an assignment's leader plans cooperative rounds (`hold_back`)."""
+    data = orjson.loads(user_data) if user_data else {}
+    return bool(data.get("rounds") == "cooperative")

@@ -31,7 +31,7 @@ from streamkit.aiokafka_internals import CooperativeRebalance
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
 from streamkit.runtime.admin import ensure_app_topics
-from streamkit.runtime.assignor import StreamkitAssignor
+from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
     ProducerSet,
@@ -160,7 +160,7 @@ class Worker:
             settings,
             app.id,
             self.client_id,
-            partition_assignment_strategy=self.assignor.protocols(),
+            partition_assignment_strategy=(self.assignor,),
             group_instance_id=settings.instance_id,  # static membership, when set
         )
         if settings.processing_guarantee == "exactly_once":
@@ -177,7 +177,9 @@ class Worker:
             self.checkpointer.on_checkpoint = self.web.metrics.observe_checkpoint
         await self.consumer.start()
         if cooperative:  # before subscribing: the first join is cooperative already
-            self.rebalance = CooperativeRebalance(self.consumer)
+            self.rebalance = CooperativeRebalance(
+                self.consumer, planned_cooperatively, self._old_leader
+            )
         self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
@@ -203,6 +205,21 @@ class Worker:
         if self.rebalance is not None:
             return self.rebalance.holding()
         return self.tasks.owned()
+
+    def _old_leader(self) -> None:
+        """A cooperative worker got an assignment from a leader without cooperative rounds: it
+        may have given a partition this worker holds to another. Stop, committing nothing
+        more (the partitions' next owners start from the last commit)."""
+        self._checkpoint_broken = True
+        self.fail(
+            WorkerFailed(
+                f"group {self.app.id} is led by a worker of a streamkit version without "
+                "cooperative rebalancing; this worker (STREAMKIT_REBALANCE_PROTOCOL="
+                "cooperative) stopped without committing more. Restart the other workers "
+                "with this version first (STREAMKIT_REBALANCE_PROTOCOL=eager keeps them "
+                "eager), then switch them to cooperative one by one"
+            )
+        )
 
     def _subscribe(self) -> None:
         assert self.tasks is not None
@@ -239,6 +256,8 @@ class Worker:
             if self.rebalance is not None and not self.rebalance.synced():
                 # between JoinGroup and SyncGroup the group takes no plain offset commit
                 await self.rebalance.wait_synced(self.settings.session_timeout_ms / 1000)
+                if self._stopping.is_set():
+                    return
             try:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
