@@ -7,8 +7,9 @@ Real `streamkit worker apps.shop:app` processes (exactly-once, one transactional
 worker; `shop` keys purchases by user through a repartition topic into two tables, 4
 partitions), each on its own workdir. `--keys` users are loaded first (one purchase each:
 that many keys in each table); then purchases of random users arrive at `--rate` events/s.
-The third worker leaves (SIGTERM), and after the group settled, comes back on the same
-workdir (its stores warm: the assignor gives their partitions back). For each change, from the
+The worker holding the most stateful partitions leaves (SIGTERM), and after the group
+settled, comes back on the same workdir (its stores warm: the assignor gives their
+partitions back). For each change, from the
 committed outputs (`shop-totals`, read under read_committed as they arrive; an output
 partition is the stateful stage's partition of the same number) and the workers' logs:
 the stateful partitions that stayed with their worker and those that moved; the longest
@@ -179,7 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         load_s = time.monotonic() - loaded
         feeding = asyncio.create_task(feed(f"purchases-{uid}", args.keys, args.rate, stop))
         await asyncio.sleep(5)
-        third = workers[2]
+        third = max(workers, key=lambda w: len(stateful(text(w))))  # one holding state
         leave = await change(
             watch,
             workers,
@@ -187,8 +188,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             lambda: not third.alive and everything(workers) == 2 * PARTITIONS,
             args.settle,
         )
-        back = shop(uid, root, "w2", args.protocol)
-        back.log_path = root / "w2-back.log"
+        name = third.log_path.stem
+        back = shop(uid, root, name, args.protocol)
+        back.log_path = root / f"{name}-back.log"
         workers.append(back)
         join = await change(
             watch,

@@ -117,8 +117,8 @@ class Settings(BaseSettings):
             "before the group reassigns, then reopens what it gets. cooperative (KIP-429): only "
             "the partitions that move stop, in a second round; the other tasks keep processing "
             "and committing. Switch a running app eager → cooperative by restarting the "
-            "workers one by one (a cooperative worker is refused by a group led by a version "
-            "without cooperative support: upgrade those first). See docs/rebalancing.md."
+            "workers one by one; upgrade them all to a version with this setting first (a "
+            "cooperative worker led by an older one stops). See docs/rebalancing.md."
         ),
     )
     heartbeat_interval_ms: int = Field(

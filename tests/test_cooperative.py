@@ -134,13 +134,17 @@ async def handover(
     )
 
 
-@pytest.mark.parametrize("protocol", ["cooperative", "eager"])
+@pytest.mark.parametrize(
+    ("protocol", "guarantee"),
+    [("cooperative", "exactly_once"), ("eager", "exactly_once"), ("cooperative", "at_least_once")],
+)
 async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
-    uid: str, tmp_path: Path, protocol: str
+    uid: str, tmp_path: Path, protocol: str, guarantee: str
 ) -> None:
-    """(eager: the same measure, which must show every task stopped: the contrast.)"""
+    """(eager: the same measure, which must show every task stopped: the contrast. At least
+    once: plain offset commits, which the group refuses between JoinGroup and SyncGroup.)"""
     topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
-    env = {"STREAMKIT_REBALANCE_PROTOCOL": protocol}
+    env = {"STREAMKIT_REBALANCE_PROTOCOL": protocol, "STREAMKIT_PROCESSING_GUARANTEE": guarantee}
     a = coop_worker(uid, tmp_path, "a", **env).start()
     workers = [a]
     watch = OutputWatch(out)
@@ -168,7 +172,7 @@ async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
         )
         assert stayed2 == stayed and moved2 == moved
         revoked_at_leave = revoked_lines(a, mark)
-        figures(f"rebalance, {protocol} (exactly-once, per worker)", join=join, leave=leave)
+        figures(f"rebalance, {protocol}, {guarantee}", join=join, leave=leave)
         if protocol == "eager":  # every task of a stopped, each time
             assert revoked_at_join == [set(range(PARTITIONS))]
             assert revoked_at_leave == [stayed]

@@ -424,13 +424,19 @@ class Task:
     # -- driven by the exactly-once checkpoint -----------------------------------------------
 
     async def pause(self) -> None:
-        """Return once the task is between two records (at once if it is idle or not
-        running) and keep it there until `resume`."""
+        """Return once the task is between two records (at once if it is idle, or still
+        restoring: it then stops before its first record; a closing task once it ended) and
+        keep it there until `resume`. (A task that finished restoring during a checkpoint's
+        pause used to be sealed while it was handing a full batch to the producer: the batch
+        went out twice.)"""
         runner = self._runner
-        if self.status is not TaskState.RUNNING or runner is None or runner.done():
+        if runner is None or runner.done():
             return
-        self._pausing = True
-        if self._idle:
+        if self.status is TaskState.CLOSING:  # its last event and submit: let them end
+            await asyncio.wait((runner,))
+            return
+        self._pausing = True  # a task still restoring stops before its first record
+        if self.status is not TaskState.RUNNING or self._idle:
             return
         parked = self._parked = asyncio.get_running_loop().create_future()
         try:
