@@ -1,0 +1,76 @@
+"""`Task.pause` (the exactly-once checkpoint's first step) on a real task, no broker: a task
+paused while it is still restoring processes nothing until `resume`, even once
+records arrive; a closing task's pause returns only once it ended. (Under cooperative
+rebalancing new tasks restore while the others checkpoint: a task that started processing
+during a checkpoint's pause was sealed in the middle of handing a batch to the producer.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import streamkit as sk
+from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.task import Task, TaskState
+from tests.badinput import ListCollector, Made, consumer_record
+
+
+def echo_task(uid: str) -> tuple[Task, ListCollector, str]:
+    app = sk.App(f"pause-{uid}")
+    source = app.topic(f"pause-in-{uid}", partitions=1)
+    out = app.topic(f"pause-out-{uid}", partitions=1)
+
+    @app.agent(source, sink=out)
+    async def echo(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
+        async for value in stream:
+            yield value
+
+    (stage,) = app.stages
+    collector = ListCollector()
+    task = Task(
+        stage,
+        0,
+        cast(RecordCollector, collector),
+        dlq_topic=app.dlq.name,
+        on_agent_error="dlq",
+        on_room=lambda: None,
+    )
+    return task, collector, source.name
+
+
+async def spin(n: int = 200) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_task_paused_while_restoring_processes_nothing_until_resumed(uid: str) -> None:
+    task, collector, topic = echo_task(uid)
+    task.start()
+    assert task.status is TaskState.RESTORING  # not running yet
+    await task.pause()
+    await spin()
+    assert task.status is TaskState.RUNNING
+    made = [Made("good", None, b'{"n": %d}' % i) for i in range(5)]
+    assert task.put([consumer_record(topic, i, m) for i, m in enumerate(made)])
+    await spin()
+    assert collector.records == [] and task.committable is None  # held at the boundary
+    task.resume()
+    for _ in range(1000):
+        if task.committable == 5:
+            break
+        await asyncio.sleep(0)
+    assert len(collector.records) == 5
+    await task.close(5)
+
+
+async def test_pausing_a_closing_task_waits_until_it_ended(uid: str) -> None:
+    task, _, _ = echo_task(uid)
+    task.start()
+    await spin()
+    closing = asyncio.create_task(task.close(5))
+    await asyncio.sleep(0)
+    assert task.status is TaskState.CLOSING
+    await task.pause()
+    assert task.runner is not None and task.runner.done()
+    await closing
