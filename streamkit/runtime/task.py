@@ -424,11 +424,8 @@ class Task:
     # -- driven by the exactly-once checkpoint -----------------------------------------------
 
     async def pause(self) -> None:
-        """Return once the task is between two records (at once if it is idle, or still
-        restoring: it then stops before its first record; a closing task once it ended) and
-        keep it there until `resume`. (A task that finished restoring during a checkpoint's
-        pause used to be sealed while it was handing a full batch to the producer: the batch
-        went out twice.)"""
+        """Return once the task is between two records (at once if idle; if restoring, it
+        stops before its first record; if closing, once ended) and keep it there until `resume`."""
         runner = self._runner
         if runner is None or runner.done():
             return
