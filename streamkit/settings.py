@@ -121,6 +121,17 @@ class Settings(BaseSettings):
             "partitions wait for it until session_timeout_ms. Unset: dynamic membership."
         ),
     )
+    rebalance_protocol: Literal["eager", "cooperative"] = Field(
+        default="eager",
+        description=(
+            "How a worker takes part in a rebalance. eager: every worker stops every task "
+            "before the group reassigns, then reopens what it gets. cooperative (KIP-429): only "
+            "the partitions that move stop, in a second round; the other tasks keep processing "
+            "and committing. Switch a running app eager → cooperative by restarting the "
+            "workers one by one; upgrade them all to a version with this setting first (a "
+            "cooperative worker led by an older one stops). See docs/rebalancing.md."
+        ),
+    )
     heartbeat_interval_ms: int = Field(
         default=1_000,
         ge=100,

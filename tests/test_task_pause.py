@@ -1,8 +1,8 @@
-"""A checkpoint's pause reaches a task still restoring its state: the task must stay held at
-its first event boundary until `resume` (found by the three-broker chaos: such a task started
-processing and submitting while the checkpoint paused the others, and the checkpoint then
-sealed a batch that was being handed to the producer — an IndexError in the collector and a
-batch sent twice)."""
+"""`Task.pause` (the exactly-once checkpoint's first step) on a real task, no broker: a task
+paused while it is still restoring processes nothing until `resume`, even once
+records arrive; a closing task's pause returns only once it ended. (Under cooperative
+rebalancing new tasks restore while the others checkpoint: a task that started processing
+during a checkpoint's pause was sealed in the middle of handing a batch to the producer.)"""
 
 from __future__ import annotations
 
@@ -10,49 +10,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import orjson
-from aiokafka.structs import ConsumerRecord
-
 import streamkit as sk
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.task import Task, TaskState
-from tests.badinput import ListCollector
+from tests.badinput import ListCollector, Made, consumer_record
 
 
-class CountingCollector(ListCollector):
-    def __init__(self) -> None:
-        super().__init__()
-        self.submits = 0
-
-    async def submit(self) -> None:
-        self.submits += 1
-
-
-class SlowState:
-    """Stands in for a task's tables: opening waits until the test lets it."""
-
-    def __init__(self) -> None:
-        self.partitions: dict[str, Any] = {}
-        self.may_open = asyncio.Event()
-
-    async def open(self, reader: Any) -> None:
-        await self.may_open.wait()
-
-
-def record(topic: str, offset: int) -> Any:
-    value = orjson.dumps({"n": offset})
-    return ConsumerRecord(topic, 0, offset, 0, 0, None, value, None, 0, len(value), ())
-
-
-async def turns(n: int = 200) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-async def test_a_task_paused_while_restoring_waits_for_resume_before_processing() -> None:
-    app = sk.App("pause-restoring")
-    source = app.topic("pause-in", partitions=1)
-    out = app.topic("pause-out", partitions=1)
+def echo_task(uid: str) -> tuple[Task, ListCollector, str]:
+    app = sk.App(f"pause-{uid}")
+    source = app.topic(f"pause-in-{uid}", partitions=1)
+    out = app.topic(f"pause-out-{uid}", partitions=1)
 
     @app.agent(source, sink=out)
     async def echo(stream: sk.Stream[Any]) -> AsyncIterator[Any]:
@@ -60,7 +27,7 @@ async def test_a_task_paused_while_restoring_waits_for_resume_before_processing(
             yield value
 
     (stage,) = app.stages
-    collector, state = CountingCollector(), SlowState()
+    collector = ListCollector()
     task = Task(
         stage,
         0,
@@ -68,34 +35,42 @@ async def test_a_task_paused_while_restoring_waits_for_resume_before_processing(
         dlq_topic=app.dlq.name,
         on_agent_error="dlq",
         on_room=lambda: None,
-        state=cast(Any, state),
-        reader=cast(Any, object()),
     )
+    return task, collector, source.name
+
+
+async def spin(n: int = 200) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_task_paused_while_restoring_processes_nothing_until_resumed(uid: str) -> None:
+    task, collector, topic = echo_task(uid)
     task.start()
-    try:
-        await turns()
-        assert task.status is TaskState.RESTORING
-        await asyncio.wait_for(task.pause(), 1)  # nothing to wait for while restoring
-        state.may_open.set()
-        for _ in range(100):
-            if task.accepting:
-                break
-            await asyncio.sleep(0)
-        assert task.accepting
-        assert task.put([record(source.name, i) for i in range(5)])
-        await turns()
-        # held: nothing processed, nothing handed to the producer, until the checkpoint ends
-        assert collector.records == [] and collector.submits == 0
-        assert task.committable is None
-        task.resume()
-        for _ in range(1000):
-            if task.committable == 5:
-                break
-            await asyncio.sleep(0)
-        assert [orjson.loads(r.value or b"") for r in collector.records] == [
-            {"n": i} for i in range(5)
-        ]
-    finally:
-        if task.runner is not None:
-            task.runner.cancel()
-            await asyncio.gather(task.runner, return_exceptions=True)
+    assert task.status is TaskState.RESTORING  # not running yet
+    await task.pause()
+    await spin()
+    assert task.accepting  # running now (mypy narrowed `status` above)
+    made = [Made("good", None, b'{"n": %d}' % i) for i in range(5)]
+    assert task.put([consumer_record(topic, i, m) for i, m in enumerate(made)])
+    await spin()
+    assert collector.records == [] and task.committable is None  # held at the boundary
+    task.resume()
+    for _ in range(1000):
+        if task.committable == 5:
+            break
+        await asyncio.sleep(0)
+    assert len(collector.records) == 5
+    await task.close(5)
+
+
+async def test_pausing_a_closing_task_waits_until_it_ended(uid: str) -> None:
+    task, _, _ = echo_task(uid)
+    task.start()
+    await spin()
+    closing = asyncio.create_task(task.close(5))
+    await asyncio.sleep(0)
+    assert task.status is TaskState.CLOSING
+    await task.pause()
+    assert task.runner is not None and task.runner.done()
+    await closing

@@ -4,10 +4,17 @@ against; nothing else in streamkit imports them. `fetch`: raw Fetch, ListOffsets
 for the reader of compacted topics, the connection probe. `groups`: group fencing of
 transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata,
 OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
-topics. Neither imports anything from streamkit."""
+topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka's eager group
+coordinator. None imports anything from streamkit."""
 
 from __future__ import annotations
 
+from streamkit.aiokafka_internals.cooperative import (
+    ASSIGNMENT_ATTRIBUTES,
+    COOPERATIVE_COORDINATOR_ATTRIBUTES,
+    CooperativeRebalance,
+    check_coordinator,
+)
 from streamkit.aiokafka_internals.fetch import (
     EARLIEST,
     FETCH_BYTES,
@@ -55,7 +62,9 @@ from streamkit.aiokafka_internals.groups import (
 
 __all__ = [
     "AIOKAFKA_VERSION",
+    "ASSIGNMENT_ATTRIBUTES",
     "CONSUMER_ATTRIBUTES",
+    "COOPERATIVE_COORDINATOR_ATTRIBUTES",
     "COORDINATOR_ATTRIBUTES",
     "EARLIEST",
     "FENCED_INSTANCE_ID",
@@ -72,6 +81,7 @@ __all__ = [
     "UNKNOWN_MEMBER_ID",
     "UNSTABLE_OFFSET_COMMIT",
     "_TAGS",
+    "CooperativeRebalance",
     "FetchFailed",
     "Fetched",
     "GroupFenced",
@@ -86,6 +96,7 @@ __all__ = [
     "TxnOffsetCommitRequest_v3",
     "TxnOffsetCommitResponse_v3",
     "check_consumer",
+    "check_coordinator",
     "check_producer",
     "check_version",
     "enable_group_fencing",

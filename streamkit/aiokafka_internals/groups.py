@@ -51,6 +51,7 @@ from aiokafka.structs import TopicPartition
 AIOKAFKA_VERSION = "0.14.0"
 
 ILLEGAL_GENERATION = 22
+REBALANCE_IN_PROGRESS = 27
 UNKNOWN_MEMBER_ID = 25
 FENCED_INSTANCE_ID = 82
 UNSTABLE_OFFSET_COMMIT = 88
@@ -275,10 +276,16 @@ class _GroupFencedCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
                 ):
                     self._sender._coordinator_dead(CoordinationType.GROUP)
                     return float(self._default_backoff)
-                if error in (
-                    errors.CoordinatorLoadInProgressError,
-                    errors.UnknownTopicOrPartitionError,
+                if (
+                    error
+                    in (
+                        errors.CoordinatorLoadInProgressError,
+                        errors.UnknownTopicOrPartitionError,
+                    )
+                    or code == REBALANCE_IN_PROGRESS
                 ):
+                    # (a cooperative member keeps its partitions while the group completes a
+                    # rebalance: the retry is built with the generation current by then)
                     return float(self._default_backoff)
                 if error is errors.InvalidProducerEpoch or code == PRODUCER_FENCED:
                     raise errors.ProducerFenced()

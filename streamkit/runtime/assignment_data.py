@@ -69,6 +69,7 @@ class MemberData:
     standbys: set[TopicPartition] = field(default_factory=set)
     members: dict[str, str | None] = field(default_factory=dict)  # member id → endpoint
     endpoints: dict[TopicPartition, str] = field(default_factory=dict)  # who serves each
+    rounds: str | None = None  # "cooperative": the leader planned with `assignor.hold_back`
 
 
 def encode(
@@ -82,6 +83,7 @@ def encode(
         "member_id": member_id,
         "standby": sorted(standby),
         "members": dict(members),
+        "rounds": "cooperative",  # planned with `assignor.hold_back`
     }
     if routes is not None:
         data["routes"] = {"endpoints": routes.endpoints, "owners": routes.owners}
@@ -103,4 +105,5 @@ def decode(raw: bytes | None) -> MemberData:
         standbys={TopicPartition(t, p) for t, p in data.get("standby", [])},
         members=dict(data.get("members", {})),
         endpoints=endpoints,
+        rounds=data.get("rounds"),
     )

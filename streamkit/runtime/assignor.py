@@ -12,6 +12,21 @@ earlier ownership). The leader's `plan` is a pure function of that:
    first, then the least-loaded) tail its changelogs; each member learns its standbys from the
    assignment's user data.
 
+5. Cooperative rebalancing (KIP-429): a member that says `"protocol": "cooperative"` in its
+   metadata still holds the partitions it lists as `owned` while the group rebalances (an
+   eager member released them before joining: its `owned` only steers stickiness). A
+   partition the plan moves away from a cooperative member that holds it goes to nobody in
+   this round (`hold_back`): its holder revokes it, rejoins, and the follow-up round gives it
+   to its new owner. The partitions that stay are in both rounds: their tasks never stop.
+
+Eager and cooperative members mix in one group (a rolling switch): the same assignor
+(`streamkit`) plans for both. A leader of a version without step 5 would move a partition a
+cooperative member still holds: every assignment of this version says `"rounds":
+"cooperative"`, and a cooperative member that gets one without it stops at once, committing
+nothing more (`planned_cooperatively`; the worker says to upgrade the other workers first).
+(aiokafka 0.14 cannot offer two protocols: with two assignors it sends JoinGroup once per
+assignor in one join, and the group rebalances again and again.)
+
 Each member also advertises its HTTP endpoint (`host:port`, or nothing when its server is off)
 in its metadata, and every assignment carries the member's own id, the group's members and,
 for a member that serves HTTP, the map partition → endpoint of the whole group, so it can
@@ -45,6 +60,7 @@ class MemberInfo:
     topics: set[str]
     owned: set[TP] = field(default_factory=set)
     state: set[TP] = field(default_factory=set)
+    cooperative: bool = False  # still holds `owned` while the group rebalances
 
 
 @dataclass
@@ -149,6 +165,20 @@ def plan_together(
     return Plan({m: expand(tps) for m, tps in planned.active.items()}, planned.standby)
 
 
+def hold_back(
+    active: Mapping[str, list[TP]], members: Mapping[str, MemberInfo]
+) -> dict[str, list[TP]]:
+    """A cooperative round of `active`: a partition that a cooperative member other than its
+    planned owner still holds goes to nobody (its holder revokes it; the next round gives
+    it). Claimed by two cooperative members (never in a sound group): to neither."""
+    holders: dict[TP, set[str]] = defaultdict(set)
+    for m, info in members.items():
+        if info.cooperative:
+            for tp in info.owned:
+                holders[tp].add(m)
+    return {m: [tp for tp in tps if holders.get(tp, {m}) == {m}] for m, tps in active.items()}
+
+
 def _tps(items: Iterable[Any]) -> set[TP]:
     return {(str(t), int(p)) for t, p in items}
 
@@ -167,7 +197,9 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         local_state: Callable[[], set[TopicPartition]],
         endpoint: str | None = None,
         copartitioned: Callable[[], list[list[str]]] | None = None,
+        cooperative: bool = False,
     ) -> None:
+        self.cooperative = cooperative
         self._endpoint = endpoint
         self._copartitioned = copartitioned or (lambda: [])
         self._stateful_topics = stateful_topics
@@ -185,6 +217,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             "owned": sorted((tp.topic, tp.partition) for tp in self._owned()),
             "state": sorted((tp.topic, tp.partition) for tp in self._local_state()),
             "endpoint": self._endpoint,
+            "protocol": "cooperative" if self.cooperative else "eager",
         }
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), orjson.dumps(info))
 
@@ -197,7 +230,10 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             data = orjson.loads(meta.user_data) if meta.user_data else {}
             endpoints[member_id] = data.get("endpoint")
             infos[member_id] = MemberInfo(
-                set(meta.subscription), _tps(data.get("owned", [])), _tps(data.get("state", []))
+                set(meta.subscription),
+                _tps(data.get("owned", [])),
+                _tps(data.get("state", [])),
+                cooperative=data.get("protocol") == "cooperative",
             )
         topics = {t for info in infos.values() for t in info.topics}
         partitions = {}
@@ -209,6 +245,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         result = plan_together(
             partitions, infos, self._stateful_topics(), self._standby_replicas, groups
         )
+        result.active = hold_back(result.active, infos)
         routes = assignment_data.Routes.build(result.active, endpoints)
         assignments = {}
         for member_id in members:
@@ -233,3 +270,8 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.members = data.members
         self.endpoints = data.endpoints
         self.rebalances += 1
+
+
+def planned_cooperatively(user_data: bytes) -> bool:
+    """Whether an assignment's leader plans cooperative rounds (`hold_back`)."""
+    return assignment_data.decode(user_data).rounds == "cooperative"

@@ -169,6 +169,7 @@ class TransactionalCheckpointer:
         self._producers = producers
         self._lock = asyncio.Lock()  # the commit loop and a revoke never interleave
         self._committed: dict[TopicPartition, int] = {}
+        self._adopted: list[Task] = []  # created while a checkpoint ran: held until its end
         self.commits = 0
         self.checkpoints = 0
         self.total_duration = 0.0  # seconds spent in checkpoints (benchmarks read it)
@@ -177,53 +178,70 @@ class TransactionalCheckpointer:
         self.commit_failures = 0  # transactions that did not commit
         self.on_checkpoint: Callable[[float], None] | None = None  # metrics: the duration
 
+    def adopt(self, tasks: Iterable[Task]) -> None:
+        """Tasks just created (a cooperative assignment) while a checkpoint may be running:
+        until it ends they are held (what they produce must not join a transaction that does
+        not carry their offsets)."""
+        if self._lock.locked():
+            for task in tasks:
+                task.collector.seal()  # nothing in it yet: this only holds what comes
+                self._adopted.append(task)
+
     async def commit(self, tasks: Iterable[Task]) -> None:
         """One checkpoint of `tasks`. Raises TransactionFailed naming the tasks whose
         transaction did not commit (the others did, and their state is written)."""
         async with self._lock:
-            started = time.monotonic()
-            tasks = list(tasks)
-            # 1. pause every task at an event boundary
-            await asyncio.gather(*(task.pause() for task in tasks))
             try:
-                # sinks beyond Kafka: rows and these offsets in their destination first
-                await flush_sinks(tasks)
-                # 2. snapshot offsets and dirty state, seal each collector
-                snapshots = [self._snapshot(task) for task in tasks]
+                await self._checkpoint(list(tasks))
             finally:
-                for task in tasks:
-                    task.resume()
-            # 3. the transaction(s)
-            results = await self._transactions(snapshots)
-            failed: dict[TopicPartition, BaseException] = {}
-            for snap, result in zip(snapshots, results, strict=True):
-                if isinstance(result, BaseException):
-                    failed[snap.tp] = result
-                    continue
-                if result is None:
-                    continue  # nothing to commit
-                # 4. state and the offsets it reflects, one SQLite transaction per task
-                task = snap.task
-                if task.state is not None and (snap.changes or snap.offsets):
-                    if snap.changes:
-                        faults.reached("crash-after-commit")
-                    at = self._committed.get(snap.tp)
-                    source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
-                    await task.state.write(snap.changes, result, source)
-            self.last_duration = time.monotonic() - started
-            self.checkpoints += 1
-            self.total_duration += self.last_duration
-            self.last_at = time.time()
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(self.last_duration)
-            if failed:
-                self.commit_failures += len(failed)
-                await self._producers.discard(failed)
-                for snap in snapshots:
-                    if snap.tp in failed:
-                        for itp in snap.task.offsets():
-                            self._committed.pop(itp, None)
-                raise TransactionFailed(failed)
+                adopted, self._adopted = self._adopted, []
+                for task in adopted:
+                    task.collector.release()
+
+    async def _checkpoint(self, tasks: list[Task]) -> None:
+        started = time.monotonic()
+        tasks = list(tasks)
+        # 1. pause every task at an event boundary
+        await asyncio.gather(*(task.pause() for task in tasks))
+        try:
+            # sinks beyond Kafka: rows and these offsets in their destination first
+            await flush_sinks(tasks)
+            # 2. snapshot offsets and dirty state, seal each collector
+            snapshots = [self._snapshot(task) for task in tasks]
+        finally:
+            for task in tasks:
+                task.resume()
+        # 3. the transaction(s)
+        results = await self._transactions(snapshots)
+        failed: dict[TopicPartition, BaseException] = {}
+        for snap, result in zip(snapshots, results, strict=True):
+            if isinstance(result, BaseException):
+                failed[snap.tp] = result
+                continue
+            if result is None:
+                continue  # nothing to commit
+            # 4. state and the offsets it reflects, one SQLite transaction per task
+            task = snap.task
+            if task.state is not None and (snap.changes or snap.offsets):
+                if snap.changes:
+                    faults.reached("crash-after-commit")
+                at = self._committed.get(snap.tp)
+                source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
+                await task.state.write(snap.changes, result, source)
+        self.last_duration = time.monotonic() - started
+        self.checkpoints += 1
+        self.total_duration += self.last_duration
+        self.last_at = time.time()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.last_duration)
+        if failed:
+            self.commit_failures += len(failed)
+            await self._producers.discard(failed)
+            for snap in snapshots:
+                if snap.tp in failed:
+                    for itp in snap.task.offsets():
+                        self._committed.pop(itp, None)
+            raise TransactionFailed(failed)
 
     async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:
         """Step 3: one transaction per task, all at once."""

@@ -464,20 +464,16 @@ class Task:
     # -- driven by the exactly-once checkpoint -----------------------------------------------
 
     async def pause(self) -> None:
-        """Return once the task is between two records (at once if it is idle, restoring or
-        not running) and keep it there until `resume` (a restoring one: at its first)."""
+        """Return once the task is between two records (at once if idle; if restoring, it
+        stops before its first record; if closing, once ended) and keep it there until `resume`."""
         runner = self._runner
         if runner is None or runner.done():
             return
-        if self.status is TaskState.RESTORING:
-            # nothing handed over yet; it must not start while the others are paused (what
-            # it would submit then, the checkpoint's seal would take a second time)
-            self._pausing = True
+        if self.status is TaskState.CLOSING:  # its last event and submit: let them end
+            await asyncio.wait((runner,))
             return
-        if self.status is not TaskState.RUNNING:
-            return
-        self._pausing = True
-        if self._idle:
+        self._pausing = True  # a task still restoring stops before its first record
+        if self.status is not TaskState.RUNNING or self._idle:
             return
         parked = self._parked = asyncio.get_running_loop().create_future()
         try:

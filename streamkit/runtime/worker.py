@@ -28,12 +28,12 @@ from typing import Any
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import know_topics
+from streamkit.aiokafka_internals import CooperativeRebalance, know_topics
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer
 from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.admin import ensure_app_topics
-from streamkit.runtime.assignor import StreamkitAssignor
+from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
@@ -85,6 +85,8 @@ class Worker:
         self.standbys: Standbys | None = None
         self.global_tables: GlobalTables | None = None
         self.assignor: Any = None
+        self.rebalance: CooperativeRebalance | None = None  # rebalance_protocol=cooperative
+        self._recovery_due: TransactionFailed | None = None  # a cooperative revoke's failure
         self.purger: RepartitionPurger | None = None  # deletes consumed repartition records
         self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
@@ -147,13 +149,15 @@ class Worker:
             endpoint = await self.web.start()
             self._spawn("web", self.web.run())
             self.tasks.on_closed = self.web.metrics.retire
+        cooperative = settings.rebalance_protocol == "cooperative"
         self.assignor = StreamkitAssignor(
             self.tasks.stateful_topics,
             settings.standby_replicas,
-            self.tasks.owned,
+            self._owned,
             self.tasks.local_state,
             endpoint,
             copartitioned=self.tasks.copartitioned,
+            cooperative=cooperative,
         )
         self.standbys = Standbys(
             app.id, settings, self.tasks.stages_by_topic, f"{self.client_id}-standby"
@@ -181,6 +185,10 @@ class Worker:
         missing = await know_topics(self.consumer, self.tasks.source_topics, 30.0)
         if missing:  # joining anyway: a later metadata refresh rebalances them in
             log.warning("topics %s not in the cluster's metadata yet", sorted(missing))
+        if cooperative:  # before subscribing: the first join is cooperative already
+            self.rebalance = CooperativeRebalance(
+                self.consumer, planned_cooperatively, self._old_leader
+            )
         self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
@@ -197,6 +205,29 @@ class Worker:
             ", ".join(app.agents),
             settings.bootstrap_servers,
             describe_security(settings),
+        )
+
+    def _owned(self) -> set[TopicPartition]:
+        """The JoinGroup metadata's `owned`: under cooperative rebalancing what this worker
+        holds now; eager, what it held before this rebalance (for stickiness)."""
+        assert self.tasks is not None
+        if self.rebalance is not None:
+            return self.rebalance.holding()
+        return self.tasks.owned()
+
+    def _old_leader(self) -> None:
+        """A cooperative worker got an assignment from a leader without cooperative rounds: it
+        may have given a partition this worker holds to another. Stop, committing nothing
+        more (the partitions' next owners start from the last commit)."""
+        self._checkpoint_broken = True
+        self.fail(
+            WorkerFailed(
+                f"group {self.app.id} is led by a worker of a streamkit version without "
+                "cooperative rebalancing; this worker (STREAMKIT_REBALANCE_PROTOCOL="
+                "cooperative) stopped without committing more. Restart the other workers "
+                "with this version first (STREAMKIT_REBALANCE_PROTOCOL=eager keeps them "
+                "eager), then switch them to cooperative one by one"
+            )
         )
 
     def _subscribe(self) -> None:
@@ -227,6 +258,15 @@ class Worker:
             due.clear()
             if self._stopping.is_set():
                 return
+            if self._recovery_due is not None:  # a cooperative revoke's transaction failed
+                failure, self._recovery_due = self._recovery_due, None
+                await self.recover(failure)
+                continue
+            if self.rebalance is not None and not self.rebalance.synced():
+                # between JoinGroup and SyncGroup the group takes no plain offset commit
+                await self.rebalance.wait_synced(self.settings.session_timeout_ms / 1000)
+                if self._stopping.is_set():
+                    return
             try:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
@@ -308,7 +348,19 @@ class Worker:
         closed = []
         try:
             closed = await self.tasks.revoke(tps)
-            await self.checkpointer.commit(closed)
+            running = list(self.tasks.tasks.values())
+            if self.rebalance is not None and running:
+                # cooperative: the others keep running; their checkpoint goes with this one
+                # (one producer per worker: they share the transaction that must commit now)
+                try:
+                    await self.checkpointer.commit([*closed, *running])
+                except TransactionFailed as exc:
+                    if set(exc.failed) & set(self.tasks.tasks):
+                        self._recovery_due = exc  # running tasks lost work: drop, rejoin
+                        self._checkpoint_due.set()
+                    raise
+            else:
+                await self.checkpointer.commit(closed)
         except TransactionFailed as exc:
             # Their uncommitted work is dropped with them; the next owners start from the
             # last commit. Nothing else to do: the group is rebalancing already.
@@ -334,7 +386,13 @@ class Worker:
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
             return
+        if self._stopping.is_set():  # the stop began meanwhile: its revoke would miss them
+            return
+        known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, positions)
+        if isinstance(self.checkpointer, TransactionalCheckpointer):
+            # cooperative: a checkpoint may be running; the new tasks must not join it
+            self.checkpointer.adopt(t for t in self.tasks.tasks.values() if t not in known)
 
     async def _fence_and_seek(
         self, tps: set[TopicPartition]
@@ -344,7 +402,7 @@ class Worker:
         assert self.producers is not None and self.tasks is not None
         started = time.monotonic()
         keys = {self.tasks.task_key(tp) for tp in tps}  # one producer per task
-        await self.producers.keep_only(keys)
+        await self.producers.keep_only(keys | set(self.tasks.tasks))  # and the running ones
         producers = await self.producers.acquire(keys)
         fenced_in = time.monotonic() - started
         ordered = sorted(tps)

@@ -1,0 +1,256 @@
+"""Cooperative rebalancing (STREAMKIT_REBALANCE_PROTOCOL=cooperative) with real worker processes
+under exactly-once (one transactional producer per worker): when a worker joins and when one
+leaves, the partitions that stay with their worker keep producing committed output while the
+ones that move are handed over (asserted from the outputs, read under read_committed, as
+they arrive), only the moved tasks are revoked; and `kill -9` of a worker in the middle of a
+cooperative rebalance loses and duplicates nothing (outputs read to their end offsets)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.chaoshelp import OutputWatch, figures
+from tests.kafkahelp import WorkerProcess, bootstrap, read_all, wait_until
+
+PARTITIONS = 6
+RATE = 300  # events/s over the partitions
+
+
+def coop_worker(uid: str, tmp_path: Path, name: str, **env: str) -> WorkerProcess:
+    return WorkerProcess(
+        "tests.procapp:app",
+        {
+            "SKTEST_ID": uid,
+            "SKTEST_PARTITIONS": str(PARTITIONS),
+            "STREAMKIT_WORKDIR": str(tmp_path / name),
+            "STREAMKIT_HEARTBEAT_INTERVAL_MS": "500",
+            "STREAMKIT_PROCESSING_GUARANTEE": "exactly_once",
+            "STREAMKIT_TRANSACTIONAL_PRODUCER": "per_worker",
+            "STREAMKIT_REBALANCE_PROTOCOL": "cooperative",
+            "STREAMKIT_WEB_ENABLED": "false",
+            **env,
+        },
+        tmp_path / f"{name}.log",
+    )
+
+
+async def feed(topic: str, stop: asyncio.Event, sent: list[int], total: int | None = None) -> None:
+    """Send 0, 1, 2, ... round-robin over the partitions at RATE until `stop` (or `total`)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
+    await producer.start()
+    try:
+        i, started = 0, time.monotonic()
+        while not stop.is_set() and (total is None or i < total):
+            await producer.send(topic, orjson.dumps(i), partition=i % PARTITIONS)
+            sent.append(i)
+            i += 1
+            ahead = i / RATE - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def holders(watch: OutputWatch, since: float, until: float) -> dict[int, set[int]]:
+    """input partition → the pids whose outputs for it arrived in [since, until)."""
+    found: dict[int, set[int]] = {}
+    for at, record in zip(watch.times, watch.records, strict=True):
+        if since <= at < until:
+            value = orjson.loads(record.value)
+            found.setdefault(value["partition"], set()).add(value["pid"])
+    return found
+
+
+def arrivals(watch: OutputWatch, partition: int, pid: int | None = None) -> list[float]:
+    return [
+        at
+        for at, record in zip(watch.times, watch.records, strict=True)
+        if orjson.loads(record.value)["partition"] == partition
+        and (pid is None or orjson.loads(record.value)["pid"] == pid)
+    ]
+
+
+def revoked_lines(w: WorkerProcess, since: int) -> list[set[int]]:
+    """The partitions of each `revoked ...` line of a worker's log after byte `since`."""
+    return [
+        {int(p) for p in re.findall(r"\[(\d+)\]", line)}
+        for line in w.log()[since:].splitlines()
+        if "revoked proc-in" in line
+    ]
+
+
+async def handover(
+    watch: OutputWatch, action: Callable[[], object], settled: Callable[[], bool]
+) -> tuple[dict[str, float | int], set[int], set[int]]:
+    """Run `action`, wait until `settled` and 2 s more, and measure from the outputs: the
+    partitions that
+    stayed with their pid and those that moved; the handover window (from the first moved
+    partition's last output by its old pid to the last one's first output by its new pid);
+    and the outputs of the stayed partitions that arrived inside it."""
+    before = holders(watch, time.monotonic() - 1.5, time.monotonic())
+    at = time.monotonic()
+    action()
+    await wait_until(settled, within=90, what="the rebalance", every=0.05)
+    await asyncio.sleep(2.0)
+    after = holders(watch, time.monotonic() - 1.5, time.monotonic())
+    assert all(len(p) == 1 for p in (*before.values(), *after.values())), (before, after)
+    stayed = {p for p in range(PARTITIONS) if before.get(p) == after.get(p)}
+    moved = set(range(PARTITIONS)) - stayed
+    assert stayed and moved, (before, after)
+    last_old = min(arrivals(watch, p, next(iter(before[p])))[-1] for p in moved)
+    first_new = max(
+        next(t for t in arrivals(watch, p, next(iter(after[p]))) if t > at) for p in moved
+    )
+    inside = {p: sum(1 for t in arrivals(watch, p) if last_old < t < first_new) for p in stayed}
+    gap = max(
+        (
+            b - a
+            for p in stayed
+            for a, b in zip(arrivals(watch, p), arrivals(watch, p)[1:], strict=False)
+            if first_new >= a and b >= last_old
+        ),
+        default=0.0,
+    )
+    return (
+        {
+            "stayed": len(stayed),
+            "moved": len(moved),
+            "handover_s": round(first_new - last_old, 2),
+            "stayed_outputs_during_handover": min(inside.values()),
+            "stayed_longest_gap_s": round(gap, 2),
+        },
+        stayed,
+        moved,
+    )
+
+
+@pytest.mark.parametrize(
+    ("protocol", "guarantee"),
+    [("cooperative", "exactly_once"), ("eager", "exactly_once"), ("cooperative", "at_least_once")],
+)
+async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
+    uid: str, tmp_path: Path, protocol: str, guarantee: str
+) -> None:
+    """(eager: the same measure, which must show every task stopped: the contrast. At least
+    once: plain offset commits, which the group refuses between JoinGroup and SyncGroup.)"""
+    topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
+    env = {"STREAMKIT_REBALANCE_PROTOCOL": protocol, "STREAMKIT_PROCESSING_GUARANTEE": guarantee}
+    a = coop_worker(uid, tmp_path, "a", **env).start()
+    workers = [a]
+    watch = OutputWatch(out)
+    stop, sent = asyncio.Event(), list[int]()
+    feeder: asyncio.Task[None] | None = None
+    try:
+        await wait_until(lambda: "assigned proc-in" in a.log(), within=60, what="a's partitions")
+        await watch.start()
+        feeder = asyncio.create_task(feed(topic, stop, sent))
+        await wait_until(lambda: len(watch.records) > RATE, within=60, what="output flowing")
+
+        # 1. a second worker joins: half of a's partitions move to it, the rest keep running
+        b = coop_worker(uid, tmp_path, "b", **env)
+        workers.append(b)
+        mark = len(a.log())
+        join, stayed, moved = await handover(
+            watch, b.start, lambda: "assigned proc-in" in b.log() and "assigned" in a.log()[mark:]
+        )
+        assert len(moved) == PARTITIONS // 2
+        revoked_at_join = revoked_lines(a, mark)
+        # 2. it leaves (SIGTERM): its partitions come back to a, a's own keep running
+        mark = len(a.log())
+        leave, stayed2, moved2 = await handover(
+            watch, lambda: b.signal(signal.SIGTERM), lambda: "assigned proc-in" in a.log()[mark:]
+        )
+        assert stayed2 == stayed and moved2 == moved
+        revoked_at_leave = revoked_lines(a, mark)
+        figures(f"rebalance, {protocol}, {guarantee}", join=join, leave=leave)
+        if protocol == "eager":  # every task of a stopped, each time
+            assert revoked_at_join == [set(range(PARTITIONS))]
+            assert revoked_at_leave == [stayed]
+        else:  # a revoked the moved tasks only, and nothing when they came back
+            assert revoked_at_join == [moved] and revoked_at_leave == []
+            for change in (join, leave):
+                assert change["handover_s"] > 0.3, change  # the window says something
+                # every partition that stayed had committed output inside it
+                assert change["stayed_outputs_during_handover"] >= 1, change
+        stop.set()
+        await feeder
+        await read_all(out, expect=len(sent), within=60)
+        records = await read_all(out)  # to the end offsets, read_committed
+        values = sorted(orjson.loads(r.value)["value"] for r in records)
+        assert values == sent  # nothing lost, nothing twice
+    finally:
+        stop.set()
+        if feeder is not None:
+            await asyncio.gather(feeder, return_exceptions=True)
+        await watch.stop()
+        for w in workers:
+            w.stop()
+    for w in workers:
+        assert "Traceback" not in w.log(), w.log()
+
+
+@pytest.mark.parametrize(
+    ("victim", "producers"),
+    [("revoking", "per_worker"), ("joining", "per_worker"), ("revoking", "per_partition")],
+)
+async def test_kill_9_during_a_cooperative_rebalance_loses_and_duplicates_nothing(
+    uid: str, tmp_path: Path, victim: str, producers: str
+) -> None:
+    """Two workers run; a third joins. The moment one of the first two logs its cooperative
+    revoke (between the two rounds) it is killed -9 ("revoking"), or the joiner is killed
+    the moment it gets partitions ("joining"); the killed one is restarted at once. With one
+    transactional producer per worker, and with one per partition."""
+    topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
+    env = {"STREAMKIT_TRANSACTIONAL_PRODUCER": producers}
+    first = [coop_worker(uid, tmp_path, n, **env).start() for n in ("a", "b")]
+    workers = list(first)
+    stop, sent = asyncio.Event(), list[int]()
+    feeder: asyncio.Task[None] | None = None
+    try:
+        await wait_until(
+            lambda: all("assigned proc-in" in w.log() for w in first), within=60, what="a, b"
+        )
+        feeder = asyncio.create_task(feed(topic, stop, sent, total=RATE * 12))
+        await asyncio.sleep(2)
+        marks = [len(w.log()) for w in first]
+        c = coop_worker(uid, tmp_path, "c", **env).start()
+        workers.append(c)
+
+        def pick() -> WorkerProcess | None:
+            if victim == "joining":
+                return c if "assigned proc-in" in c.log() else None
+            for w, mark in zip(first, marks, strict=True):
+                if "cooperative rebalance" in w.log()[mark:]:
+                    return w
+            return None
+
+        await wait_until(lambda: pick() is not None, within=60, what=victim, every=0.01)
+        killed = pick()
+        assert killed is not None
+        killed.kill9()
+        again = coop_worker(uid, tmp_path, "restarted", **env)
+        again.env["STREAMKIT_WORKDIR"] = killed.env["STREAMKIT_WORKDIR"]
+        workers.append(again.start())
+        await feeder
+        records = await read_all(out, expect=len(sent), within=90)
+        values = sorted(orjson.loads(r.value)["value"] for r in records)
+        assert len(values) == len(set(values)), "duplicated"
+        assert values == sent, f"lost {len(set(sent) - set(values))}"
+        records = await read_all(out)  # and to the end offsets: nothing after them either
+        assert len(records) == len(sent)
+    finally:
+        stop.set()
+        if feeder is not None:
+            await asyncio.gather(feeder, return_exceptions=True)
+        for w in workers:
+            w.stop()

@@ -1,0 +1,171 @@
+"""`aiokafka_internals.CooperativeRebalance` on two real consumers (in this process, against the
+broker): the aiokafka behaviour it relies on, pinned. A member that joins takes half of the
+first member's partitions in two rounds; the first member's listener is told to revoke only
+those, never the others; the fetch position of a partition that stays survives the
+rebalance (it is not re-read from the committed offset: nothing was committed, so it would
+restart at the beginning); the group's generation is synced again once the second round is
+done; a member whose generation was reset revokes everything before rejoining; and an
+assignment from a leader without cooperative rounds (an older version) installs nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.structs import TopicPartition
+
+from streamkit.aiokafka_internals import CooperativeRebalance, check_coordinator
+from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
+from tests.kafkahelp import bootstrap, create_topic, produce, wait_until
+
+PARTITIONS = 4
+refusals: dict[CooperativeRebalance, list[bool]] = {}  # each member's `refused()` calls
+
+
+class Recorder(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, set[TopicPartition]]] = []
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.calls.append(("revoked", set(revoked)))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.calls.append(("assigned", set(assigned)))
+
+
+@contextlib.asynccontextmanager
+async def cooperative_member(
+    topic: str, group: str
+) -> AsyncIterator[tuple[AIOKafkaConsumer, CooperativeRebalance, Recorder]]:
+    holder: list[CooperativeRebalance] = []
+    assignor = StreamkitAssignor(
+        set, 0, lambda: holder[0].holding() if holder else set(), set, None, cooperative=True
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
+        partition_assignment_strategy=(assignor,),
+    )
+    await consumer.start()
+    check_coordinator(consumer)
+    refused: list[bool] = []
+    rebalance = CooperativeRebalance(consumer, planned_cooperatively, lambda: refused.append(True))
+    refusals[rebalance] = refused
+    holder.append(rebalance)
+    recorder = Recorder()
+    consumer.subscribe([topic], listener=recorder)
+    try:
+        yield consumer, rebalance, recorder
+    finally:
+        await consumer.stop()
+
+
+async def poll_until(
+    consumers: list[AIOKafkaConsumer],
+    done: Any,
+    what: str,
+    seen: dict[TopicPartition, list[int]] | None = None,
+) -> None:
+    """Poll every consumer until `done()`; the offsets the first one receives go to `seen`."""
+
+    async def step() -> bool:
+        for i, c in enumerate(consumers):
+            for tp, records in (await c.getmany(timeout_ms=20)).items():
+                if i == 0 and seen is not None:
+                    seen.setdefault(tp, []).extend(r.offset for r in records)
+        return bool(done())
+
+    await wait_until(step, within=60, what=what, every=0.0)
+
+
+async def test_a_joining_member_takes_half_in_two_rounds_and_the_rest_keep_their_position(
+    uid: str,
+) -> None:
+    topic, group = f"coop-{uid}", f"coop-{uid}"
+    await create_topic(topic, PARTITIONS)
+    for p in range(PARTITIONS):
+        await produce(topic, [b"x"] * 10, partition=p)
+    every = {TopicPartition(topic, p) for p in range(PARTITIONS)}
+    async with cooperative_member(topic, group) as (a, ra, la):
+        await poll_until([a], lambda: a.assignment() == every, "a to hold everything")
+        assert la.calls == [("assigned", every)]
+        await poll_until(
+            [a], lambda: all(a.last_stable_offset(tp) == 10 for tp in every), "a's fetches"
+        )
+        for tp in every:  # nothing committed: a restart from the committed offset reads 0
+            a.seek(tp, 7)
+        seen: dict[TopicPartition, list[int]] = {}
+        async with cooperative_member(topic, group) as (b, rb, lb):
+            await poll_until(
+                [a, b],
+                lambda: len(b.assignment()) == PARTITIONS // 2 and rb.synced() and ra.synced(),
+                "b to get its half",
+                seen,
+            )
+            kept = a.assignment()
+            moved = every - kept
+            assert len(kept) == PARTITIONS // 2 and b.assignment() == moved
+            # a: revoked the moved half only, then was assigned nothing new (twice: both rounds)
+            assert la.calls[1:] == [("revoked", moved), ("assigned", set()), ("assigned", set())]
+            assert lb.calls == [("assigned", set()), ("assigned", moved)]
+            assert ra.revoked == len(moved) and ra.holding() == kept
+            await poll_until([a, b], lambda: True, "one more poll", seen)
+            for tp in kept:  # the fetch state of what stayed survived: read on from 7, once
+                assert seen[tp] == [7, 8, 9] and await a.position(tp) == 10
+            await poll_until(
+                [b], lambda: all(b.last_stable_offset(tp) == 10 for tp in moved), "b's fetches"
+            )
+            # a lost membership (as after a session timeout): it revokes all before rejoining
+            a._coordinator.reset_generation()
+            assert not ra.synced()
+            await poll_until(
+                [a, b], lambda: ra.synced() and len(la.calls) > 4, "a to rejoin after the loss"
+            )
+            assert la.calls[4] == ("revoked", kept)
+
+
+class OlderLeader(StreamkitAssignor):
+    """The assignor of a version without cooperative rounds: no `hold_back`, no marker."""
+
+    def assign(self, cluster: Any, members: Any) -> Any:
+        out = {}
+        for member, a in super().assign(cluster, members).items():
+            data = orjson.loads(a.user_data)
+            data.pop("rounds")
+            out[member] = ConsumerProtocolMemberAssignment(
+                a.version, a.assignment, orjson.dumps(data)
+            )
+        return out
+
+
+async def test_a_cooperative_member_led_by_an_older_version_installs_nothing(uid: str) -> None:
+    topic, group = f"coop-{uid}", f"coop-{uid}"
+    await create_topic(topic, PARTITIONS)
+    await produce(topic, [b"x"], partition=0)  # (and its metadata is known)
+    older = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(),
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
+        partition_assignment_strategy=(OlderLeader(set, 0, set, set),),
+    )
+    await older.start()
+    older.subscribe([topic])
+    try:
+        await poll_until([older], lambda: len(older.assignment()) == PARTITIONS, "the leader")
+        async with cooperative_member(topic, group) as (a, ra, la):
+            # (a is not polled: with no assignment, getmany waits for one)
+            await poll_until([older], lambda: bool(refusals[ra]), "a's refusal")
+            assert la.calls == [] and a.assignment() == set() and not ra.synced()
+    finally:
+        await older.stop()
