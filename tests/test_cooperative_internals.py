@@ -10,6 +10,7 @@ assignment from a leader without cooperative rounds (an older version) installs 
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,7 +140,7 @@ class OlderLeader(StreamkitAssignor):
     def assign(self, cluster: Any, members: Any) -> Any:
         out = {}
         for member, a in super().assign(cluster, members).items():
-            data = orjson.loads(a.user_data)
+            data = orjson.loads(zlib.decompress(a.user_data))  # (assignment_data's form)
             data.pop("rounds")
             out[member] = ConsumerProtocolMemberAssignment(
                 a.version, a.assignment, orjson.dumps(data)
