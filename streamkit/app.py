@@ -11,8 +11,10 @@ from streamkit.agents import Agent, AgentFn
 from streamkit.clients import make_producer
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
+from streamkit.joins import StreamJoin
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.state.global_table import GlobalTable
+from streamkit.state.stream_join import join_table
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.window_table import WindowTable
@@ -45,6 +47,7 @@ class App:
         self.windows: dict[str, WindowTable] = {}
         self.timers: dict[str, Timers] = {}
         self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
+        self.joins: dict[str, StreamJoin] = {}
         self.sink_nodes: list[SinkNode] = []
         self._stages: list[Stage] | None = None  # the graph, built on first use
         self.dlq = self.topic(
@@ -222,6 +225,12 @@ class App:
         timers = Timers(name, self.table(name, key_type=bytes, local_keys=local_keys), key_type)
         self.timers[name] = timers
         return timers
+
+    def join_state(self, join: StreamJoin) -> None:
+        """The table of a stream-stream join's buffered records (`stream.join`): SQLite and
+        the changelog `{id}-{name}-changelog`, like any table."""
+        join.table = join_table(self.table(join.name, key_type=bytes, value_type=bytes))
+        self.joins[join.name] = join
 
     def stream(self, *topics: Topic) -> Stream[Any]:
         """A declared stream of the values of `topics` (several: merged). Build on it with
