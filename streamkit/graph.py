@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.agents import Agent
+from streamkit.joins import StreamJoin
 from streamkit.settings import ConfigError
 from streamkit.streams import (
     BranchNode,
     BranchOut,
     ExchangeNode,
+    JoinNode,
     MergeNode,
     Node,
     SinkNode,
@@ -74,6 +76,7 @@ class Stage:
     tables: list[Table[Any, Any]] = field(default_factory=list)  # windows' and timers' too
     windows: list[WindowTable] = field(default_factory=list)
     timers: list[Timers] = field(default_factory=list)
+    joins: list[StreamJoin] = field(default_factory=list)  # stream-stream joins (their tables too)
     uses_event_time: bool = False
 
     def __repr__(self) -> str:
@@ -288,15 +291,23 @@ def _value_type(stage: Stage, exchange: ExchangeNode) -> Any:
     """Values keep their input's codec unless a map on the way may have changed their type."""
     if exchange.value_type is not None:
         return exchange.value_type
+    return value_type_at(stage, exchange)
+
+
+def value_type_at(stage: Stage, node: Node) -> Any:
+    """The declared type of the values reaching `node`: its input topic's, if one input type
+    reaches it and no map on the way may have changed it; else None (JSON)."""
     reached: dict[int, Topic] = {}
     seen: set[Node] = set()
-    stack: list[Node] = [exchange]
+    stack: list[Node] = [node]
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        if isinstance(node, StepNode) and node.kind in ("map", "flat_map"):
+        if isinstance(node, JoinNode) or (
+            isinstance(node, StepNode) and node.kind in ("map", "flat_map")
+        ):
             return None  # JSON
         for inp in stage.inputs:
             if node in inp.entries:
@@ -329,7 +340,9 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
                 declared.extend(node.state)
             if isinstance(node, AgentNode) and node.agent is not None:
                 declared.extend(node.agent.state)
-        stage.tables, stage.windows, stage.timers = [], [], []
+            if isinstance(node, JoinNode) and node.join is not None:
+                declared.append(node.join)
+        stage.tables, stage.windows, stage.timers, stage.joins = [], [], [], []
         for item in _unique(declared):
             table = app.state_table(item)
             other = owner.get(table.name)
@@ -349,9 +362,12 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
                 )
             stage.tables.append(table)
             table.stage_name = stage.name
-            if item is not table:
+            if isinstance(item, StreamJoin):
+                stage.joins.append(item)
+            elif item is not table:
                 (stage.windows if hasattr(item, "aggregation") else stage.timers).append(item)
-            if hasattr(item, "aggregation") and item.late_topic is None:
+            late = hasattr(item, "aggregation") or isinstance(item, StreamJoin)
+            if late and item.late_topic is None:
                 item.late_topic = app.topic(
                     f"{app.id}-{item.name}-late",
                     key_type=bytes,
@@ -370,6 +386,8 @@ def _unique(items: Iterable[Any]) -> list[Any]:
 
 
 def _what(item: Any) -> str:
+    if isinstance(item, StreamJoin):
+        return f"join {item.name}"
     if hasattr(item, "aggregation"):
         return f"window table {item.name}"
     if hasattr(item, "on_fire"):
@@ -384,7 +402,10 @@ def _event_time(stages: list[Stage]) -> None:
             s for s in stages if any(i.upstream is stage for i in s.inputs) and s is not stage
         ]
         stage.uses_event_time = bool(
-            stage.windows or stage.timers or any(s.uses_event_time for s in downstream)
+            stage.windows
+            or stage.timers
+            or stage.joins
+            or any(s.uses_event_time for s in downstream)
         )
 
 
@@ -431,6 +452,14 @@ def check_partitions(stage: Stage) -> None:
             f"stage {stage.name} merges keyed streams that are not co-partitioned: {listed}; "
             "partition p of each must hold the same keys: give every key_by before the merge "
             "the same partitions=..."
+        )
+    if stage.joins and len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n} ({c})" for n, c in counts.items())
+        names = ", ".join(j.name for j in stage.joins)
+        raise ConfigError(
+            f"join {names} reads inputs that are not co-partitioned: {listed}; partition p of "
+            "each side must hold the same keys: key_by both sides with the same partitions=... "
+            "(or give the join on=... and partitions=...)"
         )
     if stage.tables and len(set(counts.values())) > 1:
         listed = ", ".join(f"{n} ({c})" for n, c in counts.items())

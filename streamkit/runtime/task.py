@@ -37,6 +37,7 @@ from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
+from streamkit.runtime.joins import Joined, open_joins
 from streamkit.runtime.operators import Compiler
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
@@ -45,6 +46,7 @@ from streamkit.state.task_tables import TaskTables
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
+    from streamkit.state.stream_join import JoinPartition
     from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
 
@@ -119,6 +121,8 @@ class Task:
         self.tables: dict[str, TablePartition] = {}
         self.windows: dict[str, Windows] = {}
         self.timers: dict[str, TimerPartition] = {}
+        self.joins: dict[str, JoinPartition] = {}
+        self.joined: deque[Joined] = deque()  # join results, pushed on after the record
         self.clock = clock  # event time and watermarks (stages that use event time)
         self._reader = reader
         self._records: deque[Any] = deque()
@@ -322,6 +326,7 @@ class Task:
             await self.state.open(self._reader)
             self.tables = self.state.partitions
             self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
+            self.joins = open_joins(self, self.stage, self.tables, self.clock)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -345,6 +350,7 @@ class Task:
         agents = self.agents
         pending = agents.pending
         collector, clock = self.collector, self.clock
+        joined = self.joined
         while True:
             if not records or self._pausing:
                 await self._wait()
@@ -362,6 +368,8 @@ class Task:
                         await agents.failed(body, exc)
                 else:
                     await agents.feed()
+            if joined:
+                await self._drain_joins()
             done[rec.topic] = rec.offset + 1
             self.record = self._event = None
             if self.full:
@@ -373,9 +381,34 @@ class Task:
                 if clock is not None:
                     clock.broadcast(collector)
 
+    async def _drain_joins(self) -> None:
+        """Push each queued join result through the operators after its join as an event of
+        its own (`runtime/joins.py`): its record, key and event time are what those operators
+        and agents see while it passes."""
+        joined, agents = self.joined, self.agents
+        while joined:
+            push, rec, key, value = joined.popleft()
+            self.record, self._key, self._value, self._event = rec, key, value, None
+            self.event_ts = rec.timestamp
+            try:
+                push(value)
+            except FATAL:
+                raise
+            except Exception as exc:
+                self.on_branch_error(exc)
+            if agents.pending:
+                await agents.feed()
+            if self.full:
+                self.full = False
+                await self.collector.submit_full()
+        self.record = self._event = None
+
     async def _wait(self) -> None:
         if self.status is not TaskState.RUNNING:
             raise _Closed
+        if self.joined and not self._pausing:  # results of a watermark moved from outside
+            await self._drain_joins()
+            return
         if not self._pausing:
             await self.collector.submit()
             if self._closing():  # closed while submitting: nobody will wake us
