@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import streamkit as sk
@@ -172,3 +173,26 @@ def test_a_join_declared_wrong_says_what_to_change() -> None:
     a.join(b, within=5, name="j")
     with pytest.raises(sk.ConfigError, match="two tables are named 'j'"):
         a.join(b, within=5, name="j")
+
+
+def test_the_topology_shows_a_join_its_sides_bounds_state_and_late_topic(tmp_path: Path) -> None:
+    app, _, _, _ = shop("left", tmp_path)
+    text = app.topology()
+    assert "stage orders  x1 tasks  <- orders (1 partition), payments (1 partition)" in text
+    assert "    left side of join paid\n      join paid\n        to paid (1 partition)" in text
+    assert "    right side of join paid\n      join paid (join: continued above)" in text
+    assert (
+        "  join paid: left join between -600s and +600s, grace 60s; both sides buffered <-> "
+        "joins-left-paid-changelog; late -> joins-left-paid-late"
+    ) in text
+    graph = orjson.loads(app.topology("json"))
+    labels = {n["id"]: n["label"] for n in graph["nodes"]}
+    assert {"id": "table:paid", "kind": "join", "label": "paid", "stage": "orders"} in (
+        graph["nodes"]
+    )
+    into_join = sorted(
+        labels[e["from"]] for e in graph["edges"] if labels.get(e["to"]) == "join paid"
+    )
+    assert into_join == ["left side of join paid", "right side of join paid"]
+    mermaid = app.topology("mermaid")
+    assert 'table_paid[("join paid")]' in mermaid
