@@ -196,3 +196,32 @@ def test_the_topology_shows_a_join_its_sides_bounds_state_and_late_topic(tmp_pat
     assert into_join == ["left side of join paid", "right side of join paid"]
     mermaid = app.topology("mermaid")
     assert 'table_paid[("join paid")]' in mermaid
+
+
+async def test_a_record_without_a_key_and_a_joiner_that_raises_are_dead_letters(
+    tmp_path: Path,
+) -> None:
+    app = sk.App("joins-bad-input", workdir=tmp_path)
+    a = app.topic("a", partitions=1, timestamp="ts")
+    b = app.topic("b", partitions=1, timestamp="ts")
+    out = app.topic("ab", partitions=1)
+
+    def joiner(left: Any, right: Any) -> Any:
+        if right["n"] == 0:
+            raise ZeroDivisionError("n is 0")
+        return left["n"] / right["n"]
+
+    app.stream(a).join(app.stream(b), within=10, joiner=joiner, name="ab").to(out)
+    async with AsyncTestDriver(app) as driver:
+        await driver.send(a, {"n": 1, "ts": 100})  # no key
+        await driver.send(a, {"n": 6, "ts": 100}, key="k")
+        await driver.send(b, {"n": 0, "ts": 101}, key="k")
+        await driver.send(b, {"n": 3, "ts": 102}, key="k")
+        assert driver.read_values(out) == [2.0]
+        dead = [describe(r.headers) for r in driver.read("joins-bad-input-dlq")]
+        assert [(d["streamkit.source.topic"], d["streamkit.error.type"]) for d in dead] == [
+            ("a", "ValueError"),
+            ("ab", "ZeroDivisionError"),
+        ]
+        assert "a record without a key joins nothing: key_by" in dead[0]["streamkit.error"]
+        assert dead[1]["streamkit.source.offset"] == "0"  # b's record that made the pair

@@ -52,8 +52,7 @@ def run_join(tmp: Path, case: Case) -> tuple[list[Result], list[int], list[str],
     current = [0]
     json = codec_for(None)
 
-    def emit(key: bytes, ts: int, value: Any, offset: int) -> None:
-        left, right = value
+    def emit(key: bytes, ts: int, left: Any, right: Any, offset: int) -> None:
         kind = "pair" if left and right else "left" if left else "right"
         results.append((kind, left and left["id"], right and right["id"], ts))
         if kind != "pair":

@@ -46,8 +46,10 @@ class JoinedRecord:
     headers: tuple[()] = ()
 
 
-# (the operators after the join, the result's record, its decoded key, the result)
-Joined = tuple[Push, JoinedRecord, Any, Any]
+# (the operators after the join, its joiner, the result's record, its decoded key, the left
+# and right values): the task calls the joiner as it pushes the result on, so a joiner that
+# raises dead-letters that result only
+Joined = tuple[Push, Callable[[Any, Any], Any], JoinedRecord, Any, Any, Any]
 
 
 class JoinHost(Protocol):
@@ -105,12 +107,13 @@ def side_input(host: JoinHost, node: JoinSideNode, after: Push, stage: Stage) ->
     join = node.join
     assert join is not None
     part = host.joins[join.name]
-    name, partition, queue = join.name, host.partition, host.joined
+    name, partition, queue, joiner = join.name, host.partition, host.joined, join.joiner
     loads_key = stage.source.key_codec.loads
 
-    def emit(key: bytes, ts: int, value: Any, offset: int) -> None:
+    def emit(key: bytes, ts: int, left: Any, right: Any, offset: int) -> None:
         join.emitted += 1
-        queue.append((after, JoinedRecord(name, partition, offset, ts, key), loads_key(key), value))
+        rec = JoinedRecord(name, partition, offset, ts, key)
+        queue.append((after, joiner, rec, loads_key(key), left, right))
 
     part.emit = emit
     push, side = part.push, node.side

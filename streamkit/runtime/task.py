@@ -387,10 +387,11 @@ class Task:
         and agents see while it passes."""
         joined, agents = self.joined, self.agents
         while joined:
-            push, rec, key, value = joined.popleft()
-            self.record, self._key, self._value, self._event = rec, key, value, None
+            push, joiner, rec, key, left, right = joined.popleft()
+            self.record, self._key, self._value, self._event = rec, key, None, None
             self.event_ts = rec.timestamp
             try:
+                self._value = value = joiner(left, right)
                 push(value)
             except FATAL:
                 raise

@@ -34,8 +34,9 @@ _WM = struct.Struct(">q")
 WATERMARK_ROW: tuple[int, int, int, bytes] = (255, 0, 0, b"")
 
 Row = tuple[int, int, int, bytes]
-# (key bytes, event time, joined value, source offset of the record that made it)
-Emit = Callable[[bytes, int, Any, int], None]
+# (key bytes, event time, left value, right value (None: unmatched), source offset of the
+# record that made it); the joiner runs where the result is pushed on, not here
+Emit = Callable[[bytes, int, Any, Any, int], None]
 # (side, event time, watermark) of a late record
 Late = Callable[[int, int, int], None]
 
@@ -69,7 +70,7 @@ def join_table(table: Table[Any, Any]) -> Table[Any, Any]:
     return table
 
 
-def _no_emit(key: bytes, ts: int, value: Any, offset: int) -> None:
+def _no_emit(key: bytes, ts: int, left: Any, right: Any, offset: int) -> None:
     raise RuntimeError("a join partition emitted before its output was bound")
 
 
@@ -130,7 +131,7 @@ class JoinPartition:
             lo, hi = spec.partners(side, ts)
             decode = self.codecs[other].decode
             mark = spec.keeps_unmatched(other)
-            joiner, emit = self.join.joiner, self.emit
+            emit = self.emit
             i = bisect.bisect_left(entries, (lo, -1))
             while i < len(entries) and entries[i][0] <= hi:
                 other_ts, other_seq = entries[i]
@@ -140,8 +141,10 @@ class JoinPartition:
                 partner = decode(stored[_HEAD.size :])
                 if mark and not stored[0]:
                     rows.set(row, b"\x01" + stored[1:])
-                out = joiner(value, partner) if side == LEFT else joiner(partner, value)
-                emit(key, max(ts, other_ts), out, offset)
+                if side == LEFT:
+                    emit(key, max(ts, other_ts), value, partner, offset)
+                else:
+                    emit(key, max(ts, other_ts), partner, value, offset)
                 matched = True
         if watermark > spec.final_after(side, ts):  # already final (a one-sided interval)
             if not matched and spec.keeps_unmatched(side):
@@ -154,8 +157,10 @@ class JoinPartition:
         self._track(side, ts, seq, key)
 
     def _unmatched(self, side: int, key: bytes, ts: int, value: Any, offset: int) -> None:
-        joiner = self.join.joiner
-        self.emit(key, ts, joiner(value, None) if side == LEFT else joiner(None, value), offset)
+        if side == LEFT:
+            self.emit(key, ts, value, None, offset)
+        else:
+            self.emit(key, ts, None, value, offset)
 
     def advance(self, watermark: int) -> None:
         """The watermark moved: every record it made final is purged, and emitted first if it
