@@ -13,7 +13,7 @@ next stage does not wait for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.context import WALL_CLOCK, TaskScope
@@ -44,6 +44,10 @@ class OnWatermark(Protocol):
     def advance(self, watermark: int) -> None: ...
 
 
+def _nothing_pending(topic: str) -> bool:
+    return False
+
+
 class ClockInput:
     """One input topic of a stage: how its events get their time, and its watermark."""
 
@@ -71,6 +75,10 @@ class EventClock:
         self.outputs = outputs
         self.idle_timeout = idle_timeout
         self.windows: list[OnWatermark] = []  # what the watermark drives
+        # whether the task holds records of an input it has not processed yet (the task's): an
+        # input is idle only when quiet *and* drained, or a backlog longer than idle_timeout
+        # would make the records behind it late
+        self.pending: Callable[[str], bool] = _nothing_pending
         self._sent = (self.current, False)  # last broadcast (watermark, idle)
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
         self._sent_at = float("-inf")  # never
@@ -99,9 +107,11 @@ class EventClock:
         single = self._single
         if single is not None:
             return single.tracker.current
-        now = self._wall.monotonic()
+        now, pending, idle = self._wall.monotonic(), self.pending, self.idle_timeout
         inputs = list(self.inputs.values())
-        active = [i for i in inputs if now - i.last_input < self.idle_timeout] or inputs
+        active = [
+            i for name, i in self.inputs.items() if now - i.last_input < idle or pending(name)
+        ] or inputs
         return min(i.tracker.current for i in active)
 
     def _moved(self) -> None:
@@ -155,7 +165,9 @@ class EventClock:
         now = self._wall.monotonic()
         if not force and now - self._sent_at < BROADCAST_EVERY:
             return
-        idle = now - self.last_input >= self.idle_timeout
+        idle = now - self.last_input >= self.idle_timeout and not any(
+            self.pending(name) for name in self.inputs
+        )
         state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
             return  # nothing new (an idle task repeats itself every idle_timeout)

@@ -131,6 +131,7 @@ class Task:
         self.position: dict[str, int | None] = {
             tp.topic: positions.get(tp.topic) for tp in self.inputs
         }
+        self._put: dict[str, int] = {}  # offset after the last record buffered, per input
         # offset after the last record every branch finished; None until one is (a task that
         # is still restoring has nothing to commit, and its store is not written)
         self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
@@ -143,6 +144,8 @@ class Task:
         self.events_in = 0
         self.dead_letters = 0
         self.agents = Agents(self, stage.agents, self.on_branch_error)
+        if clock is not None:
+            clock.pending = self._pending
         self._runner: asyncio.Task[None] | None = None
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
@@ -179,13 +182,22 @@ class Task:
             if not records:
                 return True
         self._records.extend(records)
-        self.position[topic] = records[-1].offset + 1
+        self.position[topic] = self._put[topic] = records[-1].offset + 1
         if self.clock is not None:
             self.clock.note_input(topic)
         waiter = self._waiter
         if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
         return True
+
+    def _pending(self, topic: str) -> bool:
+        """Records of input `topic` are buffered but not processed yet (the event clock does
+        not count such an input idle, however long ago they arrived)."""
+        put = self._put.get(topic)
+        if put is None:
+            return False
+        done = self._done.get(topic)
+        return done is None or done < put
 
     # -- what the checkpoint commits ---------------------------------------------------------
 
