@@ -6,7 +6,7 @@ B: the same purchases with event times 20 ms apart (record timestamps) → repar
    60 s tumbling count per user, one update per event → `{"user_id", "start", "count"}`.
 C: clicks and purchases (one input topic, 80 % clicks, event times 20 ms apart, record
    timestamps) → each kind repartitioned by user → an inner stream-stream join of a user's
-   clicks and purchases at most 10 minutes apart (both ends included; grace 10 minutes) →
+   clicks and purchases at most 10 minutes apart (both ends included; grace 1 h, as B's) →
    `{"click", "purchase"}` (their ids), one output per pair, emitted when its later record
    arrives. One topic for both kinds keeps the harness's one pre-loaded input; each side is
    still its own repartitioned stream.

@@ -37,7 +37,7 @@ if pipeline == "C":  # clicks ⋈ purchases of a user within 10 minutes (inner)
     clicks.join(
         bought,
         within=600,
-        grace=600,
+        grace=3600,  # as Kafka Streams needs (its stream time is the newest record's)
         joiner=lambda c, p: {"click": c["id"], "purchase": p["id"]},
         name="clicks-purchases",
     ).to(out)
