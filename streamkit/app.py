@@ -229,6 +229,11 @@ class App:
     def join_state(self, join: StreamJoin) -> None:
         """The table of a stream-stream join's buffered records (`stream.join`): SQLite and
         the changelog `{id}-{name}-changelog`, like any table."""
+        if join.name in self.tables or join.name in self.global_tables:
+            raise ConfigError(
+                f"join {join.name}: a join or table of that name exists already: give the "
+                "join name=... (it names its state and late topic)"
+            )
         join.table = join_table(self.table(join.name, key_type=bytes, value_type=bytes))
         self.joins[join.name] = join
 

@@ -171,7 +171,7 @@ def test_a_join_declared_wrong_says_what_to_change() -> None:
     with pytest.raises(sk.ConfigError, match="how must be one of inner, left, outer"):
         a.join(b, within=5, how="right")
     a.join(b, within=5, name="j")
-    with pytest.raises(sk.ConfigError, match="two tables are named 'j'"):
+    with pytest.raises(sk.ConfigError, match="join j: a join or table of that name exists"):
         a.join(b, within=5, name="j")
 
 
