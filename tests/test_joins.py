@@ -225,3 +225,25 @@ async def test_a_record_without_a_key_and_a_joiner_that_raises_are_dead_letters(
         ]
         assert "a record without a key joins nothing: key_by" in dead[0]["streamkit.error"]
         assert dead[1]["streamkit.source.offset"] == "0"  # b's record that made the pair
+
+
+async def test_a_side_that_goes_idle_does_not_hold_back_the_other_sides_results(
+    tmp_path: Path,
+) -> None:
+    app = sk.App("joins-idle", workdir=tmp_path, idle_timeout=5.0)
+    views = app.topic("views", partitions=2, timestamp="ts")
+    buys = app.topic("buys", partitions=2, timestamp="ts")
+    out = app.topic("converted", partitions=2)
+    app.stream(views).join(
+        app.stream(buys), between=(0, 1800), how="left", on="user", name="conv"
+    ).to(out)
+    async with AsyncTestDriver(app) as driver:
+        await driver.send(views, {"user": "a", "ts": 100})
+        await driver.send(buys, {"user": "a", "ts": 160})
+        await driver.send(views, {"user": "b", "ts": 200})
+        assert [r.key for r in driver.read(out)] == ["a"]
+        await driver.advance_time(10)  # no purchase for longer than idle_timeout
+        for partition in (0, 1):  # views move on, on both partitions
+            await driver.send(views, {"user": "c", "ts": 5000}, partition=partition)
+        got = [(r.key, r.value[1]) for r in driver.read(out)]
+        assert got == [("b", None)]  # the buys side, idle, no longer holds the watermark

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamkit.context import WALL_CLOCK
-from streamkit.eventtime import TimestampPolicy
+from streamkit.eventtime import TimestampPolicy, control_headers
 from streamkit.runtime.event_clock import EventClock
 from streamkit.testing.memory import VirtualClock
 
@@ -39,3 +39,18 @@ def test_an_input_with_records_waiting_in_the_task_is_not_idle() -> None:
     waiting.clear()  # b drained and quiet for idle_timeout: left out while a moves
     clock.on_data(record("a", 95_000), None)
     assert clock.watermark == 95_000
+
+
+def test_an_input_whose_every_upstream_is_idle_is_left_out_while_the_other_moves() -> None:
+    clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 2)}, 0, [], 5.0)
+    clock.on_data(SimpleNamespace(topic="a", timestamp=1_000, headers=()), None)
+    assert clock.on_control("b", control_headers(0, 500, False))
+    assert clock.on_control("b", control_headers(1, 700, False))
+    assert clock.watermark == 500
+    clock.on_data(SimpleNamespace(topic="a", timestamp=9_000, headers=()), None)
+    assert clock.watermark == 500  # b's upstream 0 holds it
+    clock.on_control("b", control_headers(0, 500, True))
+    assert clock.watermark == 700  # 0 idle: b is upstream 1's 700
+    clock.on_control("b", control_headers(1, 700, True))  # every upstream of b idle
+    clock.on_data(SimpleNamespace(topic="a", timestamp=9_500, headers=()), None)
+    assert clock.watermark == 9_500  # b left out; a alone moves it

@@ -58,8 +58,9 @@ class ClockInput:
 
 
 class EventClock:
-    """The event time of one task. Its watermark is the minimum over its inputs' (inputs
-    quiet for `idle_timeout` left out while others move, as idle upstream tasks are)."""
+    """The event time of one task. Its watermark is the minimum over its inputs' (left out
+    while others move: an input quiet for `idle_timeout`, or one after a repartition hop whose
+    every upstream task said it is idle; never one with records waiting in the task)."""
 
     def __init__(
         self,
@@ -110,7 +111,9 @@ class EventClock:
         now, pending, idle = self._wall.monotonic(), self.pending, self.idle_timeout
         inputs = list(self.inputs.values())
         active = [
-            i for name, i in self.inputs.items() if now - i.last_input < idle or pending(name)
+            i
+            for name, i in self.inputs.items()
+            if (now - i.last_input < idle and not i.tracker.all_idle) or pending(name)
         ] or inputs
         return min(i.tracker.current for i in active)
 
