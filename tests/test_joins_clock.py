@@ -54,3 +54,12 @@ def test_an_input_whose_every_upstream_is_idle_is_left_out_while_the_other_moves
     clock.on_control("b", control_headers(1, 700, True))  # every upstream of b idle
     clock.on_data(SimpleNamespace(topic="a", timestamp=9_500, headers=()), None)
     assert clock.watermark == 9_500  # b left out; a alone moves it
+
+
+def test_the_last_upstream_of_an_input_going_idle_frees_the_watermark_at_once() -> None:
+    clock = EventClock({"a": (TimestampPolicy(), 1), "b": (TimestampPolicy(), 1)}, 0, [], 5.0)
+    clock.on_control("a", control_headers(0, 9_000, False))
+    clock.on_control("b", control_headers(0, 500, False))
+    assert clock.watermark == 500
+    clock.on_control("b", control_headers(0, 500, True))  # b's only upstream: idle
+    assert clock.watermark == 9_000  # no further record of a needed

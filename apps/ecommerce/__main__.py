@@ -105,6 +105,7 @@ class Demo:
             "sessions": p.sessions_out.name,
             "trending": p.trending_out.name,
             "totals": p.totals.name,
+            "conversions": p.conversions.name,
             "dlq": app.dlq.name,
             "late-sessions": str(p.user_sessions.late_topic),
             "late-trending": str(p.trending.late_topic),
@@ -238,6 +239,7 @@ class Demo:
                 "sessions": len(out.sessions) >= len(truth.sessions),
                 "totals": out.totals == truth.spend,
                 "trending": out.merged_trending() == truth.trending,
+                "conversions": out.conversions == truth.conversions,
             }
             return [name for name, ok in waits.items() if not ok]
 

@@ -155,6 +155,8 @@ class Truth:
     malformed: int
     late: int
     events_per_user: collections.Counter[str]
+    # conversion: (view id, bought) → outputs of the left join (one per purchase, or one)
+    conversions: collections.Counter[tuple[str, bool]]
 
 
 def oracle(cfg: Config, data: Input) -> Truth:
@@ -194,6 +196,7 @@ def oracle(cfg: Config, data: Input) -> Truth:
             counts[(start, start + size)][c["product_id"]] += 1
             start -= hop
     trending = {window: top_items(dict(c), cfg.top) for window, c in counts.items()}
+    conversions = conversion_oracle(real, data)
     return Truth(
         sessions=sorted(sessions),
         spend=dict(spend),
@@ -202,4 +205,29 @@ def oracle(cfg: Config, data: Input) -> Truth:
         malformed=cfg.malformed,
         late=len(data.late_ids),
         events_per_user=collections.Counter(c["user_id"] for c in data.valid),
+        conversions=conversions,
     )
+
+
+def conversion_oracle(
+    clicks: list[dict[str, Any]], data: Input, within_s: int = 1800
+) -> collections.Counter[tuple[str, bool]]:
+    """Every on-time view ⋈ every purchase of the same user and product at most `within_s`
+    after it (both ends included): one output per pair, or the view alone."""
+    bought: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    for _, _, value in data.purchases:
+        p = orjson.loads(value)
+        bought[(p["user_id"], p["product_id"])].append(round(p["ts"] * 1000))
+    out: collections.Counter[tuple[str, bool]] = collections.Counter()
+    for c in clicks:
+        if c.get("kind") != "view":
+            continue
+        tv = round(c["ts"] * 1000)
+        pairs = sum(
+            1 for tp in bought[(c["user_id"], c["product_id"])] if 0 <= tp - tv <= within_s * 1000
+        )
+        if pairs:
+            out[(c["id"], True)] += pairs
+        else:
+            out[(c["id"], False)] += 1
+    return out

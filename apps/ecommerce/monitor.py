@@ -111,6 +111,8 @@ class Outputs:
         self.per_user: collections.Counter[str] = collections.Counter()
         self.enriched_ids: collections.Counter[str] = collections.Counter()
         self.enriched_ok = 0  # joined with a known product
+        self.conversions: collections.Counter[tuple[str, bool]] = collections.Counter()
+        self.views_of: dict[str, str] = {}  # view id → product
         sink_dir.mkdir(parents=True, exist_ok=True)
         self.sqlite_path = sink_dir / "enriched.sqlite"
         self.jsonl_path = sink_dir / "enriched.jsonl"
@@ -164,6 +166,10 @@ class Outputs:
                 elif role == "trending":
                     v = orjson.loads(r.value)
                     self.trending.setdefault((v["start"], v["end"]), {})[v["key"]] = v["top_k"]
+                elif role == "conversions":
+                    v = orjson.loads(r.value)
+                    self.conversions[(v["view"], v["bought"])] += 1
+                    self.views_of[v["view"]] = v["product_id"]
                 elif role == "dlq":
                     self.dead_reasons[describe(r.headers).get("streamkit.error.type", "?")] += 1
         if rows:
@@ -209,6 +215,18 @@ class Outputs:
 
     def merged_trending(self) -> dict[tuple[int, int], list[list[Any]]]:
         return {w: merge_top(list(p.values()), self._top) for w, p in self.trending.items()}
+
+    def conversion_rate(self) -> tuple[int, int]:
+        """(views, views followed by a purchase within 30 minutes)."""
+        converted = {view for view, bought in self.conversions if bought}
+        return len(self.views_of), len(converted)
+
+    def conversion_per_product(self) -> list[tuple[str, int, int]]:
+        """(product, views, views bought within 30 minutes), most viewed first."""
+        converted = {view for view, bought in self.conversions if bought}
+        views: collections.Counter[str] = collections.Counter(self.views_of.values())
+        bought = collections.Counter(self.views_of[v] for v in converted)
+        return [(p, n, bought[p]) for p, n in sorted(views.items(), key=lambda x: (-x[1], x[0]))]
 
     def sink_rows(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM enriched").fetchone()[0])

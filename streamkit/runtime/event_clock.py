@@ -156,8 +156,9 @@ class EventClock:
         control = read_control(headers)
         if control is None:
             return False
-        if clock_input.tracker.from_upstream(*control):
-            self._moved()
+        moved = clock_input.tracker.from_upstream(*control)
+        if moved or (control[2] and len(self.inputs) > 1):
+            self._moved()  # an input whose upstreams all went idle may free the others
         return True
 
     def broadcast(self, collector: RecordCollector, *, force: bool = False) -> None:
