@@ -9,10 +9,11 @@ where `seq` numbers the partition's records (restored as one past the largest st
 the value is encoded with its side's codec, so a buffered value reads back as the type a live
 one has. A reserved row holds the watermark the rows reflect (checkpointed with them).
 
-In memory: per side, key → its buffered (time, seq) in time order (to find the partners of a
-new record by bisection), and one heap of records by the watermark that makes them final.
-Both are rebuilt from the rows on load. Every boundary decision is `JoinSpec`'s
-(`streamkit/joins.py`): late, partners, final; this module only applies them.
+In memory, 16 bytes a buffered record: per side, key → its buffered (time, seq) in time order,
+two packed arrays (the partners of a new record are found by bisection); and per side a heap
+of keys by the watermark that makes their earliest record final (purging takes a key's
+final prefix at once). Both are rebuilt from the rows on load. Every boundary decision is
+`JoinSpec`'s (`streamkit/joins.py`): late, partners, final; this module only applies them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from __future__ import annotations
 import bisect
 import heapq
 import struct
+from array import array
 from collections.abc import Callable
 from typing import Any
 
 from streamkit.eventtime import NO_WATERMARK
-from streamkit.joins import LEFT, StreamJoin
+from streamkit.joins import LEFT, RIGHT, StreamJoin
 from streamkit.serde import Codec
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
 
@@ -74,6 +76,24 @@ def _no_emit(key: bytes, ts: int, left: Any, right: Any, offset: int) -> None:
     raise RuntimeError("a join partition emitted before its output was bound")
 
 
+class Buffered:
+    """One key's buffered records of one side, in (time, seq) order: two packed arrays
+    (16 bytes a record), searched by bisection."""
+
+    __slots__ = ("seqs", "times")
+
+    def __init__(self) -> None:
+        self.times = array("q")
+        self.seqs = array("q")
+
+    def add(self, ts: int, seq: int) -> bool:
+        """Insert (after any equal time: seqs only grow); True if it is the new earliest."""
+        at = bisect.bisect_right(self.times, ts)
+        self.times.insert(at, ts)
+        self.seqs.insert(at, seq)
+        return at == 0
+
+
 class JoinPartition:
     def __init__(
         self,
@@ -89,16 +109,13 @@ class JoinPartition:
         self.codecs = codecs
         self.late = late
         self.emit = emit  # bound by the task's compiled operators
-        self.index: tuple[dict[bytes, list[tuple[int, int]]], ...] = ({}, {})
-        self._final: list[
-            tuple[int, int, int, int, bytes]
-        ] = []  # (final after, side, ts, seq, key)
+        self.index: tuple[dict[bytes, Buffered], dict[bytes, Buffered]] = ({}, {})
+        # per side, (the watermark after which the key's earliest record is final, key): one
+        # entry per key and earliest time (older ones are skipped when popped)
+        self._final: tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]] = ([], [])
         self._seq = 0
         self.watermark = NO_WATERMARK
-
-    @property
-    def buffered(self) -> int:
-        return len(self._final)
+        self.buffered = 0
 
     def load(self) -> int:
         """Rebuild the indexes from the stored rows; the watermark they reflect."""
@@ -114,8 +131,12 @@ class JoinPartition:
         return self.watermark
 
     def _track(self, side: int, ts: int, seq: int, key: bytes) -> None:
-        bisect.insort(self.index[side].setdefault(key, []), (ts, seq))
-        heapq.heappush(self._final, (self.spec.final_after(side, ts), side, ts, seq, key))
+        buffered = self.index[side].get(key)
+        if buffered is None:
+            buffered = self.index[side][key] = Buffered()
+        if buffered.add(ts, seq):
+            heapq.heappush(self._final[side], (self.spec.final_after(side, ts), key))
+        self.buffered += 1
 
     def push(self, side: int, key: bytes, ts: int, value: Any, offset: int) -> None:
         """A record of `side` at event time `ts`: late, or joined with the buffered partners
@@ -126,15 +147,16 @@ class JoinPartition:
             return
         other = 1 - side
         matched = False
-        entries = self.index[other].get(key)
-        if entries:
+        buffered = self.index[other].get(key)
+        if buffered is not None:
             lo, hi = spec.partners(side, ts)
             decode = self.codecs[other].decode
             mark = spec.keeps_unmatched(other)
             emit = self.emit
-            i = bisect.bisect_left(entries, (lo, -1))
-            while i < len(entries) and entries[i][0] <= hi:
-                other_ts, other_seq = entries[i]
+            times, seqs = buffered.times, buffered.seqs
+            i = bisect.bisect_left(times, lo)
+            while i < len(times) and times[i] <= hi:
+                other_ts, other_seq = times[i], seqs[i]
                 i += 1
                 row = (other, other_ts, other_seq, key)
                 stored = rows.get(row)
@@ -164,22 +186,41 @@ class JoinPartition:
 
     def advance(self, watermark: int) -> None:
         """The watermark moved: every record it made final is purged, and emitted first if it
-        is unmatched and its side keeps unmatched records."""
+        is unmatched and its side keeps unmatched records (per side, key by key, oldest first)."""
         if watermark <= self.watermark:
             return
         self.watermark = watermark
-        rows, spec, heap = self.rows, self.spec, self._final
-        rows.set(WATERMARK_ROW, _WM.pack(watermark))
-        while heap and heap[0][0] < watermark:
-            _, side, ts, seq, key = heapq.heappop(heap)
-            entries = self.index[side][key]
-            del entries[bisect.bisect_left(entries, (ts, seq))]
-            if not entries:
-                del self.index[side][key]
+        self.rows.set(WATERMARK_ROW, _WM.pack(watermark))
+        for side in (LEFT, RIGHT):
+            heap = self._final[side]
+            while heap and heap[0][0] < watermark:
+                _, key = heapq.heappop(heap)
+                self._purge(side, key, watermark)
+
+    def _purge(self, side: int, key: bytes, watermark: int) -> None:
+        buffered = self.index[side].get(key)
+        if buffered is None:
+            return  # an older entry of a key purged whole meanwhile
+        spec, rows = self.spec, self.rows
+        times, seqs = buffered.times, buffered.seqs
+        n = 0
+        while n < len(times) and spec.final_after(side, times[n]) < watermark:
+            n += 1
+        if n == 0:
+            return  # an older entry: the key's earliest record has an entry of its own
+        keeps = spec.keeps_unmatched(side)
+        for ts, seq in zip(times[:n], seqs[:n], strict=True):
             row = (side, ts, seq, key)
-            if spec.keeps_unmatched(side):
+            if keeps:
                 stored = rows.get(row)
                 if not stored[0]:
                     value = self.codecs[side].decode(stored[_HEAD.size :])
                     self._unmatched(side, key, ts, value, _HEAD.unpack_from(stored)[1])
             rows.delete(row)
+        del times[:n]
+        del seqs[:n]
+        self.buffered -= n
+        if times:
+            heapq.heappush(self._final[side], (spec.final_after(side, times[0]), key))
+        else:
+            del self.index[side][key]
