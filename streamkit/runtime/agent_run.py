@@ -123,7 +123,7 @@ class Body:
         self.task = task
         self.is_generator = agent.is_generator
         self._gen: Any = None
-        self._coro: Any = None  # the pump: the body, suspended at NEED
+        self.coro: Any = None  # the pump: the body, suspended at NEED
         self.running = False  # between start and the end of the body
         sinks = agent.sinks
         self._plain = [(s.name, s.value_codec.encode) for s in sinks]
@@ -135,7 +135,7 @@ class Body:
     async def start(self) -> None:
         """Make the body and run it up to its first request for a value."""
         self._gen = self.agent.fn(AgentStream(self.task, self.agent))
-        self._coro = self._pump() if self.is_generator else self._gen
+        self.coro = self._pump() if self.is_generator else self._gen
         self.running = True
         await resume(self, None, None)
 
@@ -150,6 +150,11 @@ class Body:
     def feed(self, value: Any) -> Any:
         """The body's next value: (awaited) run it until it asks for another."""
         return resume(self, value, None)
+
+    def carry(self, awaited: Any) -> Any:
+        """(Awaited) the rest of a step that `coro.send` began and that stopped at a real
+        await of the body's (`awaited`, for the event loop): run it until it asks again."""
+        return resume(self, None, None, awaited)
 
     async def stop(self) -> None:
         """End the body's `async for` (its code after the loop runs)."""
@@ -193,11 +198,16 @@ class Agents:
         self, task: BodyHost, agents: list[Agent], on_error: Callable[[Exception, str], None]
     ) -> None:
         self.bodies = {a.name: Body(a, task) for a in agents}
-        self.pending: list[tuple[Body, Any]] = []
+        # A stage with one agent (the common case) queues bare values for it; with several,
+        # (body, value) pairs, in the order the pass reached them.
+        self.single = next(iter(self.bodies.values())) if len(self.bodies) == 1 else None
+        self.pending: list[Any] = []
         self._on_error = on_error  # dead-letters the record for that agent, or raises
 
     def input(self, agent: Agent) -> Callable[[Any], None]:
         body, pending = self.bodies[agent.name], self.pending
+        if self.single is not None:
+            return pending.append
 
         def to_agent(value: Any) -> None:
             pending.append((body, value))
@@ -215,8 +225,10 @@ class Agents:
     async def feed(self) -> None:
         """Hand the queued values to their bodies, in order. A body that raised on its value
         is made anew (raising again there is a bug in the body: the task stops)."""
-        pending = self.pending
-        for body, value in pending:
+        pending, single = self.pending, self.single
+        for item in pending:
+            body, value = (single, item) if single is not None else item
+            assert isinstance(body, Body)
             if not body.running:
                 log.warning("%r returned before its stream ended; restarting it", body)
                 await body.start()
@@ -236,10 +248,18 @@ class Agents:
 
 
 @types.coroutine
-def resume(body: Body, send: Any, throw: BaseException | None) -> Generator[Any, Any, None]:
+def resume(
+    body: Body, send: Any, throw: BaseException | None, awaited: Any = NEED
+) -> Generator[Any, Any, None]:
     """Resume a body's suspended pump with a value (or an exception) and run it until it asks
-    for a value again, passing its real awaits through to the event loop."""
-    coro = body._coro
+    for a value again, passing its real awaits through to the event loop. `awaited`: the pump
+    was already resumed and stopped at that real await (`Body.carry`)."""
+    coro = body.coro
+    if awaited is not NEED:
+        try:
+            send = yield awaited
+        except BaseException as exc:
+            throw, send = exc, None
     while True:
         try:
             if throw is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +31,14 @@ from streamkit.agents import Agent
 from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK
 from streamkit.events import Event
 from streamkit.graph import Stage
-from streamkit.runtime.agent_run import Agents
+from streamkit.runtime.agent_run import NEED, Agents
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.joins import Joined, open_joins
 from streamkit.runtime.operators import Compiler
+from streamkit.runtime.task_state import ALLOWED, TaskState
 from streamkit.serde import Codec, decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
@@ -55,23 +55,6 @@ BROADCAST_CHECK = 1024  # records between two looks at the watermark and process
 log = logging.getLogger(__name__)
 
 __all__ = ["AgentStopped", "Task", "TaskState"]
-
-
-class TaskState(enum.Enum):
-    CREATED = "created"
-    RESTORING = "restoring"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_ALLOWED = {
-    TaskState.CREATED: {TaskState.RESTORING, TaskState.CLOSED},
-    TaskState.RESTORING: {TaskState.RUNNING, TaskState.CLOSING, TaskState.CLOSED},
-    TaskState.RUNNING: {TaskState.CLOSING, TaskState.CLOSED},
-    TaskState.CLOSING: {TaskState.CLOSED},
-    TaskState.CLOSED: set(),
-}
 
 
 class _Closed(Exception):
@@ -155,7 +138,7 @@ class Task:
         return f"Task({self.stage.name}[{self.partition}], {self.status.value})"
 
     def _set_status(self, new: TaskState) -> None:
-        if new not in _ALLOWED[self.status]:
+        if new not in ALLOWED[self.status]:
             raise RuntimeError(f"{self!r}: illegal transition to {new.value}")
         self.status = new
 
@@ -360,7 +343,7 @@ class Task:
     async def _loop(self, inputs: dict[str, _Input]) -> None:
         records, done = self._records, self._done
         agents = self.agents
-        pending = agents.pending
+        pending, single = agents.pending, agents.single
         collector, clock = self.collector, self.clock
         joined = self.joined
         while True:
@@ -370,14 +353,25 @@ class Task:
             rec = records.popleft()
             self._process(rec, inputs)
             if pending:
-                if len(pending) == 1 and pending[0][0].running:  # the common case, inline
-                    body, value = pending.pop()
+                if single is not None and len(pending) == 1 and single.running:
+                    # the common case, inline: one agent, one value, a body that only computes
                     try:
-                        await body.feed(value)
+                        awaited = single.coro.send(pending.pop())
+                    except StopIteration:
+                        single.running = False  # it returned: `feed` restarts it next time
                     except FATAL:
                         raise
                     except Exception as exc:
-                        await agents.failed(body, exc)
+                        single.running = False
+                        await agents.failed(single, exc)
+                    else:
+                        if awaited is not NEED:  # a real await of the body's: the loop's
+                            try:
+                                await single.carry(awaited)
+                            except FATAL:
+                                raise
+                            except Exception as exc:
+                                await agents.failed(single, exc)
                 else:
                     await agents.feed()
             if joined:

@@ -317,7 +317,9 @@ class Table(Generic[K, V]):
             if not self.source:  # stored, as a defaultdict does: `t[k].append(x)` persists
                 part.set(key, value)
             return value
-        return self._read(part, key, value)  # type: ignore[no-any-return]
+        if type(value) not in _IMMUTABLE and not self.source:  # as `_read`, inline
+            part.dirty.add(key)
+        return value  # type: ignore[no-any-return]
 
     def _writable(self, key: Any) -> TablePartition:
         if self.source:
