@@ -247,3 +247,24 @@ async def test_a_side_that_goes_idle_does_not_hold_back_the_other_sides_results(
             await driver.send(views, {"user": "c", "ts": 5000}, partition=partition)
         got = [(r.key, r.value[1]) for r in driver.read(out)]
         assert got == [("b", None)]  # the buys side, idle, no longer holds the watermark
+
+
+async def test_the_last_idle_flag_of_a_side_frees_the_other_sides_results_at_once(
+    tmp_path: Path,
+) -> None:
+    app = sk.App("joins-idle-flag", workdir=tmp_path, idle_timeout=5.0)
+    views = app.topic("views", partitions=1, timestamp="ts")
+    buys = app.topic("buys", partitions=1, timestamp="ts")
+    out = app.topic("converted", partitions=1)
+    app.stream(views).join(
+        app.stream(buys), between=(0, 1800), how="left", on="user", name="conv"
+    ).to(out)
+    async with AsyncTestDriver(app) as driver:
+        await driver.send(buys, {"user": "a", "ts": 100})
+        await driver.send(views, {"user": "b", "ts": 200})
+        await driver.advance_time(3)
+        await driver.send(views, {"user": "c", "ts": 5000})  # the last view for now
+        assert driver.read(out) == []  # the buys side (at 100) holds the watermark
+        await driver.advance_time(3)  # buys quiet for 6 s (idle), views for 3 s (not)
+        got = [(r.key, r.value[1]) for r in driver.read(out)]
+        assert got == [("b", None)]  # freed by the buys side's idle flag, no view needed

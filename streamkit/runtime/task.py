@@ -115,6 +115,7 @@ class Task:
             tp.topic: positions.get(tp.topic) for tp in self.inputs
         }
         self._put: dict[str, int] = {}  # offset after the last record buffered, per input
+        self._taken: Any = None  # the record `_process` took last (a control record too)
         # offset after the last record every branch finished; None until one is (a task that
         # is still restoring has nothing to commit, and its store is not written)
         self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
@@ -174,11 +175,14 @@ class Task:
         return True
 
     def _pending(self, topic: str) -> bool:
-        """Records of input `topic` are buffered but not processed yet (the event clock does
-        not count such an input idle, however long ago they arrived)."""
+        """Records of input `topic` are buffered behind the one being processed (the event
+        clock does not count such an input idle, however long ago they arrived)."""
         put = self._put.get(topic)
         if put is None:
             return False
+        taken = self._taken
+        if taken is not None and taken.topic == topic:
+            return bool(taken.offset + 1 < put)
         done = self._done.get(topic)
         return done is None or done < put
 
@@ -266,6 +270,7 @@ class Task:
 
     def _process(self, rec: Any, inputs: dict[str, _Input]) -> None:
         """Decode one record and push it through the stage (the synchronous part)."""
+        self._taken = rec
         clock = self.clock
         if clock is not None and rec.headers:
             try:
