@@ -1,5 +1,6 @@
-"""Side by side: pipelines A and B in streamkit, Faust, Quix Streams, Kafka Streams and the raw
-aiokafka and confluent-kafka loops, with Kafka's perf tools as the hardware ceiling.
+"""Side by side: pipelines A, B and C in streamkit, Faust, Quix Streams, Kafka Streams and the
+raw aiokafka and confluent-kafka loops (C, a stream-stream join: streamkit and Kafka Streams),
+with Kafka's perf tools as the hardware ceiling.
 
     python -m bench.compare [--events N] [--reps R] [--pipelines A,B] [--systems a,b]
                             [--guarantees g,h] [--commit-interval S] [--paced-rate R]
@@ -53,6 +54,7 @@ BOTH = ("exactly_once", "at_least_once")
 SYSTEMS = ("streamkit", "raw aiokafka", "raw confluent-kafka", "faust", "quix streams",
            "kafka streams")  # fmt: skip
 RAW = {"raw aiokafka", "raw confluent-kafka"}  # pipeline A, at-least-once only
+JOINING = {"streamkit", "kafka streams"}  # pipeline C (the stream-stream join)
 
 
 def command(system: str) -> list[str]:
@@ -73,6 +75,8 @@ def command(system: str) -> list[str]:
 
 
 def supports(system: str, pipeline: str, guarantee: str) -> bool:
+    if pipeline == "C":
+        return system in JOINING
     return system not in RAW or (pipeline == "A" and guarantee == "at_least_once")
 
 
@@ -186,7 +190,7 @@ async def run_one(
     paced = run.mode == "paced"
     source = f"peer-in-{uid}" if paced else args.sources[work.pipeline]
     await cluster.create_topics([output, source] if paced else [output])
-    n = len(work.values)
+    n = work.outputs  # outputs expected (A, B: one per input event)
     with tempfile.TemporaryDirectory(prefix="peer-") as state:
         env = {
             **os.environ,
@@ -246,7 +250,7 @@ async def run_one(
             if run.ok and sending is not None:
                 run.set_latency(sending.result(), observer.seen_at)
             elif run.ok:
-                run.set_rates(n, done - started, observer.line, cpu, rss)
+                run.set_rates(len(work.values), done - started, observer.line, cpu, rss)
         except RuntimeError as exc:
             run.error = str(exc)
         finally:

@@ -4,6 +4,12 @@ A: N purchases (JSON, ~100 bytes, 10,000 users, fixed seed, unkeyed) → reparti
    per-user running sum → `{"user_id", "total"}` per event.
 B: the same purchases with event times 20 ms apart (record timestamps) → repartition by user →
    60 s tumbling count per user, one update per event → `{"user_id", "start", "count"}`.
+C: clicks and purchases (one input topic, 80 % clicks, event times 20 ms apart, record
+   timestamps) → each kind repartitioned by user → an inner stream-stream join of a user's
+   clicks and purchases at most 10 minutes apart (both ends included; grace 1 h, as B's) →
+   `{"click", "purchase"}` (their ids), one output per pair, emitted when its later record
+   arrives. One topic for both kinds keeps the harness's one pre-loaded input; each side is
+   still its own repartitioned stream.
 
 Every output names the input event it answers: A's (user, running total in cents) and B's
 (user, window start, count) are unique, so the observer maps each output back to the input
@@ -23,6 +29,8 @@ SEED = 20241125
 EVENT_TIME_BASE_MS = 1_700_000_000_000
 EVENT_TIME_STEP_MS = 20  # pipeline B: 40,000 events span 800 s = 14 windows
 WINDOW_MS = 60_000
+JOIN_WITHIN_MS = 600_000  # pipeline C: 10 minutes either way (30,000 events)
+CLICK_SHARE = 0.8
 
 
 @dataclass
@@ -34,6 +42,10 @@ class Workload:
     timestamps: list[int] | None  # record timestamps (ms); None: the producer's clock
     truth: dict[Any, float]  # A: user → total; B: (user, window start) → count
     index: dict[Any, int] = field(default_factory=dict)  # an output's identity → input index
+    outputs: int = 0  # outputs expected (A, B: one per event; C: one per pair)
+
+    def __post_init__(self) -> None:
+        self.outputs = self.outputs or len(self.values)
 
 
 def purchases(n: int) -> tuple[list[bytes], list[tuple[str, float]]]:
@@ -60,7 +72,51 @@ def purchases(n: int) -> tuple[list[bytes], list[tuple[str, float]]]:
     return values, rows
 
 
+def clicks_and_purchases(n: int) -> tuple[list[bytes], list[tuple[str, str]]]:
+    """Pipeline C's input: (kind, user) per event, users with the same partition affinity as
+    `purchases`, event time `ts` = the record timestamp."""
+    rng = random.Random(SEED + 3)
+    values: list[bytes] = []
+    rows: list[tuple[str, str]] = []
+    for i in range(n):
+        user = f"u{rng.randrange(USERS // PARTITIONS) * PARTITIONS + i % PARTITIONS}"
+        kind = "click" if rng.random() < CLICK_SHARE else "purchase"
+        rows.append((kind, user))
+        values.append(
+            b'{"kind":"%s","id":%d,"user_id":"%s","ts":%.3f}'
+            % (
+                kind.encode(),
+                i,
+                user.encode(),
+                (EVENT_TIME_BASE_MS + i * EVENT_TIME_STEP_MS) / 1000,
+            )
+        )
+    return values, rows
+
+
+def join_workload(n: int) -> Workload:
+    """Pipeline C and its oracle: every (click, purchase) pair of a user at most
+    JOIN_WITHIN_MS apart, answered by the later of the two input events."""
+    values, rows = clicks_and_purchases(n)
+    stamps = [EVENT_TIME_BASE_MS + i * EVENT_TIME_STEP_MS for i in range(n)]
+    work = Workload("C", values, stamps, {})
+    clicks: dict[str, list[int]] = {}
+    purchases_of: dict[str, list[int]] = {}
+    for i, (kind, user) in enumerate(rows):
+        (clicks if kind == "click" else purchases_of).setdefault(user, []).append(i)
+    for user, bought in purchases_of.items():
+        for p in bought:
+            for c in clicks.get(user, ()):
+                if abs(stamps[c] - stamps[p]) <= JOIN_WITHIN_MS:
+                    work.truth[(c, p)] = 1.0
+                    work.index[(c, p)] = max(c, p)
+    work.outputs = len(work.truth)
+    return work
+
+
 def workload(pipeline: str, n: int) -> Workload:
+    if pipeline == "C":
+        return join_workload(n)
     values, rows = purchases(n)
     if pipeline == "A":
         work = Workload("A", values, None, {})
@@ -80,7 +136,7 @@ def workload(pipeline: str, n: int) -> Workload:
             work.index[(*window, counts[window])] = i
         work.truth = {k: float(v) for k, v in counts.items()}
         return work
-    raise SystemExit(f"unknown pipeline {pipeline!r} (A or B)")
+    raise SystemExit(f"unknown pipeline {pipeline!r} (A, B or C)")
 
 
 def identify(pipeline: str, value: dict[str, Any]) -> tuple[Any, float, Any]:
@@ -88,6 +144,9 @@ def identify(pipeline: str, value: dict[str, Any]) -> tuple[Any, float, Any]:
     if pipeline == "A":
         user, total = value["user_id"], float(value["total"])
         return user, total, (user, round(total * 100))
+    if pipeline == "C":
+        pair = (int(value["click"]), int(value["purchase"]))
+        return pair, 1.0, pair
     user = value.get("user_id", value.get("key"))
     start = int(value["start"])
     if start < 100_000_000_000:  # seconds → ms
@@ -128,7 +187,7 @@ class Oracle:
 
     def check(self, n: int, guarantee: str) -> tuple[bool, str]:
         """Exactly N outputs under exactly-once (at least N under at-least-once), and every
-        key's last value the oracle's (state counted each event once)."""
+        key's last value the oracle's (state counted each event once; C: every pair seen)."""
         if self.count < n or (guarantee == "exactly_once" and self.count != n):
             return False, f"{self.count} outputs, expected exactly {n}"
         if self.unknown:

@@ -49,7 +49,8 @@ class Run:
     def set_latency(self, sent: Sequence[float], seen_at: dict[int, float]) -> None:
         """Latencies of the events after the first 10 % (start-up is not steady state)."""
         skip = len(sent) // 10
-        lat = sorted((seen_at[i] - sent[i]) * 1000 for i in range(skip, len(sent)))
+        # every event of A and B has its answer; in C only those that complete a pair
+        lat = sorted((seen_at[i] - sent[i]) * 1000 for i in range(skip, len(sent)) if i in seen_at)
         self.p50_ms = lat[len(lat) // 2]
         self.p99_ms = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
         self.max_ms = lat[-1]

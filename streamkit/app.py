@@ -13,9 +13,11 @@ from streamkit.clients import make_producer
 from streamkit.count_windows import CountWindow
 from streamkit.events import Headers
 from streamkit.graph import Stage, build
+from streamkit.joins import StreamJoin
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.sinks.base import Sink, is_sink
 from streamkit.state.global_table import GlobalTable
+from streamkit.state.stream_join import join_table
 from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.ttl import ttl_of
@@ -52,6 +54,7 @@ class App:
         self.timers: dict[str, Timers] = {}
         self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
         self.versioned_tables: dict[str, VersionedTable[Any, Any]] = {}
+        self.joins: dict[str, StreamJoin] = {}
         self.sink_nodes: list[SinkNode] = []
         self._stages: list[Stage] | None = None  # the graph, built on first use
         self.dlq = self.topic(
@@ -339,6 +342,17 @@ class App:
         timers = Timers(name, self.table(name, key_type=bytes, local_keys=local_keys), key_type)
         self.timers[name] = timers
         return timers
+
+    def join_state(self, join: StreamJoin) -> None:
+        """The table of a stream-stream join's buffered records (`stream.join`): SQLite and
+        the changelog `{id}-{name}-changelog`, like any table."""
+        if join.name in self.tables or join.name in self.global_tables:
+            raise ConfigError(
+                f"join {join.name}: a join or table of that name exists already: give the "
+                "join name=... (it names its state and late topic)"
+            )
+        join.table = join_table(self.table(join.name, key_type=bytes, value_type=bytes))
+        self.joins[join.name] = join
 
     def stream(self, *topics: Topic) -> Stream[Any]:
         """A declared stream of the values of `topics` (several: merged). Build on it with

@@ -125,6 +125,12 @@ class WatermarkTracker:
         active = [u for u in range(self.upstreams) if u not in self.idle] or range(self.upstreams)
         return self.advance_to(min(self.heard.get(u, NO_WATERMARK) for u in active))
 
+    @property
+    def all_idle(self) -> bool:
+        """A repartition input whose every upstream task said it is idle: nothing of it is in
+        flight (the idle flag follows an upstream's data in each partition)."""
+        return bool(self.upstreams) and len(self.idle) >= self.upstreams
+
     def advance_to(self, candidate: int) -> bool:
         """Move the watermark to `candidate` if that is forward. True if it moved."""
         if candidate > self.current:

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.agents import Agent
+from streamkit.joins import StreamJoin
 from streamkit.settings import ConfigError
 from streamkit.streams import (
     AsyncMapNode,
     BranchNode,
     BranchOut,
     ExchangeNode,
+    JoinNode,
     MergeNode,
     Node,
     SinkNode,
@@ -75,6 +77,7 @@ class Stage:
     tables: list[Table[Any, Any]] = field(default_factory=list)  # windows' and timers' too
     windows: list[WindowTable] = field(default_factory=list)
     timers: list[Timers] = field(default_factory=list)
+    joins: list[StreamJoin] = field(default_factory=list)  # stream-stream joins (their tables too)
     uses_event_time: bool = False
 
     def __repr__(self) -> str:
@@ -290,15 +293,21 @@ def _value_type(stage: Stage, exchange: ExchangeNode) -> Any:
     """Values keep their input's codec unless a map on the way may have changed their type."""
     if exchange.value_type is not None:
         return exchange.value_type
+    return value_type_at(stage, exchange)
+
+
+def value_type_at(stage: Stage, node: Node) -> Any:
+    """The declared type of the values reaching `node`: its input topic's, if one input type
+    reaches it and no map on the way may have changed it; else None (JSON)."""
     reached: dict[int, Topic] = {}
     seen: set[Node] = set()
-    stack: list[Node] = [exchange]
+    stack: list[Node] = [node]
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        if isinstance(node, AsyncMapNode) or (
+        if isinstance(node, (AsyncMapNode, JoinNode)) or (
             isinstance(node, StepNode) and node.kind in ("map", "flat_map")
         ):
             return None  # JSON
@@ -333,7 +342,9 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
                 declared.extend(node.state)
             if isinstance(node, AgentNode) and node.agent is not None:
                 declared.extend(node.agent.state)
-        stage.tables, stage.windows, stage.timers = [], [], []
+            if isinstance(node, JoinNode) and node.join is not None:
+                declared.append(node.join)
+        stage.tables, stage.windows, stage.timers, stage.joins = [], [], [], []
         for item in _unique(declared):
             table = app.state_table(item)
             other = owner.get(table.name)
@@ -353,9 +364,12 @@ def _bind_state(app: Declared, stages: list[Stage], stage_of: dict[Node, Stage])
                 )
             stage.tables.append(table)
             table.stage_name = stage.name
-            if item is not table and not hasattr(item, "as_of"):  # not a versioned table
+            if isinstance(item, StreamJoin):
+                stage.joins.append(item)
+            elif item is not table and not hasattr(item, "as_of"):  # not a versioned table
                 (stage.windows if hasattr(item, "aggregation") else stage.timers).append(item)
-            if hasattr(item, "aggregation") and item.late_topic is None and item.has_late:
+            late = (hasattr(item, "aggregation") and item.has_late) or isinstance(item, StreamJoin)
+            if late and item.late_topic is None:
                 item.late_topic = app.topic(
                     f"{app.id}-{item.name}-late",
                     key_type=bytes,
@@ -374,6 +388,8 @@ def _unique(items: Iterable[Any]) -> list[Any]:
 
 
 def _what(item: Any) -> str:
+    if isinstance(item, StreamJoin):
+        return f"join {item.name}"
     if hasattr(item, "aggregation"):
         return f"window table {item.name}"
     if hasattr(item, "on_fire"):
@@ -397,6 +413,7 @@ def _event_time(stages: list[Stage]) -> None:
             or stage.timers
             or expiring
             or any(t.versioned is not None for t in stage.tables)
+            or stage.joins
             or any(s.uses_event_time for s in downstream)
         )
 
@@ -457,6 +474,14 @@ def check_partitions(stage: Stage) -> None:
             f"stage {stage.name} merges keyed streams that are not co-partitioned: {listed}; "
             "partition p of each must hold the same keys: give every key_by before the merge "
             "the same partitions=..."
+        )
+    if stage.joins and len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n} ({c})" for n, c in counts.items())
+        names = ", ".join(j.name for j in stage.joins)
+        raise ConfigError(
+            f"join {names} reads inputs that are not co-partitioned: {listed}; partition p of "
+            "each side must hold the same keys: key_by both sides with the same partitions=... "
+            "(or give the join on=... and partitions=...)"
         )
     if stage.tables and len(set(counts.values())) > 1:
         listed = ", ".join(f"{n} ({c})" for n, c in counts.items())

@@ -10,7 +10,8 @@ operators, agents and sinks (fan-out). The operators:
   `{app}-{name}-repartition`; what follows runs in the tasks of that topic's partitions;
 - `merge`: one stream of the values of several; `branch`: each value to the first of several
   streams whose predicate holds; `to`: write each value to a topic;
-- `with_state`: the tables, window tables and timers the stage of this stream owns.
+- `with_state`: the tables, window tables and timers the stage of this stream owns;
+- `join`: a stream-stream join on event time (`joins.py`), a stage with both as inputs.
 
 `graph.py` cuts the declared graph at its exchanges into stages; `runtime/` runs a task per
 stage and partition. An agent (`@app.agent(stream)`) consumes a declared stream: its body
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from streamkit.asyncmap import AsyncOptions, async_function, async_options
 from streamkit.events import Event
+from streamkit.joins import LEFT, RIGHT, Joiner, StreamJoin, join_spec, pair
 from streamkit.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -174,6 +176,29 @@ class StateNode(Node):
         return "with_state(" + ", ".join(getattr(s, "name", "?") for s in self.state) + ")"
 
 
+@dataclass(eq=False)
+class JoinSideNode(Node):
+    """One input of a join (`side` LEFT or RIGHT): its values enter the join's state."""
+
+    join: StreamJoin | None = None
+    side: int = LEFT
+
+    @property
+    def label(self) -> str:
+        return "left" if self.side == LEFT else "right"
+
+
+@dataclass(eq=False)
+class JoinNode(Node):
+    """The results of a join; its parents are its two JoinSideNodes."""
+
+    join: StreamJoin | None = None
+
+    @property
+    def label(self) -> str:
+        return f"join {self.join.name}" if self.join else "join"
+
+
 class Declarer(Protocol):
     """What a stream needs of its app (`App`): where sinks and state are declared."""
 
@@ -182,6 +207,9 @@ class Declarer(Protocol):
     def sink(self, stream: Stream[Any], topic: Any) -> None: ...
 
     def check_state(self, items: Iterable[Any], where: str) -> None: ...
+
+    def join_state(self, join: StreamJoin) -> None:
+        """Give `join` its table of buffered records (ConfigError if the name is taken)."""
 
 
 class Stream(Generic[T]):
@@ -320,6 +348,51 @@ class Stream(Generic[T]):
         to a sink beyond Kafka (`sk.PostgresSink`, `sk.SqliteSink`, `sk.JsonLinesSink`)."""
         self.app.sink(self, topic)
 
+    def join(
+        self,
+        other: Stream[Any],
+        *,
+        within: float | None = None,
+        between: tuple[float, float] | None = None,
+        grace: float = 0.0,
+        how: str = "inner",
+        joiner: Joiner | None = None,
+        on: str | Callable[[Any], Any] | tuple[Any, Any] | None = None,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> Stream[Any]:
+        """Join this stream (left) with `other` (right) on their keys and event times.
+
+        A right record at `tr` matches a left one at `tl` of the same key when `tl - within
+        <= tr <= tl + within`, or `tl + lower <= tr <= tl + upper` with `between=(lower,
+        upper)` (seconds, both ends included). Each match is `joiner(left, right)` (default:
+        the tuple `(left, right)`) at the later of the two times. `how="left"` also emits
+        `joiner(left, None)` for a left record no right one matched, `"outer"` both sides'
+        unmatched, once the watermark has passed its last chance plus `grace` (seconds) and
+        never earlier. Records later than `grace` go to `{app}-{name}-late`. Keys: the
+        records' keys, or with `on=` (a field name or function, or one per side) a key_by of
+        each side (`partitions=` their count). Both sides are co-partitioned (checked at
+        start). See docs/joins.md."""
+        if not isinstance(other, Stream) or other.app is not self.app:
+            raise ConfigError(f"join: {other!r} is not a stream of app {self.app.id}")
+        join_name = name or f"{_origin(self.node)}-join-{_origin(other.node)}"
+        spec = join_spec(within=within, between=between, grace=grace, how=how, what=join_name)
+        if joiner is not None:
+            _callable(joiner, "join")  # a plain function, or ConfigError
+        fn: Joiner = pair if joiner is None else joiner
+        left, right = self, other
+        if on is not None:
+            left_on, right_on = on if isinstance(on, tuple) else (on, on)
+            left = self.key_by(left_on, partitions=partitions, name=f"{join_name}-left")
+            right = other.key_by(right_on, partitions=partitions, name=f"{join_name}-right")
+        declared = StreamJoin(join_name, spec, fn)
+        self.app.join_state(declared)
+        sides = (
+            JoinSideNode((left.node,), join=declared, side=LEFT),
+            JoinSideNode((right.node,), join=declared, side=RIGHT),
+        )
+        return self._then(JoinNode(sides, join=declared))
+
     def with_state(self, *state: Any) -> Stream[T]:
         """Declare that the stage running this stream owns `state` (tables, window tables,
         timers): its code (map/filter functions, agents, timer callbacks, helpers they call)
@@ -378,6 +451,18 @@ def _callable(fn: Any, op: str) -> Callable[[Any], Any]:
             "(they run inline per event); await inside an agent body instead"
         )
     return fn  # type: ignore[no-any-return]
+
+
+def _origin(node: Node) -> str:
+    """A name for where a stream comes from: its exchange's, else its first topic's."""
+    while True:
+        if isinstance(node, SourceNode) and node.topics:
+            return node.topics[0].name
+        if isinstance(node, ExchangeNode) and node.name:
+            return node.name
+        if not node.parents:
+            return "stream"
+        node = node.parents[0]
 
 
 def _field_getter(name: str) -> Callable[[Any], Any]:

@@ -10,7 +10,17 @@ from typing import Any, Protocol
 import orjson
 
 from streamkit.graph import AgentNode, Stage, declared_tasks
-from streamkit.streams import BranchNode, ExchangeNode, MergeNode, Node, SinkNode, SourceNode
+from streamkit.joins import describe as describe_join
+from streamkit.streams import (
+    BranchNode,
+    ExchangeNode,
+    JoinNode,
+    JoinSideNode,
+    MergeNode,
+    Node,
+    SinkNode,
+    SourceNode,
+)
 from streamkit.topics import Topic
 
 
@@ -41,6 +51,8 @@ def _label(node: Node) -> str:
         return f"agent {node.agent.name}()" + (f" -> {sinks}" if sinks else "")
     if isinstance(node, SinkNode) and node.topic is not None:
         return f"to {node.topic.name} ({_count(node.topic)})"
+    if isinstance(node, JoinSideNode) and node.join is not None:
+        return f"{node.label} side of join {node.join.name}"
     return node.label
 
 
@@ -78,6 +90,7 @@ def render_text(app: Drawn) -> str:
                 prefix = "" if isinstance(entry, SourceNode) else f"{inp.topic.name} -> "
                 _tree(stage, entry, 1, seen, lines, prefix)
         windowed = [w.table for w in stage.windows] + [t.table for t in stage.timers]
+        windowed += [j.table for j in stage.joins]
         for table in stage.tables:
             if table.source:
                 lines.append(f"  table {table.name} <- {table.changelog.name} (read-only)")
@@ -93,6 +106,11 @@ def render_text(app: Drawn) -> str:
             )
         for timers in stage.timers:
             lines.append(f"  timers {timers.name} <-> {timers.table.changelog.name}")
+        for join in stage.joins:
+            lines.append(
+                f"  join {join.name}: {describe_join(join.spec)}; both sides buffered <-> "
+                f"{join.table.changelog.name}; late -> {join.late_topic}"
+            )
     for gt in app.global_tables.values():
         lines.append(f"global table {gt.name} <- {gt.source.name} (all partitions, every worker)")
     lines.append(f"dead letters -> {app.dlq.name}")
@@ -104,7 +122,8 @@ def _tree(
 ) -> None:
     pad = "  " * depth
     if node in seen:
-        lines.append(f"{pad}{prefix}{_label(node)} (merge: continued above)")
+        what = "join" if isinstance(node, JoinNode) else "merge"
+        lines.append(f"{pad}{prefix}{_label(node)} ({what}: continued above)")
         return
     seen.add(node)
     kids = stage.children.get(node, [])
@@ -192,6 +211,8 @@ def describe(app: Drawn) -> dict[str, Any]:
                 kind = "timers"
             elif table.versioned is not None:
                 kind = "versioned_table"
+            elif any(table is j.table for j in stage.joins):
+                kind = "join"
             nodes.append({"id": tid, "kind": kind, "label": table.name, "stage": stage.name})
             edges.append({"from": f"stage:{stage.name}", "to": tid, "kind": "state"})
             fed = table.versioned.source if table.versioned is not None else None
@@ -230,7 +251,7 @@ def render_mermaid(app: Drawn) -> str:
             lines.append(f'  {nid}[("{label}<br/>{node["partitions"] or "?"} partitions")]')
         elif node["kind"] == "stage":
             continue
-        elif node["kind"] in ("table", "window", "timers", "global_table"):
+        elif node["kind"] in ("table", "window", "timers", "join", "global_table"):
             lines.append(f'  {nid}[("{node["kind"]} {label}")]')
         else:
             lines.append(f'  {nid}["{label}"]')

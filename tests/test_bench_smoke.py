@@ -57,3 +57,27 @@ def test_peers_benchmark_smoke_run() -> None:
     assert out.count("| exactly_once | streamkit | 1/1 |") == 4  # A, B and their latency runs
     assert "Pipeline B, throughput" in out
     assert "Failed runs" not in out
+
+
+def test_join_pipeline_smoke_run() -> None:
+    """Pipeline C (clicks ⋈ purchases within 10 minutes) in streamkit under exactly-once,
+    validated against the oracle: every pair once, no other output."""
+    out = run_bench(
+        "bench.compare",
+        "--events",
+        "2000",
+        "--reps",
+        "1",
+        "--pipelines",
+        "C",
+        "--systems",
+        "streamkit",
+        "--commit-interval",
+        "0.2",
+        "--guarantees",
+        "exactly_once",
+        "--no-hardware",
+    )
+    assert "| exactly_once | streamkit | 1/1 |" in out
+    assert "Pipeline C, throughput" in out
+    assert "Failed runs" not in out

@@ -296,7 +296,7 @@ def test_the_ecommerce_demo_passes_its_oracle_checks_under_kill_9(tmp_path: Path
     assert done.returncode == 0, out
     assert "FAIL" not in out, out
     assert "All checks passed." in out
-    assert out.count("PASS ") == 11, out
+    assert out.count("PASS ") == 12, out
     killed = re.search(r"\(([^()]*) killed with SIGKILL midway\)", out)
     assert killed is not None, out
     assert len(killed.group(1).split(", ")) == ECOM_KILLS, out

@@ -28,6 +28,7 @@ def test_the_demo_passes_its_checks(tmp_path: object) -> None:
     out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
     assert done.returncode == 0, out
     assert "FAIL" not in out, out
-    assert out.count("PASS ") == 11, out
+    assert out.count("PASS ") == 12, out
+    assert "PASS conversions (view ⋈ purchase within 30 min, left join)" in out
     assert "All checks passed." in out
     assert "worker-2 killed with SIGKILL" in out

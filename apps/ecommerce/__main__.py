@@ -108,6 +108,7 @@ class Demo:
             "trending": p.trending_out.name,
             "totals": p.totals.name,
             "fraud-alerts": p.fraud_alerts.name,
+            "conversions": p.conversions.name,
             "dlq": app.dlq.name,
             "late-sessions": str(p.user_sessions.late_topic),
             "late-trending": str(p.trending.late_topic),
@@ -245,6 +246,7 @@ class Demo:
                 "totals": out.totals == truth.spend,
                 "fraud alerts": len(out.alerts) >= len(truth.alerts),
                 "trending": out.merged_trending() == truth.trending,
+                "conversions": out.conversions == truth.conversions,
             }
             return [name for name, ok in waits.items() if not ok]
 

@@ -157,6 +157,8 @@ class Truth:
     malformed: int
     late: int
     events_per_user: collections.Counter[str]
+    # conversion: (view id, bought) → outputs of the left join (one per purchase, or one)
+    conversions: collections.Counter[tuple[str, bool]]
     # the fraud rule: (user, t, purchases in [t - 60 s, t]) for each purchase time t with
     # at least `fraud` of them
     alerts: list[tuple[str, int, int]] = field(default_factory=list)
@@ -209,6 +211,7 @@ def oracle(cfg: Config, data: Input) -> Truth:
             n = sum(1 for other in times if t - 60_000 <= other <= t)
             if n >= cfg.fraud:
                 alerts.append((user, t, n))
+    conversions = conversion_oracle(real, data)
     return Truth(
         sessions=sorted(sessions),
         spend=dict(spend),
@@ -218,4 +221,29 @@ def oracle(cfg: Config, data: Input) -> Truth:
         late=len(data.late_ids),
         events_per_user=collections.Counter(c["user_id"] for c in data.valid),
         alerts=sorted(alerts),
+        conversions=conversions,
     )
+
+
+def conversion_oracle(
+    clicks: list[dict[str, Any]], data: Input, within_s: int = 1800
+) -> collections.Counter[tuple[str, bool]]:
+    """Every on-time view ⋈ every purchase of the same user and product at most `within_s`
+    after it (both ends included): one output per pair, or the view alone."""
+    bought: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    for _, _, value in data.purchases:
+        p = orjson.loads(value)
+        bought[(p["user_id"], p["product_id"])].append(round(p["ts"] * 1000))
+    out: collections.Counter[tuple[str, bool]] = collections.Counter()
+    for c in clicks:
+        if c.get("kind") != "view":
+            continue
+        tv = round(c["ts"] * 1000)
+        pairs = sum(
+            1 for tp in bought[(c["user_id"], c["product_id"])] if 0 <= tp - tv <= within_s * 1000
+        )
+        if pairs:
+            out[(c["id"], True)] += pairs
+        else:
+            out[(c["id"], False)] += 1
+    return out

@@ -118,6 +118,8 @@ class Outputs:
         self.sqlite_path = sink_dir / "enriched.sqlite"  # written by the pipeline's sinks
         self.jsonl_dir = sink_dir / "enriched"
         self.postgres: tuple[int, int] | None = None  # rows, distinct ids (with a server)
+        self.conversions: collections.Counter[tuple[str, bool]] = collections.Counter()
+        self.views_of: dict[str, str] = {}  # view id → product
         self._consumer: Any = None
 
     async def start(self) -> None:
@@ -162,6 +164,10 @@ class Outputs:
                 elif role == "fraud-alerts":
                     v = orjson.loads(r.value)
                     self.alerts.append((v["key"], v["end"], v["count"]))
+                elif role == "conversions":
+                    v = orjson.loads(r.value)
+                    self.conversions[(v["view"], v["bought"])] += 1
+                    self.views_of[v["view"]] = v["product_id"]
                 elif role == "dlq":
                     self.dead_reasons[describe(r.headers).get("streamkit.error.type", "?")] += 1
         return n
@@ -187,6 +193,18 @@ class Outputs:
 
     def merged_trending(self) -> dict[tuple[int, int], list[list[Any]]]:
         return {w: merge_top(list(p.values()), self._top) for w, p in self.trending.items()}
+
+    def conversion_rate(self) -> tuple[int, int]:
+        """(views, views followed by a purchase within 30 minutes)."""
+        converted = {view for view, bought in self.conversions if bought}
+        return len(self.views_of), len(converted)
+
+    def conversion_per_product(self) -> list[tuple[str, int, int]]:
+        """(product, views, views bought within 30 minutes), most viewed first."""
+        converted = {view for view, bought in self.conversions if bought}
+        views: collections.Counter[str] = collections.Counter(self.views_of.values())
+        bought = collections.Counter(self.views_of[v] for v in converted)
+        return [(p, n, bought[p]) for p, n in sorted(views.items(), key=lambda x: (-x[1], x[0]))]
 
     def sink_rows(self) -> int:
         """Rows of the SQLite sink (0 before its first batch)."""

@@ -10,6 +10,8 @@
                                                hopping window ─▶ trending
     purchases (4) ─key_by user (4): running total ─▶ totals
     by user: purchase clicks, sliding minute per user ─▶ purchase-bursts ─filter─▶ fraud-alerts
+    clicks' views ⋈ purchases, key_by (user, product) (4): a left join within 30 minutes after
+    the view ─▶ conversions (one per view and purchase, or the view alone)
     catalog (4, compacted): the product table, written by the generator
 
 One declared graph: the clicks are fetched once and fan out at the by-user stage (sessions and
@@ -60,7 +62,9 @@ name = f"ecom-{RUN}"
 clicks = app.topic(
     f"{name}-clicks", value_type=Click, partitions=2, timestamp="ts", out_of_orderness=30
 )
-purchases = app.topic(f"{name}-purchases", value_type=Purchase, partitions=4)
+purchases = app.topic(
+    f"{name}-purchases", value_type=Purchase, partitions=4, timestamp="ts", out_of_orderness=30
+)
 catalog = app.topic(
     f"{name}-catalog", partitions=CATALOG_PARTITIONS, config={"cleanup.policy": "compact"}
 )
@@ -70,6 +74,8 @@ trending_out = app.topic(f"{name}-trending", partitions=4)
 totals = app.topic(f"{name}-totals", partitions=4)
 bursts_out = app.topic(f"{name}-purchase-bursts", partitions=4)
 fraud_alerts = app.topic(f"{name}-fraud-alerts", partitions=4)
+conversions = app.topic(f"{name}-conversions", partitions=4)
+CONVERSION_S = 1800  # a purchase at most 30 minutes after the view converts it
 
 products = app.table("products", source=catalog)  # co-partitioned with key_by product
 products_everywhere = app.global_table("products-all", source=catalog)  # any key, any stage
@@ -207,3 +213,26 @@ async def spend(stream: sk.Stream[Purchase]) -> AsyncIterator[dict[str, Any]]:
         spent[p.user_id] += round(p.amount * 100)
         bought[p.user_id] += 1
         yield {"user_id": p.user_id, "total_cents": spent[p.user_id], "count": bought[p.user_id]}
+
+
+def _user_product(event: Click | Purchase) -> str:
+    return f"{event.user_id}|{event.product_id}"
+
+
+def _converted(view: Click, purchase: Purchase | None) -> dict[str, Any]:
+    return {"view": view.id, "product_id": view.product_id, "bought": purchase is not None}
+
+
+# Conversion: each view ⋈ the purchases of the same user and product within 30 minutes after
+# it; a left join, so a view no purchase followed is emitted too, once its 30 minutes (and
+# the grace) have passed the watermark.
+app.stream(clicks).filter(lambda c: c.kind == "view").join(
+    app.stream(purchases),
+    between=(0, CONVERSION_S),
+    grace=60,
+    how="left",
+    on=_user_product,
+    partitions=4,
+    joiner=_converted,
+    name="conversion",
+).to(conversions)

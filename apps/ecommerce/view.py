@@ -150,6 +150,9 @@ def checks(
         "trending top-k of every window = the oracle's": trending == truth.trending,
         "fraud alerts (user, minute, purchases) = the oracle's, each once": sorted(out.alerts)
         == truth.alerts,
+        "conversions (view ⋈ purchase within 30 min, left join) = the oracle's, each once": (
+            out.conversions == truth.conversions
+        ),
         f"the hot partition of key_by user is {HOT_USER}'s": hottest_partition(progress)
         == partition_for_key(HOT_USER.encode(), 4),
         "the surviving workers stopped cleanly": all(c == 0 for c in worker_codes if c is not None),
@@ -174,6 +177,14 @@ def summary(
         f"{len(out.sessions):,} (oracle {len(truth.sessions):,}), "
         f"{sum(s[3] for s in out.sessions):,} pages, "
         f"{sum(s[4] for s in out.sessions) / 100:,.2f} spent in sessions",
+    )
+    views, converted = out.conversion_rate()
+    want = {view for view, bought in truth.conversions if bought}
+    lines.add_row(
+        "conversion",
+        f"{converted:,} of {views:,} views bought within 30 min "
+        f"(oracle {len(want):,} of {len({v for v, _ in truth.conversions}):,}); "
+        + ", ".join(f"{p} {c}/{n}" for p, n, c in out.conversion_per_product()[:3]),
     )
     lines.add_row(
         "late / DLQ",

@@ -2,7 +2,12 @@
 // A: purchases JSON -> repartition by user_id -> per-user running sum (state store, record
 // cache off: one result per event) -> {"user_id", "total"} keyed by user.
 // B: the same, event time = record timestamp -> 60 s tumbling count per user, 1 h grace, one
-// update per event -> {"user_id", "start", "count"}. Settings from the same BENCH_* variables.
+// update per event -> {"user_id", "start", "count"}.
+// C: clicks and purchases (one topic, "kind"), each kind re-keyed by user (a repartition topic
+// each) -> inner KStream-KStream join within 10 minutes either way, 1 h grace (with 10 min it
+// drops a third of the pairs: its stream time is the newest record's, and after the repartition
+// hop the source partitions interleave far out of order)
+// (JoinWindows) -> {"click", "purchase"} per pair. Settings from the same BENCH_* variables.
 import java.time.Duration;
 import java.util.Map;
 import java.util.Properties;
@@ -15,6 +20,9 @@ import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.Grouped;
+import org.apache.kafka.streams.kstream.JoinWindows;
+import org.apache.kafka.streams.kstream.Repartitioned;
+import org.apache.kafka.streams.kstream.StreamJoined;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
 import org.apache.kafka.streams.kstream.TimeWindows;
@@ -51,6 +59,27 @@ public class Pipelines {
         props.put("consumer.auto.offset.reset", "earliest");
 
         StreamsBuilder builder = new StreamsBuilder();
+        if (env.getOrDefault("BENCH_PIPELINE", "A").equals("C")) {
+            var events = builder
+                .stream(env.get("BENCH_INPUT"), Consumed.with(Serdes.ByteArray(), Serdes.String()));
+            var clicks = events
+                .filter((k, v) -> field(v, "kind").equals("click"))
+                .selectKey((k, v) -> field(v, "user_id"))
+                .repartition(Repartitioned.with(Serdes.String(), Serdes.String()).withName("clicks"));
+            var bought = events
+                .filter((k, v) -> field(v, "kind").equals("purchase"))
+                .selectKey((k, v) -> field(v, "user_id"))
+                .repartition(Repartitioned.with(Serdes.String(), Serdes.String()).withName("bought"));
+            clicks
+                .join(bought,
+                    (c, p) -> "{\"click\":" + field(c, "id") + ",\"purchase\":" + field(p, "id") + "}",
+                    JoinWindows.ofTimeDifferenceAndGrace(Duration.ofMinutes(10), Duration.ofHours(1)),
+                    StreamJoined.with(Serdes.String(), Serdes.String(), Serdes.String())
+                        .withName("clicks-purchases").withStoreName("clicks-purchases"))
+                .to(env.get("BENCH_OUTPUT"), Produced.with(Serdes.String(), Serdes.String()));
+            run(builder, props);
+            return;
+        }
         var byUser = builder
             .stream(env.get("BENCH_INPUT"), Consumed.with(Serdes.ByteArray(), Serdes.String()))
             .map((k, v) -> KeyValue.pair(field(v, "user_id"), v))
@@ -76,6 +105,10 @@ public class Pipelines {
                 .to(env.get("BENCH_OUTPUT"), Produced.with(Serdes.String(), Serdes.String()));
         }
 
+        run(builder, props);
+    }
+
+    static void run(StreamsBuilder builder, Properties props) throws Exception {
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
         CountDownLatch done = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {

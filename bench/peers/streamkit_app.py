@@ -1,4 +1,4 @@
-"""Pipelines A and B in streamkit (our virtualenv): `python -m bench.peers.streamkit_app`."""
+"""Pipelines A, B and C in streamkit (our virtualenv): `python -m bench.peers.streamkit_app`."""
 
 from __future__ import annotations
 
@@ -20,12 +20,29 @@ app = sk.App(
     workdir=env["BENCH_STATE_DIR"],
     log_level=env.get("BENCH_LOG_LEVEL", "WARNING"),
 )
-purchases = app.topic(env["BENCH_INPUT"], partitions=4, out_of_orderness=3600)
+pipeline = env.get("BENCH_PIPELINE", "A")
+# C: each input partition is in event-time order, and the join's own grace covers the skew
+# between the upstream tasks; B keeps an hour of out-of-orderness
+purchases = app.topic(
+    env["BENCH_INPUT"], partitions=4, out_of_orderness=0 if pipeline == "C" else 3600
+)
 out = app.topic(env["BENCH_OUTPUT"], partitions=4)
 
 by_user = app.stream(purchases).key_by("user_id", name="by-user")
 
-if env.get("BENCH_PIPELINE", "A") == "A":
+if pipeline == "C":  # clicks ⋈ purchases of a user within 10 minutes (inner)
+    events = app.stream(purchases)
+    clicks = events.filter(lambda e: e["kind"] == "click").key_by("user_id", name="clicks")
+    bought = events.filter(lambda e: e["kind"] == "purchase").key_by("user_id", name="bought")
+    clicks.join(
+        bought,
+        within=600,
+        grace=3600,  # as Kafka Streams needs (its stream time is the newest record's)
+        joiner=lambda c, p: {"click": c["id"], "purchase": p["id"]},
+        name="clicks-purchases",
+    ).to(out)
+
+elif pipeline == "A":
     totals = app.table("totals", default=float)
 
     @app.agent(by_user, sink=out, state=[totals])

@@ -98,7 +98,7 @@ def graph_of(app: App) -> dict[str, Any]:
                 "table": table.name,
                 "changelog": table.changelog.name,
                 "read_only": bool(table.source),
-                "queryable": True,
+                "queryable": not any(table is j.table for j in st.joins),  # a join's rows
             }
             edge(stage_id, table_id, "state")
             if table.source:

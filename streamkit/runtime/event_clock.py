@@ -13,7 +13,7 @@ next stage does not wait for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.context import WALL_CLOCK, TaskScope
@@ -44,6 +44,10 @@ class OnWatermark(Protocol):
     def advance(self, watermark: int) -> None: ...
 
 
+def _nothing_pending(topic: str) -> bool:
+    return False
+
+
 class ClockInput:
     """One input topic of a stage: how its events get their time, and its watermark."""
 
@@ -54,8 +58,9 @@ class ClockInput:
 
 
 class EventClock:
-    """The event time of one task. Its watermark is the minimum over its inputs' (inputs
-    quiet for `idle_timeout` left out while others move, as idle upstream tasks are)."""
+    """The event time of one task. Its watermark is the minimum over its inputs' (left out
+    while others move: an input quiet for `idle_timeout`, or one after a repartition hop whose
+    every upstream task said it is idle; never one with records waiting in the task)."""
 
     def __init__(
         self,
@@ -71,6 +76,10 @@ class EventClock:
         self.outputs = outputs
         self.idle_timeout = idle_timeout
         self.windows: list[OnWatermark] = []  # what the watermark drives
+        # whether the task holds records of an input it has not processed yet (the task's): an
+        # input is idle only when quiet *and* drained, or a backlog longer than idle_timeout
+        # would make the records behind it late
+        self.pending: Callable[[str], bool] = _nothing_pending
         self._sent = (self.current, False)  # last broadcast (watermark, idle)
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
         self._sent_at = float("-inf")  # never
@@ -99,9 +108,13 @@ class EventClock:
         single = self._single
         if single is not None:
             return single.tracker.current
-        now = self._wall.monotonic()
+        now, pending, idle = self._wall.monotonic(), self.pending, self.idle_timeout
         inputs = list(self.inputs.values())
-        active = [i for i in inputs if now - i.last_input < self.idle_timeout] or inputs
+        active = [
+            i
+            for name, i in self.inputs.items()
+            if (now - i.last_input < idle and not i.tracker.all_idle) or pending(name)
+        ] or inputs
         return min(i.tracker.current for i in active)
 
     def _moved(self) -> None:
@@ -143,8 +156,9 @@ class EventClock:
         control = read_control(headers)
         if control is None:
             return False
-        if clock_input.tracker.from_upstream(*control):
-            self._moved()
+        moved = clock_input.tracker.from_upstream(*control)
+        if moved or (control[2] and len(self.inputs) > 1):
+            self._moved()  # an input whose upstreams all went idle may free the others
         return True
 
     def broadcast(self, collector: RecordCollector, *, force: bool = False) -> None:
@@ -155,7 +169,9 @@ class EventClock:
         now = self._wall.monotonic()
         if not force and now - self._sent_at < BROADCAST_EVERY:
             return
-        idle = now - self.last_input >= self.idle_timeout
+        idle = now - self.last_input >= self.idle_timeout and not any(
+            self.pending(name) for name in self.inputs
+        )
         state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
             return  # nothing new (an idle task repeats itself every idle_timeout)

@@ -131,6 +131,7 @@ def reset_topics(app: App, *, dead_letters: bool) -> list[str]:
     if dead_letters:
         names.add(app.dlq.name)
         names |= {wt.late_topic for wt in app.windows.values() if wt.late_topic}
+        names |= {j.late_topic for j in app.joins.values() if j.late_topic}
     return sorted(names)
 
 

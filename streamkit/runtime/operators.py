@@ -5,8 +5,10 @@ Inline operators (map, filter, flat_map, forward, merge, branch) call the next o
 a map_async step notes a job for its task's calls (`async_map.py`), which push its result on;
 an exchange appends the value to its internal topic (`Router`); a sink appends it to its topic;
 an agent gets it queued, and the task hands it to the agent's body right after the push (see
-`task.py`). Where a stream fans out, a branch that raises does not stop the others: the task
-dead-letters the event for that branch (`on_branch_error`) and the push goes on.
+`task.py`); a side of a join feeds the join's state, whose results the task pushes on after
+the record (`joins.py`). Where a stream fans out, a branch that raises does not stop the
+others: the task dead-letters the event for that branch (`on_branch_error`) and the push goes
+on.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
+from streamkit.runtime.joins import JoinHost, side_input
 from streamkit.runtime.sinks import TaskSinks
 from streamkit.streams import (
     AsyncMapNode,
     BranchNode,
     BranchOut,
     ExchangeNode,
+    JoinNode,
+    JoinSideNode,
     MergeNode,
     Node,
     SinkNode,
@@ -37,7 +42,7 @@ from streamkit.streams import (
 Push = Callable[[Any], None]
 
 
-class PassHost(Protocol):
+class PassHost(JoinHost, Protocol):
     """What the compiled operators use of their task (`runtime/task.py`)."""
 
     partition: int
@@ -102,6 +107,9 @@ class Compiler:
             return self._next(node)
         if isinstance(node, StepNode):
             return self._step(node)
+        if isinstance(node, JoinSideNode):  # the join's results: after the record, queued
+            join = next(n for n in self.stage.children[node] if isinstance(n, JoinNode))
+            return side_input(self.task, node, self._next(join), self.stage)
         if isinstance(node, BranchNode):
             return self._branch(node)
         if isinstance(node, ExchangeNode):

@@ -38,6 +38,7 @@ from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
 from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL, AgentStopped
+from streamkit.runtime.joins import Joined, open_joins
 from streamkit.runtime.operators import Compiler
 from streamkit.runtime.sinks import TaskSinks
 from streamkit.runtime.table_sync import TableSync
@@ -50,6 +51,7 @@ from streamkit.streams import AsyncMapNode
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
+    from streamkit.state.stream_join import JoinPartition
     from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
 
@@ -109,6 +111,8 @@ class Task:
         self.tables: dict[str, TablePartition] = {}
         self.windows: dict[str, Windows] = {}
         self.timers: dict[str, TimerPartition] = {}
+        self.joins: dict[str, JoinPartition] = {}
+        self.joined: deque[Joined] = deque()  # join results, pushed on after the record
         self.clock = clock  # event time and watermarks (stages that use event time)
         self._reader = reader
         self._records: deque[Any] = deque()
@@ -117,6 +121,8 @@ class Task:
         self.position: dict[str, int | None] = {
             tp.topic: positions.get(tp.topic) for tp in self.inputs
         }
+        self._put: dict[str, int] = {}  # offset after the last record buffered, per input
+        self._taken: Any = None  # the record `_process` took last (a control record too)
         # offset after the last record every branch finished; None until one is (a task that
         # is still restoring has nothing to commit, and its store is not written)
         self._done: dict[str, int | None] = {tp.topic: None for tp in self.inputs}
@@ -130,6 +136,8 @@ class Task:
         self.events_in = 0
         self.dead_letters = 0
         self.agents = Agents(self, stage.agents, self.on_branch_error)
+        if clock is not None:
+            clock.pending = self._pending
         self._runner: asyncio.Task[None] | None = None
         self._pausing = False  # a checkpoint asked this task to stop at a record boundary
         self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
@@ -171,7 +179,7 @@ class Task:
             if not records:
                 return True
         self._records.extend(records)
-        self.position[topic] = records[-1].offset + 1
+        self.position[topic] = self._put[topic] = records[-1].offset + 1
         if self.sync is not None:
             self.sync.arrived(topic, records[-1].offset)
         if self.clock is not None:
@@ -180,6 +188,18 @@ class Task:
         if waiter is not None and not waiter.done() and not self._pausing:
             waiter.set_result(None)
         return True
+
+    def _pending(self, topic: str) -> bool:
+        """Records of input `topic` are buffered behind the one being processed (the event
+        clock does not count such an input idle, however long ago they arrived)."""
+        put = self._put.get(topic)
+        if put is None:
+            return False
+        taken = self._taken
+        if taken is not None and taken.topic == topic:
+            return bool(taken.offset + 1 < put)
+        done = self._done.get(topic)
+        return done is None or done < put
 
     # -- what the checkpoint commits ---------------------------------------------------------
 
@@ -265,6 +285,7 @@ class Task:
 
     def _process(self, rec: Any, inputs: dict[str, _Input]) -> None:
         """Decode one record and push it through the stage (the synchronous part)."""
+        self._taken = rec
         clock = self.clock
         if clock is not None and rec.headers:
             try:
@@ -325,6 +346,7 @@ class Task:
             self.sync = TableSync.of(self.tables, self._sync_wait)
         if self.sinks is not None:
             await self.sinks.open()
+            self.joins = open_joins(self, self.stage, self.tables, self.clock)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
@@ -350,7 +372,7 @@ class Task:
         agents = self.agents
         pending, single = agents.pending, agents.single
         collector, clock, sync, sinks = self.collector, self.clock, self.sync, self.sinks
-        calls = self.calls
+        calls, joined = self.calls, self.joined
         while True:
             if not records or self._pausing or (calls is not None and calls.blocked):
                 await self._wait()
@@ -382,6 +404,8 @@ class Task:
                                 await agents.failed(single, exc)
                 else:
                     await agents.feed()
+            if joined:
+                await self._drain_joins()
             if calls is None:
                 done[rec.topic] = rec.offset + 1
             else:  # map_async: the offset waits for its calls
@@ -401,6 +425,29 @@ class Task:
                     else:  # never ahead of events whose calls are in flight
                         calls.broadcast(clock)
 
+    async def _drain_joins(self) -> None:
+        """Push each queued join result through the operators after its join as an event of
+        its own (`runtime/joins.py`): its record, key and event time are what those operators
+        and agents see while it passes."""
+        joined, agents = self.joined, self.agents
+        while joined:
+            push, joiner, rec, key, left, right = joined.popleft()
+            self.record, self._key, self._value, self._event = rec, key, None, None
+            self.event_ts = rec.timestamp
+            try:
+                self._value = value = joiner(left, right)
+                push(value)
+            except FATAL:
+                raise
+            except Exception as exc:
+                self.on_branch_error(exc)
+            if agents.pending:
+                await agents.feed()
+            if self.full:
+                self.full = False
+                await self.collector.submit_full()
+        self.record = self._event = None
+
     async def _wait(self, hold: float | None = None) -> None:
         """Wait for records (or, `hold` seconds at most, for a held record's tables)."""
         if self.calls is not None and self.calls.outstanding:
@@ -408,6 +455,9 @@ class Task:
             return
         if self.status is not TaskState.RUNNING:
             raise _Closed
+        if self.joined and not self._pausing:  # results of a watermark moved from outside
+            await self._drain_joins()
+            return
         if not self._pausing:
             await self.collector.submit()
             if self._closing():  # closed while submitting: nobody will wake us

@@ -183,7 +183,10 @@ class TaskManager:
                 inputs[inp.topic.name] = (inp.topic.timestamp_policy, 0)
             else:  # after a repartition hop: the record timestamp is the event time
                 inputs[inp.topic.name] = (TimestampPolicy(), inp.upstream.partitions or 1)
-        return EventClock(inputs, partition, stage.outputs, self._app.settings.idle_timeout)
+        # watermarks go only to stages that read them (others would take them for data)
+        timed = {i.topic.name for s in self._app.stages if s.uses_event_time for i in s.inputs}
+        outputs = [out for out in stage.outputs if out.name in timed]
+        return EventClock(inputs, partition, outputs, self._app.settings.idle_timeout)
 
     def _runner_done(self, runner: asyncio.Task[None]) -> None:
         if runner.cancelled():

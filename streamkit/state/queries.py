@@ -37,7 +37,7 @@ class QueryError(Exception):
 
 def queryable(app: App) -> dict[str, Table[Any, Any]]:
     """The plain tables of the app (window tables and timer sets keep composite keys)."""
-    hidden = set(app.windows) | set(app.timers)
+    hidden = set(app.windows) | set(app.timers) | set(app.joins)
     return {name: t for name, t in app.tables.items() if name not in hidden}
 
 

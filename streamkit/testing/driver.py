@@ -344,6 +344,8 @@ class AsyncTestDriver:
             clock = task.clock
             assert clock is not None
             self._as_task(task, clock.advance_to, watermark)
+            if task.joined:
+                task.wake()  # a waiting task pushes on the join results the watermark made
         await self._pump()
 
     def _as_task(self, task: Task, fn: Callable[..., R], *args: Any) -> R:

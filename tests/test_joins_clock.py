@@ -1,0 +1,65 @@
+"""The event clock of a stage with two inputs (a join's) does not count an input idle while
+the task still holds records of it: a backlog longer than idle_timeout must not make the
+records behind it late."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from streamkit.context import WALL_CLOCK
+from streamkit.eventtime import TimestampPolicy, control_headers
+from streamkit.runtime.event_clock import EventClock
+from streamkit.testing.memory import VirtualClock
+
+
+def test_an_input_with_records_waiting_in_the_task_is_not_idle() -> None:
+    wall = VirtualClock(1_000.0)
+    token = WALL_CLOCK.set(wall)
+    try:
+        clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 0)}, 0, [], 5.0)
+    finally:
+        WALL_CLOCK.reset(token)
+    waiting: set[str] = set()
+    clock.pending = waiting.__contains__
+
+    def record(topic: str, ts_ms: int) -> Any:
+        return SimpleNamespace(topic=topic, timestamp=ts_ms, headers=())
+
+    clock.note_input("a")
+    clock.note_input("b")
+    clock.on_data(record("a", 1_000), None)
+    clock.on_data(record("b", 1_000), None)
+    assert clock.watermark == 1_000
+    wall.advance(10.0)  # b's next records arrived 10 s ago and still wait behind a's backlog
+    waiting.add("b")
+    clock.note_input("a")
+    clock.on_data(record("a", 90_000), None)
+    assert clock.watermark == 1_000, "b was counted idle while its records were waiting"
+    waiting.clear()  # b drained and quiet for idle_timeout: left out while a moves
+    clock.on_data(record("a", 95_000), None)
+    assert clock.watermark == 95_000
+
+
+def test_an_input_whose_every_upstream_is_idle_is_left_out_while_the_other_moves() -> None:
+    clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 2)}, 0, [], 5.0)
+    clock.on_data(SimpleNamespace(topic="a", timestamp=1_000, headers=()), None)
+    assert clock.on_control("b", control_headers(0, 500, False))
+    assert clock.on_control("b", control_headers(1, 700, False))
+    assert clock.watermark == 500
+    clock.on_data(SimpleNamespace(topic="a", timestamp=9_000, headers=()), None)
+    assert clock.watermark == 500  # b's upstream 0 holds it
+    clock.on_control("b", control_headers(0, 500, True))
+    assert clock.watermark == 700  # 0 idle: b is upstream 1's 700
+    clock.on_control("b", control_headers(1, 700, True))  # every upstream of b idle
+    clock.on_data(SimpleNamespace(topic="a", timestamp=9_500, headers=()), None)
+    assert clock.watermark == 9_500  # b left out; a alone moves it
+
+
+def test_the_last_upstream_of_an_input_going_idle_frees_the_watermark_at_once() -> None:
+    clock = EventClock({"a": (TimestampPolicy(), 1), "b": (TimestampPolicy(), 1)}, 0, [], 5.0)
+    clock.on_control("a", control_headers(0, 9_000, False))
+    clock.on_control("b", control_headers(0, 500, False))
+    assert clock.watermark == 500
+    clock.on_control("b", control_headers(0, 500, True))  # b's only upstream: idle
+    assert clock.watermark == 9_000  # no further record of a needed
