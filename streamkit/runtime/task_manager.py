@@ -145,7 +145,11 @@ class TaskManager:
             runner = task.runner
             assert runner is not None
             runner.add_done_callback(self._runner_done)
-        log.info("assigned %s", _fmt(tps))
+        holding = set(self.by_input)
+        if holding == set(tps):
+            log.info("assigned %s", _fmt(tps))
+        else:  # cooperative: the line still says all it holds (scripts read the last one)
+            log.info("assigned %s (new: %s)", _fmt(holding), _fmt(tps))
 
     def _clock(self, stage: Stage, partition: int) -> EventClock | None:
         """Event time for stages that use it (or feed a stage that does)."""
