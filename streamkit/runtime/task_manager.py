@@ -151,7 +151,11 @@ class TaskManager:
             runner = task.runner
             assert runner is not None
             runner.add_done_callback(self._runner_done)
-        log.info("assigned %s", _fmt(tps))
+        holding = set(self.by_input)
+        if holding == set(tps):
+            log.info("assigned %s", _fmt(tps))
+        else:  # cooperative: the line still says all it holds (scripts read the last one)
+            log.info("assigned %s (new: %s)", _fmt(holding), _fmt(tps))
 
     def _sinks(self, stage: Stage, key: TopicPartition) -> Callable[[Task], TaskSinks] | None:
         """The sinks beyond Kafka of the stage (runtime/sinks.py), made for each task."""
