@@ -344,9 +344,9 @@ class Task:
             self.tables = self.state.partitions
             self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
             self.sync = TableSync.of(self.tables, self._sync_wait)
+            self.joins = open_joins(self, self.stage, self.tables, self.clock)
         if self.sinks is not None:
             await self.sinks.open()
-            self.joins = open_joins(self, self.stage, self.tables, self.clock)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
