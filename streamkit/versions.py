@@ -19,7 +19,8 @@ versioned key-value stores (KIP-889):
   version and is at or before the cutoff. The latest real value is kept, however old.
 
 The sync decision (`sync_delay`) says whether a stream record may be joined with a table read
-from a topic now, as Kafka Streams' `max.task.idle.ms` does, see `docs/joins.md` (joins with tables).
+from a topic now, as Kafka Streams' `max.task.idle.ms` does (`docs/joins.md`, joins with
+tables).
 """
 
 from __future__ import annotations
