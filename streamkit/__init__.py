@@ -2,11 +2,12 @@
 
 from streamkit.agents import Agent
 from streamkit.aggregations import aggregate, aggregator, collect, first_of, last_of, mean_of
-from streamkit.app import App, Producer
+from streamkit.app import App
 from streamkit.context import current_event
 from streamkit.count_windows import sliding_count, tumbling_count
 from streamkit.events import Event, Record
 from streamkit.eventtime import processing_time
+from streamkit.producer import Producer
 from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError, Settings
 from streamkit.sinks import JsonLinesSink, PostgresSink, SqliteSink

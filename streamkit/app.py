@@ -9,11 +9,10 @@ from typing import Any, overload
 
 from streamkit.agents import Agent, AgentFn
 from streamkit.aggregations import check_window
-from streamkit.clients import make_producer
 from streamkit.count_windows import CountWindow
-from streamkit.events import Headers
 from streamkit.graph import Stage, build
 from streamkit.joins import StreamJoin
+from streamkit.producer import Producer, open_producer
 from streamkit.settings import ConfigError, Settings, load_settings
 from streamkit.sinks.base import Sink, is_sink
 from streamkit.state.global_table import GlobalTable
@@ -488,48 +487,5 @@ class App:
     @asynccontextmanager
     async def producer(self) -> AsyncIterator[Producer]:
         """A producer for sending outside agents (scripts, tests, the CLI)."""
-        producer = make_producer(self.settings, client_id=f"{self.id}-producer")
-        await producer.start()
-        try:
-            yield Producer(producer)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-
-class Producer:
-    """Sends with a topic's codecs; `send` waits only for the local buffer, `flush` for acks."""
-
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-
-    async def send(
-        self,
-        topic: Topic,
-        value: Any = None,
-        *,
-        key: Any = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-    ) -> None:
-        await self._producer.send(
-            topic.name,
-            topic.encode_value(value),
-            key=topic.encode_key(key),
-            headers=headers,
-            partition=partition,
-        )
-
-    async def send_raw(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        partition: int | None = None,
-    ) -> None:
-        """Send bytes as they are (no codec): for replaying or forging records."""
-        await self._producer.send(topic, value, key=key, partition=partition)
-
-    async def flush(self) -> None:
-        await self._producer.flush()
+        async with open_producer(self.settings, f"{self.id}-producer") as producer:
+            yield producer

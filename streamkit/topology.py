@@ -9,8 +9,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from streamkit.graph import AgentNode, Stage, declared_tasks
+from streamkit.graph import AgentNode, Stage
 from streamkit.joins import describe as describe_join
+from streamkit.partitioning import declared_tasks
 from streamkit.streams import (
     BranchNode,
     ExchangeNode,

@@ -131,7 +131,7 @@ def test_a_table_binds_to_the_stage_after_key_by_with_its_partition_count() -> N
 
     stages = app.stages
     assert [t.name for t in stages[1].tables] == ["totals"] and not stages[0].tables
-    from streamkit.graph import resolve_partitions
+    from streamkit.partitioning import resolve_partitions
 
     src.partitions = 2
     resolve_partitions(stages)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from streamkit.graph import AgentNode, Stage, declared_tasks
+from streamkit.graph import AgentNode, Stage
+from streamkit.partitioning import declared_tasks
 from streamkit.streams import ExchangeNode, SinkNode, SourceNode, StateNode
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
 from streamkit.clients import make_admin
-from streamkit.graph import resolve_partitions
+from streamkit.partitioning import resolve_partitions
 from streamkit.security import explain_unreachable
 from streamkit.settings import ConfigError, Settings
 from streamkit.topics import Topic

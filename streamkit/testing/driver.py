@@ -31,10 +31,8 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.app import App
 from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK, WALL_CLOCK
-from streamkit.events import Headers, Record
+from streamkit.events import Headers
 from streamkit.eventtime import read_control, to_ms
-from streamkit.graph import resolve_partitions
-from streamkit.keys import partition_for_key
 from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.task import Task
@@ -48,6 +46,7 @@ from streamkit.testing.memory import (
     MemoryRestorer,
     VirtualClock,
 )
+from streamkit.testing.topics import MemoryTopics
 from streamkit.testing.views import (
     Output,
     TableView,
@@ -92,6 +91,7 @@ class AsyncTestDriver:
         self.producer = MemoryProducer(self.log, self.clock)
         self.group = MemoryGroup()
         self.restorer = MemoryRestorer(self.log)
+        self.topics = MemoryTopics(self.log, self.producer, self.clock)
         self.settle_timeout = settle_timeout
         self._given_workdir = None if workdir is None else Path(workdir)
         self._tmp: str | None = None
@@ -103,7 +103,6 @@ class AsyncTestDriver:
         self._positions: dict[TopicPartition, int] = {}  # next offset handed to each task
         self._global: dict[TopicPartition, int] = {}  # next offset of each global table source
         self._read: dict[str, int] = {}  # read cursor per topic (records written before it)
-        self._round_robin: dict[str, int] = {}
         self._failure: BaseException | None = None
         self._checkpoint_due = False
         self._last_checkpoint = 0.0  # virtual monotonic time of the last checkpoint
@@ -134,19 +133,7 @@ class AsyncTestDriver:
         else:
             workdir = self._given_workdir
         app.settings = app.settings.model_copy(update={"workdir": workdir})
-        stages = app.stages  # binds tables (and declares late topics) first
-        outputs = {out.name for st in stages for out in st.outputs}
-        outputs |= {t.changelog.name for st in stages for t in st.tables}
-        for topic in app.topics.values():  # as a new broker would: the declared count, or 1
-            if topic.name not in outputs and topic.partitions is None:
-                topic.partitions = topic.declared_partitions or 1
-        resolve_partitions(stages)
-        for topic in app.topics.values():
-            if topic.partitions is None:
-                topic.partitions = topic.declared_partitions or 1
-            self.log.create(topic.name, topic.partitions)
-            if topic.config.get("message.timestamp.type") == "LogAppendTime":
-                self.producer.append_time.add(topic.name)  # as the broker stamps them
+        self.topics.create(app)
         # schema-registry codecs register at start, as a worker's do (a real registry: the
         # app's schema_registry_url)
         await asyncio.to_thread(prepare_app_codecs, app)
@@ -267,22 +254,8 @@ class AsyncTestDriver:
         """Write several records, then process them together (tasks see them as one fetch).
         Each item is a value, or an `sk.Record(value, key=, headers=, timestamp_ms=)`."""
         target = self.topic(topic)
-        written = []
-        for item in items:
-            if isinstance(item, Record):
-                ts = None if item.timestamp_ms is None else item.timestamp_ms / 1000
-                written.append(
-                    self._append(
-                        target,
-                        target.encode_key(item.key),
-                        target.encode_value(item.value),
-                        ts,
-                        None,
-                        item.headers,
-                    )
-                )
-            else:
-                written.append(self._append(target, None, target.encode_value(item), None, None))
+        self._check()
+        written = [self.topics.append_item(target, item) for item in items]
         await self._pump()
         return written
 
@@ -296,16 +269,7 @@ class AsyncTestDriver:
         headers: Headers | None = None,
     ) -> Output:
         self._check()
-        count = self.log.partitions(topic.name)
-        if partition is None:
-            if key is not None:
-                partition = partition_for_key(key, count)
-            else:
-                partition = self._round_robin.get(topic.name, 0)
-                self._round_robin[topic.name] = (partition + 1) % count
-        ts = self.clock.now_ms() if timestamp is None else to_ms(timestamp)
-        written = self.log.append(topic.name, partition, key, value, ts, headers or ())
-        return Output.of(written, topic)
+        return self.topics.append(topic, key, value, timestamp, partition, headers)
 
     # -- time ----------------------------------------------------------------------------------
 
