@@ -107,6 +107,27 @@ def check_batching(kind: str, batch_rows: int, batch_seconds: float | None) -> N
         raise ConfigError(f"{kind}: batch_seconds must be > 0 or None, got {batch_seconds!r}")
 
 
+class SqlDeclaration(Protocol):
+    """The fields an SQL sink's declaration (`PostgresSink`, `SqliteSink`) is made of."""
+
+    table: str
+    columns: Sequence[str]
+    key: Sequence[str]
+    mode: Mode
+    name: str
+    batch_rows: int
+    batch_seconds: float | None
+
+
+def declare_sql(kind: str, sink: SqlDeclaration) -> Columns:
+    """Check an SQL sink's declaration when it is made (columns, key, mode, batching); name
+    it after its table unless named; its columns."""
+    cols = Columns.declare(kind, sink.table, sink.columns, sink.key, sink.mode)
+    check_batching(f"{kind}({sink.table})", sink.batch_rows, sink.batch_seconds)
+    sink.name = sink.name or sink.table
+    return cols
+
+
 @dataclass(frozen=True)
 class Columns:
     """The columns of a SQL sink and how a value becomes a row (a tuple in their order): a

@@ -43,7 +43,7 @@ from streamkit.sinks.base import (
     Mode,
     Moves,
     SinkUnavailable,
-    check_batching,
+    declare_sql,
     fenced,
     offset_moves,
     offsets_moves,
@@ -109,9 +109,7 @@ class PostgresSink:
     _row: Callable[[Any], tuple[Any, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._cols = Columns.declare("PostgresSink", self.table, self.columns, self.key, self.mode)
-        check_batching(f"PostgresSink({self.table})", self.batch_rows, self.batch_seconds)
-        self.name = self.name or self.table
+        self._cols = declare_sql("PostgresSink", self)
         self._row = self._cols.getter()
 
     @property

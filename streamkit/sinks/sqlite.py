@@ -36,7 +36,7 @@ from streamkit.sinks.base import (
     Mode,
     Moves,
     SinkUnavailable,
-    check_batching,
+    declare_sql,
     fenced,
     offset_moves,
     offsets_moves,
@@ -80,9 +80,7 @@ class SqliteSink:
     _row: Callable[[Any], tuple[Any, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._cols = Columns.declare("SqliteSink", self.table, self.columns, self.key, self.mode)
-        check_batching(f"SqliteSink({self.table})", self.batch_rows, self.batch_seconds)
-        self.name = self.name or self.table
+        self._cols = declare_sql("SqliteSink", self)
         self._row = self._cols.getter()
 
     @property
