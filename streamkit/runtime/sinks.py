@@ -9,9 +9,11 @@ How a sink stage runs, per task (the numbered steps of docs/architecture.md, "Si
    branches do not).
 2. **Append**: each value that reaches the sink becomes a row (`Sink.row`; a value that is
    no row raises, and the record goes to the dead-letter topic like any error of the stage)
-   kept in memory with its source record. At each record boundary the task marks how many
-   rows belong to finished records (`mark`).
-3. **Flush** the marked rows with the offset after the last finished record of each input
+   kept in memory with its source record. A row is *finished* once its record is before
+   the task's committable offset of that input (`done_offsets`): at the end of the
+   record's pass, or, with `map_async`, once the record and every record before it have
+   finished their calls (rows of later records may arrive first: they wait).
+3. **Flush** the finished rows with the offset after the last finished record of each input
    partition, in one transaction of the destination (`Writer.write`): when `batch_rows` rows
    or `batch_seconds` are pending, in the task itself (it takes no record meanwhile: the
    fetch loop stops fetching its partitions once their buffer is full), and at every
@@ -72,7 +74,6 @@ class SinkBuffer:
         self.exactly_once = sink.mode == "exactly_once"
         self.rows: list[Any] = []
         self.records: list[Any] = []  # the source record of each row (dead letters)
-        self.done = 0  # rows of finished records: what a flush may take
         self.stored: dict[str, int] = {}  # input topic → next offset the destination has
         self.lock = asyncio.Lock()
         self.last_flush = now  # on the task's clock (the testing kit's is virtual)
@@ -147,11 +148,11 @@ class TaskSinks:
         return append
 
     def mark(self) -> bool:
-        """A record boundary: the rows so far belong to finished records. True when a batch
-        is due (`batch_rows` rows, or `batch_seconds` since the last flush)."""
+        """A record boundary: True when a batch is due (`batch_rows` rows, or `batch_seconds`
+        since the last flush)."""
         due = False
         for buf in self.buffers.values():
-            buf.done = n = len(buf.rows)
+            n = len(buf.rows)
             if n >= self._due_rows:
                 due = True
             elif n and self._due_seconds is not None:
@@ -161,7 +162,7 @@ class TaskSinks:
     # 3. flush ---------------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write every sink's marked rows with the offsets they reach (one transaction of
+        """Write every sink's finished rows with the offsets they reach (one transaction of
         each destination); at a checkpoint, before Kafka commits those offsets."""
         if self._opened:
             for buf in self.buffers.values():
@@ -169,19 +170,31 @@ class TaskSinks:
 
     async def _flush(self, buf: SinkBuffer) -> None:
         async with buf.lock:
-            n = buf.done
-            offsets: dict[Coordinates, tuple[int | None, int]] = {}
-            if buf.exactly_once:  # read with `done`, no await between: they agree
-                part = self._task.partition
-                for topic, at in self._task.done_offsets.items():
-                    if at is not None and at > buf.stored.get(topic, -1):
-                        offsets[(topic, part)] = (buf.stored.get(topic), at)
+            done = self._task.done_offsets  # read with the rows, no await between: they agree
+            take = _finished(buf.records, done)  # rows are only appended meanwhile
+            if take is None:
+                n = len(buf.rows)
+                rows, records = buf.rows[:n], buf.records[:n]
+            else:
+                rows = [buf.rows[i] for i in take]
+                records = [buf.records[i] for i in take]
+                n = len(take)
             if not n:
                 return  # nothing to write (offsets alone move nothing: no row is skipped)
-            rows, records = buf.rows[:n], buf.records[:n]
+            offsets: dict[Coordinates, tuple[int | None, int]] = {}
+            if buf.exactly_once:
+                part = self._task.partition
+                for topic, at in done.items():
+                    if at is not None and at > buf.stored.get(topic, -1):
+                        offsets[(topic, part)] = (buf.stored.get(topic), at)
             refused = await self._write(buf, rows, offsets, records)
-            del buf.rows[:n], buf.records[:n]
-            buf.done -= n
+            if take is None:
+                del buf.rows[:n], buf.records[:n]
+            else:
+                written = set(take)
+                left = [i for i in range(len(buf.rows)) if i not in written]
+                buf.rows[:] = [buf.rows[i] for i in left]
+                buf.records[:] = [buf.records[i] for i in left]
             buf.last_flush = self._clock.monotonic()
             buf.rows_written += n - len(refused)
             for (topic, _), (_, at) in offsets.items():
@@ -259,6 +272,12 @@ class TaskSinks:
     def close(self) -> None:
         for buf in self.buffers.values():
             buf.writer.close()
+
+
+def _finished(records: list[Any], done: dict[str, int | None]) -> list[int] | None:
+    """Which rows belong to finished records (step 2), by index; None: all of them."""
+    take = [i for i, r in enumerate(records) if r.offset < (done.get(r.topic) or 0)]
+    return None if len(take) == len(records) else take
 
 
 def stage_sinks(stage: Stage) -> list[Sink]:
