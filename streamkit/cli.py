@@ -6,6 +6,7 @@ on stderr and a non-zero exit, never a traceback wall.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from streamkit import (
 )
 from streamkit.app import App
 from streamkit.cli_common import AppArg, UsageError, _arun, _run, cli, load_app, setup_logging
+from streamkit.registry.codec import prepare_codecs
 from streamkit.runtime.admin import describe, ensure_topics, open_admin
 from streamkit.runtime.worker import Worker
 from streamkit.state import inspect as inspect_state
@@ -101,6 +103,8 @@ async def _send_lines(
     raw = topic.value_type in (str, bytes)
     values = [_parse(line, raw) for line in lines]
     await ensure_topics(app.settings, [topic], client_id=f"{app.id}-cli")
+    # a schema-registry codec registers (or looks up) its schema first, as a worker's does
+    await asyncio.to_thread(prepare_codecs, [topic], app.settings.schema_registry_url)
     async with app.producer() as producer:
         for number, v in enumerate(values, 1):
             k: Any = key

@@ -9,7 +9,11 @@ import sys
 import orjson
 import pytest
 
+import streamkit as sk
+from streamkit.registry import Avro
+from streamkit.registry.codec import connect_codecs
 from tests.kafkahelp import ROOT, read_all
+from tests.regcliapp import Order
 
 
 def streamkit(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> tuple[int, str]:
@@ -75,3 +79,25 @@ async def test_send_json_lines_and_list_topics(uid: str) -> None:
     assert table["big-orders"][0::2] == ["4", "sink"]
     assert table["big-orders"][1] in ("4", "missing")
     assert table["hello-dlq"][2] == "internal"
+
+
+async def test_send_to_a_registry_topic_registers_its_schemas_first(
+    uid: str, schema_registry: str
+) -> None:
+    """`streamkit send` to a topic with schema-registry codecs registers (or looks up) their
+    schemas as a worker does, then writes the Confluent wire format."""
+    env = {"SKTEST_ID": uid, "STREAMKIT_SCHEMA_REGISTRY_URL": schema_registry}
+    lines = '{"id": 1, "amount": 5.5}\n{"id": 2, "amount": 150}\n'
+    code, output = streamkit(
+        "send", "tests.regcliapp:app", f"regcli-orders-{uid}", "--key-field", "id",
+        env=env, stdin=lines,
+    )  # fmt: skip
+    assert code == 0, output
+    records = await read_all(f"regcli-orders-{uid}", expect=2)
+    assert all(r.value[:1] == b"\x00" and r.key[:1] == b"\x00" for r in records)  # magic byte
+    reader = sk.App(f"regcli-reader-{uid}")  # the same declarations, decoding what was sent
+    topic = reader.topic(f"regcli-orders-{uid}", key_type=Avro(str), value_type=Avro(Order))
+    connect_codecs([topic], schema_registry)
+    decoded = sorted((topic.key_codec.decode(r.key), topic.value_codec.decode(r.value).amount)
+                     for r in records)  # fmt: skip
+    assert decoded == [("1", 5.5), ("2", 150.0)]
