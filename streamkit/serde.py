@@ -198,6 +198,28 @@ class TypedCodec(Generic[T]):
         return self._validate_json
 
 
+def same_key_bytes(given: Codec[Any], wanted: Codec[Any]) -> bool:
+    """Whether a key written by `given` is already what `wanted` would write for it, so an
+    output may keep the input record's key bytes (no decode and encode per event): the same
+    codec, text and raw bytes (the same bytes either way), plain JSON, or JSON validated into
+    the same type. A schema-registry codec of another topic (its own subject and schema id)
+    is not: the key is encoded again with the output's codec, as Kafka Streams' serdes do."""
+    if given is wanted:
+        return True
+    plain = (RawCodec, StrCodec)
+    if isinstance(given, plain) and isinstance(wanted, plain):
+        return True
+    if type(given) is not type(wanted):
+        return False
+    if isinstance(given, JsonCodec):
+        return True
+    if isinstance(given, ModelCodec) and isinstance(wanted, ModelCodec):
+        return given.model is wanted.model
+    if isinstance(given, TypedCodec) and isinstance(wanted, TypedCodec):
+        return bool(given.declared == wanted.declared)
+    return False
+
+
 def describe(exc: ValidationError, limit: int = 5) -> str:
     """pydantic's errors on one line: `items[2].price: Input should be a valid number (got
     'abc')`; at most `limit` of them, then how many more."""

@@ -227,6 +227,40 @@ async def test_avro_values_cross_a_key_by_through_their_own_subject(
     assert f"{app.id}-by-color-repartition-value" in subjects
 
 
+async def test_an_output_with_another_key_codec_gets_the_key_encoded_with_its_own(
+    schema_registry: str, uid: str, workdir: Path
+) -> None:
+    """Avro keys in, text keys out (an agent's yield and a `to()`): the output keys are the
+    keys encoded with the output topics' codecs, not the input's Avro frames passed on."""
+    app = sk.App(f"reg-rekey-{uid}", schema_registry_url=schema_registry, workdir=workdir)
+    src = app.topic(f"reg-rekey-in-{uid}", key_type=Avro(str), value_type=Avro(Order))
+    by_agent = app.topic(f"reg-rekey-agent-{uid}", partitions=1)  # str keys, JSON values
+    by_to = app.topic(f"reg-rekey-to-{uid}", key_type=bytes, partitions=1)
+    same = app.topic(f"reg-rekey-same-{uid}", key_type=Avro(str), partitions=1)
+
+    @app.agent(src, sink=[by_agent, same])
+    async def ids(stream: sk.Stream[Order]) -> AsyncIterator[int]:
+        async for order in stream:
+            yield order.id
+
+    app.stream(src).map(lambda o: o.id).to(by_to)
+    await create_topic(src.name, 1)
+    await asyncio.to_thread(prepare_codecs, [src], schema_registry)
+    good = orders(10)
+    keys = [src.encode_key(f"k{o.id}") for o in good]
+    await produce(src.name, [src.value_codec.encode(o) for o in good], keys=keys, partition=0)
+    async with running(app):
+        agent_out = await read_all(by_agent.name, expect=len(good), within=60)
+        to_out = await read_all(by_to.name, expect=len(good), within=60)
+        same_out = await read_all(same.name, expect=len(good), within=60)
+    want = sorted(f"k{o.id}".encode() for o in good)
+    assert sorted(r.key for r in agent_out) == want
+    assert sorted(r.key for r in to_out) == want
+    assert sorted(same.key_codec.decode(r.key) for r in same_out) == sorted(
+        w.decode() for w in want
+    )
+
+
 async def test_protobuf_keys_and_values_round_trip_and_bad_records_go_to_the_dlq(
     schema_registry: str, uid: str, workdir: Path
 ) -> None:

@@ -392,3 +392,16 @@ async def test_a_worker_puts_invalid_dataclass_values_in_the_dlq_and_processes_t
     assert [r.key for r in out] == [b"k0", b"k2", b"k5"]  # the input's key bytes, as they came
     check_dead([(r.key, r.value, list(r.headers)) for r in dead], orders.name)
     assert await committed(app.id, orders.name) == {0: len(MIXED)}
+
+
+def test_an_output_keeps_the_input_key_bytes_only_where_its_codec_writes_the_same() -> None:
+    from streamkit.serde import codec_for, same_key_bytes
+
+    text, raw, json = codec_for(str), codec_for(bytes), codec_for(None)
+    ints, other_ints = codec_for(list[int]), codec_for(list[int])
+    assert same_key_bytes(text, raw) and same_key_bytes(raw, text)  # the same bytes
+    assert same_key_bytes(json, codec_for(None))
+    assert same_key_bytes(ints, other_ints)  # JSON validated into the same type
+    assert not same_key_bytes(text, json)  # "k" against "\"k\""
+    assert not same_key_bytes(ints, codec_for(list[str]))
+    assert text.encode("k") != json.encode("k")

@@ -24,9 +24,11 @@ from typing import Any, Protocol, TypeVar
 
 from streamkit.agents import Agent
 from streamkit.events import Event, Record
+from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.sinks import TaskSinks
+from streamkit.serde import same_key_bytes
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
@@ -40,6 +42,7 @@ class BodyHost(Protocol):
     record: Any  # the raw record being processed
     collector: RecordCollector
     sinks: TaskSinks | None
+    stage: Stage
 
     @property
     def current(self) -> Event | None: ...
@@ -128,7 +131,15 @@ class Body:
         self.coro: Any = None  # the pump: the body, suspended at NEED
         self.running = False  # between start and the end of the body
         sinks = agent.sinks
-        self._plain = [(s.name, s.value_codec.encode) for s in sinks]
+        inputs = task.stage.topics
+        # outputs whose key codec writes the inputs' key bytes keep them (the common case);
+        # the others encode the event's key with their own codec
+        kept = [s for s in sinks if all(same_key_bytes(i.key_codec, s.key_codec) for i in inputs)]
+        self._plain = [(s.name, s.value_codec.encode) for s in kept]
+        self._rekeyed = [
+            (s.name, s.value_codec.encode, s.encode_key) for s in sinks if s not in kept
+        ]
+        self._keyless = [(s.name, s.value_codec.encode) for s in sinks]  # no record: no key
         self._sinks = sinks
         self._rows: list[Callable[[Any], None]] = []  # sinks beyond Kafka, bound at start
 
@@ -190,8 +201,14 @@ class Body:
             key, ts = rec.key, rec.timestamp
             for name, encode in self._plain:
                 full |= append(name, key, None if out is None else encode(out), timestamp_ms=ts)
+            if self._rekeyed:
+                event = self.task.current
+                decoded = None if event is None else event.key
+                for name, encode, encode_key in self._rekeyed:
+                    value = None if out is None else encode(out)
+                    full |= append(name, encode_key(decoded), value, timestamp_ms=ts)
         else:
-            for name, encode in self._plain:
+            for name, encode in self._keyless:
                 full |= append(name, None, None if out is None else encode(out))
         for row in self._rows:  # sinks beyond Kafka: the value as a row
             row(out.value if type(out) is Record else out)

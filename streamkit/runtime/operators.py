@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from streamkit.agents import Agent
+from streamkit.events import Event
 from streamkit.graph import AgentNode, Stage
 from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
@@ -24,6 +25,7 @@ from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.joins import JoinHost, side_input
 from streamkit.runtime.sinks import TaskSinks
+from streamkit.serde import same_key_bytes
 from streamkit.streams import (
     AsyncMapNode,
     BranchNode,
@@ -51,6 +53,9 @@ class PassHost(JoinHost, Protocol):
     full: bool  # set when an append filled a batch
     collector: RecordCollector
     sinks: TaskSinks | None
+
+    @property
+    def current(self) -> Event | None: ...
 
     def on_branch_error(self, exc: Exception) -> None: ...
 
@@ -181,10 +186,20 @@ class Compiler:
         task = self.task
         name, encode = topic.name, topic.encode_value
         append = task.collector.append
+        if all(same_key_bytes(i.key_codec, topic.key_codec) for i in self.stage.topics):
 
-        def sink(value: Any) -> None:
-            rec = task.record
-            if append(name, rec.key, encode(value), timestamp_ms=rec.timestamp):
+            def sink(value: Any) -> None:  # the input's key bytes are the output's
+                rec = task.record
+                if append(name, rec.key, encode(value), timestamp_ms=rec.timestamp):
+                    task.full = True
+
+            return sink
+        encode_key = topic.encode_key
+
+        def rekeyed(value: Any) -> None:  # another key codec: the event's key encoded again
+            rec, event = task.record, task.current
+            key = encode_key(None if event is None else event.key)
+            if append(name, key, encode(value), timestamp_ms=rec.timestamp):
                 task.full = True
 
-        return sink
+        return rekeyed
