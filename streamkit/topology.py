@@ -36,14 +36,15 @@ class Drawn(Protocol):
     def stages(self) -> list[Stage]: ...
 
 
-def _count(topic: Topic) -> str:
-    n = topic.partitions
+def _count(topic: Topic, default: int | None = None) -> str:
+    """`default`: an internal topic's count before the broker is asked (its stage's tasks)."""
+    n = topic.partitions or topic.declared_partitions or default
     return "? partitions" if n is None else f"{n} partition{'s' if n != 1 else ''}"
 
 
-def _label(node: Node) -> str:
+def _label(node: Node, tasks: int | None = None) -> str:
     if isinstance(node, ExchangeNode) and node.output is not None:
-        return f"{node.label} => {node.output.name} ({_count(node.output)}, internal)"
+        return f"{node.label} => {node.output.name} ({_count(node.output, tasks)}, internal)"
     if isinstance(node, AgentNode) and node.agent is not None:
         sinks = ", ".join(
             [f"{t.name} ({_count(t)})" for t in node.agent.sinks]
@@ -67,15 +68,25 @@ def render(app: Drawn, fmt: str = "text") -> str:
     raise ValueError(f"unknown topology format {fmt!r}: use text, mermaid or json")
 
 
+def _task_count(stage: Stage) -> int | None:
+    return stage.partitions or declared_tasks(stage)
+
+
+def _upstream_tasks(stage: Stage | None) -> int | None:
+    return None if stage is None else _task_count(stage)
+
+
 def _tasks(stage: Stage) -> str:
-    n = stage.partitions or declared_tasks(stage)
+    n = _task_count(stage)
     return "?" if n is None else str(n)
 
 
 def render_text(app: Drawn) -> str:
     lines = [f"app {app.id}"]
     for stage in app.stages:
-        inputs = ", ".join(f"{i.topic.name} ({_count(i.topic)})" for i in stage.inputs)
+        inputs = ", ".join(
+            f"{i.topic.name} ({_count(i.topic, _upstream_tasks(i.upstream))})" for i in stage.inputs
+        )
         lines.append(f"stage {stage.name}  x{_tasks(stage)} tasks  <- {inputs}")
         for inp in stage.inputs:
             if len(inp.entries) > 1:
@@ -124,7 +135,7 @@ def _tree(
     pad = "  " * depth
     if node in seen:
         what = "join" if isinstance(node, JoinNode) else "merge"
-        lines.append(f"{pad}{prefix}{_label(node)} ({what}: continued above)")
+        lines.append(f"{pad}{prefix}{_label(node, _task_count(stage))} ({what}: continued above)")
         return
     seen.add(node)
     kids = stage.children.get(node, [])
@@ -134,7 +145,7 @@ def _tree(
     if len(kids) > 1 and not isinstance(node, (ExchangeNode, BranchNode)):
         notes.append(f"fan-out to {len(kids)}")
     note = f"  [{', '.join(notes)}]" if notes else ""
-    lines.append(f"{pad}{prefix}{_label(node)}{note}")
+    lines.append(f"{pad}{prefix}{_label(node, _task_count(stage))}{note}")
     if isinstance(node, ExchangeNode):
         return  # its children run in the next stage
     for kid in kids:
