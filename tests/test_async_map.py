@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -210,6 +211,32 @@ async def test_what_follows_runs_on_its_own_event_and_chained_steps_finish_it() 
         )
         assert o.key == origin.key and o.timestamp == origin.timestamp
     assert committed == {p: sum(1 for r in sent if r.partition == p) for p in (0, 1)}
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_rows_of_calls_into_a_sink_are_written_once_each(
+    tmp_path: Any, guarantee: str
+) -> None:
+    """Rows a map_async step hands to a sink beyond Kafka after the last record boundary
+    (calls still in flight when the input ran out) are written at the next checkpoint, with
+    offsets that never pass an unfinished event; a restart writes none again."""
+    app = sk.App("am-sink", processing_guarantee=guarantee)
+    src = app.topic("src", partitions=2)
+    sink = sk.JsonLinesSink(tmp_path / "rows")
+    app.stream(src).map_async(Probe(seed=5), concurrency=4).to(sink)
+    async with AsyncTestDriver(app, workdir=tmp_path / "state") as driver:
+        await driver.send_many(src, keyed(90, 7))
+        await driver.checkpoint()
+        await driver.restart()
+        await driver.send_many(src, [sk.Record({"k": "k1", "i": 90}, key="k1")])
+        await driver.checkpoint()
+        assert sum(driver.committed(src).values()) == 91
+    written = [
+        orjson.loads(line)["i"]
+        for f in sorted((tmp_path / "rows").glob("*.jsonl"))
+        for line in f.read_bytes().splitlines()
+    ]
+    assert sorted(written) == list(range(91))
 
 
 async def test_a_call_is_retried_then_its_event_goes_to_the_dead_letter_topic() -> None:
