@@ -231,7 +231,10 @@ class AsyncTestDriver:
         there is no key. Returns the record as written."""
         target = self.topic(topic)
         encoded_key, encoded_value = target.encode_key(key), target.encode_value(value)
-        record = self._append(target, encoded_key, encoded_value, timestamp, partition, headers)
+        self._check()
+        record = self.topics.append(
+            target, encoded_key, encoded_value, timestamp, partition, headers
+        )
         await self._pump()
         return record
 
@@ -246,7 +249,8 @@ class AsyncTestDriver:
         headers: Headers | None = None,
     ) -> Output:
         """Write bytes as they are (no codec): bad input for the dead-letter path."""
-        record = self._append(self.topic(topic), key, value, timestamp, partition, headers)
+        self._check()
+        record = self.topics.append(self.topic(topic), key, value, timestamp, partition, headers)
         await self._pump()
         return record
 
@@ -258,18 +262,6 @@ class AsyncTestDriver:
         written = [self.topics.append_item(target, item) for item in items]
         await self._pump()
         return written
-
-    def _append(
-        self,
-        topic: Topic,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: Any,
-        partition: int | None,
-        headers: Headers | None = None,
-    ) -> Output:
-        self._check()
-        return self.topics.append(topic, key, value, timestamp, partition, headers)
 
     # -- time ----------------------------------------------------------------------------------
 
