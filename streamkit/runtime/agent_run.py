@@ -27,6 +27,7 @@ from streamkit.events import Event, Record
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.sinks import TaskSinks
+from streamkit.serde import dumps
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
@@ -74,8 +75,9 @@ class AgentStream(Stream[T]):
     def __aiter__(self) -> AgentStream[T]:
         return self
 
-    def __anext__(self) -> Any:
-        return _next_value()
+    @types.coroutine
+    def __anext__(self) -> Generator[Any, Any, Any]:  # `_next_value`, one frame less
+        return (yield NEED)
 
     @property
     def event(self) -> Event:
@@ -128,7 +130,10 @@ class Body:
         self.coro: Any = None  # the pump: the body, suspended at NEED
         self.running = False  # between start and the end of the body
         sinks = agent.sinks
-        self._plain = [(s.name, s.value_codec.encode) for s in sinks]
+        # the common case (a plain value keeps the input's key and time): per sink, the
+        # collector's positional append for its topic and the bare encoder of its values
+        keyed = task.collector.keyed
+        self._plain = [(keyed(s.name), dumps(s.value_codec)) for s in sinks]
         self._sinks = sinks
         self._rows: list[Callable[[Any], None]] = []  # sinks beyond Kafka, bound at start
 
@@ -188,11 +193,11 @@ class Body:
                 )
         elif rec is not None:  # the common case: keep the input's key and time
             key, ts = rec.key, rec.timestamp
-            for name, encode in self._plain:
-                full |= append(name, key, None if out is None else encode(out), timestamp_ms=ts)
+            for add, encode in self._plain:
+                full |= add(key, None if out is None else encode(out), ts)
         else:
-            for name, encode in self._plain:
-                full |= append(name, None, None if out is None else encode(out))
+            for add, encode in self._plain:
+                full |= add(None, None if out is None else encode(out), None)
         for row in self._rows:  # sinks beyond Kafka: the value as a row
             row(out.value if type(out) is Record else out)
         return full

@@ -24,6 +24,7 @@ from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.joins import JoinHost, side_input
 from streamkit.runtime.sinks import TaskSinks
+from streamkit.serde import dumps
 from streamkit.streams import (
     AsyncMapNode,
     BranchNode,
@@ -179,12 +180,12 @@ class Compiler:
         topic = node.topic
         assert topic is not None
         task = self.task
-        name, encode = topic.name, topic.encode_value
-        append = task.collector.append
+        encode = dumps(topic.value_codec)
+        keyed = task.collector.keyed(topic.name)
 
         def sink(value: Any) -> None:
             rec = task.record
-            if append(name, rec.key, encode(value), timestamp_ms=rec.timestamp):
+            if keyed(rec.key, None if value is None else encode(value), rec.timestamp):
                 task.full = True
 
         return sink
