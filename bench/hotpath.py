@@ -3,7 +3,11 @@
 records, into a real `RecordCollector` whose producer is an unstarted aiokafka producer (its
 batches are built, never sent). CPU µs per event of the two passes, best of R.
 
-    python -m bench.hotpath [--events N] [--reps R]
+    python -m bench.hotpath [--events N] [--reps R] [--setup-only]
+
+Its CPU figures move with the machine's load; for a change's effect count instructions
+instead: `valgrind --tool=callgrind` over N and 3N events, and over `--setup-only` (the
+records built, no task run), gives the instructions per event of the two passes alone.
 
 Isolates what `runtime/task.py`, `collector.py`, `agent_run.py`, `operators.py` and
 `serde.py` cost per event from the fetch path and the broker (bench/compare.py measures the
@@ -63,7 +67,7 @@ async def _pass(task: Task, records: list[Any], chunk: int = 500) -> float:
     return time.process_time() - start
 
 
-async def run(events: int) -> float:
+async def run(events: int, setup_only: bool = False) -> float:
     app, source, out = _app()
     first, second = app.stages
     rng = random.Random(7)
@@ -91,6 +95,8 @@ async def run(events: int) -> float:
             topic = second.topics[0].name
             keys = [orjson.loads(v)["user_id"].encode() for v in values]
             recs = _records(topic, values, keys)
+        if setup_only:
+            continue
         task.start()
         while not task.accepting:  # noqa: ASYNC110 (it opens its stage meanwhile)
             await asyncio.sleep(0)
@@ -104,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--setup-only", action="store_true", help="build the records only (what to subtract)"
+    )
     args = parser.parse_args(argv)
-    runs = [asyncio.run(run(args.events)) for _ in range(args.reps)]
+    runs = [asyncio.run(run(args.events, args.setup_only)) for _ in range(args.reps)]
     print(f"hot path: {min(runs):.2f} µs CPU per event (best of {args.reps}; "
           f"all {', '.join(f'{r:.2f}' for r in runs)})")  # fmt: skip
 
