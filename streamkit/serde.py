@@ -19,6 +19,7 @@ them as they are. Values default to plain JSON.
 
 from __future__ import annotations
 
+import functools
 import types
 import warnings
 from collections.abc import Callable
@@ -218,6 +219,29 @@ def same_key_bytes(given: Codec[Any], wanted: Codec[Any]) -> bool:
     if isinstance(given, TypedCodec) and isinstance(wanted, TypedCodec):
         return bool(given.declared == wanted.declared)
     return False
+
+
+_dumps_json = functools.partial(orjson.dumps, default=_json_default)
+
+
+def _dumps_str(obj: Any) -> bytes:
+    if type(obj) is str:
+        return obj.encode()
+    return _STR.encode(obj)
+
+
+_STR = StrCodec()
+
+
+def dumps(codec: Codec[Any]) -> Callable[[Any], bytes]:
+    """The bare encoding function of `codec`, for the hot path (as `loads` decodes): plain
+    JSON is orjson itself (a C call, no Python frame), str a shortcut for str values, any other
+    codec its own `encode`."""
+    if type(codec) is JsonCodec:
+        return _dumps_json
+    if type(codec) is StrCodec:
+        return _dumps_str
+    return codec.encode
 
 
 def describe(exc: ValidationError, limit: int = 5) -> str:

@@ -323,6 +323,22 @@ class ListCollector:
         self.records.append(Appended(topic, key, value, list(headers or [])))
         return False
 
+    def add(
+        self,
+        tp: tuple[str, int],
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        timestamp_ms: int | None,
+    ) -> bool:
+        return self.append(tp[0], key, value, headers=headers, partition=tp[1])
+
+    def keyed(self, topic: str) -> Callable[[bytes | None, bytes | None, int | None], bool]:
+        def keyed(key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> bool:
+            return self.append(topic, key, value, timestamp_ms=timestamp_ms)
+
+        return keyed
+
     async def submit(self) -> None:
         return None
 

@@ -28,7 +28,7 @@ from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.sinks import TaskSinks
-from streamkit.serde import same_key_bytes
+from streamkit.serde import dumps, same_key_bytes
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
@@ -77,8 +77,9 @@ class AgentStream(Stream[T]):
     def __aiter__(self) -> AgentStream[T]:
         return self
 
-    def __anext__(self) -> Any:
-        return _next_value()
+    @types.coroutine
+    def __anext__(self) -> Generator[Any, Any, Any]:  # `_next_value`, one frame less
+        return (yield NEED)
 
     @property
     def event(self) -> Event:
@@ -132,14 +133,16 @@ class Body:
         self.running = False  # between start and the end of the body
         sinks = agent.sinks
         inputs = task.stage.topics
-        # outputs whose key codec writes the inputs' key bytes keep them (the common case);
-        # the others encode the event's key with their own codec
+        # the common case (a plain value keeps the input's key and time): per sink, the
+        # collector's positional append for its topic and the bare encoder of its values;
+        # a sink whose key codec writes other bytes than the inputs' encodes the event's key
+        keyed = task.collector.keyed
         kept = [s for s in sinks if all(same_key_bytes(i.key_codec, s.key_codec) for i in inputs)]
-        self._plain = [(s.name, s.value_codec.encode) for s in kept]
+        self._plain = [(keyed(s.name), dumps(s.value_codec)) for s in kept]
         self._rekeyed = [
-            (s.name, s.value_codec.encode, s.encode_key) for s in sinks if s not in kept
+            (keyed(s.name), dumps(s.value_codec), s.encode_key) for s in sinks if s not in kept
         ]
-        self._keyless = [(s.name, s.value_codec.encode) for s in sinks]  # no record: no key
+        self._keyless = [(keyed(s.name), dumps(s.value_codec)) for s in sinks]  # no record
         self._sinks = sinks
         self._rows: list[Callable[[Any], None]] = []  # sinks beyond Kafka, bound at start
 
@@ -199,17 +202,16 @@ class Body:
                 )
         elif rec is not None:  # the common case: keep the input's key and time
             key, ts = rec.key, rec.timestamp
-            for name, encode in self._plain:
-                full |= append(name, key, None if out is None else encode(out), timestamp_ms=ts)
+            for add, encode in self._plain:
+                full |= add(key, None if out is None else encode(out), ts)
             if self._rekeyed:
                 event = self.task.current
                 decoded = None if event is None else event.key
-                for name, encode, encode_key in self._rekeyed:
-                    value = None if out is None else encode(out)
-                    full |= append(name, encode_key(decoded), value, timestamp_ms=ts)
+                for add, encode, encode_key in self._rekeyed:
+                    full |= add(encode_key(decoded), None if out is None else encode(out), ts)
         else:
-            for name, encode in self._keyless:
-                full |= append(name, None, None if out is None else encode(out))
+            for add, encode in self._keyless:
+                full |= add(None, None if out is None else encode(out), None)
         for row in self._rows:  # sinks beyond Kafka: the value as a row
             row(out.value if type(out) is Record else out)
         return full

@@ -36,6 +36,7 @@ from streamkit.runtime.agent_run import Agents
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.frontier import Frontier, KeyGate, Slot
+from streamkit.runtime.pass_control import PassControl
 from streamkit.settings import ConfigError, Settings
 from streamkit.streams import AsyncMapNode
 
@@ -59,8 +60,7 @@ class CallHost(Protocol):
     full: bool
     collector: RecordCollector
     agents: Agents
-    _waiter: asyncio.Future[None] | None  # what the task awaits: new records, close... resolve it
-    _pausing: bool  # a checkpoint asked the task to stop taking records
+    control: PassControl  # its `waiter`: what the task awaits (records, a close) resolves it
 
     def here(self) -> tuple[Any, Any, Any, int | None]: ...
 
@@ -142,9 +142,10 @@ class AsyncCalls:
         back here until none is left. Outputs delivered meanwhile are submitted once they have
         waited `SUBMIT_AFTER`."""
         if not self.ready:
-            waiter = task._waiter = self.waiter = asyncio.get_running_loop().create_future()
+            control = task.control
+            waiter = control.waiter = self.waiter = asyncio.get_running_loop().create_future()
             try:
-                linger = None if task._pausing else self.linger()
+                linger = None if control.pausing else self.linger()
                 if linger is None:
                     await waiter
                 else:
@@ -153,7 +154,7 @@ class AsyncCalls:
                         self._unsent_since = None
                         await task.collector.submit()
             finally:
-                task._waiter = self.waiter = None
+                control.waiter = self.waiter = None
         await self.deliver()
 
     def passed(self, rec: Any) -> None:

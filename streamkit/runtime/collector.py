@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
@@ -87,17 +88,29 @@ class RecordCollector:
                 partition = self._sticky.get(topic)
                 if partition is None:
                     partition = self._next_sticky(topic)
+        return self.add((topic, partition), key, value, headers, timestamp_ms)
+
+    def add(
+        self,
+        tp: tuple[str, int],
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        timestamp_ms: int | None,
+    ) -> bool:
+        """`append` to a known partition, positional: the hot path's (an exchange, a sink and
+        an agent's output call it once per record). True when a batch filled up."""
+        builder = self._open.get(tp)
+        if builder is None:
+            builder = self._open[tp] = self._producer.create_batch()
         if not headers:
             headers = _NO_HEADERS
         elif type(headers) is not list:  # consumed records carry a tuple; the builder wants lists
             headers = list(headers)
-        tp = (topic, partition)
-        builder = self._open.get(tp)
-        if builder is None:
-            builder = self._open[tp] = self._producer.create_batch()
         if builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers):
             return False
         # batch full: queue it, start another
+        topic, partition = tp
         self._full.append((topic, partition, builder))
         builder = self._open[tp] = self._producer.create_batch()
         if not builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers):
@@ -105,6 +118,22 @@ class RecordCollector:
         if key is None:
             self._next_sticky(topic)
         return True
+
+    def keyed(self, topic: str) -> Callable[[bytes | None, bytes | None, int | None], bool]:
+        """`append` for records of `topic` that keep their key (a sink, an agent's output):
+        one function per topic, positional, with the key's partition remembered. Keyless
+        records go as `append` sends them."""
+        tps: list[tuple[str, int]] = []  # filled on the first keyed record
+        add, append, counts = self.add, self.append, self._partition_counts
+
+        def keyed(key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> bool:
+            if key is None:
+                return append(topic, None, value, timestamp_ms=timestamp_ms)
+            if not tps:
+                tps.extend((topic, p) for p in range(counts[topic]))
+            return add(tps[partition_for_key(key, len(tps))], key, value, None, timestamp_ms)
+
+        return keyed
 
     def _next_sticky(self, topic: str) -> int:
         previous = self._sticky.get(topic, -1)

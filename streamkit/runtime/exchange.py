@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from streamkit.keys import partition_for_key
 from streamkit.runtime.collector import RecordCollector
+from streamkit.serde import dumps
 from streamkit.streams import ExchangeNode
 from streamkit.topics import Topic
 
@@ -62,8 +63,6 @@ class Router:
         being processed and its event time from `host` and sets `host.full` when a batch
         filled up."""
         output, topic, count = self.output, self.topic, self._count
-        encode_key, encode_value = output.key_codec.encode, output.value_codec.encode
-        append = host.collector.append
         if self._kind != "key_by":
             route = self.route
 
@@ -74,18 +73,20 @@ class Router:
             return spread
         key_of = self._key
         assert key_of is not None
+        encode_key, encode_value = dumps(output.key_codec), dumps(output.value_codec)
+        add = host.collector.add
+        tps = [(topic, p) for p in range(count)]  # the tuples the collector's batches key on
 
         def key_by(value: Any) -> None:
             rec = host.record
             key = encode_key(key_of(value))
             ts = host.event_ts
-            if append(
-                topic,
+            if add(
+                tps[partition_for_key(key, count)],
                 key,
                 None if value is None else encode_value(value),
-                headers=rec.headers,
-                timestamp_ms=rec.timestamp if ts is None else ts,
-                partition=partition_for_key(key, count),
+                rec.headers,
+                rec.timestamp if ts is None else ts,
             ):
                 host.full = True
 

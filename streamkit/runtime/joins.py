@@ -8,7 +8,7 @@ buffered partners; an unmatched record of a left/outer join once the watermark m
 final, which can happen while another record, or a watermark control record, is processed)
 is queued on the task (`joined`) with a `JoinedRecord`: after the record in flight, the task
 pushes each result through the operators after the join as an event of its own (its key,
-its event time, the join's name as its topic), agents included (`Task._drain_joins`).
+its event time, the join's name as its topic), agents included (`stage_hooks.drain_joins`).
 """
 
 from __future__ import annotations

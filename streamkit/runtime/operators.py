@@ -25,7 +25,7 @@ from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.joins import JoinHost, side_input
 from streamkit.runtime.sinks import TaskSinks
-from streamkit.serde import same_key_bytes
+from streamkit.serde import dumps, same_key_bytes
 from streamkit.streams import (
     AsyncMapNode,
     BranchNode,
@@ -184,13 +184,13 @@ class Compiler:
         topic = node.topic
         assert topic is not None
         task = self.task
-        name, encode = topic.name, topic.encode_value
-        append = task.collector.append
+        encode = dumps(topic.value_codec)
+        keyed = task.collector.keyed(topic.name)
         if all(same_key_bytes(i.key_codec, topic.key_codec) for i in self.stage.topics):
 
             def sink(value: Any) -> None:  # the input's key bytes are the output's
                 rec = task.record
-                if append(name, rec.key, encode(value), timestamp_ms=rec.timestamp):
+                if keyed(rec.key, None if value is None else encode(value), rec.timestamp):
                     task.full = True
 
             return sink
@@ -199,7 +199,7 @@ class Compiler:
         def rekeyed(value: Any) -> None:  # another key codec: the event's key encoded again
             rec, event = task.record, task.current
             key = encode_key(None if event is None else event.key)
-            if append(name, key, encode(value), timestamp_ms=rec.timestamp):
+            if keyed(key, None if value is None else encode(value), rec.timestamp):
                 task.full = True
 
         return rekeyed

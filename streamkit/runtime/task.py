@@ -11,8 +11,9 @@ what the checkpoint commits. No task per event, no queue hop, no thread.
 The task is also what state code sees (`context.TaskScope`): tables, window tables and timers
 of the stage resolve their partition from it wherever they are called from.
 
-`pause` (the exactly-once checkpoint's first step) stops the task at the next record boundary:
-the record in flight finishes in every branch, then nothing more is taken until `resume`.
+Between two records the task parks; `pause` (the exactly-once checkpoint's first step) stops
+it at the next record boundary until `resume` (`pass_control.py`). Opening the stage's state
+and sinks and pushing join results on are in `stage_hooks.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import TopicPartition
@@ -36,14 +36,23 @@ from streamkit.runtime.agent_run import NEED, Agents
 from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import dead_letter
-from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
+from streamkit.runtime.event_clock import fire_processing_timers
 from streamkit.runtime.failures import FATAL, AgentStopped
-from streamkit.runtime.joins import Joined, open_joins
+from streamkit.runtime.joins import Joined
 from streamkit.runtime.operators import Compiler
+from streamkit.runtime.pass_control import PassControl
 from streamkit.runtime.sinks import TaskSinks
+from streamkit.runtime.stage_hooks import (
+    Input,
+    control_record,
+    drain_joins,
+    open_stage,
+    stage_inputs,
+    stamped,
+)
 from streamkit.runtime.table_sync import TableSync
 from streamkit.runtime.task_state import ALLOWED, TaskState
-from streamkit.serde import Codec, decode_problem
+from streamkit.serde import decode_problem
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
 from streamkit.state.task_tables import TaskTables
@@ -64,15 +73,6 @@ __all__ = ["AgentStopped", "Task", "TaskState"]
 
 class _Closed(Exception):
     """The task is closing: its loop ends."""
-
-
-@dataclass
-class _Input:
-    key_codec: Codec[Any]
-    value_codec: Codec[Any]
-    push: Callable[[Any], None]
-    loads_key: Callable[[bytes], Any]  # the codecs' `loads`, looked up once
-    loads_value: Callable[[bytes], Any]
 
 
 class Task:
@@ -116,7 +116,7 @@ class Task:
         self.clock = clock  # event time and watermarks (stages that use event time)
         self._reader = reader
         self._records: deque[Any] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self.control = PassControl()  # parking between records, the checkpoint's pause
         positions = positions or {}
         self.position: dict[str, int | None] = {
             tp.topic: positions.get(tp.topic) for tp in self.inputs
@@ -139,11 +139,8 @@ class Task:
         if clock is not None:
             clock.pending = self._pending
         self._runner: asyncio.Task[None] | None = None
-        self._pausing = False  # a checkpoint asked this task to stop at a record boundary
-        self._parked: asyncio.Future[None] | None = None  # resolved once it has stopped
-        self._idle = False  # blocked in `_wait`: between two records
         self.sync: TableSync | None = None  # holds records until followed tables caught up
-        self._sync_wait = sync_wait
+        self.sync_wait = sync_wait
         self.sinks = None if sinks is None else sinks(self)  # beyond Kafka (runtime/sinks.py)
         async_steps = any(isinstance(n, AsyncMapNode) for n in stage.nodes)
         self.calls = AsyncCalls(self) if async_steps else None  # map_async (async_map.py)
@@ -184,9 +181,7 @@ class Task:
             self.sync.arrived(topic, records[-1].offset)
         if self.clock is not None:
             self.clock.note_input(topic)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and not self._pausing:
-            waiter.set_result(None)
+        self.control.wake()
         return True
 
     def _pending(self, topic: str) -> bool:
@@ -281,47 +276,7 @@ class Task:
                 f"{where} raised on {rec.topic}[{rec.partition}]@{rec.offset}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        self._dead_letter(rec, str(exc), type(exc).__name__, agent)
-
-    def _process(self, rec: Any, inputs: dict[str, _Input]) -> None:
-        """Decode one record and push it through the stage (the synchronous part)."""
-        self._taken = rec
-        clock = self.clock
-        if clock is not None and rec.headers:
-            try:
-                if clock.on_control(rec.topic, rec.headers):
-                    return  # a watermark control record: consumed
-            except ValueError as exc:
-                self._dead_letter(rec, str(exc), "ControlRecordError")
-                return
-        inp = inputs[rec.topic]
-        raw_key, raw_value = rec.key, rec.value
-        try:
-            key = None if raw_key is None else inp.loads_key(raw_key)
-            value = None if raw_value is None else inp.loads_value(raw_value)
-        except FATAL:  # the schema registry unreachable: not the record's fault
-            raise
-        except Exception:  # ValueError mostly; a model's own validator may raise anything
-            problem = decode_problem(inp.key_codec, inp.value_codec, rec)
-            self._dead_letter(rec, problem, "DecodeError")
-            return
-        self.record, self._key, self._value, self._event = rec, key, value, None
-        if clock is not None:
-            try:
-                self.event_ts = clock.on_data(rec, value)
-            except (ValueError, KeyError, AttributeError, TypeError) as exc:
-                self.record = None
-                self._dead_letter(
-                    rec, f"no event time: {type(exc).__name__}: {exc}", "TimestampError"
-                )
-                return
-        self.events_in += 1
-        try:
-            inp.push(value)
-        except FATAL:
-            raise
-        except Exception as exc:
-            self.on_branch_error(exc)
+        self.dead_letter(rec, str(exc), type(exc).__name__, agent)
 
     # -- the task's coroutine ------------------------------------------------------------------
 
@@ -338,28 +293,14 @@ class Task:
     async def _run(self) -> None:
         CURRENT_COLLECTOR.set(self.collector)
         CURRENT_TASK.set(self)
-        if self.state is not None:
-            assert self._reader is not None
-            await self.state.open(self._reader)
-            self.tables = self.state.partitions
-            self.windows, self.timers = open_event_state(self, self.stage, self.tables, self.clock)
-            self.sync = TableSync.of(self.tables, self._sync_wait)
-            self.joins = open_joins(self, self.stage, self.tables, self.clock)
-        if self.sinks is not None:
-            await self.sinks.open()
+        await open_stage(self, self._reader)
         if self._closing_early():
             return
         self._set_status(TaskState.RUNNING)
         compiler = Compiler(self, self.stage, self.calls)
         if self.calls is not None:
             self.calls.bind(self._done)
-        pushes = compiler.inputs()
-        inputs = {
-            t.name: _Input(
-                t.key_codec, t.value_codec, pushes[t.name], t.key_codec.loads, t.value_codec.loads
-            )
-            for t in self.stage.topics
-        }
+        inputs = stage_inputs(self.stage, compiler.inputs())
         await self.agents.start()
         with contextlib.suppress(_Closed):
             await self._loop(inputs)
@@ -367,21 +308,46 @@ class Task:
             self.clock.broadcast(self.collector, force=True)  # owner may start knowing none
         await self.agents.stop()
 
-    async def _loop(self, inputs: dict[str, _Input]) -> None:
-        records, done = self._records, self._done
+    async def _loop(self, inputs: dict[str, Input]) -> None:
+        """Take the buffered records one at a time: decode (what fails to decode is a dead
+        letter), event time, the pass through the operators, the agents' bodies, the join
+        results; then the record's offset is done (or waits for its map_async calls)."""
+        records, done, control = self._records, self._done, self.control
         agents = self.agents
         pending, single = agents.pending, agents.single
         collector, clock, sync, sinks = self.collector, self.clock, self.sync, self.sinks
         calls, joined = self.calls, self.joined
         while True:
-            if not records or self._pausing or (calls is not None and calls.blocked):
+            if not records or control.pausing or (calls is not None and calls.blocked):
                 await self._wait()
                 continue
             if sync is not None and (hold := sync.hold(records[0])):
                 await self._wait(hold)  # until its tables caught up (`table_sync.py`)
                 continue
-            rec = records.popleft()
-            self._process(rec, inputs)
+            rec = self._taken = records.popleft()
+            if clock is not None and rec.headers and control_record(self, clock, rec):
+                pass  # a watermark control record: consumed
+            else:
+                inp = inputs[rec.topic]
+                raw_key, raw_value = rec.key, rec.value
+                try:
+                    key = None if raw_key is None else inp.loads_key(raw_key)
+                    value = None if raw_value is None else inp.loads_value(raw_value)
+                except FATAL:  # the schema registry unreachable: not the record's fault
+                    raise
+                except Exception:  # ValueError mostly; a model's validator may raise anything
+                    problem = decode_problem(inp.key_codec, inp.value_codec, rec)
+                    self.dead_letter(rec, problem, "DecodeError")
+                else:
+                    self.record, self._key, self._value, self._event = rec, key, value, None
+                    if clock is None or stamped(self, clock, rec, value):
+                        self.events_in += 1
+                        try:
+                            inp.push(value)
+                        except FATAL:
+                            raise
+                        except Exception as exc:
+                            self.on_branch_error(exc)
             if pending:
                 if single is not None and len(pending) == 1 and single.running:
                     # the common case, inline: one agent, one value, a body that only computes
@@ -405,7 +371,7 @@ class Task:
                 else:
                     await agents.feed()
             if joined:
-                await self._drain_joins()
+                await drain_joins(self)
             if calls is None:
                 done[rec.topic] = rec.offset + 1
             else:  # map_async: the offset waits for its calls
@@ -425,29 +391,6 @@ class Task:
                     else:  # never ahead of events whose calls are in flight
                         calls.broadcast(clock)
 
-    async def _drain_joins(self) -> None:
-        """Push each queued join result through the operators after its join as an event of
-        its own (`runtime/joins.py`): its record, key and event time are what those operators
-        and agents see while it passes."""
-        joined, agents = self.joined, self.agents
-        while joined:
-            push, joiner, rec, key, left, right = joined.popleft()
-            self.record, self._key, self._value, self._event = rec, key, None, None
-            self.event_ts = rec.timestamp
-            try:
-                self._value = value = joiner(left, right)
-                push(value)
-            except FATAL:
-                raise
-            except Exception as exc:
-                self.on_branch_error(exc)
-            if agents.pending:
-                await agents.feed()
-            if self.full:
-                self.full = False
-                await self.collector.submit_full()
-        self.record = self._event = None
-
     async def _wait(self, hold: float | None = None) -> None:
         """Wait for records (or, `hold` seconds at most, for a held record's tables)."""
         if self.calls is not None and self.calls.outstanding:
@@ -455,15 +398,16 @@ class Task:
             return
         if self.status is not TaskState.RUNNING:
             raise _Closed
-        if self.joined and not self._pausing:  # results of a watermark moved from outside
-            await self._drain_joins()
+        pausing = self.control.pausing
+        if self.joined and not pausing:  # results of a watermark moved from outside
+            await drain_joins(self)
             return
-        if not self._pausing:
+        if not pausing:
             await self.collector.submit()
             if self._closing():  # closed while submitting: nobody will wake us
                 raise _Closed
             self._on_room()
-            if self._records and not self._pausing and hold is None:
+            if self._records and not self.control.pausing and hold is None:
                 return
         clock = self.clock
         timeout = hold
@@ -475,19 +419,7 @@ class Task:
             due = fire_processing_timers(self.timers.values())
             if due is not None:
                 timeout = due if timeout is None else min(timeout, due)
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        self._idle = True
-        parked = self._parked
-        if parked is not None and not parked.done():
-            parked.set_result(None)
-        try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait((waiter,), timeout=timeout)
-        finally:
-            self._waiter = None
-            self._idle = False
+        await self.control.park(timeout)
         if self.status is not TaskState.RUNNING:
             raise _Closed
 
@@ -502,61 +434,30 @@ class Task:
     @property
     def idle(self) -> bool:
         """Blocked between two records, with nothing about to wake it."""
-        waiter = self._waiter
-        return self._idle and waiter is not None and not waiter.done()
+        return self.control.idle
 
     def wake(self) -> None:
         """Let a waiting task look again (due processing-time timers fire in `_wait`)."""
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and not self._pausing:
-            waiter.set_result(None)
-
-    # -- driven by the exactly-once checkpoint -----------------------------------------------
+        self.control.wake()
 
     async def pause(self) -> None:
-        """Return once the task is between two records (at once if idle; if restoring, it
-        stops before its first record; if closing, once ended) and keep it there until `resume`."""
-        runner = self._runner
-        if runner is None or runner.done():
-            return
-        if self.status is TaskState.CLOSING:  # its last event and submit: let them end
-            await asyncio.wait((runner,))
-            return
-        self._pausing = True  # a task still restoring stops before its first record
-        if self.status is not TaskState.RUNNING or self._idle:
-            return
-        parked = self._parked = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait((parked, runner), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._parked = None
+        """The exactly-once checkpoint's first step (`PassControl.pause`)."""
+        await self.control.pause(self)
 
     def resume(self) -> None:
-        self._pausing = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and (self._records or self._closing()):
-            waiter.set_result(None)
+        self.control.resume(bool(self._records) or self._closing())
 
-    def _dead_letter(
-        self, rec: Any, reason: str, error_type: str, agent: str | None = None
-    ) -> None:
+    def dead_letter(self, rec: Any, reason: str, error_type: str, agent: str | None = None) -> None:
+        """`rec` to the dead-letter topic, said to come from `agent` (else the stage)."""
+        name = self.stage.name if agent is None else agent
         dead_letter(
-            self.collector,
-            self.dlq_topic,
-            rec,
-            agent=self.stage.name if agent is None else agent,
-            reason=reason,
-            error_type=error_type,
+            self.collector, self.dlq_topic, rec, agent=name, reason=reason, error_type=error_type
         )
         self.dead_letters += 1
         log.warning(
             "dead letter from %s[%d]@%d: %s: %s",
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            error_type,
-            reason,
-        )
+            rec.topic, rec.partition, rec.offset, error_type, reason,
+        )  # fmt: skip
 
     async def close(self, grace: float) -> None:
         """Stop after the record in flight: drop what is buffered, let the agents finish.
@@ -570,9 +471,7 @@ class Task:
             return
         self._set_status(TaskState.CLOSING)
         self._records.clear()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.control.wake_always()
         runner = self._runner
         if runner is not None and not runner.done():
             try:
