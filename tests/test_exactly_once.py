@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -89,14 +90,8 @@ async def test_a_zombie_is_fenced_and_writes_no_duplicate(uid: str, tmp_path: Pa
         await send(uid, rows[1500:1600])  # a has events in flight when it freezes
         a.signal(signal.SIGSTOP)
         frozen = time.monotonic()
-        revoked = b.log().count("revoked")
         await wait_until(
-            lambda: (
-                b.log().count("revoked") > revoked
-                and "assigned" in b.log().rsplit("revoked", 1)[-1]
-            ),
-            within=60,
-            what="b to take over a's partitions",
+            lambda: len(held(b.log())) == 8, within=60, what="b to take over a's partitions"
         )
         taken_over = time.monotonic() - frozen
         await send(uid, rows[1600:3000])
@@ -200,8 +195,40 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
     assert_state(shop_app(uid, workdirs[0]), rows)
 
 
+def held(log: str) -> set[str]:
+    """The input partitions a worker holds after the last rebalance its log shows, under
+    either protocol: an "assigned" line says all it holds (cooperative: with the new ones in
+    "(new: ...)"), a "revoked" line what it let go."""
+    return tasks_and_stores(log)[0]
+
+
+def tasks_and_stores(log: str) -> tuple[set[str], set[str]]:
+    """What `held` says, and the stores open now: a task's "<stage>/<p>.sqlite: open" after
+    the assignment that gave it (a task kept through a cooperative rebalance keeps its store
+    open; an eager one reopens every store)."""
+    holding: set[str] = set()
+    stores: set[str] = set()
+    for line in log.splitlines():
+        if " assigned " in line:
+            listed = line.split(" assigned ", 1)[1]
+            held_now, _, news = listed.partition(" (new: ")
+            holding = set(PARTITION.findall(held_now))
+            new = set(PARTITION.findall(news)) if news else holding
+            stores -= {tp.rsplit("[", 1)[1].rstrip("]") for tp in new if "repartition" in tp}
+        elif " revoked " in line:
+            gone = set(PARTITION.findall(line.split(" revoked ", 1)[1]))
+            holding -= gone
+            stores -= {tp.rsplit("[", 1)[1].rstrip("]") for tp in gone if "repartition" in tp}
+        elif (found := STORE_OPEN.search(line)) is not None:
+            stores.add(found.group(1))
+    return holding, stores
+
+
+PARTITION = re.compile(r"[\w.-]+\[\d+\]")
+STORE_OPEN = re.compile(r"/(\d+)\.sqlite: open, ")
+
+
 def owns_all_stores(w: WorkerProcess) -> bool:
-    """After its last rebalance `w` holds all 8 tasks and has opened the 4 stores."""
-    tail = w.log().rsplit("revoked", 1)[-1]
-    assigned = [line for line in tail.splitlines() if " assigned " in line]
-    return bool(assigned) and assigned[-1].count("[") == 8 and tail.count("replayed") == 4
+    """After its last rebalance `w` holds all 8 tasks' partitions and has the 4 stores open."""
+    holding, stores = tasks_and_stores(w.log())
+    return len(holding) == 8 and stores == {"0", "1", "2", "3"}
