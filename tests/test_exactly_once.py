@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.chaoshelp import OutputWatch, figures, summary
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
+from tests.rebalancehelp import held
 from tests.shophelp import (
     assert_exactly_once,
     assert_state,
@@ -195,40 +196,27 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
     assert_state(shop_app(uid, workdirs[0]), rows)
 
 
-def held(log: str) -> set[str]:
-    """The input partitions a worker holds after the last rebalance its log shows, under
-    either protocol: an "assigned" line says all it holds (cooperative: with the new ones in
-    "(new: ...)"), a "revoked" line what it let go."""
-    return tasks_and_stores(log)[0]
-
-
-def tasks_and_stores(log: str) -> tuple[set[str], set[str]]:
-    """What `held` says, and the stores open now: a task's "<stage>/<p>.sqlite: open" after
-    the assignment that gave it (a task kept through a cooperative rebalance keeps its store
-    open; an eager one reopens every store)."""
-    holding: set[str] = set()
+def stores_open(log: str) -> set[str]:
+    """The partitions whose store a worker has open now: a "<stage>/<p>.sqlite: open" line
+    after the assignment that gave it the task (a task kept through a cooperative rebalance
+    keeps its store open; an eager rebalance reopens every store)."""
     stores: set[str] = set()
     for line in log.splitlines():
-        if " assigned " in line:
-            listed = line.split(" assigned ", 1)[1]
-            held_now, _, news = listed.partition(" (new: ")
-            holding = set(PARTITION.findall(held_now))
-            new = set(PARTITION.findall(news)) if news else holding
-            stores -= {tp.rsplit("[", 1)[1].rstrip("]") for tp in new if "repartition" in tp}
+        if " assigned " in line:  # "assigned <all it holds>[ (new: <the new ones>)]"
+            listed = line.split(" assigned ", 1)[1].split(" (new: ")[-1]
+            stores -= set(STATEFUL.findall(listed))
         elif " revoked " in line:
-            gone = set(PARTITION.findall(line.split(" revoked ", 1)[1]))
-            holding -= gone
-            stores -= {tp.rsplit("[", 1)[1].rstrip("]") for tp in gone if "repartition" in tp}
+            stores -= set(STATEFUL.findall(line))
         elif (found := STORE_OPEN.search(line)) is not None:
             stores.add(found.group(1))
-    return holding, stores
+    return stores
 
 
-PARTITION = re.compile(r"[\w.-]+\[\d+\]")
+STATEFUL = re.compile(r"-repartition\[(\d+)\]")
 STORE_OPEN = re.compile(r"/(\d+)\.sqlite: open, ")
 
 
 def owns_all_stores(w: WorkerProcess) -> bool:
     """After its last rebalance `w` holds all 8 tasks' partitions and has the 4 stores open."""
-    holding, stores = tasks_and_stores(w.log())
-    return len(holding) == 8 and stores == {"0", "1", "2", "3"}
+    log = w.log()
+    return len(held(log)) == 8 and stores_open(log) == {"0", "1", "2", "3"}
