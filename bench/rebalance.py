@@ -1,6 +1,7 @@
 """A rebalance under load, 3 → 4 → 3 workers: what the partitions that do not move lose.
 
     python -m bench.rebalance [--partitions 12] [--rate 1200] [--settle 8] [--guarantee G]
+                              [--protocol eager|cooperative]
 
 Real `streamkit worker tests.procapp:app` processes (a stateless echo that stamps each output
 with its input partition and the pid that processed it), at-least-once, input produced at
@@ -9,9 +10,9 @@ with its input partition and the pid that processed it), at-least-once, input pr
 pid did not change ("stayed") and those that moved, and for each group the share of its
 normal output rate it kept over the 3 s after the change and the median of its partitions'
 longest output pause after the change (outputs read under read_committed, by arrival).
-Today's protocol is eager: every worker revokes every partition at each rebalance, so
-"tasks paused" is every task (the figure to beat for cooperative rebalancing,
-docs/rebalancing.md).
+`--protocol` (default eager, the figures of docs/rebalancing.md): eager, every worker revokes
+every partition at each rebalance; cooperative (the workers' default), only what moves.
+"Tasks paused" is the partitions the workers' logs say they revoked.
 """
 
 from __future__ import annotations
@@ -29,48 +30,24 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from tests.chaoshelp import OutputWatch
-from tests.kafkahelp import WorkerProcess, bootstrap, wait_until
+from tests.kafkahelp import WorkerProcess, wait_until
+from tests.rebalancehelp import feed, owners, revoked_tasks, teardown
 
 WINDOW = 3.0  # seconds after a change over which the kept share is measured
 
 
-def worker(uid: str, root: Path, name: str, partitions: int, guarantee: str) -> WorkerProcess:
+def worker(uid: str, root: Path, name: str, args: argparse.Namespace) -> WorkerProcess:
     env = {
-        "STREAMKIT_PROCESSING_GUARANTEE": guarantee,
+        "STREAMKIT_PROCESSING_GUARANTEE": args.guarantee,
+        "STREAMKIT_REBALANCE_PROTOCOL": args.protocol,
         "SKTEST_ID": uid,
-        "SKTEST_PARTITIONS": str(partitions),
+        "SKTEST_PARTITIONS": str(args.partitions),
         "STREAMKIT_WORKDIR": str(root / name),
         "STREAMKIT_WEB_ENABLED": "false",
     }
     return WorkerProcess("tests.procapp:app", env, root / f"{name}.log")
-
-
-async def feed(topic: str, partitions: int, rate: int, stop: asyncio.Event) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
-    await producer.start()
-    try:
-        i, started = 0, time.monotonic()
-        while not stop.is_set():
-            await producer.send(topic, orjson.dumps(i), partition=i % partitions)
-            i += 1
-            ahead = i / rate - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-    finally:
-        await producer.stop()
-
-
-def owners(watch: OutputWatch, since: float, until: float) -> dict[int, set[int]]:
-    """input partition → pids that processed it, from outputs arriving in [since, until)."""
-    found: dict[int, set[int]] = {}
-    for at, record in zip(watch.times, watch.records, strict=True):
-        if since <= at < until:
-            value = orjson.loads(record.value)
-            found.setdefault(value["partition"], set()).add(value["pid"])
-    return found
 
 
 def kept(watch: OutputWatch, parts: set[int], at: float, per_partition_rate: float) -> float:
@@ -97,8 +74,13 @@ def longest_gap(watch: OutputWatch, parts: set[int], since: float, until: float)
 
 
 async def change(
-    watch: OutputWatch, action: Any, partitions: int, rate: int, settle: float
+    watch: OutputWatch,
+    workers: list[WorkerProcess],
+    action: Any,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
+    partitions, rate, settle = args.partitions, args.rate, args.settle
+    revoked = sum(revoked_tasks(w.log()) for w in workers if w.log_path.exists())
     before = owners(watch, time.monotonic() - 2.0, time.monotonic())
     at = time.monotonic()
     action()
@@ -114,16 +96,15 @@ async def change(
         "moved_kept": round(kept(watch, moved, at, per_partition), 2),
         "stayed_longest_gap_s": round(longest_gap(watch, stayed, at, at + settle), 2),
         "moved_longest_gap_s": round(longest_gap(watch, moved, at, at + settle), 2),
-        "tasks_paused": partitions,  # eager: every task of every worker is revoked
+        "tasks_paused": sum(revoked_tasks(w.log()) for w in workers if w.log_path.exists())
+        - revoked,
     }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     uid = uuid.uuid4().hex[:8]
     root = Path(tempfile.mkdtemp(prefix="bench-rebalance-"))
-    workers = [
-        worker(uid, root, f"w{i}", args.partitions, args.guarantee).start() for i in range(3)
-    ]
+    workers = [worker(uid, root, f"w{i}", args).start() for i in range(3)]
     stop = asyncio.Event()
     watch = OutputWatch(f"proc-out-{uid}")
     feeding: asyncio.Task[None] | None = None
@@ -135,23 +116,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await watch.start()
         feeding = asyncio.create_task(feed(f"proc-in-{uid}", args.partitions, args.rate, stop))
         await asyncio.sleep(4)
-        fourth = worker(uid, root, "w3", args.partitions, args.guarantee)
-        join = await change(watch, fourth.start, args.partitions, args.rate, args.settle)
+        fourth = worker(uid, root, "w3", args)
         workers.append(fourth)
-        leave = await change(
-            watch, lambda: fourth.signal(signal.SIGTERM), args.partitions, args.rate, args.settle
-        )
+        join = await change(watch, workers, fourth.start, args)
+        leave = await change(watch, workers, lambda: fourth.signal(signal.SIGTERM), args)
     finally:
-        stop.set()
-        if feeding is not None:
-            await asyncio.gather(feeding, return_exceptions=True)
-        await watch.stop()
-        for w in workers:
-            w.stop()
+        await teardown(stop, feeding, watch, workers)
     return {
         "partitions": args.partitions,
         "rate": args.rate,
         "guarantee": args.guarantee,
+        "protocol": args.protocol,
         "producers": os.environ.get("STREAMKIT_TRANSACTIONAL_PRODUCER", "per_partition"),
         "join_3_to_4": join,
         "leave_4_to_3": leave,
@@ -166,6 +141,7 @@ def main() -> None:
     parser.add_argument(
         "--guarantee", choices=["at_least_once", "exactly_once"], default="at_least_once"
     )
+    parser.add_argument("--protocol", choices=["eager", "cooperative"], default="eager")
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
 
 

@@ -25,7 +25,6 @@ import asyncio
 import itertools
 import json
 import random
-import re
 import signal
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.chaoshelp import OutputWatch
 from tests.kafkahelp import WorkerProcess, bootstrap, wait_until
+from tests.rebalancehelp import held, revoked_tasks, teardown
 from tests.shophelp import shop_worker
 
 PARTITIONS = 4  # apps.shop's
@@ -58,37 +58,18 @@ def shop(uid: str, root: Path, name: str, protocol: str) -> WorkerProcess:
     return w
 
 
-def held(log: str, pattern: str = r"by-user-repartition\[(\d+)\]") -> set[str]:
-    """What a worker holds at the end of `log` (by default the partitions of the stateful
-    stage, `...-by-user-repartition`): its `assigned` and `revoked` lines folded in order."""
-    found: set[str] = set()
-    for line in log.splitlines():
-        for verb in ("assigned", "revoked"):
-            if f"task_manager: {verb} " in line:
-                parts = set(re.findall(pattern, line))
-                found = found | parts if verb == "assigned" else found - parts
-    return found
-
-
 def stateful(log: str) -> set[int]:
-    return {int(p) for p in held(log)}
+    """The partitions of the stateful stage (`...-by-user-repartition`) a worker holds."""
+    return {int(p) for p in held(log, r"by-user-repartition\[(\d+)\]")}
 
 
 def everything(workers: list[WorkerProcess]) -> int:
     """Partitions (both stages) the live workers hold."""
-    return sum(len(held(text(w), r"(\S+\[\d+\])")) for w in workers if w.alive)
+    return sum(len(held(text(w))) for w in workers if w.alive)
 
 
 def text(w: WorkerProcess) -> str:
     return w.log() if w.log_path.exists() else ""
-
-
-def revoked_tasks(log: str) -> int:
-    return sum(
-        len(re.findall(r"\[\d+\]", line))
-        for line in log.splitlines()
-        if "task_manager: revoked" in line
-    )
 
 
 async def feed(topic: str, keys: int, rate: int, stop: asyncio.Event) -> None:
@@ -196,18 +177,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             watch,
             workers,
             back.start,
-            lambda: (
-                bool(held(text(back), r"(\S+\[\d+\])")) and everything(workers) == 2 * PARTITIONS
-            ),
+            lambda: bool(held(text(back))) and everything(workers) == 2 * PARTITIONS,
             args.settle,
         )
     finally:
-        stop.set()
-        if feeding is not None:
-            await asyncio.gather(feeding, return_exceptions=True)
-        await watch.stop()
-        for w in workers:
-            w.stop()
+        await teardown(stop, feeding, watch, workers)
     return {
         "protocol": args.protocol,
         "keys": args.keys,

@@ -122,14 +122,13 @@ class Settings(BaseSettings):
         ),
     )
     rebalance_protocol: Literal["eager", "cooperative"] = Field(
-        default="eager",
+        default="cooperative",
         description=(
-            "How a worker takes part in a rebalance. eager: every worker stops every task "
-            "before the group reassigns, then reopens what it gets. cooperative (KIP-429): only "
-            "the partitions that move stop, in a second round; the other tasks keep processing "
-            "and committing. Switch a running app eager → cooperative by restarting the "
-            "workers one by one; upgrade them all to a version with this setting first (a "
-            "cooperative worker led by an older one stops). See docs/rebalancing.md."
+            "How a worker takes part in a rebalance. cooperative (KIP-429, the default, as in "
+            "Kafka Streams): only the partitions that move stop, in a second round; the other "
+            "tasks keep processing and committing. eager: every worker stops every task before "
+            "the group reassigns, then reopens what it gets. The two mix in one group, so a "
+            "rolling restart switches either way. See docs/rebalancing.md."
         ),
     )
     heartbeat_interval_ms: int = Field(

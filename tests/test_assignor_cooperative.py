@@ -16,6 +16,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamkit.runtime import assignment_data
 from streamkit.runtime.assignor import (
     TP,
     MemberInfo,
@@ -126,7 +127,9 @@ class _Cluster:
 
 
 def _assignor(cooperative: bool, owned: set[TopicPartition]) -> StreamkitAssignor:
-    return StreamkitAssignor(set, 0, lambda: owned, set, None, cooperative=cooperative)
+    assignor = StreamkitAssignor(set, 0, lambda: owned, set, None, cooperative=cooperative)
+    assignor.group_rounds = True  # its last assignment: every member plans cooperative rounds
+    return assignor
 
 
 def test_the_assignor_holds_back_through_its_metadata_and_marks_its_assignments() -> None:
@@ -147,3 +150,27 @@ def test_the_assignor_holds_back_through_its_metadata_and_marks_its_assignments(
     old = ConsumerProtocolMemberMetadata(1, ["t"], orjson.dumps({"owned": [["t", 0]]}))
     third = eager.assign(_Cluster(), {"a": old, "b": meta["b"]})
     assert sum(len(a.partitions()) for a in third.values()) == 4
+    # every assignment says whether every member is current (has the protocol field)
+    marks = [assignment_data.decode(a.user_data).group_rounds for a in third.values()]
+    assert marks == [False, False]
+    again = eager.assign(_Cluster(), follow).values()
+    marks = [assignment_data.decode(a.user_data).group_rounds for a in again]
+    assert marks == [True, True]
+
+
+def test_a_cooperative_member_holds_only_once_its_group_is_known_current() -> None:
+    """A rolling upgrade from a version without cooperative rounds: until an assignment says
+    every member is current, a cooperative member says "eager" (it releases all before each
+    join); an assignment from a group with an older member takes that back."""
+    member = StreamkitAssignor(set, 0, set, set, None, cooperative=True)
+    assert not member.may_hold()
+    assert orjson.loads(member.metadata(["t"]).user_data)["protocol"] == "eager"
+    old = ConsumerProtocolMemberMetadata(1, ["t"], orjson.dumps({"owned": []}))
+    leader = _assignor(False, set())
+    current = {"a": member.metadata(["t"]), "b": leader.metadata(["t"])}
+    member.on_assignment(leader.assign(_Cluster(), current)["a"])
+    assert member.may_hold()
+    assert orjson.loads(member.metadata(["t"]).user_data)["protocol"] == "cooperative"
+    member.on_assignment(leader.assign(_Cluster(), {**current, "c": old})["a"])
+    assert not member.may_hold()
+    assert not _assignor(False, set()).may_hold()  # eager: never

@@ -1,9 +1,11 @@
-"""Cooperative rebalancing (STREAMKIT_REBALANCE_PROTOCOL=cooperative) with real worker processes
-under exactly-once (one transactional producer per worker): when a worker joins and when one
-leaves, the partitions that stay with their worker keep producing committed output while the
-ones that move are handed over (asserted from the outputs, read under read_committed, as
-they arrive), only the moved tasks are revoked; and `kill -9` of a worker in the middle of a
-cooperative rebalance loses and duplicates nothing (outputs read to their end offsets)."""
+"""Cooperative rebalancing (STREAMKIT_REBALANCE_PROTOCOL=cooperative, the default) with real
+worker processes under exactly-once (one transactional producer per worker): when a worker
+joins and when one leaves, the partitions that stay with their worker keep producing
+committed output while the ones that move are handed over (asserted from the outputs, read
+under read_committed, as they arrive), only the moved tasks are revoked; `kill -9` of a
+worker in the middle of a cooperative rebalance loses and duplicates nothing (outputs read
+to their end offsets), and neither does a rolling switch between eager and cooperative
+workers."""
 
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.chaoshelp import OutputWatch, figures
-from tests.kafkahelp import WorkerProcess, bootstrap, read_all, wait_until
+from tests.kafkahelp import WorkerProcess, read_all, wait_until
+from tests.rebalancehelp import feed, owners, teardown
 
 PARTITIONS = 6
 RATE = 300  # events/s over the partitions
@@ -41,34 +43,6 @@ def coop_worker(uid: str, tmp_path: Path, name: str, **env: str) -> WorkerProces
         },
         tmp_path / f"{name}.log",
     )
-
-
-async def feed(topic: str, stop: asyncio.Event, sent: list[int], total: int | None = None) -> None:
-    """Send 0, 1, 2, ... round-robin over the partitions at RATE until `stop` (or `total`)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
-    await producer.start()
-    try:
-        i, started = 0, time.monotonic()
-        while not stop.is_set() and (total is None or i < total):
-            await producer.send(topic, orjson.dumps(i), partition=i % PARTITIONS)
-            sent.append(i)
-            i += 1
-            ahead = i / RATE - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def holders(watch: OutputWatch, since: float, until: float) -> dict[int, set[int]]:
-    """input partition → the pids whose outputs for it arrived in [since, until)."""
-    found: dict[int, set[int]] = {}
-    for at, record in zip(watch.times, watch.records, strict=True):
-        if since <= at < until:
-            value = orjson.loads(record.value)
-            found.setdefault(value["partition"], set()).add(value["pid"])
-    return found
 
 
 def arrivals(watch: OutputWatch, partition: int, pid: int | None = None) -> list[float]:
@@ -97,12 +71,12 @@ async def handover(
     stayed with their pid and those that moved; the handover window (from the first moved
     partition's last output by its old pid to the last one's first output by its new pid);
     and the outputs of the stayed partitions that arrived inside it."""
-    before = holders(watch, time.monotonic() - 1.5, time.monotonic())
+    before = owners(watch, time.monotonic() - 1.5, time.monotonic())
     at = time.monotonic()
     action()
     await wait_until(settled, within=90, what="the rebalance", every=0.05)
     await asyncio.sleep(2.0)
-    after = holders(watch, time.monotonic() - 1.5, time.monotonic())
+    after = owners(watch, time.monotonic() - 1.5, time.monotonic())
     assert all(len(p) == 1 for p in (*before.values(), *after.values())), (before, after)
     stayed = {p for p in range(PARTITIONS) if before.get(p) == after.get(p)}
     moved = set(range(PARTITIONS)) - stayed
@@ -153,7 +127,7 @@ async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
     try:
         await wait_until(lambda: "assigned proc-in" in a.log(), within=60, what="a's partitions")
         await watch.start()
-        feeder = asyncio.create_task(feed(topic, stop, sent))
+        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent))
         await wait_until(lambda: len(watch.records) > RATE, within=60, what="output flowing")
 
         # 1. a second worker joins: half of a's partitions move to it, the rest keep running
@@ -189,12 +163,7 @@ async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
         values = sorted(orjson.loads(r.value)["value"] for r in records)
         assert values == sent  # nothing lost, nothing twice
     finally:
-        stop.set()
-        if feeder is not None:
-            await asyncio.gather(feeder, return_exceptions=True)
-        await watch.stop()
-        for w in workers:
-            w.stop()
+        await teardown(stop, feeder, watch, workers)
     for w in workers:
         assert "Traceback" not in w.log(), w.log()
 
@@ -220,7 +189,7 @@ async def test_kill_9_during_a_cooperative_rebalance_loses_and_duplicates_nothin
         await wait_until(
             lambda: all("assigned proc-in" in w.log() for w in first), within=60, what="a, b"
         )
-        feeder = asyncio.create_task(feed(topic, stop, sent, total=RATE * 12))
+        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent, total=RATE * 12))
         await asyncio.sleep(2)
         marks = [len(w.log()) for w in first]
         c = coop_worker(uid, tmp_path, "c", **env).start()
@@ -249,8 +218,66 @@ async def test_kill_9_during_a_cooperative_rebalance_loses_and_duplicates_nothin
         records = await read_all(out)  # and to the end offsets: nothing after them either
         assert len(records) == len(sent)
     finally:
+        await teardown(stop, feeder, None, workers)
+
+
+async def test_a_rolling_switch_between_eager_and_cooperative_loses_and_duplicates_nothing(
+    uid: str, tmp_path: Path
+) -> None:
+    """Two eager workers (the earlier default) are restarted one by one as cooperative ones
+    (the new default) on their workdirs while events flow, then a third cooperative worker
+    joins, then one goes back to eager: the group mixes both kinds at every step; once all
+    are cooperative a join revokes only what moves; every event's output arrives once
+    (read_committed, to the end offsets), and no worker fails."""
+    topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
+    eager = {"STREAMKIT_REBALANCE_PROTOCOL": "eager"}
+    a, b = (coop_worker(uid, tmp_path, n, **eager).start() for n in ("a", "b"))
+    workers = [a, b]
+    stop, sent = asyncio.Event(), list[int]()
+    feeder: asyncio.Task[None] | None = None
+
+    def restart(old: WorkerProcess, name: str, protocol: str) -> WorkerProcess:
+        old.stop()  # SIGTERM, then wait
+        new = coop_worker(uid, tmp_path, name, STREAMKIT_REBALANCE_PROTOCOL=protocol)
+        new.env["STREAMKIT_WORKDIR"] = old.env["STREAMKIT_WORKDIR"]
+        workers.append(new.start())
+        return new
+
+    async def settled(*ws: WorkerProcess) -> None:
+        await wait_until(
+            lambda: all("assigned proc-in" in w.log().rsplit("revoked", 1)[-1] for w in ws),
+            within=90,
+            what="the group to settle",
+        )
+
+    try:
+        await settled(a, b)
+        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent))
+        await wait_until(lambda: len(sent) > RATE, within=30, what="events sent")
+        a2 = restart(a, "a2", "cooperative")  # eager b and cooperative a2
+        await settled(a2, b)
+        b2 = restart(b, "b2", "cooperative")  # both cooperative now
+        await settled(a2, b2)
+        marks = [len(a2.log()), len(b2.log())]
+        c = coop_worker(uid, tmp_path, "c").start()
+        workers.append(c)
+        await wait_until(lambda: "assigned proc-in" in c.log(), within=90, what="c's partitions")
+        # the whole group is current and cooperative: a's and b's revokes were of what moved
+        for w, mark in zip((a2, b2), marks, strict=True):
+            assert "revoking all" not in w.log()[mark:], w.log()[mark:]
+        rounds = [w.log()[m:] for w, m in zip((a2, b2), marks, strict=True)]
+        assert any("cooperative rebalance" in log for log in rounds), rounds
+        b3 = restart(b2, "b3", "eager")  # and back: eager again beside cooperative ones
+        await settled(a2, b3, c)
+        await asyncio.sleep(1.0)
         stop.set()
-        if feeder is not None:
-            await asyncio.gather(feeder, return_exceptions=True)
-        for w in workers:
-            w.stop()
+        await feeder
+        records = await read_all(out, expect=len(sent), within=90)
+        values = sorted(orjson.loads(r.value)["value"] for r in records)
+        assert len(values) == len(set(values)), "duplicated"
+        assert values == sent, f"lost {len(set(sent) - set(values))}"
+        assert len(await read_all(out)) == len(sent)  # to the end offsets
+    finally:
+        await teardown(stop, feeder, None, workers)
+    for w in workers:
+        assert "worker failing" not in w.log() and "Traceback" not in w.log(), w.log()

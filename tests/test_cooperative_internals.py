@@ -4,8 +4,10 @@ first member's partitions in two rounds; the first member's listener is told to 
 those, never the others; the fetch position of a partition that stays survives the
 rebalance (it is not re-read from the committed offset: nothing was committed, so it would
 restart at the beginning); the group's generation is synced again once the second round is
-done; a member whose generation was reset revokes everything before rejoining; and an
-assignment from a leader without cooperative rounds (an older version) installs nothing."""
+done; a member whose generation was reset revokes everything before rejoining. Led by an
+older version (a leader without cooperative rounds) a member releases everything before each
+join, as an eager one; one that held partitions through a join and gets such a leader's
+assignment installs nothing."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import CooperativeRebalance, check_coordinator
@@ -41,8 +46,10 @@ class Recorder(ConsumerRebalanceListener):  # type: ignore[misc]
 
 @contextlib.asynccontextmanager
 async def cooperative_member(
-    topic: str, group: str
+    topic: str, group: str, hold: Any = None
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, CooperativeRebalance, Recorder]]:
+    """`hold`: whether it may hold its partitions through a join (by default: as a worker,
+    once its last assignment said that every member plans cooperative rounds)."""
     holder: list[CooperativeRebalance] = []
     assignor = StreamkitAssignor(
         set, 0, lambda: holder[0].holding() if holder else set(), set, None, cooperative=True
@@ -59,7 +66,9 @@ async def cooperative_member(
     await consumer.start()
     check_coordinator(consumer)
     refused: list[bool] = []
-    rebalance = CooperativeRebalance(consumer, planned_cooperatively, lambda: refused.append(True))
+    rebalance = CooperativeRebalance(
+        consumer, planned_cooperatively, lambda: refused.append(True), hold or assignor.may_hold
+    )
     refusals[rebalance] = refused
     holder.append(rebalance)
     recorder = Recorder()
@@ -135,20 +144,32 @@ async def test_a_joining_member_takes_half_in_two_rounds_and_the_rest_keep_their
 
 
 class OlderLeader(StreamkitAssignor):
-    """The assignor of a version without cooperative rounds: no `hold_back`, no marker."""
+    """The assignor of a version without cooperative rounds: no protocol in its metadata, no
+    marker in its assignments."""
+
+    def metadata(self, topics: Any) -> Any:
+        meta = super().metadata(topics)
+        data = orjson.loads(meta.user_data)
+        data.pop("protocol")
+        return ConsumerProtocolMemberMetadata(meta.version, meta.subscription, orjson.dumps(data))
 
     def assign(self, cluster: Any, members: Any) -> Any:
         out = {}
         for member, a in super().assign(cluster, members).items():
             data = orjson.loads(zlib.decompress(a.user_data))  # (assignment_data's form)
             data.pop("rounds")
+            data.pop("group_rounds")
             out[member] = ConsumerProtocolMemberAssignment(
                 a.version, a.assignment, orjson.dumps(data)
             )
         return out
 
 
-async def test_a_cooperative_member_led_by_an_older_version_installs_nothing(uid: str) -> None:
+async def test_led_by_an_older_version_a_member_is_eager_and_one_holding_stops(uid: str) -> None:
+    """A rolling upgrade from a version without cooperative rounds: the new members release
+    everything before each join (the older leader could give what they hold to another in the
+    same round); a member that held partitions through a join anyway (it believed the whole
+    group current) installs nothing from such a leader and calls `refused()`."""
     topic, group = f"coop-{uid}", f"coop-{uid}"
     await create_topic(topic, PARTITIONS)
     await produce(topic, [b"x"], partition=0)  # (and its metadata is known)
@@ -165,8 +186,27 @@ async def test_a_cooperative_member_led_by_an_older_version_installs_nothing(uid
     try:
         await poll_until([older], lambda: len(older.assignment()) == PARTITIONS, "the leader")
         async with cooperative_member(topic, group) as (a, ra, la):
-            # (a is not polled: with no assignment, getmany waits for one)
-            await poll_until([older], lambda: bool(refusals[ra]), "a's refusal")
-            assert la.calls == [] and a.assignment() == set() and not ra.synced()
+            await poll_until([older, a], lambda: bool(a.assignment()), "a's first partitions")
+            first = a.assignment()
+            assert la.calls == [("assigned", first)] and not refusals[ra]
+            # b believes the group current: it will hold what it gets through the next join
+            async with cooperative_member(topic, group, hold=lambda: True) as (b, rb, _lb):
+                await poll_until(
+                    [older, a, b], lambda: bool(b.assignment()), "b's first partitions"
+                )
+                # a released all it held before joining, as eager
+                assert la.calls[1] == ("revoked", first), la.calls
+                assert not refusals[ra] and not refusals[rb]
+            # b left: a rejoins, eager again; every revoke let go of all a held, never refused
+            await poll_until([older, a], lambda: len(la.calls) > 3 and ra.synced(), "a again")
+            assert not refusals[ra]
+            for i, (kind, tps) in enumerate(la.calls):
+                assert kind == "assigned" or la.calls[i - 1] == ("assigned", tps), la.calls
+        async with cooperative_member(topic, group, hold=lambda: True) as (c, rc, lc):
+            await poll_until([older, c], lambda: bool(c.assignment()), "c's partitions")
+            async with cooperative_member(topic, group) as (d, _rd, _ld):
+                # (c is not polled any more: it stopped taking part)
+                await poll_until([older, d], lambda: bool(refusals[rc]), "c's refusal")
+                assert lc.calls == [("assigned", c.assignment())]
     finally:
         await older.stop()

@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.chaoshelp import OutputWatch, figures
-from tests.kafkahelp import WorkerProcess, bootstrap, read_all, wait_until
+from tests.kafkahelp import WorkerProcess, read_all, wait_until
+from tests.rebalancehelp import feed
 
 PARTITIONS = 4
 RATE = 200  # events/s, spread over the partitions
@@ -51,25 +51,6 @@ def partitions_of(line: str) -> set[int]:
     return {int(p) for p in re.findall(r"\[(\d+)\]", line)}
 
 
-async def feed(topic: str, stop: asyncio.Event, sent: list[int]) -> None:
-    """Send 0, 1, 2, ... round-robin over the partitions at RATE until `stop`."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
-    await producer.start()
-    try:
-        i = 0
-        started = time.monotonic()
-        while not stop.is_set():
-            await producer.send(topic, orjson.dumps(i), partition=i % PARTITIONS)
-            sent.append(i)
-            i += 1
-            ahead = i / RATE - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_a_static_worker_restarted_after_kill_9_gets_its_partitions_back_at_once(
     uid: str, tmp_path: Path, guarantee: str
@@ -95,7 +76,7 @@ async def test_a_static_worker_restarted_after_kill_9_gets_its_partitions_back_a
         mine = partitions_of(assigned(a)[-1])
         b_mark = len(b.log())  # b's log from here on must show no rebalance
         watch = await OutputWatch(out).start()
-        feeder = asyncio.create_task(feed(topic, stop, sent))
+        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent))
         await wait_until(lambda: len(watch.records) > RATE, within=60, what="output flowing")
 
         # 2. kill -9 a, restart it at once with the same instance id and workdir

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
 import random
@@ -34,7 +35,7 @@ from rich.console import Console
 from rich.live import Live
 
 from apps.ecommerce.generator import Config, Input, Truth, generate, oracle
-from apps.ecommerce.monitor import Outputs, Progress
+from apps.ecommerce.monitor import Outputs, Progress, window_watermarks
 from apps.ecommerce.view import (
     Status,
     checks,
@@ -181,6 +182,19 @@ class Demo:
             await asyncio.sleep(0.2)
         return True
 
+    def windows_past(self, ts: float) -> bool:
+        """Whether every partition of the windows a late click reaches (sessions, trending)
+        committed a watermark past all the windows of a click at `ts`: only then is it late
+        for them whatever happens next (a click that reaches a task before any watermark
+        passed its windows is on time there). Under load, with kill -9s early in the run,
+        the pipeline may not have moved a watermark yet when the generator reaches a late
+        click: sent then, it would count in a window a day old."""
+        names = [self.pipeline.trending.name, self.pipeline.user_sessions.name]
+        workdirs = [self.logs / name for name in self.workers]
+        lateness = max(self.app.windows[name].allowed_lateness_ms for name in names)
+        past = ts + max(self.cfg.window_s, self.cfg.gap_s) * 1000 + lateness
+        return bool(min(window_watermarks(self.app, names, workdirs)) > past)
+
     async def send(self, data: Input, expect: int) -> None:
         p = self.pipeline
         purchase_of = {cid: (key, value) for cid, key, value in data.purchases}
@@ -196,16 +210,30 @@ class Demo:
                 pkey, pvalue = purchase_of[cid]
                 sends.append((p.purchases.name, pkey, pvalue))
         self.status.to_send = len(sends) + len(data.flush)
+        late = {}  # a late click's record → its event time (ms)
+        for _, value in data.clicks:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                click = orjson.loads(value)
+                if isinstance(click, dict) and click.get("id") in data.late_ids:
+                    late[value] = float(click["ts"]) * 1000
         self.status.phase = "sending"
         per_tick = max(1, round(len(sends) / (self.seconds * 10)))
         # one kill at 40 % (the demo), or `kills` spread over 20 % .. 80 % of the sending
         spread = [0.2 + 0.6 * k / max(1, self.kills - 1) for k in range(self.kills)]
         kill_at = [int(len(sends) * f) for f in ([0.4] if self.kills == 1 else spread)]
+        held: list[tuple[str, bytes | None, bytes]] = []  # late clicks not sent yet
         began = time.monotonic()
         async with self.app.producer() as producer:
             for tick, i in enumerate(range(0, len(sends), per_tick)):
                 for topic, key, value in sends[i : i + per_tick]:
+                    if value in late:  # held until the windows' watermarks passed it
+                        held.append((topic, key, value))
+                        continue
                     await producer.send_raw(topic, value, key=key)
+                if held and self.windows_past(max(late[v] for _, _, v in held)):
+                    for topic, key, value in held:
+                        await producer.send_raw(topic, value, key=key)
+                    held.clear()
                 self.status.sent = min(len(sends), i + per_tick)
                 while (
                     len(self.killed) < len(kill_at)
@@ -223,6 +251,14 @@ class Demo:
             # that overtook the others would make them late.
             out = self.out
             assert out is not None
+            if held:  # (sent without waiting for them: a stall would make others late)
+                self.status.phase = "sending (late clicks: waiting for the watermarks)"
+                if not await self.wait_for(
+                    lambda: self.windows_past(max(late[v] for _, _, v in held)), within=120
+                ):
+                    raise SystemExit("the windows' watermarks did not pass the late clicks")
+                for topic, key, value in held:
+                    await producer.send_raw(topic, value, key=key)
             await self.wait_for(lambda: out.counts["enriched"] >= expect, within=90)
             for n, value in enumerate(data.flush):
                 await producer.send_raw(p.clicks.name, value, partition=n % 2)

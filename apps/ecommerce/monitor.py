@@ -5,6 +5,8 @@
 `Outputs`: a read_committed consumer of the output topics: sessions, trending, totals,
 dead letters, late events and the enriched events; and what the pipeline's own sinks wrote
 to the local sink (a SQLite table and JSON lines, files a person can open).
+`window_watermarks`: the watermark each window table's partitions have committed, read from
+the workers' stores.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from streamkit.eventtime import NO_WATERMARK
 from streamkit.graph import Stage
 from streamkit.runtime.dlq import describe
 from streamkit.sinks.jsonlines import committed_lines
+from streamkit.state.task_tables import store_path
+from streamkit.state.window_table import WATERMARK_ROW
 from streamkit.windows import merge_top
 
 
@@ -230,3 +235,33 @@ class Outputs:
             await conn.close()
         assert found is not None
         self.postgres = int(found[0]), int(found[1])
+
+
+def window_watermarks(app: Any, windows: list[str], workdirs: list[Path]) -> list[int]:
+    """Per partition of the stages of `windows` (window table names), the highest watermark
+    its store shows in any of `workdirs` (NO_WATERMARK if none does). A store is written after
+    its checkpoint committed, and a task that moves restores the watermark from the
+    changelog: a partition's windows never see an earlier one again."""
+    found = []
+    for stage in app.stages:
+        for wt in stage.windows:
+            if wt.name not in windows:
+                continue
+            table = wt.table
+            key = table.key_codec.encode(WATERMARK_ROW)
+            for p in range(stage.partitions or 1):
+                best = NO_WATERMARK
+                for workdir in workdirs:
+                    path = store_path(workdir, app.id, stage, p)
+                    with contextlib.suppress(sqlite3.Error):  # none yet, or being written
+                        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+                        try:
+                            row = db.execute(
+                                f'SELECT v FROM "t:{table.name}" WHERE k = ?', (key,)
+                            ).fetchone()
+                        finally:
+                            db.close()
+                        if row is not None:
+                            best = max(best, int(table.value_codec.decode(row[0])))
+                found.append(best)
+    return found

@@ -11,13 +11,15 @@ conventions of the members. aiokafka's eager one, in its `GroupCoordinator`:
   partition's fetch state, its position too, is made anew) and calls `on_partitions_assigned`
   with all of it.
 
-`CooperativeRebalance(consumer, accept, refused)`, installed on a started consumer before it
-subscribes, replaces both on that consumer's coordinator object:
+`CooperativeRebalance(consumer, accept, refused, hold)`, installed on a started consumer before
+it subscribes, replaces both on that consumer's coordinator object:
 
 1. Before JoinGroup: nothing is revoked; the member keeps fetching and its listener's tasks
    keep running. The assignor's metadata says which partitions the member still holds
    (`owned`). If the member lost its membership (its generation was reset: the group may have
-   given its partitions to others), every partition it holds is revoked first, as eager.
+   given its partitions to others), or `hold()` says the group may be led by a member that
+   does not plan cooperative rounds (an older version, in a rolling upgrade), every
+   partition it holds is revoked first, as eager.
 2. After SyncGroup: `revoked = owned - assigned` goes to `on_partitions_revoked` (while the
    old assignment still stands: their positions are still readable); then the new assignment
    is installed keeping the fetch state (position, pause) of the partitions that stay; then
@@ -27,10 +29,11 @@ subscribes, replaces both on that consumer's coordinator object:
    partition that moves to nobody in the first round (its holder revokes it) and to its new
    owner in this follow-up round.
 
-The leader must plan cooperative rounds: an assignment whose user data `accept` refuses (a
-leader that could have given a partition this member holds to another member in the same
-round) installs nothing and calls `refused()`, which must stop the member without
-committing anything more.
+A member that held partitions through the join needs a leader that plans cooperative rounds:
+an assignment whose user data `accept` refuses (a leader that could have given a partition
+this member holds to another member in the same round) installs nothing and calls
+`refused()`, which must stop the member without committing anything more. A member that
+released everything first accepts any assignment, as an eager one would.
 
 `synced()` says whether the member's generation is the one its last SyncGroup completed: from
 a JoinGroup answer until the SyncGroup answer the group is "completing a rebalance", and the
@@ -98,10 +101,15 @@ class CooperativeRebalance:
     """Cooperative rebalancing for one consumer (see the module's docstring)."""
 
     def __init__(
-        self, consumer: Any, accept: Callable[[bytes], bool], refused: Callable[[], None]
+        self,
+        consumer: Any,
+        accept: Callable[[bytes], bool],
+        refused: Callable[[], None],
+        hold: Callable[[], bool],
     ) -> None:
         check_coordinator(consumer)
         self._accept = accept
+        self._hold = hold
         self._refused = refused
         self._coordinator = coordinator = consumer._coordinator
         self._state = coordinator._subscription  # aiokafka's SubscriptionState
@@ -155,10 +163,13 @@ class CooperativeRebalance:
         subscription = self._state.subscription
         if subscription is not self._owned_in:
             self.owned, self._owned_in = set(), subscription
-        if self.owned and int(self._coordinator.generation) == NO_GENERATION:
+        lost_membership = int(self._coordinator.generation) == NO_GENERATION
+        if self.owned and (lost_membership or not self._hold()):
             lost, self.owned = self.owned, set()
             log.warning(
-                "membership lost: revoking all %d partitions before rejoining (eager)", len(lost)
+                "%s: revoking all %d partitions before rejoining (eager)",
+                "membership lost" if lost_membership else "a member may not plan cooperatively",
+                len(lost),
             )
             self._state.begin_reassignment()  # no record of them is handed out any more
             await self._call("on_partitions_revoked", lost)
@@ -170,13 +181,13 @@ class CooperativeRebalance:
         assignor = coordinator._lookup_assignor(protocol)
         assert assignor is not None, f"invalid assignment protocol: {protocol}"
         assignment = ConsumerProtocolMemberAssignment.decode(assignment_bytes)
-        if not self._accept(assignment.user_data):
+        subscription = self._state.subscription
+        owned = self.owned if subscription is self._owned_in else set()
+        if owned and not self._accept(assignment.user_data):
             log.error("generation %d: the leader does not plan cooperative rounds", generation)
             self._refused()
             return
         assigned = set(assignment.partitions())
-        subscription = self._state.subscription
-        owned = self.owned if subscription is self._owned_in else set()
         revoked, added = owned - assigned, assigned - owned
         self.synced_generation = generation
         self.rounds += 1

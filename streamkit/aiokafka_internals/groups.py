@@ -15,7 +15,12 @@ group member: the broker cannot tell a zombie from the partition's owner. Here:
   here, as the broker would not check it); a broker answer that says the
   member is not the group's (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID) makes the
   transaction fail with `GroupFenced`: abort it, drop the work, replace the producer (a new one
-  with the same transactional id ends the transaction on the broker), rejoin.
+  with the same transactional id ends the transaction on the broker), rejoin. With
+  `newer_generation=True` (cooperative members) an ILLEGAL_GENERATION answer to a request
+  built just before the group moved on, when `metadata()` shows the same member in a newer
+  generation by then, is retried with it: the member kept its partitions (a cooperative round
+  gives a partition to another member only after its holder revoked it, and that revoke's
+  checkpoint waits for this transaction).
 - `group_metadata(consumer)`: the generation and member id of the consumer's group membership.
 - `fetch_stable_offsets(consumer, tps)`: OffsetFetch v7 with `require_stable`: the group's
   committed offsets once no transaction that commits offsets for them is open (a new owner
@@ -245,9 +250,17 @@ class _GroupFencedCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
     """aiokafka's handler for the transactional offset commit, sending v3 with the group's
     metadata, and turning the group's refusal into an abortable `GroupFenced`."""
 
-    def __init__(self, sender: Any, offsets: Any, group_id: str, group: GroupMetadata) -> None:
+    def __init__(
+        self,
+        sender: Any,
+        offsets: Any,
+        group_id: str,
+        group: GroupMetadata,
+        newer: Callable[[], GroupMetadata] | None = None,
+    ) -> None:
         super().__init__(sender, offsets, group_id)
         self._group = group
+        self._newer = newer  # the metadata now, when a newer generation may be retried
 
     def create_request(self) -> Any:
         txn = self._sender._txn_manager
@@ -266,6 +279,8 @@ class _GroupFencedCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
                     txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
                     continue
                 error = errors.for_code(code)
+                if code == ILLEGAL_GENERATION and self._moved_on():
+                    return float(self._default_backoff)  # the retry reads the metadata again
                 if code in GROUP_FENCING_ERRORS:
                     _fail_transaction(txn, GroupFenced(code, self._group))
                     return None
@@ -293,6 +308,15 @@ class _GroupFencedCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
                 return None
         return None
 
+    def _moved_on(self) -> bool:
+        """The same member is in a newer generation now (see the module's docstring)."""
+        if self._newer is None:
+            return False
+        now = self._newer()
+        return now.member_id == self._group.member_id and (
+            now.generation_id > self._group.generation_id
+        )
+
 
 def _fail_transaction(txn: Any, exc: BaseException) -> None:
     """Make the open transaction abortable with `exc` (raised by `send_offsets_to_transaction`
@@ -306,10 +330,14 @@ def _fail_transaction(txn: Any, exc: BaseException) -> None:
         waiter.exception()  # retrieved: the caller learns it from the offsets' future
 
 
-def enable_group_fencing(producer: Any, metadata: Callable[[], GroupMetadata]) -> None:
+def enable_group_fencing(
+    producer: Any, metadata: Callable[[], GroupMetadata], *, newer_generation: bool = False
+) -> None:
     """Make this transactional producer commit offsets with TxnOffsetCommit v3 carrying
     `metadata()` (read as each request is built): `send_offsets_to_transaction` then fails
-    with `GroupFenced` when the group has moved on. Call after `producer.start()`."""
+    with `GroupFenced` when the group has moved on (`newer_generation`: unless the same member
+    is in a newer generation by then, see the module's docstring). Call after
+    `producer.start()`."""
     check_version()
     check_producer(producer)
     sender = producer._sender
@@ -328,7 +356,8 @@ def enable_group_fencing(producer: Any, metadata: Callable[[], GroupMetadata]) -
         except errors.GroupAuthorizationFailedError as exc:
             sender._txn_manager.error_transaction(exc)
             return
-        await _GroupFencedCommitHandler(sender, offsets, group_id, group).do(node_id)
+        newer = metadata if newer_generation else None
+        await _GroupFencedCommitHandler(sender, offsets, group_id, group, newer).do(node_id)
 
     sender._do_txn_offset_commit = txn_offset_commit
 

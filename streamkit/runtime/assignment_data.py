@@ -70,6 +70,7 @@ class MemberData:
     members: dict[str, str | None] = field(default_factory=dict)  # member id → endpoint
     endpoints: dict[TopicPartition, str] = field(default_factory=dict)  # who serves each
     rounds: str | None = None  # "cooperative": the leader planned with `assignor.hold_back`
+    group_rounds: bool = False  # every member would too (all of a version with `hold_back`)
 
 
 def encode(
@@ -77,13 +78,16 @@ def encode(
     standby: list[TP],
     members: Mapping[str, str | None],
     routes: Routes | None,
+    group_rounds: bool = False,
 ) -> bytes:
-    """One member's user data; `routes` only for a member that serves HTTP."""
+    """One member's user data; `routes` only for a member that serves HTTP; `group_rounds`
+    when every member of the group plans cooperative rounds when it leads."""
     data: dict[str, object] = {
         "member_id": member_id,
         "standby": sorted(standby),
         "members": dict(members),
         "rounds": "cooperative",  # planned with `assignor.hold_back`
+        "group_rounds": group_rounds,
     }
     if routes is not None:
         data["routes"] = {"endpoints": routes.endpoints, "owners": routes.owners}
@@ -106,4 +110,5 @@ def decode(raw: bytes | None) -> MemberData:
         members=dict(data.get("members", {})),
         endpoints=endpoints,
         rounds=data.get("rounds"),
+        group_rounds=bool(data.get("group_rounds")),
     )

@@ -21,9 +21,13 @@ earlier ownership). The leader's `plan` is a pure function of that:
 
 Eager and cooperative members mix in one group (a rolling switch): the same assignor
 (`streamkit`) plans for both. A leader of a version without step 5 would move a partition a
-cooperative member still holds: every assignment of this version says `"rounds":
-"cooperative"`, and a cooperative member that gets one without it stops at once, committing
-nothing more (`planned_cooperatively`; the worker says to upgrade the other workers first).
+cooperative member still holds, so a cooperative member holds its partitions through a join
+only when its last assignment said that every member of the group is of a version with step
+5 (`"group_rounds"`: every member's metadata has the `protocol` field); until then it
+releases them all before joining, as an eager member (`may_hold`). Every assignment of this
+version says `"rounds": "cooperative"`, and a cooperative member that held partitions through
+a join and gets one without it (an older member became the leader in that very round) stops
+at once, committing nothing more (`planned_cooperatively`).
 (aiokafka 0.14 cannot offer two protocols: with two assignors it sends JoinGroup once per
 assignor in one join, and the group rebalances again and again.)
 
@@ -211,13 +215,14 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.endpoints: dict[TopicPartition, str] = {}  # who serves each partition over HTTP
         self.members: dict[str, str | None] = {}  # member id → its endpoint
         self.rebalances = 0  # assignments received
+        self.group_rounds = False  # the last assignment: every member plans cooperative rounds
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         info = {
             "owned": sorted((tp.topic, tp.partition) for tp in self._owned()),
             "state": sorted((tp.topic, tp.partition) for tp in self._local_state()),
             "endpoint": self._endpoint,
-            "protocol": "cooperative" if self.cooperative else "eager",
+            "protocol": "cooperative" if self.may_hold() else "eager",
         }
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), orjson.dumps(info))
 
@@ -226,9 +231,11 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
         infos = {}
         endpoints: dict[str, str | None] = {}
+        group_rounds = True  # an older member's metadata has no protocol: it would not hold back
         for member_id, meta in members.items():
             data = orjson.loads(meta.user_data) if meta.user_data else {}
             endpoints[member_id] = data.get("endpoint")
+            group_rounds = group_rounds and "protocol" in data
             infos[member_id] = MemberInfo(
                 set(meta.subscription),
                 _tps(data.get("owned", [])),
@@ -257,6 +264,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
                 result.standby[member_id],
                 endpoints,
                 routes if endpoints.get(member_id) else None,
+                group_rounds,
             )
             assignments[member_id] = ConsumerProtocolMemberAssignment(
                 self.version, sorted((t, sorted(ps)) for t, ps in by_topic.items()), user
@@ -269,7 +277,13 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.member_id = data.member_id
         self.members = data.members
         self.endpoints = data.endpoints
+        self.group_rounds = data.group_rounds
         self.rebalances += 1
+
+    def may_hold(self) -> bool:
+        """Whether this member may hold its partitions through the next join (cooperative,
+        and every member of the group plans cooperative rounds if it leads)."""
+        return self.cooperative and self.group_rounds
 
 
 def planned_cooperatively(user_data: bytes) -> bool:

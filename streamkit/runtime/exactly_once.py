@@ -394,7 +394,11 @@ class WorkerProducer:
                 )
                 await producer.start()
                 try:
-                    enable_group_fencing(producer, lambda: group_metadata(self._consumer))
+                    enable_group_fencing(
+                        producer,
+                        lambda: group_metadata(self._consumer),
+                        newer_generation=self._settings.rebalance_protocol == "cooperative",
+                    )
                     await producer.begin_transaction()  # after InitProducerId
                 except BaseException:
                     await producer.stop()

@@ -187,7 +187,7 @@ class Worker:
             log.warning("topics %s not in the cluster's metadata yet", sorted(missing))
         if cooperative:  # before subscribing: the first join is cooperative already
             self.rebalance = CooperativeRebalance(
-                self.consumer, planned_cooperatively, self._old_leader
+                self.consumer, planned_cooperatively, self._old_leader, self.assignor.may_hold
             )
         self._subscribe()
         self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
@@ -211,7 +211,7 @@ class Worker:
         """The JoinGroup metadata's `owned`: under cooperative rebalancing what this worker
         holds now; eager, what it held before this rebalance (for stickiness)."""
         assert self.tasks is not None
-        if self.rebalance is not None:
+        if self.rebalance is not None and self.assignor.may_hold():
             return self.rebalance.holding()
         return self.tasks.owned()
 
@@ -222,11 +222,11 @@ class Worker:
         self._checkpoint_broken = True
         self.fail(
             WorkerFailed(
-                f"group {self.app.id} is led by a worker of a streamkit version without "
-                "cooperative rebalancing; this worker (STREAMKIT_REBALANCE_PROTOCOL="
-                "cooperative) stopped without committing more. Restart the other workers "
-                "with this version first (STREAMKIT_REBALANCE_PROTOCOL=eager keeps them "
-                "eager), then switch them to cooperative one by one"
+                f"group {self.app.id} came to be led by a worker of a streamkit version "
+                "without cooperative rebalancing while this worker (STREAMKIT_REBALANCE_"
+                "PROTOCOL=cooperative) held partitions through the rebalance; it stopped "
+                "without committing more. Restart it: it stays eager while such a worker is "
+                "in the group"
             )
         )
 
