@@ -37,16 +37,14 @@ from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
-    ProducerSet,
     TransactionalCheckpointer,
-    TransactionalProducers,
     TransactionFailed,
-    WorkerProducer,
     WorkerTransactionCheckpointer,
 )
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task_manager import TaskManager
+from streamkit.runtime.txn_producers import ProducerSet, TransactionalProducers, WorkerProducer
 from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
