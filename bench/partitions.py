@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
@@ -40,17 +42,25 @@ from aiokafka import AIOKafkaProducer
 import streamkit as sk
 from bench.common import Cluster, bootstrap, make_events, preload
 from bench.exactly_once import Reader
+from bench.profile import report
 from streamkit.runtime.worker import Worker
 
 
 def running_sum_app(
-    uid: str, source: str, output: str, partitions: int, workdir: Path, mode: str
+    uid: str,
+    source: str,
+    output: str,
+    partitions: int,
+    workdir: Path,
+    mode: str,
+    commit_interval: float | None = None,
 ) -> sk.App:
+    """Pipeline A; `commit_interval` None is the default (0.1 s under exactly-once)."""
     app = sk.App(
         f"bp-{uid}",
         workdir=workdir,
         processing_guarantee="exactly_once",
-        commit_interval=0.1,
+        commit_interval=commit_interval,
         transactional_producer=mode,
         web_enabled=False,
     )
@@ -76,6 +86,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     reader = Reader(output)
     reading = asyncio.create_task(reader.run(latency=False))
     durations: list[float] = []
+    series: list[tuple[float, int, float]] = []  # (monotonic, outputs read, process CPU)
     with tempfile.TemporaryDirectory() as wd:
         app = running_sum_app(uid, source, output, half, Path(wd), mode)
         worker = Worker(app)
@@ -95,11 +106,13 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
                     ready = time.monotonic() - started
                     assert worker.checkpointer is not None
                     worker.checkpointer.on_checkpoint = durations.append
-                if time.monotonic() - started > 900:
-                    raise RuntimeError("not done in 900 s")
-                await asyncio.sleep(0.02)
+                if time.monotonic() - started > 1800:
+                    raise RuntimeError("not done in 1800 s")
+                series.append((time.monotonic(), reader.count, time.process_time()))
+                await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             cpu = time.process_time() - cpu_started
+            series.append((time.monotonic(), reader.count, time.process_time()))
         finally:
             worker.request_stop()
             await task
@@ -108,13 +121,17 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     cp = worker.checkpointer
     assert cp is not None and ready is not None
     durations.sort()
+    first = next(t for t, c, _ in series if c > 0) - started
+    steady = steady_window(series, n)
     return {
         "partitions": 2 * half,
         "mode": mode,
         "events": n,
         "events_per_s": round(n / elapsed),
         "ready_s": round(ready, 2),
-        "events_per_s_after_ready": round(n / (elapsed - ready)),
+        "first_output_s": round(first, 2),
+        "steady_events_per_s": steady["events_per_s"],
+        "steady_cpu_us_per_event": steady["cpu_us_per_event"],
         "cpu_us_per_event": round(1e6 * cpu / n, 1),
         "checkpoints": len(durations),
         "mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1) if durations else None,
@@ -122,6 +139,20 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
         if durations
         else None,
         "transactions": cp.commits,
+    }
+
+
+def steady_window(series: list[tuple[float, int, float]], n: int) -> dict[str, float]:
+    """The steady rate: outputs and CPU between the samples where 10 % and 90 % of the N
+    totals were read (start-up before, the tail after, both left out)."""
+    lo = next(s for s in series if s[1] >= 0.1 * n)
+    hi = next(s for s in series if s[1] >= 0.9 * n)
+    events = hi[1] - lo[1]
+    if events <= 0 or hi[0] <= lo[0]:
+        return {"events_per_s": float("nan"), "cpu_us_per_event": float("nan")}
+    return {
+        "events_per_s": round(events / (hi[0] - lo[0])),
+        "cpu_us_per_event": round(1e6 * (hi[2] - lo[2]) / events, 1),
     }
 
 
@@ -202,7 +233,14 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             await cluster.create_topics([source], partitions=half)
             await preload(source, make_events(args.events), partitions=half)
             for mode in args.modes:
+                profiler = cProfile.Profile(time.process_time) if args.profile else None
+                if profiler is not None:
+                    profiler.enable()
                 row = await one_run(cluster, source, half, args.events, mode)
+                if profiler is not None:
+                    profiler.disable()
+                    print(f"## {total} partitions, {mode}")
+                    print(report(pstats.Stats(profiler), args.events, args.profile), flush=True)
                 if args.rate:
                     row |= await paced_run(cluster, half, mode, args.rate, args.seconds)
                 print(json.dumps(row), flush=True)
@@ -212,7 +250,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument(
         "--partitions", type=lambda s: [int(x) for x in s.split(",")], default=[8, 64, 256]
     )
@@ -222,6 +260,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000, help="paced run, events/s (0: none)")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced run length")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="K",
+        help="run each backlog run under cProfile and print its K costliest functions",
+    )  # fmt: skip
     args = parser.parse_args()
     rows = asyncio.run(run(args))
     if args.json:
