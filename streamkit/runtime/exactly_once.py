@@ -108,6 +108,10 @@ class TransactionalCheckpointer:
                 task.collector.seal()  # nothing in it yet: this only holds what comes
                 self._adopted.append(task)
 
+    def between_checkpoints(self) -> asyncio.Lock:
+        """Held while a checkpoint runs: `async with` it to act between two checkpoints."""
+        return self._lock
+
     async def commit(self, tasks: Iterable[Task]) -> None:
         """One checkpoint of `tasks`. Raises TransactionFailed naming the tasks whose
         transaction did not commit (the others did, and their state is written)."""
@@ -232,7 +236,9 @@ class TransactionalCheckpointer:
 class WorkerTransactionCheckpointer(TransactionalCheckpointer):
     """The exactly-once checkpoint with one producer per worker: step 3 is one transaction for
     every task (their sealed batches, then all their offsets in one TxnOffsetCommit v3 with
-    the group's generation, then one commit). If it fails, every task in it fails."""
+    the group's generation, then one commit). If it fails, every task in it fails. The tasks
+    share one collector (`TaskManager.share_collector`), so each destination partition gets one
+    batch per checkpoint; new tasks start between checkpoints (`between_checkpoints`)."""
 
     def __init__(self, group_id: str, producers: WorkerProducer) -> None:
         super().__init__(group_id, producers)
@@ -301,9 +307,16 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             await producer.begin_transaction()
         finally:
             gate.open.set()
-        for i, snap, w in zip(active, snaps, written, strict=True):
+        # the tasks may share one collector (`TaskManager.share_collector`): whichever sealed
+        # a changelog record, every task learns the offsets written (each keeps its own)
+        merged: dict[tuple[str, int], int] = {}
+        for w in written:
+            assert not isinstance(w, BaseException)
+            for ctp, at in w.items():
+                merged[ctp] = max(at, merged.get(ctp, -1))
+        for i, snap in zip(active, snaps, strict=True):
             snap.task.collector.release()
-            results[i] = w
+            results[i] = merged
         for snap in idle:
             snap.task.collector.release()
         return results

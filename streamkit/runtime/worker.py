@@ -172,6 +172,7 @@ class Worker:
                 one = WorkerProducer(settings, app.id, self.client_id, self.consumer)
                 self.producers = one
                 self.checkpointer = WorkerTransactionCheckpointer(app.id, one)
+                self.tasks.share_collector = True  # one batch per destination per checkpoint
             else:
                 self.producers = TransactionalProducers(settings, app.id, self.client_id)
                 self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
@@ -385,6 +386,12 @@ class Worker:
             self.fail(exc)
             return
         if self._stopping.is_set():  # the stop began meanwhile: its revoke would miss them
+            return
+        if isinstance(self.checkpointer, WorkerTransactionCheckpointer):
+            # one collector for every task: new tasks start between two checkpoints
+            async with self.checkpointer.between_checkpoints():
+                if not self._stopping.is_set():
+                    self.tasks.assign(tps, producers, positions)
             return
         known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, positions)
