@@ -24,7 +24,7 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    producer and wait for their delivery, add the offset (`send_offsets_to_transaction`),
    commit, begin the next transaction, release the held batches.
 4. Per committed task: write the snapshot to its SQLite store in one transaction, with the
-   changelog offsets it reflects and the input offset.
+   changelog offsets it reflects and the input offset (every task's store at once).
 
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
@@ -139,20 +139,25 @@ class TransactionalCheckpointer:
         # 3. the transaction(s)
         results = await self._transactions(snapshots)
         failed: dict[TopicPartition, BaseException] = {}
+        writes = []
         for snap, result in zip(snapshots, results, strict=True):
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
                 continue
             if result is None:
                 continue  # nothing to commit
-            # 4. state and the offsets it reflects, one SQLite transaction per task
+            # 4. state and the offsets it reflects, one SQLite transaction per task (the
+            # tasks' stores are separate files: written all at once, in the default executor)
             task = snap.task
             if task.state is not None and (snap.changes or snap.offsets):
                 if snap.changes:
                     faults.reached("crash-after-commit")
                 at = self._committed.get(snap.tp)
                 source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
-                await task.state.write(snap.changes, result, source)
+                writes.append(task.state.write(snap.changes, result, source))
+        for error in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(error, BaseException):
+                raise error
         self.last_duration = time.monotonic() - started
         self.checkpoints += 1
         self.total_duration += self.last_duration
