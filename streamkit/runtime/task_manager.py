@@ -27,6 +27,16 @@ from streamkit.state.task_tables import TaskTables, store_path
 log = logging.getLogger(__name__)
 
 
+class WorkerCollector(RecordCollector):
+    """The one collector of every task of a worker with one transactional producer. A task that
+    runs out of records hands over only the batches that filled up: the others wait for the
+    checkpoint (nobody can read them before its commit anyway), so each destination partition
+    gets at most one partly filled batch per transaction, however many tasks write to it."""
+
+    async def submit(self) -> None:
+        await self.submit_full()
+
+
 class TaskManager:
     def __init__(
         self,
@@ -66,7 +76,7 @@ class TaskManager:
         shared = self._shared
         if self.share_collector and transactional:
             if shared is None or shared.producer is not producer:
-                shared = self._shared = RecordCollector(
+                shared = self._shared = WorkerCollector(
                     producer, self._partition_counts, transactional=True, delivered=self.delivered
                 )
             return shared
