@@ -96,6 +96,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     with tempfile.TemporaryDirectory() as wd:
         app = running_sum_app(uid, source, output, half, Path(wd), mode)
         worker = Worker(app)
+        intake = Intake(worker, source)
         started, cpu_started = time.monotonic(), time.process_time()
         task = asyncio.create_task(worker.run(install_signal_handlers=False))
         ready: float | None = None
@@ -117,7 +118,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
                     raise RuntimeError("not done in 1800 s")
                 if first is None and reader.count:
                     first = time.monotonic() - started
-                series.append((time.monotonic(), processed(worker, source), time.process_time()))
+                series.append((time.monotonic(), intake(), time.process_time()))
                 await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             cpu = time.process_time() - cpu_started
@@ -149,22 +150,31 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     }
 
 
-def processed(worker: Worker, source: str) -> int:
+class Intake:
     """Events the second stage (after the repartition hop) has taken in so far: each is through
-    the source stage and its transaction, and about to be summed."""
-    tasks = worker.tasks
-    if tasks is None:
-        return 0
-    return sum(t.events_in for t in list(tasks.tasks.values()) if t.topic.name != source)
+    the source stage and its transaction, and about to be summed. Counts of tasks that a
+    rebalance closed are kept."""
+
+    def __init__(self, worker: Worker, source: str) -> None:
+        self._worker, self._source = worker, source
+        self._seen: dict[int, tuple[Any, int]] = {}
+
+    def __call__(self) -> int:
+        tasks = self._worker.tasks
+        if tasks is not None:
+            for t in list(tasks.tasks.values()):
+                if t.topic.name != self._source:
+                    self._seen[id(t)] = (t, t.events_in)
+        return sum(count for _, count in self._seen.values())
 
 
 def steady_window(series: list[tuple[float, int, float]], n: int) -> dict[str, float]:
     """The steady rate: events processed and CPU between the samples where 10 % and 90 % of
     the N events had been taken in (start-up before, the tail after, both left out)."""
-    lo = next(s for s in series if s[1] >= 0.1 * n)
-    hi = next(s for s in series if s[1] >= 0.9 * n)
-    events = hi[1] - lo[1]
-    if events <= 0 or hi[0] <= lo[0]:
+    lo = next((s for s in series if s[1] >= 0.1 * n), None)
+    hi = next((s for s in series if s[1] >= 0.9 * n), None)
+    events = 0 if lo is None or hi is None else hi[1] - lo[1]
+    if lo is None or hi is None or events <= 0 or hi[0] <= lo[0]:
         return {"events_per_s": float("nan"), "cpu_us_per_event": float("nan")}
     return {
         "events_per_s": round(events / (hi[0] - lo[0])),
