@@ -23,7 +23,8 @@ partitions (both stages' tasks run in the worker). For each P and mode, N pre-lo
   and the transactions committed;
 - then a paced run (`--rate` events/s for `--seconds`, each event stamped with its send time)
   into fresh topics: the checkpoint's mean and p95 duration at that steady load, transactions
-  per second, and p50 / p99 of (total visible to a read_committed reader - sent).
+  per second, this process's CPU µs per event (feeder, worker and reader), and p50 / p99 of
+  (total visible to a read_committed reader - sent).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -48,6 +50,8 @@ from bench.common import Cluster, bootstrap, make_events, preload
 from bench.exactly_once import Reader
 from bench.profile import report
 from streamkit.runtime.worker import Worker
+
+T = TypeVar("T")
 
 
 def running_sum_app(
@@ -225,10 +229,12 @@ async def paced_run(
                     assert worker.checkpointer is not None
                     worker.checkpointer.on_checkpoint = durations.append
                     transactions_before = worker.checkpointer.commits
+                    cpu_started = time.process_time()
                     feeding = asyncio.create_task(feed())
                 if time.monotonic() - started > seconds + 300:
                     raise RuntimeError("paced run not done")
                 await asyncio.sleep(0.05)
+            cpu = time.process_time() - cpu_started  # feeder, worker and reader
         finally:
             worker.request_stop()
             await task
@@ -244,9 +250,23 @@ async def paced_run(
         "paced_mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1),
         "paced_p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1),
         "paced_transactions_per_s": round((cp.commits - transactions_before) / seconds, 1),
+        "paced_cpu_us_per_event": round(1e6 * cpu / n, 1),
         "paced_p50_ms": round(1000 * statistics.median(lat)),
         "paced_p99_ms": round(1000 * lat[int(len(lat) * 0.99) - 1]),
     }
+
+
+async def profiled(top: int, title: str, events: int, run: Awaitable[T]) -> T:
+    """`run`, under cProfile when `top` (then its `top` costliest functions are printed)."""
+    if not top:
+        return await run
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        return await run
+    finally:
+        profiler.disable()
+        print(f"## {title}\n{report(pstats.Stats(profiler), events, top)}", flush=True)
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -259,16 +279,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             await cluster.create_topics([source], partitions=half)
             await preload(source, make_events(args.events), partitions=half)
             for mode in args.modes:
-                profiler = cProfile.Profile(time.process_time) if args.profile else None
-                if profiler is not None:
-                    profiler.enable()
-                row = await one_run(cluster, source, half, args.events, mode)
-                if profiler is not None:
-                    profiler.disable()
-                    print(f"## {total} partitions, {mode}")
-                    print(report(pstats.Stats(profiler), args.events, args.profile), flush=True)
+                row = await profiled(
+                    args.profile, f"{total} partitions, {mode}, backlog", args.events,
+                    one_run(cluster, source, half, args.events, mode),
+                )  # fmt: skip
                 if args.rate:
-                    row |= await paced_run(cluster, half, mode, args.rate, args.seconds)
+                    n = int(args.rate * args.seconds)
+                    row |= await profiled(
+                        args.profile, f"{total} partitions, {mode}, paced", n,
+                        paced_run(cluster, half, mode, args.rate, args.seconds),
+                    )  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -288,7 +308,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="K",
-        help="run each backlog run under cProfile and print its K costliest functions",
+        help="run each backlog and paced run under cProfile and print its K costliest functions",
     )  # fmt: skip
     args = parser.parse_args()
     rows = asyncio.run(run(args))
