@@ -62,7 +62,6 @@ class RecordCollector:
         self._submit_lock = asyncio.Lock()  # one submitter at a time keeps partition order
         self._released = asyncio.Event()  # cleared while held (exactly-once checkpoint running)
         self._released.set()
-        self.held_limit = HELD_BATCHES  # full batches kept while held before appenders wait
 
     @property
     def producer(self) -> Any:
@@ -116,7 +115,7 @@ class RecordCollector:
         """Hand the batches that filled up to the producer (held: keep them, and wait for the
         release once too many are waiting)."""
         while not self._released.is_set():
-            if len(self._full) < self.held_limit:
+            if len(self._full) < HELD_BATCHES:
                 return
             await self._released.wait()
         async with self._submit_lock:

@@ -27,21 +27,11 @@ from streamkit.state.task_tables import TaskTables, store_path
 log = logging.getLogger(__name__)
 
 
-WORKER_HELD_BATCHES = 4
-
-
 class WorkerCollector(RecordCollector):
     """The one collector of every task of a worker with one transactional producer. A task that
     runs out of records hands over only the batches that filled up: the others wait for the
     checkpoint (nobody can read them before its commit anyway), so each destination partition
     gets at most one partly filled batch per transaction, however many tasks write to it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # While a checkpoint's transaction commits, the tasks stop once a few batches (about
-        # 1 MB) wait: a backlog cannot pile seconds of work into the next transaction while
-        # the event loop is too busy to finish this one.
-        self.held_limit = WORKER_HELD_BATCHES
 
     async def submit(self) -> None:
         await self.submit_full()
