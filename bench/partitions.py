@@ -5,34 +5,42 @@ input partition vs one per worker (KIP-447).
                                [--modes per_partition,per_worker] [--json FILE]
 
 Pipeline A (the keyed running sum of bench.exactly_once: purchases → key_by(user_id) → table
-+= amount → the total), exactly-once, commit interval 0.1 s, one worker in-process. "P input
-partitions" is P/2 source partitions plus P/2 repartition partitions (both stages' tasks run
-in the worker). For each P and mode, N pre-loaded events; reported:
++= amount → the total), exactly-once, the default commit interval (0.1 s under exactly-once),
+one worker in-process. "P input partitions" is P/2 source partitions plus P/2 repartition
+partitions (both stages' tasks run in the worker). For each P and mode, N pre-loaded events
+(1,000,000 by default: thousands per partition even at 256); reported:
 
-- events/s end to end: from the worker's start until a read_committed reader has all N totals
-  (includes the start: topics, producers, restore);
-- ready_s: from the start until every task is assigned (per-partition mode registers P
-  producers here, each `InitProducerId`);
-- events/s after ready: N / (end - ready);
-- CPU µs per event: this process's CPU time (worker and reader) over the run, ÷ N;
+- start-up apart: ready_s, from the worker's start until every task is assigned (per-partition
+  mode registers P producers here, each `InitProducerId`), and first_output_s, until a
+  read_committed reader sees the first total;
+- the steady rate: events the second stage (after the repartition hop, so through the first
+  stage's transaction) took in per second between 10 % and 90 % of N, and this process's CPU
+  µs per event over the same span (read inside the pipeline: under exactly-once the outputs
+  arrive in bursts, one per committed transaction);
+- events/s end to end: N / (from the worker's start until a read_committed reader has all N
+  totals), and CPU µs per event over that whole run (worker and reader, ÷ N);
 - the checkpoints: how many, their mean and p95 duration (pause → transaction(s) → SQLite),
   and the transactions committed;
 - then a paced run (`--rate` events/s for `--seconds`, each event stamped with its send time)
   into fresh topics: the checkpoint's mean and p95 duration at that steady load, transactions
-  per second, and p50 / p99 of (total visible to a read_committed reader - sent).
+  per second, this process's CPU µs per event (feeder, worker and reader), and p50 / p99 of
+  (total visible to a read_committed reader - sent).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -40,17 +48,27 @@ from aiokafka import AIOKafkaProducer
 import streamkit as sk
 from bench.common import Cluster, bootstrap, make_events, preload
 from bench.exactly_once import Reader
+from bench.profile import report
 from streamkit.runtime.worker import Worker
+
+T = TypeVar("T")
 
 
 def running_sum_app(
-    uid: str, source: str, output: str, partitions: int, workdir: Path, mode: str
+    uid: str,
+    source: str,
+    output: str,
+    partitions: int,
+    workdir: Path,
+    mode: str,
+    commit_interval: float | None = None,
 ) -> sk.App:
+    """Pipeline A; `commit_interval` None is the default (0.1 s under exactly-once)."""
     app = sk.App(
         f"bp-{uid}",
         workdir=workdir,
         processing_guarantee="exactly_once",
-        commit_interval=0.1,
+        commit_interval=commit_interval,
         transactional_producer=mode,
         web_enabled=False,
     )
@@ -76,12 +94,17 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     reader = Reader(output)
     reading = asyncio.create_task(reader.run(latency=False))
     durations: list[float] = []
+    # (monotonic, events the second stage took in, process CPU): the steady rate is read
+    # inside the pipeline, since under exactly-once the outputs show up in bursts of commits
+    series: list[tuple[float, int, float]] = []
     with tempfile.TemporaryDirectory() as wd:
         app = running_sum_app(uid, source, output, half, Path(wd), mode)
         worker = Worker(app)
+        intake = Intake(worker, source)
         started, cpu_started = time.monotonic(), time.process_time()
         task = asyncio.create_task(worker.run(install_signal_handlers=False))
-        ready = None
+        ready: float | None = None
+        first: float | None = None
         try:
             while reader.count < n:
                 if task.done():
@@ -95,9 +118,12 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
                     ready = time.monotonic() - started
                     assert worker.checkpointer is not None
                     worker.checkpointer.on_checkpoint = durations.append
-                if time.monotonic() - started > 900:
-                    raise RuntimeError("not done in 900 s")
-                await asyncio.sleep(0.02)
+                if time.monotonic() - started > 1800:
+                    raise RuntimeError("not done in 1800 s")
+                if first is None and reader.count:
+                    first = time.monotonic() - started
+                series.append((time.monotonic(), intake(), time.process_time()))
+                await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             cpu = time.process_time() - cpu_started
         finally:
@@ -108,13 +134,16 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     cp = worker.checkpointer
     assert cp is not None and ready is not None
     durations.sort()
+    steady = steady_window(series, n)
     return {
         "partitions": 2 * half,
         "mode": mode,
         "events": n,
         "events_per_s": round(n / elapsed),
         "ready_s": round(ready, 2),
-        "events_per_s_after_ready": round(n / (elapsed - ready)),
+        "first_output_s": round(first or elapsed, 2),
+        "steady_events_per_s": steady["events_per_s"],
+        "steady_cpu_us_per_event": steady["cpu_us_per_event"],
         "cpu_us_per_event": round(1e6 * cpu / n, 1),
         "checkpoints": len(durations),
         "mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1) if durations else None,
@@ -122,6 +151,38 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
         if durations
         else None,
         "transactions": cp.commits,
+    }
+
+
+class Intake:
+    """Events the second stage (after the repartition hop) has taken in so far: each is through
+    the source stage and its transaction, and about to be summed. Counts of tasks that a
+    rebalance closed are kept."""
+
+    def __init__(self, worker: Worker, source: str) -> None:
+        self._worker, self._source = worker, source
+        self._seen: dict[int, tuple[Any, int]] = {}
+
+    def __call__(self) -> int:
+        tasks = self._worker.tasks
+        if tasks is not None:
+            for t in list(tasks.tasks.values()):
+                if t.topic.name != self._source:
+                    self._seen[id(t)] = (t, t.events_in)
+        return sum(count for _, count in self._seen.values())
+
+
+def steady_window(series: list[tuple[float, int, float]], n: int) -> dict[str, float]:
+    """The steady rate: events processed and CPU between the samples where 10 % and 90 % of
+    the N events had been taken in (start-up before, the tail after, both left out)."""
+    lo = next((s for s in series if s[1] >= 0.1 * n), None)
+    hi = next((s for s in series if s[1] >= 0.9 * n), None)
+    events = 0 if lo is None or hi is None else hi[1] - lo[1]
+    if lo is None or hi is None or events <= 0 or hi[0] <= lo[0]:
+        return {"events_per_s": float("nan"), "cpu_us_per_event": float("nan")}
+    return {
+        "events_per_s": round(events / (hi[0] - lo[0])),
+        "cpu_us_per_event": round(1e6 * (hi[2] - lo[2]) / events, 1),
     }
 
 
@@ -168,10 +229,12 @@ async def paced_run(
                     assert worker.checkpointer is not None
                     worker.checkpointer.on_checkpoint = durations.append
                     transactions_before = worker.checkpointer.commits
+                    cpu_started = time.process_time()
                     feeding = asyncio.create_task(feed())
                 if time.monotonic() - started > seconds + 300:
                     raise RuntimeError("paced run not done")
                 await asyncio.sleep(0.05)
+            cpu = time.process_time() - cpu_started  # feeder, worker and reader
         finally:
             worker.request_stop()
             await task
@@ -187,9 +250,23 @@ async def paced_run(
         "paced_mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1),
         "paced_p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1),
         "paced_transactions_per_s": round((cp.commits - transactions_before) / seconds, 1),
+        "paced_cpu_us_per_event": round(1e6 * cpu / n, 1),
         "paced_p50_ms": round(1000 * statistics.median(lat)),
         "paced_p99_ms": round(1000 * lat[int(len(lat) * 0.99) - 1]),
     }
+
+
+async def profiled(top: int, title: str, events: int, run: Awaitable[T]) -> T:
+    """`run`, under cProfile when `top` (then its `top` costliest functions are printed)."""
+    if not top:
+        return await run
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        return await run
+    finally:
+        profiler.disable()
+        print(f"## {title}\n{report(pstats.Stats(profiler), events, top)}", flush=True)
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -202,9 +279,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             await cluster.create_topics([source], partitions=half)
             await preload(source, make_events(args.events), partitions=half)
             for mode in args.modes:
-                row = await one_run(cluster, source, half, args.events, mode)
+                row = await profiled(
+                    args.profile, f"{total} partitions, {mode}, backlog", args.events,
+                    one_run(cluster, source, half, args.events, mode),
+                )  # fmt: skip
                 if args.rate:
-                    row |= await paced_run(cluster, half, mode, args.rate, args.seconds)
+                    n = int(args.rate * args.seconds)
+                    row |= await profiled(
+                        args.profile, f"{total} partitions, {mode}, paced", n,
+                        paced_run(cluster, half, mode, args.rate, args.seconds),
+                    )  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -212,7 +296,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument(
         "--partitions", type=lambda s: [int(x) for x in s.split(",")], default=[8, 64, 256]
     )
@@ -222,6 +306,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000, help="paced run, events/s (0: none)")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced run length")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="K",
+        help="run each backlog and paced run under cProfile and print its K costliest functions",
+    )  # fmt: skip
     args = parser.parse_args()
     rows = asyncio.run(run(args))
     if args.json:

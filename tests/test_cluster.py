@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from streamkit.runtime.exactly_once import transactional_id
+from streamkit.runtime.txn_producers import transactional_id
 from tests import clusterhelp
 from tests.chaoshelp import OutputWatch, figures
 from tests.kafkahelp import WorkerProcess, read_all, wait_until

@@ -14,7 +14,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit import aiokafka_internals as internals
 from streamkit.runtime.admin import internal_replication
-from streamkit.runtime.exactly_once import worker_transactional_id
+from streamkit.runtime.txn_producers import worker_transactional_id
 from streamkit.settings import ConfigError, load_settings
 
 

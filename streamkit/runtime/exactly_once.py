@@ -1,12 +1,12 @@
-"""Exactly-once: one transactional producer per input partition, and the checkpoint that commits
-each partition's outputs, changelog records and consumed offset in one Kafka transaction.
+"""Exactly-once: the checkpoint that commits each task's outputs, changelog records and consumed
+offsets in a Kafka transaction, with one transactional producer per input partition (a
+transaction per task) or one per worker (one transaction for every task); the producers and
+their fencing are in `runtime/txn_producers.py`.
 
-The transactional id of the producer of input partition `topic[p]` is `{app_id}-{topic}-{p}`,
-stable across workers and restarts. A new owner's producer registers that id first
-(`InitProducerId`), which fences the previous owner's producer and ends its open transaction;
-only then does the new owner read the partition's committed offset and its changelog. (aiokafka
-0.14 sends TxnOffsetCommit v0, which carries no group generation: without a producer per input
-partition a zombie could not be fenced.)
+A new owner of a partition registers its producer first (`InitProducerId`: per partition, this
+fences the previous owner's producer and ends its open transaction; per worker, the group
+coordinator fences by generation, and the committed offset is read with `require_stable`); only
+then does it read the partition's committed offset and its changelog.
 
 The checkpoint, every `commit_interval`, on revoke and on shutdown:
 
@@ -24,7 +24,7 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    producer and wait for their delivery, add the offset (`send_offsets_to_transaction`),
    commit, begin the next transaction, release the held batches.
 4. Per committed task: write the snapshot to its SQLite store in one transaction, with the
-   changelog offsets it reflects and the input offset.
+   changelog offsets it reflects and the input offset (every task's store at once).
 
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
@@ -40,40 +40,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
 
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import (
-    GroupFenced,
-    enable_group_fencing,
-    fetch_stable_offsets,
-    group_metadata,
-)
-from streamkit.clients import make_producer
+from streamkit.aiokafka_internals import GroupFenced
 from streamkit.runtime import faults
 from streamkit.runtime.collector import Sealed
 from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
-from streamkit.settings import Settings
+from streamkit.runtime.txn_producers import ABORT_TIMEOUT, NoProducer, ProducerSet, WorkerProducer
 
 log = logging.getLogger(__name__)
 
-ABORT_TIMEOUT = 5.0
-
 # step 3's outcome per task: the changelog offsets written, an error, or None (nothing to commit)
 Outcome = dict[tuple[str, int], int] | BaseException | None
-
-
-def transactional_id(app_id: str, tp: TopicPartition) -> str:
-    return f"{app_id}-{tp.topic}-{tp.partition}"
 
 
 class TransactionFailed(Exception):
@@ -88,70 +73,6 @@ class TransactionFailed(Exception):
             f"transaction of {parts} {'fenced' if fenced else 'failed'}: "
             f"{type(first).__name__}: {first}"
         )
-
-
-class NoProducer(Exception):
-    """The worker's transactional producer is gone (a failed transaction discarded it)."""
-
-
-class TransactionalProducers:
-    """The transactional producers of this worker, one per owned input partition. A producer
-    outlives a rebalance that gives its partition back to this worker."""
-
-    def __init__(self, settings: Settings, app_id: str, client_id: str) -> None:
-        self._settings = settings
-        self._app_id = app_id
-        self._client_id = client_id
-        self._producers: dict[TopicPartition, Any] = {}
-
-    def __getitem__(self, tp: TopicPartition) -> Any:
-        return self._producers[tp]
-
-    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
-        """A producer with a transaction begun for each of `tps` (new ones fence the previous
-        owner of the partition before this returns)."""
-        tps = list(tps)
-        missing = [tp for tp in tps if tp not in self._producers]
-        await asyncio.gather(*(self._start(tp) for tp in missing))
-        return {tp: self._producers[tp] for tp in tps}
-
-    async def _start(self, tp: TopicPartition) -> None:
-        producer = make_producer(
-            self._settings,
-            f"{self._client_id}-{tp.topic}-{tp.partition}",
-            transactional_id=transactional_id(self._app_id, tp),
-            transaction_timeout_ms=self._settings.transaction_timeout_ms,
-        )
-        await producer.start()
-        try:
-            await producer.begin_transaction()  # waits for InitProducerId: the fence
-        except BaseException:
-            await producer.stop()
-            raise
-        self._producers[tp] = producer
-
-    async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
-        """Stop the producers of partitions this worker no longer owns."""
-        keep = set(tps)
-        await self.discard([tp for tp in self._producers if tp not in keep])
-
-    async def discard(self, tps: Iterable[TopicPartition]) -> None:
-        """Stop these producers; a transaction they left open is aborted by the broker when the
-        id is registered again."""
-        gone = [self._producers.pop(tp) for tp in list(tps) if tp in self._producers]
-        await asyncio.gather(*(_stop(p) for p in gone))
-
-    async def close(self) -> None:
-        await self.discard(list(self._producers))
-
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
-        """The group's committed offsets (final once each partition's id is registered)."""
-        return list(await asyncio.gather(*(consumer.committed(tp) for tp in tps)))
-
-
-async def _stop(producer: Any) -> None:
-    with contextlib.suppress(Exception):
-        await producer.stop()
 
 
 @dataclass
@@ -187,6 +108,10 @@ class TransactionalCheckpointer:
                 task.collector.seal()  # nothing in it yet: this only holds what comes
                 self._adopted.append(task)
 
+    def between_checkpoints(self) -> asyncio.Lock:
+        """Held while a checkpoint runs: `async with` it to act between two checkpoints."""
+        return self._lock
+
     async def commit(self, tasks: Iterable[Task]) -> None:
         """One checkpoint of `tasks`. Raises TransactionFailed naming the tasks whose
         transaction did not commit (the others did, and their state is written)."""
@@ -214,20 +139,25 @@ class TransactionalCheckpointer:
         # 3. the transaction(s)
         results = await self._transactions(snapshots)
         failed: dict[TopicPartition, BaseException] = {}
+        writes = []
         for snap, result in zip(snapshots, results, strict=True):
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
                 continue
             if result is None:
                 continue  # nothing to commit
-            # 4. state and the offsets it reflects, one SQLite transaction per task
+            # 4. state and the offsets it reflects, one SQLite transaction per task (the
+            # tasks' stores are separate files: written all at once, in the default executor)
             task = snap.task
             if task.state is not None and (snap.changes or snap.offsets):
                 if snap.changes:
                     faults.reached("crash-after-commit")
                 at = self._committed.get(snap.tp)
                 source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
-                await task.state.write(snap.changes, result, source)
+                writes.append(task.state.write(snap.changes, result, source))
+        for error in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(error, BaseException):
+                raise error
         self.last_duration = time.monotonic() - started
         self.checkpoints += 1
         self.total_duration += self.last_duration
@@ -308,172 +238,12 @@ class TransactionalCheckpointer:
             self._committed.pop(tp, None)
 
 
-# -- one transactional producer per worker (KIP-447) ---------------------------------------------
-
-
-class ProducerSet(Protocol):
-    """What the checkpointer and the worker use of the transactional producers."""
-
-    def __getitem__(self, tp: TopicPartition) -> Any: ...
-
-    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]: ...
-
-    async def keep_only(self, tps: Iterable[TopicPartition]) -> None: ...
-
-    async def discard(self, tps: Iterable[TopicPartition]) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]: ...
-
-
-class Gate:
-    """The worker's one producer as the tasks' collectors see it: `send_batch` waits while the
-    checkpoint is between `commit_transaction` and `begin_transaction`, so a task assigned in
-    that instant never writes outside a transaction; once the transaction failed (`fail`),
-    every send is refused (the producer is about to be discarded)."""
-
-    def __init__(self, producer: Any) -> None:
-        self.producer = producer
-        self.open = asyncio.Event()
-        self.open.set()
-        self.failed = False
-
-    def create_batch(self) -> Any:
-        return self.producer.create_batch()
-
-    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> Any:
-        await self.open.wait()
-        if self.failed:
-            raise KafkaError("the worker's transaction failed: its producer is being replaced")
-        return await self.producer.send_batch(builder, topic, partition=partition)
-
-    def fail(self) -> None:
-        self.failed = True
-        self.open.set()
-
-
-class WorkerProducer:
-    """One transactional producer for every partition this worker owns (`ProducerSet`).
-
-    Its offsets commit with the group's generation and member id (TxnOffsetCommit v3 through
-    `aiokafka_internals.enable_group_fencing`): a worker that lost its partitions (a zombie,
-    an old generation) is refused by the group coordinator, not by a per-partition id. Its
-    transactional id is stable for the worker: `{app}-{instance_id}`, else a token kept in the
-    workdir, so a restarted worker's `InitProducerId` aborts the transaction it left open.
-    A partition's new owner reads its committed offset with `require_stable`: it waits until
-    no transaction (a zombie's) still holds offsets for it."""
-
-    def __init__(self, settings: Settings, app_id: str, client_id: str, consumer: Any) -> None:
-        self._settings = settings
-        self._client_id = client_id
-        self._consumer = consumer
-        # the lock on the workdir's token is held as long as this object lives (the process)
-        self.transactional_id, self._lock = worker_transactional_id(settings, app_id)
-        self.gate: Gate | None = None
-        self._starting = asyncio.Lock()
-
-    @property
-    def producer(self) -> Any:
-        assert self.gate is not None, "no transactional producer: acquire() first"
-        return self.gate.producer
-
-    def __getitem__(self, tp: TopicPartition) -> Any:
-        if self.gate is None:
-            raise KeyError(tp)
-        return self.gate
-
-    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
-        async with self._starting:
-            if self.gate is None:
-                producer = make_producer(
-                    self._settings,
-                    f"{self._client_id}-txn",
-                    transactional_id=self.transactional_id,
-                    transaction_timeout_ms=worker_transaction_timeout(self._settings),
-                )
-                await producer.start()
-                try:
-                    enable_group_fencing(
-                        producer,
-                        lambda: group_metadata(self._consumer),
-                        newer_generation=self._settings.rebalance_protocol == "cooperative",
-                    )
-                    await producer.begin_transaction()  # after InitProducerId
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self.gate = Gate(producer)
-                log.info("transactional producer %s (one per worker) ready", self.transactional_id)
-        gate = self.gate
-        return {tp: gate for tp in tps}
-
-    async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
-        """Nothing to stop: the producer serves whatever partitions the worker owns."""
-
-    async def discard(self, tps: Iterable[TopicPartition]) -> None:
-        """A failed transaction is the worker's: the producer goes (the next one, same id,
-        aborts what it left open)."""
-        if list(tps):
-            await self.close()
-
-    async def close(self) -> None:
-        """Abort the open transaction (no other worker's id will: while it is open, the
-        partitions' next owners wait for its offsets), then stop the producer."""
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            gate.fail()  # a task waiting to send is refused rather than sent nowhere
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(gate.producer.abort_transaction(), ABORT_TIMEOUT)
-            await _stop(gate.producer)
-
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
-        offsets = await fetch_stable_offsets(consumer, tps)
-        return [offsets[tp] for tp in tps]
-
-
-WORKER_TRANSACTION_TIMEOUT_MS = 10_000
-
-
-def worker_transaction_timeout(settings: Settings) -> int:
-    """`transaction_timeout_ms` when set; else 10 s for the per-worker producer (as Kafka
-    Streams under exactly-once): a worker killed and not restarted under the same id leaves
-    its transaction open this long, and its partitions' next owners wait for it."""
-    if "transaction_timeout_ms" in settings.model_fields_set:
-        return settings.transaction_timeout_ms
-    return WORKER_TRANSACTION_TIMEOUT_MS
-
-
-def worker_transactional_id(settings: Settings, app_id: str) -> tuple[str, IO[str] | None]:
-    """`{app}-{instance_id}`, else `{app}-worker-{token}` with the token kept in
-    `{workdir}/{app}/producer.id` and locked while the worker runs (a second worker on the
-    same workdir gets a fresh token rather than fencing the first)."""
-    if settings.instance_id:
-        return f"{app_id}-{settings.instance_id}", None
-    folder = settings.workdir / app_id
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "producer.id"
-    lock = open(folder / "producer.id.lock", "a")  # noqa: SIM115 (held while the worker runs)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        token = uuid.uuid4().hex[:12]
-        log.warning(
-            "workdir %s is in use by another worker: transactional id token %s", folder, token
-        )
-        return f"{app_id}-worker-{token}", None
-    token = path.read_text().strip() if path.exists() else ""
-    if not token:
-        token = uuid.uuid4().hex[:12]
-        path.write_text(token + "\n")
-    return f"{app_id}-worker-{token}", lock
-
-
 class WorkerTransactionCheckpointer(TransactionalCheckpointer):
     """The exactly-once checkpoint with one producer per worker: step 3 is one transaction for
     every task (their sealed batches, then all their offsets in one TxnOffsetCommit v3 with
-    the group's generation, then one commit). If it fails, every task in it fails."""
+    the group's generation, then one commit). If it fails, every task in it fails. The tasks
+    share one collector (`TaskManager.share_collector`), so each destination partition gets one
+    batch per checkpoint; new tasks start between checkpoints (`between_checkpoints`)."""
 
     def __init__(self, group_id: str, producers: WorkerProducer) -> None:
         super().__init__(group_id, producers)
@@ -542,9 +312,16 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             await producer.begin_transaction()
         finally:
             gate.open.set()
-        for i, snap, w in zip(active, snaps, written, strict=True):
+        # the tasks may share one collector (`TaskManager.share_collector`): whichever sealed
+        # a changelog record, every task learns the offsets written (each keeps its own)
+        merged: dict[tuple[str, int], int] = {}
+        for w in written:
+            assert not isinstance(w, BaseException)
+            for ctp, at in w.items():
+                merged[ctp] = max(at, merged.get(ctp, -1))
+        for i, snap in zip(active, snaps, strict=True):
             snap.task.collector.release()
-            results[i] = w
+            results[i] = merged
         for snap in idle:
             snap.task.collector.release()
         return results

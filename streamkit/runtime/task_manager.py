@@ -27,6 +27,16 @@ from streamkit.state.task_tables import TaskTables, store_path
 log = logging.getLogger(__name__)
 
 
+class WorkerCollector(RecordCollector):
+    """The one collector of every task of a worker with one transactional producer. A task that
+    runs out of records hands over only the batches that filled up: the others wait for the
+    checkpoint (nobody can read them before its commit anyway), so each destination partition
+    gets at most one partly filled batch per transaction, however many tasks write to it."""
+
+    async def submit(self) -> None:
+        await self.submit_full()
+
+
 class TaskManager:
     def __init__(
         self,
@@ -53,7 +63,26 @@ class TaskManager:
         # metrics: records acknowledged per destination partition (every collector adds to
         # it, per batch), and a hook that sees each task once it is closed (its final counts)
         self.delivered: dict[tuple[str, int], int] = {}
+        # One transactional producer per worker: every task appends to one collector, so each
+        # destination partition gets one batch per checkpoint (not one per task: with P tasks
+        # writing to P partitions that would be P * P small batches, each its own round trip)
+        self.share_collector = False
+        self._shared: RecordCollector | None = None
         self.on_closed: Callable[[list[Task]], None] | None = None
+
+    def _collector(self, producer: Any, transactional: bool) -> RecordCollector:
+        """A task's collector: its own, or the worker's one (`share_collector`, for as long as
+        the producer stays the same)."""
+        shared = self._shared
+        if self.share_collector and transactional:
+            if shared is None or shared.producer is not producer:
+                shared = self._shared = WorkerCollector(
+                    producer, self._partition_counts, transactional=True, delivered=self.delivered
+                )
+            return shared
+        return RecordCollector(
+            producer, self._partition_counts, transactional=transactional, delivered=self.delivered
+        )
 
     @property
     def source_topics(self) -> list[str]:
@@ -124,12 +153,7 @@ class TaskManager:
             task = Task(
                 stage,
                 tp.partition,
-                RecordCollector(
-                    producers.get(key, self._producer),
-                    self._partition_counts,
-                    transactional=key in producers,
-                    delivered=self.delivered,
-                ),
+                self._collector(producers.get(key, self._producer), key in producers),
                 dlq_topic=self._app.dlq.name,
                 on_agent_error=settings.on_agent_error,
                 on_room=self._signal_room,

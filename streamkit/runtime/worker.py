@@ -37,16 +37,14 @@ from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
-    ProducerSet,
     TransactionalCheckpointer,
-    TransactionalProducers,
     TransactionFailed,
-    WorkerProducer,
     WorkerTransactionCheckpointer,
 )
 from streamkit.runtime.fetch import fetch_loop
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task_manager import TaskManager
+from streamkit.runtime.txn_producers import ProducerSet, TransactionalProducers, WorkerProducer
 from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
@@ -174,6 +172,7 @@ class Worker:
                 one = WorkerProducer(settings, app.id, self.client_id, self.consumer)
                 self.producers = one
                 self.checkpointer = WorkerTransactionCheckpointer(app.id, one)
+                self.tasks.share_collector = True  # one batch per destination per checkpoint
             else:
                 self.producers = TransactionalProducers(settings, app.id, self.client_id)
                 self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
@@ -387,6 +386,12 @@ class Worker:
             self.fail(exc)
             return
         if self._stopping.is_set():  # the stop began meanwhile: its revoke would miss them
+            return
+        if isinstance(self.checkpointer, WorkerTransactionCheckpointer):
+            # one collector for every task: new tasks start between two checkpoints
+            async with self.checkpointer.between_checkpoints():
+                if not self._stopping.is_set():
+                    self.tasks.assign(tps, producers, positions)
             return
         known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, positions)

@@ -1,0 +1,258 @@
+"""The transactional producers of exactly-once: one per input partition
+(`TransactionalProducers`, the default) or one per worker (`WorkerProducer`, KIP-447), both
+seen by the checkpoint (`runtime/exactly_once.py`) as a `ProducerSet`.
+
+Per partition, the producer of input partition `topic[p]` has the transactional id
+`{app_id}-{topic}-{p}`, stable across workers and restarts: a new owner registers it first
+(`InitProducerId`), which fences the previous owner and ends its open transaction. Per worker,
+the id is the worker's and the group coordinator fences (TxnOffsetCommit v3 with the group's
+generation and member id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import IO, Any, Protocol
+
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from streamkit.aiokafka_internals import enable_group_fencing, fetch_stable_offsets, group_metadata
+from streamkit.clients import make_producer
+from streamkit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ABORT_TIMEOUT = 5.0  # seconds to wait for an abort before giving up on it
+
+
+def transactional_id(app_id: str, tp: TopicPartition) -> str:
+    return f"{app_id}-{tp.topic}-{tp.partition}"
+
+
+class NoProducer(Exception):
+    """The worker's transactional producer is gone (a failed transaction discarded it)."""
+
+
+class TransactionalProducers:
+    """The transactional producers of this worker, one per owned input partition. A producer
+    outlives a rebalance that gives its partition back to this worker."""
+
+    def __init__(self, settings: Settings, app_id: str, client_id: str) -> None:
+        self._settings = settings
+        self._app_id = app_id
+        self._client_id = client_id
+        self._producers: dict[TopicPartition, Any] = {}
+
+    def __getitem__(self, tp: TopicPartition) -> Any:
+        return self._producers[tp]
+
+    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
+        """A producer with a transaction begun for each of `tps` (new ones fence the previous
+        owner of the partition before this returns)."""
+        tps = list(tps)
+        missing = [tp for tp in tps if tp not in self._producers]
+        await asyncio.gather(*(self._start(tp) for tp in missing))
+        return {tp: self._producers[tp] for tp in tps}
+
+    async def _start(self, tp: TopicPartition) -> None:
+        producer = make_producer(
+            self._settings,
+            f"{self._client_id}-{tp.topic}-{tp.partition}",
+            transactional_id=transactional_id(self._app_id, tp),
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+        )
+        await producer.start()
+        try:
+            await producer.begin_transaction()  # waits for InitProducerId: the fence
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producers[tp] = producer
+
+    async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop the producers of partitions this worker no longer owns."""
+        keep = set(tps)
+        await self.discard([tp for tp in self._producers if tp not in keep])
+
+    async def discard(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop these producers; a transaction they left open is aborted by the broker when the
+        id is registered again."""
+        gone = [self._producers.pop(tp) for tp in list(tps) if tp in self._producers]
+        await asyncio.gather(*(stop_quietly(p) for p in gone))
+
+    async def close(self) -> None:
+        await self.discard(list(self._producers))
+
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
+        """The group's committed offsets (final once each partition's id is registered)."""
+        return list(await asyncio.gather(*(consumer.committed(tp) for tp in tps)))
+
+
+async def stop_quietly(producer: Any) -> None:
+    with contextlib.suppress(Exception):
+        await producer.stop()
+
+
+class ProducerSet(Protocol):
+    """What the checkpointer and the worker use of the transactional producers."""
+
+    def __getitem__(self, tp: TopicPartition) -> Any: ...
+
+    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]: ...
+
+    async def keep_only(self, tps: Iterable[TopicPartition]) -> None: ...
+
+    async def discard(self, tps: Iterable[TopicPartition]) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]: ...
+
+
+class Gate:
+    """The worker's one producer as the tasks' collectors see it: `send_batch` waits while the
+    checkpoint is between `commit_transaction` and `begin_transaction`, so a task assigned in
+    that instant never writes outside a transaction; once the transaction failed (`fail`),
+    every send is refused (the producer is about to be discarded)."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.open = asyncio.Event()
+        self.open.set()
+        self.failed = False
+
+    def create_batch(self) -> Any:
+        return self.producer.create_batch()
+
+    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> Any:
+        await self.open.wait()
+        if self.failed:
+            raise KafkaError("the worker's transaction failed: its producer is being replaced")
+        return await self.producer.send_batch(builder, topic, partition=partition)
+
+    def fail(self) -> None:
+        self.failed = True
+        self.open.set()
+
+
+class WorkerProducer:
+    """One transactional producer for every partition this worker owns (`ProducerSet`).
+
+    Its offsets commit with the group's generation and member id (TxnOffsetCommit v3 through
+    `aiokafka_internals.enable_group_fencing`): a worker that lost its partitions (a zombie,
+    an old generation) is refused by the group coordinator, not by a per-partition id. Its
+    transactional id is stable for the worker: `{app}-{instance_id}`, else a token kept in the
+    workdir, so a restarted worker's `InitProducerId` aborts the transaction it left open.
+    A partition's new owner reads its committed offset with `require_stable`: it waits until
+    no transaction (a zombie's) still holds offsets for it."""
+
+    def __init__(self, settings: Settings, app_id: str, client_id: str, consumer: Any) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._consumer = consumer
+        # the lock on the workdir's token is held as long as this object lives (the process)
+        self.transactional_id, self._lock = worker_transactional_id(settings, app_id)
+        self.gate: Gate | None = None
+        self._starting = asyncio.Lock()
+
+    @property
+    def producer(self) -> Any:
+        assert self.gate is not None, "no transactional producer: acquire() first"
+        return self.gate.producer
+
+    def __getitem__(self, tp: TopicPartition) -> Any:
+        if self.gate is None:
+            raise KeyError(tp)
+        return self.gate
+
+    async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
+        async with self._starting:
+            if self.gate is None:
+                producer = make_producer(
+                    self._settings,
+                    f"{self._client_id}-txn",
+                    transactional_id=self.transactional_id,
+                    transaction_timeout_ms=worker_transaction_timeout(self._settings),
+                )
+                await producer.start()
+                try:
+                    enable_group_fencing(
+                        producer,
+                        lambda: group_metadata(self._consumer),
+                        newer_generation=self._settings.rebalance_protocol == "cooperative",
+                    )
+                    await producer.begin_transaction()  # after InitProducerId
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self.gate = Gate(producer)
+                log.info("transactional producer %s (one per worker) ready", self.transactional_id)
+        gate = self.gate
+        return {tp: gate for tp in tps}
+
+    async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
+        """Nothing to stop: the producer serves whatever partitions the worker owns."""
+
+    async def discard(self, tps: Iterable[TopicPartition]) -> None:
+        """A failed transaction is the worker's: the producer goes (the next one, same id,
+        aborts what it left open)."""
+        if list(tps):
+            await self.close()
+
+    async def close(self) -> None:
+        """Abort the open transaction (no other worker's id will: while it is open, the
+        partitions' next owners wait for its offsets), then stop the producer."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.fail()  # a task waiting to send is refused rather than sent nowhere
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gate.producer.abort_transaction(), ABORT_TIMEOUT)
+            await stop_quietly(gate.producer)
+
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
+        offsets = await fetch_stable_offsets(consumer, tps)
+        return [offsets[tp] for tp in tps]
+
+
+WORKER_TRANSACTION_TIMEOUT_MS = 10_000
+
+
+def worker_transaction_timeout(settings: Settings) -> int:
+    """`transaction_timeout_ms` when set; else 10 s for the per-worker producer (as Kafka
+    Streams under exactly-once): a worker killed and not restarted under the same id leaves
+    its transaction open this long, and its partitions' next owners wait for it."""
+    if "transaction_timeout_ms" in settings.model_fields_set:
+        return settings.transaction_timeout_ms
+    return WORKER_TRANSACTION_TIMEOUT_MS
+
+
+def worker_transactional_id(settings: Settings, app_id: str) -> tuple[str, IO[str] | None]:
+    """`{app}-{instance_id}`, else `{app}-worker-{token}` with the token kept in
+    `{workdir}/{app}/producer.id` and locked while the worker runs (a second worker on the
+    same workdir gets a fresh token rather than fencing the first)."""
+    if settings.instance_id:
+        return f"{app_id}-{settings.instance_id}", None
+    folder = settings.workdir / app_id
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "producer.id"
+    lock = open(folder / "producer.id.lock", "a")  # noqa: SIM115 (held while the worker runs)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        token = uuid.uuid4().hex[:12]
+        log.warning(
+            "workdir %s is in use by another worker: transactional id token %s", folder, token
+        )
+        return f"{app_id}-worker-{token}", None
+    token = path.read_text().strip() if path.exists() else ""
+    if not token:
+        token = uuid.uuid4().hex[:12]
+        path.write_text(token + "\n")
+    return f"{app_id}-worker-{token}", lock
