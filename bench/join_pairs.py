@@ -4,11 +4,12 @@
 
 `bench.compare` judges a run by the oracle and waits for every pair; a peer that misses pairs
 for good would only time out there. This bench runs the Quix Streams program of pipeline C
-(`bench/peers/quix_app.py`, in .venv-bench) until its output stops growing for 10 s, reads
-the output (read_committed) to the end offsets and reports the pairs found, missed and extra,
-split by which record came first in event time, with the events/s and CPU µs per event up to
-the last output. Quix Streams looks for partners only backwards in time from the record that
-arrives, so a pair is found only if its earlier record (in event time) arrived first.
+(`bench/peers/quix_app.py`, in .venv-bench) until its output stops growing for 10 s (after its
+first record), reads the output (read_committed) to the end offsets and reports the pairs
+found, missed and extra, split by which record came first in event time, with the events/s
+and CPU µs per event up to the last output. Quix Streams looks for partners only backwards in
+time from the record that arrives, so a pair is found only if its earlier record (in event
+time) arrived first.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 str(BENCH_PY), str(ROOT / "bench/peers/quix_app.py"), env=env
             )
             try:
-                count, last_change, cpu = -1, started, 0.0
-                while time.monotonic() - last_change < 10.0:
+                count, last_change, cpu = 0, started, 0.0
+                while count == 0 or time.monotonic() - last_change < 10.0:
                     if proc.returncode is not None:
                         raise SystemExit(f"the peer exited with {proc.returncode}")
+                    if time.monotonic() - started > 600:
+                        raise SystemExit("no output within 600 s")
                     await asyncio.sleep(0.5)
                     now = await cluster.count(output)
                     if now != count:
