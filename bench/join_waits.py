@@ -8,7 +8,10 @@ as a share of it, each checkpoint's start and duration, the seconds summed per c
 over all tasks (snapshot: dirty rows to changelog records, on the loop; flush: waiting for the
 broker to acknowledge a task's batches; write: the SQLite transaction, in a thread), and the
 event loop's lag (a 10 ms sleep's overshoot: time the loop was busy or the process starved).
-The steps are timed by wrapping their methods; nothing else is changed.
+The steps are timed by wrapping their methods; nothing else is changed. The event loop's
+thread is split by the kernel's scheduler statistics (/proc/self/task/<tid>/schedstat): on a
+CPU, runnable but waiting for one (the machine's other processes), and the rest: asleep,
+waiting for the broker or a thread.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import functools
 import importlib
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.common import Cluster, bootstrap, preload
@@ -60,6 +65,14 @@ def timed(cls: Any, name: str, step: str) -> None:
         setattr(cls, name, ran)
 
 
+def schedstat() -> tuple[float, float]:
+    """Seconds the event loop's thread ran on a CPU and waited runnable for one."""
+    ran, waited, _ = (
+        Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()
+    )
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 async def lag(samples: list[float]) -> None:
     while True:
         before = time.monotonic()
@@ -83,7 +96,7 @@ async def measure(args: argparse.Namespace) -> str:
                 BENCH_COMMIT_INTERVAL="1.0", BENCH_STATE_DIR=state,
             )  # fmt: skip
             worker = Worker(importlib.import_module("bench.peers.streamkit_app").app)
-            started, cpu0 = time.monotonic(), time.process_time()
+            started, cpu0, sched0 = time.monotonic(), time.process_time(), schedstat()
             running = asyncio.create_task(worker.run(install_signal_handlers=False))
             checkpoints: list[tuple[float, float]] = []
 
@@ -105,6 +118,7 @@ async def measure(args: argparse.Namespace) -> str:
                     ):
                         break
                 wall, cpu = time.monotonic() - started, time.process_time() - cpu0
+                ran, runnable = (b - a for a, b in zip(sched0, schedstat(), strict=True))
             finally:
                 ticking.cancel()
                 worker.request_stop()
@@ -119,6 +133,9 @@ async def measure(args: argparse.Namespace) -> str:
             + " ".join(f"{s:.1f}/{d:.2f}" for s, d in checkpoints),
             f"in checkpoints: {sum(d for _, d in checkpoints):.1f} s; steps summed over tasks: "
             + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(STEPS.items())),
+            f"event loop thread: on a CPU {ran:.1f} s ({ran / wall:.0%}), runnable waiting for a "
+            f"CPU {runnable:.1f} s ({runnable / wall:.0%}), asleep {wall - ran - runnable:.1f} s "
+            f"({(wall - ran - runnable) / wall:.0%})",
             f"event loop lag: mean {sum(samples) / max(1, len(samples)) * 1000:.0f} ms, "
             f"max {max(samples, default=0) * 1000:.0f} ms",
         ]
