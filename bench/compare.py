@@ -54,7 +54,7 @@ BOTH = ("exactly_once", "at_least_once")
 SYSTEMS = ("streamkit", "raw aiokafka", "raw confluent-kafka", "faust", "quix streams",
            "kafka streams")  # fmt: skip
 RAW = {"raw aiokafka", "raw confluent-kafka"}  # pipeline A, at-least-once only
-JOINING = {"streamkit", "kafka streams"}  # pipeline C (the stream-stream join)
+JOINING = {"streamkit", "kafka streams", "quix streams"}  # pipeline C (the stream-stream join)
 
 
 def command(system: str) -> list[str]:

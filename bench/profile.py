@@ -1,8 +1,9 @@
-"""Where pipeline A's time goes: the streamkit peer in-process under cProfile (CPU clock).
+"""Where a pipeline's time goes: the streamkit peer in-process under cProfile (CPU clock).
 
-    python -m bench.profile [--events N] [--guarantee exactly_once|at_least_once] [--top K]
+    python -m bench.profile [--events N] [--pipeline A|B|C] [--guarantee exactly_once|at_least_once]
+                            [--top K]
 
-Pre-loads pipeline A's input (bench/pipelines.py), runs `bench/peers/streamkit_app.py`'s app
+Pre-loads the pipeline's input (bench/pipelines.py), runs `bench/peers/streamkit_app.py`'s app
 in this process with the profiler on until the output holds N records and the input is
 committed, then prints CPU µs per event for the functions with the most own time, and the
 share of the total. The profiler roughly doubles the cost of a Python call, so read the shares,
@@ -28,17 +29,17 @@ from streamkit.runtime.worker import Worker
 
 
 async def profile(args: argparse.Namespace) -> pstats.Stats:
-    work = workload("A", args.events)
+    work = workload(args.pipeline, args.events)
     uid = uuid.uuid4().hex[:8]
     source, output, group = f"prof-in-{uid}", f"prof-out-{uid}", f"prof-{uid}"
     async with Cluster() as cluster:
         await cluster.create_topics([source, output])
         await cluster.warm_up_groups()
-        await preload(source, work.values)
+        await preload(source, work.values, timestamps=work.timestamps)
         ends = await cluster.end_offsets(source)
         with tempfile.TemporaryDirectory() as state:
             os.environ.update(
-                BENCH_PIPELINE="A", BENCH_BOOTSTRAP=bootstrap(), BENCH_INPUT=source,
+                BENCH_PIPELINE=args.pipeline, BENCH_BOOTSTRAP=bootstrap(), BENCH_INPUT=source,
                 BENCH_OUTPUT=output, BENCH_GROUP=group, BENCH_GUARANTEE=args.guarantee,
                 BENCH_COMMIT_INTERVAL="1.0", BENCH_STATE_DIR=state,
             )  # fmt: skip
@@ -52,7 +53,9 @@ async def profile(args: argparse.Namespace) -> pstats.Stats:
                     if running.done():
                         running.result()
                     committed = await cluster.committed(group, source)
-                    if all(committed.get(p, -1) >= end for p, end in ends.items()):
+                    if all(committed.get(p, -1) >= end for p, end in ends.items()) and (
+                        await cluster.count(output) >= work.outputs  # C: a stage after the first
+                    ):
                         break
                     await asyncio.sleep(0.1)
             finally:
@@ -86,6 +89,7 @@ def report(stats: pstats.Stats, events: int, top: int) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--pipeline", default="A", choices=("A", "B", "C"))
     parser.add_argument("--guarantee", default="exactly_once")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)

@@ -63,3 +63,27 @@ def test_the_last_upstream_of_an_input_going_idle_frees_the_watermark_at_once() 
     assert clock.watermark == 500
     clock.on_control("b", control_headers(0, 500, True))  # b's only upstream: idle
     assert clock.watermark == 9_000  # no further record of a needed
+
+
+def test_a_quiet_repartition_input_holds_the_watermark_until_its_upstreams_say_idle() -> None:
+    """Pipeline C at 1,000,000 events under load: the clicks' repartition input went quiet for
+    longer than idle_timeout (its upstreams' transactions still open) while the purchases'
+    moved on; counted idle, it let the watermark run ahead and 53,626 clicks were late."""
+    wall = VirtualClock(1_000.0)
+    token = WALL_CLOCK.set(wall)
+    try:
+        clock = EventClock({"a": (TimestampPolicy(), 1), "b": (TimestampPolicy(), 1)}, 0, [], 5.0)
+    finally:
+        WALL_CLOCK.reset(token)
+    clock.note_input("a")
+    clock.note_input("b")
+    assert clock.on_control("a", control_headers(0, 1_000, False))
+    assert clock.on_control("b", control_headers(0, 1_000, False))
+    assert clock.watermark == 1_000
+    wall.advance(30.0)  # b quiet for 30 s, its upstream busy (not idle)
+    clock.note_input("a")
+    clock.on_control("a", control_headers(0, 90_000, False))
+    assert clock.watermark == 1_000, "b was counted idle for being quiet"
+    clock.on_control("b", control_headers(0, 2_000, True))  # b's upstream: idle
+    clock.on_control("a", control_headers(0, 95_000, False))
+    assert clock.watermark == 95_000  # b left out now; a alone moves it

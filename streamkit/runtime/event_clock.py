@@ -59,8 +59,11 @@ class ClockInput:
 
 class EventClock:
     """The event time of one task. Its watermark is the minimum over its inputs' (left out
-    while others move: an input quiet for `idle_timeout`, or one after a repartition hop whose
-    every upstream task said it is idle; never one with records waiting in the task)."""
+    while others move: a source-topic input quiet for `idle_timeout`, or one after a
+    repartition hop whose every upstream task said it is idle; never one with records waiting
+    in the task). A repartition input is never left out for being quiet: its upstream tasks
+    say when they are idle, and until then its records may be on their way (in an upstream's
+    open transaction, behind a slow fetch); leaving it out would make them late."""
 
     def __init__(
         self,
@@ -113,7 +116,8 @@ class EventClock:
         active = [
             i
             for name, i in self.inputs.items()
-            if (now - i.last_input < idle and not i.tracker.all_idle) or pending(name)
+            if pending(name)
+            or (not i.tracker.all_idle and (i.tracker.upstreams or now - i.last_input < idle))
         ] or inputs
         return min(i.tracker.current for i in active)
 

@@ -3,11 +3,14 @@
 Both sides' on-time records are buffered in the join's table (an ordinary table: write-back
 cache, SQLite, changelog, checkpoint, exactly-once), one row per record:
 
-    (side, event time, seq, key bytes) → matched flag (1 byte), source offset (8), value bytes
+    side (1 byte), event time (8), seq (8), key bytes → matched flag (1 byte), source offset (8),
+                                                      value bytes
 
 where `seq` numbers the partition's records (restored as one past the largest stored) and
 the value is encoded with its side's codec, so a buffered value reads back as the type a live
-one has. A reserved row holds the watermark the rows reflect (checkpointed with them).
+one has. A row's key is packed once, when the record is buffered (the table's keys are these
+bytes: nothing to encode at the checkpoint). A reserved row holds the watermark the rows
+reflect (checkpointed with them).
 
 In memory, 16 bytes a buffered record: per side, key → its buffered (time, seq) in time order,
 two packed arrays (the partners of a new record are found by bisection); and per side a heap
@@ -33,9 +36,8 @@ from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
 _ROW = struct.Struct(">Bqq")  # side, event time, seq; then the key's bytes
 _HEAD = struct.Struct(">Bq")  # matched, source offset; then the value's bytes
 _WM = struct.Struct(">q")
-WATERMARK_ROW: tuple[int, int, int, bytes] = (255, 0, 0, b"")
+WATERMARK_ROW = _ROW.pack(255, 0, 0)  # the reserved row's key
 
-Row = tuple[int, int, int, bytes]
 # (key bytes, event time, left value, right value (None: unmatched), source offset of the
 # record that made it); the joiner runs where the result is pushed on, not here
 Emit = Callable[[bytes, int, Any, Any, int], None]
@@ -43,31 +45,9 @@ Emit = Callable[[bytes, int, Any, Any, int], None]
 Late = Callable[[int, int, int], None]
 
 
-class JoinRowCodec:
-    """(side, event time, seq, key bytes) ↔ 17 bytes + the key's bytes."""
-
-    name = "join-row"
-
-    def encode(self, obj: Row) -> bytes:
-        side, ts, seq, key = obj
-        return _ROW.pack(side, ts, seq) + key
-
-    def decode(self, data: bytes) -> Row:
-        side, ts, seq = _ROW.unpack_from(data)
-        return side, ts, seq, bytes(data[_ROW.size :])
-
-    @property
-    def loads(self) -> Callable[[bytes], Row]:
-        return self.decode
-
-
-JOIN_ROWS = JoinRowCodec()
-
-
 def join_table(table: Table[Any, Any]) -> Table[Any, Any]:
-    """Make `table` (bytes values) hold a join's rows. Its keys are those of the records the
-    task is processing (they belong to its partition): no per-key check."""
-    table.key_codec = JOIN_ROWS
+    """Make `table` (bytes keys and values) hold a join's rows. Its keys are those of the
+    records the task is processing (they belong to its partition): no per-key check."""
     table.checked_keys = False
     return table
 
@@ -104,7 +84,7 @@ class JoinPartition:
         emit: Emit = _no_emit,
     ) -> None:
         self.join = join
-        self.spec = join.spec
+        self.spec = spec = join.spec
         self.rows = rows
         self.codecs = codecs
         self.late = late
@@ -116,14 +96,22 @@ class JoinPartition:
         self._seq = 0
         self.watermark = NO_WATERMARK
         self.buffered = 0
+        # the spec's bounds per side, asked once (they only shift with the time): a record of
+        # side s at t has its partners in [t + _lo[s], t + _hi[s]] and is final once the
+        # watermark passed t + _final_after[s]
+        (lo_l, hi_l), (lo_r, hi_r) = spec.partners(LEFT, 0), spec.partners(RIGHT, 0)
+        self._lo, self._hi = (lo_l, lo_r), (hi_l, hi_r)
+        self._final_after = (spec.final_after(LEFT, 0), spec.final_after(RIGHT, 0))
+        self._keeps = (spec.keeps_unmatched(LEFT), spec.keeps_unmatched(RIGHT))
 
     def load(self) -> int:
         """Rebuild the indexes from the stored rows; the watermark they reflect."""
+        unpack, size = _ROW.unpack_from, _ROW.size
         for row in self.rows.iter_keys():
             if row == WATERMARK_ROW:
                 continue
-            side, ts, seq, key = row
-            self._track(side, ts, seq, key)
+            side, ts, seq = unpack(row)
+            self._track(side, ts, seq, bytes(row[size:]))
             self._seq = max(self._seq, seq + 1)
         saved = self.rows.get(WATERMARK_ROW)
         if saved is not _MISSING and saved is not _DELETED and saved is not None:
@@ -135,48 +123,59 @@ class JoinPartition:
         if buffered is None:
             buffered = self.index[side][key] = Buffered()
         if buffered.add(ts, seq):
-            heapq.heappush(self._final[side], (self.spec.final_after(side, ts), key))
+            heapq.heappush(self._final[side], (ts + self._final_after[side], key))
         self.buffered += 1
 
     def push(self, side: int, key: bytes, ts: int, value: Any, offset: int) -> None:
         """A record of `side` at event time `ts`: late, or joined with the buffered partners
         it matches (emitted now), then buffered until it is final."""
-        spec, watermark, rows = self.spec, self.watermark, self.rows
-        if spec.late(ts, watermark):
+        watermark, rows = self.watermark, self.rows
+        if self.spec.late(ts, watermark):
             self.late(side, ts, watermark)
             return
         other = 1 - side
         matched = False
         buffered = self.index[other].get(key)
         if buffered is not None:
-            lo, hi = spec.partners(side, ts)
-            decode = self.codecs[other].decode
-            mark = spec.keeps_unmatched(other)
-            emit = self.emit
-            times, seqs = buffered.times, buffered.seqs
-            i = bisect.bisect_left(times, lo)
-            while i < len(times) and times[i] <= hi:
-                other_ts, other_seq = times[i], seqs[i]
-                i += 1
-                row = (other, other_ts, other_seq, key)
-                stored = rows.get(row)
-                partner = decode(stored[_HEAD.size :])
-                if mark and not stored[0]:
-                    rows.set(row, b"\x01" + stored[1:])
-                if side == LEFT:
-                    emit(key, max(ts, other_ts), value, partner, offset)
-                else:
-                    emit(key, max(ts, other_ts), partner, value, offset)
+            times = buffered.times
+            i = bisect.bisect_left(times, ts + self._lo[side])
+            hi = ts + self._hi[side]
+            if i < len(times) and times[i] <= hi:
+                seqs, pack, get = buffered.seqs, _ROW.pack, rows.get
+                decode = self.codecs[other].decode
+                mark, emit = self._keeps[other], self.emit
+                while i < len(times) and times[i] <= hi:
+                    other_ts = times[i]
+                    row = pack(other, other_ts, seqs[i]) + key
+                    i += 1
+                    stored = get(row)
+                    partner = decode(stored[_HEAD.size :])
+                    if mark and not stored[0]:
+                        rows.set(row, b"\x01" + stored[1:])
+                    if side == LEFT:
+                        emit(key, ts if ts > other_ts else other_ts, value, partner, offset)
+                    else:
+                        emit(key, ts if ts > other_ts else other_ts, partner, value, offset)
                 matched = True
-        if watermark > spec.final_after(side, ts):  # already final (a one-sided interval)
-            if not matched and spec.keeps_unmatched(side):
+        final_after = ts + self._final_after[side]
+        if watermark > final_after:  # already final (a one-sided interval)
+            if not matched and self._keeps[side]:
                 self._unmatched(side, key, ts, value, offset)
             return
         seq = self._seq
         self._seq = seq + 1
-        head = _HEAD.pack(matched, offset)
-        rows.set((side, ts, seq, key), head + self.codecs[side].encode(value))
-        self._track(side, ts, seq, key)
+        rows.set(
+            _ROW.pack(side, ts, seq) + key,
+            _HEAD.pack(matched, offset) + self.codecs[side].encode(value),
+        )
+        # indexed (`_track`, inline: once per record)
+        index = self.index[side]
+        mine = index.get(key)
+        if mine is None:
+            mine = index[key] = Buffered()
+        if mine.add(ts, seq):
+            heapq.heappush(self._final[side], (final_after, key))
+        self.buffered += 1
 
     def _unmatched(self, side: int, key: bytes, ts: int, value: Any, offset: int) -> None:
         if side == LEFT:
@@ -201,26 +200,25 @@ class JoinPartition:
         buffered = self.index[side].get(key)
         if buffered is None:
             return  # an older entry of a key purged whole meanwhile
-        spec, rows = self.spec, self.rows
+        rows, after = self.rows, self._final_after[side]
         times, seqs = buffered.times, buffered.seqs
-        n = 0
-        while n < len(times) and spec.final_after(side, times[n]) < watermark:
-            n += 1
+        # the final prefix: times t with t + after < watermark (`JoinSpec.final_after`)
+        n = bisect.bisect_left(times, watermark - after)
         if n == 0:
             return  # an older entry: the key's earliest record has an entry of its own
-        keeps = spec.keeps_unmatched(side)
+        keeps = self._keeps[side]
         for ts, seq in zip(times[:n], seqs[:n], strict=True):
-            row = (side, ts, seq, key)
+            row = _ROW.pack(side, ts, seq) + key
             if keeps:
                 stored = rows.get(row)
                 if not stored[0]:
                     value = self.codecs[side].decode(stored[_HEAD.size :])
                     self._unmatched(side, key, ts, value, _HEAD.unpack_from(stored)[1])
-            rows.delete(row)
+            rows.remove(row)  # buffered, so stored: no read to delete it
         del times[:n]
         del seqs[:n]
         self.buffered -= n
         if times:
-            heapq.heappush(self._final[side], (spec.final_after(side, times[0]), key))
+            heapq.heappush(self._final[side], (times[0] + after, key))
         else:
             del self.index[side][key]
