@@ -102,8 +102,11 @@ class Cluster:
         """Records in a topic written without transactions: the sum of its end offsets."""
         return sum((await self.end_offsets(topic, partitions)).values())
 
-    async def wait_stable(self, group: str, alive: Callable[[], bool], within: float) -> None:
-        """Until `group` is Stable with members (its system has joined and been assigned)."""
+    async def wait_stable(
+        self, group: str, alive: Callable[[], bool], within: float, members: int = 1
+    ) -> None:
+        """Until `group` is Stable with `members` members (its system has joined and been
+        assigned)."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if not alive():
@@ -112,7 +115,7 @@ class Cluster:
                 described = await self.admin.describe_consumer_groups([group])
                 # DescribeGroups response: groups = [(error, id, state, type, protocol, members)]
                 for g in described[0].groups:
-                    if g[1] == group and g[2] == "Stable" and g[5]:
+                    if g[1] == group and g[2] == "Stable" and len(g[5]) >= members:
                         return
             await asyncio.sleep(0.2)
         raise RuntimeError(f"group {group} not stable within {within:.0f} s")

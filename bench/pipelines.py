@@ -1,7 +1,8 @@
 """The two pipelines of the peers benchmark: their input, their oracle and how a run is checked.
 
-A: N purchases (JSON, ~100 bytes, 10,000 users, fixed seed, unkeyed) → repartition by user →
-   per-user running sum → `{"user_id", "total"}` per event.
+A: N purchases (JSON, ~100 bytes, 10,000 users or `keys` users, fixed seed, unkeyed) →
+   repartition by user → per-user running sum → `{"user_id", "total"}` per event. With
+   keys ≥ N (the state-size runs) every event is a new user, so the state ends with N keys.
 B: the same purchases with event times 20 ms apart (record timestamps) → repartition by user →
    60 s tumbling count per user, one update per event → `{"user_id", "start", "count"}`.
 C: clicks and purchases (one input topic, 80 % clicks, event times 20 ms apart, record
@@ -48,15 +49,17 @@ class Workload:
         self.outputs = self.outputs or len(self.values)
 
 
-def purchases(n: int) -> tuple[list[bytes], list[tuple[str, float]]]:
+def purchases(n: int, keys: int = USERS) -> tuple[list[bytes], list[tuple[str, float]]]:
     rng = random.Random(SEED)
+    fresh = keys >= n  # every event its own user: the state grows to N keys
     values: list[bytes] = []
     rows: list[tuple[str, float]] = []
     for i in range(n):
         # event i goes to input partition i % PARTITIONS (round-robin, unkeyed); a user's
         # events all sit in one input partition, so every system sees them in the same order
         # and each running total names one input event
-        user = f"u{rng.randrange(USERS // PARTITIONS) * PARTITIONS + i % PARTITIONS}"
+        slot = i if fresh else rng.randrange(keys // PARTITIONS) * PARTITIONS + i % PARTITIONS
+        user = f"u{slot}"
         amount = round(1 + rng.random() * 499, 2)
         rows.append((user, amount))
         values.append(
@@ -114,10 +117,11 @@ def join_workload(n: int) -> Workload:
     return work
 
 
-def workload(pipeline: str, n: int) -> Workload:
+def workload(pipeline: str, n: int, keys: int = USERS) -> Workload:
+    """A pipeline's input of N events over `keys` users (A and B; C keeps USERS)."""
     if pipeline == "C":
         return join_workload(n)
-    values, rows = purchases(n)
+    values, rows = purchases(n, keys)
     if pipeline == "A":
         work = Workload("A", values, None, {})
         cents: dict[str, int] = {}

@@ -30,9 +30,10 @@ def test_passthrough_benchmark_smoke_run() -> None:
 
 
 def test_peers_benchmark_smoke_run() -> None:
-    """Pipelines A and B in streamkit (both guarantees) and the raw aiokafka loop, validated
-    against the oracle (every output answers one input event), plus one paced latency run; the
-    other systems need the bench virtualenv and the JDK build (`make bench`)."""
+    """Pipelines A and B in streamkit (both guarantees, one and two worker processes) and the
+    raw one-hop and two-hop aiokafka loops, validated against the oracle (every output answers
+    one input event), plus one paced latency run each; the other systems need the bench
+    virtualenv and the JDK build (`make bench`)."""
     out = run_bench(
         "bench.compare",
         "--events",
@@ -40,7 +41,7 @@ def test_peers_benchmark_smoke_run() -> None:
         "--reps",
         "1",
         "--systems",
-        "streamkit,raw aiokafka",
+        "streamkit,raw aiokafka,raw two-hop,streamkit x2",
         "--commit-interval",
         "0.2",
         "--guarantees",
@@ -54,8 +55,10 @@ def test_peers_benchmark_smoke_run() -> None:
     assert "| exactly_once | streamkit | 1/1 |" in out
     assert "| at_least_once | streamkit | 1/1 |" in out
     assert "| at_least_once | raw aiokafka | 1/1 |" in out
+    assert out.count("| at_least_once | raw two-hop | 1/1 |") == 2  # A and its latency run
+    assert out.count("| exactly_once | streamkit x2 | 1/1 |") == 4
     assert out.count("| exactly_once | streamkit | 1/1 |") == 4  # A, B and their latency runs
-    assert "Pipeline B, throughput" in out
+    assert "Pipeline B, 10,000 keys, throughput" in out
     assert "Failed runs" not in out
 
 
@@ -79,5 +82,5 @@ def test_join_pipeline_smoke_run() -> None:
         "--no-hardware",
     )
     assert "| exactly_once | streamkit | 1/1 |" in out
-    assert "Pipeline C, throughput" in out
+    assert "Pipeline C, 10,000 keys, throughput" in out
     assert "Failed runs" not in out
