@@ -28,7 +28,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import Cluster, bootstrap, preload
-from bench.compare import BENCH_PY, ROOT, prepare, proc_usage
+from bench.compare import BENCH_PY, ROOT, prepare
+from bench.observer import proc_usage
 from bench.pipelines import workload
 
 
@@ -88,7 +89,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                     now = await cluster.count(output)
                     if now != count:
                         count, last_change = now, time.monotonic()
-                        cpu = proc_usage(proc.pid)[0]
+                        cpu = proc_usage([proc.pid])[0]
             finally:
                 proc.terminate()
                 await proc.wait()
