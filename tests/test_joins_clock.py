@@ -41,6 +41,33 @@ def test_an_input_with_records_waiting_in_the_task_is_not_idle() -> None:
     assert clock.watermark == 95_000
 
 
+def test_an_input_whose_partition_is_not_read_to_its_end_is_not_idle() -> None:
+    """A source partition quiet for idle_timeout because its fetch lags (a starved worker, a
+    slow broker), not because the broker has nothing more, keeps holding the watermark."""
+    wall = VirtualClock(1_000.0)
+    token = WALL_CLOCK.set(wall)
+    try:
+        clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 0)}, 0, [], 5.0)
+    finally:
+        WALL_CLOCK.reset(token)
+
+    def record(topic: str, ts_ms: int) -> Any:
+        return SimpleNamespace(topic=topic, timestamp=ts_ms, headers=())
+
+    clock.note_input("a")
+    clock.note_input("b")
+    clock.on_data(record("a", 1_000), None)
+    clock.on_data(record("b", 1_000), None)
+    clock.note_end("b", False)  # the fetch loop: b's position is behind its last stable offset
+    wall.advance(10.0)
+    clock.note_input("a")
+    clock.on_data(record("a", 90_000), None)
+    assert clock.watermark == 1_000, "b was counted idle while the broker held its records"
+    clock.note_end("b", True)  # read to its end: quiet now means idle
+    clock.on_data(record("a", 95_000), None)
+    assert clock.watermark == 95_000
+
+
 def test_an_input_whose_every_upstream_is_idle_is_left_out_while_the_other_moves() -> None:
     clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 2)}, 0, [], 5.0)
     clock.on_data(SimpleNamespace(topic="a", timestamp=1_000, headers=()), None)

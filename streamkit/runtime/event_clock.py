@@ -61,7 +61,7 @@ class EventClock:
     """The event time of one task. Its watermark is the minimum over its inputs' (left out
     while others move: a source-topic input quiet for `idle_timeout`, or one after a
     repartition hop whose every upstream task said it is idle; never one with records waiting
-    in the task). A repartition input is never left out for being quiet: its upstream tasks
+    in the task, or at the broker unfetched: `note_end`). A repartition input is never left out for being quiet: its upstream tasks
     say when they are idle, and until then its records may be on their way (in an upstream's
     open transaction, behind a slow fetch); leaving it out would make them late."""
 
@@ -83,6 +83,10 @@ class EventClock:
         # input is idle only when quiet *and* drained, or a backlog longer than idle_timeout
         # would make the records behind it late
         self.pending: Callable[[str], bool] = _nothing_pending
+        # inputs whose partition holds records at the broker the task has not fetched yet (the
+        # fetch loop says, `note_end`): not idle either, however long ago their last record
+        # came (a starved process or a slow fetch is not a quiet partition)
+        self.behind: set[str] = set()
         self._sent = (self.current, False)  # last broadcast (watermark, idle)
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
         self._sent_at = float("-inf")  # never
@@ -93,6 +97,16 @@ class EventClock:
     @property
     def watermark(self) -> int:
         return self.current
+
+    def note_end(self, topic: str, caught_up: bool) -> None:
+        """The fetch loop's word on input `topic`: read to its end at the broker, or not."""
+        if caught_up:
+            self.behind.discard(topic)
+        else:
+            self.behind.add(topic)
+
+    def _waiting(self, name: str) -> bool:
+        return name in self.behind or self.pending(name)
 
     def note_input(self, topic: str) -> None:
         """Records arrived (the partition is not idle)."""
@@ -111,7 +125,7 @@ class EventClock:
         single = self._single
         if single is not None:
             return single.tracker.current
-        now, pending, idle = self._wall.monotonic(), self.pending, self.idle_timeout
+        now, pending, idle = self._wall.monotonic(), self._waiting, self.idle_timeout
         inputs = list(self.inputs.values())
         active = [
             i
@@ -174,7 +188,7 @@ class EventClock:
         if not force and now - self._sent_at < BROADCAST_EVERY:
             return
         idle = now - self.last_input >= self.idle_timeout and not any(
-            self.pending(name) for name in self.inputs
+            self._waiting(name) for name in self.inputs
         )
         state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):

@@ -38,6 +38,26 @@ async def fetch_loop(consumer: Any, tasks: TaskManager, settings: Settings) -> N
             *ready, timeout_ms=FETCH_TIMEOUT_MS, max_records=max_records
         )
         _rewind(consumer, tasks.dispatch(batches))
+        await _note_ends(consumer, tasks, ready)
+
+
+async def _note_ends(consumer: Any, tasks: TaskManager, tps: list[TopicPartition]) -> None:
+    """For the tasks that keep event time: whether each fetched partition is read to its end
+    (the position reached the last stable offset of the last fetch response). A partition
+    whose fetch lags (a starved process, a slow broker) is then never taken for an idle one:
+    its watermark is not left out while its records are on their way."""
+    by_input = tasks.by_input
+    for tp in tps:
+        task = by_input.get(tp)
+        clock = None if task is None else task.clock
+        if clock is None:
+            continue
+        end = consumer.last_stable_offset(tp)
+        try:
+            position = await consumer.position(tp)
+        except IllegalStateError:  # revoked meanwhile
+            continue
+        clock.note_end(tp.topic, end is not None and position >= end)
 
 
 def _rewind(consumer: Any, positions: dict[TopicPartition, int]) -> None:
