@@ -42,6 +42,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench import flink
 from bench.common import PARTITIONS, Cluster, Timeline, bootstrap, preload
 from bench.hardware import hardware_ceiling
 from bench.pipelines import Oracle, Workload, workload
@@ -52,9 +53,9 @@ BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 KSTREAMS = Path.home() / ".cache" / "streamkit" / "kstreams-4.1.1"
 BOTH = ("exactly_once", "at_least_once")
 SYSTEMS = ("streamkit", "raw aiokafka", "raw confluent-kafka", "faust", "quix streams",
-           "kafka streams")  # fmt: skip
+           "kafka streams", "flink")  # fmt: skip
 RAW = {"raw aiokafka", "raw confluent-kafka"}  # pipeline A, at-least-once only
-JOINING = {"streamkit", "kafka streams"}  # pipeline C (the stream-stream join)
+JOINING = {"streamkit", "kafka streams", "flink"}  # pipeline C (the stream-stream join)
 
 
 def command(system: str) -> list[str]:
@@ -71,6 +72,8 @@ def command(system: str) -> list[str]:
     if system == "kafka streams":
         classpath = f"{KSTREAMS / 'classes'}:{KSTREAMS / 'lib'}/*"
         return ["java", "-Xmx1g", "-cp", classpath, "Pipelines"]
+    if system == "flink":  # bench/flink: builds on first use
+        return flink.command()
     raise SystemExit(f"unknown system {system!r}")
 
 
@@ -82,13 +85,16 @@ def supports(system: str, pipeline: str, guarantee: str) -> bool:
 
 def prepare(systems: Sequence[str]) -> None:
     """The peers' software: the bench virtualenv, Kafka Streams' jars and classes."""
-    if set(systems) - {"streamkit", "raw aiokafka", "kafka streams"} and not BENCH_PY.exists():
+    python_peers = set(systems) - {"streamkit", "raw aiokafka", "kafka streams", "flink"}
+    if python_peers and not BENCH_PY.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_PY.parent.parent)], check=True)
-    if set(systems) - {"streamkit", "raw aiokafka", "kafka streams"}:
+    if python_peers:
         subprocess.run(
             [str(BENCH_PY), "-m", "pip", "install", "-q", "-r", str(ROOT / "bench/peers.txt")],
             check=True,
         )
+    if "flink" in systems:
+        flink.build()  # before any clock starts
     source = ROOT / "bench/kstreams/Pipelines.java"
     built = KSTREAMS / "classes" / "Pipelines.class"
     if "kafka streams" in systems and (
