@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from bench import flink
 from bench.pipelines import USERS
 from bench.report import markdown, summarize
 from bench.runner import Plan, run_all
@@ -44,9 +45,9 @@ BOTH = ("exactly_once", "at_least_once")
 # exactly-once: ~15 s * ~22,000 events/s under load 8-13): start-up < 5 % of every run
 EVENTS = 6_000_000
 SYSTEMS = ("streamkit", "raw aiokafka", "raw two-hop", "raw confluent-kafka", "faust",
-           "quix streams", "kafka streams")  # fmt: skip
+           "quix streams", "kafka streams", "flink")  # fmt: skip
 RAW = {"raw aiokafka", "raw two-hop", "raw confluent-kafka"}  # pipeline A, at-least-once only
-JOINING = {"streamkit", "kafka streams", "quix streams"}  # pipeline C (the stream-stream join)
+JOINING = {"streamkit", "kafka streams", "quix streams", "flink"}  # pipeline C (the join)
 # Faust does ~300 events/s: a run of the default N would take hours, so it runs only when
 # named, with an N of its own (`--systems faust --events 100000`)
 DEFAULT = [s for s in SYSTEMS if s != "faust"]
@@ -77,6 +78,8 @@ def command(system: str) -> list[str]:
     if system == "kafka streams":
         classpath = f"{KSTREAMS / 'classes'}:{KSTREAMS / 'lib'}/*"
         return ["java", "-Xmx1g", "-cp", classpath, "Pipelines"]
+    if system == "flink":  # bench/flink: builds on first use
+        return flink.command()
     raise SystemExit(f"unknown system {system!r}")
 
 
@@ -90,7 +93,7 @@ def supports(system: str, pipeline: str, guarantee: str) -> bool:
 
 def prepare(systems: Sequence[str]) -> None:
     """The peers' software: the bench virtualenv, Kafka Streams' jars and classes."""
-    ours = {"streamkit", "raw aiokafka", "raw two-hop", "kafka streams"}
+    ours = {"streamkit", "raw aiokafka", "raw two-hop", "kafka streams", "flink"}
     others = {s for s in systems if not WORKERS.fullmatch(s)} - ours
     if others and not BENCH_PY.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_PY.parent.parent)], check=True)
@@ -99,6 +102,8 @@ def prepare(systems: Sequence[str]) -> None:
             [str(BENCH_PY), "-m", "pip", "install", "-q", "-r", str(ROOT / "bench/peers.txt")],
             check=True,
         )
+    if "flink" in systems:
+        flink.build()  # before any clock starts
     source = ROOT / "bench/kstreams/Pipelines.java"
     built = KSTREAMS / "classes" / "Pipelines.class"
     if "kafka streams" in systems and (

@@ -15,11 +15,8 @@ another file), so `down`, `status` and `run` from the same folder find it.
 Tests: start_broker() -> Broker.
 Standard library only; a broker is ready when it answers a Kafka Metadata request.
 
-`--secure` (tests: `start_broker(secure=True)`) adds three listeners to the PLAINTEXT one:
-SASL_PLAINTEXT and SASL_SSL (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for one user whose random
-password is made at format time) and SSL with client certificates required. openssl makes a
-CA, a broker certificate for 127.0.0.1 (a PEM keystore) and a client certificate whose key is
-encrypted; <data dir>/security.json lists the ports, the user, the passwords and the files.
+`--secure` (tests: `start_broker(secure=True)`) adds SASL_PLAINTEXT, SASL_SSL and SSL listeners
+to the PLAINTEXT one: streamkit/localkafka_secure.py makes them.
 """
 
 from __future__ import annotations
@@ -27,11 +24,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -41,17 +35,23 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from streamkit import maven
+from streamkit.childproc import exec_command, exit_on, run_child
+from streamkit.localkafka_secure import (
+    SCRAM_MECHANISMS,
+    SecurityError,
+    new_security,
+    secure_listener_config,
+)
 
 FILES = Path(__file__).resolve().parent / "kafka"  # package data: the pom and log4j config
 POM = FILES / "pom.xml"
 LOG4J_CONFIG = FILES / "log4j2.properties"
 STATE_FILE = Path(os.environ.get("STREAMKIT_KAFKA_STATE") or Path.cwd() / ".kafka" / "state.json")
-MARKER = ".streamkit-resolved"  # written last; holds the sha256 of the pom the jars came from
 HOST = "127.0.0.1"
 
 
@@ -63,14 +63,6 @@ def log(message: str) -> None:
     print(f"localkafka: {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def kafka_version(pom: Path = POM) -> str:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(pom).getroot().find("m:properties/m:kafka.version", ns)
@@ -80,41 +72,15 @@ def kafka_version(pom: Path = POM) -> str:
 
 
 def lib_dir(version: str) -> Path:
-    root = os.environ.get("STREAMKIT_KAFKA_CACHE") or Path.home() / ".cache" / "streamkit"
-    return Path(root) / f"kafka-{version}" / "lib"
+    return maven.cache_dir(f"kafka-{version}") / "lib"
 
 
 def resolve_jars(pom: Path = POM) -> Path:
     """Return the directory of the broker's jars; runs Maven only when it is not cached."""
-    lib, digest = lib_dir(kafka_version(pom)), hashlib.sha256(pom.read_bytes()).hexdigest()
-    marker = lib / MARKER
-    if marker.is_file() and marker.read_text() == digest:
-        return lib
-    with _locked(lib.parent / ".lock"):  # another process may be filling the same cache
-        if marker.is_file() and marker.read_text() == digest:
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BrokerError(f"Maven (mvn) is needed once, to fetch the Kafka jars into {lib}")
-        for leftover in lib.parent.glob(".lib-*"):  # from a run killed mid-download
-            shutil.rmtree(leftover, ignore_errors=True)
-        log(f"resolving Kafka jars with Maven into {lib} (first run only)")
-        started, tmp = time.monotonic(), Path(tempfile.mkdtemp(prefix=".lib-", dir=lib.parent))
-        try:
-            result = subprocess.run(
-                [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-                 "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise BrokerError(f"Maven failed:\n{result.stdout}{result.stderr}")
-            (tmp / MARKER).write_text(digest)
-            shutil.rmtree(lib, ignore_errors=True)
-            tmp.rename(lib)  # atomic: the cache is either complete or absent
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log(f"resolved {len(list(lib.glob('*.jar')))} jars in {time.monotonic() - started:.1f} s")
-    return lib
+    try:
+        return maven.resolve(pom, lib_dir(kafka_version(pom)), label="localkafka")
+    except maven.MavenError as exc:
+        raise BrokerError(str(exc)) from None
 
 
 def find_java() -> str:
@@ -180,116 +146,8 @@ def write_config(
     }
     props |= cluster
     if security is not None:
-        props |= secure_listener_config(props, security)
+        props |= secure_listener_config(props, security, HOST)
     path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
-
-
-SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
-SECURE_LISTENERS = ("SASL_PLAINTEXT", "SASL_SSL", "SSL")
-SASL_USER = "alice"
-
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-[client]
-basicConstraints = CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-"""
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise BrokerError("openssl is needed to make the certificates of a --secure broker")
-    result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BrokerError(f"openssl {args[0]} failed:\n{result.stderr}")
-
-
-def make_certificates(tls_dir: Path, client_key_password: str) -> dict[str, str]:
-    """A CA, a broker keystore (PEM: key + certificate chain) for 127.0.0.1/localhost and a
-    client certificate with an encrypted key; valid for two days."""
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    (tls_dir / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-    conf = ("-config", "openssl.cnf")
-    ec = ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
-    _openssl("genpkey", *ec, "-out", "ca.key", cwd=tls_dir)
-    _openssl("req", "-new", "-x509", "-key", "ca.key", "-subj", "/CN=streamkit-test-ca",
-             "-days", "2", *conf, "-extensions", "ca", "-out", "ca.pem", cwd=tls_dir)  # fmt: skip
-    for name, ext, extra in (
-        ("broker", "server", ()),
-        ("client", "client", ("-aes-256-cbc", "-pass", f"pass:{client_key_password}")),
-    ):
-        _openssl("genpkey", *ec, *extra, "-out", f"{name}.key", cwd=tls_dir)
-        passin = ("-passin", f"pass:{client_key_password}") if extra else ()
-        _openssl("req", "-new", "-key", f"{name}.key", *passin, "-subj", f"/CN={name}", *conf,
-                 "-out", f"{name}.csr", cwd=tls_dir)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-days", "2", "-extfile", "openssl.cnf", "-extensions", ext,
-                 "-out", f"{name}.pem", cwd=tls_dir)  # fmt: skip
-    keystore = tls_dir / "broker-keystore.pem"
-    keystore.write_text("".join((tls_dir / f).read_text() for f in ("broker.key", "broker.pem")))
-    return {
-        "cafile": str(tls_dir / "ca.pem"),
-        "keystore": str(keystore),
-        "client_certfile": str(tls_dir / "client.pem"),
-        "client_keyfile": str(tls_dir / "client.key"),
-    }
-
-
-def secure_listener_config(props: dict[str, str], security: dict[str, Any]) -> dict[str, str]:
-    """The broker properties that add the SASL_PLAINTEXT, SASL_SSL and SSL listeners."""
-    ports: dict[str, int] = security["listeners"]
-    names = [*SECURE_LISTENERS]
-    extra = ",".join(f"{name}://{HOST}:{ports[name]}" for name in names)
-    user, password = security["username"], security["password"]
-    plain = (
-        "org.apache.kafka.common.security.plain.PlainLoginModule required "
-        f'user_{user}="{password}";'
-    )
-    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-    out = {
-        "listeners": f"{props['listeners']},{extra}",
-        "advertised.listeners": f"{props['advertised.listeners']},{extra}",
-        "listener.security.protocol.map": props["listener.security.protocol.map"]
-        + "".join(f",{name}:{name}" for name in names),
-        "sasl.enabled.mechanisms": ",".join(("PLAIN", *SCRAM_MECHANISMS)),
-        "ssl.keystore.type": "PEM",
-        "ssl.keystore.location": security["keystore"],
-        "ssl.truststore.type": "PEM",
-        "ssl.truststore.location": security["cafile"],
-        "listener.name.ssl.ssl.client.auth": "required",
-    }
-    for listener in ("sasl_plaintext", "sasl_ssl"):
-        out[f"listener.name.{listener}.plain.sasl.jaas.config"] = plain
-        for mechanism in SCRAM_MECHANISMS:
-            out[f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config"] = scram
-    return out
-
-
-def new_security(data_dir: Path, ports: list[int]) -> dict[str, Any]:
-    """Ports, a user with a random password, certificates: <data_dir>/security.json."""
-    key_password = secrets.token_urlsafe(12)
-    security: dict[str, Any] = {
-        "listeners": dict(zip(SECURE_LISTENERS, ports, strict=True)),
-        "username": SASL_USER,
-        "password": secrets.token_urlsafe(18),
-        "client_key_password": key_password,
-        **make_certificates(data_dir / "tls", key_password),
-    }
-    (data_dir / "security.json").write_text(json.dumps(security, indent=2) + "\n")
-    return security
 
 
 def java_command(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
@@ -539,12 +397,8 @@ def _start_logged(timeout: float, secure: bool = False, brokers: int = 1) -> Bro
     return broker
 
 
-def _exit_on(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds, so whatever was started gets stopped
-
-
 def cmd_up(args: argparse.Namespace) -> int:
-    with _locked(STATE_FILE.with_suffix(".lock")):
+    with maven.locked(STATE_FILE.with_suffix(".lock")):
         broker = running_broker()
         size = len(getattr(broker, "nodes", [broker]))
         if broker is not None and size != args.brokers:
@@ -562,7 +416,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    with _locked(STATE_FILE.with_suffix(".lock")):
+    with maven.locked(STATE_FILE.with_suffix(".lock")):
         broker = load_state()
         if broker is not None:
             broker.stop()
@@ -585,46 +439,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if alive else 3
 
 
-def _exec(command: list[str], env: dict[str, str]) -> int:
-    try:
-        os.execvpe(command[0], command, env)
-    except OSError as exc:
-        log(f"cannot run {command[0]}: {exc}")
-        return 127
-
-
-def run_child(command: list[str], env: dict[str, str]) -> int:
-    """Run command, forwarding SIGINT/SIGTERM to it; its exit code (128+N if killed by N)."""
-    try:
-        child = subprocess.Popen(command, env=env)
-    except OSError as exc:
-        log(f"cannot run {command[0]}: {exc}")
-        return 127
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(OSError, ValueError):  # Ctrl-C reached the child already
-            if signum == signal.SIGINT and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp():
-                return
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    code = child.wait()
-    return code if code >= 0 else 128 - code
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         log("usage: localkafka.py run -- CMD ARGS...")
         return 2
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return _exec(command, dict(os.environ))
+        return exec_command(command, dict(os.environ))
     broker = running_broker()
     if broker is not None and len(getattr(broker, "nodes", [broker])) == args.brokers:
         log(f"using running broker at {broker.bootstrap} (pid {broker.pid})")
-        return _exec(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
+        return exec_command(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
     broker = _start_logged(args.timeout, args.secure, args.brokers)
     try:
         return run_child(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
@@ -657,10 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             command.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on)
+    signal.signal(signal.SIGTERM, exit_on)
     try:
         return int(args.func(args))
-    except BrokerError as exc:
+    except (BrokerError, SecurityError) as exc:
         log(str(exc))
         return 1
     except KeyboardInterrupt:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -33,13 +32,15 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamkit.localkafka import HOST, _exit_on, _locked, free_ports, run_child
+from streamkit import maven
+from streamkit.childproc import exit_on, run_child
+from streamkit.localkafka import HOST, free_ports
 
 POM = Path(__file__).resolve().parent / "registry" / "pom.xml"
-MARKER = ".streamkit-resolved"  # written last; holds the sha256 of the pom it came from
 API = "/apis/ccompat/v7"
 MIN_JAVA = 21
 JVM_DIRS = ("/usr/lib/jvm",)  # where Debian's (and Temurin's) packages put JDKs
@@ -61,58 +62,25 @@ def registry_version(pom: Path = POM) -> str:
     return node.text.strip()
 
 
-def cache_dir(name: str) -> Path:
-    root = os.environ.get("STREAMKIT_KAFKA_CACHE") or Path.home() / ".cache" / "streamkit"
-    return Path(root) / name
-
-
 def resolve_app(pom: Path = POM) -> Path:
     """The unpacked distribution (the folder of quarkus-run.jar); Maven runs only when it is
     not cached."""
-    target = cache_dir(f"apicurio-registry-{registry_version(pom)}")
-    return _maven(pom, target, ["dependency:unpack"], "quarkus-run.jar")
+    target = maven.cache_dir(f"apicurio-registry-{registry_version(pom)}")
+    return _resolve(pom, target, ["dependency:unpack"], "quarkus-run.jar")
 
 
 def resolve_jars(pom: Path) -> Path:
     """The folder of the runtime jars a pom depends on (Apicurio's Java serdes for the tests),
     cached as `apicurio-serde-<version>`; Maven runs only when it is not cached."""
-    target = cache_dir(f"apicurio-serde-{registry_version(pom)}")
-    args = ["dependency:copy-dependencies", "-DincludeScope=runtime"]
-    return _maven(pom, target, args, "")
+    target = maven.cache_dir(f"apicurio-serde-{registry_version(pom)}")
+    return _resolve(pom, target, maven.COPY_DEPENDENCIES, "")
 
 
-def _maven(pom: Path, target: Path, goal: list[str], expect: str) -> Path:
-    """Run Maven's `goal` into `target` once per pom content: it fills a temporary folder that
-    is renamed when complete, so the cache is complete or absent."""
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    marker = target / MARKER
-    if marker.is_file() and marker.read_text() == digest:
-        return target
-    with _locked(target.parent / f".{target.name}.lock"):
-        if marker.is_file() and marker.read_text() == digest:
-            return target
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise RegistryError(f"Maven (mvn) is needed once, to fetch {pom} into {target}")
-        for leftover in target.parent.glob(f".{target.name}-*"):  # a run killed mid-download
-            shutil.rmtree(leftover, ignore_errors=True)
-        log(f"fetching {target.name} with Maven into {target} (first run only)")
-        started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            result = subprocess.run(
-                [mvn, "-q", "-B", "-f", str(pom), *goal, f"-DoutputDirectory={tmp}"],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if result.returncode != 0 or not (tmp / expect).exists():
-                raise RegistryError(f"Maven failed:\n{result.stdout}{result.stderr}")
-            (tmp / MARKER).write_text(digest)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log(f"fetched in {time.monotonic() - started:.1f} s")
-    return target
+def _resolve(pom: Path, target: Path, goal: Sequence[str], expect: str) -> Path:
+    try:
+        return maven.resolve(pom, target, goal, expect=expect, label="localregistry")
+    except maven.MavenError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def java_major(java: str) -> int:
@@ -265,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--timeout", type=float, default=90.0, help="readiness wait, s")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on)  # unwinds, so the registry gets stopped
+    signal.signal(signal.SIGTERM, exit_on)  # unwinds, so the registry gets stopped
     try:
         if args.action == "run":
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
