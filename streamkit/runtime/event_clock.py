@@ -61,9 +61,10 @@ class EventClock:
     """The event time of one task. Its watermark is the minimum over its inputs' (left out
     while others move: a source-topic input quiet for `idle_timeout`, or one after a
     repartition hop whose every upstream task said it is idle; never one with records waiting
-    in the task, or at the broker unfetched: `note_end`). A repartition input is never left out for being quiet: its upstream tasks
-    say when they are idle, and until then its records may be on their way (in an upstream's
-    open transaction, behind a slow fetch); leaving it out would make them late."""
+    in the task, or unfetched at the broker: `note_end`). A repartition input is never left
+    out for being quiet: its upstream tasks say when they are idle, and until then its records
+    may be on their way (in an upstream's open transaction, behind a slow fetch); leaving it
+    out would make them late."""
 
     def __init__(
         self,
