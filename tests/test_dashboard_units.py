@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from streamkit.dashboard.collect import mark_hot
 from streamkit.dashboard.graph import graph_of
 from streamkit.dashboard.server import STATIC
-from streamkit.logfilters import CoordinatorLookupFilter
+from streamkit.logfilters import CommitInRebalanceFilter, CoordinatorLookupFilter
 from streamkit.runtime import webauth
 from streamkit.runtime.web import WebServer
 from streamkit.settings import Settings
@@ -124,6 +124,19 @@ def test_the_coordinator_lookup_on_a_fresh_broker_is_not_an_error() -> None:
     late = CoordinatorLookupFilter(grace=0.0)  # still failing after the grace: a warning
     shown = record(line)
     assert late.filter(shown) and shown.levelname == "WARNING"
+
+
+def test_a_commit_refused_during_a_rebalance_is_a_warning_not_an_error() -> None:
+    shown = CommitInRebalanceFilter()
+    line = record(
+        "OffsetCommit failed for group g due to group error "
+        "([Error 22] IllegalGenerationError: g), will rejoin"
+    )
+    line.levelno, line.levelname = logging.ERROR, "ERROR"
+    assert shown.filter(line) and line.levelname == "WARNING"
+    other = record("OffsetCommit failed for group g due to group error (UnknownMemberIdError)")
+    other.levelno, other.levelname = logging.ERROR, "ERROR"
+    assert shown.filter(other) and other.levelname == "ERROR"  # lost membership: an error
 
 
 async def serve(settings: Settings) -> tuple[web.AppRunner, str]:
