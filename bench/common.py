@@ -15,6 +15,7 @@ import os
 import random
 import statistics
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,6 +86,18 @@ class Cluster:
                 return
             await asyncio.sleep(0.1)
 
+    async def fresh_input(
+        self, prefix: str, values: Sequence[bytes], timestamps: Sequence[int] | None = None
+    ) -> tuple[str, str, str]:
+        """New input and output topics and a group name for one run (`{prefix}-in-{uid}`,
+        `{prefix}-out-{uid}`, `{prefix}-{uid}`), the input pre-loaded with `values`."""
+        uid = uuid.uuid4().hex[:8]
+        source, output, group = f"{prefix}-in-{uid}", f"{prefix}-out-{uid}", f"{prefix}-{uid}"
+        await self.create_topics([source, output])
+        await self.warm_up_groups()
+        await preload(source, values, timestamps=timestamps)
+        return source, output, group
+
     async def warm_up_groups(self) -> None:
         """Find a group coordinator once, so the first timed run does not wait for it."""
         for _ in range(100):
@@ -123,6 +136,32 @@ class Cluster:
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         offsets = await self.admin.list_consumer_group_offsets(group)
         return {tp.partition: int(m.offset) for tp, m in offsets.items() if tp.topic == topic}
+
+
+def peer_env(
+    pipeline: str,
+    source: str,
+    output: str,
+    group: str,
+    guarantee: str,
+    commit_interval: float,
+    state: str | None = None,
+) -> dict[str, str]:
+    """The `BENCH_*` variables every peer program reads (bench/peers/*, bench/kstreams,
+    bench/flink): which pipeline, where its input and output are, its group, guarantee,
+    commit interval and (when given) its state folder."""
+    env = {
+        "BENCH_PIPELINE": pipeline,
+        "BENCH_BOOTSTRAP": bootstrap(),
+        "BENCH_INPUT": source,
+        "BENCH_OUTPUT": output,
+        "BENCH_GROUP": group,
+        "BENCH_GUARANTEE": guarantee,
+        "BENCH_COMMIT_INTERVAL": str(commit_interval),
+    }
+    if state is not None:
+        env["BENCH_STATE_DIR"] = state
+    return env
 
 
 async def preload(

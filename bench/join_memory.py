@@ -22,11 +22,10 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import Cluster, bootstrap, preload
+from bench.common import Cluster, peer_env
 from bench.pipelines import EVENT_TIME_BASE_MS, PARTITIONS, USERS
 
 STEP_MS = 4  # 1,000,000 clicks span 4,000 s < within + grace (4,200 s): none is ever final
@@ -55,21 +54,15 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     values, stamps = clicks(args.events)
-    uid = uuid.uuid4().hex[:8]
-    source, output, group = f"jm-in-{uid}", f"jm-out-{uid}", f"jm-{uid}"
     marks = sorted(args.marks)
     rows: list[dict[str, float]] = []
     async with Cluster() as cluster:
-        await cluster.create_topics([source, output])
-        await cluster.warm_up_groups()
-        await preload(source, values, timestamps=stamps)
+        source, output, group = await cluster.fresh_input("jm", values, stamps)
         with tempfile.TemporaryDirectory(prefix="join-memory-") as state:
             env = {
                 **os.environ,
-                "BENCH_PIPELINE": "C", "BENCH_BOOTSTRAP": bootstrap(), "BENCH_INPUT": source,
-                "BENCH_OUTPUT": output, "BENCH_GROUP": group, "BENCH_GUARANTEE": args.guarantee,
-                "BENCH_COMMIT_INTERVAL": "1.0", "BENCH_STATE_DIR": state,
-            }  # fmt: skip
+                **peer_env("C", source, output, group, args.guarantee, 1.0, state),
+            }
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.peers.streamkit_app", env=env

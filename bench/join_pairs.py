@@ -20,14 +20,13 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import Cluster, bootstrap, preload
+from bench.common import Cluster, bootstrap, peer_env
 from bench.compare import BENCH_PY, ROOT, prepare
 from bench.observer import proc_usage
 from bench.pipelines import workload
@@ -61,19 +60,13 @@ async def read_pairs(topic: str) -> list[tuple[int, int]]:
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     work = workload("C", args.events)
-    uid = uuid.uuid4().hex[:8]
-    source, output, group = f"jp-in-{uid}", f"jp-out-{uid}", f"jp-{uid}"
     async with Cluster() as cluster:
-        await cluster.create_topics([source, output])
-        await cluster.warm_up_groups()
-        await preload(source, work.values, timestamps=work.timestamps)
+        source, output, group = await cluster.fresh_input("jp", work.values, work.timestamps)
         with tempfile.TemporaryDirectory(prefix="join-pairs-") as state:
             env = {
                 **os.environ,
-                "BENCH_PIPELINE": "C", "BENCH_BOOTSTRAP": bootstrap(), "BENCH_INPUT": source,
-                "BENCH_OUTPUT": output, "BENCH_GROUP": group, "BENCH_GUARANTEE": args.guarantee,
-                "BENCH_COMMIT_INTERVAL": "1.0", "BENCH_STATE_DIR": state,
-            }  # fmt: skip
+                **peer_env("C", source, output, group, args.guarantee, 1.0, state),
+            }
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 str(BENCH_PY), str(ROOT / "bench/peers/quix_app.py"), env=env

@@ -24,12 +24,11 @@ import os
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import Cluster, bootstrap, preload
+from bench.common import Cluster, peer_env
 from bench.pipelines import workload
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.worker import Worker
@@ -82,19 +81,11 @@ async def lag(samples: list[float]) -> None:
 
 async def measure(args: argparse.Namespace) -> str:
     work = workload("C", args.events)
-    uid = uuid.uuid4().hex[:8]
-    source, output, group = f"jw-in-{uid}", f"jw-out-{uid}", f"jw-{uid}"
     async with Cluster() as cluster:
-        await cluster.create_topics([source, output])
-        await cluster.warm_up_groups()
-        await preload(source, work.values, timestamps=work.timestamps)
+        source, output, group = await cluster.fresh_input("jw", work.values, work.timestamps)
         ends = await cluster.end_offsets(source)
         with tempfile.TemporaryDirectory() as state:
-            os.environ.update(
-                BENCH_PIPELINE="C", BENCH_BOOTSTRAP=bootstrap(), BENCH_INPUT=source,
-                BENCH_OUTPUT=output, BENCH_GROUP=group, BENCH_GUARANTEE=args.guarantee,
-                BENCH_COMMIT_INTERVAL="1.0", BENCH_STATE_DIR=state,
-            )  # fmt: skip
+            os.environ.update(peer_env("C", source, output, group, args.guarantee, 1.0, state))
             worker = Worker(importlib.import_module("bench.peers.streamkit_app").app)
             started, cpu0, sched0 = time.monotonic(), time.process_time(), schedstat()
             running = asyncio.create_task(worker.run(install_signal_handlers=False))

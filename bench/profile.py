@@ -20,29 +20,22 @@ import os
 import pstats
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 
-from bench.common import Cluster, bootstrap, preload
+from bench.common import Cluster, peer_env
 from bench.pipelines import workload
 from streamkit.runtime.worker import Worker
 
 
 async def profile(args: argparse.Namespace) -> pstats.Stats:
     work = workload(args.pipeline, args.events)
-    uid = uuid.uuid4().hex[:8]
-    source, output, group = f"prof-in-{uid}", f"prof-out-{uid}", f"prof-{uid}"
     async with Cluster() as cluster:
-        await cluster.create_topics([source, output])
-        await cluster.warm_up_groups()
-        await preload(source, work.values, timestamps=work.timestamps)
+        source, output, group = await cluster.fresh_input("prof", work.values, work.timestamps)
         ends = await cluster.end_offsets(source)
         with tempfile.TemporaryDirectory() as state:
             os.environ.update(
-                BENCH_PIPELINE=args.pipeline, BENCH_BOOTSTRAP=bootstrap(), BENCH_INPUT=source,
-                BENCH_OUTPUT=output, BENCH_GROUP=group, BENCH_GUARANTEE=args.guarantee,
-                BENCH_COMMIT_INTERVAL="1.0", BENCH_STATE_DIR=state,
-            )  # fmt: skip
+                peer_env(args.pipeline, source, output, group, args.guarantee, 1.0, state)
+            )
             peer = importlib.import_module("bench.peers.streamkit_app")
             worker = Worker(peer.app)
             profiler = cProfile.Profile(time.process_time)

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench.common import PARTITIONS, Cluster, bootstrap, preload
+from bench.common import PARTITIONS, Cluster, bootstrap, peer_env, preload
 from bench.hardware import hardware_ceiling
 from bench.observer import Observer, proc_usage
 from bench.pipelines import Workload, workload
@@ -114,13 +114,7 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
     with tempfile.TemporaryDirectory(prefix="peer-") as state:
         env = {
             **os.environ,
-            "BENCH_PIPELINE": work.pipeline,
-            "BENCH_BOOTSTRAP": bootstrap(),
-            "BENCH_INPUT": source,
-            "BENCH_OUTPUT": output,
-            "BENCH_GROUP": group,
-            "BENCH_GUARANTEE": run.guarantee,
-            "BENCH_COMMIT_INTERVAL": str(args.commit_interval),
+            **peer_env(work.pipeline, source, output, group, run.guarantee, args.commit_interval),
         }
         started = time.monotonic()
         procs = []

@@ -13,13 +13,20 @@ from streamkit.runtime.event_clock import EventClock
 from streamkit.testing.memory import VirtualClock
 
 
-def test_an_input_with_records_waiting_in_the_task_is_not_idle() -> None:
+def two_inputs(upstreams_a: int, upstreams_b: int) -> tuple[VirtualClock, EventClock]:
+    """A task's event clock over inputs "a" and "b" (0 upstreams: a source topic), on a
+    virtual wall clock the test moves; idle_timeout 5 s."""
     wall = VirtualClock(1_000.0)
     token = WALL_CLOCK.set(wall)
     try:
-        clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 0)}, 0, [], 5.0)
+        inputs = {"a": (TimestampPolicy(), upstreams_a), "b": (TimestampPolicy(), upstreams_b)}
+        return wall, EventClock(inputs, 0, [], 5.0)
     finally:
         WALL_CLOCK.reset(token)
+
+
+def test_an_input_with_records_waiting_in_the_task_is_not_idle() -> None:
+    wall, clock = two_inputs(0, 0)
     waiting: set[str] = set()
     clock.pending = waiting.__contains__
 
@@ -44,12 +51,7 @@ def test_an_input_with_records_waiting_in_the_task_is_not_idle() -> None:
 def test_an_input_whose_partition_is_not_read_to_its_end_is_not_idle() -> None:
     """A source partition quiet for idle_timeout because its fetch lags (a starved worker, a
     slow broker), not because the broker has nothing more, keeps holding the watermark."""
-    wall = VirtualClock(1_000.0)
-    token = WALL_CLOCK.set(wall)
-    try:
-        clock = EventClock({"a": (TimestampPolicy(), 0), "b": (TimestampPolicy(), 0)}, 0, [], 5.0)
-    finally:
-        WALL_CLOCK.reset(token)
+    wall, clock = two_inputs(0, 0)
 
     def record(topic: str, ts_ms: int) -> Any:
         return SimpleNamespace(topic=topic, timestamp=ts_ms, headers=())
@@ -96,12 +98,7 @@ def test_a_quiet_repartition_input_holds_the_watermark_until_its_upstreams_say_i
     """Pipeline C at 1,000,000 events under load: the clicks' repartition input went quiet for
     longer than idle_timeout (its upstreams' transactions still open) while the purchases'
     moved on; counted idle, it let the watermark run ahead and 53,626 clicks were late."""
-    wall = VirtualClock(1_000.0)
-    token = WALL_CLOCK.set(wall)
-    try:
-        clock = EventClock({"a": (TimestampPolicy(), 1), "b": (TimestampPolicy(), 1)}, 0, [], 5.0)
-    finally:
-        WALL_CLOCK.reset(token)
+    wall, clock = two_inputs(1, 1)
     clock.note_input("a")
     clock.note_input("b")
     assert clock.on_control("a", control_headers(0, 1_000, False))
