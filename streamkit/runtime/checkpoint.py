@@ -48,6 +48,7 @@ class Checkpointer:
         self.last_at: float | None = None  # wall-clock time of the last checkpoint
         self.commit_failures = 0
         self.on_checkpoint: Callable[[float], None] | None = None  # metrics: the duration
+        self.last_written: dict[tuple[str, int], int] = {}  # the last checkpoint's, per partition
 
     async def commit(self, tasks: Iterable[Task]) -> None:
         async with self._lock:
@@ -66,6 +67,7 @@ class Checkpointer:
             await flush_sinks(tasks)  # their refused rows' dead letters join the flush below
             # 3. flush outputs, dead letters and changelog records of every task
             written = await asyncio.gather(*(task.collector.flush() for task in tasks))
+            self.last_written = {tp: at for w in written for tp, at in w.items()}
             # 4. commit the snapshot's offsets
             if offsets:
                 try:

@@ -98,6 +98,8 @@ class TransactionalCheckpointer:
         self.last_at: float | None = None  # wall-clock time of the last checkpoint
         self.commit_failures = 0  # transactions that did not commit
         self.on_checkpoint: Callable[[float], None] | None = None  # metrics: the duration
+        # the last offset each partition got in the last checkpoint's committed transactions
+        self.last_written: dict[tuple[str, int], int] = {}
 
     def adopt(self, tasks: Iterable[Task]) -> None:
         """Tasks just created (a cooperative assignment) while a checkpoint may be running:
@@ -140,12 +142,15 @@ class TransactionalCheckpointer:
         results = await self._transactions(snapshots)
         failed: dict[TopicPartition, BaseException] = {}
         writes = []
+        self.last_written = {}
         for snap, result in zip(snapshots, results, strict=True):
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
                 continue
             if result is None:
                 continue  # nothing to commit
+            for ctp, last in result.items():
+                self.last_written[ctp] = max(last, self.last_written.get(ctp, -1))
             # 4. state and the offsets it reflects, one SQLite transaction per task (the
             # tasks' stores are separate files: written all at once, in the default executor)
             task = snap.task

@@ -35,6 +35,7 @@ from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget
+from streamkit.runtime.cadence import CHASE_POLL, Cadence
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
     TransactionalCheckpointer,
@@ -86,6 +87,7 @@ class Worker:
         self.rebalance: CooperativeRebalance | None = None  # rebalance_protocol=cooperative
         self._recovery_due: TransactionFailed | None = None  # a cooperative revoke's failure
         self.purger: RepartitionPurger | None = None  # deletes consumed repartition records
+        self.cadence: Cadence | None = None  # when checkpoints are due (the commit loop's)
         self.web: WebServer | None = None  # /metrics, /status, /tables (settings.web_enabled)
 
     # -- control -------------------------------------------------------------------------------
@@ -247,35 +249,78 @@ class Worker:
         self._checkpoint_due.set()
 
     async def _commit_loop(self) -> None:
-        """Checkpoint every `commit_interval` (or sooner on request). It ends only between two
-        checkpoints: a checkpoint is never cut in half by the shutdown."""
+        """Checkpoint at a fixed rate, every `commit_interval` (or sooner on request; under
+        exactly-once also once this worker's stages read what the last one wrote:
+        `runtime/cadence.py`). It ends only between two checkpoints: a checkpoint is never
+        cut in half by the shutdown."""
         assert self.tasks is not None and self.checkpointer is not None
+        settings = self.settings
+        cadence = self.cadence = Cadence(
+            settings.commit_interval, settings.processing_guarantee == "exactly_once"
+        )
         due = self._checkpoint_due
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(due.wait(), self.settings.commit_interval)
+            follow_up = await self._until_due(cadence)
             due.clear()
             if self._stopping.is_set():
                 return
             if self._recovery_due is not None:  # a cooperative revoke's transaction failed
                 failure, self._recovery_due = self._recovery_due, None
+                cadence.disarm()
                 await self.recover(failure)
                 continue
             if self.rebalance is not None and not self.rebalance.synced():
                 # between JoinGroup and SyncGroup the group takes no plain offset commit
-                await self.rebalance.wait_synced(self.settings.session_timeout_ms / 1000)
+                await self.rebalance.wait_synced(settings.session_timeout_ms / 1000)
                 if self._stopping.is_set():
                     return
+            if not follow_up:
+                cadence.begin()
             try:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
+                cadence.disarm()
                 await self.recover(exc)
                 continue
             except Exception:
                 self._checkpoint_broken = True  # e.g. a state write on a full disk
                 raise
+            if follow_up:
+                cadence.follow_ups += 1
+                cadence.disarm()
+            else:
+                cadence.end()
+                cadence.arm(self.checkpointer.last_written, set(self.tasks.by_input))
             if self.purger is not None:
                 await self.purger.after_checkpoint(self.checkpointer.committed)
+
+    async def _until_due(self, cadence: Cadence) -> bool:
+        """Wait for the next checkpoint: True for a follow-up, False for a regular one (its
+        time came, or it was requested)."""
+        assert self.tasks is not None
+        due = self._checkpoint_due
+        while True:
+            now = time.monotonic()
+            regular = cadence.regular_due()
+            if now >= regular or due.is_set():
+                return False
+            until = regular
+            chase = cadence.chase_deadline()
+            if chase is not None:
+                if now >= chase:
+                    cadence.disarm()  # not processed in time (a backlog): the regular one
+                    continue
+                by_input = self.tasks.by_input
+                done = {}
+                for tp in cadence.targets:
+                    task = by_input.get(tp)
+                    if task is not None:
+                        done[tp] = task.offsets().get(tp, -1)
+                if cadence.reached(done):
+                    return True
+                until = min(regular, now + CHASE_POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(due.wait(), until - now)
 
     async def recover(self, exc: TransactionFailed) -> None:
         """A transaction failed (this worker was fenced, or an error): what its tasks did since

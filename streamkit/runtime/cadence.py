@@ -1,0 +1,84 @@
+"""When the next checkpoint is due: a fixed rate, and under exactly-once one follow-up.
+
+- **Fixed rate.** Checkpoints start every `commit_interval`, counted from the start of the
+  last one, not from its end: a checkpoint that takes 0.4 s of a 1 s interval does not
+  stretch the cycle to 1.4 s (every output's wait with it). One that takes longer than the
+  interval is followed after a quarter of an interval, so the tasks are not held back by
+  checkpoints that run back to back.
+- **The follow-up (exactly-once).** An output of a stage that reads a repartition topic is
+  visible only once two transactions committed: the one that wrote its input, then its own.
+  When this worker both wrote the input and runs the stage that reads it (one worker, or the
+  partitions that share a worker), it does not wait a whole interval for the second: once the
+  reading tasks have processed everything the last checkpoint wrote to their input
+  partitions, the worker checkpoints again at once. An event's output is then visible about
+  one interval after it arrives, not two. The follow-up arms no follow-up of its own (at most
+  two transactions per interval), and it is dropped if the records are not processed within
+  half an interval (a backlog: the regular checkpoint follows).
+
+Stages on other workers wait for their own interval (a worker does not know when another
+committed). Under at-least-once outputs are visible as they are written: no follow-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from aiokafka.structs import TopicPartition
+
+# a checkpoint longer than the interval is followed after this share of an interval
+REST_SHARE = 0.25
+# while a follow-up is armed, how often the commit loop looks at the tasks' progress (s)
+CHASE_POLL = 0.005
+
+
+class Cadence:
+    def __init__(self, interval: float, follow_up: bool) -> None:
+        self.interval = interval
+        self.follow_up = follow_up  # exactly-once: chase the last checkpoint's internal records
+        self.started = self.ended = time.monotonic()  # of the last regular checkpoint
+        # input partition -> the offset its task must have processed for the follow-up
+        self.targets: dict[TopicPartition, int] = {}
+        self.armed_at: float | None = None  # when the targets were set (None: no follow-up)
+        self.follow_ups = 0  # taken (metrics, tests)
+
+    def begin(self) -> None:
+        """A regular checkpoint starts now."""
+        self.started = time.monotonic()
+
+    def end(self) -> None:
+        """The regular checkpoint is over."""
+        self.ended = time.monotonic()
+
+    def regular_due(self) -> float:
+        """Monotonic time of the next regular checkpoint."""
+        return max(self.started + self.interval, self.ended + self.interval * REST_SHARE)
+
+    def arm(self, written: Mapping[tuple[str, int], int], inputs: set[TopicPartition]) -> None:
+        """A regular checkpoint committed `written` (the last offset written per partition):
+        the follow-up waits for the tasks reading those of them that are this worker's
+        inputs."""
+        if not self.follow_up:
+            return
+        targets = {}
+        for (topic, partition), last in written.items():
+            tp = TopicPartition(topic, partition)
+            if tp in inputs:
+                targets[tp] = last + 1
+        self.targets = targets
+        self.armed_at = time.monotonic() if targets else None
+
+    def disarm(self) -> None:
+        self.targets = {}
+        self.armed_at = None
+
+    def chase_deadline(self) -> float | None:
+        """Monotonic time after which an armed follow-up is dropped (None: not armed)."""
+        if self.armed_at is None:
+            return None
+        return self.armed_at + self.interval / 2
+
+    def reached(self, done: Mapping[TopicPartition, int]) -> bool:
+        """Every target processed: `done` gives each input partition's committable offset
+        (a partition no longer this worker's is not waited for)."""
+        return all(done.get(tp, at) >= at for tp, at in self.targets.items())

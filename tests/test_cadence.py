@@ -1,0 +1,107 @@
+"""When checkpoints are due (`runtime/cadence.py`): a fixed rate, and under exactly-once the
+follow-up that commits a second stage's outputs once it processed what the last checkpoint
+wrote to its input, rather than a whole interval later."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+import streamkit as sk
+from streamkit.runtime import cadence as cadence_module
+from streamkit.runtime.cadence import Cadence
+from tests.kafkahelp import bootstrap, produce, running, wait_until
+
+TP0, TP1 = TopicPartition("a-repartition", 0), TopicPartition("a-repartition", 1)
+
+
+def test_the_rate_is_fixed_from_start_to_start() -> None:
+    c = Cadence(1.0, follow_up=True)
+    c.started, c.ended = 100.0, 100.4  # a checkpoint of 0.4 s
+    assert c.regular_due() == 101.0  # not 101.4
+    c.started, c.ended = 100.0, 101.7  # one longer than the interval
+    assert c.regular_due() == 101.7 + 1.0 * cadence_module.REST_SHARE
+
+
+def test_the_follow_up_waits_for_the_inputs_written_and_only_those() -> None:
+    c = Cadence(1.0, follow_up=True)
+    written = {("a-repartition", 0): 41, ("a-repartition", 1): 9, ("out", 0): 77}
+    c.arm(written, {TP0, TP1, TopicPartition("source", 0)})
+    assert c.targets == {TP0: 42, TP1: 10}  # "out" is not an input of this worker
+    assert c.chase_deadline() is not None
+    assert not c.reached({TP0: 42, TP1: 9})
+    assert c.reached({TP0: 42, TP1: 10})
+    assert c.reached({TP0: 50})  # TP1 no longer this worker's: not waited for
+    c.disarm()
+    assert c.chase_deadline() is None
+
+
+def test_nothing_to_chase_arms_nothing_and_at_least_once_never_arms() -> None:
+    c = Cadence(1.0, follow_up=True)
+    c.arm({("out", 0): 5}, {TP0})
+    assert c.chase_deadline() is None
+    alo = Cadence(1.0, follow_up=False)
+    alo.arm({("a-repartition", 0): 5}, {TP0})
+    assert alo.chase_deadline() is None
+
+
+async def _watch(topics: list[str], seen: dict[str, list[float]]) -> None:
+    """Per topic, the monotonic time at which each record became visible to a
+    read_committed reader, appended to `seen` until cancelled."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap(),
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=20)
+            now = time.monotonic()
+            for tp, recs in batch.items():
+                seen[tp.topic].extend(now for _ in recs)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_second_stage_commits_soon_after_its_input_is_committed(
+    uid: str, workdir: Path
+) -> None:
+    """Exactly-once, a 4 s commit interval, one worker running both stages of a key_by
+    pipeline: each output is visible well within half an interval after the repartition
+    record it comes from (without the follow-up it waits for the next interval: ~4 s)."""
+    interval = 4.0
+    app = sk.App(
+        f"t-{uid}",
+        workdir=workdir,
+        processing_guarantee="exactly_once",
+        commit_interval=interval,
+    )
+    src = app.topic(f"in-{uid}", partitions=2)
+    out = app.topic(f"out-{uid}", partitions=2)
+    app.stream(src).key_by("user", name="by-user").map(lambda e: {"seen": e["user"]}).to(out)
+    repartition = f"t-{uid}-by-user-repartition"
+    seen: dict[str, list[float]] = {repartition: [], out.name: []}
+    async with running(app) as worker:
+        watch = asyncio.create_task(_watch([repartition, out.name], seen))
+        try:
+            for i in range(3):  # one event at a time: one record per stage per checkpoint
+                await produce(src.name, [orjson.dumps({"user": f"u{i}"})])
+                await wait_until(
+                    lambda i=i: len(seen[out.name]) > i, within=4 * interval, what=f"output {i}"
+                )
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        assert worker.cadence is not None and worker.cadence.follow_ups >= 3
+    gaps = [o - r for r, o in zip(seen[repartition], seen[out.name], strict=True)]
+    assert all(g < interval / 2 for g in gaps), gaps
