@@ -9,7 +9,7 @@ client is built with (`streamkit.clients.connection_options`).
 - `RawClient`: read_committed Fetch requests whose record batches are walked with aiokafka's C
   record reader (`records.committed_batches`: control batches and aborted transactions
   skipped as a read_committed consumer does, KIP-98): `fetch`, keys and values for the
-  compacted-topic reader; `fetch_input`, one leader's whole records for the input partitions'
+  compacted-topic reader; `fetch_input`, one leader's batches for the input partitions'
   fetch path (`runtime/fetch.py`). ListOffsets (log start, last stable offset), and topic ids
   (Metadata v12, which aiokafka does not declare: a topic deleted and created again has a new
   id).
@@ -46,7 +46,7 @@ from aiokafka.protocol.types import (
 )
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
+from streamkit.aiokafka_internals.records import committed_batches
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 PARTITION_BYTES = 8 * 1024 * 1024
@@ -73,11 +73,13 @@ class Fetched:
 
 @dataclass
 class InputFetched:
-    """One input partition's part of a fetch: its records and where to go on. `retry`: the
-    partition answered with an error a metadata refresh cures (a moved leader): nothing read,
-    ask again (the refresh is under way)."""
+    """One input partition's part of a fetch: its record batches still to read (read_committed:
+    `input_records` takes them), from `start` on, and where to go on. `retry`: the partition
+    answered with an error a metadata refresh cures (a moved leader): nothing read, ask again
+    (the refresh is under way)."""
 
-    records: list[InputRecord]
+    batches: list[Any]
+    start: int
     next_offset: int
     last_stable: int = -1  # the last stable offset: where a read_committed reader ends
     out_of_range: bool = False
@@ -329,9 +331,9 @@ class RawClient:
         partition_bytes: int,
         response_bytes: int,
     ) -> dict[TopicPartition, InputFetched] | None:
-        """One read_committed Fetch to `node` (the partitions' leader) from the given positions,
-        each partition's records whole (`InputRecord`s); the broker holds the request up to
-        `max_wait_ms` until `min_bytes` are there. None when the node cannot be reached now
+        """One read_committed Fetch to `node` (the partitions' leader) from the given positions:
+        each partition's batches, to read with `input_records`. The broker holds the request up
+        to `max_wait_ms` until `min_bytes` are there. None when the node cannot be reached now
         (the metadata is being refreshed). Raises `FetchFailed` for an error that a refresh
         does not cure (authorization, a corrupt record)."""
         topics: dict[str, list[tuple[int, int, int]]] = {}
@@ -350,16 +352,15 @@ class RawClient:
                 tp = TopicPartition(topic, partition)
                 offset = positions[tp]
                 if error_code == OFFSET_OUT_OF_RANGE:
-                    found[tp] = InputFetched([], offset, out_of_range=True)
+                    found[tp] = InputFetched([], offset, offset, out_of_range=True)
                     continue
                 if error_code:
                     self._retry_or_raise(tp, error_code)
-                    found[tp] = InputFetched([], offset, retry=True)
+                    found[tp] = InputFetched([], offset, offset, retry=True)
                     continue
                 aborted = data[2] if version >= 11 else data[-2]
                 batches, next_offset = committed_batches(data[-1], aborted, offset)
-                records = input_records(topic, partition, batches, offset)
-                found[tp] = InputFetched(records, next_offset, data[0])
+                found[tp] = InputFetched(batches, offset, next_offset, data[0])
         return found
 
     def _read(

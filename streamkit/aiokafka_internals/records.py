@@ -8,7 +8,8 @@ input partitions' fetch, and the input partitions' record class.
 - `InputRecord`: what a task reads from an input record (topic, partition, offset, timestamp,
   key, value, headers), the attributes of aiokafka's `ConsumerRecord` that streamkit uses, in
   a light class (slots, no deserializers, no sizes, no checksum).
-- `input_records`: the `InputRecord`s of those batches from a position on.
+- `input_records`: the `InputRecord`s of those batches from a position on, a few batches at a
+  time.
 """
 
 from __future__ import annotations
@@ -94,12 +95,17 @@ def committed_batches(
     return kept, offset
 
 
-def input_records(topic: str, partition: int, batches: list[Any], start: int) -> list[InputRecord]:
-    """The records of `batches` at or after offset `start` (a batch can begin before the
-    position asked for: compression makes the broker send whole batches)."""
+def input_records(
+    topic: str, partition: int, batches: list[Any], start: int, want: int
+) -> list[InputRecord]:
+    """The records at or after offset `start` (a batch can begin before the position asked
+    for: compression makes the broker send whole batches) of the first of `batches`, taken
+    off the list, until there are `want` or the list is empty (so a response is read as its
+    records are handed over, not all at once)."""
     out: list[InputRecord] = []
     append = out.append
-    for batch in batches:
+    while batches and len(out) < want:
+        batch = batches.pop(0)
         kind = batch.timestamp_type
         for record in batch:
             offset = record.offset

@@ -43,7 +43,7 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import InputFetched, RawClient
+from streamkit.aiokafka_internals import InputFetched, RawClient, input_records
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.settings import Settings
@@ -163,7 +163,6 @@ class RawFetch:
         fresh = [tp for tp in by_input if tp not in parts]
         if fresh and self._resolving is None:
             self._resolving = asyncio.create_task(self._resolve(fresh))
-        limit = self._limit
         now = asyncio.get_running_loop().time()
         wanted, backoff = [], False
         for tp, part in parts.items():
@@ -171,9 +170,9 @@ class RawFetch:
             if not task.accepting:
                 continue
             if part.held is not None:
-                if task.buffered >= limit:
-                    continue
                 self._hand(tp, part)
+                if part.held is not None:
+                    continue
             if part.in_flight:
                 continue
             if part.retry_at > now:
@@ -223,23 +222,29 @@ class RawFetch:
             else:  # (3)
                 part.offset = got.next_offset
                 part.end = got.last_stable
-                if got.records:
-                    part.held = got
-                    if task.buffered < self._limit:
-                        self._hand(tp, part)
-                else:
-                    part.handed = got.next_offset
-                    self._note_end(tp, part)
+                part.held = got
+                self._hand(tp, part)
 
     def _hand(self, tp: TopicPartition, part: _Partition) -> None:
+        """(3) Read the waiting response's records, as many as the task has room for, and
+        hand them over; the response is done once its last batch is."""
         got = part.held
         assert got is not None
-        part.held = None
-        rewind = self._tasks.dispatch({tp: got.records})
-        if rewind:  # (6) the task takes nothing yet: fetch it again from there
-            part.offset = part.handed = rewind[tp]
+        room = self._limit - part.task.buffered
+        if room <= 0:
             return
-        part.handed = got.next_offset
+        records = input_records(tp.topic, tp.partition, got.batches, got.start, room)
+        if not got.batches:
+            part.held = None
+        if records:
+            rewind = self._tasks.dispatch({tp: records})
+            if rewind:  # (6) the task takes nothing yet: fetch it again from there
+                part.held = None
+                part.offset = part.handed = rewind[tp]
+                return
+            part.handed = records[-1].offset + 1
+        if part.held is None:  # past the control batches at its end too
+            part.handed = max(part.handed, got.next_offset)
         self._note_end(tp, part)
 
     @staticmethod
