@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 import streamkit as sk
-from streamkit.aiokafka_internals import RawClient, input_records
+from streamkit.aiokafka_internals import FetchSession, RawClient, input_records
 from tests.kafkahelp import bootstrap, create_topic, end_offsets, produce, read_all, running
 
 FIELDS = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value", "headers")
@@ -77,19 +77,28 @@ async def test_the_raw_fetch_reads_what_a_read_committed_consumer_reads(uid: str
     assert len(expected) == 3 + 4 + 5
     tp = TopicPartition(topic, 0)
     client = RawClient({"bootstrap_servers": bootstrap()}, f"raw-{uid}")
+    session = FetchSession()
+    sizes = (1 << 20, 1 << 22)
     try:
         got: list[Any] = []
         position, last_stable = 0, -1
         while position < end:  # (a response may stop short of the end)
             ((node, _),) = (await client.leaders([tp])).items()
-            answer = await client.fetch_input(node, {tp: position}, 500, 1, 1 << 20, 1 << 22)
-            assert answer is not None
+            answer = await client.fetch_input(node, session, {tp: position}, 500, 1, *sizes)
+            assert answer is not None and session.id
             fetched = answer[tp]
             assert not fetched.out_of_range and not fetched.retry
             while fetched.batches:  # read a few at a time, as the fetch loop hands them over
                 got += input_records(topic, 0, fetched.batches, fetched.start, 2)
             position, last_stable = fetched.next_offset, fetched.last_stable
-        answer = await client.fetch_input(node, {tp: end + 5}, 500, 1, 1 << 20, 1 << 22)
+        # the session: nothing new, the partition is left out; a new record, it is back
+        assert await client.fetch_input(node, session, {tp: end}, 100, 1, *sizes) == {}
+        await produce(topic, [b"more"], partition=0)
+        answer = await client.fetch_input(node, session, {tp: end}, 5000, 1, *sizes)
+        assert answer is not None
+        more = input_records(topic, 0, answer[tp].batches, end, 10)
+        assert [(r.offset, r.value) for r in more] == [(end, b"more")]
+        answer = await client.fetch_input(node, FetchSession(), {tp: end + 5}, 500, 1, *sizes)
         assert answer is not None and answer[tp].out_of_range
     finally:
         await client.close()

@@ -3,7 +3,8 @@ private attributes), in this one package, pinned to the aiokafka version it was 
 against; nothing else in streamkit imports them. `fetch`: raw Fetch, ListOffsets and topic ids
 for the reader of compacted topics and for the input partitions' fetch path, the connection
 probe. `records`: a fetch response's read_committed batches, read with aiokafka's C record
-reader, and the input partitions' `InputRecord`. `groups`: group fencing of
+reader, and the input partitions' `InputRecord`. `sessions`: incremental fetch sessions
+(KIP-227) for the input partitions' fetch. `groups`: group fencing of
 transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata,
 OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
 topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka's eager group
@@ -63,6 +64,7 @@ from streamkit.aiokafka_internals.groups import (
     producer_identity,
 )
 from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
+from streamkit.aiokafka_internals.sessions import FetchSession
 
 __all__ = [
     "AIOKAFKA_VERSION",
@@ -87,6 +89,7 @@ __all__ = [
     "_TAGS",
     "CooperativeRebalance",
     "FetchFailed",
+    "FetchSession",
     "Fetched",
     "GroupFenced",
     "GroupMetadata",

@@ -10,9 +10,9 @@ client is built with (`streamkit.clients.connection_options`).
   record reader (`records.committed_batches`: control batches and aborted transactions
   skipped as a read_committed consumer does, KIP-98): `fetch`, keys and values for the
   compacted-topic reader; `fetch_input`, one leader's batches for the input partitions'
-  fetch path (`runtime/fetch.py`). ListOffsets (log start, last stable offset), and topic ids
-  (Metadata v12, which aiokafka does not declare: a topic deleted and created again has a new
-  id).
+  fetch path (`runtime/fetch.py`), in an incremental fetch session (`sessions.py`).
+  ListOffsets (log start, last stable offset), and topic ids (Metadata v12, which aiokafka
+  does not declare: a topic deleted and created again has a new id).
 - `probe_connection`: one direct connection, to explain why a bootstrap failed.
 """
 
@@ -47,6 +47,7 @@ from aiokafka.protocol.types import (
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals.records import committed_batches
+from streamkit.aiokafka_internals.sessions import FetchSession
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 PARTITION_BYTES = 8 * 1024 * 1024
@@ -325,32 +326,37 @@ class RawClient:
     async def fetch_input(
         self,
         node: int,
+        session: FetchSession,
         positions: dict[TopicPartition, int],
         max_wait_ms: int,
         min_bytes: int,
         partition_bytes: int,
         response_bytes: int,
     ) -> dict[TopicPartition, InputFetched] | None:
-        """One read_committed Fetch to `node` (the partitions' leader) from the given positions:
-        each partition's batches, to read with `input_records`. The broker holds the request up
-        to `max_wait_ms` until `min_bytes` are there. None when the node cannot be reached now
-        (the metadata is being refreshed). Raises `FetchFailed` for an error that a refresh
-        does not cure (authorization, a corrupt record)."""
-        topics: dict[str, list[tuple[int, int, int]]] = {}
-        for tp, offset in positions.items():
-            topics.setdefault(tp.topic, []).append((tp.partition, offset, partition_bytes))
-        request = FetchRequest(
-            max_wait_ms, min_bytes, response_bytes, READ_COMMITTED, list(topics.items())
+        """One read_committed Fetch to `node` (the partitions' leader) in its incremental fetch
+        `session`, for every partition wanted from it now (`positions`): the partitions that
+        have something new (records, an error, a new last stable offset), each with its
+        batches, to read with `input_records`; a partition left out has nothing new. The
+        broker holds the request up to `max_wait_ms` until `min_bytes` are there. None when
+        the node cannot be reached now (the metadata is being refreshed) or refused the
+        session (the next request starts a new one). Raises `FetchFailed` for an error that a
+        refresh does not cure (authorization, a corrupt record)."""
+        request = session.request(
+            positions, max_wait_ms, min_bytes, partition_bytes, response_bytes
         )
         response = await self._send(node, request)
         if response is None:
+            session.reset()
             return None
-        version = response.API_VERSION
+        if not session.answered(response):
+            return None
         found: dict[TopicPartition, InputFetched] = {}
         for topic, partitions in response.topics:
-            for partition, error_code, _high, *data in partitions:
+            for partition, error_code, _high, last_stable, _start, aborted, *data in partitions:
                 tp = TopicPartition(topic, partition)
-                offset = positions[tp]
+                offset = positions.get(tp)
+                if offset is None:  # (not asked for)
+                    continue
                 if error_code == OFFSET_OUT_OF_RANGE:
                     found[tp] = InputFetched([], offset, offset, out_of_range=True)
                     continue
@@ -358,9 +364,8 @@ class RawClient:
                     self._retry_or_raise(tp, error_code)
                     found[tp] = InputFetched([], offset, offset, retry=True)
                     continue
-                aborted = data[2] if version >= 11 else data[-2]
                 batches, next_offset = committed_batches(data[-1], aborted, offset)
-                found[tp] = InputFetched(batches, offset, next_offset, data[0])
+                found[tp] = InputFetched(batches, offset, next_offset, last_stable)
         return found
 
     def _read(

@@ -43,7 +43,7 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import InputFetched, RawClient, input_records
+from streamkit.aiokafka_internals import FetchSession, InputFetched, RawClient, input_records
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.settings import Settings
@@ -51,12 +51,14 @@ from streamkit.settings import Settings
 FETCH_TIMEOUT_MS = 100
 ROOM_WAIT = 0.5
 MAX_WAIT_MS = 500  # the broker holds a fetch this long for MIN_BYTES (aiokafka's default)
+SHORT_WAIT_MS = 10  # ... when partitions of that broker wait for room: they are asked soon
 MIN_BYTES = 1
 PARTITION_BYTES = 4 * 1024 * 1024  # as the consumer's max_partition_fetch_bytes
 RESPONSE_BYTES = 32 * 1024 * 1024  # as the consumer's fetch_max_bytes
 RETRY_BACKOFF = 0.1
 POLL_MS = 1000
 NO_PARTITION = TopicPartition("", -1)  # what the consumer is polled for: never assigned
+_Asked = tuple[Task, int]  # a partition in a fetch: for which task, from which offset
 
 
 class _Partition:
@@ -86,7 +88,9 @@ class RawFetch:
         self._limit = settings.max_buffered_per_partition
         self._reset_to_end = settings.auto_offset_reset == "latest"
         self._parts: dict[TopicPartition, _Partition] = {}
-        self._in_flight: dict[asyncio.Task[Any], dict[TopicPartition, tuple[Task, int]]] = {}
+        # the fetches in flight: their node and what they asked (by task, at which offset)
+        self._in_flight: dict[asyncio.Task[Any], tuple[int, dict[TopicPartition, _Asked]]] = {}
+        self._sessions: dict[int, FetchSession] = {}  # by node
         self._resolving: asyncio.Task[None] | None = None
         self._to_reset: set[TopicPartition] = set()  # out of range: the reset policy's
 
@@ -129,9 +133,9 @@ class RawFetch:
                 if keeper in done:
                     keeper.result()  # the consumer failed (raises)
                 for fetch in done:
-                    sent = self._in_flight.pop(fetch, None)
-                    if sent is not None:
-                        self._received(sent, fetch.result())
+                    asked = self._in_flight.pop(fetch, None)
+                    if asked is not None:
+                        self._received(asked[1], fetch.result())
                 if self._resolving is not None and self._resolving.done():
                     resolving, self._resolving = self._resolving, None
                     resolving.result()
@@ -164,46 +168,50 @@ class RawFetch:
         if fresh and self._resolving is None:
             self._resolving = asyncio.create_task(self._resolve(fresh))
         now = asyncio.get_running_loop().time()
-        wanted, backoff = [], False
+        wanted, waiting, backoff = [], [], False
         for tp, part in parts.items():
-            task = part.task
-            if not task.accepting:
+            if not part.task.accepting or part.in_flight:
                 continue
             if part.held is not None:
                 self._hand(tp, part)
                 if part.held is not None:
+                    waiting.append(tp)
                     continue
-            if part.in_flight:
-                continue
             if part.retry_at > now:
                 backoff = True
             else:
                 wanted.append(tp)
         if wanted:
-            for node, group in (await self._client.leaders(wanted)).items():
-                self._send(node, group)
-            backoff = backoff or any(not parts[tp].in_flight for tp in wanted if tp in parts)
+            busy = {node for node, _ in self._in_flight.values()}
+            leaders = await self._client.leaders(wanted + waiting)
+            for node, group in leaders.items():
+                if node in busy:
+                    continue
+                ask = [tp for tp in group if tp in parts and not parts[tp].held]
+                if ask:  # (2) the others, full, would hold a quiet fetch back: a short one
+                    self._send(node, ask, SHORT_WAIT_MS if len(ask) < len(group) else MAX_WAIT_MS)
+            asked = {tp for _, sent in self._in_flight.values() for tp in sent}
+            backoff = backoff or any(tp not in asked for tp in wanted)
         return backoff
 
-    def _send(self, node: int, tps: list[TopicPartition]) -> None:
+    def _send(self, node: int, tps: list[TopicPartition], max_wait_ms: int) -> None:
+        """(2) One fetch to `node`, in its session, for every partition wanted from it now."""
         parts = self._parts
         sent = {}
         for tp in tps:
-            part = parts.get(tp)
-            if part is not None and not part.in_flight:
-                part.in_flight = True
-                sent[tp] = (part.task, part.offset)
-        if not sent:
-            return
+            part = parts[tp]
+            part.in_flight = True
+            sent[tp] = (part.task, part.offset)
+        session = self._sessions.setdefault(node, FetchSession())
         positions = {tp: offset for tp, (_, offset) in sent.items()}
         request = self._client.fetch_input(
-            node, positions, MAX_WAIT_MS, MIN_BYTES, PARTITION_BYTES, RESPONSE_BYTES
+            node, session, positions, max_wait_ms, MIN_BYTES, PARTITION_BYTES, RESPONSE_BYTES
         )
-        self._in_flight[asyncio.create_task(request)] = sent
+        self._in_flight[asyncio.create_task(request)] = (node, sent)
 
     def _received(
         self,
-        sent: dict[TopicPartition, tuple[Task, int]],
+        sent: dict[TopicPartition, _Asked],
         answer: dict[TopicPartition, InputFetched] | None,
     ) -> None:
         parts = self._parts
@@ -213,8 +221,13 @@ class RawFetch:
             if part is None or part.task is not task or part.offset != offset:
                 continue  # (6) no longer ours, or moved meanwhile
             part.in_flight = False
-            got = None if answer is None else answer.get(tp)
-            if got is None or got.retry:  # (5) unreachable, or a moved leader
+            if answer is None:  # (5) unreachable, or the session refused: a new one
+                part.retry_at = retry_at
+                continue
+            got = answer.get(tp)
+            if got is None:  # nothing new
+                continue
+            if got.retry:  # (5) a moved leader
                 part.retry_at = retry_at
             elif got.out_of_range:  # (5) the reset policy, on the consumer
                 del parts[tp]
