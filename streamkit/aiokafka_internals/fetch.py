@@ -320,8 +320,22 @@ class RawClient:
         return found
 
     async def leaders(self, tps: list[TopicPartition]) -> dict[int, list[TopicPartition]]:
-        """The partitions by leader (those without a leader now are left out)."""
-        return await self._by_leader(tps)
+        """The partitions by leader (those without a leader now are left out); the metadata
+        is asked only for partitions whose leader it does not know."""
+        await self.start()
+        leader_for = self._client.cluster.leader_for_partition
+        by_node: dict[int, list[TopicPartition]] = {}
+        unknown = []
+        for tp in tps:
+            leader = leader_for(tp)
+            if leader is None or leader < 0:
+                unknown.append(tp)
+            else:
+                by_node.setdefault(leader, []).append(tp)
+        if unknown:
+            for node, group in (await self._by_leader(unknown)).items():
+                by_node.setdefault(node, []).extend(group)
+        return by_node
 
     async def fetch_input(
         self,
