@@ -12,8 +12,12 @@ offset commits to aiokafka's consumer:
 
   1. At assignment, a partition's position is the consumer's (`position()`): the committed
      offset, the reset policy's where there is none, or the exactly-once seek.
-  2. One Fetch per leader for every partition that has no response waiting and none in flight,
-     `MAX_WAIT_MS`/`MIN_BYTES` so that a quiet topic is not asked again and again.
+  2. One Fetch per leader at a time, for every partition of it that has no response
+     waiting, in the leader's incremental fetch session (KIP-227: the request lists the
+     partitions that are new or moved, the response those with something new). The broker
+     holds it up to `MAX_WAIT_MS` for `MIN_BYTES`, so that a quiet topic is not asked again
+     and again; `SHORT_WAIT_MS` while partitions of that leader wait for room (they are to be
+     asked again soon).
   3. A response advances the position (past control batches and aborted transactions too) and
      waits beside the partition's task until the task holds fewer than
      `max_buffered_per_partition` records; then it is handed over and the partition fetched
