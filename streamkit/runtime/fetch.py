@@ -19,11 +19,11 @@ offset commits to aiokafka's consumer:
      and again; `SHORT_WAIT_MS` while partitions of that leader wait for room (they are to be
      asked again soon).
   3. A response advances the position (past control batches and aborted transactions too) and
-     waits beside the partition's task until the task holds fewer than
-     `max_buffered_per_partition` records; then it is handed over and the partition fetched
-     again. So the next response is on its way while the task processes this one (pipelined,
-     as aiokafka's fetcher prefetches), and backpressure is: a partition whose task is full
-     and whose next response is waiting is left out of the fetch.
+     waits beside the partition's task; its records are read and handed over as the task has
+     room (up to `max_buffered_per_partition` buffered), and once the last is handed the
+     partition is fetched again. So the next response is on its way while the task processes
+     this one (pipelined, as aiokafka's fetcher prefetches), and backpressure is: a partition
+     whose task is full and whose next response is waiting is left out of the fetch.
   4. Each handed response tells the task's event clock whether the partition is read to its
      end (the response's last stable offset).
   5. Errors as the consumer: out of range -> the consumer's reset policy (`seek_to_beginning`
