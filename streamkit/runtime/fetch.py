@@ -222,9 +222,11 @@ class RawFetch:
         retry_at = asyncio.get_running_loop().time() + RETRY_BACKOFF
         for tp, (task, offset) in sent.items():
             part = parts.get(tp)
-            if part is None or part.task is not task or part.offset != offset:
-                continue  # (6) no longer ours, or moved meanwhile
+            if part is None or part.task is not task:
+                continue  # (6) no longer ours
             part.in_flight = False
+            if part.offset != offset:
+                continue  # moved meanwhile: this answer is for a position it left
             if answer is None:  # (5) unreachable, or the session refused: a new one
                 part.retry_at = retry_at
                 continue
