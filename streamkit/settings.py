@@ -76,7 +76,20 @@ class Settings(BaseSettings):
         default="earliest", description="Where a new consumer group starts reading."
     )
     max_poll_records: int = Field(
-        default=2000, ge=1, le=1_000_000, description="Records a worker fetches at most per poll."
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="Records a worker fetches at most per poll (fetch_path=consumer).",
+    )
+    fetch_path: Literal["raw", "consumer"] = Field(
+        default="raw",
+        description=(
+            "How a worker reads its input partitions. raw (the default): its own "
+            "read_committed Fetch requests, one per partition leader, the next in flight while "
+            "the tasks process the last, records read with aiokafka's C record reader. "
+            "consumer: aiokafka's consumer fetcher (getmany), the reference. Both leave the "
+            "group membership, assignment and offset commits to aiokafka's consumer."
+        ),
     )
     max_buffered_per_partition: int = Field(
         default=4000, ge=1, description="Records fetched but not yet processed, per partition."

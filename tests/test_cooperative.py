@@ -109,16 +109,27 @@ async def handover(
 
 
 @pytest.mark.parametrize(
-    ("protocol", "guarantee"),
-    [("cooperative", "exactly_once"), ("eager", "exactly_once"), ("cooperative", "at_least_once")],
+    ("protocol", "guarantee", "fetch_path"),
+    [
+        ("cooperative", "exactly_once", "raw"),
+        ("eager", "exactly_once", "raw"),
+        ("cooperative", "at_least_once", "raw"),
+        ("cooperative", "exactly_once", "consumer"),
+        ("eager", "exactly_once", "consumer"),
+    ],
 )
 async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
-    uid: str, tmp_path: Path, protocol: str, guarantee: str
+    uid: str, tmp_path: Path, protocol: str, guarantee: str, fetch_path: str
 ) -> None:
     """(eager: the same measure, which must show every task stopped: the contrast. At least
-    once: plain offset commits, which the group refuses between JoinGroup and SyncGroup.)"""
+    once: plain offset commits, which the group refuses between JoinGroup and SyncGroup. Both
+    fetch paths: the raw one, and aiokafka's consumer, the reference.)"""
     topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
-    env = {"STREAMKIT_REBALANCE_PROTOCOL": protocol, "STREAMKIT_PROCESSING_GUARANTEE": guarantee}
+    env = {
+        "STREAMKIT_REBALANCE_PROTOCOL": protocol,
+        "STREAMKIT_PROCESSING_GUARANTEE": guarantee,
+        "STREAMKIT_FETCH_PATH": fetch_path,
+    }
     a = coop_worker(uid, tmp_path, "a", **env).start()
     workers = [a]
     watch = OutputWatch(out)

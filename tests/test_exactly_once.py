@@ -11,6 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.chaoshelp import OutputWatch, figures, summary
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
 from tests.rebalancehelp import held
@@ -50,13 +52,15 @@ async def test_a_crash_between_the_kafka_commit_and_the_sqlite_write_costs_a_rep
     assert_state(shop_app(uid, wd), rows)
 
 
+@pytest.mark.parametrize("fetch_path", ["raw", "consumer"])
 async def test_an_aborted_transaction_shows_nothing_and_its_events_count_once(
-    uid: str, tmp_path: Path
+    uid: str, tmp_path: Path, fetch_path: str
 ) -> None:
     wd = tmp_path / "state"
     rows = purchases(3000, seed=12)
     w = shop_worker(uid, wd, tmp_path, "w")
     w.env["STREAMKIT_TEST_HOOK"] = "fail-before-commit:6"
+    w.env["STREAMKIT_FETCH_PATH"] = fetch_path
     w.start()
     try:
         await holding(w)
@@ -132,11 +136,13 @@ CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
 CHAOS_EVENTS = int(os.environ.get("CHAOS_EVENTS", "6000"))
 
 
+@pytest.mark.parametrize("fetch_path", ["raw", "consumer"])
 async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
-    uid: str, tmp_path: Path
+    uid: str, tmp_path: Path, fetch_path: str
 ) -> None:
     """Three workers; one of them, chosen at random, is killed with SIGKILL at a random moment
-    and restarted on its own workdir, again and again, while purchases flow in."""
+    and restarted on its own workdir, again and again, while purchases flow in (on either
+    fetch path: the raw one, and aiokafka's consumer, the reference)."""
     seed = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     rows = purchases(CHAOS_EVENTS, seed=seed)
@@ -144,8 +150,9 @@ async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
     incarnations: list[WorkerProcess] = []
 
     def start(i: int) -> WorkerProcess:
-        w = shop_worker(uid, workdirs[i], tmp_path, f"w{i}-{len(incarnations)}").start()
-        incarnations.append(w)
+        w = shop_worker(uid, workdirs[i], tmp_path, f"w{i}-{len(incarnations)}")
+        w.env["STREAMKIT_FETCH_PATH"] = fetch_path
+        incarnations.append(w.start())
         return w
 
     workers = [start(i) for i in range(3)]

@@ -1,7 +1,10 @@
 """Everything streamkit takes from aiokafka's internals (`client`, `protocol`, `record`, `conn`,
 private attributes), in this one package, pinned to the aiokafka version it was written
 against; nothing else in streamkit imports them. `fetch`: raw Fetch, ListOffsets and topic ids
-for the reader of compacted topics, the connection probe. `groups`: group fencing of
+for the reader of compacted topics and for the input partitions' fetch path, the connection
+probe. `records`: a fetch response's read_committed batches, read with aiokafka's C record
+reader, and the input partitions' `InputRecord`. `sessions`: incremental fetch sessions
+(KIP-227) for the input partitions' fetch. `groups`: group fencing of
 transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata,
 OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
 topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka's eager group
@@ -23,6 +26,7 @@ from streamkit.aiokafka_internals.fetch import (
     PARTITION_BYTES,
     Fetched,
     FetchFailed,
+    InputFetched,
     RawClient,
     probe_connection,
 )
@@ -59,6 +63,8 @@ from streamkit.aiokafka_internals.groups import (
     know_topics,
     producer_identity,
 )
+from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
+from streamkit.aiokafka_internals.sessions import FetchSession
 
 __all__ = [
     "AIOKAFKA_VERSION",
@@ -83,10 +89,13 @@ __all__ = [
     "_TAGS",
     "CooperativeRebalance",
     "FetchFailed",
+    "FetchSession",
     "Fetched",
     "GroupFenced",
     "GroupMetadata",
     "GroupTxnOffsetCommitRequest",
+    "InputFetched",
+    "InputRecord",
     "InternalsMoved",
     "OffsetFetchRequest_v7",
     "OffsetFetchResponse_v7",
@@ -99,9 +108,11 @@ __all__ = [
     "check_coordinator",
     "check_producer",
     "check_version",
+    "committed_batches",
     "enable_group_fencing",
     "fetch_stable_offsets",
     "group_metadata",
+    "input_records",
     "know_topics",
     "probe_connection",
     "producer_identity",

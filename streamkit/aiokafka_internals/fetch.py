@@ -1,16 +1,18 @@
-"""Everything streamkit takes from aiokafka's internals (`aiokafka.client`, `.protocol`,
-`.record`, `.conn`), pinned to aiokafka 0.14, in one module.
+"""The raw client: streamkit's own requests on aiokafka's client and connections
+(`aiokafka.client`, `.protocol`, `.conn`), pinned to aiokafka 0.14.
 
 The public API (consumer, producer, admin, structs, errors) is used where it is needed; what
-is here is not public, so an aiokafka upgrade is checked against this file alone. It imports
-nothing from streamkit: connection options come in as the keyword arguments every client is
-built with (`streamkit.clients.connection_options`).
+is here is not public, so an aiokafka upgrade is checked against this package alone. It imports
+nothing from streamkit outside it: connection options come in as the keyword arguments every
+client is built with (`streamkit.clients.connection_options`).
 
-- `RawClient`: the compacted-topic reader's wire: read_committed Fetch requests whose record
-  batches are walked with aiokafka's C record reader (keys and values only, control batches
-  and aborted transactions skipped as a read_committed consumer does, KIP-98), ListOffsets
-  (log start, last stable offset), and topic ids (Metadata v12, which aiokafka does not
-  declare: a topic deleted and created again has a new id).
+- `RawClient`: read_committed Fetch requests whose record batches are walked with aiokafka's C
+  record reader (`records.committed_batches`: control batches and aborted transactions
+  skipped as a read_committed consumer does, KIP-98): `fetch`, keys and values for the
+  compacted-topic reader; `fetch_input`, one leader's batches for the input partitions'
+  fetch path (`runtime/fetch.py`), in an incremental fetch session (`sessions.py`).
+  ListOffsets (log start, last stable offset), and topic ids (Metadata v12, which aiokafka
+  does not declare: a topic deleted and created again has a new id).
 - `probe_connection`: one direct connection, to explain why a bootstrap failed.
 """
 
@@ -42,9 +44,10 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
-from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
-from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
+
+from streamkit.aiokafka_internals.records import committed_batches
+from streamkit.aiokafka_internals.sessions import FetchSession
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 PARTITION_BYTES = 8 * 1024 * 1024
@@ -67,6 +70,21 @@ class Fetched:
     out_of_range: bool = False  # the position is before the log start or past the end
     max_timestamp: int = -1  # the newest record timestamp (ms) of the batches read
     times: list[int] | None = None  # each row's timestamp (ms), when asked for (`timed`)
+
+
+@dataclass
+class InputFetched:
+    """One input partition's part of a fetch: its record batches still to read (read_committed:
+    `input_records` takes them), from `start` on, and where to go on. `retry`: the partition
+    answered with an error a metadata refresh cures (a moved leader): nothing read, ask again
+    (the refresh is under way)."""
+
+    batches: list[Any]
+    start: int
+    next_offset: int
+    last_stable: int = -1  # the last stable offset: where a read_committed reader ends
+    out_of_range: bool = False
+    retry: bool = False
 
 
 # -- Metadata v12: topic ids -------------------------------------------------------------------
@@ -301,6 +319,69 @@ class RawClient:
                     )
         return found
 
+    async def leaders(self, tps: list[TopicPartition]) -> dict[int, list[TopicPartition]]:
+        """The partitions by leader (those without a leader now are left out); the metadata
+        is asked only for partitions whose leader it does not know."""
+        await self.start()
+        leader_for = self._client.cluster.leader_for_partition
+        by_node: dict[int, list[TopicPartition]] = {}
+        unknown = []
+        for tp in tps:
+            leader = leader_for(tp)
+            if leader is None or leader < 0:
+                unknown.append(tp)
+            else:
+                by_node.setdefault(leader, []).append(tp)
+        if unknown:
+            for node, group in (await self._by_leader(unknown)).items():
+                by_node.setdefault(node, []).extend(group)
+        return by_node
+
+    async def fetch_input(
+        self,
+        node: int,
+        session: FetchSession,
+        positions: dict[TopicPartition, int],
+        max_wait_ms: int,
+        min_bytes: int,
+        partition_bytes: int,
+        response_bytes: int,
+    ) -> dict[TopicPartition, InputFetched] | None:
+        """One read_committed Fetch to `node` (the partitions' leader) in its incremental fetch
+        `session`, for every partition wanted from it now (`positions`): the partitions that
+        have something new (records, an error, a new last stable offset), each with its
+        batches, to read with `input_records`; a partition left out has nothing new. The
+        broker holds the request up to `max_wait_ms` until `min_bytes` are there. None when
+        the node cannot be reached now (the metadata is being refreshed) or refused the
+        session (the next request starts a new one). Raises `FetchFailed` for an error that a
+        refresh does not cure (authorization, a corrupt record)."""
+        request = session.request(
+            positions, max_wait_ms, min_bytes, partition_bytes, response_bytes
+        )
+        response = await self._send(node, request)
+        if response is None:
+            session.reset()
+            return None
+        if not session.answered(response):
+            return None
+        found: dict[TopicPartition, InputFetched] = {}
+        for topic, partitions in response.topics:
+            for partition, error_code, _high, last_stable, _start, aborted, *data in partitions:
+                tp = TopicPartition(topic, partition)
+                offset = positions.get(tp)
+                if offset is None:  # (not asked for)
+                    continue
+                if error_code == OFFSET_OUT_OF_RANGE:
+                    found[tp] = InputFetched([], offset, offset, out_of_range=True)
+                    continue
+                if error_code:
+                    self._retry_or_raise(tp, error_code)
+                    found[tp] = InputFetched([], offset, offset, retry=True)
+                    continue
+                batches, next_offset = committed_batches(data[-1], aborted, offset)
+                found[tp] = InputFetched(batches, offset, next_offset, last_stable)
+        return found
+
     def _read(
         self,
         tp: TopicPartition,
@@ -319,42 +400,21 @@ class RawClient:
             self._retry_or_raise(tp, error_code)
             return out
         out.last_stable = data[0]
-        aborted_list = data[2] if version >= 11 else data[-2]
-        aborted = sorted(aborted_list or (), key=lambda a: a[1])  # (producer id, first offset)
-        aborted_producers: set[int] = set()
+        aborted = data[2] if version >= 11 else data[-2]
+        batches, out.next_offset = committed_batches(data[-1], aborted, offset)
         rows = out.rows
-        records = MemoryRecords(data[-1])
-        while records.has_next():
-            batch = records.next_batch()
-            if batch is None:  # a partial batch at the end of the response
-                break
-            producer = batch.producer_id
-            if producer is not None and producer >= 0:
-                while aborted and aborted[0][1] <= batch.base_offset:
-                    aborted_producers.add(aborted.pop(0)[0])
-                if batch.is_control_batch:
-                    marker = next(iter(batch)).key
-                    if marker is not None and ControlRecord.parse(marker) == ABORT_MARKER:
-                        aborted_producers.discard(producer)
-                elif batch.is_transactional and producer in aborted_producers:
-                    out.next_offset = batch.next_offset
-                    continue
-            if batch.is_control_batch:
-                out.next_offset = batch.next_offset
-                continue
-            start = out.next_offset
+        for batch in batches:
             if times is None:
                 for record in batch:
-                    if record.offset >= start:
+                    if record.offset >= offset:
                         rows.append((record.key, record.value))
             else:
                 for record in batch:
-                    if record.offset >= start:
+                    if record.offset >= offset:
                         rows.append((record.key, record.value))
                         times.append(record.timestamp)
             if batch.max_timestamp > out.max_timestamp:
                 out.max_timestamp = batch.max_timestamp
-            out.next_offset = batch.next_offset
         return out
 
 

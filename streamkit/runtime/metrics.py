@@ -14,8 +14,6 @@ one process (tests) do not mix their numbers.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -27,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streamkit.runtime.activity import Activity
+from streamkit.runtime.fetch import consumer_progress
 
 if TYPE_CHECKING:
     from streamkit.runtime.task import Task
@@ -168,19 +167,17 @@ class WorkerMetrics(Collector):
             self.lag = lag
             return lag
         assigned = consumer.assignment()
+        fetch = self._worker.fetch
         for tp, task in list(self._worker.tasks.tasks.items() if self._worker.tasks else []):
             if tp not in assigned:
                 continue
-            end = consumer.last_stable_offset(tp)
-            if end is None or end < 0:
-                end = consumer.highwater(tp)
-            if end is None:
+            if fetch is not None:
+                progress = fetch.progress(tp)
+            else:
+                progress = await consumer_progress(consumer, tp, POSITION_TIMEOUT)
+            if progress is None:
                 continue  # nothing fetched yet: unknown
-            position = None
-            with contextlib.suppress(Exception):
-                position = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT)
-            if position is None:
-                continue
+            position, end = progress
             lag[tp] = max(0, end - position) + task.buffered
         self.lag = lag
         return lag

@@ -175,6 +175,7 @@ class TaskManager:
             runner = task.runner
             assert runner is not None
             runner.add_done_callback(self._runner_done)
+        self.room.set()  # the fetch loop: new partitions to read
         holding = set(self.by_input)
         if holding == set(tps):
             log.info("assigned %s", _fmt(tps))

@@ -30,7 +30,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import CooperativeRebalance, know_topics
 from streamkit.app import App
-from streamkit.clients import make_consumer, make_producer
+from streamkit.clients import make_consumer, make_producer, make_raw_client
 from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
@@ -42,7 +42,7 @@ from streamkit.runtime.exactly_once import (
     TransactionFailed,
     WorkerTransactionCheckpointer,
 )
-from streamkit.runtime.fetch import fetch_loop
+from streamkit.runtime.fetch import RawFetch, consumer_fetch
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.txn_producers import ProducerSet, TransactionalProducers, WorkerProducer
@@ -77,6 +77,7 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self.producer: Any = None
         self.consumer: Any = None
+        self.fetch: RawFetch | None = None  # fetch_path=raw: the input partitions' fetch
         self.tasks: TaskManager | None = None
         self.checkpointer: Checkpointer | TransactionalCheckpointer | None = None
         self.producers: ProducerSet | None = None  # exactly-once only
@@ -191,7 +192,12 @@ class Worker:
                 self.consumer, planned_cooperatively, self._old_leader, self.assignor.may_hold
             )
         self._subscribe()
-        self._spawn("fetch", fetch_loop(self.consumer, self.tasks, settings))
+        if settings.fetch_path == "raw":
+            client = make_raw_client(settings, f"{self.client_id}-fetch")
+            self.fetch = RawFetch(self.consumer, self.tasks, settings, client)
+            self._spawn("fetch", self.fetch.run())
+        else:
+            self._spawn("fetch", consumer_fetch(self.consumer, self.tasks, settings))
         self._spawn("commit", self._commit_loop())
         self._spawn("standby", self.standbys.run())
         if app.global_tables:
@@ -368,6 +374,9 @@ class Worker:
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 await self.reader.stop()
+        if self.fetch is not None:
+            with contextlib.suppress(Exception):
+                await self.fetch.close()
         if self.standbys is not None:
             await self.standbys.close()
         if self.purger is not None:
@@ -419,6 +428,8 @@ class Worker:
 
     async def on_assigned(self, tps: set[TopicPartition]) -> None:
         assert self.tasks is not None and self.standbys is not None
+        if self.fetch is not None:  # before any await: the consumer's fetcher leaves them
+            self.fetch.assigned()
         if self._stopping.is_set():
             return
         try:

@@ -18,6 +18,7 @@ class WorkerView(Protocol):
     checkpointer: Any  # Checkpointer | TransactionalCheckpointer | None
     assignor: Any  # StreamkitAssignor | None
     consumer: Any
+    fetch: Any  # RawFetch | None (None: the consumer's fetch path)
     standbys: Any
     global_tables: Any
 
