@@ -222,16 +222,9 @@ class Task:
         event = self._event
         if event is None:
             event = self._event = Event(
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                self._key,
-                self._value,
-                rec.timestamp,
-                rec.headers,
-                rec.key,
-                rec.value,
-            )
+                rec.topic, rec.partition, rec.offset, self._key, self._value,
+                rec.timestamp, rec.headers, rec.key, rec.value,
+            )  # fmt: skip
         return event
 
     def event_key(self) -> bytes | None:
@@ -324,6 +317,8 @@ class Task:
             if sync is not None and (hold := sync.hold(records[0])):
                 await self._wait(hold)  # until its tables caught up (`table_sync.py`)
                 continue
+            if clock is not None and clock.said_idle:  # first record after an idle spell
+                clock.unidle(collector)
             rec = self._taken = records.popleft()
             if clock is not None and rec.headers and control_record(self, clock, rec):
                 pass  # a watermark control record: consumed
@@ -412,9 +407,9 @@ class Task:
         clock = self.clock
         timeout = hold
         if clock is not None:
-            clock.broadcast(self.collector)
+            again = clock.broadcast(self.collector)  # (a change held back: look again then)
             if clock.outputs:  # wake up now and then to say we are idle
-                timeout = min(timeout or math.inf, clock.idle_timeout / 2)
+                timeout = min(timeout or math.inf, clock.idle_timeout / 2, again or math.inf)
         if self.timers:
             due = fire_processing_timers(self.timers.values())
             if due is not None:
