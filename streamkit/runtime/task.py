@@ -133,6 +133,7 @@ class Task:
         self.event_ts: int | None = None
         self._event: Event | None = None
         self.full = False  # a batch filled up during the pass: submit before the next record
+        self.cut_short = False  # cancelled mid-event by `close`: its checkpoint must abort
         self.events_in = 0
         self.dead_letters = 0
         self.agents = Agents(self, stage.agents, self.on_branch_error)
@@ -458,7 +459,9 @@ class Task:
         """Stop after the record in flight: drop what is buffered, let the agents finish.
 
         Records dropped here were never processed, so their offsets are never committed and
-        the next owner of the partition reads them again."""
+        the next owner of the partition reads them again. A record still in flight after
+        `grace` is cancelled: the task is `cut_short`, and under exactly-once nothing it did
+        since its last checkpoint commits (`exactly_once.py`)."""
         if self.status is TaskState.CLOSED:
             return
         if self.status is TaskState.CREATED:
@@ -471,8 +474,10 @@ class Task:
         if runner is not None and not runner.done():
             try:
                 await asyncio.wait_for(asyncio.shield(runner), grace)
-            except TimeoutError:
-                log.error("%r: agent did not finish its event in %.0fs; cancelling", self, grace)
+            except TimeoutError:  # cut short: nothing of its uncommitted work may commit
+                self.cut_short = True  # (the checkpoint aborts it like a crash's)
+                log.error("%r: agent did not finish its event in %.0fs; cancelled, its "
+                          "uncommitted work dropped", self, grace)  # fmt: skip
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
             except Exception:
