@@ -63,10 +63,10 @@ class EventClock:
     """The event time of one task. Its watermark is the minimum over its inputs' (left out
     while others move: a source-topic input quiet for `idle_timeout`, or one after a
     repartition hop whose every upstream task said it is idle; never one with records waiting
-    in the task, or unfetched at the broker: `note_end`). A repartition input is never left
-    out for being quiet: its upstream tasks say when they are idle, and until then its records
-    may be on their way (in an upstream's open transaction, behind a slow fetch); leaving it
-    out would make them late."""
+    in the task, or unfetched at the broker: `note_end`); with every input idle, the maximum.
+    A repartition input is never left out for being quiet: its upstream tasks say when they
+    are idle, and until then its records may be on their way (in an upstream's open
+    transaction, behind a slow fetch); leaving it out would make them late."""
 
     def __init__(
         self,
@@ -138,7 +138,10 @@ class EventClock:
             for name, i in self.inputs.items()
             if pending(name)
             or (not i.tracker.all_idle and (i.tracker.upstreams or now - i.last_input < idle))
-        ] or inputs
+        ]
+        if not active:  # every input idle: nothing is in flight on any, so none holds the
+            # others back (else the watermark would depend on which went idle last)
+            return max(i.tracker.current for i in inputs)
         return min(i.tracker.current for i in active)
 
     def _moved(self) -> None:
