@@ -114,13 +114,11 @@ def test_a_quiet_repartition_input_holds_the_watermark_until_its_upstreams_say_i
 
 
 def test_once_every_input_is_idle_the_watermark_does_not_depend_on_which_went_idle_last() -> None:
-    """The e-commerce demo's conversions under eager rebalancing (2 of 9 runs, reproduced): the
-    clicks' last watermark (the end-of-run flush, an hour ahead) reached the join while one
-    purchases upstream, a new owner after a rebalance, had not said idle yet, so the purchases
-    held the join; then both sides went quiet. With every input idle the join took the minimum,
-    the purchases' old watermark, for good: the views' windows never closed and 1,004 unmatched
-    views were never emitted. Had the purchases gone idle first, the join would have moved to
-    the clicks' watermark. With nothing in flight on any input, none holds the others back."""
+    """A join whose purchases side still had an active upstream (a new owner after a
+    rebalance, not idle yet) when the clicks' last watermark (an end-of-run flush, an hour
+    ahead) came, both sides then quiet: with every input idle the join took the minimum, the
+    purchases' old watermark, for good; had the purchases gone idle first it would have moved
+    to the clicks' watermark. With nothing in flight on any input, none holds the others back."""
 
     def run(purchases_idle_first: bool) -> int:
         wall, clock = two_inputs(2, 4)  # a: the clicks' 2 upstreams; b: the purchases' 4
