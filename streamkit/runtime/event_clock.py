@@ -196,14 +196,14 @@ class EventClock:
         if not self.outputs:
             return None
         now = self._wall.monotonic()
-        if not force and now - self._sent_at < BROADCAST_EVERY:
-            return self._sent_at + BROADCAST_EVERY - now
         idle = now - self.last_input >= self.idle_timeout and not any(
             self._waiting(name) for name in self.inputs
         )
         state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
             return None  # nothing new (an idle task repeats itself every idle_timeout)
+        if not force and now - self._sent_at < BROADCAST_EVERY:
+            return self._sent_at + BROADCAST_EVERY - now
         self._sent, self._sent_at, self.said_idle = state, now, idle
         log.debug("partition %d: watermark %d%s", self.partition, state[0], " (idle)" * idle)
         self._send(collector, *state)
