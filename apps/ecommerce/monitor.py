@@ -29,7 +29,6 @@ from streamkit.eventtime import NO_WATERMARK
 from streamkit.graph import Stage
 from streamkit.runtime.dlq import describe
 from streamkit.sinks.jsonlines import committed_lines
-from streamkit.state.stream_join import WATERMARK_ROW as JOIN_WATERMARK_ROW
 from streamkit.state.task_tables import store_path
 from streamkit.state.window_table import WATERMARK_ROW
 from streamkit.windows import merge_top
@@ -239,22 +238,17 @@ class Outputs:
 
 
 def window_watermarks(app: Any, windows: list[str], workdirs: list[Path]) -> list[int]:
-    """Per partition of the stages of `windows` (window table or join names), the highest
-    watermark its store shows in any of `workdirs` (NO_WATERMARK if none does). A store is
-    written after its checkpoint committed, and a task that moves restores the watermark from
-    the changelog: a partition's windows (or join) never see an earlier one again."""
+    """Per partition of the stages of `windows` (window table names), the highest watermark
+    its store shows in any of `workdirs` (NO_WATERMARK if none does). A store is written after
+    its checkpoint committed, and a task that moves restores the watermark from the
+    changelog: a partition's windows never see an earlier one again."""
     found = []
     for stage in app.stages:
-        tables = [
-            (wt.table.name, wt.table.key_codec.encode(WATERMARK_ROW), wt.table.value_codec.decode)
-            for wt in stage.windows
-            if wt.name in windows
-        ] + [
-            (j.table.name, JOIN_WATERMARK_ROW, _join_watermark)
-            for j in stage.joins
-            if j.name in windows
-        ]
-        for name, key, decode in tables:
+        for wt in stage.windows:
+            if wt.name not in windows:
+                continue
+            table = wt.table
+            key = table.key_codec.encode(WATERMARK_ROW)
             for p in range(stage.partitions or 1):
                 best = NO_WATERMARK
                 for workdir in workdirs:
@@ -263,16 +257,11 @@ def window_watermarks(app: Any, windows: list[str], workdirs: list[Path]) -> lis
                         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
                         try:
                             row = db.execute(
-                                f'SELECT v FROM "t:{name}" WHERE k = ?', (key,)
+                                f'SELECT v FROM "t:{table.name}" WHERE k = ?', (key,)
                             ).fetchone()
                         finally:
                             db.close()
                         if row is not None:
-                            best = max(best, int(decode(row[0])))
+                            best = max(best, int(table.value_codec.decode(row[0])))
                 found.append(best)
     return found
-
-
-def _join_watermark(stored: bytes) -> int:
-    """A join's stored watermark: 8 bytes, big-endian, signed (`state/stream_join.py`)."""
-    return int.from_bytes(stored, "big", signed=True)
