@@ -111,3 +111,26 @@ def test_a_quiet_repartition_input_holds_the_watermark_until_its_upstreams_say_i
     clock.on_control("b", control_headers(0, 2_000, True))  # b's upstream: idle
     clock.on_control("a", control_headers(0, 95_000, False))
     assert clock.watermark == 95_000  # b left out now; a alone moves it
+
+
+def test_once_every_input_is_idle_the_watermark_does_not_depend_on_which_went_idle_last() -> None:
+    """A join whose purchases side still had an active upstream (a new owner after a
+    rebalance, not idle yet) when the clicks' last watermark (an end-of-run flush, an hour
+    ahead) came, both sides then quiet: with every input idle the join took the minimum, the
+    purchases' old watermark, for good; had the purchases gone idle first it would have moved
+    to the clicks' watermark. With nothing in flight on any input, none holds the others back."""
+
+    def run(purchases_idle_first: bool) -> int:
+        wall, clock = two_inputs(2, 4)  # a: the clicks' 2 upstreams; b: the purchases' 4
+        for u in range(4):
+            clock.on_control("b", control_headers(u, 1_000, purchases_idle_first or u < 3))
+        for u in range(2):  # the flush: the clicks move an hour ahead
+            clock.on_control("a", control_headers(u, 3_600_000, False))
+        wall.advance(10.0)  # everything quiet
+        for u in range(2):
+            clock.on_control("a", control_headers(u, 3_600_000, True))
+        clock.on_control("b", control_headers(3, 1_000, True))  # the new owner: idle at last
+        return clock.watermark
+
+    assert run(purchases_idle_first=True) == 3_600_000
+    assert run(purchases_idle_first=False) == 3_600_000, "held by an input idle like the others"

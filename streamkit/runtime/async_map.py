@@ -350,8 +350,8 @@ class Lane:
 def check_call_budget(stages: list[Stage], settings: Settings) -> None:
     """At worker start, under exactly-once: a task that closes (rebalance, shutdown) waits for
     its calls before its final checkpoint, for at most `shutdown_timeout`; a step whose calls
-    may take longer is refused (cut short, the checkpoint would commit outputs of events whose
-    offsets it does not commit)."""
+    may take longer is refused (cut short, the task's uncommitted work would be aborted and
+    redone by the next owner: `exactly_once.py`)."""
     if settings.processing_guarantee != "exactly_once":
         return
     for stage in stages:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from aiokafka.structs import TopicPartition
 
@@ -77,6 +78,15 @@ class Cadence:
         if self.armed_at is None:
             return None
         return self.armed_at + self.interval / 2
+
+    def processed(self, by_input: Mapping[TopicPartition, Any]) -> bool:
+        """`reached`, from the tasks by input partition (their committable offsets)."""
+        done = {}
+        for tp in self.targets:
+            task = by_input.get(tp)
+            if task is not None:
+                done[tp] = task.offsets().get(tp, -1)
+        return self.reached(done)
 
     def reached(self, done: Mapping[TopicPartition, int]) -> bool:
         """Every target processed: `done` gives each input partition's committable offset

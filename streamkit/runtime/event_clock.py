@@ -7,7 +7,9 @@ reads watermark control records (`on_control`, never handed to agent code). When
 watermark advances it closes the task's windows. A task that relays to a repartition topic
 writes its own watermark to every partition of that topic (`broadcast`), at most every
 `BROADCAST_EVERY` seconds, and says it is idle after `idle_timeout` without input, so the
-next stage does not wait for it.
+next stage does not wait for it. Before its first record after such an idle spell it says it
+is not idle any more (`unidle`), so that the next stage counts it again before its resumed
+records arrive (else the other upstreams' watermarks would make them late).
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ class EventClock:
     """The event time of one task. Its watermark is the minimum over its inputs' (left out
     while others move: a source-topic input quiet for `idle_timeout`, or one after a
     repartition hop whose every upstream task said it is idle; never one with records waiting
-    in the task, or unfetched at the broker: `note_end`). A repartition input is never left
-    out for being quiet: its upstream tasks say when they are idle, and until then its records
-    may be on their way (in an upstream's open transaction, behind a slow fetch); leaving it
-    out would make them late."""
+    in the task, or unfetched at the broker: `note_end`); with every input idle, the maximum.
+    A repartition input is never left out for being quiet: its upstream tasks say when they
+    are idle, and until then its records may be on their way (in an upstream's open
+    transaction, behind a slow fetch); leaving it out would make them late."""
 
     def __init__(
         self,
@@ -88,7 +90,10 @@ class EventClock:
         # fetch loop says, `note_end`): not idle either, however long ago their last record
         # came (a starved process or a slow fetch is not a quiet partition)
         self.behind: set[str] = set()
-        self._sent = (self.current, False)  # last broadcast (watermark, idle)
+        # last broadcast (watermark, idle); a new task does not know what the partition's
+        # previous owner said last (idle, maybe): it says "not idle" before its first record
+        self._sent = (NO_WATERMARK, True)
+        self.said_idle = bool(outputs)  # the next stages may count this task idle
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
         self._sent_at = float("-inf")  # never
         self.last_input = self._wall.monotonic()
@@ -133,7 +138,10 @@ class EventClock:
             for name, i in self.inputs.items()
             if pending(name)
             or (not i.tracker.all_idle and (i.tracker.upstreams or now - i.last_input < idle))
-        ] or inputs
+        ]
+        if not active:  # every input idle: nothing is in flight on any, so none holds the
+            # others back (else the watermark would depend on which went idle last)
+            return max(i.tracker.current for i in inputs)
         return min(i.tracker.current for i in active)
 
     def _moved(self) -> None:
@@ -180,23 +188,42 @@ class EventClock:
             self._moved()  # an input whose upstreams all went idle may free the others
         return True
 
-    def broadcast(self, collector: RecordCollector, *, force: bool = False) -> None:
+    def broadcast(self, collector: RecordCollector, *, force: bool = False) -> float | None:
         """Stages with exchanges: tell every downstream partition our watermark if it moved
-        (or our idleness changed), at most every BROADCAST_EVERY seconds unless forced."""
+        (or our idleness changed), at most every BROADCAST_EVERY seconds unless forced. When
+        held back by that limit: the seconds until it may send (a waiting task looks again
+        then, so a watermark never waits for the next record)."""
         if not self.outputs:
-            return
+            return None
         now = self._wall.monotonic()
-        if not force and now - self._sent_at < BROADCAST_EVERY:
-            return
         idle = now - self.last_input >= self.idle_timeout and not any(
             self._waiting(name) for name in self.inputs
         )
         state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
-            return  # nothing new (an idle task repeats itself every idle_timeout)
-        self._sent, self._sent_at = state, now
+            return None  # nothing new (an idle task repeats itself every idle_timeout)
+        if not force and now - self._sent_at < BROADCAST_EVERY:
+            return self._sent_at + BROADCAST_EVERY - now
+        self._sent, self._sent_at, self.said_idle = state, now, idle
         log.debug("partition %d: watermark %d%s", self.partition, state[0], " (idle)" * idle)
-        headers = control_headers(self.partition, state[0], idle)
+        self._send(collector, *state)
+        return None
+
+    def unidle(self, collector: RecordCollector) -> None:
+        """Idle -> active: call before the first record after an idle spell (and before a new
+        task's first record). Tells every downstream partition "not idle" ahead of the
+        records, with the watermark it said last (never a newer one: map_async calls of
+        earlier events may be in flight)."""
+        watermark, idle = self._sent
+        if not idle or not self.outputs:
+            return
+        self._sent, self.said_idle = (watermark, False), False  # (not a broadcast: the
+        # watermark that follows the records is not held back by BROADCAST_EVERY)
+        log.debug("partition %d: active again (watermark %d)", self.partition, watermark)
+        self._send(collector, watermark, False)
+
+    def _send(self, collector: RecordCollector, watermark: int, idle: bool) -> None:
+        headers = control_headers(self.partition, watermark, idle)
         for output in self.outputs:
             for partition in range(output.partitions or 1):
                 collector.append(output.name, None, None, headers=headers, partition=partition)

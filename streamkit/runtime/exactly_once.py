@@ -34,6 +34,11 @@ shows in the committed outputs, the changelog and the offsets exactly once.
 
 A transaction that fails (fenced, or any error) drops the task's uncommitted work: the worker
 then drops every task without committing and rejoins the group (`Worker.recover`).
+
+A task cut short (`Task.close` cancelled it mid-event after `shutdown_timeout`) holds part of an
+event whose offset is not committable: its outputs, changelog records and dirty keys. Its
+checkpoint aborts like a crash: step 3 aborts its transaction (per worker: the worker's one,
+every task in it failing), step 4 writes nothing of it, and the next owner replays the event.
 """
 
 from __future__ import annotations
@@ -73,6 +78,15 @@ class TransactionFailed(Exception):
             f"transaction of {parts} {'fenced' if fenced else 'failed'}: "
             f"{type(first).__name__}: {first}"
         )
+
+    @property
+    def cut_short(self) -> bool:
+        """Only because a task was cancelled mid-event (`CutShort`): no broker fault."""
+        return all(isinstance(e, CutShort) for e in self.failed.values())
+
+
+class CutShort(Exception):
+    """A task was cancelled mid-event: nothing of its uncommitted work may commit."""
 
 
 @dataclass
@@ -202,6 +216,11 @@ class TransactionalCheckpointer:
         """Step 3 for one task: its sealed outputs, changelog records and offset, committed
         together. None when there was nothing to commit."""
         collector = snap.task.collector
+        if snap.task.cut_short:  # abort like a crash: its open transaction holds half an event
+            collector.discard()
+            with contextlib.suppress(Exception):  # (KeyError: its producer is gone already)
+                await asyncio.wait_for(self._producers[snap.tp].abort_transaction(), ABORT_TIMEOUT)
+            raise CutShort(f"{snap.task!r} was cancelled mid-event")
         if snap.sealed.empty and not snap.offsets:
             collector.release()
             return None
@@ -256,6 +275,14 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
 
     async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:
         results: list[Outcome] = [None] * len(snapshots)
+        cut = [s.task for s in snapshots if s.task.cut_short]
+        if cut:  # half an event in the worker's transaction: it aborts (`_checkpoint`'s discard)
+            cutshort = CutShort(f"{cut[0]!r} was cancelled mid-event")
+            for snap in snapshots:
+                snap.task.collector.discard()
+            if self._worker_producer.gate is not None:
+                self._worker_producer.gate.fail()  # nothing more is sent in it
+            return [cutshort] * len(snapshots)
         active = [i for i, s in enumerate(snapshots) if not (s.sealed.empty and not s.offsets)]
         idle = [snapshots[i] for i in range(len(snapshots)) if i not in active]
         if not active:

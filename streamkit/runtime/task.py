@@ -133,6 +133,7 @@ class Task:
         self.event_ts: int | None = None
         self._event: Event | None = None
         self.full = False  # a batch filled up during the pass: submit before the next record
+        self.cut_short = False  # cancelled mid-event by `close`: its checkpoint must abort
         self.events_in = 0
         self.dead_letters = 0
         self.agents = Agents(self, stage.agents, self.on_branch_error)
@@ -222,16 +223,9 @@ class Task:
         event = self._event
         if event is None:
             event = self._event = Event(
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                self._key,
-                self._value,
-                rec.timestamp,
-                rec.headers,
-                rec.key,
-                rec.value,
-            )
+                rec.topic, rec.partition, rec.offset, self._key, self._value,
+                rec.timestamp, rec.headers, rec.key, rec.value,
+            )  # fmt: skip
         return event
 
     def event_key(self) -> bytes | None:
@@ -324,6 +318,8 @@ class Task:
             if sync is not None and (hold := sync.hold(records[0])):
                 await self._wait(hold)  # until its tables caught up (`table_sync.py`)
                 continue
+            if clock is not None and clock.said_idle:  # first record after an idle spell
+                clock.unidle(collector)
             rec = self._taken = records.popleft()
             if clock is not None and rec.headers and control_record(self, clock, rec):
                 pass  # a watermark control record: consumed
@@ -412,9 +408,9 @@ class Task:
         clock = self.clock
         timeout = hold
         if clock is not None:
-            clock.broadcast(self.collector)
+            again = clock.broadcast(self.collector)  # (a change held back: look again then)
             if clock.outputs:  # wake up now and then to say we are idle
-                timeout = min(timeout or math.inf, clock.idle_timeout / 2)
+                timeout = min(timeout or math.inf, clock.idle_timeout / 2, again or math.inf)
         if self.timers:
             due = fire_processing_timers(self.timers.values())
             if due is not None:
@@ -463,7 +459,9 @@ class Task:
         """Stop after the record in flight: drop what is buffered, let the agents finish.
 
         Records dropped here were never processed, so their offsets are never committed and
-        the next owner of the partition reads them again."""
+        the next owner of the partition reads them again. A record still in flight after
+        `grace` is cancelled: the task is `cut_short`, and under exactly-once nothing it did
+        since its last checkpoint commits (`exactly_once.py`)."""
         if self.status is TaskState.CLOSED:
             return
         if self.status is TaskState.CREATED:
@@ -476,8 +474,10 @@ class Task:
         if runner is not None and not runner.done():
             try:
                 await asyncio.wait_for(asyncio.shield(runner), grace)
-            except TimeoutError:
-                log.error("%r: agent did not finish its event in %.0fs; cancelling", self, grace)
+            except TimeoutError:  # cut short: nothing of its uncommitted work may commit
+                self.cut_short = True  # (the checkpoint aborts it like a crash's)
+                log.error("%r: agent did not finish its event in %.0fs; cancelled, its "
+                          "uncommitted work dropped", self, grace)  # fmt: skip
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
             except Exception:

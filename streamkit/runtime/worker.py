@@ -44,6 +44,7 @@ from streamkit.runtime.exactly_once import (
 )
 from streamkit.runtime.fetch import RawFetch, consumer_fetch
 from streamkit.runtime.purge import RepartitionPurger
+from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.txn_producers import ProducerSet, TransactionalProducers, WorkerProducer
 from streamkit.runtime.web import WebServer
@@ -286,6 +287,9 @@ class Worker:
                 await self.checkpointer.commit(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
                 cadence.disarm()
+                if self._stopping.is_set() and exc.cut_short:  # the stop cut a task short
+                    self._checkpoint_broken = True  # mid-event: nothing more commits
+                    return
                 await self.recover(exc)
                 continue
             except Exception:
@@ -316,13 +320,7 @@ class Worker:
                 if now >= chase:
                     cadence.disarm()  # not processed in time (a backlog): the regular one
                     continue
-                by_input = self.tasks.by_input
-                done = {}
-                for tp in cadence.targets:
-                    task = by_input.get(tp)
-                    if task is not None:
-                        done[tp] = task.offsets().get(tp, -1)
-                if cadence.reached(done):
+                if cadence.processed(self.tasks.by_input):
                     return True
                 until = min(regular, now + CHASE_POLL)
             with contextlib.suppress(TimeoutError):
@@ -346,18 +344,24 @@ class Worker:
         self._subscribe()
 
     async def _stop(self) -> None:
-        # 1. stop fetching; let the commit loop finish its checkpoint and end
+        # 1. stop fetching; let the commit loop finish its checkpoint and end (one still
+        # running after shutdown_timeout waits for an event that step 2 then cuts short)
         self._checkpoint_due.set()
         for task in self._background:
             if task.get_name() != "streamkit-commit":
                 task.cancel()
+        closed: list[Task] = []
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.shutdown_timeout)
+            if self.tasks is not None and not all(t.done() for t in self._background):
+                closed = await self.tasks.revoke(list(self.tasks.tasks))  # step 2, early
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         if self.web is not None:
             await self.web.close()  # (the task closes it too, unless cancelled before it ran)
         # 2. every task finishes its in-flight event; 3. final checkpoint
         if self.tasks is not None and self.checkpointer is not None:
-            closed = await self.tasks.revoke(list(self.tasks.tasks))
+            closed += await self.tasks.revoke(list(self.tasks.tasks))
             if self._checkpoint_broken:  # a checkpoint failed: commit nothing more
                 log.error("checkpoint failed: final checkpoint skipped, uncommitted work dropped")
                 for dropped in closed:
@@ -365,6 +369,9 @@ class Worker:
             else:
                 try:
                     await self.checkpointer.commit(closed)
+                except TransactionFailed as exc:
+                    if not exc.cut_short:  # else: aborted like a crash, replayed by the next
+                        self.fail(exc)  # owner (a task cancelled mid-event; logged by it)
                 except Exception as exc:
                     self.fail(exc)
             for closed_task in closed:
