@@ -54,7 +54,8 @@ class Settings(BaseSettings):
         ge=1000,
         description=(
             "exactly_once: the broker aborts a transaction left open this long. Unset: 60 s "
-            "with per-partition producers, 10 s with transactional_producer=per_worker."
+            "with per-partition producers, 10 s with transactional_producer=per_worker (plus "
+            "the longest a map_async step's calls may take per event)."
         ),
     )
     commit_interval: float = Field(

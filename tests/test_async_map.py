@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 import streamkit as sk
 from streamkit.asyncmap import worst_case
 from streamkit.eventtime import read_control
-from streamkit.runtime.async_map import check_call_budget
+from streamkit.runtime.async_map import check_call_budget, longest_calls
 from streamkit.runtime.frontier import Frontier, KeyGate
+from streamkit.runtime.txn_producers import worker_transaction_timeout
 from streamkit.settings import ConfigError
 from streamkit.streams import AsyncMapNode
 from streamkit.testing import AsyncTestDriver
@@ -399,3 +400,26 @@ async def test_the_watermark_leaves_behind_the_events_whose_calls_are_done() -> 
     assert len(mid_stream) >= 2, marks  # sent while calls were in flight, not only at the end
     for before, watermark in marks:  # every event at or before the watermark went out first
         assert before >= sum(1 for i in range(n) if (T0 + i / 10) * 1000 <= watermark)
+
+
+def test_a_per_worker_transaction_outlasts_the_longest_wait_for_calls() -> None:
+    """A checkpoint's first step waits for the map_async calls in flight while the worker's
+    one transaction is open: its default timeout covers that wait (else it was fenced)."""
+
+    async def call(value: Any) -> Any:
+        return value
+
+    app = sk.App("am-txn", processing_guarantee="exactly_once", shutdown_timeout=30)
+    app.stream(app.topic("src")).map_async(call).to(app.topic("out"))  # 20.7 s at worst
+    app.stream(app.topic("other")).map_async(call, timeout=1, retries=0).to(app.topic("out2"))
+    pause = longest_calls(app.stages)
+    assert pause == pytest.approx(20.7)
+    assert worker_transaction_timeout(app.settings, pause) == 10_000 + 20_700
+    assert worker_transaction_timeout(app.settings) == 10_000  # no map_async: Kafka Streams'
+    plain = sk.App("am-txn-plain")
+    plain.stream(plain.topic("src")).to(plain.topic("out"))
+    assert longest_calls(plain.stages) == 0.0
+    chosen = sk.App(
+        "am-txn-set", processing_guarantee="exactly_once", transaction_timeout_ms=60_000
+    )
+    assert worker_transaction_timeout(chosen.settings, pause) == 60_000  # an explicit one wins

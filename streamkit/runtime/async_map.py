@@ -347,6 +347,18 @@ class Lane:
         )
 
 
+def longest_calls(stages: list[Stage]) -> float:
+    """The longest one event can spend in a map_async step's calls (0: no map_async step;
+    a step without a timeout is refused under exactly-once by `check_call_budget`)."""
+    worst = [
+        worst_case(node.options) or 0.0
+        for stage in stages
+        for node in stage.nodes
+        if isinstance(node, AsyncMapNode)
+    ]
+    return max(worst, default=0.0)
+
+
 def check_call_budget(stages: list[Stage], settings: Settings) -> None:
     """At worker start, under exactly-once: a task that closes (rebalance, shutdown) waits for
     its calls before its final checkpoint, for at most `shutdown_timeout`; a step whose calls

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import uuid
 from collections.abc import Iterable
 from typing import IO, Any, Protocol
@@ -152,8 +153,11 @@ class WorkerProducer:
     A partition's new owner reads its committed offset with `require_stable`: it waits until
     no transaction (a zombie's) still holds offsets for it."""
 
-    def __init__(self, settings: Settings, app_id: str, client_id: str, consumer: Any) -> None:
+    def __init__(
+        self, settings: Settings, app_id: str, client_id: str, consumer: Any, pause: float = 0.0
+    ) -> None:
         self._settings = settings
+        self._pause = pause  # the longest a checkpoint's step 1 may wait (map_async calls)
         self._client_id = client_id
         self._consumer = consumer
         # the lock on the workdir's token is held as long as this object lives (the process)
@@ -178,7 +182,7 @@ class WorkerProducer:
                     self._settings,
                     f"{self._client_id}-txn",
                     transactional_id=self.transactional_id,
-                    transaction_timeout_ms=worker_transaction_timeout(self._settings),
+                    transaction_timeout_ms=worker_transaction_timeout(self._settings, self._pause),
                 )
                 await producer.start()
                 try:
@@ -223,13 +227,16 @@ class WorkerProducer:
 WORKER_TRANSACTION_TIMEOUT_MS = 10_000
 
 
-def worker_transaction_timeout(settings: Settings) -> int:
+def worker_transaction_timeout(settings: Settings, pause: float = 0.0) -> int:
     """`transaction_timeout_ms` when set; else 10 s for the per-worker producer (as Kafka
-    Streams under exactly-once): a worker killed and not restarted under the same id leaves
-    its transaction open this long, and its partitions' next owners wait for it."""
+    Streams under exactly-once) plus `pause`, the longest a checkpoint's first step may wait
+    for map_async calls in flight while the transaction is open (`async_map.longest_calls`;
+    without it such a checkpoint outlived its transaction and was fenced). A worker killed
+    and not restarted under the same id leaves its transaction open this long, and its
+    partitions' next owners wait for it."""
     if "transaction_timeout_ms" in settings.model_fields_set:
         return settings.transaction_timeout_ms
-    return WORKER_TRANSACTION_TIMEOUT_MS
+    return WORKER_TRANSACTION_TIMEOUT_MS + math.ceil(pause * 1000)
 
 
 def worker_transactional_id(settings: Settings, app_id: str) -> tuple[str, IO[str] | None]:

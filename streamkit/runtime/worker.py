@@ -34,7 +34,7 @@ from streamkit.clients import make_consumer, make_producer, make_raw_client
 from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
-from streamkit.runtime.async_map import check_call_budget
+from streamkit.runtime.async_map import check_call_budget, longest_calls
 from streamkit.runtime.cadence import CHASE_POLL, Cadence
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
@@ -173,7 +173,8 @@ class Worker:
         )
         if settings.processing_guarantee == "exactly_once":
             if settings.transactional_producer == "per_worker":  # KIP-447
-                one = WorkerProducer(settings, app.id, self.client_id, self.consumer)
+                pause = longest_calls(app.stages)
+                one = WorkerProducer(settings, app.id, self.client_id, self.consumer, pause)
                 self.producers = one
                 self.checkpointer = WorkerTransactionCheckpointer(app.id, one)
                 self.tasks.share_collector = True  # one batch per destination per checkpoint
