@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from streamkit.context import CURRENT_TASK, TaskScope
 from streamkit.keys import partition_for_key
 from streamkit.serde import RAW, Codec, codec_for
-from streamkit.state.store import PartitionStore
+from streamkit.state.store import PartitionStore, Purge
 from streamkit.state.ttl import Expiry, StampedCodec, Ttl
 from streamkit.topics import Topic
 
@@ -325,6 +325,9 @@ class Table(Generic[K, V]):
         self.stage_name: str | None = None  # the stage that owns it (set when built)
         # the versioned table stored in this one (`state/versioned_table.py`), if any
         self.versioned: Any = None
+        # the key ranges its rows' own rules make final, deleted with each store write
+        # (`PartitionStore.purges`; a stream-stream join's, `state/stream_join.py`)
+        self.purge: Purge | None = None
 
     def __repr__(self) -> str:
         return f"Table({self.name!r})"

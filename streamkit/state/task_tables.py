@@ -62,6 +62,7 @@ class TaskTables:
         """Open the store (a corrupt or foreign file is set aside and a new one made)."""
         names = [t.name for t in self.tables]
         self.store = await asyncio.to_thread(open_store, self.path, self._identity, names)
+        self.store.purges = {t.name: t.purge for t in self.tables if t.purge is not None}
 
     async def open(self, reader: Restorer) -> None:
         """Open (or rebuild) the store, replay the changelog tail, build the caches."""
