@@ -10,7 +10,11 @@ where `seq` numbers the partition's records (restored as one past the largest st
 the value is encoded with its side's codec, so a buffered value reads back as the type a live
 one has. A row's key is packed once, when the record is buffered (the table's keys are these
 bytes: nothing to encode at the checkpoint). A reserved row holds the watermark the rows
-reflect (checkpointed with them).
+reflect (checkpointed with them): the marker of what is purged. A purge writes no tombstone:
+the row is forgotten (index, cache, dirty set), and every store write of the table (the
+checkpoint's, a changelog replay's) deletes the key ranges its watermark row made final in
+the same transaction (`final_rows`); the changelog drops old records by time retention
+(`changelog_config`). Loading skips rows the stored watermark made final.
 
 In memory, 16 bytes a buffered record: per side, key → its buffered (time, seq) in time order,
 two packed arrays (the partners of a new record are found by bisection); and per side a heap
@@ -201,14 +205,14 @@ class JoinPartition:
             i = bisect.bisect_left(times, ts + self._lo[side])
             hi = ts + self._hi[side]
             if i < len(times) and times[i] <= hi:
-                seqs, pack, get = buffered.seqs, _ROW.pack, rows.get
+                seqs, pack, get, cached = buffered.seqs, _ROW.pack, rows.get, rows.cache.get
                 decode = self.codecs[other].decode
                 mark, emit = self._keeps[other], self.emit
                 while i < len(times) and times[i] <= hi:
                     other_ts = times[i]
                     row = pack(other, other_ts, seqs[i]) + key
                     i += 1
-                    stored = get(row)
+                    stored = cached(row) or get(row)  # a buffered row: bytes, never deleted
                     partner = decode(stored[_HEAD.size :])
                     if mark and not stored[0]:
                         rows.set(row, b"\x01" + stored[1:])
@@ -249,7 +253,12 @@ class JoinPartition:
         if watermark <= self.watermark:
             return
         self.watermark = watermark
-        self.rows.set(WATERMARK_ROW, _WM.pack(watermark))
+        rows = self.rows  # the marker (`final_rows`): set as `TablePartition.set` would
+        if WATERMARK_ROW in rows.cache:
+            rows.cache[WATERMARK_ROW] = _WM.pack(watermark)
+            rows.dirty.add(WATERMARK_ROW)
+        else:
+            rows.set(WATERMARK_ROW, _WM.pack(watermark))
         for side in (LEFT, RIGHT):
             heap = self._final[side]
             while heap and heap[0][0] < watermark:
