@@ -350,7 +350,7 @@ class App:
                 f"join {join.name}: a join or table of that name exists already: give the "
                 "join name=... (it names its state and late topic)"
             )
-        join.table = join_table(self.table(join.name, key_type=bytes, value_type=bytes))
+        join.table = join_table(self.table(join.name, key_type=bytes, value_type=bytes), join)
         self.joins[join.name] = join
 
     def stream(self, *topics: Topic) -> Stream[Any]:

@@ -32,6 +32,7 @@ from streamkit.windows import seconds_ms
 
 LEFT, RIGHT = 0, 1
 HOWS = ("inner", "left", "outer")
+DAY_MS = 86_400_000  # the default `changelog_extra`
 
 Joiner = Callable[[Any, Any], Any]
 
@@ -115,10 +116,15 @@ class StreamJoin:
     """A declared stream-stream join: its spec, joiner and state (a table of both sides'
     buffered records, owned by the stage the join runs in)."""
 
-    def __init__(self, name: str, spec: JoinSpec, joiner: Joiner) -> None:
+    def __init__(
+        self, name: str, spec: JoinSpec, joiner: Joiner, changelog_extra_ms: int = DAY_MS
+    ) -> None:
         self.name = name
         self.spec = spec
         self.joiner = joiner
+        # how long past the window + grace its changelog keeps a row (wall clock since the
+        # row was written; `state/stream_join.changelog_config`)
+        self.changelog_extra_ms = changelog_extra_ms
         self.table: Any = None  # state.table.Table, given by the app (`App.join_state`)
         self.late_topic: str | None = None  # `{app}-{name}-late`, set when the graph is built
         self.late_events = 0  # late records routed by this process

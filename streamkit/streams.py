@@ -30,6 +30,7 @@ from streamkit.asyncmap import AsyncOptions, async_function, async_options
 from streamkit.events import Event
 from streamkit.joins import LEFT, RIGHT, Joiner, StreamJoin, join_spec, pair
 from streamkit.settings import ConfigError
+from streamkit.windows import seconds_ms
 
 if TYPE_CHECKING:
     from streamkit.sinks.base import Sink
@@ -360,6 +361,7 @@ class Stream(Generic[T]):
         on: str | Callable[[Any], Any] | tuple[Any, Any] | None = None,
         partitions: int | None = None,
         name: str | None = None,
+        changelog_extra: float = 86_400,
     ) -> Stream[Any]:
         """Join this stream (left) with `other` (right) on their keys and event times.
 
@@ -372,7 +374,8 @@ class Stream(Generic[T]):
         never earlier. Records later than `grace` go to `{app}-{name}-late`. Keys: the
         records' keys, or with `on=` (a field name or function, or one per side) a key_by of
         each side (`partitions=` their count). Both sides are co-partitioned (checked at
-        start). See docs/joins.md."""
+        start). `changelog_extra`: seconds of wall clock the join's changelog keeps a buffered
+        record past the window and grace (its time retention). See docs/joins.md."""
         if not isinstance(other, Stream) or other.app is not self.app:
             raise ConfigError(f"join: {other!r} is not a stream of app {self.app.id}")
         join_name = name or f"{_origin(self.node)}-join-{_origin(other.node)}"
@@ -385,7 +388,8 @@ class Stream(Generic[T]):
             left_on, right_on = on if isinstance(on, tuple) else (on, on)
             left = self.key_by(left_on, partitions=partitions, name=f"{join_name}-left")
             right = other.key_by(right_on, partitions=partitions, name=f"{join_name}-right")
-        declared = StreamJoin(join_name, spec, fn)
+        extra = seconds_ms(changelog_extra, f"{join_name}: changelog_extra", zero_ok=True)
+        declared = StreamJoin(join_name, spec, fn, extra)
         self.app.join_state(declared)
         sides = (
             JoinSideNode((left.node,), join=declared, side=LEFT),

@@ -170,9 +170,17 @@ def test_a_join_declared_wrong_says_what_to_change() -> None:
         a.join(b, between=(5, -5))
     with pytest.raises(sk.ConfigError, match="how must be one of inner, left, outer"):
         a.join(b, within=5, how="right")
+    with pytest.raises(sk.ConfigError, match="changelog_extra must be a non-negative"):
+        a.join(b, within=5, changelog_extra=-1)
     a.join(b, within=5, name="j")
     with pytest.raises(sk.ConfigError, match="join j: a join or table of that name exists"):
         a.join(b, within=5, name="j")
+    # no tombstones: the changelog's time retention is the window + grace + changelog_extra
+    a.join(b, between=(0, 10), grace=2, changelog_extra=3600, name="k")
+    assert app.joins["k"].table.changelog.config == {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(10_000 + 2_000 + 3_600_000),
+    }
 
 
 def test_the_topology_shows_a_join_its_sides_bounds_state_and_late_topic(tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import collections
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 import streamkit as sk
@@ -24,6 +26,7 @@ from tests.kafkahelp import (
     running,
     wait_until,
 )
+from tests.test_purge import topic_configs
 
 KEEP = {"retention.ms": "-1"}  # results carry old event times
 
@@ -88,6 +91,11 @@ async def test_every_join_kind_end_to_end_under_exactly_once(uid: str, tmp_path:
     assert dict(got["outer"]) == {**pairs, **lefts, **rights}
     assert len(late_records) == 1 and orjson.loads(late_records[0].value)["id"] == "late"
     assert "late for join paid-inner" in describe(late_records[0].headers)["streamkit.error"]
+    changelog = f"joins-{uid}-paid-inner-changelog"
+    config = (await topic_configs([changelog]))[changelog]
+    # no tombstones: time retention of the window (1200 s) + grace (60 s) + a day
+    assert config["cleanup.policy"] == "compact,delete"
+    assert config["retention.ms"] == str(1_200_000 + 60_000 + 86_400_000)
 
 
 async def _has_records(topic: str) -> bool:
@@ -113,9 +121,16 @@ def _oracle(rows: list[tuple[str, str, int, int]], within_ms: int) -> collection
     return out
 
 
+@pytest.mark.parametrize("new_disk", [False, True], ids=["same-disk", "new-disk"])
 async def test_a_kill_9_mid_join_gives_every_join_result_exactly_once(
-    uid: str, tmp_path: Path
+    uid: str, tmp_path: Path, new_disk: bool
 ) -> None:
+    """The worker is killed mid-join and another takes over: from the same state directory
+    (its SQLite plus the changelog's tail), or from a new one (the changelog alone: the rows
+    the last watermark row made final are dropped, an outer join's unmatched records emitted
+    before it are not emitted again). The join writes no tombstone: its changelog holds
+    records stamped with the wall clock, which its time retention counts from."""
+    started = time.time() * 1000
     await create_topic(f"join-clicks-{uid}", 4)
     await create_topic(f"join-buys-{uid}", 4)
     rng = random.Random(uid)
@@ -134,6 +149,8 @@ async def test_a_kill_9_mid_join_gives_every_join_result_exactly_once(
         await read_all(out, expect=50, within=60)  # the join is under way
         worker.signal(signal.SIGKILL)
         worker.wait(10)
+        if new_disk:
+            env["STREAMKIT_WORKDIR"] = str(tmp_path / "state2")
         worker = WorkerProcess("tests.joinapp:app", env, tmp_path / "w2.log").start()
         await _send(uid, rows[600:])
         for partition in range(4):  # the watermark passes every record's last chance
@@ -145,10 +162,13 @@ async def test_a_kill_9_mid_join_gives_every_join_result_exactly_once(
         await read_all(out, expect=sum(expected.values()), within=120)
         got = _ids(await read_all(out))  # to the end offsets, read_committed
         late = await read_all(f"join-{uid}-clicks-buys-late")
+        changelog = await read_all(f"join-{uid}-clicks-buys-changelog")
     finally:
         worker.stop()
     assert late == []
     assert got == expected
+    assert changelog and all(r.value is not None for r in changelog), "a tombstone"
+    assert all(started - 1000 <= r.timestamp <= time.time() * 1000 for r in changelog)
 
 
 async def _send(uid: str, rows: list[tuple[str, str, int, int]]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import streamkit as sk
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.joins import LEFT, RIGHT, JoinSpec, StreamJoin, join_spec, pair
 from streamkit.serde import codec_for
-from streamkit.state.store import open_store
-from streamkit.state.stream_join import JoinPartition
+from streamkit.state.store import PartitionStore, open_store
+from streamkit.state.stream_join import WATERMARK_ROW, JoinPartition, final_ranges
 from streamkit.state.table import TablePartition
 
 END_OF_TIME = 2**62
@@ -37,6 +38,10 @@ class Case:
     ooo: int
     restarts: set[int]
     end: int  # the last watermark (END_OF_TIME: every record final)
+    # restarts that rebuild the store from the changelog alone (a new disk), replayed in
+    # batches of this many checkpoints (the last value of a key wins within a batch)
+    rebuilds: set[int] = dataclasses.field(default_factory=set)
+    batch: int = 1
 
 
 def run_join(tmp: Path, case: Case) -> tuple[list[Result], list[int], list[str], int]:
@@ -45,7 +50,8 @@ def run_join(tmp: Path, case: Case) -> tuple[list[Result], list[int], list[str],
     app = sk.App(f"joinlogic{next(_RUNS)}")
     join = StreamJoin("j", case.spec, pair)
     app.join_state(join)
-    store = open_store(tmp / f"{next(_RUNS)}.sqlite", {"t": "1"}, ["j"])
+    store = new_store(tmp, join)
+    changelog: list[dict[bytes, bytes | None]] = []  # what each checkpoint appended
     results: list[Result] = []
     late: list[int] = []
     early: list[str] = []
@@ -72,7 +78,19 @@ def run_join(tmp: Path, case: Case) -> tuple[list[Result], list[int], list[str],
     watermark = NO_WATERMARK
     for i, (side, key, ts) in enumerate(case.events):
         if i in case.restarts:  # a checkpoint, then a new owner opens the partition's store
-            store.apply({"j": part.rows.take_dirty()}, {})
+            changes = part.rows.take_dirty()
+            assert None not in changes.values(), "a tombstone: purged rows write none"
+            changelog.append(changes)
+            store.apply({"j": changes}, {})
+            assert_nothing_final(store, case.spec)
+            if i in case.rebuilds:  # a new disk: the changelog is all there is
+                store.close()
+                store = new_store(tmp, join)
+                for at in range(0, len(changelog), case.batch):
+                    batch: dict[bytes, bytes | None] = {}
+                    for replayed in changelog[at : at + case.batch]:
+                        batch.update(replayed)
+                    store.apply({"j": batch}, {})
             part = open_part()
             assert part.watermark == watermark
         current[0] = i
@@ -82,6 +100,23 @@ def run_join(tmp: Path, case: Case) -> tuple[list[Result], list[int], list[str],
     part.advance(max(watermark, case.end))
     store.close()
     return results, late, early, part.buffered
+
+
+def new_store(tmp: Path, join: StreamJoin) -> PartitionStore:
+    store = open_store(tmp / f"{next(_RUNS)}.sqlite", {"t": "1"}, ["j"])
+    store.purges = {"j": join.table.purge}
+    return store
+
+
+def assert_nothing_final(store: PartitionStore, spec: JoinSpec) -> None:
+    """The store holds no row its own watermark row has made final."""
+    rows = dict(store.scan("j"))
+    if WATERMARK_ROW not in rows:
+        return
+    watermark = struct.unpack(">q", rows.pop(WATERMARK_ROW))[0]
+    for row in rows:
+        side, ts = struct.unpack_from(">Bq", row)
+        assert not watermark > last_chance(spec, side, ts), f"final row {side} {ts} at {watermark}"
 
 
 def last_chance(spec: JoinSpec, side: int, ts: int) -> int:
@@ -152,7 +187,9 @@ def cases(draw: Any, spec_type: type[JoinSpec] = JoinSpec) -> Case:
     )
     restarts = draw(st.sets(st.integers(1, 29), max_size=3))
     end = draw(st.sampled_from([END_OF_TIME, 0, 15, 30]))
-    return Case(spec, events, draw(st.integers(0, 6)), restarts, end)
+    rebuilds = draw(st.sets(st.sampled_from(sorted(restarts)))) if restarts else set()
+    batch = draw(st.integers(1, 3))
+    return Case(spec, events, draw(st.integers(0, 6)), restarts, end, rebuilds, batch)
 
 
 @settings(
@@ -223,3 +260,32 @@ def test_a_left_record_is_emitted_unmatched_only_after_its_window_and_grace(tmp_
     results, late, _, _ = run_join(tmp_path, Case(spec, events, 100, set(), 0))
     assert results == [("left", 0, None, 100)]
     assert late == [2]  # the watermark (116) has passed 110 + grace: late, as the oracle says
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    lower=st.integers(-50, 50),
+    width=st.integers(0, 50),
+    grace=st.integers(0, 20),
+    watermark=st.one_of(st.integers(-200, 200), st.sampled_from([NO_WATERMARK, 2**62])),
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([LEFT, RIGHT]),
+            st.one_of(st.integers(-300, 300), st.sampled_from([-(2**63), 2**63 - 1, 0, -1])),
+            st.integers(0, 2**40),
+        ),
+        max_size=20,
+    ),
+)
+def test_the_final_key_ranges_hold_exactly_the_rows_the_watermark_made_final(
+    lower: int, width: int, grace: int, watermark: int, rows: list[tuple[int, int, int]]
+) -> None:
+    """Rule 2 as key ranges (what the store deletes with a watermark row): a row is in one
+    exactly when the watermark has passed its last chance, negative event times included."""
+    spec = JoinSpec(lower, lower + width, grace)
+    ranges = final_ranges(spec, watermark)
+    for side, ts, seq in rows:
+        key = struct.pack(">Bqq", side, ts, seq) + b"user-key"
+        inside = any(lo <= key < hi for lo, hi in ranges)
+        assert inside == (watermark > last_chance(spec, side, ts)), (side, ts, ranges)
+    assert not any(lo <= WATERMARK_ROW < hi for lo, hi in ranges)

@@ -15,6 +15,11 @@ Layout (STRICT tables, keys and values as the table codecs' bytes):
         offsets mean nothing to this file (state/compacted.py rebuilds the rows)
     "t:<table>"(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID
 
+A table may have a purge rule (`purges`): given the changes being written, the key ranges
+its own rules have made final (a join's rows below its watermark, `state/stream_join.py`).
+Every write of changes, a checkpoint's or a changelog replay's, deletes those ranges in the
+same transaction, after the changes: such rows leave SQLite without a tombstone.
+
 Pragmas: WAL, synchronous=NORMAL. NORMAL in WAL mode survives a process crash; only an OS
 crash or power loss can drop the last transactions, and then recovery replays the changelog
 from the older stored offset: the changelog is the source of truth, so FULL buys nothing.
@@ -31,12 +36,15 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LAYOUT = "1"
+
+# a table's changes being written → the key ranges [lo, hi) to delete with them
+Purge = Callable[[Mapping[bytes, bytes | None]], list[tuple[bytes, bytes]]]
 
 
 class StoreMismatch(Exception):
@@ -70,6 +78,7 @@ class PartitionStore:
         self.tables = tables
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._reader: sqlite3.Connection | None = None
+        self.purges: dict[str, Purge] = {}  # table name → its purge rule (set by the owner)
         try:
             self._open(identity)
             self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -148,7 +157,8 @@ class PartitionStore:
         offsets: Mapping[tuple[str, int], int],
     ) -> None:
         """Write changed keys (None = delete) and the offsets they reflect, atomically
-        (the writer connection: call it from one thread at a time)."""
+        (the writer connection: call it from one thread at a time); then the key ranges a
+        table's purge rule finds final given its changes."""
         db = self._db
         with self.transaction():
             for table, rows in changes.items():
@@ -159,6 +169,9 @@ class PartitionStore:
                     db.executemany(f"INSERT OR REPLACE INTO {name}(k, v) VALUES (?, ?)", upserts)
                 if deletes:
                     db.executemany(f"DELETE FROM {name} WHERE k = ?", deletes)
+                purge = self.purges.get(table)
+                if purge is not None:
+                    db.executemany(f"DELETE FROM {name} WHERE k >= ? AND k < ?", purge(rows))
             db.executemany(
                 "INSERT OR REPLACE INTO offsets(topic, partition, offset) VALUES (?, ?, ?)",
                 [(t, p, o) for (t, p), o in offsets.items()],

@@ -10,7 +10,11 @@ where `seq` numbers the partition's records (restored as one past the largest st
 the value is encoded with its side's codec, so a buffered value reads back as the type a live
 one has. A row's key is packed once, when the record is buffered (the table's keys are these
 bytes: nothing to encode at the checkpoint). A reserved row holds the watermark the rows
-reflect (checkpointed with them).
+reflect (checkpointed with them): the marker of what is purged. A purge writes no tombstone:
+the row is forgotten (index, cache, dirty set), and every store write of the table (the
+checkpoint's, a changelog replay's) deletes the key ranges its watermark row made final in
+the same transaction (`final_rows`); the changelog drops old records by time retention
+(`changelog_config`). Loading skips rows the stored watermark made final.
 
 In memory, 16 bytes a buffered record: per side, key → its buffered (time, seq) in time order,
 two packed arrays (the partners of a new record are found by bisection); and per side a heap
@@ -25,17 +29,20 @@ import bisect
 import heapq
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamkit.eventtime import NO_WATERMARK
-from streamkit.joins import LEFT, RIGHT, StreamJoin
+from streamkit.joins import LEFT, RIGHT, JoinSpec, StreamJoin
 from streamkit.serde import Codec
+from streamkit.state.store import Purge
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
 
 _ROW = struct.Struct(">Bqq")  # side, event time, seq; then the key's bytes
 _HEAD = struct.Struct(">Bq")  # matched, source offset; then the value's bytes
 _WM = struct.Struct(">q")
+_TIME = struct.Struct(">Bq")  # side, event time: the prefix of a row's key
+_TIME_MIN, _TIME_MAX = -(2**63), 2**63 - 1
 WATERMARK_ROW = _ROW.pack(255, 0, 0)  # the reserved row's key
 
 # (key bytes, event time, left value, right value (None: unmatched), source offset of the
@@ -45,11 +52,62 @@ Emit = Callable[[bytes, int, Any, Any, int], None]
 Late = Callable[[int, int, int], None]
 
 
-def join_table(table: Table[Any, Any]) -> Table[Any, Any]:
-    """Make `table` (bytes keys and values) hold a join's rows. Its keys are those of the
-    records the task is processing (they belong to its partition): no per-key check."""
+def join_table(table: Table[Any, Any], join: StreamJoin) -> Table[Any, Any]:
+    """Make `table` (bytes keys and values) hold `join`'s rows. Its keys are those of the
+    records the task is processing (they belong to its partition): no per-key check. Its
+    rows made final by the watermark row written with them are deleted with each store write
+    (`final_rows`), and its changelog keeps a record for a time retention instead of
+    getting a tombstone (`changelog_config`)."""
     table.checked_keys = False
+    table.exact_bytes = True  # rows are packed and joined once: no copy at the checkpoint
+    table.purge = final_rows(join.spec)
+    table.changelog.config.update(changelog_config(join))
     return table
+
+
+def changelog_config(join: StreamJoin) -> dict[str, str]:
+    """The join changelog's topic config: compacted (the watermark row, a left/outer join's
+    matched flags) and deleted by time, `retention.ms` = the window + grace + the join's
+    `changelog_extra`. Its records carry the wall clock of their write (the producer's
+    timestamp), not an event time: the broker deletes a row that long after it was written,
+    whatever event times the input replays."""
+    spec = join.spec
+    retention = spec.upper_ms - spec.lower_ms + spec.grace_ms + join.changelog_extra_ms
+    return {"cleanup.policy": "compact,delete", "retention.ms": str(retention)}
+
+
+def final_ranges(spec: JoinSpec, watermark: int) -> list[tuple[bytes, bytes]]:
+    """The key ranges `[lo, hi)` of the rows `watermark` has made final (rule 2 of
+    `streamkit/joins.py`: a record of side s at t once the watermark passed
+    `JoinSpec.final_after(s, t)`), i.e. per side the times `t < watermark - final_after(s, 0)`."""
+    ranges = []
+    for side in (LEFT, RIGHT):
+        cut = watermark - spec.final_after(side, 0)
+        if cut <= _TIME_MIN:
+            continue
+        lowest, highest = _TIME.pack(side, _TIME_MIN), bytes([side + 1])
+        cut = min(cut, _TIME_MAX)
+        if cut > 0:  # big-endian two's complement: times >= 0 sort before negative ones
+            ranges += [(lowest, highest), (bytes([side]), _TIME.pack(side, cut))]
+        elif cut == 0:
+            ranges.append((lowest, highest))
+        else:
+            ranges.append((lowest, _TIME.pack(side, cut)))
+    return ranges
+
+
+def final_rows(spec: JoinSpec) -> Purge:
+    """The store's purge rule of a join's table: the changes being written carry the
+    watermark row (the marker of a checkpoint, or of a changelog replay's batch) → the rows
+    it made final, deleted in the same transaction. Rows written after that watermark row
+    are not final by it (they were buffered at a watermark at least as new, and only while
+    not final), so a replay's batch may hold both."""
+
+    def ranges(rows: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes]]:
+        raw = rows.get(WATERMARK_ROW)
+        return [] if raw is None else final_ranges(spec, _WM.unpack(raw)[0])
+
+    return ranges
 
 
 def _no_emit(key: bytes, ts: int, left: Any, right: Any, offset: int) -> None:
@@ -106,16 +164,23 @@ class JoinPartition:
 
     def load(self) -> int:
         """Rebuild the indexes from the stored rows; the watermark they reflect."""
-        unpack, size = _ROW.unpack_from, _ROW.size
+        saved = self.rows.get(WATERMARK_ROW)
+        if saved is not _MISSING and saved is not _DELETED and saved is not None:
+            self.watermark = _WM.unpack(saved)[0]
+        unpack, size, watermark, after = (
+            _ROW.unpack_from,
+            _ROW.size,
+            self.watermark,
+            self._final_after,
+        )
         for row in self.rows.iter_keys():
             if row == WATERMARK_ROW:
                 continue
             side, ts, seq = unpack(row)
-            self._track(side, ts, seq, bytes(row[size:]))
             self._seq = max(self._seq, seq + 1)
-        saved = self.rows.get(WATERMARK_ROW)
-        if saved is not _MISSING and saved is not _DELETED and saved is not None:
-            self.watermark = _WM.unpack(saved)[0]
+            if watermark > ts + after[side]:
+                continue  # final by the watermark row: purged (and emitted) before it was written
+            self._track(side, ts, seq, bytes(row[size:]))
         return self.watermark
 
     def _track(self, side: int, ts: int, seq: int, key: bytes) -> None:
@@ -141,14 +206,14 @@ class JoinPartition:
             i = bisect.bisect_left(times, ts + self._lo[side])
             hi = ts + self._hi[side]
             if i < len(times) and times[i] <= hi:
-                seqs, pack, get = buffered.seqs, _ROW.pack, rows.get
+                seqs, pack, get, cached = buffered.seqs, _ROW.pack, rows.get, rows.cache.get
                 decode = self.codecs[other].decode
                 mark, emit = self._keeps[other], self.emit
                 while i < len(times) and times[i] <= hi:
                     other_ts = times[i]
                     row = pack(other, other_ts, seqs[i]) + key
                     i += 1
-                    stored = get(row)
+                    stored = cached(row) or get(row)  # a buffered row: bytes, never deleted
                     partner = decode(stored[_HEAD.size :])
                     if mark and not stored[0]:
                         rows.set(row, b"\x01" + stored[1:])
@@ -189,7 +254,12 @@ class JoinPartition:
         if watermark <= self.watermark:
             return
         self.watermark = watermark
-        self.rows.set(WATERMARK_ROW, _WM.pack(watermark))
+        rows = self.rows  # the marker (`final_rows`): set as `TablePartition.set` would
+        if WATERMARK_ROW in rows.cache:
+            rows.cache[WATERMARK_ROW] = _WM.pack(watermark)
+            rows.dirty.add(WATERMARK_ROW)
+        else:
+            rows.set(WATERMARK_ROW, _WM.pack(watermark))
         for side in (LEFT, RIGHT):
             heap = self._final[side]
             while heap and heap[0][0] < watermark:
@@ -207,6 +277,7 @@ class JoinPartition:
         if n == 0:
             return  # an older entry: the key's earliest record has an entry of its own
         keeps = self._keeps[side]
+        cache, dirty = rows.cache, rows.dirty
         for ts, seq in zip(times[:n], seqs[:n], strict=True):
             row = _ROW.pack(side, ts, seq) + key
             if keeps:
@@ -214,7 +285,10 @@ class JoinPartition:
                 if not stored[0]:
                     value = self.codecs[side].decode(stored[_HEAD.size :])
                     self._unmatched(side, key, ts, value, _HEAD.unpack_from(stored)[1])
-            rows.remove(row)  # buffered, so stored: no read to delete it
+            # forgotten, not deleted: no tombstone; the store deletes it with the watermark
+            # row that made it final (`final_rows`), the changelog by its time retention
+            cache.pop(row, None)
+            dirty.discard(row)
         del times[:n]
         del seqs[:n]
         self.buffered -= n

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from streamkit.context import CURRENT_TASK, TaskScope
 from streamkit.keys import partition_for_key
 from streamkit.serde import RAW, Codec, codec_for
-from streamkit.state.store import PartitionStore
+from streamkit.state.store import PartitionStore, Purge
 from streamkit.state.ttl import Expiry, StampedCodec, Ttl
 from streamkit.topics import Topic
 
@@ -238,14 +238,19 @@ class TablePartition:
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
         cache = self.cache
         changes: dict[bytes, bytes | None] = {}
-        for key in self.dirty:
-            value = cache[key]
-            if value is _DELETED:
-                changes[encode_key(key)] = None
-            else:
-                # orjson's bytes keep a ~4 KiB buffer each: copy to the exact size, since
-                # these live until the checkpoint's SQLite write (400 MB per 100k otherwise)
-                changes[encode_key(key)] = memoryview(encode_value(value)).tobytes()
+        if self.table.exact_bytes:
+            for key in self.dirty:
+                value = cache[key]
+                changes[key] = None if value is _DELETED else value
+        else:
+            for key in self.dirty:
+                value = cache[key]
+                if value is _DELETED:
+                    changes[encode_key(key)] = None
+                else:
+                    # orjson's bytes keep a ~4 KiB buffer each: copy to the exact size, since
+                    # these live until the checkpoint's SQLite write (400 MB per 100k otherwise)
+                    changes[encode_key(key)] = memoryview(encode_value(value)).tobytes()
         self.dirty = set()
         self.flushing = changes
         self._limit = self.max_entries  # now evictable: scan at the bound again
@@ -325,6 +330,12 @@ class Table(Generic[K, V]):
         self.stage_name: str | None = None  # the stage that owns it (set when built)
         # the versioned table stored in this one (`state/versioned_table.py`), if any
         self.versioned: Any = None
+        # the key ranges its rows' own rules make final, deleted with each store write
+        # (`PartitionStore.purges`; a stream-stream join's, `state/stream_join.py`)
+        self.purge: Purge | None = None
+        # keys and values are bytes of their exact size (a join's rows): the checkpoint takes
+        # them as they are, no encode and no copy (`TablePartition.take_dirty`)
+        self.exact_bytes = False
 
     def __repr__(self) -> str:
         return f"Table({self.name!r})"

@@ -62,6 +62,9 @@ class TaskTables:
         """Open the store (a corrupt or foreign file is set aside and a new one made)."""
         names = [t.name for t in self.tables]
         self.store = await asyncio.to_thread(open_store, self.path, self._identity, names)
+        # a table's purge rule (a join's, `state/stream_join.py`): every write runs it
+        purges = {t.name: getattr(t, "purge", None) for t in self.tables}
+        self.store.purges = {name: purge for name, purge in purges.items() if purge is not None}
 
     async def open(self, reader: Restorer) -> None:
         """Open (or rebuild) the store, replay the changelog tail, build the caches."""
