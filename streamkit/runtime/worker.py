@@ -306,10 +306,9 @@ class Worker:
                 await self.purger.after_checkpoint(self.checkpointer.committed)
 
     async def _until_due(self, cadence: Cadence) -> bool:
-        """Wait for the next checkpoint: True for a follow-up, False for a regular one (its
-        time came, or it was requested)."""
+        """Wait for the next checkpoint: True for a follow-up, False for a regular one."""
         assert self.tasks is not None
-        due = self._checkpoint_due
+        due = self._checkpoint_due  # set: a checkpoint was requested (a regular one now)
         while True:
             now = time.monotonic()
             regular = cadence.regular_due()
