@@ -104,6 +104,23 @@ def test_cooperative_rounds_revoke_only_what_moves_and_end_at_the_eager_plan(
             assert all(kept <= r[m] for r in rounds[1:])
 
 
+def test_a_warm_member_does_not_take_the_ceiling_a_sticky_member_already_holds() -> None:
+    """6 partitions over 5 members: one member may own 2. m0 keeps its two (sticky); m3 has
+    the state of a free partition but is at its floor, so the partition goes to a newcomer:
+    else n1 is left with nothing and a later round takes a partition back from m0 (a
+    cooperative member's task stopped; found by hypothesis)."""
+    members = {
+        "m0": MemberInfo({"t0"}, owned={("t0", 0), ("t0", 4)}, cooperative=True),
+        "m1": MemberInfo({"t0"}, owned={("t0", 1), ("t0", 5)}, cooperative=True),
+        "m3": MemberInfo({"t0"}, owned={("t0", 3)}, state={("t0", 2)}),
+        "n0": MemberInfo({"t0"}),
+        "n1": MemberInfo({"t0"}),
+    }
+    active = plan({"t0": 6}, members, set(), 0).active
+    assert sorted(len(tps) for tps in active.values()) == [1, 1, 1, 1, 2]
+    assert set(active["m0"]) == {("t0", 0), ("t0", 4)}
+
+
 def test_a_partition_held_by_a_cooperative_member_goes_to_nobody_when_it_moves() -> None:
     members = {
         "a": MemberInfo({"t"}, owned={("t", 0), ("t", 1)}, cooperative=True),

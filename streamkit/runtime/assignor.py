@@ -7,7 +7,8 @@ earlier ownership). The leader's `plan` is a pure function of that:
 1. Per topic, each member may own at most ceil(partitions / members), and only as many
    members as the remainder allows own that many.
 2. A partition stays with its previous owner while that owner is under its limit (sticky).
-3. Otherwise it goes to a member holding its state, else to the least-loaded member.
+3. Otherwise it goes to a member with room under step 1's limits holding its state, else to
+   the least-loaded member.
 4. For partitions of stateful stages, `standby_replicas` other members (those with state
    first, then the least-loaded) tail its changelogs; each member learns its standbys from the
    assignment's user data.
@@ -110,8 +111,11 @@ def plan(
                 give(tp, previous)
             else:
                 rest.append(tp)
-        for tp in rest:  # 3. where its state is, else the least loaded
-            room = [m for m in subscribed if per_topic[m] < limit]
+        for tp in rest:  # 3. where its state is, else the least loaded; the ceiling still
+            # for `extra` members only, else a warm member over its share starves a newcomer
+            at_ceiling = sum(1 for m in subscribed if per_topic[m] > floor)
+            cap = limit if at_ceiling < extra else floor
+            room = [m for m in subscribed if per_topic[m] < cap]
             warm = [m for m in room if tp in members[m].state]
             pick = min(warm or room, key=lambda m: (per_topic[m], load[m], m))
             give(tp, pick)
