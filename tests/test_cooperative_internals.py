@@ -11,6 +11,7 @@ assignment installs nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import zlib
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import CooperativeRebalance, check_coordinator
@@ -210,3 +212,50 @@ async def test_led_by_an_older_version_a_member_is_eager_and_one_holding_stops(u
                 assert lc.calls == [("assigned", c.assignment())]
     finally:
         await older.stop()
+
+
+async def test_a_commit_answered_after_the_member_joined_a_newer_generation_resets_nothing(
+    uid: str,
+) -> None:
+    """A cooperative member commits while it rejoins. A commit sent in generation n and
+    answered "illegal generation" once the member has joined n + 1 must not reset the
+    membership (aiokafka does): that would start another rebalance, whose commits race the
+    same way, a storm that starved a two-worker dashboard test of its rates."""
+    topic, group = f"coop-{uid}", f"coop-{uid}"
+    await create_topic(topic, PARTITIONS)
+    every = {TopicPartition(topic, p) for p in range(PARTITIONS)}
+    async with cooperative_member(topic, group) as (a, ra, _):
+        await poll_until([a], lambda: a.assignment() == every, "a to hold everything")
+        refused = 0
+
+        async def commit_all_the_time() -> None:  # as a checkpoint loop that never rests
+            nonlocal refused
+            while True:
+                offsets = {tp: 0 for tp in a.assignment()}
+                try:
+                    await a.commit(offsets)
+                except CommitFailedError:
+                    refused += 1
+                await asyncio.sleep(0)
+
+        committer = asyncio.create_task(commit_all_the_time())
+        try:
+            async with cooperative_member(topic, group) as (b, rb, _):
+                await poll_until(
+                    [a, b],
+                    lambda: len(b.assignment()) == PARTITIONS // 2 and rb.synced() and ra.synced(),
+                    "b to get its half",
+                )
+                rounds = ra.rounds
+                assert rounds == 3, (rounds, refused)  # a's first; b's join: two rounds
+                # settled: no more rounds while a keeps committing (b heartbeats every 0.3 s)
+                loop = asyncio.get_running_loop()
+                until = loop.time() + 3.0
+                await poll_until([a, b], lambda: loop.time() > until, "3 s of commits")
+                assert ra.rounds == rounds, (rounds, ra.rounds, refused)
+                assert ra.synced() and rb.synced()
+                assert len(a.assignment()) == PARTITIONS // 2
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer

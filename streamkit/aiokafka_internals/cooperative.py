@@ -35,6 +35,13 @@ this member holds to another member in the same round) installs nothing and call
 `refused()`, which must stop the member without committing anything more. A member that
 released everything first accepts any assignment, as an eager one would.
 
+An offset commit answered "illegal generation" makes aiokafka reset the member's generation
+and member id, as if the group no longer knew it. A cooperative member keeps committing while
+it rejoins, so the answer may be to a commit sent in the generation before the one the member
+has just joined: then nothing is reset (the Java client checks the same), else the reset
+would throw the new generation away, make the member join again, and start another
+rebalance, over and over (a storm, seen with two workers under load).
+
 `synced()` says whether the member's generation is the one its last SyncGroup completed: from
 a JoinGroup answer until the SyncGroup answer the group is "completing a rebalance", and the
 broker refuses a plain offset commit (REBALANCE_IN_PROGRESS); `wait_synced` waits that out.
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +75,7 @@ COOPERATIVE_COORDINATOR_ATTRIBUTES = (
     "request_rejoin",
     "reset_generation",
     "generation",
+    "_do_commit_offsets",
 )
 SUBSCRIPTION_STATE_ATTRIBUTES = (
     "subscription",
@@ -77,6 +86,11 @@ SUBSCRIPTION_STATE_ATTRIBUTES = (
 SUBSCRIPTION_ATTRIBUTES = ("_assignment", "_reassignment_in_progress", "_topics", "assignment")
 ASSIGNMENT_ATTRIBUTES = ("_tp_state", "_topic_partitions", "unassign_future", "_unassign")
 PARTITION_STATE_ATTRIBUTES = ("_assignment",)
+
+# the generation an offset commit was sent in, while it is answered (its own task's context)
+_COMMIT_GENERATION: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "commit_generation", default=None
+)
 
 
 def check_coordinator(consumer: Any) -> None:
@@ -123,6 +137,8 @@ class CooperativeRebalance:
         coordinator._on_join_prepare = self._join_prepare
         coordinator._on_join_complete = self._join_complete
         coordinator.reset_generation = self._lost_generation
+        self._do_commit_offsets: Callable[[Any, Any], Any] = coordinator._do_commit_offsets
+        coordinator._do_commit_offsets = self._commit_offsets
 
     # -- what the worker reads ---------------------------------------------------------------
 
@@ -151,9 +167,21 @@ class CooperativeRebalance:
 
     # -- the coordinator's hooks -------------------------------------------------------------
 
+    async def _commit_offsets(self, assignment: Any, offsets: Any) -> None:
+        token = _COMMIT_GENERATION.set(int(self._coordinator.generation))
+        try:
+            await self._do_commit_offsets(assignment, offsets)
+        finally:
+            _COMMIT_GENERATION.reset(token)
+
     def _lost_generation(self) -> None:
         """The group no longer knows this member (or its generation): what it holds may have
-        been given to others. Run step 1 again before the next JoinGroup, to revoke it all."""
+        been given to others. Run step 1 again before the next JoinGroup, to revoke it all.
+        Unless an offset commit's answer says so of a generation the member has left since."""
+        sent, now = _COMMIT_GENERATION.get(), int(self._coordinator.generation)
+        if sent is not None and now != NO_GENERATION and now != sent:
+            log.info("an offset commit of generation %d refused; now in generation %d", sent, now)
+            return
         self._reset_generation()
         self._coordinator._performed_join_prepare = False
 
