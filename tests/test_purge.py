@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
 
@@ -81,3 +81,47 @@ async def test_the_purger_deletes_up_to_the_committed_offsets_of_repartition_top
         assert purger.deleted_partitions == 1
     finally:
         await purger.close()
+
+
+async def test_an_existing_join_changelog_gets_the_declared_retention_and_keeps_its_settings(
+    uid: str,
+) -> None:
+    """A join changelog an earlier version created `compact` only (it then wrote a tombstone
+    per purged row; now it writes none and needs the time retention, else it grows for
+    good) gets `compact,delete` and the retention at start; a setting an operator added to
+    it stays; a user's topic is not the app's to change."""
+    app = sk.App(f"recon-{uid}")
+    left, right = (
+        app.topic(f"recon-l-{uid}", partitions=1),
+        app.topic(f"recon-r-{uid}", partitions=1),
+    )
+    out = app.topic(f"recon-out-{uid}", partitions=1, config={"retention.ms": "3600000"})
+    app.stream(left).join(app.stream(right), within=600, grace=60, name="j").to(out)
+    (changelog,) = [
+        t for t in app.topics.values() if t.config.get("cleanup.policy") == "compact,delete"
+    ]
+    assert changelog.internal
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    changelog.name,
+                    1,
+                    1,
+                    topic_configs={"cleanup.policy": "compact", "segment.ms": "600000"},
+                ),
+                NewTopic(out.name, 1, 1, topic_configs={"retention.ms": "60000"}),
+            ]
+        )
+    finally:
+        await admin.close()
+    await ensure_app_topics(app, client_id=f"recon-{uid}")
+    configs = await topic_configs([changelog.name, out.name])
+    assert configs[changelog.name]["cleanup.policy"] == "compact,delete"
+    assert configs[changelog.name]["retention.ms"] == changelog.config["retention.ms"]
+    assert int(changelog.config["retention.ms"]) == (600 + 600 + 60) * 1000 + 86_400_000
+    assert configs[changelog.name]["segment.ms"] == "600000"
+    assert configs[out.name]["retention.ms"] == "60000"
+    await ensure_app_topics(app, client_id=f"recon-{uid}")  # settled: nothing to change

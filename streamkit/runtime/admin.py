@@ -1,4 +1,5 @@
-"""Topic administration at start: create what is missing, verify what exists."""
+"""Topic administration at start: create what is missing, verify what exists, and give the
+app's existing internal topics the settings it declares for them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
 from streamkit.clients import make_admin
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_TOPIC = 3
 TOPIC_EXISTS = 36
+TOPIC_CONFIG = 1  # DescribeConfigs' config_source: set on the topic itself
 NODE_DOWN = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
 NODE_DOWN_WITHIN = 30.0  # seconds a cluster has to elect around a dead broker
 
@@ -147,11 +150,49 @@ async def ensure_topics(
                 topic.partitions = count
         if problems:
             raise ConfigError("; ".join(problems))
+        await reconcile_configs(admin, [t for t in topics if t not in missing])
         if missing:
             await _create(admin, settings, missing, internal)
             await _wait_visible(admin, missing, visible_within)
     finally:
         await admin.close()
+
+
+async def reconcile_configs(admin: Any, topics: list[Topic]) -> None:
+    """Existing internal topics (`Topic.internal`) get the settings the app declares for them,
+    as a new one would: a join's changelog created `compact` by an earlier version needs
+    `compact,delete` and its retention, else it grows for good (purged join rows write no
+    tombstone). Only the declared keys change; the topic's other settings stay."""
+    owned = [t for t in topics if t.internal and t.config]
+    if not owned:
+        return
+    asked = [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in owned]
+    current: dict[str, dict[str, str]] = {}
+    for response in await answered(lambda: admin.describe_configs(asked)):
+        for code, message, _kind, name, entries, *_ in response.resources:
+            if code != 0:
+                raise ConfigError(f"cannot read the settings of topic {name}: {code} {message}")
+            current[name] = {e[0]: e[1] for e in entries if e[3] == TOPIC_CONFIG}
+    changes = []
+    for t in owned:
+        now = current.get(t.name, {})
+        differ = {k: v for k, v in t.config.items() if now.get(k) != v}
+        if differ:
+            was = {k: now.get(k, "(broker default)") for k in differ}
+            log.warning(
+                "topic %s: settings %s changed to %s, as the app declares", t.name, was, differ
+            )
+            # AlterConfigs replaces the topic's whole set: its other settings go along
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, t.name, {**now, **t.config}))
+    if not changes:
+        return
+    for response in await answered(lambda: admin.alter_configs(changes)):
+        for code, message, _kind, name in response.resources:
+            if code != 0:
+                raise ConfigError(
+                    f"cannot change the settings of internal topic {name}: {code} {message} "
+                    "(the app needs AlterConfigs on it, or set them by hand)"
+                )
 
 
 async def ensure_app_topics(app: App, *, client_id: str) -> None:
