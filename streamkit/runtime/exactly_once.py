@@ -143,7 +143,9 @@ class TransactionalCheckpointer:
         started = time.monotonic()
         tasks = list(tasks)
         # 1. pause every task at an event boundary
-        await asyncio.gather(*(task.pause() for task in tasks))
+        busy = [w for w in (task.pause_now() for task in tasks) if w is not None]
+        if busy:
+            await asyncio.gather(*busy)
         try:
             # sinks beyond Kafka: rows and these offsets in their destination first
             await flush_sinks(tasks)
@@ -303,8 +305,13 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             return results
         producer = gate.producer
         try:
+            for snap in snaps:  # a batch lost since the last checkpoint fails this transaction
+                if snap.task.collector.error is not None:
+                    raise snap.task.collector.error
+            # the tasks share one collector: one of them sealed the batches, the rest nothing
+            sending = [s for s in snaps if not s.sealed.empty]
             written = await asyncio.gather(
-                *(s.task.collector.flush_sealed(s.sealed) for s in snaps), return_exceptions=True
+                *(s.task.collector.flush_sealed(s.sealed) for s in sending), return_exceptions=True
             )
             for w in written:
                 if isinstance(w, BaseException):

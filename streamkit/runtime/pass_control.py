@@ -10,6 +10,7 @@ end). While pausing, nothing but a close wakes a parked task.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from streamkit.runtime.task_state import TaskState
@@ -69,24 +70,40 @@ class PassControl:
         """Return once `task` is between two records (at once if parked; if restoring, it
         stops before its first record; if closing, once ended) and keep it there until
         `resume`."""
+        waiting = self.pause_now(task)
+        if waiting is not None:
+            await waiting
+
+    def pause_now(self, task: Paused) -> Awaitable[None] | None:
+        """`pause` without a coroutine where none is needed: None when the task stopped at
+        once (parked, restoring or ended), else what to await. A checkpoint over hundreds of
+        mostly parked tasks then awaits only the busy ones."""
         runner = task.runner
         if runner is None or runner.done():
-            return
+            return None
         if task.status is TaskState.CLOSING:  # its last event and submit: let them end
-            await asyncio.wait((runner,))
-            return
+            return _ended(runner)
         self.pausing = True  # a task still restoring stops before its first record
         if task.status is not TaskState.RUNNING or self._blocked:
-            return
+            return None
+        # made now, not when the waiter first runs: `park` resolves it at the boundary
         parked = self._parked = asyncio.get_running_loop().create_future()
+        return self._until_parked(parked, runner)
+
+    async def _until_parked(self, parked: asyncio.Future[None], runner: asyncio.Task[None]) -> None:
         try:
             waited: Any = (parked, runner)
             await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._parked = None
+            if self._parked is parked:
+                self._parked = None
 
     def resume(self, more: bool) -> None:
         """The checkpoint is over; `more`: the task has records to take (or is closing)."""
         self.pausing = False
         if more:
             self.wake_always()
+
+
+async def _ended(runner: asyncio.Task[None]) -> None:
+    await asyncio.wait((runner,))

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import TopicPartition
@@ -436,9 +436,10 @@ class Task:
         """Let a waiting task look again (due processing-time timers fire in `_wait`)."""
         self.control.wake()
 
-    async def pause(self) -> None:
-        """The exactly-once checkpoint's first step (`PassControl.pause`)."""
-        await self.control.pause(self)
+    def pause_now(self) -> Awaitable[None] | None:
+        """The exactly-once checkpoint's first step: what to await, if anything, until the
+        task is between two records (`PassControl.pause_now`)."""
+        return self.control.pause_now(self)
 
     def resume(self) -> None:
         self.control.resume(bool(self._records) or self._closing())
