@@ -206,16 +206,18 @@ class _Transaction:
 
 
 def open_store(path: Path, identity: Mapping[str, str], tables: list[str]) -> PartitionStore:
-    """Open (or create) a store; a corrupt file (`quick_check` fails, or not a database) or one
-    from another layout is set aside as `<name>.bad-<time>` and a fresh, empty store is returned
-    (recovery then replays the whole changelog). A disk that fails (full, read-only, I/O) raises
+    """Open (or create) a store; a corrupt file (`quick_check` fails, not a database, or an
+    error whose text is not UTF-8) or one from another layout is set aside as
+    `<name>.bad-<time>` and a fresh, empty store is returned (recovery then replays the whole
+    changelog). A disk that fails (full, read-only, I/O) raises
     StoreUnavailable: the worker stops, and a good file is not thrown away."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return PartitionStore(path, identity, tables)
     except sqlite3.OperationalError as exc:  # the disk, not the file: nothing to set aside
         raise StoreUnavailable(f"state store {path} cannot be opened: {exc}{_disk(path)}") from exc
-    except (sqlite3.DatabaseError, StoreMismatch) as exc:
+    except (sqlite3.DatabaseError, StoreMismatch, UnicodeDecodeError) as exc:
+        # (UnicodeDecodeError: SQLite's message quotes garbage of a corrupt schema)
         aside = path.with_name(f"{path.name}.bad-{int(time.time() * 1000)}")
         log.error("state store %s unusable (%s); set aside as %s, rebuilding", path, exc, aside)
         path.rename(aside)
