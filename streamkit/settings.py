@@ -35,18 +35,20 @@ class Settings(BaseSettings):
         default="at_least_once",
         description=(
             "Delivery guarantee. at_least_once: flush outputs, then commit offsets (a crash "
-            "replays, so some outputs repeat). exactly_once: one Kafka transaction per input "
-            "partition commits its outputs, changelog records and offsets together."
+            "replays, so some outputs repeat). exactly_once: Kafka transactions commit outputs, "
+            "changelog records and offsets together (transactional_producer)."
         ),
     )
     transactional_producer: Literal["per_partition", "per_worker"] = Field(
-        default="per_partition",
+        default="per_worker",
         description=(
-            "exactly_once: per_partition, one transactional producer per input partition "
-            "(transactional id {app}-{topic}-{partition}; the id fences a zombie); per_worker, "
-            "one per worker, offsets committed with the group's generation (KIP-447: the group "
-            "coordinator fences a zombie) and one transaction per checkpoint however many "
-            "partitions. See docs/benchmarks.md for which to choose."
+            "exactly_once: per_worker (the default), one transactional producer per worker, "
+            "offsets committed with the group's generation (KIP-447: the group coordinator "
+            "fences a zombie) and one transaction per checkpoint however many partitions; "
+            "per_partition, one per input partition (transactional id "
+            "{app}-{topic}-{partition}; the id fences a zombie, and a partition's next owner "
+            "aborts a dead worker's transaction at once). See docs/benchmarks.md for which "
+            "to choose."
         ),
     )
     transaction_timeout_ms: int = Field(
