@@ -5,11 +5,13 @@ of a stateful stage starts, its store is brought up to date in these numbered st
 same text is in docs/architecture.md, "Recovery"):
 
 1. **Open.** `open_store` opens the file (or creates it). `PRAGMA quick_check` failing, a
-   file that is not SQLite, or an identity that differs (another app, stage, partition or
-   table set): the file (and its WAL) is renamed `*.bad-<ms>`, logged, and a fresh store is
-   made. An error of the disk rather than the file (`sqlite3.OperationalError`: full,
-   read-only, I/O) sets nothing aside: `StoreUnavailable` (its message says if the file
-   system is read-only or full) fails the worker.
+   file that is not SQLite (or an error whose text quotes corrupt bytes that are not UTF-8,
+   which Python's sqlite3 raises as `UnicodeDecodeError`), or an identity that differs
+   (another app, stage, partition or table set): the file (and its WAL) is renamed
+   `*.bad-<ms>`, logged, and a fresh store is made. An error of the disk rather than the
+   file (`sqlite3.OperationalError`: full, read-only, I/O) sets nothing aside:
+   `StoreUnavailable` (its message says if the file system is read-only or full) fails the
+   worker.
 2. **Gather.** The task asks the `ChangelogReader` (one per worker, background task
    `restore`) for a restore. The reader waits 50 ms for the other tasks of the same
    rebalance, then takes every waiting request into one round.
