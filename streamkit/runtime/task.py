@@ -437,8 +437,7 @@ class Task:
         self.control.wake()
 
     def pause_now(self) -> Awaitable[None] | None:
-        """The exactly-once checkpoint's first step: what to await, if anything, until the
-        task is between two records (`PassControl.pause_now`)."""
+        """Exactly-once step 1: what to await, if anything (`PassControl.pause_now`)."""
         return self.control.pause_now(self)
 
     def resume(self) -> None:

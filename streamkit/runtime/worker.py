@@ -5,13 +5,12 @@ tables → start the producer → join the group (tasks are created as partition
 run the named background tasks `fetch`, `commit`, `standby` and `web` (the HTTP server of
 runtime/web.py, bound before joining so the group learns it), and `global`, `sources` to follow
 global tables and tables read from a topic.
-Exactly-once: each assigned input partition also gets its transactional producer (which fences
-the previous owner) before its committed offset is read and its task starts; or, with
-`transactional_producer="per_worker"`, the worker's one producer serves them all, and the
-committed offsets are read once no transaction holds pending offsets for them.
+Exactly-once: the worker's one transactional producer serves every partition, whose committed
+offsets are read once no transaction holds pending offsets for them; or, with
+`transactional_producer="per_partition"`, each partition's own producer fences its previous
+owner before its offset is read.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
-final checkpoint → leave the group → stop the producer. Each background task is cancelled,
-then awaited.
+final checkpoint → leave the group → stop the producer (background tasks: cancelled, awaited).
 """
 
 from __future__ import annotations
