@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from streamkit.runtime.txn_producers import transactional_id
+from streamkit.runtime.txn_producers import transactional_id, worker_transactional_ids
 from tests import clusterhelp
 from tests.chaoshelp import OutputWatch, figures
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
@@ -139,7 +139,8 @@ async def test_kill_9_of_the_busiest_broker_the_transaction_coordinator_and_the_
 
     async def transactional_ids() -> list[str]:
         if not txn_ids and producers == "per_worker":
-            txn_ids.extend(f"{app_id}-w{i}-{uid}" for i in range(len(workers)))
+            for i in range(len(workers)):
+                txn_ids.extend(worker_transactional_ids(f"{app_id}-w{i}-{uid}"))
         elif not txn_ids:
             parts = await clusterhelp.partitions(bootstrap, [source, repartition])
             txn_ids.extend(

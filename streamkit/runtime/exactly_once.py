@@ -348,7 +348,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             self._committed.update(snap.offsets)
         self.commits += 1
         try:
-            await producer.begin_transaction()
+            await self._worker_producer.take_turns()  # the other producer's turn
         finally:
             gate.open.set()
         # the tasks may share one collector (`TaskManager.share_collector`): whichever sealed

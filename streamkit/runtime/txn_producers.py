@@ -1,11 +1,11 @@
 """The transactional producers of exactly-once: one per input partition
-(`TransactionalProducers`, the default) or one per worker (`WorkerProducer`, KIP-447), both
-seen by the checkpoint (`runtime/exactly_once.py`) as a `ProducerSet`.
+(`TransactionalProducers`) or per worker (`WorkerProducer`, KIP-447, the default: two that take
+turns), both seen by the checkpoint (`runtime/exactly_once.py`) as a `ProducerSet`.
 
 Per partition, the producer of input partition `topic[p]` has the transactional id
 `{app_id}-{topic}-{p}`, stable across workers and restarts: a new owner registers it first
 (`InitProducerId`), which fences the previous owner and ends its open transaction. Per worker,
-the id is the worker's and the group coordinator fences (TxnOffsetCommit v3 with the group's
+the ids are the worker's and the group coordinator fences (TxnOffsetCommit v3 with the group's
 generation and member id).
 """
 
@@ -143,15 +143,22 @@ class Gate:
 
 
 class WorkerProducer:
-    """One transactional producer for every partition this worker owns (`ProducerSet`).
+    """The transactional producers for every partition this worker owns (`ProducerSet`): two
+    that take turns, one transaction each per checkpoint.
 
-    Its offsets commit with the group's generation and member id (TxnOffsetCommit v3 through
+    While one producer's committed transaction still has its commit markers written to every
+    partition it touched (the broker refuses that id a new partition until then:
+    CONCURRENT_TRANSACTIONS), the other's transaction takes the next checkpoint's records.
+    The group coordinator keeps, of two committed transactions' offsets for a partition, the
+    one appended later, whichever marker lands first, so the turns never move an offset back.
+
+    Their offsets commit with the group's generation and member id (TxnOffsetCommit v3 through
     `aiokafka_internals.enable_group_fencing`): a worker that lost its partitions (a zombie,
-    an old generation) is refused by the group coordinator, not by a per-partition id. Its
-    transactional id is stable for the worker: `{app}-{instance_id}`, else a token kept in the
-    workdir, so a restarted worker's `InitProducerId` aborts the transaction it left open.
-    A partition's new owner reads its committed offset with `require_stable`: it waits until
-    no transaction (a zombie's) still holds offsets for it."""
+    an old generation) is refused by the group coordinator, not by a per-partition id. Their
+    transactional ids are stable for the worker (`worker_transactional_ids`), so a restarted
+    worker's `InitProducerId` aborts the transactions it left open. A partition's new owner
+    reads its committed offset with `require_stable`: it waits until no transaction (a
+    zombie's) still holds offsets for it."""
 
     def __init__(
         self, settings: Settings, app_id: str, client_id: str, consumer: Any, pause: float = 0.0
@@ -163,6 +170,7 @@ class WorkerProducer:
         # the lock on the workdir's token is held as long as this object lives (the process)
         self.transactional_id, self._lock = worker_transactional_id(settings, app_id)
         self.gate: Gate | None = None
+        self._spare: Any = None  # the producer whose turn is next (a transaction begun)
         self._starting = asyncio.Lock()
 
     @property
@@ -178,50 +186,81 @@ class WorkerProducer:
     async def acquire(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
         async with self._starting:
             if self.gate is None:
-                producer = make_producer(
-                    self._settings,
-                    f"{self._client_id}-txn",
-                    transactional_id=self.transactional_id,
-                    transaction_timeout_ms=worker_transaction_timeout(self._settings, self._pause),
+                ids = worker_transactional_ids(self.transactional_id)
+                started = await asyncio.gather(
+                    *(self._start(txn_id, i) for i, txn_id in enumerate(ids)),
+                    return_exceptions=True,
                 )
-                await producer.start()
-                try:
-                    enable_group_fencing(
-                        producer,
-                        lambda: group_metadata(self._consumer),
-                        newer_generation=self._settings.rebalance_protocol == "cooperative",
-                    )
-                    await producer.begin_transaction()  # after InitProducerId
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self.gate = Gate(producer)
-                log.info("transactional producer %s (one per worker) ready", self.transactional_id)
+                failed = [r for r in started if isinstance(r, BaseException)]
+                if failed:
+                    await asyncio.gather(*(stop_quietly(p) for p in started if p not in failed))
+                    raise failed[0]
+                self.gate = Gate(started[0])
+                self._spare = started[1]
+                log.info("transactional producers %s (per worker) ready", ", ".join(ids))
         gate = self.gate
         return {tp: gate for tp in tps}
 
+    async def _start(self, txn_id: str, turn: int) -> Any:
+        producer = make_producer(
+            self._settings,
+            f"{self._client_id}-txn{turn}",
+            transactional_id=txn_id,
+            transaction_timeout_ms=worker_transaction_timeout(self._settings, self._pause),
+        )
+        await producer.start()
+        try:
+            enable_group_fencing(
+                producer,
+                lambda: group_metadata(self._consumer),
+                newer_generation=self._settings.rebalance_protocol == "cooperative",
+            )
+            await producer.begin_transaction()  # after InitProducerId: the previous one's end
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def take_turns(self) -> None:
+        """After the gate's producer committed: the spare (its transaction begun, nothing in it
+        yet) takes the next checkpoint's records; the one that committed begins its next
+        transaction, locally (the broker hears of it at its first record, a turn later)."""
+        assert self.gate is not None and self._spare is not None
+        done, self.gate.producer = self.gate.producer, self._spare
+        self._spare = done
+        await done.begin_transaction()
+
     async def keep_only(self, tps: Iterable[TopicPartition]) -> None:
-        """Nothing to stop: the producer serves whatever partitions the worker owns."""
+        """Nothing to stop: the producers serve whatever partitions the worker owns."""
 
     async def discard(self, tps: Iterable[TopicPartition]) -> None:
-        """A failed transaction is the worker's: the producer goes (the next one, same id,
-        aborts what it left open)."""
+        """A failed transaction is the worker's: the producers go (the next ones, same ids,
+        abort what they left open)."""
         if list(tps):
             await self.close()
 
     async def close(self) -> None:
         """Abort the open transaction (no other worker's id will: while it is open, the
-        partitions' next owners wait for its offsets), then stop the producer."""
+        partitions' next owners wait for its offsets), then stop both producers."""
         gate, self.gate = self.gate, None
+        spare, self._spare = self._spare, None
         if gate is not None:
             gate.fail()  # a task waiting to send is refused rather than sent nowhere
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(gate.producer.abort_transaction(), ABORT_TIMEOUT)
             await stop_quietly(gate.producer)
+        if spare is not None:  # nothing sent in its transaction: it ends without a request
+            await stop_quietly(spare)
 
     async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
         offsets = await fetch_stable_offsets(consumer, tps)
         return [offsets[tp] for tp in tps]
+
+
+def worker_transactional_ids(base: str) -> list[str]:
+    """The two producers' ids: the worker's id, and the same with `#1` (a character no
+    instance id and no workdir token holds, so no other worker's id is ever one of them)."""
+    return [base, f"{base}#1"]
 
 
 WORKER_TRANSACTION_TIMEOUT_MS = 10_000
