@@ -21,8 +21,8 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    (everything appended so far belongs to this transaction). Then every task resumes; what it
    produces from now on is held back until its transaction is over.
 3. Per task, all tasks at once, in the task's own transaction: hand the sealed batches to its
-   producer and wait for their delivery, add the offset (`send_offsets_to_transaction`),
-   commit, begin the next transaction, release the held batches.
+   producer and, while they are delivered, add the offset (`send_offsets_to_transaction`);
+   once both are done, commit, begin the next transaction, release the held batches.
 4. Per committed task: write the snapshot to its SQLite store in one transaction, with the
    changelog offsets it reflects and the input offset (every task's store at once).
 
@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka.errors import ProducerFenced
@@ -159,14 +159,17 @@ class TransactionalCheckpointer:
         failed: dict[TopicPartition, BaseException] = {}
         writes = []
         self.last_written = {}
+        merged: set[int] = set()  # ids of results merged (per worker every task shares one)
         for snap, result in zip(snapshots, results, strict=True):
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
                 continue
             if result is None:
                 continue  # nothing to commit
-            for ctp, last in result.items():
-                self.last_written[ctp] = max(last, self.last_written.get(ctp, -1))
+            if id(result) not in merged:
+                merged.add(id(result))
+                for ctp, last in result.items():
+                    self.last_written[ctp] = max(last, self.last_written.get(ctp, -1))
             # 4. state and the offsets it reflects, one SQLite transaction per task (the
             # tasks' stores are separate files: written all at once, in the default executor)
             task = snap.task
@@ -234,9 +237,10 @@ class TransactionalCheckpointer:
                 return None  # revoked: its next owner starts from the last commit
             raise ProducerFenced() from None  # still running: drop it with the others
         try:
-            written = await collector.flush_sealed(snap.sealed)
+            adding = None
             if snap.offsets:
-                await producer.send_offsets_to_transaction(snap.offsets, self._group_id)
+                adding = producer.send_offsets_to_transaction(snap.offsets, self._group_id)
+            (written,) = await _flush_and_offsets([collector.flush_sealed(snap.sealed)], adding)
             faults.reached("fail-before-commit")
             await producer.commit_transaction()
         except Exception as exc:
@@ -308,22 +312,19 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             for snap in snaps:  # a batch lost since the last checkpoint fails this transaction
                 if snap.task.collector.error is not None:
                     raise snap.task.collector.error
-            # the tasks share one collector: one of them sealed the batches, the rest nothing
-            sending = [s for s in snaps if not s.sealed.empty]
-            written = await asyncio.gather(
-                *(s.task.collector.flush_sealed(s.sealed) for s in sending), return_exceptions=True
-            )
-            for w in written:
-                if isinstance(w, BaseException):
-                    raise w
             offsets = {}
             for snap in snaps:  # every task's offsets, so the group checks every transaction
                 for itp in snap.task.inputs:
                     at = snap.offsets.get(itp, self._committed.get(itp))
                     if at is not None:
                         offsets[itp] = at
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self._group_id)
+            # the tasks share one collector: one of them sealed the batches, the rest nothing;
+            # the offsets go while the batches are acknowledged (`_flush_and_offsets`)
+            sending = [s for s in snaps if not s.sealed.empty]
+            written = await _flush_and_offsets(
+                [s.task.collector.flush_sealed(s.sealed) for s in sending],
+                producer.send_offsets_to_transaction(offsets, self._group_id) if offsets else None,
+            )
             for _ in snaps:  # counted per task, as in per-partition mode (test hooks' Nth)
                 faults.reached("fail-before-commit")
             gate.open.clear()
@@ -355,7 +356,6 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
         # a changelog record, every task learns the offsets written (each keeps its own)
         merged: dict[tuple[str, int], int] = {}
         for w in written:
-            assert not isinstance(w, BaseException)
             for ctp, at in w.items():
                 merged[ctp] = max(at, merged.get(ctp, -1))
         for i, snap in zip(active, snaps, strict=True):
@@ -364,3 +364,20 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
         for snap in idle:
             snap.task.collector.release()
         return results
+
+
+async def _flush_and_offsets(
+    flushes: list[Awaitable[dict[tuple[str, int], int]]], offsets: Awaitable[None] | None
+) -> list[dict[tuple[str, int], int]]:
+    """Step 3's first two parts at once: the sealed batches' delivery and the offsets'
+    AddOffsetsToTxn + TxnOffsetCommit, whose round trips need not wait for the batches'
+    acknowledgement (the commit that follows does: nothing commits unless both succeeded, and
+    a failure of either aborts the whole transaction). Once both are over, an error is raised
+    (a fencing one first: the batches of a fenced transaction fail with other errors too);
+    else the changelog offsets each flush wrote."""
+    extra = [] if offsets is None else [offsets]
+    done = await asyncio.gather(*flushes, *extra, return_exceptions=True)
+    errors = [e for e in done if isinstance(e, BaseException)]
+    if errors:
+        raise next((e for e in errors if isinstance(e, (ProducerFenced, GroupFenced))), errors[0])
+    return [w for w in done[: len(flushes)] if isinstance(w, dict)]

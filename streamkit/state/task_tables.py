@@ -120,11 +120,13 @@ class TaskTables:
     ) -> None:
         """Checkpoint step: the snapshot and the offsets it reflects, in one transaction."""
         assert self.store is not None
-        offsets = {
-            tp: off
-            for tp, off in written.items()
-            if any(t.changelog.name == tp[0] for t in self.tables) and tp[1] == self.partition
-        }
+        # this task's changelog partitions only (with one producer per worker `written` lists
+        # every partition the checkpoint wrote: look ours up, never walk it)
+        offsets = {}
+        for t in self.tables:
+            ctp = (t.changelog.name, self.partition)
+            if ctp in written:
+                offsets[ctp] = written[ctp]
         if source_offset is not None:
             topic, partition, offset = source_offset
             offsets[(topic, partition)] = offset
