@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     transactional_producer: Literal["per_partition", "per_worker"] = Field(
         default="per_worker",
         description=(
-            "exactly_once: per_worker (the default), one transactional producer per worker, "
-            "offsets committed with the group's generation (KIP-447: the group coordinator "
-            "fences a zombie) and one transaction per checkpoint however many partitions; "
+            "exactly_once: per_worker (the default), the worker's transactional producers (two "
+            "taking turns), offsets committed with the group's generation (KIP-447: the group "
+            "coordinator fences a zombie) and one transaction per checkpoint however many "
+            "partitions; "
             "per_partition, one per input partition (transactional id "
             "{app}-{topic}-{partition}; the id fences a zombie, and a partition's next owner "
             "aborts a dead worker's transaction at once). See docs/benchmarks.md for which "
