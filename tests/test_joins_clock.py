@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamkit.context import WALL_CLOCK
-from streamkit.eventtime import TimestampPolicy, control_headers
+from streamkit.eventtime import TimestampPolicy, control_headers, read_control
 from streamkit.runtime.event_clock import EventClock
 from streamkit.testing.memory import VirtualClock
 
@@ -134,3 +134,48 @@ def test_once_every_input_is_idle_the_watermark_does_not_depend_on_which_went_id
 
     assert run(purchases_idle_first=True) == 3_600_000
     assert run(purchases_idle_first=False) == 3_600_000, "held by an input idle like the others"
+
+
+class _Controls:
+    """A collector that keeps the control records' (watermark, idle)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bool]] = []
+
+    def append(self, topic: str, key: Any, value: Any, *, headers: Any, partition: int) -> None:
+        control = read_control(headers)
+        assert control is not None
+        self.sent.append((control[1], control[2]))
+
+
+def test_a_relay_whose_upstreams_are_idle_says_idle_though_their_controls_keep_coming() -> None:
+    """A task after a repartition hop with a hop of its own (pipeline C's join sides, a
+    three-stage app): its upstreams, idle, repeat their idle control record every
+    idle_timeout. Those are no input: counted as input they kept it from ever saying idle, and
+    the stage after it waited for its watermark for good."""
+    wall = VirtualClock(1_000.0)
+    token = WALL_CLOCK.set(wall)
+    try:
+        nxt: Any = SimpleNamespace(name="next", partitions=1)
+        clock = EventClock({"r": (TimestampPolicy(), 2)}, 0, [nxt], 5.0)
+    finally:
+        WALL_CLOCK.reset(token)
+    out = _Controls()
+    clock.note_input("r")
+    clock.on_control("r", control_headers(0, 1_000, False))
+    clock.on_control("r", control_headers(1, 1_000, False))
+    clock.broadcast(out, force=True)
+    assert out.sent[-1] == (1_000, False)
+    wall.advance(30.0)  # the upstreams quiet but not idle (busy elsewhere): neither is this one
+    clock.broadcast(out, force=True)
+    assert out.sent[-1] == (1_000, False)
+    for second in range(12):  # both idle now, each repeating itself, staggered
+        wall.advance(2.5)
+        upstream = second % 2
+        clock.note_input("r")  # the task notes every batch it is handed, controls too
+        clock.on_control("r", control_headers(upstream, 1_000, True))
+        clock.broadcast(out, force=True)
+    assert out.sent[-1] == (1_000, True), out.sent
+    clock.pending = {"r"}.__contains__  # a record of it waiting in the task: not idle
+    clock.broadcast(out, force=True)
+    assert out.sent[-1] == (1_000, False)

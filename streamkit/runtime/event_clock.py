@@ -196,9 +196,7 @@ class EventClock:
         if not self.outputs:
             return None
         now = self._wall.monotonic()
-        idle = now - self.last_input >= self.idle_timeout and not any(
-            self._waiting(name) for name in self.inputs
-        )
+        idle = all(self._input_idle(name, i, now) for name, i in self.inputs.items())
         state = (self.current, idle)
         if state == self._sent and not (idle and now - self._sent_at >= self.idle_timeout):
             return None  # nothing new (an idle task repeats itself every idle_timeout)
@@ -208,6 +206,17 @@ class EventClock:
         log.debug("partition %d: watermark %d%s", self.partition, state[0], " (idle)" * idle)
         self._send(collector, *state)
         return None
+
+    def _input_idle(self, name: str, clock_input: ClockInput, now: float) -> bool:
+        """Whether this task may say it is idle as far as input `name` goes: nothing of it
+        waiting, and a source topic quiet for idle_timeout, or every upstream task of a
+        repartition topic idle (their repeated idle control records are no input: a relay
+        counting them would never say idle, and the stage after it would wait for good)."""
+        if self._waiting(name):
+            return False
+        if clock_input.tracker.upstreams:
+            return clock_input.tracker.all_idle
+        return now - clock_input.last_input >= self.idle_timeout
 
     def unidle(self, collector: RecordCollector) -> None:
         """Idle -> active: call before the first record after an idle spell (and before a new

@@ -318,12 +318,12 @@ class Task:
             if sync is not None and (hold := sync.hold(records[0])):
                 await self._wait(hold)  # until its tables caught up (`table_sync.py`)
                 continue
-            if clock is not None and clock.said_idle:  # first record after an idle spell
-                clock.unidle(collector)
             rec = self._taken = records.popleft()
             if clock is not None and rec.headers and control_record(self, clock, rec):
-                pass  # a watermark control record: consumed
+                pass  # a watermark control record: consumed (an upstream's, not an event)
             else:
+                if clock is not None and clock.said_idle:  # first event after an idle spell
+                    clock.unidle(collector)
                 inp = inputs[rec.topic]
                 raw_key, raw_value = rec.key, rec.value
                 try:
