@@ -6,10 +6,11 @@ repartition hop, the record timestamp, which the upstream task set to the event 
 reads watermark control records (`on_control`, never handed to agent code). When the
 watermark advances it closes the task's windows. A task that relays to a repartition topic
 writes its own watermark to every partition of that topic (`broadcast`), at most every
-`BROADCAST_EVERY` seconds, and says it is idle after `idle_timeout` without input, so the
-next stage does not wait for it. Before its first record after such an idle spell it says it
-is not idle any more (`unidle`), so that the next stage counts it again before its resumed
-records arrive (else the other upstreams' watermarks would make them late).
+`BROADCAST_EVERY` seconds, and says it is idle once every input is (a source topic after
+`idle_timeout` without records, a repartition topic once every upstream task of it said it is
+idle), so the next stage does not wait for it. Before its first event after such an idle spell
+it says it is not idle any more (`unidle`), so that the next stage counts it again before its
+resumed records arrive (else the other upstreams' watermarks would make them late).
 """
 
 from __future__ import annotations
@@ -219,10 +220,10 @@ class EventClock:
         return now - clock_input.last_input >= self.idle_timeout
 
     def unidle(self, collector: RecordCollector) -> None:
-        """Idle -> active: call before the first record after an idle spell (and before a new
-        task's first record). Tells every downstream partition "not idle" ahead of the
-        records, with the watermark it said last (never a newer one: map_async calls of
-        earlier events may be in flight)."""
+        """Idle -> active: call before the first event after an idle spell (and before a new
+        task's first event; a control record is no event). Tells every downstream partition
+        "not idle" ahead of the records, with the watermark it said last (never a newer one:
+        map_async calls of earlier events may be in flight)."""
         watermark, idle = self._sent
         if not idle or not self.outputs:
             return
