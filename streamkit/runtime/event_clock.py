@@ -97,9 +97,9 @@ class EventClock:
         self.said_idle = bool(outputs)  # the next stages may count this task idle
         self._wall = WALL_CLOCK.get()  # the system clock, or the testing kit's
         self._sent_at = float("-inf")  # never
-        self.last_input = self._wall.monotonic()
+        started = self._wall.monotonic()
         for clock_input in self.inputs.values():
-            clock_input.last_input = self.last_input
+            clock_input.last_input = started
 
     @property
     def watermark(self) -> int:
@@ -117,10 +117,9 @@ class EventClock:
 
     def note_input(self, topic: str) -> None:
         """Records arrived (the partition is not idle)."""
-        self.last_input = now = self._wall.monotonic()
         clock_input = self.inputs.get(topic)
         if clock_input is not None:
-            clock_input.last_input = now
+            clock_input.last_input = self._wall.monotonic()
 
     def restore(self, watermark: int) -> None:
         self.current = max(self.current, watermark)

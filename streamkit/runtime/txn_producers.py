@@ -192,8 +192,9 @@ class WorkerProducer:
                     return_exceptions=True,
                 )
                 failed = [r for r in started if isinstance(r, BaseException)]
-                if failed:
-                    await asyncio.gather(*(stop_quietly(p) for p in started if p not in failed))
+                if failed:  # the other one, if it started, goes too
+                    ok = [p for p in started if not isinstance(p, BaseException)]
+                    await asyncio.gather(*(stop_quietly(p) for p in ok))
                     raise failed[0]
                 self.gate = Gate(started[0])
                 self._spare = started[1]
