@@ -192,21 +192,24 @@ async def test_a_zombie_past_its_session_timeout_cannot_commit(uid: str) -> None
 async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str) -> None:
     """OffsetFetch v7 with require_stable: while a transaction holding offsets for a partition
     is open, `fetch_stable_offsets` waits (the broker answers UNSTABLE_OFFSET_COMMIT); once it
-    commits, the new offset is returned. A plain fetch returns the old one meanwhile."""
+    commits, the new offset is returned. A plain fetch returns the old one meanwhile. One
+    request (`stable_offsets_once`) tells the held partition from a final one."""
     source, sink, group = f"stb-in-{uid}", f"stb-out-{uid}", f"stb-{uid}"
-    await create_topic(source, 1)
+    await create_topic(source, 2)
     await create_topic(sink, 1)
-    tp0 = TopicPartition(source, 0)
+    tp0, tp1 = TopicPartition(source, 0), TopicPartition(source, 1)
     async with member(source, group) as consumer:
-        await joined(consumer, 1)
+        await joined(consumer, 2)
         assert await internals.fetch_stable_offsets(consumer, [tp0]) == {tp0: None}
+        await consumer.commit({tp1: 7})
         async with fenced_producer(f"stb-{uid}", lambda: group_metadata(consumer)) as producer:
             await producer.begin_transaction()
             await producer.send_and_wait(sink, b"pending")
             await producer.send_offsets_to_transaction({tp0: 11}, group)
             with pytest.raises(internals.OffsetsUnstable):
                 await internals.fetch_stable_offsets(consumer, [tp0], within=1.0)
-            assert await committed(group, source) == {}  # a fetch without require_stable
+            assert await internals.stable_offsets_once(consumer, [tp0, tp1]) == ({tp1: 7}, [tp0])
+            assert await committed(group, source) == {1: 7}  # without require_stable: no in[0]
             waiting = asyncio.create_task(internals.fetch_stable_offsets(consumer, [tp0]))
             await asyncio.sleep(0.3)
             assert not waiting.done()

@@ -155,3 +155,15 @@ def test_the_recovery_steps_read_the_same_in_the_code_and_in_the_docs() -> None:
     docs = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     assert changelog.__doc__ is not None
     assert _steps(changelog.__doc__) == _steps(docs)
+
+
+def test_the_assignment_steps_read_the_same_in_the_code_and_in_the_docs() -> None:
+    from streamkit.runtime import positions
+
+    def steps(text: str) -> str:
+        start = text.index("1. Register the transactional producers")
+        return text[start : text.index("commits nothing.", start)]
+
+    docs = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert positions.__doc__ is not None
+    assert steps(positions.__doc__) == steps(docs)

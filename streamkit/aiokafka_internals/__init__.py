@@ -62,6 +62,7 @@ from streamkit.aiokafka_internals.groups import (
     group_metadata,
     know_topics,
     producer_identity,
+    stable_offsets_once,
 )
 from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
 from streamkit.aiokafka_internals.sessions import FetchSession
@@ -116,4 +117,5 @@ __all__ = [
     "know_topics",
     "probe_connection",
     "producer_identity",
+    "stable_offsets_once",
 ]

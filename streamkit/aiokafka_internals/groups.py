@@ -442,41 +442,59 @@ async def fetch_stable_offsets(
     """The group's committed offset of each partition (None: none committed), once no open
     transaction holds pending offsets for them (the broker answers UNSTABLE_OFFSET_COMMIT until
     the transaction ends: committed, aborted, or timed out)."""
+    tps = list(tps)
+    deadline = time.monotonic() + within
+    found: dict[TopicPartition, int | None] = {}
+    asking = tps
+    while True:
+        stable, asking = await stable_offsets_once(consumer, asking)
+        found.update(stable)
+        if not asking:
+            return {tp: found.get(tp) for tp in tps}
+        if time.monotonic() > deadline:
+            raise OffsetsUnstable(
+                f"offsets of {len(asking)} partitions still unstable after {within}s"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def stable_offsets_once(
+    consumer: Any, tps: Iterable[TopicPartition]
+) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
+    """One OffsetFetch with require_stable: (the committed offset of each partition that no
+    open transaction holds, None where none is committed; the partitions still held). A
+    retriable error of the request leaves them all held."""
     check_version()
     check_consumer(consumer)
     client, group_id = consumer._client, consumer._group_id
     tps = list(tps)
-    deadline = time.monotonic() + within
-    while True:
-        retry = False
-        found: dict[TopicPartition, int | None] = {}
-        try:
-            node = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
-            resp = await client.send(node, StableOffsetFetchRequest(group_id, tps))
-        except errors.KafkaError as exc:
-            if not getattr(exc, "retriable", False):
-                raise
-            retry = True
-        else:
-            retry = resp.error_code != 0
-            if resp.error_code not in (0, UNSTABLE_OFFSET_COMMIT):
-                error = errors.for_code(resp.error_code)
-                if not getattr(error, "retriable", False):
-                    raise error()
-            for topic, partitions, _ in resp.topics:
-                for partition, offset, _epoch, _meta, code, _ in partitions:
-                    if code == UNSTABLE_OFFSET_COMMIT:
-                        retry = True
-                    elif code:
-                        raise errors.for_code(code)()
-                    found[TopicPartition(topic, partition)] = offset if offset >= 0 else None
-        if not retry:
-            return {tp: found.get(tp) for tp in tps}
-        if time.monotonic() > deadline:
-            raise OffsetsUnstable(
-                f"offsets of {len(tps)} partitions still unstable after {within}s"
-            )
-        await asyncio.sleep(0.05)
+    if not tps:
+        return {}, []
+    try:
+        node = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
+        resp = await client.send(node, StableOffsetFetchRequest(group_id, tps))
+    except errors.KafkaError as exc:
+        if not getattr(exc, "retriable", False):
+            raise
+        return {}, tps
+    if resp.error_code not in (0, UNSTABLE_OFFSET_COMMIT):
+        error = errors.for_code(resp.error_code)
+        if not getattr(error, "retriable", False):
+            raise error()
+        return {}, tps
+    found: dict[TopicPartition, int | None] = {}
+    held = set(tps) if resp.error_code else set()
+    for topic, partitions, _ in resp.topics:
+        for partition, offset, _epoch, _meta, code, _ in partitions:
+            tp = TopicPartition(topic, partition)
+            if code == UNSTABLE_OFFSET_COMMIT:
+                held.add(tp)
+            elif code:
+                raise errors.for_code(code)()
+            else:
+                found[tp] = offset if offset >= 0 else None
+    stable = {tp: found.get(tp) for tp in tps if tp not in held}  # unlisted: none committed
+    return stable, [tp for tp in tps if tp in held]
 
 
 async def know_topics(consumer: Any, topics: Iterable[str], within: float) -> set[str]:

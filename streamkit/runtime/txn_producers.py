@@ -23,7 +23,12 @@ from typing import IO, Any, Protocol
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import enable_group_fencing, fetch_stable_offsets, group_metadata
+from streamkit.aiokafka_internals import (
+    enable_group_fencing,
+    fetch_stable_offsets,
+    group_metadata,
+    stable_offsets_once,
+)
 from streamkit.clients import make_producer
 from streamkit.settings import Settings
 
@@ -94,6 +99,12 @@ class TransactionalProducers:
         """The group's committed offsets (final once each partition's id is registered)."""
         return list(await asyncio.gather(*(consumer.committed(tp) for tp in tps)))
 
+    async def committed_now(
+        self, consumer: Any, tps: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
+        """All final at once: registering the ids ended their previous owners' transactions."""
+        return dict(zip(tps, await self.committed(consumer, tps), strict=True)), []
+
 
 async def stop_quietly(producer: Any) -> None:
     with contextlib.suppress(Exception):
@@ -113,7 +124,13 @@ class ProducerSet(Protocol):
 
     async def close(self) -> None: ...
 
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]: ...
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
+        """The committed offsets, waiting for those still held by an open transaction."""
+
+    async def committed_now(
+        self, consumer: Any, tps: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
+        """(The committed offsets final now, the partitions an open transaction still holds.)"""
 
 
 class Gate:
@@ -256,6 +273,12 @@ class WorkerProducer:
     async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
         offsets = await fetch_stable_offsets(consumer, tps)
         return [offsets[tp] for tp in tps]
+
+    async def committed_now(
+        self, consumer: Any, tps: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
+        """A killed worker's transaction holds its offsets until it times out."""
+        return await stable_offsets_once(consumer, tps)
 
 
 def worker_transactional_ids(base: str) -> list[str]:

@@ -42,6 +42,7 @@ from streamkit.runtime.exactly_once import (
     WorkerTransactionCheckpointer,
 )
 from streamkit.runtime.fetch import RawFetch, consumer_fetch
+from streamkit.runtime.positions import Positions
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
@@ -81,6 +82,7 @@ class Worker:
         self.tasks: TaskManager | None = None
         self.checkpointer: Checkpointer | TransactionalCheckpointer | None = None
         self.producers: ProducerSet | None = None  # exactly-once only
+        self.positions: Positions | None = None  # exactly-once: where assigned tasks start
         self.reader: ChangelogReader | None = None
         self.standbys: Standbys | None = None
         self.global_tables: GlobalTables | None = None
@@ -103,7 +105,7 @@ class Worker:
     def fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
-            log.error("worker failing: %s: %s", type(exc).__name__, exc)
+            log.error("worker failing: %s: %s", type(exc).__name__, exc, exc_info=exc)
         self._stopping.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -182,6 +184,14 @@ class Worker:
                 self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
         else:
             self.checkpointer = Checkpointer(self.consumer)
+        if self.producers is not None:
+            lock = None
+            if isinstance(self.checkpointer, WorkerTransactionCheckpointer):
+                lock = self.checkpointer.between_checkpoints()  # one collector for every task
+            self.positions = Positions(
+                self.consumer, self.producers, self.tasks, self._assign, self.fail, lock
+            )
+            self.positions.stopping = self._stopping.is_set
         if self.web is not None:
             self.checkpointer.on_checkpoint = self.web.metrics.observe_checkpoint
         await self.consumer.start()
@@ -330,15 +340,20 @@ class Worker:
         their last commit is not in Kafka. Drop every task without committing (their tables go
         with them), stop the transactional producers, and rejoin the group: the partitions'
         next owners, this worker perhaps, start again from the committed offsets and state."""
-        assert self.tasks is not None and self.checkpointer is not None
-        assert self.producers is not None
+        assert self.tasks is not None and self.producers is not None
+        checkpointer = self.checkpointer
+        assert isinstance(checkpointer, TransactionalCheckpointer)
         log.warning("%s; dropping uncommitted work and rejoining the group", exc)
-        dropped = await self.tasks.revoke(list(self.tasks.tasks))
-        for task in dropped:
-            task.collector.discard()
-            task.close_state()
-        self.checkpointer.forget(itp for t in dropped for itp in t.inputs)
-        await self.producers.close()
+        if self.positions is not None:
+            self.positions.reset()  # what an assignment read before this starts nothing
+        # between checkpoints: a revoke's checkpoint (the rebalance listener's) may be running
+        async with checkpointer.between_checkpoints():
+            dropped = await self.tasks.revoke(list(self.tasks.tasks))
+            for task in dropped:
+                task.collector.discard()
+                task.close_state()
+            checkpointer.forget(itp for t in dropped for itp in t.inputs)
+            await self.producers.close()
         self.consumer.unsubscribe()
         self._subscribe()
 
@@ -375,6 +390,8 @@ class Worker:
                     self.fail(exc)
             for closed_task in closed:
                 closed_task.close_state()
+        if self.positions is not None:
+            await self.positions.close()
         if self.producers is not None:
             await self.producers.close()
         if self.reader is not None:
@@ -405,6 +422,8 @@ class Worker:
     async def on_revoked(self, tps: set[TopicPartition]) -> None:
         assert self.tasks is not None and self.checkpointer is not None
         closed = []
+        if self.positions is not None:
+            self.positions.revoked(tps)
         try:
             closed = await self.tasks.revoke(tps)
             running = list(self.tasks.tasks.values())
@@ -441,52 +460,27 @@ class Worker:
         try:
             # standbys first: one that became active must release its store before the task
             await self.standbys.update(self.assignor.standbys - tps)
-            producers, positions = None, None
-            if self.producers is not None:
-                producers, positions = await self._fence_and_seek(tps)
+            if self.positions is not None:  # exactly-once: the committed offsets, final
+                await self.positions.assigned(tps)
+            elif not self._stopping.is_set():  # (a stop begun meanwhile would miss them)
+                self._assign(tps, {}, {})
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
-            return
-        if self._stopping.is_set():  # the stop began meanwhile: its revoke would miss them
-            return
-        if isinstance(self.checkpointer, WorkerTransactionCheckpointer):
-            # one collector for every task: new tasks start between two checkpoints
-            async with self.checkpointer.between_checkpoints():
-                if not self._stopping.is_set():
-                    self.tasks.assign(tps, producers, positions)
-            return
+
+    def _assign(
+        self,
+        tps: set[TopicPartition],
+        producers: dict[TopicPartition, Any],
+        positions: dict[TopicPartition, int],
+    ) -> None:
+        """Start the tasks of `tps` (exactly-once: between two checkpoints, `Positions`)."""
+        assert self.tasks is not None
         known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, positions)
-        if isinstance(self.checkpointer, TransactionalCheckpointer):
-            # cooperative: a checkpoint may be running; the new tasks must not join it
+        if isinstance(self.checkpointer, TransactionalCheckpointer) and not isinstance(
+            self.checkpointer, WorkerTransactionCheckpointer
+        ):  # cooperative: a checkpoint may be running; the new tasks must not join it
             self.checkpointer.adopt(t for t in self.tasks.tasks.values() if t not in known)
-
-    async def _fence_and_seek(
-        self, tps: set[TopicPartition]
-    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
-        """Exactly-once: take each partition's transactional id (fencing its previous owner and
-        ending its open transaction), then read the committed offsets, now final, and seek."""
-        assert self.producers is not None and self.tasks is not None
-        started = time.monotonic()
-        keys = {self.tasks.task_key(tp) for tp in tps}  # one producer per task
-        await self.producers.keep_only(keys | set(self.tasks.tasks))  # and the running ones
-        producers = await self.producers.acquire(keys)
-        fenced_in = time.monotonic() - started
-        ordered = sorted(tps)
-        offsets = await self.producers.committed(self.consumer, ordered)
-        positions = {}
-        for tp, offset in zip(ordered, offsets, strict=True):
-            if offset is not None:
-                self.consumer.seek(tp, offset)
-                positions[tp] = offset
-        log.info(
-            "transactional producers of %d partitions ready in %.2fs, committed offsets read "
-            "in %.2fs",
-            len(producers),
-            fenced_in,
-            time.monotonic() - started - fenced_in,
-        )
-        return producers, positions
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
