@@ -148,8 +148,13 @@ class RecordCollector:
                 return
             await self._released.wait()
         async with self._submit_lock:
-            while self._full and self.error is None:
-                topic, partition, builder = self._full[0]
+            # A seal (a checkpoint; another task of a shared collector is not paused while it
+            # closes) may come while a batch is in hand: that batch is already on its way to
+            # this transaction's producer, so its delivery joins the sealed list it was taken
+            # for (`flush_sealed` waits for this lock); what filled up after the seal is held.
+            while self._full and self.error is None and self._released.is_set():
+                topic, partition, builder = self._full.pop(0)
+                in_flight = self._in_flight
                 count = builder.record_count()
                 try:
                     fut = await self._send_batch(builder, topic, partition)
@@ -158,8 +163,7 @@ class RecordCollector:
                         raise
                     self.error = exc  # the transaction is lost: the checkpoint will say so
                     return
-                self._full.pop(0)
-                self._in_flight.append((count, fut))
+                in_flight.append((count, fut))
 
     async def _send_batch(self, builder: Any, topic: str, partition: int) -> Any:
         deadline = time.monotonic() + SUBMIT_DEADLINE
