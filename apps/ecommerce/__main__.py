@@ -46,6 +46,7 @@ from apps.ecommerce.view import (
     stages_table,
     summary,
 )
+from streamkit.keys import partition_for_key
 
 console = Console()
 SPEC = "apps.ecommerce.pipeline:app"
@@ -357,12 +358,35 @@ def main() -> None:
     }
     console.print(summary(out, truth, results, facts))
     ok = all(results.values())
+    if not ok:
+        console.print(enriched_gaps(data, out, demo.pipeline.clicks.partitions))
     console.print(
         "[bold green]All checks passed.[/]"
         if ok
         else "[bold red]Some checks failed.[/]" + f" Worker logs: {logs}"
     )
     sys.exit(0 if ok else 1)
+
+
+def enriched_gaps(data: Input, out: Outputs, partitions: int) -> str:
+    """For a failed run: which valid clicks the enriched topic lacks or repeats, with where
+    each was sent (its position among the click records and the clicks partition)."""
+    sent_at = {}
+    for i, (key, value) in enumerate(data.clicks):
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+            sent_at[orjson.loads(value)["id"]] = (i, partition_for_key(key or b"", partitions))
+    valid = {c["id"]: c for c in data.valid}
+    missing = sorted(set(valid) - set(out.enriched_ids), key=lambda c: sent_at.get(c, (-1, -1)))
+    repeated = sorted(c for c, n in out.enriched_ids.items() if n > 1)
+    shown = ", ".join(
+        f"{c} ({valid[c]['user_id']}, record {sent_at.get(c, ('?', '?'))[0]} "
+        f"in clicks[{sent_at.get(c, ('?', '?'))[1]}])"
+        for c in missing[:30]
+    )
+    return (
+        f"enriched: {len(missing)} valid clicks missing{': ' + shown if shown else ''}; "
+        f"{len(repeated)} repeated{': ' + ', '.join(repeated[:30]) if repeated else ''}"
+    )
 
 
 if __name__ == "__main__":
