@@ -373,7 +373,7 @@ def enriched_gaps(data: Input, out: Outputs, partitions: int) -> str:
     each was sent (its position among the click records and the clicks partition)."""
     sent_at = {}
     for i, (key, value) in enumerate(data.clicks):
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
             sent_at[orjson.loads(value)["id"]] = (i, partition_for_key(key or b"", partitions))
     valid = {c["id"]: c for c in data.valid}
     missing = sorted(set(valid) - set(out.enriched_ids), key=lambda c: sent_at.get(c, (-1, -1)))
