@@ -72,3 +72,22 @@ async def test_a_seal_during_a_hand_over_loses_and_repeats_no_batch() -> None:
     await collector.flush()
     sent = [v for batch in producer.sent for v in batch]
     assert sent == [b"a1", b"a2", b"b1", b"b2", b"c1", b"c2", b"d1"]
+
+
+async def test_a_flush_during_a_hand_over_waits_for_the_batch_in_hand() -> None:
+    """At least once the checkpoint flushes while the task runs: a batch another coroutine is
+    handing to the producer is delivered before the flush returns, and counted once."""
+    producer = SlowProducer()
+    collector = RecordCollector(producer, {"out": 1})
+    for v in (b"a1", b"a2"):  # batch a, open
+        collector.append("out", None, v, partition=0)
+    handing = asyncio.create_task(collector.submit())  # the task's buffer ran dry: a goes
+    await producer.entered.wait()  # ... and is stuck in send_batch; nothing else is left
+    flushing = asyncio.create_task(collector.flush())
+    await asyncio.sleep(0.05)
+    assert not flushing.done()
+    producer.go.set()
+    await handing
+    assert await asyncio.wait_for(flushing, 5) == {("out", 0): 1}  # a's last offset
+    assert collector.delivered == {("out", 0): 2}
+    assert producer.sent == [[b"a1", b"a2"]]

@@ -193,7 +193,8 @@ class RecordCollector:
         """Submit everything and wait until the broker acknowledged it all. Returns the offset
         of the last record written to each partition (the changelog offsets state reflects)."""
         await self.submit()
-        in_flight, self._in_flight = self._in_flight, []
+        async with self._submit_lock:  # a batch another coroutine is handing over joins it
+            in_flight, self._in_flight = self._in_flight, []
         return await _delivered(in_flight, self.delivered)
 
     # -- exactly-once: the batches of one transaction --------------------------------------------
@@ -270,6 +271,7 @@ async def _delivered(
 ) -> dict[tuple[str, int], int]:
     """Wait for every delivery; the offset of the last record written to each partition."""
     last: dict[tuple[str, int], int] = {}
+    in_flight = list(in_flight)  # (what is appended to the list from now on is not ours)
     if in_flight:
         metas: list[Any] = await asyncio.gather(
             *(fut for _, fut in in_flight), return_exceptions=True
