@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamkit import aiokafka_internals as internals
 from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata
@@ -193,7 +193,7 @@ async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str
     """OffsetFetch v7 with require_stable: while a transaction holding offsets for a partition
     is open, `fetch_stable_offsets` waits (the broker answers UNSTABLE_OFFSET_COMMIT); once it
     commits, the new offset is returned. A plain fetch returns the old one meanwhile. One
-    request (`stable_offsets_once`) tells the held partition from a final one."""
+    request (`stable_commits_once`) tells the held partition from a final one."""
     source, sink, group = f"stb-in-{uid}", f"stb-out-{uid}", f"stb-{uid}"
     await create_topic(source, 2)
     await create_topic(sink, 1)
@@ -201,20 +201,25 @@ async def test_a_new_owner_waits_for_the_offsets_of_an_open_transaction(uid: str
     async with member(source, group) as consumer:
         await joined(consumer, 2)
         assert await internals.fetch_stable_offsets(consumer, [tp0]) == {tp0: None}
-        await consumer.commit({tp1: 7})
+        await consumer.commit({tp1: (7, "t=5")})
         async with fenced_producer(f"stb-{uid}", lambda: group_metadata(consumer)) as producer:
             await producer.begin_transaction()
             await producer.send_and_wait(sink, b"pending")
-            await producer.send_offsets_to_transaction({tp0: 11}, group)
+            await producer.send_offsets_to_transaction({tp0: (11, "t=9")}, group)
             with pytest.raises(internals.OffsetsUnstable):
                 await internals.fetch_stable_offsets(consumer, [tp0], within=1.0)
-            assert await internals.stable_offsets_once(consumer, [tp0, tp1]) == ({tp1: 7}, [tp0])
+            stable, held = await internals.stable_commits_once(consumer, [tp0, tp1])
+            assert (stable, held) == ({tp1: OffsetAndMetadata(7, "t=5")}, [tp0])  # with metadata
             assert await committed(group, source) == {1: 7}  # without require_stable: no in[0]
             waiting = asyncio.create_task(internals.fetch_stable_offsets(consumer, [tp0]))
             await asyncio.sleep(0.3)
             assert not waiting.done()
             await producer.commit_transaction()
             assert await asyncio.wait_for(waiting, 30) == {tp0: 11}
+        # TxnOffsetCommit v3 carries each offset's metadata
+        assert await internals.fetch_stable_commits(consumer, [tp0]) == {
+            tp0: OffsetAndMetadata(11, "t=9")
+        }
 
 
 async def test_know_topics_refreshes_the_consumer_metadata_and_names_what_is_missing(

@@ -58,11 +58,12 @@ from streamkit.aiokafka_internals.groups import (
     check_producer,
     check_version,
     enable_group_fencing,
+    fetch_stable_commits,
     fetch_stable_offsets,
     group_metadata,
     know_topics,
     producer_identity,
-    stable_offsets_once,
+    stable_commits_once,
 )
 from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
 from streamkit.aiokafka_internals.sessions import FetchSession
@@ -111,11 +112,12 @@ __all__ = [
     "check_version",
     "committed_batches",
     "enable_group_fencing",
+    "fetch_stable_commits",
     "fetch_stable_offsets",
     "group_metadata",
     "input_records",
     "know_topics",
     "probe_connection",
     "producer_identity",
-    "stable_offsets_once",
+    "stable_commits_once",
 ]

@@ -51,7 +51,7 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 AIOKAFKA_VERSION = "0.14.0"
 
@@ -218,7 +218,7 @@ class GroupTxnOffsetCommitRequest(Request[TxnOffsetCommitRequest_v3]):  # type: 
         producer_id: int,
         producer_epoch: int,
         group: GroupMetadata,
-        offsets: dict[TopicPartition, int],
+        offsets: dict[TopicPartition, int] | dict[TopicPartition, tuple[int, str]],
     ) -> None:
         self._transactional_id = transactional_id
         self._producer_id = producer_id
@@ -226,8 +226,9 @@ class GroupTxnOffsetCommitRequest(Request[TxnOffsetCommitRequest_v3]):  # type: 
         self._group = group
         by_topic: dict[str, list[tuple[int, int, int, str, dict[int, bytes]]]]
         by_topic = collections.defaultdict(list)
-        for tp, offset in sorted(offsets.items()):
-            by_topic[tp.topic].append((tp.partition, offset, -1, "", {}))
+        for tp, at in sorted(offsets.items()):
+            offset, metadata = at if isinstance(at, tuple) else (at, "")
+            by_topic[tp.topic].append((tp.partition, offset, -1, metadata, {}))
         self._topics: list[tuple[str, Any, dict[int, bytes]]]
         self._topics = [(topic, parts, {}) for topic, parts in by_topic.items()]
 
@@ -264,7 +265,7 @@ class _GroupFencedCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
 
     def create_request(self) -> Any:
         txn = self._sender._txn_manager
-        offsets = {tp: meta.offset for tp, meta in self._offsets.items()}
+        offsets = {tp: (meta.offset, meta.metadata or "") for tp, meta in self._offsets.items()}
         return GroupTxnOffsetCommitRequest(
             txn.transactional_id, txn.producer_id, txn.producer_epoch, self._group, offsets
         )
@@ -442,12 +443,20 @@ async def fetch_stable_offsets(
     """The group's committed offset of each partition (None: none committed), once no open
     transaction holds pending offsets for them (the broker answers UNSTABLE_OFFSET_COMMIT until
     the transaction ends: committed, aborted, or timed out)."""
+    found = await fetch_stable_commits(consumer, tps, within)
+    return {tp: None if c is None else c.offset for tp, c in found.items()}
+
+
+async def fetch_stable_commits(
+    consumer: Any, tps: Iterable[TopicPartition], within: float = 120.0
+) -> dict[TopicPartition, OffsetAndMetadata | None]:
+    """`fetch_stable_offsets` with each commit's metadata string."""
     tps = list(tps)
     deadline = time.monotonic() + within
-    found: dict[TopicPartition, int | None] = {}
+    found: dict[TopicPartition, OffsetAndMetadata | None] = {}
     asking = tps
     while True:
-        stable, asking = await stable_offsets_once(consumer, asking)
+        stable, asking = await stable_commits_once(consumer, asking)
         found.update(stable)
         if not asking:
             return {tp: found.get(tp) for tp in tps}
@@ -458,12 +467,12 @@ async def fetch_stable_offsets(
         await asyncio.sleep(0.05)
 
 
-async def stable_offsets_once(
+async def stable_commits_once(
     consumer: Any, tps: Iterable[TopicPartition]
-) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
-    """One OffsetFetch with require_stable: (the committed offset of each partition that no
-    open transaction holds, None where none is committed; the partitions still held). A
-    retriable error of the request leaves them all held."""
+) -> tuple[dict[TopicPartition, OffsetAndMetadata | None], list[TopicPartition]]:
+    """One OffsetFetch with require_stable: (the commit, offset and metadata, of each partition
+    that no open transaction holds, None where none is committed; the partitions still held).
+    A retriable error of the request leaves them all held."""
     check_version()
     check_consumer(consumer)
     client, group_id = consumer._client, consumer._group_id
@@ -482,17 +491,17 @@ async def stable_offsets_once(
         if not getattr(error, "retriable", False):
             raise error()
         return {}, tps
-    found: dict[TopicPartition, int | None] = {}
+    found: dict[TopicPartition, OffsetAndMetadata | None] = {}
     held = set(tps) if resp.error_code else set()
     for topic, partitions, _ in resp.topics:
-        for partition, offset, _epoch, _meta, code, _ in partitions:
+        for partition, offset, _epoch, metadata, code, _ in partitions:
             tp = TopicPartition(topic, partition)
             if code == UNSTABLE_OFFSET_COMMIT:
                 held.add(tp)
             elif code:
                 raise errors.for_code(code)()
             else:
-                found[tp] = offset if offset >= 0 else None
+                found[tp] = OffsetAndMetadata(offset, metadata or "") if offset >= 0 else None
     stable = {tp: found.get(tp) for tp in tps if tp not in held}  # unlisted: none committed
     return stable, [tp for tp in tps if tp in held]
 

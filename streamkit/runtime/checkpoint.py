@@ -3,7 +3,8 @@
 At-least-once, every `commit_interval`, on revoke and on shutdown:
 
 1. Snapshot each task's committable offset (the offset after its last processed event; with
-   map_async calls in flight, of its first unfinished event) and take its tables' dirty keys.
+   map_async calls in flight, of its first unfinished event) with its partition time (event
+   time, a source topic: the commit metadata `t=`) and take its tables' dirty keys.
    No await separates the two, so the snapshot is consistent.
 2. Append the dirty keys to their changelog partitions (the task's collector). Every output
    of the snapshot's events is already in the collectors. Sinks beyond Kafka write their
@@ -36,6 +37,17 @@ from streamkit.runtime.task import Task
 log = logging.getLogger(__name__)
 
 
+def partition_times(task: Task) -> dict[TopicPartition, str]:
+    """The commit metadata of the task's inputs, taken with its offsets (a task stopped at an
+    event boundary): each source partition's time, as far as the events before its offset
+    go (`EventClock.partition_time`). None while map_async calls are in flight: events past
+    the offset have been seen then."""
+    clock = task.clock
+    if clock is None or (task.calls is not None and task.calls.outstanding):
+        return {}
+    return {itp: clock.partition_time(itp.topic) for itp in task.inputs}
+
+
 class Checkpointer:
     def __init__(self, consumer: Any) -> None:
         self._consumer = consumer
@@ -56,12 +68,14 @@ class Checkpointer:
             tasks = list(tasks)
             # 1. snapshot committable offsets and dirty state; 2. changelog records
             offsets = {}
+            times: dict[TopicPartition, str] = {}
             changes = {}
             for task in tasks:
                 tp = TopicPartition(task.topic.name, task.partition)
                 for itp, offset in task.offsets().items():
                     if offset != self._committed.get(itp):
                         offsets[itp] = offset
+                times.update(partition_times(task))
                 if task.state is not None and task.tables:
                     changes[tp] = task.state.snapshot(task.collector)
             await flush_sinks(tasks)  # their refused rows' dead letters join the flush below
@@ -71,7 +85,9 @@ class Checkpointer:
             # 4. commit the snapshot's offsets
             if offsets:
                 try:
-                    await self._consumer.commit(offsets)
+                    await self._consumer.commit(
+                        {tp: (at, times.get(tp, "")) for tp, at in offsets.items()}
+                    )
                     self._committed.update(offsets)
                     self.commits += 1
                 except CommitFailedError as exc:

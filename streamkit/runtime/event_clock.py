@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BROADCAST_EVERY = 0.2  # seconds between two watermark control records of a task
+PARTITION_TIME = "t="  # commit metadata: a source partition's greatest event time read
 
 
 class OnWatermark(Protocol):
@@ -120,6 +121,33 @@ class EventClock:
         clock_input = self.inputs.get(topic)
         if clock_input is not None:
             clock_input.last_input = self._wall.monotonic()
+
+    def partition_time(self, topic: str) -> str:
+        """The commit metadata of input `topic`'s partition: `t=` the greatest event time read
+        from it, so that its next owner resumes there (as Kafka Streams keeps its partition
+        time). Only a source topic's: after a repartition hop the upstream tasks' control
+        records carry the watermarks, and they repeat them while idle. "" when none yet."""
+        clock_input = self.inputs.get(topic)
+        if clock_input is None or clock_input.tracker.upstreams:
+            return ""
+        seen = clock_input.tracker.max_seen
+        return "" if seen == NO_WATERMARK else f"{PARTITION_TIME}{seen}"
+
+    def resume(self, topic: str, metadata: str) -> None:
+        """A new task: input `topic`'s partition time from its last commit (`partition_time`).
+        A task that reads nothing more (its input went quiet before the move) still says the
+        watermark its predecessor reached, instead of holding every later stage back."""
+        clock_input = self.inputs.get(topic)
+        if clock_input is None or clock_input.tracker.upstreams:
+            return
+        if not metadata.startswith(PARTITION_TIME):
+            return
+        try:
+            seen = int(metadata[len(PARTITION_TIME) :])
+        except ValueError:
+            return  # not ours (an offset reset tool's, say): as if none
+        if clock_input.tracker.observe(seen):
+            self._moved()
 
     def restore(self, watermark: int) -> None:
         self.current = max(self.current, watermark)
@@ -257,6 +285,8 @@ def open_event_state(
         if clock is not None:
             clock.restore(stored)
             clock.windows.append(part)
+            if clock.current > stored:  # a partition time resumed from the last commit
+                part.advance(clock.current)
     for rows in tables.values():  # tables with an event-time TTL: purged as the watermark moves
         if clock is not None and rows.expiry is not None and rows.expiry.ttl.event_time:
             clock.windows.append(rows.expiry)

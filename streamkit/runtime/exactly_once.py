@@ -16,8 +16,9 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    their rows with the offsets they reach, each in one transaction of its destination
    (`runtime/sinks.py`): a destination may get ahead of the Kafka transaction, never behind;
    dead letters of rows it refused join this one.
-2. Snapshot, per task, with no await in between: the offset after its last processed event,
-   its tables' dirty keys appended to their changelog partitions, and its collector sealed
+2. Snapshot, per task, with no await in between: the offset after its last processed event
+   (with its partition time: event time, a source topic), its tables' dirty keys appended to
+   their changelog partitions, and its collector sealed
    (everything appended so far belongs to this transaction). Then every task resumes; what it
    produces from now on is held back until its transaction is over.
 3. Per task, all tasks at once, in the task's own transaction: hand the sealed batches to its
@@ -55,6 +56,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import GroupFenced
 from streamkit.runtime import faults
+from streamkit.runtime.checkpoint import partition_times
 from streamkit.runtime.collector import Sealed
 from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
@@ -94,6 +96,7 @@ class _Snapshot:
     task: Task
     tp: TopicPartition  # the task's name: its first input partition
     offsets: dict[TopicPartition, int]  # new committable offsets (those that moved)
+    times: dict[TopicPartition, str]  # the inputs' commit metadata (partition times)
     changes: dict[str, dict[bytes, bytes | None]]
     sealed: Sealed
 
@@ -104,6 +107,7 @@ class TransactionalCheckpointer:
         self._producers = producers
         self._lock = asyncio.Lock()  # the commit loop and a revoke never interleave
         self._committed: dict[TopicPartition, int] = {}
+        self._times: dict[TopicPartition, str] = {}  # the metadata last committed with them
         self._adopted: list[Task] = []  # created while a checkpoint ran: held until its end
         self.commits = 0
         self.checkpoints = 0
@@ -215,7 +219,7 @@ class TransactionalCheckpointer:
         changes = {}
         if task.state is not None and task.tables:
             changes = task.state.snapshot(task.collector)
-        return _Snapshot(task, tp, offsets, changes, task.collector.seal())
+        return _Snapshot(task, tp, offsets, partition_times(task), changes, task.collector.seal())
 
     async def _transact(self, snap: _Snapshot) -> dict[tuple[str, int], int] | None:
         """Step 3 for one task: its sealed outputs, changelog records and offset, committed
@@ -239,7 +243,8 @@ class TransactionalCheckpointer:
         try:
             adding = None
             if snap.offsets:
-                adding = producer.send_offsets_to_transaction(snap.offsets, self._group_id)
+                with_times = {tp: (at, self._time(snap, tp)) for tp, at in snap.offsets.items()}
+                adding = producer.send_offsets_to_transaction(with_times, self._group_id)
             (written,) = await _flush_and_offsets([collector.flush_sealed(snap.sealed)], adding)
             faults.reached("fail-before-commit")
             await producer.commit_transaction()
@@ -252,10 +257,16 @@ class TransactionalCheckpointer:
                 await asyncio.wait_for(producer.abort_transaction(), ABORT_TIMEOUT)
             raise
         self._committed.update(snap.offsets)
+        self._times.update((tp, self._time(snap, tp)) for tp in snap.offsets)
         self.commits += 1
         await producer.begin_transaction()
         collector.release()
         return written
+
+    def _time(self, snap: _Snapshot, tp: TopicPartition) -> str:
+        """The partition time to commit with `tp`'s offset: the snapshot's, else the last one
+        committed (a task with map_async calls in flight takes none: it is never ahead)."""
+        return snap.times.get(tp) or self._times.get(tp, "")
 
     @property
     def committed(self) -> dict[TopicPartition, int]:
@@ -266,6 +277,7 @@ class TransactionalCheckpointer:
         """Partitions we no longer own: another owner may commit them past our record."""
         for tp in tps:
             self._committed.pop(tp, None)
+            self._times.pop(tp, None)
 
 
 class WorkerTransactionCheckpointer(TransactionalCheckpointer):
@@ -317,7 +329,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
                 for itp in snap.task.inputs:
                     at = snap.offsets.get(itp, self._committed.get(itp))
                     if at is not None:
-                        offsets[itp] = at
+                        offsets[itp] = (at, self._time(snap, itp))
             # the tasks share one collector: one of them sealed the batches, the rest nothing;
             # the offsets go while the batches are acknowledged (`_flush_and_offsets`)
             sending = [s for s in snaps if not s.sealed.empty]
@@ -347,6 +359,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             return results
         for snap in snaps:
             self._committed.update(snap.offsets)
+        self._times.update((tp, meta) for tp, (_, meta) in offsets.items())
         self.commits += 1
         try:
             await self._worker_producer.take_turns()  # the other producer's turn

@@ -34,12 +34,12 @@ from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from streamkit.runtime.task_manager import TaskManager
-from streamkit.runtime.txn_producers import ProducerSet
+from streamkit.runtime.txn_producers import Commits, ProducerSet
 
 log = logging.getLogger(__name__)
 
-# Start the tasks of these partitions: (partitions, producers by task, committed offsets)
-Assign = Callable[[set[TopicPartition], dict[TopicPartition, Any], dict[TopicPartition, int]], None]
+# Start the tasks of these partitions: (partitions, producers by task, their commits)
+Assign = Callable[[set[TopicPartition], dict[TopicPartition, Any], Commits], None]
 
 
 class Positions:
@@ -117,9 +117,7 @@ class Positions:
 
     async def _wait(self, tps: set[TopicPartition], epoch: int) -> None:
         began = time.monotonic()
-        ordered = sorted(tps)
-        offsets = await self._producers.committed(self._consumer, ordered)
-        found = dict(zip(ordered, offsets, strict=True))
+        found = await self._producers.committed(self._consumer, sorted(tps))
         started = await self._start(tps, found, epoch, pending=True)
         if started:
             log.info(
@@ -136,7 +134,7 @@ class Positions:
     async def _start(
         self,
         tps: set[TopicPartition],
-        found: dict[TopicPartition, int | None],
+        found: Commits,
         epoch: int,
         pending: bool = False,
     ) -> set[TopicPartition]:
@@ -155,14 +153,14 @@ class Positions:
             producers = await self._producers.acquire({self._tasks.task_key(tp) for tp in tps})
             if epoch != self._epoch:
                 return set()
-            positions = {}
+            commits: Commits = {}
             for tp in sorted(tps):
-                offset = found.get(tp)
-                if offset is not None:
+                commit = found.get(tp)
+                if commit is not None:
                     try:
-                        self._consumer.seek(tp, offset)
+                        self._consumer.seek(tp, commit.offset)
                     except IllegalStateError:  # no longer assigned: its revoke is on its way
                         continue
-                    positions[tp] = offset
-            self._assign(tps, producers, positions)
+                    commits[tp] = commit
+            self._assign(tps, producers, commits)
         return tps

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
+from streamkit.aiokafka_internals import stable_commits_once
 from streamkit.app import App
 from streamkit.eventtime import TimestampPolicy
 from streamkit.graph import Stage
@@ -21,6 +22,7 @@ from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
 from streamkit.runtime.sinks import TaskSinks, stage_sinks
 from streamkit.runtime.task import Task
+from streamkit.runtime.txn_producers import Commits
 from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
 
@@ -125,13 +127,18 @@ class TaskManager:
         self,
         tps: Iterable[TopicPartition],
         producers: dict[TopicPartition, Any] | None = None,
-        positions: dict[TopicPartition, int] | None = None,
+        commits: Commits | None = None,
+        seek: bool = True,
     ) -> None:
         """Create and start the tasks of `tps`. Exactly-once passes each task's transactional
-        producer (by task name) and the committed offsets (records before them are skipped)."""
+        producer (by task name) and the partitions' commits the consumer was seeked to
+        (`seek`: records before them are skipped); in every mode their metadata holds the
+        partition times event-time tasks resume from (`EventClock.resume`)."""
         settings = self._app.settings
         producers = producers or {}
-        positions = positions or {}
+        present = {tp: c for tp, c in (commits or {}).items() if c is not None}
+        positions = {tp: c.offset for tp, c in present.items()} if seek else {}
+        times = {tp: c.metadata for tp, c in present.items() if c.metadata}
         self._partition_counts.update(
             {t.name: t.partitions for t in self._app.topics.values() if t.partitions}
         )
@@ -150,6 +157,10 @@ class TaskManager:
                     settings.state_cache_entries,
                     on_full=self._on_state_full,
                 )
+            clock = self._clock(stage, tp.partition)
+            if clock is not None:
+                for t in stage.topics:
+                    clock.resume(t.name, times.get(TopicPartition(t.name, tp.partition), ""))
             task = Task(
                 stage,
                 tp.partition,
@@ -164,7 +175,7 @@ class TaskManager:
                     for t in stage.topics
                     if TopicPartition(t.name, tp.partition) in positions
                 },
-                clock=self._clock(stage, tp.partition),
+                clock=clock,
                 sync_wait=settings.table_sync_max_wait,
                 sinks=self._sinks(stage, key),
             )
@@ -201,6 +212,21 @@ class TaskManager:
             )
 
         return make
+
+    async def partition_times(self, consumer: Any, tps: set[TopicPartition]) -> Commits:
+        """At least once: the commits of the source partitions that event-time tasks read
+        (their metadata; the consumer seeks by itself), one OffsetFetch."""
+        timed = {
+            i.topic.name
+            for st in self._app.stages
+            if st.uses_event_time
+            for i in st.inputs
+            if i.upstream is None
+        }
+        if not any(tp.topic in timed for tp in tps):
+            return {}
+        found, _ = await stable_commits_once(consumer, sorted(tps))
+        return found
 
     def _clock(self, stage: Stage, partition: int) -> EventClock | None:
         """Event time for stages that use it (or feed a stage that does)."""

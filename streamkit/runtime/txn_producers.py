@@ -21,13 +21,13 @@ from collections.abc import Iterable
 from typing import IO, Any, Protocol
 
 from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamkit.aiokafka_internals import (
     enable_group_fencing,
-    fetch_stable_offsets,
+    fetch_stable_commits,
     group_metadata,
-    stable_offsets_once,
+    stable_commits_once,
 )
 from streamkit.clients import make_producer
 from streamkit.settings import Settings
@@ -35,6 +35,9 @@ from streamkit.settings import Settings
 log = logging.getLogger(__name__)
 
 ABORT_TIMEOUT = 5.0  # seconds to wait for an abort before giving up on it
+
+# a partition's commit: its offset and metadata (the partition time), None when none is
+Commits = dict[TopicPartition, OffsetAndMetadata | None]
 
 
 def transactional_id(app_id: str, tp: TopicPartition) -> str:
@@ -95,15 +98,15 @@ class TransactionalProducers:
     async def close(self) -> None:
         await self.discard(list(self._producers))
 
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
-        """The group's committed offsets (final once each partition's id is registered)."""
-        return list(await asyncio.gather(*(consumer.committed(tp) for tp in tps)))
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> Commits:
+        """The group's commits (final once each partition's id is registered: that ended its
+        previous owner's transaction; read with require_stable all the same)."""
+        return await fetch_stable_commits(consumer, tps)
 
     async def committed_now(
         self, consumer: Any, tps: list[TopicPartition]
-    ) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
-        """All final at once: registering the ids ended their previous owners' transactions."""
-        return dict(zip(tps, await self.committed(consumer, tps), strict=True)), []
+    ) -> tuple[Commits, list[TopicPartition]]:
+        return await stable_commits_once(consumer, tps)
 
 
 async def stop_quietly(producer: Any) -> None:
@@ -124,13 +127,13 @@ class ProducerSet(Protocol):
 
     async def close(self) -> None: ...
 
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
-        """The committed offsets, waiting for those still held by an open transaction."""
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> Commits:
+        """The commits (offset and metadata), waiting for those an open transaction holds."""
 
     async def committed_now(
         self, consumer: Any, tps: list[TopicPartition]
-    ) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
-        """(The committed offsets final now, the partitions an open transaction still holds.)"""
+    ) -> tuple[Commits, list[TopicPartition]]:
+        """(The commits final now, the partitions an open transaction still holds.)"""
 
 
 class Gate:
@@ -270,15 +273,14 @@ class WorkerProducer:
         if spare is not None:  # nothing sent in its transaction: it ends without a request
             await stop_quietly(spare)
 
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> list[int | None]:
-        offsets = await fetch_stable_offsets(consumer, tps)
-        return [offsets[tp] for tp in tps]
+    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> Commits:
+        return await fetch_stable_commits(consumer, tps)
 
     async def committed_now(
         self, consumer: Any, tps: list[TopicPartition]
-    ) -> tuple[dict[TopicPartition, int | None], list[TopicPartition]]:
+    ) -> tuple[Commits, list[TopicPartition]]:
         """A killed worker's transaction holds its offsets until it times out."""
-        return await stable_offsets_once(consumer, tps)
+        return await stable_commits_once(consumer, tps)
 
 
 def worker_transactional_ids(base: str) -> list[str]:

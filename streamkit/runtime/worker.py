@@ -46,7 +46,12 @@ from streamkit.runtime.positions import Positions
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
-from streamkit.runtime.txn_producers import ProducerSet, TransactionalProducers, WorkerProducer
+from streamkit.runtime.txn_producers import (
+    Commits,
+    ProducerSet,
+    TransactionalProducers,
+    WorkerProducer,
+)
 from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
@@ -462,24 +467,23 @@ class Worker:
             await self.standbys.update(self.assignor.standbys - tps)
             if self.positions is not None:  # exactly-once: the committed offsets, final
                 await self.positions.assigned(tps)
-            elif not self._stopping.is_set():  # (a stop begun meanwhile would miss them)
-                self._assign(tps, {}, {})
+                return
+            commits = await self.tasks.partition_times(self.consumer, tps)
+            if not self._stopping.is_set():  # (a stop begun meanwhile would miss them)
+                self._assign(tps, {}, commits, seek=False)
         except Exception as exc:  # aiokafka would only log it
             self.fail(exc)
 
     def _assign(
-        self,
-        tps: set[TopicPartition],
-        producers: dict[TopicPartition, Any],
-        positions: dict[TopicPartition, int],
+        self, tps: set[TopicPartition], producers: Any, commits: Commits, seek: bool = True
     ) -> None:
-        """Start the tasks of `tps` (exactly-once: between two checkpoints, `Positions`)."""
+        """Start the tasks of `tps` (exactly-once: between two checkpoints, `Positions`, from
+        the commits it seeked to), each resuming its partition time from its commit."""
         assert self.tasks is not None
         known = set(self.tasks.tasks.values())
-        self.tasks.assign(tps, producers, positions)
-        if isinstance(self.checkpointer, TransactionalCheckpointer) and not isinstance(
-            self.checkpointer, WorkerTransactionCheckpointer
-        ):  # cooperative: a checkpoint may be running; the new tasks must not join it
+        self.tasks.assign(tps, producers, commits, seek)
+        if type(self.checkpointer) is TransactionalCheckpointer:  # (per worker: no adopting)
+            # cooperative: a checkpoint may be running; the new tasks must not join it
             self.checkpointer.adopt(t for t in self.tasks.tasks.values() if t not in known)
 
 

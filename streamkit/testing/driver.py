@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamkit.app import App
 from streamkit.context import CURRENT_COLLECTOR, CURRENT_TASK, WALL_CLOCK
@@ -157,7 +157,9 @@ class AsyncTestDriver:
             for p in range(topic.partitions or 1)
         ]
         self._positions = {tp: positions.get(tp, 0) for tp in tps}
-        self._ctx.run(manager.assign, tps, None, positions)  # tasks inherit the virtual clock
+        meta = self.group.metadata
+        commits = {tp: OffsetAndMetadata(at, meta.get(tp, "")) for tp, at in positions.items()}
+        self._ctx.run(manager.assign, tps, None, commits)  # tasks inherit the virtual clock
         await self._pump()
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ the runtime's own tasks, collectors and checkpointer run unchanged on top of the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
 
@@ -157,10 +157,12 @@ class MemoryGroup:
 
     def __init__(self) -> None:
         self.offsets: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}  # committed with them: partition times
         self.commits = 0
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.offsets.update(offsets)
+    async def commit(self, offsets: Mapping[TopicPartition, int | tuple[int, str]]) -> None:
+        for tp, at in offsets.items():
+            self.offsets[tp], self.metadata[tp] = at if isinstance(at, tuple) else (at, "")
         self.commits += 1
 
 
