@@ -202,10 +202,12 @@ def test_update_mode_emits_every_change_and_purges_on_close(tmp_path: Path) -> N
 
 def session_oracle(
     gap: int, events: list[tuple[int, str, int]], ooo: int, lateness: int
-) -> tuple[dict[tuple[str, int], tuple[int, int]], list[int]]:
-    """Sessions by direct simulation: lists of [start, end, count] per key."""
+) -> tuple[dict[tuple[str, int, int], int], list[int]]:
+    """Sessions by direct simulation: lists of [start, end, count] per key; the closed ones
+    keyed by (key, start, end) (one closed and emitted is gone: a later event within the
+    lateness of its own session may start another at the same time)."""
     sessions: dict[str, list[list[int]]] = collections.defaultdict(list)
-    closed: dict[tuple[str, int], tuple[int, int]] = {}
+    closed: dict[tuple[str, int, int], int] = {}
     late = []
     top = None
     for ts, key, _ in events:
@@ -213,7 +215,7 @@ def session_oracle(
         wm = top - ooo
         for k, ss in sessions.items():  # close what the watermark passed
             for sess in [x for x in ss if x[1] + lateness <= wm]:
-                closed[(k, sess[0])] = (sess[1], sess[2])
+                closed[(k, sess[0], sess[1])] = sess[2]
                 ss.remove(sess)
         touching = [x for x in sessions[key] if x[0] < ts + gap and ts < x[1]]
         start = min([ts, *(x[0] for x in touching)])
@@ -226,7 +228,7 @@ def session_oracle(
         sessions[key].append([start, end, 1 + sum(x[2] for x in touching)])
     for k, ss in sessions.items():
         for sess in ss:
-            closed[(k, sess[0])] = (sess[1], sess[2])
+            closed[(k, sess[0], sess[1])] = sess[2]
     return closed, late
 
 
@@ -248,7 +250,7 @@ def test_session_windows_match_a_direct_simulation(
         tmp_path_factory.mktemp("s"), Session(gap), sk.count(), events, ooo, lateness
     )
     expected, late = session_oracle(gap, events, ooo, lateness)
-    got = {(o["key"], o["start"]): (o["end"], o["count"]) for o in task.out}
+    got = {(o["key"], o["start"], o["end"]): o["count"] for o in task.out}
     assert len(got) == len(task.out), "a session was emitted twice"
     assert got == expected
     assert task.late == late
