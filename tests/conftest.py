@@ -4,6 +4,7 @@ a bare `pytest` starts one itself (scripts/localkafka.py) and stops it at the en
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -12,12 +13,25 @@ from typing import Any
 
 import pytest
 
+from streamkit.childproc import exit_on
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def kafka() -> Iterator[str]:
+def unwind_on_sigterm() -> Iterator[None]:
+    """A SIGTERM (`timeout`, a CI runner) unwinds the run like Ctrl-C: the tests' worker
+    processes and the session's broker are stopped, not left running (they were, by default)."""
+    previous = signal.signal(signal.SIGTERM, exit_on)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kafka(unwind_on_sigterm: None) -> Iterator[str]:
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
         yield given
