@@ -1,7 +1,7 @@
-"""Every use of aiokafka's internals, in one module, pinned to the aiokafka version it was
-written against (`AIOKAFKA_VERSION`; tests/test_aiokafka_internals.py fails when aiokafka
-changes or an attribute used here moves). Nothing else in streamkit touches aiokafka's
-private attributes.
+"""aiokafka's internals for consumer groups, pinned to the aiokafka version they were written
+against (`AIOKAFKA_VERSION`; tests/test_aiokafka_internals.py fails when aiokafka changes or an
+attribute used here moves). Nothing outside this package touches aiokafka's private
+attributes.
 
 Group fencing of transactional offset commits (KIP-447), for one transactional producer per
 worker. aiokafka 0.14 commits offsets in a transaction with TxnOffsetCommit v0, which names no
@@ -22,9 +22,8 @@ group member: the broker cannot tell a zombie from the partition's owner. Here:
   gives a partition to another member only after its holder revoked it, and that revoke's
   checkpoint waits for this transaction).
 - `group_metadata(consumer)`: the generation and member id of the consumer's group membership.
-- `fetch_stable_offsets(consumer, tps)`: OffsetFetch v7 with `require_stable`: the group's
-  committed offsets once no transaction that commits offsets for them is open (a new owner
-  must not start from an offset that a zombie's open transaction may still move).
+
+OffsetFetch v7 with `require_stable` is in `offsets.py`.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from aiokafka.client import CoordinationType
 from aiokafka.producer.sender import TxnOffsetCommitHandler
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
-    Boolean,
     CompactArray,
     CompactString,
     Int16,
@@ -51,7 +49,7 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 AIOKAFKA_VERSION = "0.14.0"
 
@@ -367,143 +365,6 @@ def producer_identity(producer: Any) -> tuple[int, int]:
     """(producer id, epoch) of a started transactional producer."""
     txn = producer._txn_manager
     return int(txn.producer_id), int(txn.producer_epoch)
-
-
-# -- OffsetFetch v7 (require_stable) -----------------------------------------------------------
-
-
-class OffsetFetchResponse_v7(Response):  # type: ignore[misc]
-    API_KEY = 9
-    API_VERSION = 7
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition", Int32),
-                        ("offset", Int64),
-                        ("leader_epoch", Int32),
-                        ("metadata", CompactString("utf-8")),
-                        ("error_code", Int16),
-                        _TAGS,
-                    ),
-                ),
-                _TAGS,
-            ),
-        ),
-        ("error_code", Int16),
-        _TAGS,
-    )
-
-
-class OffsetFetchRequest_v7(RequestStruct):  # type: ignore[misc]
-    FLEXIBLE_VERSION = True
-    API_KEY = 9
-    API_VERSION = 7
-    RESPONSE_TYPE = OffsetFetchResponse_v7
-    SCHEMA = Schema(
-        ("group_id", CompactString("utf-8")),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")), ("partitions", CompactArray(Int32)), _TAGS
-            ),
-        ),
-        ("require_stable", Boolean),
-        _TAGS,
-    )
-
-
-class StableOffsetFetchRequest(Request[OffsetFetchRequest_v7]):  # type: ignore[misc]
-    API_KEY = 9
-
-    def __init__(self, group_id: str, tps: Iterable[TopicPartition]) -> None:
-        self._group_id = group_id
-        by_topic: dict[str, list[int]] = collections.defaultdict(list)
-        for tp in sorted(tps):
-            by_topic[tp.topic].append(tp.partition)
-        self._topics: list[tuple[str, list[int], dict[int, bytes]]]
-        self._topics = [(topic, parts, {}) for topic, parts in by_topic.items()]
-
-    def build(self, request_struct_class: type[OffsetFetchRequest_v7]) -> Any:
-        return request_struct_class(self._group_id, self._topics, True, {})
-
-
-class OffsetsUnstable(TimeoutError):
-    """Committed offsets stayed pending in an open transaction past the wait."""
-
-
-async def fetch_stable_offsets(
-    consumer: Any, tps: Iterable[TopicPartition], within: float = 120.0
-) -> dict[TopicPartition, int | None]:
-    """The group's committed offset of each partition (None: none committed), once no open
-    transaction holds pending offsets for them (the broker answers UNSTABLE_OFFSET_COMMIT until
-    the transaction ends: committed, aborted, or timed out)."""
-    found = await fetch_stable_commits(consumer, tps, within)
-    return {tp: None if c is None else c.offset for tp, c in found.items()}
-
-
-async def fetch_stable_commits(
-    consumer: Any, tps: Iterable[TopicPartition], within: float = 120.0
-) -> dict[TopicPartition, OffsetAndMetadata | None]:
-    """`fetch_stable_offsets` with each commit's metadata string."""
-    tps = list(tps)
-    deadline = time.monotonic() + within
-    found: dict[TopicPartition, OffsetAndMetadata | None] = {}
-    asking = tps
-    while True:
-        stable, asking = await stable_commits_once(consumer, asking)
-        found.update(stable)
-        if not asking:
-            return {tp: found.get(tp) for tp in tps}
-        if time.monotonic() > deadline:
-            raise OffsetsUnstable(
-                f"offsets of {len(asking)} partitions still unstable after {within}s"
-            )
-        await asyncio.sleep(0.05)
-
-
-async def stable_commits_once(
-    consumer: Any, tps: Iterable[TopicPartition]
-) -> tuple[dict[TopicPartition, OffsetAndMetadata | None], list[TopicPartition]]:
-    """One OffsetFetch with require_stable: (the commit, offset and metadata, of each partition
-    that no open transaction holds, None where none is committed; the partitions still held).
-    A retriable error of the request leaves them all held."""
-    check_version()
-    check_consumer(consumer)
-    client, group_id = consumer._client, consumer._group_id
-    tps = list(tps)
-    if not tps:
-        return {}, []
-    try:
-        node = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
-        resp = await client.send(node, StableOffsetFetchRequest(group_id, tps))
-    except errors.KafkaError as exc:
-        if not getattr(exc, "retriable", False):
-            raise
-        return {}, tps
-    if resp.error_code not in (0, UNSTABLE_OFFSET_COMMIT):
-        error = errors.for_code(resp.error_code)
-        if not getattr(error, "retriable", False):
-            raise error()
-        return {}, tps
-    found: dict[TopicPartition, OffsetAndMetadata | None] = {}
-    held = set(tps) if resp.error_code else set()
-    for topic, partitions, _ in resp.topics:
-        for partition, offset, _epoch, metadata, code, _ in partitions:
-            tp = TopicPartition(topic, partition)
-            if code == UNSTABLE_OFFSET_COMMIT:
-                held.add(tp)
-            elif code:
-                raise errors.for_code(code)()
-            else:
-                found[tp] = OffsetAndMetadata(offset, metadata or "") if offset >= 0 else None
-    stable = {tp: found.get(tp) for tp in tps if tp not in held}  # unlisted: none committed
-    return stable, [tp for tp in tps if tp in held]
 
 
 async def know_topics(consumer: Any, topics: Iterable[str], within: float) -> set[str]:

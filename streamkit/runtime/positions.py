@@ -33,8 +33,9 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
+from streamkit.aiokafka_internals import Commits, fetch_stable_commits, stable_commits_once
 from streamkit.runtime.task_manager import TaskManager
-from streamkit.runtime.txn_producers import Commits, ProducerSet
+from streamkit.runtime.txn_producers import ProducerSet
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Positions:
         await self._producers.keep_only(keys | waiting | set(self._tasks.tasks))  # (1)
         await self._producers.acquire(keys)
         fenced_in = time.monotonic() - began
-        found, held = await self._producers.committed_now(self._consumer, sorted(tps))  # (2)
+        found, held = await stable_commits_once(self._consumer, sorted(tps))  # (2)
         held_keys = {self._tasks.task_key(tp) for tp in held}
         later = {tp for tp in tps if self._tasks.task_key(tp) in held_keys}
         await self._start(tps - later, found, epoch)
@@ -117,7 +118,7 @@ class Positions:
 
     async def _wait(self, tps: set[TopicPartition], epoch: int) -> None:
         began = time.monotonic()
-        found = await self._producers.committed(self._consumer, sorted(tps))
+        found = await fetch_stable_commits(self._consumer, sorted(tps))
         started = await self._start(tps, found, epoch, pending=True)
         if started:
             log.info(

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import stable_commits_once
+from streamkit.aiokafka_internals import Commits, stable_commits_once
 from streamkit.app import App
 from streamkit.eventtime import TimestampPolicy
 from streamkit.graph import Stage
@@ -22,7 +22,6 @@ from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.event_clock import EventClock
 from streamkit.runtime.sinks import TaskSinks, stage_sinks
 from streamkit.runtime.task import Task
-from streamkit.runtime.txn_producers import Commits
 from streamkit.state.changelog import Restorer
 from streamkit.state.task_tables import TaskTables, store_path
 

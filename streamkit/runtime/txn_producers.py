@@ -21,23 +21,15 @@ from collections.abc import Iterable
 from typing import IO, Any, Protocol
 
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import (
-    enable_group_fencing,
-    fetch_stable_commits,
-    group_metadata,
-    stable_commits_once,
-)
+from streamkit.aiokafka_internals import enable_group_fencing, group_metadata
 from streamkit.clients import make_producer
 from streamkit.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ABORT_TIMEOUT = 5.0  # seconds to wait for an abort before giving up on it
-
-# a partition's commit: its offset and metadata (the partition time), None when none is
-Commits = dict[TopicPartition, OffsetAndMetadata | None]
 
 
 def transactional_id(app_id: str, tp: TopicPartition) -> str:
@@ -98,16 +90,6 @@ class TransactionalProducers:
     async def close(self) -> None:
         await self.discard(list(self._producers))
 
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> Commits:
-        """The group's commits (final once each partition's id is registered: that ended its
-        previous owner's transaction; read with require_stable all the same)."""
-        return await fetch_stable_commits(consumer, tps)
-
-    async def committed_now(
-        self, consumer: Any, tps: list[TopicPartition]
-    ) -> tuple[Commits, list[TopicPartition]]:
-        return await stable_commits_once(consumer, tps)
-
 
 async def stop_quietly(producer: Any) -> None:
     with contextlib.suppress(Exception):
@@ -126,14 +108,6 @@ class ProducerSet(Protocol):
     async def discard(self, tps: Iterable[TopicPartition]) -> None: ...
 
     async def close(self) -> None: ...
-
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> Commits:
-        """The commits (offset and metadata), waiting for those an open transaction holds."""
-
-    async def committed_now(
-        self, consumer: Any, tps: list[TopicPartition]
-    ) -> tuple[Commits, list[TopicPartition]]:
-        """(The commits final now, the partitions an open transaction still holds.)"""
 
 
 class Gate:
@@ -272,15 +246,6 @@ class WorkerProducer:
             await stop_quietly(gate.producer)
         if spare is not None:  # nothing sent in its transaction: it ends without a request
             await stop_quietly(spare)
-
-    async def committed(self, consumer: Any, tps: list[TopicPartition]) -> Commits:
-        return await fetch_stable_commits(consumer, tps)
-
-    async def committed_now(
-        self, consumer: Any, tps: list[TopicPartition]
-    ) -> tuple[Commits, list[TopicPartition]]:
-        """A killed worker's transaction holds its offsets until it times out."""
-        return await stable_commits_once(consumer, tps)
 
 
 def worker_transactional_ids(base: str) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import CooperativeRebalance, know_topics
+from streamkit.aiokafka_internals import Commits, CooperativeRebalance, know_topics
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer, make_raw_client
 from streamkit.registry.codec import prepare_app_codecs
@@ -46,12 +46,7 @@ from streamkit.runtime.positions import Positions
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task import Task
 from streamkit.runtime.task_manager import TaskManager
-from streamkit.runtime.txn_producers import (
-    Commits,
-    ProducerSet,
-    TransactionalProducers,
-    WorkerProducer,
-)
+from streamkit.runtime.txn_producers import ProducerSet, TransactionalProducers, WorkerProducer
 from streamkit.runtime.web import WebServer
 from streamkit.security import describe_security
 from streamkit.state.changelog import ChangelogReader
