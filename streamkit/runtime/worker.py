@@ -31,6 +31,7 @@ from streamkit.aiokafka_internals import Commits, CooperativeRebalance, know_top
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer, make_raw_client
 from streamkit.registry.codec import prepare_app_codecs
+from streamkit.runtime import gc_tuning
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget, longest_calls
@@ -116,10 +117,14 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
+        tuned = False
         try:
             await self._start()
+            tuned = gc_tuning.tune(self.settings.gc_threshold)
             await self._stopping.wait()
         finally:
+            if tuned:
+                gc_tuning.restore()
             await self._stop()
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):

@@ -385,8 +385,18 @@ class Table(Generic[K, V]):
         return part.get(key)
 
     def __getitem__(self, key: K) -> V:
-        part = self._local()
-        if self.ttl is not None:
+        scope = CURRENT_TASK.get(None)
+        part = None if scope is None else scope.tables.get(self.name)
+        if part is None:
+            part = self._local()  # raises, saying what to declare
+        if self.ttl is None:  # the hot path: a cached live value, as `part.get` finds it
+            value = part.cache.get(key, _MISSING)
+            if value is not _MISSING and value is not _DELETED:
+                part.hits += 1
+                if type(value) not in _IMMUTABLE and not self.source:  # as `_read`, inline
+                    part.dirty.add(key)
+                return value  # type: ignore[no-any-return]
+        else:
             value = self._expiring(part, key, True)
             if value is not _MISSING:
                 return value  # type: ignore[no-any-return]
@@ -395,7 +405,7 @@ class Table(Generic[K, V]):
             value = self.default()
             self._stamped(part, key, value)
             return value
-        value = part.get(key)
+        value = part.get(key)  # not cached (or deleted): the store, the default
         if value is _MISSING:
             if self.default is None:
                 raise KeyError(key)
@@ -416,9 +426,15 @@ class Table(Generic[K, V]):
         return self._local()
 
     def __setitem__(self, key: K, value: V) -> None:
-        part = self._writable(key)
+        scope = CURRENT_TASK.get(None)
+        part = None if scope is None or self.source else scope.tables.get(self.name)
+        if part is None:
+            part = self._writable(key)  # raises: read-only, or not this task's
         if self.ttl is not None:
             self._stamped(part, key, value)
+        elif key in part.cache:  # the hot path: a cached key, as `part.set` writes it
+            part.dirty.add(key)
+            part.cache[key] = value
         else:
             part.set(key, value)
 
