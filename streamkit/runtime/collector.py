@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
 
 from streamkit.events import Headers
-from streamkit.keys import partition_for_key
+from streamkit.keys import partition_for_key, partition_of
 
 
 class ProduceFailed(Exception):
@@ -124,14 +124,18 @@ class RecordCollector:
         one function per topic, positional, with the key's partition remembered. Keyless
         records go as `append` sends them."""
         tps: list[tuple[str, int]] = []  # filled on the first keyed record
+        known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
         add, append, counts = self.add, self.append, self._partition_counts
 
         def keyed(key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> bool:
             if key is None:
                 return append(topic, None, value, timestamp_ms=timestamp_ms)
-            if not tps:
-                tps.extend((topic, p) for p in range(counts[topic]))
-            return add(tps[partition_for_key(key, len(tps))], key, value, None, timestamp_ms)
+            partition = known.get(key)
+            if partition is None:
+                if not tps:
+                    tps.extend((topic, p) for p in range(counts[topic]))
+                partition = partition_of(known, key, len(tps))
+            return add(tps[partition], key, value, None, timestamp_ms)
 
         return keyed
 

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from streamkit.keys import partition_for_key
+from streamkit.keys import partition_for_key, partition_of
 from streamkit.runtime.collector import RecordCollector
 from streamkit.serde import dumps
 from streamkit.streams import ExchangeNode
@@ -76,13 +76,17 @@ class Router:
         encode_key, encode_value = dumps(output.key_codec), dumps(output.value_codec)
         add = host.collector.add
         tps = [(topic, p) for p in range(count)]  # the tuples the collector's batches key on
+        known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
 
         def key_by(value: Any) -> None:
             rec = host.record
             key = encode_key(key_of(value))
             ts = host.event_ts
+            partition = known.get(key)
+            if partition is None:
+                partition = partition_of(known, key, count)
             if add(
-                tps[partition_for_key(key, count)],
+                tps[partition],
                 key,
                 None if value is None else encode_value(value),
                 rec.headers,
