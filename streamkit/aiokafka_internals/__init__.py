@@ -8,10 +8,12 @@ reader, and the input partitions' `InputRecord`. `sessions`: incremental fetch s
 transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata,
 OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
 topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka's eager group
-coordinator. None imports anything from streamkit."""
+coordinator. `batches`: the producer's batches filled through aiokafka's C record builder, without
+its per-record Python wrapper. None imports anything from streamkit."""
 
 from __future__ import annotations
 
+from streamkit.aiokafka_internals.batches import BATCH_ATTRIBUTES, OpenBatch
 from streamkit.aiokafka_internals.cooperative import (
     ASSIGNMENT_ATTRIBUTES,
     COOPERATIVE_COORDINATOR_ATTRIBUTES,
@@ -74,6 +76,7 @@ from streamkit.aiokafka_internals.sessions import FetchSession
 __all__ = [
     "AIOKAFKA_VERSION",
     "ASSIGNMENT_ATTRIBUTES",
+    "BATCH_ATTRIBUTES",
     "CONSUMER_ATTRIBUTES",
     "COOPERATIVE_COORDINATOR_ATTRIBUTES",
     "COORDINATOR_ATTRIBUTES",
@@ -106,6 +109,7 @@ __all__ = [
     "OffsetFetchRequest_v7",
     "OffsetFetchResponse_v7",
     "OffsetsUnstable",
+    "OpenBatch",
     "RawClient",
     "StableOffsetFetchRequest",
     "TxnOffsetCommitRequest_v3",

@@ -1,8 +1,9 @@
 """RecordCollector: one task's outputs, batched per destination partition, handed to a producer.
 
 `append` is synchronous and cheap (encode is done by the caller, the record goes into an
-aiokafka `BatchBuilder`); `submit` hands open batches to the producer without waiting for the
-broker; `flush` submits and then waits for every delivery, raising the first failure.
+aiokafka `BatchBuilder` through its C record builder: `aiokafka_internals/batches.py`);
+`submit` hands open batches to the producer without waiting for the broker; `flush` submits
+and then waits for every delivery, raising the first failure.
 
 Under exactly-once a task owns one collector bound to its own transactional producer. The
 checkpoint `seal`s the collector (everything appended so far belongs to the transaction being
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
 
+from streamkit.aiokafka_internals import OpenBatch
 from streamkit.events import Headers
 from streamkit.keys import partition_for_key, partition_of
 
@@ -56,7 +58,7 @@ class RecordCollector:
         self._transactional = transactional
         self.error: ProduceFailed | None = None
         self._partition_counts = partition_counts
-        self._open: dict[tuple[str, int], Any] = {}
+        self._open: dict[tuple[str, int], OpenBatch] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[tuple[int, asyncio.Future[Any]]] = []  # (records, future)
         self._sticky: dict[str, int] = {}  # keyless records: one partition per batch
@@ -100,21 +102,23 @@ class RecordCollector:
     ) -> bool:
         """`append` to a known partition, positional: the hot path's (an exchange, a sink and
         an agent's output call it once per record). True when a batch filled up."""
-        builder = self._open.get(tp)
-        if builder is None:
-            builder = self._open[tp] = self._producer.create_batch()
+        batch = self._open.get(tp)
+        if batch is None:
+            batch = self._open[tp] = OpenBatch(self._producer.create_batch())
         if not headers:
             headers = _NO_HEADERS
         elif type(headers) is not list:  # consumed records carry a tuple; the builder wants lists
             headers = list(headers)
-        if builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers):
+        if batch.append(batch.count, timestamp_ms, key, value, headers) is not None:
+            batch.count += 1
             return False
         # batch full: queue it, start another
         topic, partition = tp
-        self._full.append((topic, partition, builder))
-        builder = self._open[tp] = self._producer.create_batch()
-        if not builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers):
+        self._full.append((topic, partition, batch.closed()))
+        batch = self._open[tp] = OpenBatch(self._producer.create_batch())
+        if batch.append(0, timestamp_ms, key, value, headers) is None:
             raise ValueError(f"record for {topic} is larger than max_batch_size")
+        batch.count = 1
         if key is None:
             self._next_sticky(topic)
         return True
@@ -187,7 +191,7 @@ class RecordCollector:
         """Hand every batch, full or not, to the producer (no waiting for the broker)."""
         if (not self._open and not self._full) or not self._released.is_set():
             return
-        self._full.extend((t, p, b) for (t, p), b in self._open.items())
+        self._full.extend((t, p, b.closed()) for (t, p), b in self._open.items())
         self._open = {}
         for topic in self._sticky:  # the next keyless batch goes to the next partition
             self._next_sticky(topic)
@@ -207,7 +211,7 @@ class RecordCollector:
         """Take everything appended so far (submitted or not) for the transaction being
         committed; hold what comes next until `release`. Synchronous: call it with the task
         stopped at an event boundary."""
-        batches = [*self._full, *((t, p, b) for (t, p), b in self._open.items())]
+        batches = [*self._full, *((t, p, b.closed()) for (t, p), b in self._open.items())]
         sealed = Sealed(batches, self._in_flight)
         self._full, self._open, self._in_flight = [], {}, []
         for topic in self._sticky:
