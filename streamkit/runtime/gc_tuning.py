@@ -31,7 +31,8 @@ def tune(threshold: int) -> bool:
     _running += 1
     if _running == 1:
         _saved = gc.get_threshold()
-        gc.collect()  # no start-up garbage frozen
+    # (no collection first: in a big process, a test run's, it would cost more than the
+    # little start-up garbage this leaves frozen until `restore`)
     gc.freeze()
     young, older, oldest = gc.get_threshold()
     gc.set_threshold(max(threshold, young), older, oldest)
