@@ -264,13 +264,14 @@ def batches(draw: st.DrawFn, max_size: int = 30, big: bool = False) -> list[Made
 
 
 def random_batch(seed: int, size: int, *, big: int = 0) -> list[Made]:
-    """`size` records drawn with a seeded Random, `big` of them huge, at random places."""
+    """`size` records drawn with a seeded Random, `big` of them huge, at random places, the
+    huge kinds taking turns (so two or more huge records hold both kinds)."""
     src = RandomSource(random.Random(seed))
-    huge = set(random.Random(seed).sample(range(size), big))
+    huge = {i: n for n, i in enumerate(sorted(random.Random(seed).sample(range(size), big)))}
     made: list[Made] = []
     for i in range(size):
         if i in huge:
-            m = BIG_KINDS[len(made) % 2](src, i)
+            m = BIG_KINDS[huge[i] % len(BIG_KINDS)](src, i)
             m.headers = odd_headers(src)
         else:
             m = make(src, i)
