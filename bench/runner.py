@@ -36,6 +36,7 @@ from bench.report import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK_S = 0.01  # the paced sender's step
+STALL_S = 180.0  # a run whose output stops growing this long before N is failed (a stalled peer)
 
 
 async def pace(topic: str, work: Workload, rate: float) -> tuple[list[float], float]:
@@ -144,15 +145,25 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
                 sending = asyncio.create_task(pace(source, work, args.paced_rate))
             ends = None if paced else plan.ends[work.pipeline]
             settled: float | None = None  # when the input was committed with answers wrong
+            seen, moved = -1, time.monotonic()  # the output count, and when it last grew
             while True:
                 if not alive():
                     codes = [p.returncode for p in procs]
                     raise RuntimeError(f"exited with {codes} (see {log.name})")
-                if time.monotonic() - started > within:
-                    out = observer.oracle.count
+                now = time.monotonic()
+                out = observer.oracle.count
+                if out != seen:
+                    seen, moved = out, now
+                stalled = out < n and now - moved > STALL_S  # (a stalled peer: fail it now)
+                if now - started > within or stalled:
                     _, why = observer.oracle.check(n, run.guarantee)
                     why = why or "answers right, input not committed"
-                    raise RuntimeError(f"not done within {within:.0f} s ({out} out; {why})")
+                    what = (
+                        f"no output for {STALL_S:.0f} s"
+                        if stalled
+                        else f"not done within {within:.0f} s"
+                    )
+                    raise RuntimeError(f"{what} ({out} out; {why})")
                 oracle = observer.oracle
                 if (oracle.count >= n or observer.complete_at is not None) and (
                     sending is None or sending.done()

@@ -3,7 +3,8 @@
 With Python's default thresholds a worker spends ~10 % of its CPU in the collector (pipeline A,
 1,000,000 events: 23 full collections of ~50 ms each, ~2,800 young ones) and frees almost
 nothing: the hot path's garbage (decoded values, records, batches) dies by reference count.
-Two changes take that to ~1 % (docs/benchmarks.md, "The garbage collector"):
+Two changes take that to ~1 % (docs/benchmarks.md, "Python's garbage collector while a
+worker runs"):
 
 1. the objects that exist once the worker started (modules, the app, clients) are frozen out of
    the collector's view (`gc.freeze`): a full collection then walks only what came after;
