@@ -183,6 +183,17 @@ class Settings(BaseSettings):
     state_cache_entries: int = Field(
         default=100_000, ge=100, description="Cached keys per table partition (clean + dirty)."
     )
+    state_write_interval: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds between two writes of a task's tables to its SQLite file. Every "
+            "checkpoint's changes go to the changelog; between two writes they wait in memory "
+            "(reads see them), and a crash replays them from the changelog. 0: every "
+            "checkpoint writes. A task's last checkpoint (revoke, stop) always writes."
+        ),
+    )
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="Workers that keep a warm copy of each partition."
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from streamkit.state import inspect as inspect_state
 from tests.chaoshelp import OutputWatch, figures, summary
 from tests.kafkahelp import WorkerProcess, read_all, wait_until
 from tests.rebalancehelp import held
@@ -20,6 +21,7 @@ from tests.shophelp import (
     assert_exactly_once,
     assert_state,
     holding,
+    oracle,
     purchases,
     send,
     shop_app,
@@ -50,6 +52,40 @@ async def test_a_crash_between_the_kafka_commit_and_the_sqlite_write_costs_a_rep
     assert any(" 0 changelog" not in line for line in replays), "the stale store replayed nothing"
     assert_exactly_once(records, rows)
     assert_state(shop_app(uid, wd), rows)
+
+
+async def test_a_store_written_only_at_the_stop_is_rebuilt_from_the_changelog_after_kill_9(
+    uid: str, tmp_path: Path
+) -> None:
+    """`state_write_interval`: the checkpoints commit the tables' changes to the changelog,
+    and their SQLite files wait (an hour here, the first write at half of it at the
+    earliest). A worker killed -9 after 2,000 committed events has written no row to its
+    stores; the next one replays the changelog and counts every event once, and its stop
+    writes the stores whole."""
+    wd = tmp_path / "state"
+    rows = purchases(3000, seed=13)
+    victim = shop_worker(uid, wd, tmp_path, "victim")
+    victim.env["STREAMKIT_STATE_WRITE_INTERVAL"] = "3600"
+    victim.start()
+    await holding(victim)
+    await send(uid, rows[:2000])
+    await read_all(f"totals-{uid}", expect=2000, within=90)
+    app = shop_app(uid, wd)
+    assert inspect_state.read_all(app, "count") == {}, "a store was written before its time"
+    victim.kill9()
+    survivor = shop_worker(uid, wd, tmp_path, "survivor")
+    survivor.env["STREAMKIT_STATE_WRITE_INTERVAL"] = "3600"
+    survivor.start()
+    try:
+        await holding(survivor)
+        await send(uid, rows[2000:])
+        records = await read_all(f"totals-{uid}", expect=3000, within=90)
+    finally:
+        survivor.stop()
+    replayed = re.findall(r"open, (\d+) changelog records replayed", survivor.log())
+    assert sum(map(int, replayed)) >= len(oracle(rows[:2000])[1]), survivor.log()
+    assert_exactly_once(records, rows)
+    assert_state(app, rows)  # the survivor's last checkpoint wrote every store
 
 
 @pytest.mark.parametrize("fetch_path", ["raw", "consumer"])

@@ -13,11 +13,14 @@ At-least-once, every `commit_interval`, on revoke and on shutdown:
 3. Flush every task's collector: hand open batches to the producer and wait for the broker's
    acknowledgement of all of them. A delivery failure raises here and nothing is committed.
 4. Commit the snapshot's offsets to the consumer group.
-5. Write each task's snapshot to its SQLite store in one transaction, with the changelog
-   offsets it reflects and the input offset.
+5. Per task, when its store is due (`state_write_interval` since its last write, its
+   unwritten rows at the cache's bound, or the task's last checkpoint): write every change
+   its store lacks to it in one SQLite transaction, with the changelog offsets they reflect
+   and the input offset. Until then the changes wait in memory, where reads find them.
 
 A crash before step 4 replays the events since the last commit (duplicates, never loss); a
-crash between 4 and 5 costs a changelog replay at restore, nothing else.
+crash between 4 and 5, or between two writes of a store, costs a changelog replay at restore,
+nothing else.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import TopicPartition
 
 from streamkit.runtime.sinks import flush_sinks
-from streamkit.runtime.task import Task
+from streamkit.runtime.task import Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +97,16 @@ class Checkpointer:
                     self.commit_failures += 1
                     # The group moved on: the new owners replay from the last commit.
                     log.warning("checkpoint not committed, group rebalanced: %s", exc)
-            # 5. state and the offsets it reflects, one SQLite transaction per task
+            # 5. the store, when due: what it lacks and the offsets that reflects, one SQLite
+            # transaction per task
             for task, last in zip(tasks, written, strict=True):
+                if task.state is None:
+                    continue
                 tp = TopicPartition(task.topic.name, task.partition)
-                if tp in changes and task.state is not None:
-                    source = (tp.topic, tp.partition, task.committable or 0)
-                    await task.state.write(changes[tp], last, source)
+                if tp in changes:
+                    task.state.record(last, (tp.topic, tp.partition, task.committable or 0))
+                if task.state.due(final=task.status is TaskState.CLOSED):
+                    await task.state.write()
             self.last_duration = time.monotonic() - started
             self.checkpoints += 1
             self.total_duration += self.last_duration

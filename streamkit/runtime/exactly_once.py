@@ -24,13 +24,16 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
 3. Per task, all tasks at once, in the task's own transaction: hand the sealed batches to its
    producer and, while they are delivered, add the offset (`send_offsets_to_transaction`);
    once both are done, commit, begin the next transaction, release the held batches.
-4. Per committed task: write the snapshot to its SQLite store in one transaction, with the
-   changelog offsets it reflects and the input offset (every task's store at once).
+4. Per committed task, when its store is due (`state_write_interval` since its last write,
+   its unwritten rows at the cache's bound, or the task's last checkpoint): write every
+   change its store lacks to it in one SQLite transaction, with the changelog offsets they
+   reflect and the input offset (every due task's store at once). Until then the changes
+   wait in memory, where reads find them.
 
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
-and the input is read again from the last committed offset. Crash between 3 and 4: the store is
-one checkpoint behind; recovery replays its committed changelog tail. Either way each input event
+and the input is read again from the last committed offset. Crash between 3 and 4, or between
+two writes of a store: the store is behind; recovery replays its committed changelog tail. Either way each input event
 shows in the committed outputs, the changelog and the offsets exactly once.
 
 A transaction that fails (fenced, or any error) drops the task's uncommitted work: the worker
@@ -168,21 +171,23 @@ class TransactionalCheckpointer:
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
                 continue
-            if result is None:
-                continue  # nothing to commit
-            if id(result) not in merged:
-                merged.add(id(result))
-                for ctp, last in result.items():
-                    self.last_written[ctp] = max(last, self.last_written.get(ctp, -1))
-            # 4. state and the offsets it reflects, one SQLite transaction per task (the
-            # tasks' stores are separate files: written all at once, in the default executor)
             task = snap.task
-            if task.state is not None and (snap.changes or snap.offsets):
-                if snap.changes:
-                    faults.reached("crash-after-commit")
-                at = self._committed.get(snap.tp)
-                source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
-                writes.append(task.state.write(snap.changes, result, source))
+            if result is not None:  # (None: nothing to commit)
+                if id(result) not in merged:
+                    merged.add(id(result))
+                    for ctp, last in result.items():
+                        self.last_written[ctp] = max(last, self.last_written.get(ctp, -1))
+                if task.state is not None and (snap.changes or snap.offsets):
+                    if snap.changes:
+                        faults.reached("crash-after-commit")
+                    at = self._committed.get(snap.tp)
+                    source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
+                    task.state.record(result, source)
+            # 4. the store, when due: what it lacks and the offsets that reflects, one SQLite
+            # transaction per task (the tasks' stores are separate files: written all at once,
+            # in the default executor)
+            if task.state is not None and task.state.due(final=task.status is TaskState.CLOSED):
+                writes.append(task.state.write())
         for error in await asyncio.gather(*writes, return_exceptions=True):
             if isinstance(error, BaseException):
                 raise error

@@ -155,6 +155,7 @@ class TaskManager:
                     tp.partition,
                     settings.state_cache_entries,
                     on_full=self._on_state_full,
+                    write_interval=settings.state_write_interval,
                 )
             clock = self._clock(stage, tp.partition)
             if clock is not None:

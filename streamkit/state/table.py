@@ -234,7 +234,9 @@ class TablePartition:
         self._limit = max(self.max_entries, len(cache) + self.max_entries // 10)
 
     def take_dirty(self) -> dict[bytes, bytes | None]:
-        """Encoded changes since the last call (the checkpoint's snapshot); keys turn clean."""
+        """Encoded changes since the last call (the checkpoint's snapshot); keys turn clean,
+        their values stay in `flushing` until the store is written. The dict returned may be
+        `flushing` itself: read it before the next snapshot."""
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
         cache = self.cache
         changes: dict[bytes, bytes | None] = {}
@@ -252,7 +254,12 @@ class TablePartition:
                     # these live until the checkpoint's SQLite write (400 MB per 100k otherwise)
                     changes[encode_key(key)] = memoryview(encode_value(value)).tobytes()
         self.dirty = set()
-        self.flushing = changes
+        # what the store has not been written yet: every snapshot's changes since the task's
+        # last store write (`TaskTables.write`), the newest value of a key winning
+        if self.flushing:
+            self.flushing.update(changes)
+        else:
+            self.flushing = changes
         self._limit = self.max_entries  # now evictable: scan at the bound again
         return changes
 
@@ -282,13 +289,24 @@ class TablePartition:
         return changes
 
     def iter_keys(self) -> Iterator[Any]:
-        """Keys of this partition: the store's, overlaid with the cache's changes."""
+        """Keys of this partition: the store's, overlaid with the changes not written to it
+        yet (`flushing`), then with the cache's."""
         decode = self._key_codec.decode
+        flushing = dict(self.flushing)
         seen = set()
         for raw, _ in self.store.scan(self.name):
             key = decode(raw)
             seen.add(key)
-            if self.cache.get(key, _MISSING) is not _DELETED:
+            cached = self.cache.get(key, _MISSING)
+            if cached is _MISSING:
+                if flushing.get(raw, raw) is not None:  # (None: deleted, not written yet)
+                    yield key
+            elif cached is not _DELETED:
+                yield key
+        for raw, value in flushing.items():
+            key = decode(raw)
+            if key not in seen and key not in self.cache and value is not None:
+                seen.add(key)
                 yield key
         for key, value in list(self.cache.items()):
             if key not in seen and value is not _DELETED:

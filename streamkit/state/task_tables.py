@@ -1,9 +1,19 @@
-"""TaskTables: the tables of one task (stage, partition): its store, caches and restore."""
+"""TaskTables: the tables of one task (stage, partition): its store, caches and restore.
+
+The checkpoint's changes go to the changelog every time, and to the store (SQLite) at most
+every `write_interval` seconds (`state_write_interval`): between two writes they wait,
+merged, in the tables' `flushing` overlay (reads see them), and so do the changelog offsets
+they reflect. The store is a cache of the changelog that may lag it, never lead it; a crash
+replays the changelog from the offsets the store holds. A task's last checkpoint (revoke,
+stop) always writes, and so does one whose unwritten rows reach the cache's bound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -41,6 +51,7 @@ class TaskTables:
         partition: int,
         cache_entries: int,
         on_full: Callable[[], None],
+        write_interval: float = 0.0,
     ) -> None:
         self.stage = stage
         self.partition = partition
@@ -57,6 +68,12 @@ class TaskTables:
         self.store: PartitionStore | None = None
         self.partitions: dict[str, TablePartition] = {}
         self.replayed = 0
+        self.write_interval = write_interval
+        # the first write comes at a random point of the interval's second half: a worker's
+        # tasks, opened together, spread their writes over the checkpoints instead of all in one
+        self._next_write = time.monotonic() + write_interval * (0.5 + 0.5 * random.random())
+        self._offsets: dict[tuple[str, int], int] = {}  # reflected by the unwritten changes
+        self.writes = 0  # SQLite transactions of checkpoints (benchmarks read it)
 
     async def open_store(self) -> None:
         """Open the store (a corrupt or foreign file is set aside and a new one made)."""
@@ -112,17 +129,13 @@ class TaskTables:
                 collector.append(topic, key, value, partition=self.partition)
         return changes
 
-    async def write(
-        self,
-        changes: dict[str, dict[bytes, bytes | None]],
-        written: dict[tuple[str, int], int],
-        source_offset: tuple[str, int, int] | None,
+    def record(
+        self, written: dict[tuple[str, int], int], source_offset: tuple[str, int, int] | None
     ) -> None:
-        """Checkpoint step: the snapshot and the offsets it reflects, in one transaction."""
-        assert self.store is not None
-        # this task's changelog partitions only (with one producer per worker `written` lists
-        # every partition the checkpoint wrote: look ours up, never walk it)
-        offsets = {}
+        """Checkpoint step: the snapshot just committed reflects these changelog offsets
+        (`written` may list other tasks' partitions too: ours are looked up, it is never
+        walked) and this input offset; they wait for the next store write with its rows."""
+        offsets = self._offsets
         for t in self.tables:
             ctp = (t.changelog.name, self.partition)
             if ctp in written:
@@ -130,18 +143,42 @@ class TaskTables:
         if source_offset is not None:
             topic, partition, offset = source_offset
             offsets[(topic, partition)] = offset
+
+    def due(self, final: bool = False) -> bool:
+        """Whether this checkpoint writes the store: the task's last one (`final`), the
+        interval is over, or the unwritten rows reached the cache's bound."""
+        if self.store is None:
+            return False
+        if final or time.monotonic() >= self._next_write:
+            return True
+        return sum(len(p.flushing) for p in self.partitions.values()) >= self._cache_entries
+
+    async def write(self) -> None:
+        """Checkpoint step: every change not written yet (all of them committed: a checkpoint
+        writes only after its own transaction) and the offsets they reflect, in one SQLite
+        transaction."""
+        assert self.store is not None
+        self._next_write = time.monotonic() + self.write_interval
+        offsets = self._offsets
+        changes = {
+            name: part.flushing
+            for name, part in self.partitions.items()
+            if part.flushing and not part.table.source
+        }
         followed = self._followed()
         for name, (rows, at) in followed.items():
-            changes = {**changes, name: rows}
+            changes[name] = rows
             offsets[(self.partitions[name].table.changelog.name, self.partition)] = at
-        if changes or offsets:
-            await asyncio.to_thread(self.store.apply, changes, offsets)
-            log.debug(
-                "%s: wrote %s at %s", self.path, {n: len(c) for n, c in changes.items()}, offsets
-            )
+        if not (changes or offsets):
+            return
+        # (no snapshot runs meanwhile: the checkpoint's lock is held; tasks only read these)
+        await asyncio.to_thread(self.store.apply, changes, offsets)
+        self._offsets = {}
+        self.writes += 1
         for name in changes:
-            if name not in followed:
+            if name not in followed:  # SQLite has them: the next snapshot starts a new overlay
                 self.partitions[name].flushing = {}
+        log.debug("%s: wrote %s at %s", self.path, {n: len(c) for n, c in changes.items()}, offsets)
         for name, (rows, _) in followed.items():
             flushing = self.partitions[name].flushing
             for key, value in rows.items():

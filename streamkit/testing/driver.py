@@ -132,7 +132,11 @@ class AsyncTestDriver:
             workdir = Path(self._tmp)
         else:
             workdir = self._given_workdir
-        app.settings = app.settings.model_copy(update={"workdir": workdir})
+        # every checkpoint writes the stores, as `checkpoint()` says (a worker's wait up to
+        # `state_write_interval` between writes of a store is not the test's to wait for)
+        app.settings = app.settings.model_copy(
+            update={"workdir": workdir, "state_write_interval": 0.0}
+        )
         self.topics.create(app)
         # schema-registry codecs register at start, as a worker's do (a real registry: the
         # app's schema_registry_url)

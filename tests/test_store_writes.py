@@ -1,0 +1,130 @@
+"""The store written at most every `state_write_interval` (`TaskTables.record/due/write`): the
+changes of checkpoints between two writes wait merged in the tables' `flushing` overlay, where
+reads find them after the cache evicted their keys; a write puts all of them into SQLite with
+the newest changelog offsets. Real SQLite files; the restore reads an empty changelog."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import streamkit as sk
+from streamkit.state.task_tables import TaskTables
+
+
+class Appended:
+    """The checkpoint's collector: the changelog records a snapshot appends."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None, int]] = []
+
+    def append(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int) -> None:
+        self.records.append((topic, key, value, partition))
+
+
+class NothingToReplay:
+    async def restore(self, store: Any, sources: Any) -> int:
+        return 0
+
+
+def keyed_app() -> tuple[sk.App, sk.Table[str, int]]:
+    app = sk.App("store-writes")
+    src = app.topic("sw-in", partitions=1)
+    totals = app.table("totals", default=int)
+
+    @app.agent(app.stream(src).key_by("k", partitions=1), state=[totals])
+    async def count(stream: sk.Stream[dict[str, str]]) -> None:
+        async for v in stream:
+            totals[v["k"]] += 1
+
+    return app, totals
+
+
+async def opened(tmp_path: Path, cache: int, interval: float) -> tuple[TaskTables, str]:
+    app, totals = keyed_app()
+    stage = app.stages[1]
+    tables = TaskTables(app.id, tmp_path, stage, 0, cache, lambda: None, write_interval=interval)
+    await tables.open(NothingToReplay())
+    return tables, totals.changelog.name
+
+
+def stored(tables: TaskTables) -> dict[bytes, bytes]:
+    assert tables.store is not None
+    return dict(tables.store.scan("totals"))
+
+
+async def test_changes_wait_merged_between_store_writes_and_reads_see_them(
+    tmp_path: Path,
+) -> None:
+    tables, changelog = await opened(tmp_path, cache=100, interval=3600)
+    part = tables.partitions["totals"]
+    out = Appended()
+    for i in range(10):
+        part.set(f"k{i}", i)
+    tables.snapshot(out)
+    tables.record({(changelog, 0): 9}, None)
+    assert not tables.due()  # the first write comes after half the interval at the earliest
+    part.set("k0", 99)
+    part.remove("k1")
+    tables.snapshot(out)
+    tables.record({(changelog, 0): 11, ("other-changelog", 0): 5}, ("sw-in", 0, 40))
+    assert not tables.due()
+    assert len(out.records) == 12  # every snapshot went to the changelog
+    assert stored(tables) == {} and tables.writes == 0
+    for i in range(300):  # misses fill the cache: the clean k0..k9 are evicted
+        assert part.get(f"miss{i}", None) is None
+    assert "k0" not in part.cache and "k2" not in part.cache
+    assert part.get("k0") == 99 and part.get("k2") == 2  # from the overlay
+    assert part.get("k1", "absent") == "absent"
+    assert sorted(part.iter_keys()) == sorted(["k0"] + [f"k{i}" for i in range(2, 10)])
+
+    assert tables.due(final=True)
+    await tables.write()
+    encode = part.table.key_codec.encode
+    rows = stored(tables)
+    assert set(rows) == {encode("k0")} | {encode(f"k{i}") for i in range(2, 10)}
+    assert part.table.value_codec.decode(rows[encode("k0")]) == 99
+    assert tables.store is not None
+    assert tables.store.offsets() == {(changelog, 0): 11, ("sw-in", 0): 40}
+    assert part.flushing == {} and tables.writes == 1
+    assert part.get("k0") == 99 and part.get("k1", "absent") == "absent"
+    tables.close()
+
+
+async def test_a_write_is_due_at_the_row_bound_and_after_the_interval(tmp_path: Path) -> None:
+    tables, _ = await opened(tmp_path, cache=100, interval=0.3)
+    part = tables.partitions["totals"]
+    out = Appended()
+    await tables.write()  # the interval starts again from now
+    assert not tables.due()
+    for i in range(100):
+        part.set(f"k{i}", i)
+    tables.snapshot(out)
+    assert tables.due()  # 100 unwritten rows: the cache's bound
+    await tables.write()
+    assert len(stored(tables)) == 100
+    part.set("k0", -1)
+    tables.snapshot(out)
+    started = time.monotonic()
+    assert not tables.due()
+    while not tables.due():
+        assert time.monotonic() - started < 10, "the interval never ended"
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - started >= 0.25
+    await tables.write()
+    assert part.table.value_codec.decode(stored(tables)[part.table.key_codec.encode("k0")]) == -1
+    tables.close()
+
+
+async def test_interval_zero_writes_every_checkpoint(tmp_path: Path) -> None:
+    tables, changelog = await opened(tmp_path, cache=100, interval=0.0)
+    part = tables.partitions["totals"]
+    part.set("a", 1)
+    tables.snapshot(Appended())
+    tables.record({(changelog, 0): 0}, None)
+    assert tables.due()
+    await tables.write()
+    assert len(stored(tables)) == 1 and tables.writes == 1
+    tables.close()
