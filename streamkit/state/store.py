@@ -24,24 +24,34 @@ Pragmas: WAL, synchronous=NORMAL. NORMAL in WAL mode survives a process crash; o
 crash or power loss can drop the last transactions, and then recovery replays the changelog
 from the older stored offset: the changelog is the source of truth, so FULL buys nothing.
 Two connections: the reader, used only on the event loop's thread for synchronous point
-queries (microseconds, no thread hop), and the writer, used once per checkpoint from a worker
+queries (microseconds, no thread hop), and the writer, used by a checkpoint from a worker
 thread for one transaction. WAL lets them run at once; a key being written is still in the
 table's cache or flushing set, so the reader never needs the uncommitted row.
+
+Rows are written `CHUNK` to a statement (`INSERT ... VALUES (?, ?), (?, ?), ...`), not one per
+`executemany` step: the sqlite3 module lets go of the GIL around every step, and a writer
+thread then waits to take it back from a busy event loop once per row (measured: 466 against
+14 µs a row of wall time, 14 against 3 µs of CPU, with the loop busy; 2.9 against 2.3 µs
+idle). The remainder goes in statements of 256, 128, ... 1 rows, so a table has a dozen
+statement texts at most, each prepared once (the module's statement cache).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LAYOUT = "1"
+CHUNK = 512  # rows per INSERT / DELETE statement (see the module's docstring)
 
 # a table's changes being written → the key ranges [lo, hi) to delete with them
 Purge = Callable[[Mapping[bytes, bytes | None]], list[tuple[bytes, bytes]]]
@@ -163,12 +173,11 @@ class PartitionStore:
         with self.transaction():
             for table, rows in changes.items():
                 name = _table(table)
-                upserts = [(k, v) for k, v in rows.items() if v is not None]
-                deletes = [(k,) for k, v in rows.items() if v is None]
-                if upserts:
-                    db.executemany(f"INSERT OR REPLACE INTO {name}(k, v) VALUES (?, ?)", upserts)
-                if deletes:
-                    db.executemany(f"DELETE FROM {name} WHERE k = ?", deletes)
+                if None in rows.values():
+                    _upsert(db, name, [(k, v) for k, v in rows.items() if v is not None])
+                    _delete(db, name, [k for k, v in rows.items() if v is None])
+                else:  # (the common case: no pass in Python)
+                    _upsert(db, name, rows.items())
                 purge = self.purges.get(table)
                 if purge is not None:
                     db.executemany(f"DELETE FROM {name} WHERE k >= ? AND k < ?", purge(rows))
@@ -192,6 +201,47 @@ class PartitionStore:
             self._db.execute(
                 "DELETE FROM offsets WHERE topic = ? AND partition = ?", (topic, partition)
             )
+
+
+def _chunks(n: int) -> Iterator[int]:
+    """Row counts of the statements that write `n` rows: CHUNK each, then the remainder's
+    binary digits (256, 128, ... 1)."""
+    for _ in range(n // CHUNK):
+        yield CHUNK
+    size = CHUNK // 2
+    rest = n % CHUNK
+    while rest:
+        if rest >= size:
+            yield size
+            rest -= size
+        size //= 2
+
+
+@functools.cache
+def _upsert_sql(name: str, size: int) -> str:
+    return f"INSERT OR REPLACE INTO {name}(k, v) VALUES " + ", ".join(["(?, ?)"] * size)
+
+
+@functools.cache
+def _delete_sql(name: str, size: int) -> str:
+    return f"DELETE FROM {name} WHERE k IN ({', '.join(['?'] * size)})"
+
+
+def _upsert(
+    db: sqlite3.Connection, name: str, rows: Collection[tuple[bytes, bytes | None]]
+) -> None:
+    flat = list(itertools.chain.from_iterable(rows))
+    at = 0
+    for size in _chunks(len(rows)):
+        db.execute(_upsert_sql(name, size), flat[at : at + 2 * size])
+        at += 2 * size
+
+
+def _delete(db: sqlite3.Connection, name: str, keys: list[bytes]) -> None:
+    at = 0
+    for size in _chunks(len(keys)):
+        db.execute(_delete_sql(name, size), keys[at : at + size])
+        at += size
 
 
 class _Transaction:
