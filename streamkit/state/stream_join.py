@@ -277,7 +277,7 @@ class JoinPartition:
         if n == 0:
             return  # an older entry: the key's earliest record has an entry of its own
         keeps = self._keeps[side]
-        cache, dirty = rows.cache, rows.dirty
+        cache, dirty, unwritten = rows.cache, rows.dirty, rows.flushing
         for ts, seq in zip(times[:n], seqs[:n], strict=True):
             row = _ROW.pack(side, ts, seq) + key
             if keeps:
@@ -286,9 +286,11 @@ class JoinPartition:
                     value = self.codecs[side].decode(stored[_HEAD.size :])
                     self._unmatched(side, key, ts, value, _HEAD.unpack_from(stored)[1])
             # forgotten, not deleted: no tombstone; the store deletes it with the watermark
-            # row that made it final (`final_rows`), the changelog by its time retention
+            # row that made it final (`final_rows`), the changelog by its time retention; a
+            # row the store was not written yet is never written (`TaskTables.write`)
             cache.pop(row, None)
             dirty.discard(row)
+            unwritten.pop(row, None)
         del times[:n]
         del seqs[:n]
         self.buffered -= n

@@ -160,8 +160,9 @@ class TaskTables:
         assert self.store is not None
         self._next_write = time.monotonic() + self.write_interval
         offsets = self._offsets
+        # copies: a join's purge forgets rows of its overlay while the thread writes
         changes = {
-            name: part.flushing
+            name: dict(part.flushing)
             for name, part in self.partitions.items()
             if part.flushing and not part.table.source
         }
@@ -171,7 +172,7 @@ class TaskTables:
             offsets[(self.partitions[name].table.changelog.name, self.partition)] = at
         if not (changes or offsets):
             return
-        # (no snapshot runs meanwhile: the checkpoint's lock is held; tasks only read these)
+        # (no snapshot adds to the overlays meanwhile: the checkpoint's lock is held)
         await asyncio.to_thread(self.store.apply, changes, offsets)
         self._offsets = {}
         self.writes += 1
