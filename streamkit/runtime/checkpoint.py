@@ -97,8 +97,8 @@ class Checkpointer:
                     self.commit_failures += 1
                     # The group moved on: the new owners replay from the last commit.
                     log.warning("checkpoint not committed, group rebalanced: %s", exc)
-            # 5. the store, when due: what it lacks and the offsets that reflects, one SQLite
-            # transaction per task
+            # 5. the store, when due: the changes it lacks with the offsets they reflect, one
+            # SQLite transaction per task
             for task, last in zip(tasks, written, strict=True):
                 if task.state is None:
                     continue

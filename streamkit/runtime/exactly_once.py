@@ -33,8 +33,9 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
 and the input is read again from the last committed offset. Crash between 3 and 4, or between
-two writes of a store: the store is behind; recovery replays its committed changelog tail. Either way each input event
-shows in the committed outputs, the changelog and the offsets exactly once.
+two writes of a store: the store is behind; recovery replays its committed changelog tail.
+Either way each input event shows in the committed outputs, the changelog and the offsets
+exactly once.
 
 A transaction that fails (fenced, or any error) drops the task's uncommitted work: the worker
 then drops every task without committing and rejoins the group (`Worker.recover`).
@@ -183,9 +184,9 @@ class TransactionalCheckpointer:
                     at = self._committed.get(snap.tp)
                     source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
                     task.state.record(result, source)
-            # 4. the store, when due: what it lacks and the offsets that reflects, one SQLite
-            # transaction per task (the tasks' stores are separate files: written all at once,
-            # in the default executor)
+            # 4. the store, when due: the changes it lacks with the offsets they reflect, one
+            # SQLite transaction per task (the tasks' stores are separate files: written all
+            # at once, in the default executor)
             if task.state is not None and task.state.due(final=task.status is TaskState.CLOSED):
                 writes.append(task.state.write())
         for error in await asyncio.gather(*writes, return_exceptions=True):
