@@ -114,15 +114,21 @@ async def test_a_stop_with_calls_in_flight_and_calls_that_keep_failing(
     uid: str, tmp_path: Path
 ) -> None:
     """A graceful stop delivers the calls in flight before the final checkpoint; the next run
-    goes on from there; failing calls become dead letters, once each."""
-    n = 400
+    goes on from there; failing calls become dead letters, once each. The last 100 events
+    (two of them failing) are sent after the first run stopped, so the second one has
+    failing calls to count however far the first got."""
+    n, first_part = 500, 400
     await create_topic(f"amstop-in-{uid}", 2)
-    keys = [f"c{i % 29}" for i in range(n)]
-    await produce(
-        f"amstop-in-{uid}",
-        [orjson.dumps({"i": i}) for i in range(n)],
-        keys=[k.encode() for k in keys],
-    )
+    keys = [f"c{i % 29}".encode() for i in range(n)]
+
+    async def send(events: range) -> None:
+        await produce(
+            f"amstop-in-{uid}",
+            [orjson.dumps({"i": i}) for i in events],
+            keys=[keys[i] for i in events],
+        )
+
+    await send(range(first_part))
     in_flight = 0
     async with running(lookup_app(uid, tmp_path / "state")) as first:
 
@@ -135,6 +141,7 @@ async def test_a_stop_with_calls_in_flight_and_calls_that_keep_failing(
     assert in_flight, "no call was in flight at the stop"
     stopped_at = sum((await committed(f"amstop-{uid}", f"amstop-in-{uid}")).values())
     assert stopped_at < n
+    await send(range(first_part, n))
     async with running(lookup_app(uid, tmp_path / "state")) as second:
 
         async def all_done() -> bool:
