@@ -15,7 +15,7 @@ import pytest
 
 import streamkit as sk
 from streamkit.state import inspect as inspect_state
-from tests.kafkahelp import WorkerProcess, produce, wait_until
+from tests.kafkahelp import WorkerProcess, produce, read_all, wait_until
 
 USERS = 40
 
@@ -59,6 +59,20 @@ def shop_worker(uid: str, workdir: Path, logs: Path, name: str) -> WorkerProcess
 
 async def send(uid: str, rows: list[dict[str, Any]]) -> None:
     await produce(f"purchases-{uid}", [orjson.dumps(r) for r in rows])
+
+
+async def finish(
+    worker: WorkerProcess, uid: str, rest: list[dict[str, Any]], expect: int, within: float
+) -> list[Any]:
+    """Start `worker`, send it `rest` once it holds its partitions, read the totals topic
+    until it has `expect` records, and stop the worker (also on failure)."""
+    worker.start()
+    try:
+        await holding(worker)
+        await send(uid, rest)
+        return await read_all(f"totals-{uid}", expect=expect, within=within)
+    finally:
+        worker.stop()
 
 
 async def holding(*workers: WorkerProcess) -> None:

@@ -20,6 +20,7 @@ from tests.rebalancehelp import held
 from tests.shophelp import (
     assert_exactly_once,
     assert_state,
+    finish,
     holding,
     oracle,
     purchases,
@@ -41,13 +42,8 @@ async def test_a_crash_between_the_kafka_commit_and_the_sqlite_write_costs_a_rep
     await send(uid, rows[:2000])
     assert victim.wait(60) == -signal.SIGKILL, victim.log()
     assert "test hook: crash-after-commit" in victim.log()
-    survivor = shop_worker(uid, wd, tmp_path, "survivor").start()
-    try:
-        await holding(survivor)
-        await send(uid, rows[2000:])
-        records = await read_all(f"totals-{uid}", expect=3000, within=90)
-    finally:
-        survivor.stop()
+    survivor = shop_worker(uid, wd, tmp_path, "survivor")
+    records = await finish(survivor, uid, rows[2000:], expect=3000, within=90)
     replays = [line for line in survivor.log().splitlines() if "changelog records replayed" in line]
     assert any(" 0 changelog" not in line for line in replays), "the stale store replayed nothing"
     assert_exactly_once(records, rows)
@@ -75,13 +71,7 @@ async def test_a_store_written_only_at_the_stop_is_rebuilt_from_the_changelog_af
     victim.kill9()
     survivor = shop_worker(uid, wd, tmp_path, "survivor")
     survivor.env["STREAMKIT_STATE_WRITE_INTERVAL"] = "3600"
-    survivor.start()
-    try:
-        await holding(survivor)
-        await send(uid, rows[2000:])
-        records = await read_all(f"totals-{uid}", expect=3000, within=90)
-    finally:
-        survivor.stop()
+    records = await finish(survivor, uid, rows[2000:], expect=3000, within=90)
     replayed = re.findall(r"open, (\d+) changelog records replayed", survivor.log())
     assert sum(map(int, replayed)) >= len(oracle(rows[:2000])[1]), survivor.log()
     assert_exactly_once(records, rows)

@@ -16,6 +16,7 @@ from streamkit.state import inspect as inspect_state
 from tests.kafkahelp import ROOT, WorkerProcess, read_all, wait_until
 from tests.shophelp import (
     assert_state,
+    finish,
     holding,
     last_totals,
     oracle,
@@ -36,13 +37,8 @@ async def test_counts_are_exact_across_a_graceful_restart(uid: str, tmp_path: Pa
     await read_all(f"totals-{uid}", expect=2000, within=60)
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
-    second = shop_worker(uid, wd, tmp_path, "second").start()
-    try:
-        await holding(second)
-        await send(uid, rows[2000:])
-        records = await read_all(f"totals-{uid}", expect=3000, within=60)
-    finally:
-        second.stop()
+    second = shop_worker(uid, wd, tmp_path, "second")
+    records = await finish(second, uid, rows[2000:], expect=3000, within=60)
     assert len(records) == 3000
     spent, count = oracle(rows)
     last = last_totals(records)

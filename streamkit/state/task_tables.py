@@ -73,7 +73,7 @@ class TaskTables:
         # tasks, opened together, spread their writes over the checkpoints instead of all in one
         self._next_write = time.monotonic() + write_interval * (0.5 + 0.5 * random.random())
         self._offsets: dict[tuple[str, int], int] = {}  # reflected by the unwritten changes
-        self.writes = 0  # SQLite transactions of checkpoints (benchmarks read it)
+        self.writes = 0  # SQLite transactions of checkpoints (tests read it)
 
     async def open_store(self) -> None:
         """Open the store (a corrupt or foreign file is set aside and a new one made)."""
