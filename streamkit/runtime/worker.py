@@ -199,7 +199,8 @@ class Worker:
             self.positions.stopping = self._stopping.is_set
         if self.web is not None:
             self.checkpointer.on_checkpoint = self.web.metrics.observe_checkpoint
-        await self.consumer.start()
+        stateful = [self.reader.connect()] if self.tasks.stateful_topics() else []
+        await asyncio.gather(self.consumer.start(), *stateful)  # restores need no bootstrap
         missing = await know_topics(self.consumer, self.tasks.source_topics, 30.0)
         if missing:  # joining anyway: a later metadata refresh rebalances them in
             log.warning("topics %s not in the cluster's metadata yet", sorted(missing))

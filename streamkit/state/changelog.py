@@ -89,6 +89,16 @@ class ChangelogReader:
         if self._reader is not None:
             await self._reader.close()
 
+    async def connect(self) -> None:
+        """Connect the reader now, beside the worker's other clients, rather than on the
+        first restore."""
+        await self._compacted().connect()
+
+    def _compacted(self) -> CompactedReader:
+        if self._reader is None:
+            self._reader = CompactedReader(self._settings, self._client_id, "restore")
+        return self._reader
+
     async def restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
         """Replay `sources` into `store`; returns the number of records replayed."""
         request = _Request(store, sources, asyncio.get_running_loop().create_future())
@@ -114,9 +124,7 @@ class ChangelogReader:
                         request.done.set_exception(exc)
 
     async def _round(self, requests: list[_Request]) -> None:
-        if self._reader is None:
-            self._reader = CompactedReader(self._settings, self._client_id, "restore")
-        reader = self._reader
+        reader = self._compacted()
         reader.positions.clear()
         started = time.monotonic()
         owner: dict[TopicPartition, tuple[_Request, str]] = {}
@@ -139,12 +147,17 @@ class ChangelogReader:
             request, table = owner[tp]
             await asyncio.to_thread(request.store.wipe, table, tp.topic, tp.partition)
 
-        ends = await reader.ends(list(owner))  # read_committed: last stable offsets
-        ids = await reader.start(stored, wipe, known)
+        ends, ids = await asyncio.gather(
+            reader.ends(list(owner)),  # read_committed: last stable offsets
+            reader.start(stored, wipe, known),
+        )
+        new_ids = []
         for request in requests:
             mine = {tp.topic: ids[tp.topic] for tp in request.sources.values() if tp.topic in ids}
             if mine and any(request.store.topic_ids().get(t) != i for t, i in mine.items()):
-                await asyncio.to_thread(request.store.set_topic_ids, mine)
+                new_ids.append((request.store, mine))
+        if new_ids:  # every store's in one thread hop
+            await asyncio.to_thread(_set_topic_ids, new_ids)
         for tp, position in list(reader.positions.items()):
             if position < ends[tp]:
                 owner[tp][0].pending.add(tp)
@@ -199,6 +212,11 @@ class ChangelogReader:
                     elapsed,
                     request.replayed / max(elapsed, 1e-9),
                 )
+
+
+def _set_topic_ids(new_ids: list[tuple[PartitionStore, dict[str, str]]]) -> None:
+    for store, ids in new_ids:
+        store.set_topic_ids(ids)
 
 
 async def _write(

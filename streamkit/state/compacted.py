@@ -69,6 +69,10 @@ class CompactedReader:
         self._ids: dict[str, str] = {}  # the id of each topic read, as last seen
         self._ids_checked = time.monotonic()
 
+    async def connect(self) -> None:
+        """Bootstrap the client now (else on its first request)."""
+        await self._client.start()
+
     async def close(self) -> None:
         await self._client.close()
 
@@ -92,9 +96,12 @@ class CompactedReader:
         if not stored:
             return {}
         tps = list(stored)
-        ids = await self._client.topic_ids(sorted({tp.topic for tp in tps}))
-        starts = await self._client.list_offsets(tps, EARLIEST)
-        ends = await self._client.list_offsets(tps, LATEST, committed=False)
+        await self._client.start()  # one bootstrap, before the requests go out together
+        ids, starts, ends = await asyncio.gather(
+            self._client.topic_ids(sorted({tp.topic for tp in tps})),
+            self._client.list_offsets(tps, EARLIEST),
+            self._client.list_offsets(tps, LATEST, committed=False),
+        )
         for tp, offset in stored.items():
             if offset is None:
                 self.positions[tp] = starts[tp]
