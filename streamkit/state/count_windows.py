@@ -42,7 +42,7 @@ class CountPartition:
         self.watermark = stored_watermark(self.rows)
         return self.watermark
 
-    def add(self, key: Any, value: Any, ts: int | None) -> None:
+    def add(self, key: Any, value: Any, ts: int | None, encoded: bytes | None = None) -> None:
         task, wt, rows, kind = self.task, self.wt, self.rows, self.kind
         if ts is None:
             ts = task.event_time()

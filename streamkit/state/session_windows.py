@@ -67,7 +67,7 @@ class SessionPartition:
         row = self.rows.get((start, key))
         return None if row is _MISSING else row[1]
 
-    def add(self, key: Any, value: Any, ts: int | None) -> None:
+    def add(self, key: Any, value: Any, ts: int | None, encoded: bytes | None = None) -> None:
         task, wt, rows = self.task, self.wt, self.rows
         if ts is None:
             ts = task.event_time()

@@ -56,7 +56,7 @@ class SlidingPartition:
         acc = self.rows.get((start + self._size, key))
         return None if acc is _MISSING else acc
 
-    def add(self, key: Any, value: Any, ts: int | None) -> None:
+    def add(self, key: Any, value: Any, ts: int | None, encoded: bytes | None = None) -> None:
         task, wt, rows = self.task, self.wt, self.rows
         if ts is None:
             ts = task.event_time()

@@ -173,12 +173,15 @@ class TablePartition:
             if self._check is not None:
                 self._check(key)
             self.misses += 1
-            encoded = self._key_codec.encode(key)
-            raw = self.flushing.get(encoded, _MISSING)
-            if raw is _MISSING:
-                if self._complete is None:
-                    self._complete = self.store.is_empty(self.name)
-                raw = None if self._complete else self.store.get(self.name, encoded)
+            if self._complete:  # every row is cached (unwritten ones too): absent, no encoding
+                raw = None
+            else:
+                encoded = self._key_codec.encode(key)
+                raw = self.flushing.get(encoded, _MISSING)
+                if raw is _MISSING:
+                    if self._complete is None:
+                        self._complete = self.store.is_empty(self.name)
+                    raw = None if self._complete else self.store.get(self.name, encoded)
             value = _DELETED if raw is None else self._value_codec.decode(raw)
             self.cache[key] = value
             self._bound()

@@ -110,6 +110,7 @@ class WindowTable:
                 "event): drop late_topic="
             )
         self.key_codec: Codec[Any] = codec_for(key_type)
+        self._several = isinstance(aggregation, Several)
         table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
         self.late_events = 0  # late events routed by this process
@@ -128,11 +129,15 @@ class WindowTable:
     def add(self, key: Any, value: Any = None, *, timestamp_ms: int | None = None) -> None:
         """Fold `value` into `key`'s windows at the event time of the event being processed
         (or `timestamp_ms`)."""
-        part = self._local()
+        scope = CURRENT_TASK.get(None)
+        part = None if scope is None else scope.windows.get(self.name)
+        if part is None:
+            scope_for("window table", self.name, self.table.stage_name)  # raises
+        encoded = None
         if not self.table.local_keys:
             encoded = self.key_codec.encode(key)
-            check_key("window table", self.name, encoded, key, CURRENT_TASK.get())
-        part.add(key, value, timestamp_ms)
+            check_key("window table", self.name, encoded, key, scope)  # type: ignore[arg-type]
+        part.add(key, value, timestamp_ms, encoded)  # type: ignore[union-attr]
 
     def get(self, key: Any, start_ms: int) -> Any:
         """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
@@ -145,19 +150,29 @@ class WindowTable:
         that fills up here goes out with the task's next submit)."""
         if self.output is None:
             return
-        value = JSON.encode(  # models in a result (a reduce's accumulator) as their JSON
-            {"key": key, "start": start, "end": end, **self.fields(acc), "final": final}
-        )
+        value = self.result(key, start, end, acc, final)
         task.collector.append(
             self.output.name, self.key_codec.encode(key), value, timestamp_ms=end - 1
         )
         self.emitted += 1
 
+    def result(self, key: Any, start: int, end: int, acc: Any, final: bool) -> bytes:
+        """A window's output record value (models in a result, a reduce's accumulator, as
+        their JSON)."""
+        aggregation = self.aggregation
+        if self._several:
+            fields = aggregation.result(acc)
+            return JSON.encode({"key": key, "start": start, "end": end, **fields, "final": final})
+        return JSON.encode(
+            {"key": key, "start": start, "end": end, aggregation.name: aggregation.result(acc),
+             "final": final}
+        )  # fmt: skip
+
     def fields(self, acc: Any) -> dict[str, Any]:
         """A window's result fields: `{name: result}`, or one field per aggregation of
         `sk.aggregate(...)`."""
         result = self.aggregation.result(acc)
-        if isinstance(self.aggregation, Several):
+        if self._several:
             return result  # type: ignore[no-any-return]
         return {self.aggregation.name: result}
 
@@ -176,7 +191,8 @@ class Windows(Protocol):
 
     def load(self) -> int: ...
 
-    def add(self, key: Any, value: Any, ts: int | None) -> None: ...
+    def add(self, key: Any, value: Any, ts: int | None, encoded: bytes | None = None) -> None:
+        """`encoded`: the key's bytes when the caller has them."""
 
     def advance(self, watermark: int) -> None: ...
 
@@ -195,6 +211,9 @@ class WindowPartition:
         self.watermark = NO_WATERMARK
         self._size = wt.kind.size_ms
         self._hold = wt.allowed_lateness_ms + wt.kind.size_ms  # start + hold <= wm: closed
+        self._update = wt.emit_mode == "update"
+        # the output's records, their key's partition remembered (bound on the first emit)
+        self._send: Callable[[bytes | None, bytes | None, int | None], bool] | None = None
 
     def load(self) -> int:
         """Rebuild the index of open windows from the stored rows; returns the stored
@@ -217,11 +236,12 @@ class WindowPartition:
         value = self.rows.get((start, key))
         return None if value is _MISSING else value
 
-    def add(self, key: Any, value: Any, ts: int | None) -> None:
+    def add(self, key: Any, value: Any, ts: int | None, encoded: bytes | None = None) -> None:
         task = self.task
         if ts is None:
             ts = task.event_time()
         wt, rows = self.wt, self.rows
+        aggregation = wt.aggregation
         cutoff = self.watermark - self._hold  # windows starting at or before it are closed
         added = False
         for start, end in wt.kind.windows_for(ts):
@@ -230,15 +250,30 @@ class WindowPartition:
             row = (start, key)
             acc = rows.get(row)
             if acc is _MISSING:
-                acc = wt.aggregation.initial()
+                acc = aggregation.initial()
                 self._index(start, key)
-            acc = wt.aggregation.add(acc, value, ts)
+            acc = aggregation.add(acc, value, ts)
             rows.set(row, acc)
             added = True
-            if wt.emit_mode == "update":
-                wt.emit(task, key, start, end, acc, final=False)
+            if self._update:
+                self._emit(key, encoded, start, end, acc, False)
         if not added:
             wt.late(task, ts, self.watermark)
+
+    def _emit(
+        self, key: Any, encoded: bytes | None, start: int, end: int, acc: Any, final: bool
+    ) -> None:
+        """`WindowTable.emit`, with the key's bytes if known and its partition remembered."""
+        wt = self.wt
+        if wt.output is None:
+            return
+        send = self._send
+        if send is None:
+            send = self._send = self.task.collector.keyed(wt.output.name)
+        if encoded is None:
+            encoded = wt.key_codec.encode(key)
+        send(encoded, wt.result(key, start, end, acc, final), end - 1)
+        wt.emitted += 1
 
     def advance(self, watermark: int) -> None:
         """The task's watermark moved: close (emit, purge) every window it passed."""
@@ -250,10 +285,14 @@ class WindowPartition:
         starts, rows = self._starts, self.rows
         while starts and starts[0] <= cutoff:
             start = heapq.heappop(starts)
-            for key in sorted(self.open.pop(start), key=repr):
+            keys = self.open.pop(start)
+            if self._update:  # nothing to emit: the rows go, in any order
+                for key in keys:
+                    rows.remove((start, key))
+                continue
+            for key in sorted(keys, key=repr):  # final results in a stable order
                 row = (start, key)
-                if self.wt.emit_mode == "final":
-                    acc = rows.get(row)
-                    if acc is not _MISSING:
-                        self.wt.emit(self.task, key, start, start + self._size, acc, final=True)
-                rows.delete(row)
+                acc = rows.get(row)
+                if acc is not _MISSING:
+                    self._emit(key, None, start, start + self._size, acc, True)
+                rows.remove(row)
