@@ -10,12 +10,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import orjson
-
 import streamkit as sk
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.pass_control import PassControl
-from streamkit.runtime.task import SLICE, Task, TaskState
+from streamkit.runtime.task import Task, TaskState
 from tests.badinput import ListCollector, Made, consumer_record
 
 
@@ -120,25 +118,3 @@ async def test_pause_now_awaits_only_a_busy_task_and_never_misses_its_boundary()
     await spin(10)
     assert fake.events == 2
     fake.runner.cancel()
-
-
-async def test_a_backlog_is_processed_in_slices_that_let_other_coroutines_run(uid: str) -> None:
-    """A task with thousands of records buffered hands the loop back every `SLICE` events: the
-    checkpoint's steps, the fetch and the producer get a turn in between (a turn that took the
-    whole buffer held an exactly-once transaction's every round trip behind it)."""
-    task, collector, topic = echo_task(uid)
-    task.start()
-    await spin()
-    n = 5 * SLICE + 17
-    made = [Made("good", None, b'{"n": %d}' % i) for i in range(n)]
-    assert task.put([consumer_record(topic, i, m) for i, m in enumerate(made)])
-    seen = []
-    for _ in range(10 * n):
-        await asyncio.sleep(0)  # one turn of the task at most
-        seen.append(len(collector.records))
-        if seen[-1] == n:
-            break
-    turns = [b - a for a, b in zip([0, *seen], seen, strict=False) if b > a]
-    assert sum(turns) == n and max(turns) <= SLICE and len(turns) >= n // SLICE
-    assert [orjson.loads(r.value)["n"] for r in collector.records] == list(range(n))
-    await task.close(1.0)

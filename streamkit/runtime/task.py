@@ -6,8 +6,7 @@ then one depth-first pass through the stage's operators (`operators.py`): inline
 exchanges and sinks append to the task's collector, and each agent of the stage gets the
 values queued for it, fed to its body right after the pass (`agent_run.py`). Only when every
 branch has finished the record does its offset become committable: `offsets()` is exactly
-what the checkpoint commits. No task per event, no queue hop, no thread; after every `SLICE`
-events the task lets the other coroutines run (the checkpoint's steps, the fetch, the producer).
+what the checkpoint commits. No task per event, no queue hop, no thread.
 
 The task is also what state code sees (`context.TaskScope`): tables, window tables and timers
 of the stage resolve their partition from it wherever they are called from.
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
     from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
 
-SLICE = 256  # events between two turns let to others, and two looks at watermark and timers
+BROADCAST_CHECK = 1024  # records between two looks at the watermark and processing timers
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +378,7 @@ class Task:
             if self.full:
                 self.full = False
                 await collector.submit_full()
-            if not self.events_in % SLICE:
-                await asyncio.sleep(0)  # a backlog: no turn of this task holds the loop long
+            if not self.events_in % BROADCAST_CHECK:
                 if self.timers:
                     fire_processing_timers(self.timers.values())
                 if clock is not None:
@@ -452,8 +450,10 @@ class Task:
             self.collector, self.dlq_topic, rec, agent=name, reason=reason, error_type=error_type
         )
         self.dead_letters += 1
-        log.warning("dead letter from %s[%d]@%d: %s: %s",
-                    rec.topic, rec.partition, rec.offset, error_type, reason)  # fmt: skip
+        log.warning(
+            "dead letter from %s[%d]@%d: %s: %s",
+            rec.topic, rec.partition, rec.offset, error_type, reason,
+        )  # fmt: skip
 
     async def close(self, grace: float) -> None:
         """Stop after the record in flight: drop what is buffered, let the agents finish.
