@@ -119,25 +119,26 @@ class WindowTable:
     def __repr__(self) -> str:
         return f"WindowTable({self.name!r}, {self.kind})"
 
-    def _local(self) -> Windows:
+    def _scoped(self) -> tuple[TaskScope, Windows]:
+        """The running task and this table's partition on it."""
         scope = CURRENT_TASK.get(None)
         part = None if scope is None else scope.windows.get(self.name)
         if part is None:
             scope_for("window table", self.name, self.table.stage_name)  # raises
-        return part  # type: ignore[return-value]
+        return scope, part  # type: ignore[return-value]
+
+    def _local(self) -> Windows:
+        return self._scoped()[1]
 
     def add(self, key: Any, value: Any = None, *, timestamp_ms: int | None = None) -> None:
         """Fold `value` into `key`'s windows at the event time of the event being processed
         (or `timestamp_ms`)."""
-        scope = CURRENT_TASK.get(None)
-        part = None if scope is None else scope.windows.get(self.name)
-        if part is None:
-            scope_for("window table", self.name, self.table.stage_name)  # raises
+        scope, part = self._scoped()
         encoded = None
         if not self.table.local_keys:
             encoded = self.key_codec.encode(key)
-            check_key("window table", self.name, encoded, key, scope)  # type: ignore[arg-type]
-        part.add(key, value, timestamp_ms, encoded)  # type: ignore[union-attr]
+            check_key("window table", self.name, encoded, key, scope)
+        part.add(key, value, timestamp_ms, encoded)
 
     def get(self, key: Any, start_ms: int) -> Any:
         """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
