@@ -16,11 +16,12 @@ same text is in docs/architecture.md, "Recovery"):
    `restore`) for a restore. The reader waits 50 ms for the other tasks of the same
    rebalance, then takes every waiting request into one round.
 3. **Check.** For each changelog partition: its end (last stable offset) as of the start of
-   the round, its log start, its high watermark and its topic's id. The position is the
-   stored offset + 1 (the log start for a store without one). A position before the log
-   start or past the high watermark, or a topic id other than the one the store recorded,
-   is a vanished offset: the table's rows are wiped and the partition is read from its log
-   start. The store records the topics' ids.
+   the round, its log start, its high watermark and its topic's id, asked all at once (the
+   reader's client connected when the worker started). The position is the stored offset
+   + 1 (the log start for a store without one). A position before the log start or past the
+   high watermark, or a topic id other than the one the store recorded, is a vanished
+   offset: the table's rows are wiped and the partition is read from its log start. The
+   stores record the topics' ids (every store's in one thread hop).
 4. **Replay.** Fetch from every position up to the end through the one reader of compacted
    topics; each fetch is written into the right stores in one thread hop, with the offsets
    reached, overlapping the next fetch. A store's request completes once its last write is
