@@ -16,7 +16,6 @@ idleness). The system clock unless the testing kit runs the tasks on its own vir
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -34,10 +33,6 @@ class Appender(Protocol):
         timestamp_ms: int | None = None,
         partition: int | None = None,
     ) -> bool: ...
-
-    def keyed(self, topic: str) -> Callable[[bytes | None, bytes | None, int | None], bool]:
-        """`append` for one topic's records (key, value, timestamp), positional, with each
-        key's partition remembered."""
 
     async def submit_full(self) -> None: ...
 

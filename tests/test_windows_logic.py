@@ -72,9 +72,6 @@ class FakeTask:
         self.out.append(orjson.loads(value))
         return False
 
-    def keyed(self, topic: str) -> Callable[[Any, Any, Any], bool]:
-        return lambda key, value, timestamp_ms: self.append(topic, key, value)
-
     def route_late(self, topic: str, reason: str) -> None:
         self.late.append(self.ts)
 

@@ -145,29 +145,28 @@ class WindowTable:
         return self._local().get(key, start_ms)
 
     def emit(
-        self, task: TaskScope, key: Any, start: int, end: int, acc: Any, *, final: bool
+        self,
+        task: TaskScope,
+        key: Any,
+        start: int,
+        end: int,
+        acc: Any,
+        *,
+        final: bool,
+        encoded: bytes | None = None,
     ) -> None:
         """A window's result to the output topic, through the task's collector (a batch
-        that fills up here goes out with the task's next submit)."""
+        that fills up here goes out with the task's next submit); `encoded`: the key's bytes
+        when the caller has them."""
         if self.output is None:
             return
-        value = self.result(key, start, end, acc, final)
-        task.collector.append(
-            self.output.name, self.key_codec.encode(key), value, timestamp_ms=end - 1
+        value = JSON.encode(  # models in a result (a reduce's accumulator) as their JSON
+            {"key": key, "start": start, "end": end, **self.fields(acc), "final": final}
         )
+        if encoded is None:
+            encoded = self.key_codec.encode(key)
+        task.collector.append(self.output.name, encoded, value, timestamp_ms=end - 1)
         self.emitted += 1
-
-    def result(self, key: Any, start: int, end: int, acc: Any, final: bool) -> bytes:
-        """A window's output record value (models in a result, a reduce's accumulator, as
-        their JSON)."""
-        aggregation = self.aggregation
-        if self._several:
-            fields = aggregation.result(acc)
-            return JSON.encode({"key": key, "start": start, "end": end, **fields, "final": final})
-        return JSON.encode(
-            {"key": key, "start": start, "end": end, aggregation.name: aggregation.result(acc),
-             "final": final}
-        )  # fmt: skip
 
     def fields(self, acc: Any) -> dict[str, Any]:
         """A window's result fields: `{name: result}`, or one field per aggregation of
@@ -213,8 +212,6 @@ class WindowPartition:
         self._size = wt.kind.size_ms
         self._hold = wt.allowed_lateness_ms + wt.kind.size_ms  # start + hold <= wm: closed
         self._update = wt.emit_mode == "update"
-        # the output's records, their key's partition remembered (bound on the first emit)
-        self._send: Callable[[bytes | None, bytes | None, int | None], bool] | None = None
 
     def load(self) -> int:
         """Rebuild the index of open windows from the stored rows; returns the stored
@@ -257,24 +254,9 @@ class WindowPartition:
             rows.set(row, acc)
             added = True
             if self._update:
-                self._emit(key, encoded, start, end, acc, False)
+                wt.emit(task, key, start, end, acc, final=False, encoded=encoded)
         if not added:
             wt.late(task, ts, self.watermark)
-
-    def _emit(
-        self, key: Any, encoded: bytes | None, start: int, end: int, acc: Any, final: bool
-    ) -> None:
-        """`WindowTable.emit`, with the key's bytes if known and its partition remembered."""
-        wt = self.wt
-        if wt.output is None:
-            return
-        send = self._send
-        if send is None:
-            send = self._send = self.task.collector.keyed(wt.output.name)
-        if encoded is None:
-            encoded = wt.key_codec.encode(key)
-        send(encoded, wt.result(key, start, end, acc, final), end - 1)
-        wt.emitted += 1
 
     def advance(self, watermark: int) -> None:
         """The task's watermark moved: close (emit, purge) every window it passed."""
@@ -295,5 +277,5 @@ class WindowPartition:
                 row = (start, key)
                 acc = rows.get(row)
                 if acc is not _MISSING:
-                    self._emit(key, None, start, start + self._size, acc, True)
+                    self.wt.emit(self.task, key, start, start + self._size, acc, final=True)
                 rows.remove(row)
