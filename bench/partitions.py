@@ -2,7 +2,7 @@
 input partition vs one per worker (KIP-447).
 
     python -m bench.partitions [--events N] [--partitions 8,64,256]
-                               [--modes per_partition,per_worker] [--json FILE]
+                               [--modes per_partition,per_worker] [--raw] [--json FILE]
 
 Pipeline A (the keyed running sum of bench.exactly_once: purchases → key_by(user_id) → table
 += amount → the total), exactly-once, the default commit interval (0.1 s under exactly-once),
@@ -18,13 +18,20 @@ partitions (both stages' tasks run in the worker). For each P and mode, N pre-lo
   µs per event over the same span (read inside the pipeline: under exactly-once the outputs
   arrive in bursts, one per committed transaction);
 - events/s end to end: N / (from the worker's start until a read_committed reader has all N
-  totals), and CPU µs per event over that whole run (worker and reader, ÷ N);
+  totals), and the worker's CPU µs per event over that whole run (÷ N);
 - the checkpoints: how many, their mean and p95 duration (pause → transaction(s) → SQLite),
   and the transactions committed;
 - then a paced run (`--rate` events/s for `--seconds`, each event stamped with its send time)
   into fresh topics: the checkpoint's mean and p95 duration at that steady load, transactions
-  per second, this process's CPU µs per event (feeder, worker and reader), and p50 / p99 of
-  (total visible to a read_committed reader - sent).
+  per second, the worker's CPU µs per event, and p50 / p99 of (total visible to a
+  read_committed reader - sent);
+- with `--raw`, after each P's paced runs, the same paced load with the worker replaced by
+  a plain aiokafka loop committing the transactions it would commit (`bench/txn_ceiling.py`):
+  the part of the checkpoint that is the broker's and the Kafka client's.
+
+The worker runs in this process, alone: the feeder and the read_committed reader run in a
+process of their own (`bench/load_process.py`), so every CPU figure is the worker's (before
+2026-12-02 they shared this process and its event loop, and its CPU figures included them).
 """
 
 from __future__ import annotations
@@ -42,13 +49,11 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-from aiokafka import AIOKafkaProducer
-
 import streamkit as sk
-from bench.common import Cluster, bootstrap, make_events, preload
-from bench.exactly_once import Reader
+from bench.common import Cluster, make_events, preload
+from bench.load_process import Feed, LoadProcess
 from bench.profile import report
+from bench.txn_ceiling import raw_paced
 from streamkit.runtime.worker import Worker
 
 T = TypeVar("T")
@@ -91,8 +96,8 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
     uid = uuid.uuid4().hex[:6]
     output = f"bp-out-{uid}"
     await cluster.create_topics([output], partitions=half)
-    reader = Reader(output)
-    reading = asyncio.create_task(reader.run(latency=False))
+    reader = LoadProcess(output)
+    reader.start()
     durations: list[float] = []
     # (monotonic, events the second stage took in, process CPU): the steady rate is read
     # inside the pipeline, since under exactly-once the outputs show up in bursts of commits
@@ -110,6 +115,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
                 if task.done():
                     task.result()
                     raise RuntimeError("worker stopped early")
+                reader.check()
                 if (
                     ready is None
                     and worker.tasks is not None
@@ -129,8 +135,7 @@ async def one_run(cluster: Cluster, source: str, half: int, n: int, mode: str) -
         finally:
             worker.request_stop()
             await task
-    reading.cancel()
-    await asyncio.gather(reading, return_exceptions=True)
+            reader.stop()
     cp = worker.checkpointer
     assert cp is not None and ready is not None
     durations.sort()
@@ -202,63 +207,50 @@ async def paced_run(
     source, output = f"bp-pin-{uid}", f"bp-pout-{uid}"
     await cluster.create_topics([source, output], partitions=half)
     n = int(rate * seconds)
-    reader = Reader(output)
-    reading = asyncio.create_task(reader.run(latency=True))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
-    await producer.start()
-    template = [orjson.loads(e) for e in make_events(min(n, 10_000))]
+    load = LoadProcess(output, Feed(source, half, rate, seconds))
+    load.start()
     durations: list[float] = []
-
-    async def feed() -> None:
-        tick, per_tick, sent = 0.02, max(1, int(rate * 0.02)), 0
-        next_at = time.monotonic()
-        while sent < n:
-            for _ in range(min(per_tick, n - sent)):
-                event = dict(template[sent % len(template)], ts=time.time())
-                await producer.send(source, orjson.dumps(event), partition=sent % half)
-                sent += 1
-            next_at += tick
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    lat: list[float] = []
 
     with tempfile.TemporaryDirectory() as wd:
         app = running_sum_app(uid, source, output, half, Path(wd), mode)
         worker = Worker(app)
         task = asyncio.create_task(worker.run(install_signal_handlers=False))
-        feeding: asyncio.Task[None] | None = None
+        feeding = False
         started = time.monotonic()
         try:
-            while reader.count < n:
+            while load.count < n:
                 if task.done():
                     task.result()
                     raise RuntimeError("worker stopped early")
+                load.check()
                 tasks = worker.tasks
-                if feeding is None and tasks is not None and len(tasks.tasks) == 2 * half:
+                if not feeding and tasks is not None and len(tasks.tasks) == 2 * half:
                     assert worker.checkpointer is not None
                     worker.checkpointer.on_checkpoint = durations.append
                     transactions_before = worker.checkpointer.commits
                     cpu_started = time.process_time()
                     if span is not None:
                         span.enable()
-                    feeding = asyncio.create_task(feed())
+                    load.go()
+                    feeding = True
                 if time.monotonic() - started > seconds + 300:
                     raise RuntimeError("paced run not done")
                 await asyncio.sleep(0.05)
-            cpu = time.process_time() - cpu_started  # feeder, worker and reader
+            cpu = time.process_time() - cpu_started  # the worker's process only
             if span is not None:
                 span.disable()
         finally:
             worker.request_stop()
             await task
-    await producer.stop()
-    reading.cancel()
-    await asyncio.gather(reading, return_exceptions=True)
-    lat = sorted(reader.latencies)
+            lat = sorted(load.stop())
     durations.sort()
     cp = worker.checkpointer
     assert cp is not None
     return {
         "paced_rate": rate,
         "paced_mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1),
+        "paced_p50_checkpoint_ms": round(1000 * statistics.median(durations), 1),
         "paced_p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1),
         "paced_transactions_per_s": round((cp.commits - transactions_before) / seconds, 1),
         "paced_cpu_us_per_event": round(1e6 * cpu / n, 1),
@@ -303,6 +295,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         print(f"## {title}\n{report(pstats.Stats(span), n, args.profile)}")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if args.raw and args.rate:  # the baseline: the same transactions, no streamkit
+                row = await raw_paced(cluster, half, args.rate, args.seconds, 0.1)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     return rows
 
 
@@ -318,6 +314,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000, help="paced run, events/s (0: none)")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced run length")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--raw", action="store_true",
+        help="after each P's paced runs, the same transactions from a plain aiokafka loop "
+        "(bench/txn_ceiling.py): the broker's share of the checkpoint",
+    )  # fmt: skip
     parser.add_argument(
         "--profile", type=int, default=0, metavar="K",
         help="run each backlog run, and each paced run's measured span, under cProfile and "

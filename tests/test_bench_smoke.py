@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,32 @@ def test_join_pipeline_smoke_run() -> None:
     assert "| exactly_once | streamkit | 1/1 |" in out
     assert "Pipeline C, 10,000 keys, throughput" in out
     assert "Failed runs" not in out
+
+
+def test_partitions_benchmark_smoke_run() -> None:
+    """`bench.partitions` with its load in a process of its own: a backlog run, a paced run
+    whose every total was read back (a latency per event), and the plain-aiokafka baseline
+    committing the same paced transactions."""
+    out = run_bench(
+        "bench.partitions",
+        "--events",
+        "400",
+        "--partitions",
+        "4",
+        "--modes",
+        "per_worker",
+        "--rate",
+        "200",
+        "--seconds",
+        "2",
+        "--raw",
+    )
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["partitions"], r["mode"]) for r in rows] == [
+        (4, "per_worker"),
+        (4, "raw transactions"),
+    ]
+    worker, raw = rows
+    assert worker["events"] == 400 and worker["transactions"] >= 1
+    assert worker["paced_p50_ms"] > 0 and worker["paced_p50_checkpoint_ms"] > 0
+    assert raw["paced_transactions_per_s"] > 0 and raw["paced_p50_checkpoint_ms"] > 0
