@@ -307,6 +307,7 @@ class App:
         late_topic: Topic | None = None,
         key_type: Any = str,
         local_keys: bool = False,
+        changelog_extra: float = 86_400,
     ) -> WindowTable:
         """Declare a windowed aggregation per key over event time (`sk.tumbling(60)`,
         `sk.hopping(60, every=10)`; `sk.count()`, `sk.sum_of("amount")`...). Results go to
@@ -314,7 +315,9 @@ class App:
         (`emit="update"`); events too late for every window go to `late_topic` (default
         `{id}-{name}-late`). State lives like a table's: SQLite plus a changelog, owned by
         the stage that declares it (`state=[...]`). Several aggregations: a list of them, or
-        a dict field → aggregation (`docs/windows.md`)."""
+        a dict field → aggregation (`docs/windows.md`). `changelog_extra`: seconds of wall
+        clock a tumbling or hopping window's changelog keeps a row past the window and the
+        allowed lateness (its closed rows get no tombstone)."""
         agg = check_window(name, kind, aggregation, emit)
         table = self.table(name, key_type=bytes, local_keys=local_keys)
         wt = WindowTable(
@@ -329,6 +332,9 @@ class App:
             output=output,
             late_topic=None if late_topic is None else late_topic.name,
             key_type=key_type,
+            changelog_extra_ms=seconds_ms(
+                changelog_extra, f"window {name}: changelog_extra", zero_ok=True
+            ),
         )
         self.windows[name] = wt
         return wt

@@ -26,7 +26,7 @@ from streamkit.keys import partition_for_key
 from streamkit.serde import StrCodec
 from streamkit.state.count_windows import KEY_ROW, open_count_window
 from streamkit.state.queries import QueryError, jsonable
-from streamkit.state.window_table import WATERMARK_ROW
+from streamkit.state.window_table import WATERMARK_ROW, forgets_closed
 from streamkit.windows import Session, Sliding
 
 if TYPE_CHECKING:
@@ -97,9 +97,14 @@ def windows_of(
         found = [{**window, **wt.fields(acc), "at": KEY_ROW, "value": jsonable(row)}]
         return [w for w in found if _within(int(w["start"]), lo, hi)]
     found = []
+    closed = NO_WATERMARK  # rows starting at or below it are closed windows, forgotten
+    if forgets_closed(kind):  # (`state/window_table.py`: in the store until its next write)
+        present, watermark = part.peek(WATERMARK_ROW)
+        if present and watermark is not None:
+            closed = int(watermark) - wt.allowed_lateness_ms - kind.size_ms
     for row in part.iter_keys():
         at, row_key = row
-        if at < RESERVED_BELOW or row_key != key:
+        if at < RESERVED_BELOW or row_key != key or at <= closed:
             continue
         present, value = part.peek(row)
         if not present:

@@ -218,6 +218,13 @@ class TablePartition:
             self.dirty.add(key)
             self.cache[key] = _DELETED
 
+    def forget(self, key: Any) -> None:
+        """Drop `key` from memory with no tombstone: for a row the table's purge rule deletes
+        from the store (`Table.purge`) and its changelog drops by time retention. Until the
+        store's next write a read may still find it there: the owner reads no such row."""
+        self.cache.pop(key, None)
+        self.dirty.discard(key)
+
     def _bound(self) -> None:
         cache = self.cache
         if len(cache) <= self._limit:

@@ -8,8 +8,12 @@ time) followed by the encoded key.
 
 A window closes when the task's watermark reaches its end plus the allowed lateness: with
 `emit="final"` its result is written to the output topic then, once; with `emit="update"` every
-change is written as it happens. Either way the closed window's row is deleted (purged, a
-tombstone in the changelog). An event whose windows are all closed is late: it goes to the
+change is written as it happens. Either way the closed window's row goes. A tumbling or
+hopping window's row is forgotten with no tombstone: every store write deletes the rows its
+watermark row closed, in the same transaction (`closed_rows`), loading skips them, and the
+changelog drops old records by time retention (`changelog_config`), as a stream-stream join's
+does. Sessions, sliding and count windows (and a window starting before 1970) write a
+tombstone. An event whose windows are all closed is late: it goes to the
 late topic (`{app_id}-{agent}-late` unless named) with the reason and its source coordinates,
 and is counted; it is never dropped silently.
 
@@ -21,24 +25,28 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.aggregations import Several
 from streamkit.context import CURRENT_TASK
 from streamkit.count_windows import SlidingCount, TumblingCount
 from streamkit.eventtime import NO_WATERMARK
+from streamkit.joins import DAY_MS
 from streamkit.serde import JSON, Codec, codec_for
 from streamkit.settings import ConfigError
+from streamkit.state.store import Purge
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
 from streamkit.topics import Topic
-from streamkit.windows import Aggregation, WindowKind
+from streamkit.windows import Aggregation, Session, Sliding, WindowKind
 
 if TYPE_CHECKING:
     from streamkit.context import TaskScope
 
 _START = struct.Struct(">q")
 WATERMARK_ROW: tuple[int, Any] = (NO_WATERMARK, None)  # the reserved row: the watermark
+_WATERMARK_KEY = _START.pack(NO_WATERMARK)  # its key's bytes
+_START_MAX = 2**63 - 1
 
 
 def stored_watermark(rows: TablePartition) -> int:
@@ -47,6 +55,41 @@ def stored_watermark(rows: TablePartition) -> int:
     if saved is _MISSING or saved is _DELETED or saved is None:
         return NO_WATERMARK
     return int(saved)
+
+
+def closed_rows(table: Table[Any, Any], hold_ms: int) -> Purge:
+    """The store's purge rule of a tumbling or hopping window table: the changes being written
+    carry the watermark row (every checkpoint that moved it, every changelog replay's batch
+    that holds it) → the key ranges of the windows it closed (start + `hold_ms` <= watermark),
+    deleted in the same transaction. Starts >= 0 only: big-endian two's complement sorts a
+    negative start after every other, and those rows get a tombstone instead. A row written
+    after that watermark row in a replay's batch is not closed by it (the windows it reached
+    were open then, and the watermark has not moved since)."""
+    low = _START.pack(0)
+
+    def ranges(rows: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes]]:
+        raw = rows.get(_WATERMARK_KEY)
+        if raw is None:
+            return []
+        below = int(table.value_codec.decode(raw)) - hold_ms + 1  # closed: start < below
+        return [(low, _START.pack(min(below, _START_MAX)))] if below > 0 else []
+
+    return ranges
+
+
+def changelog_config(kind: WindowKind, allowed_lateness_ms: int, extra_ms: int) -> dict[str, str]:
+    """A tumbling or hopping window changelog's topic config: compacted (a row's newest
+    accumulator, the watermark row) and deleted by time, `retention.ms` = the window +
+    allowed lateness + `changelog_extra`. Its records carry the wall clock of their write: the
+    broker deletes a row that long after its last update, whatever event times the input
+    replays."""
+    retention = kind.size_ms + allowed_lateness_ms + extra_ms
+    return {"cleanup.policy": "compact,delete", "retention.ms": str(retention)}
+
+
+def forgets_closed(kind: WindowKind | Any) -> bool:
+    """Whether a window kind's closed rows go with no tombstone (tumbling, hopping)."""
+    return not isinstance(kind, TumblingCount | SlidingCount | Session | Sliding)
 
 
 class WindowKeyCodec:
@@ -89,6 +132,7 @@ class WindowTable:
         output: Topic | None,
         late_topic: str | None,
         key_type: Any,
+        changelog_extra_ms: int = DAY_MS,
     ) -> None:
         if emit not in ("final", "update"):
             raise ConfigError(f"window {name}: emit must be 'final' or 'update', got {emit!r}")
@@ -113,6 +157,11 @@ class WindowTable:
         self._several = isinstance(aggregation, Several)
         table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
+        if forgets_closed(kind):
+            table.purge = closed_rows(table, allowed_lateness_ms + kind.size_ms)
+            table.changelog.config.update(
+                changelog_config(kind, allowed_lateness_ms, changelog_extra_ms)
+            )
         self.late_events = 0  # late events routed by this process
         self.emitted = 0
 
@@ -212,15 +261,17 @@ class WindowPartition:
         self._size = wt.kind.size_ms
         self._hold = wt.allowed_lateness_ms + wt.kind.size_ms  # start + hold <= wm: closed
         self._update = wt.emit_mode == "update"
+        self._forgets = wt.table.purge is not None
 
     def load(self) -> int:
         """Rebuild the index of open windows from the stored rows; returns the stored
-        watermark (the one the stored state reflects)."""
-        for start, key in self.rows.iter_keys():
-            if (start, key) == WATERMARK_ROW:
-                continue
-            self._index(start, key)
+        watermark (the one the stored state reflects). Rows of windows it closed are skipped:
+        forgotten rows the store's next write deletes (`closed_rows`)."""
         self.watermark = stored_watermark(self.rows)
+        cutoff = self.watermark - self._hold
+        for start, key in self.rows.iter_keys():
+            if start > cutoff and (start, key) != WATERMARK_ROW:
+                self._index(start, key)
         return self.watermark
 
     def _index(self, start: int, key: Any) -> None:
@@ -231,6 +282,8 @@ class WindowPartition:
         keys.add(key)
 
     def get(self, key: Any, start: int) -> Any:
+        if start <= self.watermark - self._hold:
+            return None  # closed (a forgotten row may be in the store until its next write)
         value = self.rows.get((start, key))
         return None if value is _MISSING else value
 
@@ -266,16 +319,19 @@ class WindowPartition:
         self.rows.set(WATERMARK_ROW, watermark)
         cutoff = watermark - self._hold
         starts, rows = self._starts, self.rows
+        forgets = self._forgets
         while starts and starts[0] <= cutoff:
             start = heapq.heappop(starts)
             keys = self.open.pop(start)
+            # no tombstone where the store's purge rule deletes the row (`closed_rows`)
+            drop = rows.forget if forgets and start >= 0 else rows.remove
             if self._update:  # nothing to emit: the rows go, in any order
                 for key in keys:
-                    rows.remove((start, key))
+                    drop((start, key))
                 continue
             for key in sorted(keys, key=repr):  # final results in a stable order
                 row = (start, key)
                 acc = rows.get(row)
                 if acc is not _MISSING:
                     self.wt.emit(self.task, key, start, start + self._size, acc, final=True)
-                rows.remove(row)
+                drop(row)
