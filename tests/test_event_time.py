@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 import streamkit as sk
 from streamkit.runtime.dlq import describe
@@ -24,6 +25,7 @@ from tests.kafkahelp import (
     running,
     wait_until,
 )
+from tests.test_purge import topic_configs
 
 
 def finals(records: list[Any]) -> list[dict[str, Any]]:
@@ -145,9 +147,13 @@ async def test_a_watermark_after_key_by_waits_for_the_slowest_upstream_but_not_a
     assert len(rest) == 8, "a window was emitted twice"
 
 
+@pytest.mark.parametrize("new_disk", [False, True], ids=["same-disk", "new-disk"])
 async def test_a_kill_9_mid_window_gives_every_final_result_once_and_every_late_event_once(
-    uid: str, tmp_path: Path
+    uid: str, tmp_path: Path, new_disk: bool
 ) -> None:
+    """The worker is killed mid-window and another takes over, on its state directory or on
+    a new one (the changelog alone: the closed windows' rows, which got no tombstone, are
+    dropped by the watermark row replayed with them)."""
     await create_topic(f"win-in-{uid}", 4)
     rng = random.Random(uid)
     users = [f"user{i}" for i in range(12)]
@@ -165,6 +171,8 @@ async def test_a_kill_9_mid_window_gives_every_final_result_once_and_every_late_
         await read_all(f"win-out-{uid}", expect=10, within=60)  # some windows have closed
         worker.signal(signal.SIGKILL)
         worker.wait(10)
+        if new_disk:
+            env["STREAMKIT_WORKDIR"] = str(tmp_path / "new-state")
         worker = WorkerProcess("tests.windowapp:app", env, tmp_path / "w2.log").start()
         await _send(uid, on_time[1500:])
         # once every partition is past 1120 s, these are late for good (lateness 20 s)
@@ -185,8 +193,15 @@ async def test_a_kill_9_mid_window_gives_every_final_result_once_and_every_late_
         tens = finals(
             await read_all(f"win-tens-{uid}", expect=sum(n // 10 for n in per_user.values()))
         )
+        changelog = f"win-{uid}-counts-changelog"
+        config = (await topic_configs([changelog]))[changelog]
+        stored = await read_all(changelog)
     finally:
         worker.stop()
+    # closed tumbling windows get no tombstone: time retention of 10 s + 20 s + a day
+    assert config["cleanup.policy"] == "compact,delete"
+    assert config["retention.ms"] == str(10_000 + 20_000 + 86_400_000)
+    assert stored and all(r.value is not None for r in stored)
     got = [(o["key"], o["start"]) for o in finals(outputs)]
     assert len(got) == len(set(got)), "a final window result was emitted twice"
     assert {(o["key"], o["start"]): o["count"] for o in finals(outputs)} == dict(expected)
