@@ -316,8 +316,8 @@ class App:
         `{id}-{name}-late`). State lives like a table's: SQLite plus a changelog, owned by
         the stage that declares it (`state=[...]`). Several aggregations: a list of them, or
         a dict field → aggregation (`docs/windows.md`). `changelog_extra`: seconds of wall
-        clock a tumbling or hopping window's changelog keeps a row past the window and the
-        allowed lateness (its closed rows get no tombstone)."""
+        clock a tumbling, hopping or sliding window's changelog keeps a row past the window
+        and the allowed lateness (its closed rows get no tombstone)."""
         agg = check_window(name, kind, aggregation, emit)
         table = self.table(name, key_type=bytes, local_keys=local_keys)
         wt = WindowTable(

@@ -1,6 +1,6 @@
-"""Tumbling and hopping windows forget their closed rows with no tombstone: the store deletes
-the rows each write's watermark row closed (`closed_rows`), loading skips them, and the
-changelog keeps records by time retention. Checked on the real WindowPartition over real
+"""Tumbling, hopping and sliding windows forget their closed rows with no tombstone: the store
+deletes the rows each write's watermark row closed (`closed_rows`), loading skips them, and
+the changelog keeps records by time retention. Checked on the real window partitions over real
 SQLite stores, without a broker: a restart from the store, or from a replay of the changelog
 in batches of any size, gives every window's final result exactly once."""
 
@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import streamkit as sk
@@ -19,18 +19,18 @@ from streamkit.runtime.window_query import windows_of
 from streamkit.state.store import PartitionStore, open_store
 from streamkit.state.table import TablePartition
 from streamkit.state.window_open import open_window
-from streamkit.state.window_table import WATERMARK_ROW, WindowTable, closed_rows
-from streamkit.windows import Hopping, Tumbling
-from tests.test_windows_logic import FakeTask, events_strategy, oracle
+from streamkit.state.window_table import WATERMARK_ROW, WindowTable, closed_hold, closed_rows
+from streamkit.windows import Hopping, Sliding, Tumbling
+from tests.test_windows_logic import FakeTask, events_strategy, oracle, sliding_oracle
 
 _START = struct.Struct(">q")
 
 
 def window_app(kind: Any, lateness_ms: int) -> WindowTable:
+    """Sums, or counts for sliding windows (as their oracle)."""
     app = sk.App("purge")
-    return app.window(
-        "w", kind, sk.sum_of(), allowed_lateness=lateness_ms / 1000, output=app.topic("out")
-    )
+    agg = sk.count() if isinstance(kind, Sliding) else sk.sum_of()
+    return app.window("w", kind, agg, allowed_lateness=lateness_ms / 1000, output=app.topic("out"))
 
 
 class Run:
@@ -63,8 +63,9 @@ class Run:
 
 
 def closed_in_store(wt: WindowTable, store: PartitionStore) -> list[int]:
-    """Starts of stored rows (start >= 0) that the stored watermark closed."""
-    hold = wt.allowed_lateness_ms + wt.kind.size_ms
+    """Times (start, or a sliding window's end) of stored rows (time >= 0) that the stored
+    watermark closed."""
+    hold = closed_hold(wt.kind, wt.allowed_lateness_ms)
     stored = dict(store.scan("w"))
     raw = stored.get(_START.pack(NO_WATERMARK))
     if raw is None:
@@ -75,11 +76,21 @@ def closed_in_store(wt: WindowTable, store: PartitionStore) -> list[int]:
 
 
 @settings(max_examples=150, deadline=None)
+@example(  # rows written, closed, then replayed without the purge rule: loading skips them
+    events=[(10, "u", 1), (150, "u", 2), (300, "u", 1)], ooo=0, lateness=50, kind=Sliding(100),
+    every=1, cut=0.67, lost=0, batches=[6], restore="standby",
+)  # fmt: skip
+@example(
+    events=[(10, "u", 1), (150, "u", 2), (300, "u", 1)], ooo=0, lateness=50, kind=Tumbling(100),
+    every=1, cut=0.67, lost=1, batches=[1], restore="standby",
+)  # fmt: skip
 @given(
     events=events_strategy,
     ooo=st.integers(0, 8).map(lambda t: t * 25),
     lateness=st.integers(0, 8).map(lambda t: t * 25),
-    kind=st.sampled_from([Tumbling(100), Tumbling(250), Hopping(200, 50)]),
+    kind=st.sampled_from(
+        [Tumbling(100), Tumbling(250), Hopping(200, 50), Sliding(100), Sliding(250)]
+    ),
     every=st.integers(1, 9),
     cut=st.floats(0, 1),
     lost=st.integers(0, 5),
@@ -140,12 +151,17 @@ def test_a_restart_gives_every_window_once(
     second.part.advance(2**62)  # the end of time: every window closes
     second.checkpoint()
     assert closed_in_store(wt, second.store) == []
-    assert second.store.count("w") == 1  # the watermark row alone
+    times = [_START.unpack_from(k)[0] for k, _ in second.store.scan("w")]
+    assert [t for t in times if t >= 0] == []  # every window closed at the end of time
     second.store.close()
 
-    expected, _ = oracle(kind, "sum", events, ooo, lateness)
     outputs = committed + second.task.out
-    got = {(o["key"], o["start"]): o["sum"] for o in outputs}
+    if isinstance(kind, Sliding):
+        expected, _ = sliding_oracle(kind.size_ms, events, ooo, lateness)
+        got = {(o["key"], o["end"]): o["count"] for o in outputs}
+    else:
+        expected, _ = oracle(kind, "sum", events, ooo, lateness)
+        got = {(o["key"], o["start"]): o["sum"] for o in outputs}
     assert len(got) == len(outputs), "a window was emitted twice"
     assert got == expected
 
@@ -199,11 +215,14 @@ def test_the_purge_ranges_cover_the_closed_starts_and_nothing_else() -> None:
     assert purge({b"other": b"1"}) == []  # no watermark row written: nothing closed
 
 
-def test_a_tumbling_window_changelog_is_deleted_by_time_and_a_session_one_is_not() -> None:
+def test_a_time_window_changelog_is_deleted_by_time_and_a_session_one_is_not() -> None:
     app = sk.App("cfg")
     tumbling = app.window("t", sk.tumbling(60), sk.count(), allowed_lateness=30)
     hopping = app.window("h", sk.hopping(60, every=20), sk.count(), changelog_extra=10)
     session = app.window("s", sk.session(30), sk.count())
+    sliding = app.window("l", sk.sliding(60), sk.count(), allowed_lateness=5)
+    assert sliding.table.changelog.config["retention.ms"] == str(60_000 + 5_000 + 86_400_000)
+    assert sliding.table.purge is not None
     assert tumbling.table.changelog.config == {
         "cleanup.policy": "compact,delete",
         "retention.ms": str(60_000 + 30_000 + 86_400_000),

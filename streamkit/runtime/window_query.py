@@ -26,7 +26,7 @@ from streamkit.keys import partition_for_key
 from streamkit.serde import StrCodec
 from streamkit.state.count_windows import KEY_ROW, open_count_window
 from streamkit.state.queries import QueryError, jsonable
-from streamkit.state.window_table import WATERMARK_ROW, forgets_closed
+from streamkit.state.window_table import WATERMARK_ROW, closed_hold, forgets_closed
 from streamkit.windows import Session, Sliding
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def windows_of(
     if forgets_closed(kind):  # (`state/window_table.py`: in the store until its next write)
         present, watermark = part.peek(WATERMARK_ROW)
         if present and watermark is not None:
-            closed = int(watermark) - wt.allowed_lateness_ms - kind.size_ms
+            closed = int(watermark) - closed_hold(kind, wt.allowed_lateness_ms)
     for row in part.iter_keys():
         at, row_key = row
         if at < RESERVED_BELOW or row_key != key or at <= closed:

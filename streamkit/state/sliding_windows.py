@@ -5,7 +5,9 @@ aggregates every event of the key in that range, both ends included, also those 
 later while the window is open. The key's recent events are kept in one row (`(EVENTS, key)
 → [[ts, value], ...]`, pruned once no open or future window can need them), each window in a
 row `(t, key) → acc`. A window closes when the watermark reaches `t` plus the allowed
-lateness; an event whose own window is already closed is late.
+lateness; an event whose own window is already closed is late. A closed window's row is
+forgotten with no tombstone, as a tumbling window's (`state/window_table.py`); the events row
+is rewritten or deleted as it is pruned.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ class SlidingPartition:
         return {k: v for k, v in self.by_key.items() if v}
 
     def load(self) -> int:
-        for end, key in self.rows.iter_keys():
-            if (end, key) != WATERMARK_ROW and end != EVENTS:
-                self._track(end, key)
+        """Track the stored windows' rows, skipping those of windows the stored watermark
+        closed (forgotten rows the store's next write deletes: `closed_rows`)."""
         self.watermark = stored_watermark(self.rows)
+        closed = self.watermark - self._lateness
+        for end, key in self.rows.iter_keys():
+            if end > closed and end != EVENTS and (end, key) != WATERMARK_ROW:
+                self._track(end, key)
         return self.watermark
 
     def _track(self, end: int, key: Any) -> None:
@@ -53,6 +58,8 @@ class SlidingPartition:
         heapq.heappush(self._ends, (end, self._seq, key))
 
     def get(self, key: Any, start: int) -> Any:
+        if start + self._size + self._lateness <= self.watermark:
+            return None  # closed (a forgotten row may be in the store until its next write)
         acc = self.rows.get((start + self._size, key))
         return None if acc is _MISSING else acc
 
@@ -100,7 +107,10 @@ class SlidingPartition:
             acc = rows.get((end, key))
             if self.wt.emit_mode == "final" and acc is not _MISSING:
                 self.wt.emit(self.task, key, end - self._size, end, acc, final=True)
-            rows.delete((end, key))
+            if end >= 0:  # no tombstone: the store's purge rule deletes it (`closed_rows`)
+                rows.forget((end, key))
+            else:
+                rows.remove((end, key))
             self.by_key[key].remove(end)
             touched.add(key)
         horizon = watermark - self._size - lateness  # events at or before it: never needed

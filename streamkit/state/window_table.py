@@ -8,14 +8,15 @@ time) followed by the encoded key.
 
 A window closes when the task's watermark reaches its end plus the allowed lateness: with
 `emit="final"` its result is written to the output topic then, once; with `emit="update"` every
-change is written as it happens. Either way the closed window's row goes. A tumbling or
-hopping window's row is forgotten with no tombstone: every store write deletes the rows its
+change is written as it happens. Either way the closed window's row goes. A tumbling, hopping
+or sliding window's row is forgotten with no tombstone: every store write deletes the rows its
 watermark row closed, in the same transaction (`closed_rows`), loading skips them, and the
 changelog drops old records by time retention (`changelog_config`), as a stream-stream join's
-does. Sessions, sliding and count windows (and a window starting before 1970) write a
-tombstone. An event whose windows are all closed is late: it goes to the
-late topic (`{app_id}-{agent}-late` unless named) with the reason and its source coordinates,
-and is counted; it is never dropped silently.
+does. Sessions and count windows (and a window keyed before 1970) write a tombstone.
+
+An event whose windows are all closed is late: it goes to the late topic
+(`{app_id}-{agent}-late` unless named) with the reason and its source coordinates, and is
+counted; it is never dropped silently.
 
 The watermark the windows saw is stored in the same table (a reserved row), so it is
 checkpointed and restored with the windows it closed.
@@ -58,11 +59,13 @@ def stored_watermark(rows: TablePartition) -> int:
 
 
 def closed_rows(table: Table[Any, Any], hold_ms: int) -> Purge:
-    """The store's purge rule of a tumbling or hopping window table: the changes being written
-    carry the watermark row (every checkpoint that moved it, every changelog replay's batch
-    that holds it) → the key ranges of the windows it closed (start + `hold_ms` <= watermark),
+    """The store's purge rule of a tumbling, hopping or sliding window table: the changes being
+    written carry the watermark row (every checkpoint that moved it, every changelog replay's
+    batch that holds it) → the key ranges of the windows it closed (time + `hold_ms` <=
+    watermark, the time a row is keyed by: `closed_hold`),
     deleted in the same transaction. Starts >= 0 only: big-endian two's complement sorts a
-    negative start after every other, and those rows get a tombstone instead. A row written
+    negative time after every other, and those rows get a tombstone instead (so do a sliding
+    window's rows of recent events, under a reserved negative time). A row written
     after that watermark row in a replay's batch is not closed by it (the windows it reached
     were open then, and the watermark has not moved since)."""
     low = _START.pack(0)
@@ -78,7 +81,7 @@ def closed_rows(table: Table[Any, Any], hold_ms: int) -> Purge:
 
 
 def changelog_config(kind: WindowKind, allowed_lateness_ms: int, extra_ms: int) -> dict[str, str]:
-    """A tumbling or hopping window changelog's topic config: compacted (a row's newest
+    """A tumbling, hopping or sliding window changelog's topic config: compacted (a row's newest
     accumulator, the watermark row) and deleted by time, `retention.ms` = the window +
     allowed lateness + `changelog_extra`. Its records carry the wall clock of their write: the
     broker deletes a row that long after its last update, whatever event times the input
@@ -88,8 +91,17 @@ def changelog_config(kind: WindowKind, allowed_lateness_ms: int, extra_ms: int) 
 
 
 def forgets_closed(kind: WindowKind | Any) -> bool:
-    """Whether a window kind's closed rows go with no tombstone (tumbling, hopping)."""
-    return not isinstance(kind, TumblingCount | SlidingCount | Session | Sliding)
+    """Whether a window kind's closed rows go with no tombstone (tumbling, hopping, sliding):
+    those a watermark closes in order of their row's time."""
+    return not isinstance(kind, TumblingCount | SlidingCount | Session)
+
+
+def closed_hold(kind: WindowKind, allowed_lateness_ms: int) -> int:
+    """A row is closed once the watermark reaches its time plus this: a sliding window's row
+    is keyed by its end, a tumbling or hopping one's by its start."""
+    if isinstance(kind, Sliding):
+        return allowed_lateness_ms
+    return kind.size_ms + allowed_lateness_ms
 
 
 class WindowKeyCodec:
@@ -158,7 +170,7 @@ class WindowTable:
         table.checked_keys = False  # the inner key is checked per call
         table.key_codec = WindowKeyCodec(self.key_codec)
         if forgets_closed(kind):
-            table.purge = closed_rows(table, allowed_lateness_ms + kind.size_ms)
+            table.purge = closed_rows(table, closed_hold(kind, allowed_lateness_ms))
             table.changelog.config.update(
                 changelog_config(kind, allowed_lateness_ms, changelog_extra_ms)
             )
