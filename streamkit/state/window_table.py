@@ -61,20 +61,20 @@ def stored_watermark(rows: TablePartition) -> int:
 def closed_rows(table: Table[Any, Any], hold_ms: int) -> Purge:
     """The store's purge rule of a tumbling, hopping or sliding window table: the changes being
     written carry the watermark row (every checkpoint that moved it, every changelog replay's
-    batch that holds it) → the key ranges of the windows it closed (time + `hold_ms` <=
-    watermark, the time a row is keyed by: `closed_hold`),
-    deleted in the same transaction. Starts >= 0 only: big-endian two's complement sorts a
-    negative time after every other, and those rows get a tombstone instead (so do a sliding
-    window's rows of recent events, under a reserved negative time). A row written
-    after that watermark row in a replay's batch is not closed by it (the windows it reached
-    were open then, and the watermark has not moved since)."""
+    batch that holds it) → the key range of the rows it closed (time + `hold_ms` <= watermark,
+    the time a row is keyed by: `closed_hold`), deleted in the same transaction. The range is
+    absolute, so it also takes rows written by an earlier write. Times >= 0 only: big-endian
+    two's complement sorts a negative time after every other, and those rows get a tombstone
+    instead (so do a sliding window's rows of recent events, under a reserved negative time).
+    A row written after that watermark row in a replay's batch is not closed by it (the
+    windows it reached were open then, and the watermark has not moved since)."""
     low = _START.pack(0)
 
     def ranges(rows: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes]]:
         raw = rows.get(_WATERMARK_KEY)
         if raw is None:
             return []
-        below = int(table.value_codec.decode(raw)) - hold_ms + 1  # closed: start < below
+        below = int(table.value_codec.decode(raw)) - hold_ms + 1  # closed: time < below
         return [(low, _START.pack(min(below, _START_MAX)))] if below > 0 else []
 
     return ranges
