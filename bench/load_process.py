@@ -24,9 +24,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from bench.common import make_events
+from bench.exactly_once import Reader
 
 
 @dataclass(frozen=True)
@@ -91,34 +92,24 @@ def _main(
 async def _run(
     servers: str, output: str, feed: Feed | None, count: Any, go: Any, stop: Any
 ) -> list[float]:
-    consumer = AIOKafkaConsumer(
-        output,
-        bootstrap_servers=servers,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        group_id=None,
-    )
-    await consumer.start()
-    latencies: list[float] = []
+    reader = Reader(output)  # (its consumer reads KAFKA_BOOTSTRAP_SERVERS: this process's too)
+    reading = asyncio.create_task(reader.run(latency=feed is not None))
     feeding: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             if feed is not None and feeding is None and go.is_set():
                 feeding = asyncio.create_task(_feed(servers, feed))
-            if feeding is not None and feeding.done():
-                feeding.result()  # a feeder's error ends the process
-            batch = await consumer.getmany(timeout_ms=50)
-            now = time.time()
-            for records in batch.values():
-                count.value += len(records)
-                if feed is not None:
-                    latencies.extend(now - orjson.loads(r.value)["ts"] for r in records)
+            for task in (reading, feeding):
+                if task is not None and task.done():
+                    task.result()  # an error ends the process
+            count.value = reader.count
+            await asyncio.sleep(0.02)
     finally:
-        if feeding is not None:
-            feeding.cancel()
-            await asyncio.gather(feeding, return_exceptions=True)
-        await consumer.stop()
-    return latencies
+        for task in (reading, feeding):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    return reader.latencies
 
 
 async def _feed(servers: str, feed: Feed) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.state.table import _MISSING, TablePartition
-from streamkit.state.window_table import WATERMARK_ROW, stored_watermark
+from streamkit.state.window_table import WATERMARK_ROW, closed_hold, stored_watermark
 
 if TYPE_CHECKING:
     from streamkit.context import TaskScope
@@ -46,7 +46,7 @@ class SlidingPartition:
         """Track the stored windows' rows, skipping those of windows the stored watermark
         closed (forgotten rows the store's next write deletes: `closed_rows`)."""
         self.watermark = stored_watermark(self.rows)
-        closed = self.watermark - self._lateness
+        closed = self.watermark - closed_hold(self.wt.kind, self._lateness)
         for end, key in self.rows.iter_keys():
             if end > closed and end != EVENTS and (end, key) != WATERMARK_ROW:
                 self._track(end, key)

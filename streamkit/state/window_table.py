@@ -271,9 +271,8 @@ class WindowPartition:
         self._starts: list[int] = []  # heap of the starts in `open`
         self.watermark = NO_WATERMARK
         self._size = wt.kind.size_ms
-        self._hold = wt.allowed_lateness_ms + wt.kind.size_ms  # start + hold <= wm: closed
+        self._hold = closed_hold(wt.kind, wt.allowed_lateness_ms)  # start + hold <= wm: closed
         self._update = wt.emit_mode == "update"
-        self._forgets = wt.table.purge is not None
 
     def load(self) -> int:
         """Rebuild the index of open windows from the stored rows; returns the stored
@@ -331,12 +330,11 @@ class WindowPartition:
         self.rows.set(WATERMARK_ROW, watermark)
         cutoff = watermark - self._hold
         starts, rows = self._starts, self.rows
-        forgets = self._forgets
         while starts and starts[0] <= cutoff:
             start = heapq.heappop(starts)
             keys = self.open.pop(start)
             # no tombstone where the store's purge rule deletes the row (`closed_rows`)
-            drop = rows.forget if forgets and start >= 0 else rows.remove
+            drop = rows.forget if start >= 0 else rows.remove
             if self._update:  # nothing to emit: the rows go, in any order
                 for key in keys:
                     drop((start, key))
