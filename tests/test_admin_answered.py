@@ -41,3 +41,36 @@ async def test_it_gives_up_after_its_deadline_and_lets_other_errors_through(
 
     with pytest.raises(UnknownTopicOrPartitionError):  # not a broker being down: at once
         await admin.answered(refused)
+
+
+class _Answer:
+    def __init__(self, *resources: tuple[object, ...]) -> None:
+        self.resources = list(resources)
+
+
+async def test_a_config_request_is_asked_again_while_a_broker_has_not_learnt_of_the_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers start together on a cluster: one creates the changelogs, the other finds
+    them in the metadata and asks their settings of a broker that does not know them yet."""
+    answers = [
+        _Answer((admin.UNKNOWN_TOPIC, "unknown", 2, "t-changelog", [])),
+        _Answer((0, None, 2, "t-changelog", [("cleanup.policy", "compact", False, 1)])),
+    ]
+    calls = 0
+
+    async def describe_configs() -> list[_Answer]:
+        nonlocal calls
+        calls += 1
+        return [answers.pop(0)]
+
+    found = await admin.known(describe_configs)
+    assert calls == 2 and found[0][0] == 0 and found[0][3] == "t-changelog"
+
+    monkeypatch.setattr(admin, "NODE_DOWN_WITHIN", 0.3)
+
+    async def never_learns() -> list[_Answer]:
+        return [_Answer((admin.UNKNOWN_TOPIC, "unknown", 2, "gone", []))]
+
+    # past the deadline the answer comes back as it is (the caller reports the code)
+    assert (await admin.known(never_learns))[0][0] == admin.UNKNOWN_TOPIC

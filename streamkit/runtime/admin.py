@@ -84,6 +84,21 @@ async def answered(call: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(0.2)
 
 
+async def known(call: Callable[[], Awaitable[list[Any]]]) -> list[tuple[Any, ...]]:
+    """The per-resource answers of a config request (DescribeConfigs, AlterConfigs: error
+    code first, topic name fourth), asked again while a topic that exists is unknown to the
+    broker that answered: on a cluster, the broker picked may not have learnt yet of a topic
+    another worker created a moment ago (found by the three-broker chaos test: two workers
+    starting together, one failed at start with code 3). Past `NODE_DOWN_WITHIN` the answer
+    is returned as it is."""
+    deadline = time.monotonic() + NODE_DOWN_WITHIN
+    while True:
+        answers = [r for response in await answered(call) for r in response.resources]
+        if time.monotonic() > deadline or all(r[0] != UNKNOWN_TOPIC for r in answers):
+            return answers
+        await asyncio.sleep(0.2)
+
+
 async def describe(admin: Any, names: list[str]) -> dict[str, int | None]:
     """topic → partition count on the broker, or None when it does not exist."""
     found: dict[str, int | None] = {}
@@ -168,11 +183,12 @@ async def reconcile_configs(admin: Any, topics: list[Topic]) -> None:
         return
     asked = [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in owned]
     current: dict[str, dict[str, str]] = {}
-    for response in await answered(lambda: admin.describe_configs(asked)):
-        for code, message, _kind, name, entries, *_ in response.resources:
-            if code != 0:
-                raise ConfigError(f"cannot read the settings of topic {name}: {code} {message}")
-            current[name] = {e[0]: e[1] for e in entries if e[3] == TOPIC_CONFIG}
+    for code, message, _kind, name, entries, *_ in await known(
+        lambda: admin.describe_configs(asked)
+    ):
+        if code != 0:
+            raise ConfigError(f"cannot read the settings of topic {name}: {code} {message}")
+        current[name] = {e[0]: e[1] for e in entries if e[3] == TOPIC_CONFIG}
     changes = []
     for t in owned:
         now = current.get(t.name, {})
@@ -186,13 +202,12 @@ async def reconcile_configs(admin: Any, topics: list[Topic]) -> None:
             changes.append(ConfigResource(ConfigResourceType.TOPIC, t.name, {**now, **t.config}))
     if not changes:
         return
-    for response in await answered(lambda: admin.alter_configs(changes)):
-        for code, message, _kind, name in response.resources:
-            if code != 0:
-                raise ConfigError(
-                    f"cannot change the settings of internal topic {name}: {code} {message} "
-                    "(the app needs AlterConfigs on it, or set them by hand)"
-                )
+    for code, message, _kind, name in await known(lambda: admin.alter_configs(changes)):
+        if code != 0:
+            raise ConfigError(
+                f"cannot change the settings of internal topic {name}: {code} {message} "
+                "(the app needs AlterConfigs on it, or set them by hand)"
+            )
 
 
 async def ensure_app_topics(app: App, *, client_id: str) -> None:
