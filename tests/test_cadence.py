@@ -15,7 +15,7 @@ from aiokafka.structs import TopicPartition
 import streamkit as sk
 from streamkit.runtime import cadence as cadence_module
 from streamkit.runtime.cadence import Cadence
-from tests.kafkahelp import bootstrap, produce, running, wait_until
+from tests.kafkahelp import bootstrap, create_topic, produce, running, wait_until
 
 TP0, TP1 = TopicPartition("a-repartition", 0), TopicPartition("a-repartition", 1)
 
@@ -105,3 +105,55 @@ async def test_a_second_stage_commits_soon_after_its_input_is_committed(
         assert worker.cadence is not None and worker.cadence.follow_ups >= 3
     gaps = [o - r for r, o in zip(seen[repartition], seen[out.name], strict=True)]
     assert all(g < interval / 2 for g in gaps), gaps
+
+
+class _Started:
+    """A task as the lead sees it: its committable offsets, empty until its first event."""
+
+    def __init__(self) -> None:
+        self.done: dict[TopicPartition, int] = {}
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        return self.done
+
+
+def test_started_tasks_lead_a_checkpoint_once_one_has_processed_an_event() -> None:
+    c = Cadence(1.0, follow_up=True)
+    idle, busy = _Started(), _Started()
+    c.lead([idle, busy])
+    assert not c.led()  # nothing processed yet: nothing to commit early
+    busy.done = {TP0: 5}
+    assert c.led() and c.leads == 1
+    c.begin()  # the regular checkpoint it made due has them: the lead is over
+    assert not c.leading and not c.led()
+    alo = Cadence(1.0, follow_up=False)  # at-least-once: outputs are visible as written
+    alo.lead([busy])
+    assert not alo.led()
+
+
+async def test_the_first_outputs_after_a_start_do_not_wait_for_the_interval(
+    uid: str, workdir: Path
+) -> None:
+    """Exactly-once, a 30 s commit interval, a backlog waiting for a key_by pipeline when its
+    worker starts: the first outputs are visible within seconds (the lead checkpoint, then
+    the follow-up), not after the first interval (without the lead: 30 s)."""
+    interval = 30.0
+    app = sk.App(
+        f"t-{uid}", workdir=workdir, processing_guarantee="exactly_once", commit_interval=interval
+    )
+    src = app.topic(f"in-{uid}", partitions=2)
+    out = app.topic(f"out-{uid}", partitions=2)
+    app.stream(src).key_by("user", name="by-user").map(lambda e: {"seen": e["user"]}).to(out)
+    await create_topic(src.name, 2)
+    await produce(src.name, [orjson.dumps({"user": f"u{i % 50}"}) for i in range(2000)])
+    seen: dict[str, list[float]] = {out.name: []}
+    async with running(app) as worker:
+        watch = asyncio.create_task(_watch([out.name], seen))
+        try:
+            await wait_until(
+                lambda: bool(seen[out.name]), within=interval / 3, what="a first output"
+            )
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        assert worker.cadence is not None and worker.cadence.leads >= 1

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import streamkit as sk
+from streamkit.cli_common import setup_logging
 from streamkit.runtime.worker import Worker
 
 env = os.environ
@@ -63,4 +64,5 @@ else:
 
 
 if __name__ == "__main__":
+    setup_logging(app.settings.log_level)  # as `streamkit worker` does (BENCH_LOG_LEVEL)
     asyncio.run(Worker(app).run())

@@ -73,7 +73,8 @@ class Worker:
         self.settings = app.settings
         self.client_id = f"{app.id}-{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
-        self._checkpoint_due = asyncio.Event()
+        self._checkpoint_due = asyncio.Event()  # a regular checkpoint now (or the stop)
+        self._wake = asyncio.Event()  # the commit loop looks again: due, or tasks started
         self._failure: BaseException | None = None
         self._checkpoint_broken = False  # a checkpoint raised: the final one is skipped
         self._background: list[asyncio.Task[None]] = []
@@ -269,7 +270,11 @@ class Worker:
 
     def request_checkpoint(self) -> None:
         """A table cache is full of dirty keys: checkpoint now rather than at the interval."""
+        self._due_now()
+
+    def _due_now(self) -> None:
         self._checkpoint_due.set()
+        self._wake.set()
 
     async def _commit_loop(self) -> None:
         """Checkpoint at a fixed rate, every `commit_interval` (or sooner on request; under
@@ -327,9 +332,11 @@ class Worker:
         while True:
             now = time.monotonic()
             regular = cadence.regular_due()
-            if now >= regular or due.is_set():
+            if now >= regular or due.is_set() or cadence.led():
                 return False
             until = regular
+            if cadence.leading:  # started tasks: due once one has processed an event
+                until = min(regular, now + CHASE_POLL)
             chase = cadence.chase_deadline()
             if chase is not None:
                 if now >= chase:
@@ -339,7 +346,8 @@ class Worker:
                     return True
                 until = min(regular, now + CHASE_POLL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(due.wait(), until - now)
+                await asyncio.wait_for(self._wake.wait(), until - now)
+            self._wake.clear()
 
     async def recover(self, exc: TransactionFailed) -> None:
         """A transaction failed (this worker was fenced, or an error): what its tasks did since
@@ -366,7 +374,7 @@ class Worker:
     async def _stop(self) -> None:
         # 1. stop fetching; let the commit loop finish its checkpoint and end (one still
         # running after shutdown_timeout waits for an event that step 2 then cuts short)
-        self._checkpoint_due.set()
+        self._due_now()
         for task in self._background:
             if task.get_name() != "streamkit-commit":
                 task.cancel()
@@ -441,7 +449,7 @@ class Worker:
                 except TransactionFailed as exc:
                     if set(exc.failed) & set(self.tasks.tasks):
                         self._recovery_due = exc  # running tasks lost work: drop, rejoin
-                        self._checkpoint_due.set()
+                        self._due_now()
                     raise
             else:
                 await self.checkpointer.commit(closed)
@@ -483,6 +491,9 @@ class Worker:
         assert self.tasks is not None
         known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, commits, seek)
+        if self.cadence is not None:  # exactly-once: their first events commit at once
+            self.cadence.lead(t for t in self.tasks.tasks.values() if t not in known)
+            self._wake.set()
         if type(self.checkpointer) is TransactionalCheckpointer:  # (per worker: no adopting)
             # cooperative: a checkpoint may be running; the new tasks must not join it
             self.checkpointer.adopt(t for t in self.tasks.tasks.values() if t not in known)
