@@ -11,7 +11,7 @@ the value is encoded with its side's codec, so a buffered value reads back as th
 one has. A row's key is packed once, when the record is buffered (the table's keys are these
 bytes: nothing to encode at the checkpoint). A reserved row holds the watermark the rows
 reflect (checkpointed with them): the marker of what is purged. A purge writes no tombstone:
-the row is forgotten (index, cache, dirty set), and every store write of the table (the
+the row is forgotten (index, cache, dirty keys), and every store write of the table (the
 checkpoint's, a changelog replay's) deletes the key ranges its watermark row made final in
 the same transaction (`final_rows`); the changelog drops old records by time retention
 (`changelog_config`). Loading skips rows the stored watermark made final.
@@ -257,7 +257,7 @@ class JoinPartition:
         rows = self.rows  # the marker (`final_rows`): set as `TablePartition.set` would
         if WATERMARK_ROW in rows.cache:
             rows.cache[WATERMARK_ROW] = _WM.pack(watermark)
-            rows.dirty.add(WATERMARK_ROW)
+            rows.dirty[WATERMARK_ROW] = None
         else:
             rows.set(WATERMARK_ROW, _WM.pack(watermark))
         for side in (LEFT, RIGHT):
@@ -289,7 +289,7 @@ class JoinPartition:
             # row that made it final (`final_rows`), the changelog by its time retention; a
             # row the store was not written yet is never written (`TaskTables.write`)
             cache.pop(row, None)
-            dirty.discard(row)
+            dirty.pop(row, None)
             unwritten.pop(row, None)
         del times[:n]
         del seqs[:n]
