@@ -157,3 +157,21 @@ async def test_the_first_outputs_after_a_start_do_not_wait_for_the_interval(
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
         assert worker.cadence is not None and worker.cadence.leads >= 1
+
+
+def test_due_says_which_checkpoint_comes_and_when_to_look_again() -> None:
+    c = Cadence(1.0, follow_up=True)
+    c.started = c.ended = 100.0
+    assert c.due(100.2, {}) == (False, 101.0)  # nothing waited on: the regular one
+    assert c.due(101.0, {}) == (False, 101.0)  # due now
+    c.arm({("a-repartition", 0): 41}, {TP0})
+    c.armed_at = 100.0
+    reader = _Started()
+    reader.done = {TP0: 30}  # its task has not reached what the checkpoint wrote
+    follow_up, until = c.due(100.2, {TP0: reader})
+    assert not follow_up and until == 100.2 + cadence_module.CHASE_POLL  # looking again
+    reader.done = {TP0: 42}
+    assert c.due(100.3, {TP0: reader}) == (True, 100.3)  # processed: the follow-up now
+    reader.done = {TP0: 30}
+    assert c.due(100.6, {TP0: reader}) == (False, 101.0)  # half an interval: dropped
+    assert c.chase_deadline() is None

@@ -105,6 +105,23 @@ class Cadence:
             return None
         return self.armed_at + self.interval / 2
 
+    def due(self, now: float, by_input: Mapping[TopicPartition, Any]) -> tuple[bool, float]:
+        """(follow-up, when): the next checkpoint, a regular one or a follow-up, is due at
+        `when` (`now` or earlier: due now), the time to look again (every CHASE_POLL while a
+        follow-up or a lead waits on the tasks, `by_input` their committable offsets)."""
+        regular = self.regular_due()
+        if now >= regular or self.led():
+            return False, now
+        chase = self.chase_deadline()
+        if chase is not None and now >= chase:
+            self.disarm()  # not processed in time (a backlog): the regular one
+            chase = None
+        if chase is not None and self.processed(by_input):
+            return True, now
+        if chase is not None or self.leading:
+            return False, min(regular, now + CHASE_POLL)
+        return False, regular
+
     def processed(self, by_input: Mapping[TopicPartition, Any]) -> bool:
         """`reached`, from the tasks by input partition (their committable offsets)."""
         done = {}

@@ -35,7 +35,7 @@ from streamkit.runtime import gc_tuning
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget, longest_calls
-from streamkit.runtime.cadence import CHASE_POLL, Cadence
+from streamkit.runtime.cadence import Cadence
 from streamkit.runtime.checkpoint import Checkpointer
 from streamkit.runtime.exactly_once import (
     TransactionalCheckpointer,
@@ -269,10 +269,8 @@ class Worker:
             self.fail(task.exception())  # type: ignore[arg-type]
 
     def request_checkpoint(self) -> None:
-        """A table cache is full of dirty keys: checkpoint now rather than at the interval."""
-        self._due_now()
-
-    def _due_now(self) -> None:
+        """Checkpoint now rather than at the interval (a table cache full of dirty keys, the
+        stop, a recovery)."""
         self._checkpoint_due.set()
         self._wake.set()
 
@@ -330,21 +328,12 @@ class Worker:
         assert self.tasks is not None
         due = self._checkpoint_due  # set: a checkpoint was requested (a regular one now)
         while True:
-            now = time.monotonic()
-            regular = cadence.regular_due()
-            if now >= regular or due.is_set() or cadence.led():
+            if due.is_set():
                 return False
-            until = regular
-            if cadence.leading:  # started tasks: due once one has processed an event
-                until = min(regular, now + CHASE_POLL)
-            chase = cadence.chase_deadline()
-            if chase is not None:
-                if now >= chase:
-                    cadence.disarm()  # not processed in time (a backlog): the regular one
-                    continue
-                if cadence.processed(self.tasks.by_input):
-                    return True
-                until = min(regular, now + CHASE_POLL)
+            now = time.monotonic()
+            follow_up, until = cadence.due(now, self.tasks.by_input)
+            if until <= now:
+                return follow_up
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), until - now)
             self._wake.clear()
@@ -374,7 +363,7 @@ class Worker:
     async def _stop(self) -> None:
         # 1. stop fetching; let the commit loop finish its checkpoint and end (one still
         # running after shutdown_timeout waits for an event that step 2 then cuts short)
-        self._due_now()
+        self.request_checkpoint()
         for task in self._background:
             if task.get_name() != "streamkit-commit":
                 task.cancel()
@@ -449,7 +438,7 @@ class Worker:
                 except TransactionFailed as exc:
                     if set(exc.failed) & set(self.tasks.tasks):
                         self._recovery_due = exc  # running tasks lost work: drop, rejoin
-                        self._due_now()
+                        self.request_checkpoint()
                     raise
             else:
                 await self.checkpointer.commit(closed)
@@ -491,12 +480,13 @@ class Worker:
         assert self.tasks is not None
         known = set(self.tasks.tasks.values())
         self.tasks.assign(tps, producers, commits, seek)
+        started = [t for t in self.tasks.tasks.values() if t not in known]
         if self.cadence is not None:  # exactly-once: their first events commit at once
-            self.cadence.lead(t for t in self.tasks.tasks.values() if t not in known)
+            self.cadence.lead(started)
             self._wake.set()
         if type(self.checkpointer) is TransactionalCheckpointer:  # (per worker: no adopting)
             # cooperative: a checkpoint may be running; the new tasks must not join it
-            self.checkpointer.adopt(t for t in self.tasks.tasks.values() if t not in known)
+            self.checkpointer.adopt(started)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -130,9 +130,8 @@ class TablePartition:
         self._key_codec = table.key_codec
         self._value_codec = table.value_codec
         self.cache: dict[Any, Any] = {}
-        # keys changed since the last snapshot, in the order of their first change (a dict:
-        # a set's hash order made a join's rows, buffered in time order, reach SQLite
-        # shuffled, at 3x the insert cost of rows in key order)
+        # changed since the last snapshot, in first-change order (a dict: a join's rows, in
+        # time order, then reach SQLite in key order; a set's hash order tripled their cost)
         self.dirty: dict[Any, None] = {}
         # A key is checked to belong to this partition when it enters the cache (a read that
         # misses, a write of a new key): once per key while it stays cached, not per access.
@@ -213,13 +212,11 @@ class TablePartition:
 
     def remove(self, key: Any) -> None:
         """Delete `key` without looking whether it exists (no read)."""
-        if key not in self.cache:
-            self.dirty[key] = None
-            self.cache[key] = _DELETED
+        new = key not in self.cache
+        self.dirty[key] = None
+        self.cache[key] = _DELETED
+        if new:
             self._bound()
-        else:
-            self.dirty[key] = None
-            self.cache[key] = _DELETED
 
     def forget(self, key: Any) -> None:
         """Drop `key` from memory with no tombstone: for a row the table's purge rule deletes
