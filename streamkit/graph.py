@@ -320,6 +320,28 @@ def value_type_at(stage: Stage, node: Node) -> Any:
     return None
 
 
+def passed_unchanged(stage: Stage, node: Node) -> bool:
+    """Whether every value reaching `node` is the one its input decoded, passed on as it is:
+    only filters, branches, forwards, merges and state declarations on every way back to the
+    stage's inputs (their functions only look at a value: operators do not change what they
+    are given). Such a value's bytes are its input record's, so an exchange may forward them
+    instead of encoding the value again."""
+    seen: set[Node] = set()
+    stack: list[Node] = [p for p in node.parents if p in stage.children]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, StepNode):
+            if node.kind not in ("filter", "forward"):
+                return False
+        elif not isinstance(node, (SourceNode, StateNode, MergeNode, BranchNode, BranchOut)):
+            return False
+        stack.extend(p for p in node.parents if p in stage.children)
+    return True
+
+
 def _check_names(stages: list[Stage]) -> None:
     seen: dict[str, Stage] = {}
     for stage in stages:

@@ -199,12 +199,13 @@ class TypedCodec(Generic[T]):
         return self._validate_json
 
 
-def same_key_bytes(given: Codec[Any], wanted: Codec[Any]) -> bool:
-    """Whether a key written by `given` is already what `wanted` would write for it, so an
-    output may keep the input record's key bytes (no decode and encode per event): the same
+def same_bytes(given: Codec[Any], wanted: Codec[Any]) -> bool:
+    """Whether a key or value written by `given` is already what `wanted` would write for it,
+    so an output may keep the input record's bytes (no decode and encode per event): the same
     codec, text and raw bytes (the same bytes either way), plain JSON, or JSON validated into
     the same type. A schema-registry codec of another topic (its own subject and schema id)
-    is not: the key is encoded again with the output's codec, as Kafka Streams' serdes do."""
+    is not: the key or value is encoded again with the output's codec, as Kafka Streams'
+    serdes do."""
     if given is wanted:
         return True
     plain = (RawCodec, StrCodec)

@@ -395,13 +395,13 @@ async def test_a_worker_puts_invalid_dataclass_values_in_the_dlq_and_processes_t
 
 
 def test_an_output_keeps_the_input_key_bytes_only_where_its_codec_writes_the_same() -> None:
-    from streamkit.serde import codec_for, same_key_bytes
+    from streamkit.serde import codec_for, same_bytes
 
     text, raw, json = codec_for(str), codec_for(bytes), codec_for(None)
     ints, other_ints = codec_for(list[int]), codec_for(list[int])
-    assert same_key_bytes(text, raw) and same_key_bytes(raw, text)  # the same bytes
-    assert same_key_bytes(json, codec_for(None))
-    assert same_key_bytes(ints, other_ints)  # JSON validated into the same type
-    assert not same_key_bytes(text, json)  # "k" against "\"k\""
-    assert not same_key_bytes(ints, codec_for(list[str]))
+    assert same_bytes(text, raw) and same_bytes(raw, text)  # the same bytes
+    assert same_bytes(json, codec_for(None))
+    assert same_bytes(ints, other_ints)  # JSON validated into the same type
+    assert not same_bytes(text, json)  # "k" against "\"k\""
+    assert not same_bytes(ints, codec_for(list[str]))
     assert text.encode("k") != json.encode("k")

@@ -28,7 +28,7 @@ from streamkit.graph import Stage
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.sinks import TaskSinks
-from streamkit.serde import dumps, same_key_bytes
+from streamkit.serde import dumps, same_bytes
 from streamkit.settings import ConfigError
 from streamkit.streams import Stream
 
@@ -137,7 +137,7 @@ class Body:
         # collector's positional append for its topic and the bare encoder of its values;
         # a sink whose key codec writes other bytes than the inputs' encodes the event's key
         keyed = task.collector.keyed
-        kept = [s for s in sinks if all(same_key_bytes(i.key_codec, s.key_codec) for i in inputs)]
+        kept = [s for s in sinks if all(same_bytes(i.key_codec, s.key_codec) for i in inputs)]
         self._plain = [(keyed(s.name), dumps(s.value_codec)) for s in kept]
         self._rekeyed = [
             (keyed(s.name), dumps(s.value_codec), s.encode_key) for s in sinks if s not in kept

@@ -18,9 +18,14 @@ from streamkit.topics import Topic
 
 
 class Router:
-    def __init__(self, exchange: ExchangeNode, output: Topic, producer_partition: int) -> None:
+    def __init__(
+        self, exchange: ExchangeNode, output: Topic, producer_partition: int, raw: bool = False
+    ) -> None:
         self.exchange = exchange
         self.output = output
+        # the values routed are their input records' values, unchanged and in the output's
+        # encoding: the record's bytes are forwarded, not the value encoded again
+        self.raw = raw
         self.topic = output.name
         self._count = output.partitions or 1
         self._next = producer_partition % self._count  # tasks start at different partitions
@@ -52,7 +57,7 @@ class Router:
         return collector.append(
             self.topic,
             key,
-            output.encode_value(value),
+            rec.value if self.raw else output.encode_value(value),
             headers=rec.headers,
             timestamp_ms=rec.timestamp if event_ts is None else event_ts,
             partition=partition,
@@ -74,6 +79,7 @@ class Router:
         key_of = self._key
         assert key_of is not None
         encode_key, encode_value = dumps(output.key_codec), dumps(output.value_codec)
+        raw = self.raw
         add = host.collector.add
         tps = [(topic, p) for p in range(count)]  # the tuples the collector's batches key on
         known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
@@ -88,7 +94,7 @@ class Router:
             if add(
                 tps[partition],
                 key,
-                None if value is None else encode_value(value),
+                rec.value if raw else None if value is None else encode_value(value),
                 rec.headers,
                 rec.timestamp if ts is None else ts,
             ):

@@ -18,14 +18,14 @@ from typing import Any, Protocol
 
 from streamkit.agents import Agent
 from streamkit.events import Event
-from streamkit.graph import AgentNode, Stage
+from streamkit.graph import AgentNode, Stage, passed_unchanged
 from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.exchange import Router
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.joins import JoinHost, side_input
 from streamkit.runtime.sinks import TaskSinks
-from streamkit.serde import dumps, same_key_bytes
+from streamkit.serde import dumps, same_bytes
 from streamkit.streams import (
     AsyncMapNode,
     BranchNode,
@@ -173,7 +173,11 @@ class Compiler:
 
     def _exchange(self, node: ExchangeNode) -> Push:
         assert node.output is not None
-        router = Router(node, node.output, self.task.partition)
+        output = node.output
+        raw = passed_unchanged(self.stage, node) and all(
+            same_bytes(t.value_codec, output.value_codec) for t in self.stage.topics
+        )
+        router = Router(node, output, self.task.partition, raw)
         self.routers.append(router)
         return router.bind(self.task)
 
@@ -186,7 +190,7 @@ class Compiler:
         task = self.task
         encode = dumps(topic.value_codec)
         keyed = task.collector.keyed(topic.name)
-        if all(same_key_bytes(i.key_codec, topic.key_codec) for i in self.stage.topics):
+        if all(same_bytes(i.key_codec, topic.key_codec) for i in self.stage.topics):
 
             def sink(value: Any) -> None:  # the input's key bytes are the output's
                 rec = task.record

@@ -191,9 +191,13 @@ class JoinPartition:
             heapq.heappush(self._final[side], (ts + self._final_after[side], key))
         self.buffered += 1
 
-    def push(self, side: int, key: bytes, ts: int, value: Any, offset: int) -> None:
+    def push(
+        self, side: int, key: bytes, ts: int, value: Any, offset: int, raw: bytes | None = None
+    ) -> None:
         """A record of `side` at event time `ts`: late, or joined with the buffered partners
-        it matches (emitted now), then buffered until it is final."""
+        it matches (emitted now), then buffered until it is final. `raw`: the value's bytes
+        in its side's codec when the caller has them (the input record's, passed unchanged),
+        else the value is encoded."""
         watermark, rows = self.watermark, self.rows
         if self.spec.late(ts, watermark):
             self.late(side, ts, watermark)
@@ -231,7 +235,7 @@ class JoinPartition:
         self._seq = seq + 1
         rows.set(
             _ROW.pack(side, ts, seq) + key,
-            _HEAD.pack(matched, offset) + self.codecs[side].encode(value),
+            _HEAD.pack(matched, offset) + (self.codecs[side].encode(value) if raw is None else raw),
         )
         # indexed (`_track`, inline: once per record)
         index = self.index[side]
