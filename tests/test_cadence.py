@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -15,6 +16,7 @@ from aiokafka.structs import TopicPartition
 import streamkit as sk
 from streamkit.runtime import cadence as cadence_module
 from streamkit.runtime.cadence import Cadence
+from streamkit.runtime.exactly_once import TransactionalCheckpointer
 from tests.kafkahelp import bootstrap, create_topic, produce, running, wait_until
 
 TP0, TP1 = TopicPartition("a-repartition", 0), TopicPartition("a-repartition", 1)
@@ -39,6 +41,22 @@ def test_the_follow_up_waits_for_the_inputs_written_and_only_those() -> None:
     assert c.reached({TP0: 50})  # TP1 no longer this worker's: not waited for
     c.disarm()
     assert c.chase_deadline() is None
+
+
+def test_a_checkpoint_that_will_be_followed_leaves_the_store_writes_to_the_follow_up() -> None:
+    """Step 4 of a checkpoint that wrote to this worker's inputs waits for the next checkpoint
+    (the follow-up, due as soon as they are processed): the follow-up's transaction does not
+    wait for the SQLite writes. Never twice in a row: the next checkpoint writes."""
+    inputs: dict[TopicPartition, Any] = {TP0: None, TP1: None}
+    checkpointer = TransactionalCheckpointer("g", cast(Any, None), inputs)
+    wrote_input = {("a-repartition", 0): 41, ("out", 0): 77}
+    assert checkpointer._followed([wrote_input, wrote_input, None])  # one dict per worker
+    assert not checkpointer._followed([wrote_input])  # the follow-up writes
+    assert checkpointer._followed([None, wrote_input])
+    assert not checkpointer._followed([RuntimeError("failed")])  # whichever comes next writes
+    assert not checkpointer._followed([{("out", 0): 78}, None])  # nothing this worker reads
+    del inputs[TP0]  # the partition went to another worker
+    assert not checkpointer._followed([wrote_input])
 
 
 def test_nothing_to_chase_arms_nothing_and_at_least_once_never_arms() -> None:

@@ -28,7 +28,10 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    its unwritten rows at the cache's bound, or the task's last checkpoint): write every
    change its store lacks to it in one SQLite transaction, with the changelog offsets they
    reflect and the input offset (every due task's store at once). Until then the changes
-   wait in memory, where reads find them.
+   wait in memory, where reads find them. A checkpoint whose records this worker's own tasks
+   read leaves this step to the next one (the follow-up, due once they are processed:
+   `cadence.py`), unless the last checkpoint left it already, so the follow-up's transaction
+   does not wait for SQLite.
 
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
@@ -52,8 +55,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
@@ -106,9 +110,18 @@ class _Snapshot:
 
 
 class TransactionalCheckpointer:
-    def __init__(self, group_id: str, producers: ProducerSet) -> None:
+    def __init__(
+        self,
+        group_id: str,
+        producers: ProducerSet,
+        inputs: Mapping[TopicPartition, Any] | None = None,
+    ) -> None:
         self._group_id = group_id
         self._producers = producers
+        # this worker's input partitions (live): a checkpoint that wrote to one of them is
+        # followed at once by another (`cadence.py`), which writes the stores (step 4)
+        self._inputs: Mapping[TopicPartition, Any] = {} if inputs is None else inputs
+        self._deferred = False  # the last checkpoint left its store writes to this one
         self._lock = asyncio.Lock()  # the commit loop and a revoke never interleave
         self._committed: dict[TopicPartition, int] = {}
         self._times: dict[TopicPartition, str] = {}  # the metadata last committed with them
@@ -164,6 +177,7 @@ class TransactionalCheckpointer:
                 task.resume()
         # 3. the transaction(s)
         results = await self._transactions(snapshots)
+        later = self._followed(results)  # step 4 left to the follow-up, due in a moment
         failed: dict[TopicPartition, BaseException] = {}
         writes = []
         self.last_written = {}
@@ -187,7 +201,7 @@ class TransactionalCheckpointer:
             # 4. the store, when due: the changes it lacks with the offsets they reflect, one
             # SQLite transaction per task (the tasks' stores are separate files: written all
             # at once, in the default executor)
-            if task.state is not None and task.state.due(final=task.status is TaskState.CLOSED):
+            if task.state is not None and task.state.due(task.status is TaskState.CLOSED, later):
                 writes.append(task.state.write())
         for error in await asyncio.gather(*writes, return_exceptions=True):
             if isinstance(error, BaseException):
@@ -206,6 +220,24 @@ class TransactionalCheckpointer:
                     for itp in snap.task.offsets():
                         self._committed.pop(itp, None)
             raise TransactionFailed(failed)
+
+    def _followed(self, results: list[Outcome]) -> bool:
+        """Whether this checkpoint's store writes wait for the follow-up: it wrote records
+        that this worker's tasks read (the follow-up comes once they have processed them,
+        within half an interval), and the last checkpoint did not wait already. The
+        follow-up's transaction then does not wait for the SQLite writes; whichever
+        checkpoint comes next writes them."""
+        if self._deferred:
+            self._deferred = False
+            return False
+        unique = {id(r): r for r in results if isinstance(r, dict)}  # per worker: one
+        inputs = self._inputs
+        self._deferred = any(
+            TopicPartition(topic, partition) in inputs
+            for written in unique.values()
+            for topic, partition in written
+        )
+        return self._deferred
 
     async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:
         """Step 3: one transaction per task, all at once."""
@@ -293,8 +325,13 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
     share one collector (`TaskManager.share_collector`), so each destination partition gets one
     batch per checkpoint; new tasks start between checkpoints (`between_checkpoints`)."""
 
-    def __init__(self, group_id: str, producers: WorkerProducer) -> None:
-        super().__init__(group_id, producers)
+    def __init__(
+        self,
+        group_id: str,
+        producers: WorkerProducer,
+        inputs: Mapping[TopicPartition, Any] | None = None,
+    ) -> None:
+        super().__init__(group_id, producers, inputs)
         self._worker_producer = producers
 
     async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:

@@ -179,15 +179,16 @@ class Worker:
             group_instance_id=settings.instance_id,  # static membership, when set
         )
         if settings.processing_guarantee == "exactly_once":
+            inputs = self.tasks.by_input  # (a checkpoint that wrote to them is followed)
             if settings.transactional_producer == "per_worker":  # KIP-447
                 pause = longest_calls(app.stages)
                 one = WorkerProducer(settings, app.id, self.client_id, self.consumer, pause)
                 self.producers = one
-                self.checkpointer = WorkerTransactionCheckpointer(app.id, one)
+                self.checkpointer = WorkerTransactionCheckpointer(app.id, one, inputs)
                 self.tasks.share_collector = True  # one batch per destination per checkpoint
             else:
                 self.producers = TransactionalProducers(settings, app.id, self.client_id)
-                self.checkpointer = TransactionalCheckpointer(app.id, self.producers)
+                self.checkpointer = TransactionalCheckpointer(app.id, self.producers, inputs)
         else:
             self.checkpointer = Checkpointer(self.consumer)
         if self.producers is not None:
@@ -269,8 +270,7 @@ class Worker:
             self.fail(task.exception())  # type: ignore[arg-type]
 
     def request_checkpoint(self) -> None:
-        """Checkpoint now rather than at the interval (a table cache full of dirty keys, the
-        stop, a recovery)."""
+        """Checkpoint now, not at the interval (a full table cache, the stop, a recovery)."""
         self._checkpoint_due.set()
         self._wake.set()
 

@@ -144,12 +144,13 @@ class TaskTables:
             topic, partition, offset = source_offset
             offsets[(topic, partition)] = offset
 
-    def due(self, final: bool = False) -> bool:
+    def due(self, final: bool = False, later: bool = False) -> bool:
         """Whether this checkpoint writes the store: the task's last one (`final`), the
-        interval is over, or the unwritten rows reached the cache's bound."""
+        interval is over (unless the next checkpoint comes in a moment, `later`, and writes
+        are not asked of every checkpoint), or the unwritten rows reached the cache's bound."""
         if self.store is None:
             return False
-        if final or time.monotonic() >= self._next_write:
+        if final or (time.monotonic() >= self._next_write and not (later and self.write_interval)):
             return True
         return sum(len(p.flushing) for p in self.partitions.values()) >= self._cache_entries
 
