@@ -13,7 +13,6 @@ from streamkit.graph import passed_unchanged
 from streamkit.streams import ExchangeNode
 from streamkit.testing import AsyncTestDriver
 
-
 SENT = [b'{"u": "a",   "n": 1}', b'{ "n": 2, "u": "b" }', b'{"u":"c","n":-3, "x": [1, 2]}']
 
 
