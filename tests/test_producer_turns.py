@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiokafka.structs import TopicPartition
 
 from streamkit import aiokafka_internals as internals
@@ -73,3 +75,33 @@ async def test_turns_keep_offsets_moving_forward_and_records_exactly_once(
     values = sorted(r.value for r in records)
     expected = sorted(f"{i}:{p}".encode() for i in range(1, ROUNDS + 1) for p in range(PARTITIONS))
     assert values == expected
+
+
+class _Made(Exception):
+    """The producer's options, caught where it would be made."""
+
+
+async def test_transactional_producers_retry_a_concurrent_transaction_after_20_ms(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A transaction's produce request refused because the last transaction's markers are
+    still being written (KIP-890; NOT_ENOUGH_REPLICAS for aiokafka) is sent again after the
+    producer's backoff: 20 ms, not aiokafka's 100 ms default, for both kinds of
+    transactional producer."""
+    from streamkit.runtime import txn_producers
+
+    made: list[dict[str, Any]] = []
+
+    def capture(settings: Any, client_id: str, **extra: Any) -> Any:
+        made.append(extra)
+        raise _Made
+
+    monkeypatch.setattr(txn_producers, "make_producer", capture)
+    settings = load_settings(broker="127.0.0.1:9", workdir=tmp_path, instance_id="w")
+    per_partition = txn_producers.TransactionalProducers(settings, "app", "c")
+    with pytest.raises(_Made):
+        await per_partition._start(TopicPartition("t", 0))
+    with pytest.raises(_Made):
+        await WorkerProducer(settings, "app", "c", consumer=None)._start("txn", 0)
+    assert [m["retry_backoff_ms"] for m in made] == [20, 20]
+    assert all("transactional_id" in m for m in made)
