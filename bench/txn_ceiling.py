@@ -35,6 +35,7 @@ from aiokafka.structs import TopicPartition
 
 from bench.common import Cluster, bootstrap
 from bench.load_process import Feed, LoadProcess
+from streamkit.runtime.txn_producers import RETRY_BACKOFF_MS
 
 VALUE = b'{"user_id":"u12345","total":1234.56,"ts":1700000000.000}'
 
@@ -49,7 +50,10 @@ async def raw_paced(
     for load in loads:
         load.start()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap(), transactional_id=f"bt-{uid}", linger_ms=0
+        bootstrap_servers=bootstrap(),
+        transactional_id=f"bt-{uid}",
+        linger_ms=0,
+        retry_backoff_ms=RETRY_BACKOFF_MS,  # as streamkit's transactional producers retry
     )
     await producer.start()
     rng = random.Random(7)
