@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from streamkit.agents import Agent
 from streamkit.joins import StreamJoin
+from streamkit.serde import Codec, same_bytes
 from streamkit.settings import ConfigError
 from streamkit.streams import (
     AsyncMapNode,
@@ -318,6 +319,15 @@ def value_type_at(stage: Stage, node: Node) -> Any:
     if len(reached) == 1:
         return next(iter(reached.values())).value_type
     return None
+
+
+def forwards_input_bytes(stage: Stage, node: Node, codec: Codec[Any]) -> bool:
+    """Whether `node` may write its input record's value bytes where `codec` would encode the
+    value: the value is passed unchanged (`passed_unchanged`) and every input of the stage
+    encodes values as `codec` does (`same_bytes`)."""
+    return passed_unchanged(stage, node) and all(
+        same_bytes(t.value_codec, codec) for t in stage.topics
+    )
 
 
 def passed_unchanged(stage: Stage, node: Node) -> bool:

@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 import streamkit as sk
 from streamkit.runtime import cadence as cadence_module
 from streamkit.runtime.cadence import Cadence
-from streamkit.runtime.exactly_once import TransactionalCheckpointer
+from streamkit.runtime.exactly_once import TransactionalCheckpointer, last_written
 from tests.kafkahelp import bootstrap, create_topic, produce, running, wait_until
 
 TP0, TP1 = TopicPartition("a-repartition", 0), TopicPartition("a-repartition", 1)
@@ -50,13 +50,16 @@ def test_a_checkpoint_that_will_be_followed_leaves_the_store_writes_to_the_follo
     inputs: dict[TopicPartition, Any] = {TP0: None, TP1: None}
     checkpointer = TransactionalCheckpointer("g", cast(Any, None), inputs)
     wrote_input = {("a-repartition", 0): 41, ("out", 0): 77}
-    assert checkpointer._followed([wrote_input, wrote_input, None])  # one dict per worker
-    assert not checkpointer._followed([wrote_input])  # the follow-up writes
-    assert checkpointer._followed([None, wrote_input])
-    assert not checkpointer._followed([RuntimeError("failed")])  # whichever comes next writes
-    assert not checkpointer._followed([{("out", 0): 78}, None])  # nothing this worker reads
+    # one dict per worker, shared by every task's result: merged once
+    assert last_written([wrote_input, wrote_input, None]) == wrote_input
+    assert last_written([RuntimeError("failed"), None]) == {}
+    assert checkpointer._followed(last_written([wrote_input, wrote_input, None]))
+    assert not checkpointer._followed(wrote_input)  # the follow-up writes
+    assert checkpointer._followed(last_written([None, wrote_input]))
+    assert not checkpointer._followed({})  # (a failed one) whichever comes next writes
+    assert not checkpointer._followed({("out", 0): 78})  # nothing this worker reads
     del inputs[TP0]  # the partition went to another worker
-    assert not checkpointer._followed([wrote_input])
+    assert not checkpointer._followed(wrote_input)
 
 
 def test_nothing_to_chase_arms_nothing_and_at_least_once_never_arms() -> None:

@@ -31,7 +31,7 @@ lead.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -87,12 +87,7 @@ class Cadence:
         inputs."""
         if not self.follow_up:
             return
-        targets = {}
-        for (topic, partition), last in written.items():
-            tp = TopicPartition(topic, partition)
-            if tp in inputs:
-                targets[tp] = last + 1
-        self.targets = targets
+        targets = self.targets = inputs_written(written, inputs)
         self.armed_at = time.monotonic() if targets else None
 
     def disarm(self) -> None:
@@ -135,3 +130,16 @@ class Cadence:
         """Every target processed: `done` gives each input partition's committable offset
         (a partition no longer this worker's is not waited for)."""
         return all(done.get(tp, at) >= at for tp, at in self.targets.items())
+
+
+def inputs_written(
+    written: Mapping[tuple[str, int], int], inputs: Container[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Of the partitions a checkpoint wrote (`written`: the last offset per partition), those
+    that are this worker's `inputs`, each with the offset its task must reach to have read
+    what was written."""
+    return {
+        tp: last + 1
+        for (topic, partition), last in written.items()
+        if (tp := TopicPartition(topic, partition)) in inputs
+    }

@@ -64,6 +64,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import GroupFenced
 from streamkit.runtime import faults
+from streamkit.runtime.cadence import inputs_written
 from streamkit.runtime.checkpoint import partition_times
 from streamkit.runtime.collector import Sealed
 from streamkit.runtime.sinks import flush_sinks
@@ -107,6 +108,16 @@ class _Snapshot:
     times: dict[TopicPartition, str]  # the inputs' commit metadata (partition times)
     changes: dict[str, dict[bytes, bytes | None]]
     sealed: Sealed
+
+
+def last_written(results: list[Outcome]) -> dict[tuple[str, int], int]:
+    """The last offset each partition got in the committed transactions of `results` (per
+    worker every task's result is the same one: merged once)."""
+    merged: dict[tuple[str, int], int] = {}
+    for result in {id(r): r for r in results if isinstance(r, dict)}.values():
+        for ctp, last in result.items():
+            merged[ctp] = max(last, merged.get(ctp, -1))
+    return merged
 
 
 class TransactionalCheckpointer:
@@ -177,27 +188,22 @@ class TransactionalCheckpointer:
                 task.resume()
         # 3. the transaction(s)
         results = await self._transactions(snapshots)
-        later = self._followed(results)  # step 4 left to the follow-up, due in a moment
+        self.last_written = last_written(results)
+        later = self._followed(self.last_written)  # step 4 left to the follow-up
         failed: dict[TopicPartition, BaseException] = {}
         writes = []
-        self.last_written = {}
-        merged: set[int] = set()  # ids of results merged (per worker every task shares one)
         for snap, result in zip(snapshots, results, strict=True):
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
                 continue
             task = snap.task
-            if result is not None:  # (None: nothing to commit)
-                if id(result) not in merged:
-                    merged.add(id(result))
-                    for ctp, last in result.items():
-                        self.last_written[ctp] = max(last, self.last_written.get(ctp, -1))
-                if task.state is not None and (snap.changes or snap.offsets):
-                    if snap.changes:
-                        faults.reached("crash-after-commit")
-                    at = self._committed.get(snap.tp)
-                    source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
-                    task.state.record(result, source)
+            # (result None: nothing to commit)
+            if result is not None and task.state is not None and (snap.changes or snap.offsets):
+                if snap.changes:
+                    faults.reached("crash-after-commit")
+                at = self._committed.get(snap.tp)
+                source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
+                task.state.record(result, source)
             # 4. the store, when due: the changes it lacks with the offsets they reflect, one
             # SQLite transaction per task (the tasks' stores are separate files: written all
             # at once, in the default executor)
@@ -221,22 +227,16 @@ class TransactionalCheckpointer:
                         self._committed.pop(itp, None)
             raise TransactionFailed(failed)
 
-    def _followed(self, results: list[Outcome]) -> bool:
+    def _followed(self, written: Mapping[tuple[str, int], int]) -> bool:
         """Whether this checkpoint's store writes wait for the follow-up: it wrote records
-        that this worker's tasks read (the follow-up comes once they have processed them,
-        within half an interval), and the last checkpoint did not wait already. The
-        follow-up's transaction then does not wait for the SQLite writes; whichever
-        checkpoint comes next writes them."""
+        that this worker's tasks read (`written`: the follow-up comes once they have
+        processed them, within half an interval), and the last checkpoint did not wait
+        already. The follow-up's transaction then does not wait for the SQLite writes;
+        whichever checkpoint comes next writes them."""
         if self._deferred:
             self._deferred = False
             return False
-        unique = {id(r): r for r in results if isinstance(r, dict)}  # per worker: one
-        inputs = self._inputs
-        self._deferred = any(
-            TopicPartition(topic, partition) in inputs
-            for written in unique.values()
-            for topic, partition in written
-        )
+        self._deferred = bool(inputs_written(written, self._inputs))
         return self._deferred
 
     async def _transactions(self, snapshots: list[_Snapshot]) -> list[Outcome]:

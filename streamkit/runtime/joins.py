@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamkit.graph import Stage, passed_unchanged, value_type_at
+from streamkit.graph import Stage, forwards_input_bytes, value_type_at
 from streamkit.joins import LEFT, RIGHT, StreamJoin
-from streamkit.serde import codec_for, same_bytes
+from streamkit.serde import codec_for
 from streamkit.state.stream_join import JoinPartition
 from streamkit.state.table import TablePartition
 from streamkit.streams import JoinSideNode
@@ -119,9 +119,7 @@ def side_input(host: JoinHost, node: JoinSideNode, after: Push, stage: Stage) ->
     part.emit = emit
     push, side = part.push, node.side
     # the value is the record's, unchanged, in the side's encoding: its bytes are buffered
-    raw = passed_unchanged(stage, node) and all(
-        same_bytes(t.value_codec, part.codecs[side]) for t in stage.topics
-    )
+    raw = forwards_input_bytes(stage, node, part.codecs[side])
 
     def enter(value: Any) -> None:
         rec = host.record

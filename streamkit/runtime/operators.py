@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from streamkit.agents import Agent
 from streamkit.events import Event
-from streamkit.graph import AgentNode, Stage, passed_unchanged
+from streamkit.graph import AgentNode, Stage, forwards_input_bytes
 from streamkit.runtime.async_map import AsyncCalls
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.exchange import Router
@@ -173,11 +173,8 @@ class Compiler:
 
     def _exchange(self, node: ExchangeNode) -> Push:
         assert node.output is not None
-        output = node.output
-        raw = passed_unchanged(self.stage, node) and all(
-            same_bytes(t.value_codec, output.value_codec) for t in self.stage.topics
-        )
-        router = Router(node, output, self.task.partition, raw)
+        raw = forwards_input_bytes(self.stage, node, node.output.value_codec)
+        router = Router(node, node.output, self.task.partition, raw)
         self.routers.append(router)
         return router.bind(self.task)
 
