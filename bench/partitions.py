@@ -29,6 +29,10 @@ partitions (both stages' tasks run in the worker). For each P and mode, N pre-lo
   a plain aiokafka loop committing the transactions it would commit (`bench/txn_ceiling.py`):
   the part of the checkpoint that is the broker's and the Kafka client's.
 
+The broker's data folder matters here: on this VM's disk, a broker with hundreds of
+partitions spends most of its CPU faulting in index pages (docs/benchmarks.md, "The broker's
+disk"); `STREAMKIT_KAFKA_DATA=/dev/shm scripts/localkafka.py up` puts it on a tmpfs.
+
 The worker runs in this process, alone: the feeder and the read_committed reader run in a
 process of their own (`bench/load_process.py`), so every CPU figure is the worker's (before
 2026-12-02 they shared this process and its event loop, and its CPU figures included them).

@@ -159,7 +159,9 @@ def start_cluster(size: int = 3, timeout: float = 90.0) -> Cluster:
     )
     for attempt in range(3):  # a port picked as free can be taken before the JVM binds it
         ports = localkafka.free_ports(2 * size)
-        root = Path(tempfile.mkdtemp(prefix="streamkit-kafka-cluster-"))
+        root = Path(
+            tempfile.mkdtemp(prefix="streamkit-kafka-cluster-", dir=localkafka.data_parent())
+        )
         voters = ",".join(f"{i + 1}@{HOST}:{ports[size + i]}" for i in range(size))
         cluster_id = localkafka.new_cluster_id()
         nodes = []

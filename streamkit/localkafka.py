@@ -11,7 +11,10 @@ Maven resolves the jars from the pom shipped in the package (streamkit/kafka/pom
 reachable as kafka/pom.xml in the repository) once, into <cache>/kafka-<version>/lib, where
 <cache> is $STREAMKIT_KAFKA_CACHE or ~/.cache/streamkit. A broker started with `up` is
 remembered in .kafka/state.json under the current folder ($STREAMKIT_KAFKA_STATE names
-another file), so `down`, `status` and `run` from the same folder find it.
+another file), so `down`, `status` and `run` from the same folder find it. The broker's data
+folder is made in $STREAMKIT_KAFKA_DATA, else in the system's temporary folder: on a VM whose
+disk makes page faults dear, a tmpfs (`STREAMKIT_KAFKA_DATA=/dev/shm`) keeps the broker's cost
+per partition down (docs/benchmarks.md, "The broker's disk").
 Tests: start_broker() -> Broker.
 Standard library only; a broker is ready when it answers a Kafka Metadata request.
 
@@ -57,6 +60,15 @@ HOST = "127.0.0.1"
 
 class BrokerError(RuntimeError):
     """The broker, or a step to start it, failed; the message says why."""
+
+
+def data_parent() -> str | None:
+    """The folder in which brokers' data folders are made: $STREAMKIT_KAFKA_DATA (which must
+    exist), else None (the system's temporary folder)."""
+    parent = os.environ.get("STREAMKIT_KAFKA_DATA")
+    if parent and not Path(parent).is_dir():
+        raise BrokerError(f"STREAMKIT_KAFKA_DATA={parent} is not a folder: make it, or unset it")
+    return parent or None
 
 
 def log(message: str) -> None:
@@ -335,7 +347,7 @@ def start_broker(timeout: float = 60.0, *, secure: bool = False) -> Broker:
     lib, java, version = resolve_jars(), find_java(), kafka_version()
     for attempt in range(3):  # a port picked as free can be taken before the JVM binds it
         port, controller_port, *secure_ports = free_ports(5 if secure else 2)
-        data_dir = Path(tempfile.mkdtemp(prefix="streamkit-kafka-"))
+        data_dir = Path(tempfile.mkdtemp(prefix="streamkit-kafka-", dir=data_parent()))
         broker = Broker(port, controller_port, data_dir, lib, java, version)
         try:
             security = new_security(data_dir, secure_ports) if secure else None

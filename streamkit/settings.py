@@ -384,7 +384,14 @@ def parse_bootstrap(value: str) -> list[str]:
 
 
 # Variables with the prefix that belong to tools around the framework, not to a worker.
-NOT_SETTINGS = frozenset({"STREAMKIT_KAFKA_CACHE", "STREAMKIT_TEST_HOOK"})
+NOT_SETTINGS = frozenset(
+    {
+        "STREAMKIT_KAFKA_CACHE",
+        "STREAMKIT_KAFKA_DATA",
+        "STREAMKIT_KAFKA_STATE",
+        "STREAMKIT_TEST_HOOK",
+    }
+)
 
 
 def load_settings(**overrides: Any) -> Settings:

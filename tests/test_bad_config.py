@@ -404,3 +404,16 @@ def test_bad_send_fails_with_one_line(
     assert output.startswith("error: ") and len(output.strip().splitlines()) == 1, output
     for word in words:
         assert word in output, output
+
+
+def test_the_tools_variables_are_not_taken_for_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The local broker's variables (its jar cache, data folder and state file) may be set
+    in the shell that starts a worker: a worker ignores them rather than refusing to start."""
+    for name in ("STREAMKIT_KAFKA_CACHE", "STREAMKIT_KAFKA_DATA", "STREAMKIT_KAFKA_STATE"):
+        monkeypatch.setenv(name, str(tmp_path))
+    assert load_settings(commit_interval=2).commit_interval == 2
+    monkeypatch.setenv("STREAMKIT_KAFKA_DATAS", str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown setting STREAMKIT_KAFKA_DATAS"):
+        load_settings()

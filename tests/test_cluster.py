@@ -44,14 +44,37 @@ STEP_OUTPUTS = 400  # outputs between two faults: each fault lands mid-run
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
+def data_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the cluster's data goes (`STREAMKIT_KAFKA_DATA`), a folder of the test's own."""
+    return tmp_path_factory.mktemp("kafka-data")
+
+
+@pytest.fixture(scope="module")
+def cluster(data_parent: Path) -> Iterator[Any]:
     import kafkacluster  # scripts/ is on the path (tests/clusterhelp.py)
 
-    nodes = kafkacluster.start_cluster(3)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STREAMKIT_KAFKA_DATA", str(data_parent))
+        nodes = kafkacluster.start_cluster(3)
     try:
         yield nodes
     finally:
         nodes.stop()
+
+
+def test_the_nodes_keep_their_data_where_streamkit_kafka_data_says(
+    cluster: Any, data_parent: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`STREAMKIT_KAFKA_DATA` (a tmpfs, for one) holds every node's log folder, the logs of
+    the topics the cluster made (its metadata); a folder that is not there is refused."""
+    import localkafka
+
+    for node in cluster.nodes:
+        assert node.data_dir.is_relative_to(data_parent), node.data_dir
+        assert any((node.data_dir / "data").glob("__cluster_metadata-*")), node.data_dir
+    monkeypatch.setenv("STREAMKIT_KAFKA_DATA", str(data_parent / "missing"))
+    with pytest.raises(localkafka.BrokerError, match=r"STREAMKIT_KAFKA_DATA=.*not a folder"):
+        localkafka.data_parent()
 
 
 def test_every_node_names_the_same_active_controller_and_coordinators(cluster: Any) -> None:
