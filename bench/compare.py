@@ -5,7 +5,7 @@ with the raw two-hop aiokafka loop and Kafka's perf tools as ceilings.
     python -m bench.compare [--events N] [--keys K] [--reps R] [--pipelines A,B]
                             [--systems a,b] [--guarantees g,h] [--commit-interval S]
                             [--paced-rate R] [--paced-events M] [--no-hardware]
-                            [--json F] [--plot F.png]
+                            [--warm-up W] [--json F] [--plot F.png]
 
 This module is the systems (each one a command line reading the same environment, see
 bench/peers/__init__.py; `streamkit xW` runs W streamkit worker processes in one group) and the
@@ -51,6 +51,8 @@ JOINING = {"streamkit", "kafka streams", "quix streams", "flink"}  # pipeline C 
 # Faust does ~300 events/s: a run of the default N would take hours, so it runs only when
 # named, with an N of its own (`--systems faust --events 100000`)
 DEFAULT = [s for s in SYSTEMS if s != "faust"]
+# the unreported first run's events at most (`runner.warm_up`)
+WARM_UP = 200_000
 WORKERS = re.compile(r"streamkit x(\d+)")  # `streamkit x2`: two worker processes
 
 
@@ -129,9 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paced-rate", type=float, default=10_000.0)
     parser.add_argument("--paced-events", type=int, default=0, help="0: no latency runs")
     parser.add_argument("--no-hardware", action="store_true", help="skip Kafka's perf tools")
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=None,
+        help="events of an unreported first run (default: N/5, at most 200,000; 0: none)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="a PNG (bench virtualenv)")
     args = parser.parse_args(argv)
+    if args.warm_up is None:
+        args.warm_up = min(WARM_UP, args.events // 5)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # a new topic's first fetches
     prepare(args.systems)
     runs_of = [

@@ -18,7 +18,7 @@ from typing import Any
 class Run:
     system: str
     pipeline: str
-    mode: str  # "throughput" (pre-loaded input) or "paced" (latency)
+    mode: str  # "throughput" (pre-loaded input), "paced" (latency) or "warm-up" (unreported)
     guarantee: str
     rep: int
     keys: int = 10_000  # users in the input (A and B)

@@ -6,7 +6,7 @@ launched with the same environment (bench/peers/__init__.py) and a fresh group, 
 directory and output topic; the run is done when every key's latest output is the oracle's and
 the input is committed. A wrong run is reported as failed, not timed. CPU seconds and peak RSS
 are the system processes' own (/proc, summed over its processes), read just before they are
-stopped. Repetitions run in rotated order.
+stopped. Repetitions run in rotated order, after one run that is not reported (`warm_up`).
 
 Paced runs (latency): once the group is stable with all its processes, M events are produced
 at R events/s into an empty input; each output is mapped back to the input event it answers,
@@ -204,6 +204,32 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
     return run
 
 
+async def warm_up(cluster: Cluster, plan: Plan, first: tuple[str, str, str], logs: Path) -> None:
+    """One run that is not reported, before the measured ones: the first (system, pipeline,
+    guarantee) over an input of its own, `args.warm_up` events. A broker JVM compiles its
+    request paths under its first load: on a fresh broker the first run of an invocation
+    cost the broker 4 times the CPU per event of the later ones (docs/benchmarks.md), a cost the
+    rotation of the repetitions gave to whichever system ran first."""
+    system, pipeline, guarantee = first
+    args = plan.args
+    work = workload(pipeline, args.warm_up, args.keys)
+    topic = f"peer-warm-{pipeline}-{uuid.uuid4().hex[:8]}"
+    await cluster.create_topics([topic])
+    await preload(topic, work.values, timestamps=work.timestamps)
+    saved = plan.sources[pipeline], plan.ends[pipeline]
+    plan.sources[pipeline], plan.ends[pipeline] = topic, await cluster.end_offsets(topic)
+    try:
+        await run_one(
+            cluster,
+            plan,
+            Run(system, pipeline, "warm-up", guarantee, 0, keys=args.keys),
+            work,
+            logs,
+        )
+    finally:
+        plan.sources[pipeline], plan.ends[pipeline] = saved
+
+
 async def run_all(
     plan: Plan, runs_of: list[tuple[str, str, str]]
 ) -> tuple[list[Run], dict[str, float]]:
@@ -222,6 +248,8 @@ async def run_all(
             await cluster.create_topics([plan.sources[p]])
             await preload(plan.sources[p], work.values, timestamps=work.timestamps)
             plan.ends[p] = await cluster.end_offsets(plan.sources[p])
+        if args.warm_up and runs_of:
+            await warm_up(cluster, plan, runs_of[0], logs)
         for rep in range(1, args.reps + 1):
             turn = (rep - 1) % len(runs_of)
             for system, p, g in runs_of[turn:] + runs_of[:turn]:
