@@ -122,10 +122,11 @@ def enrichment_app(
     concurrency: int,
     enrich: Enricher,
     commit_interval: float,
+    workdir: Path,
 ) -> sk.App:
     app = sk.App(
         f"bio-{uid}",
-        workdir=Path(tempfile.gettempdir()) / f"bench-async-io-{uid}",  # stateless: stays empty
+        workdir=workdir,  # stateless: only the worker's own files
         processing_guarantee="exactly_once",
         commit_interval=commit_interval,
     )
@@ -192,13 +193,27 @@ def check(records: list[Any], rows: list[dict[str, Any]]) -> str:
 async def one_run(
     cluster: Cluster, url: str, concurrency: int, n: int, args: argparse.Namespace
 ) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-async-io-") as workdir:
+        return await _one_run(cluster, url, concurrency, n, args, Path(workdir))
+
+
+async def _one_run(
+    cluster: Cluster,
+    url: str,
+    concurrency: int,
+    n: int,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, Any]:
     partitions = args.partitions
     uid = uuid.uuid4().hex[:6]
     source, output = f"bio-in-{uid}", f"bio-out-{uid}"
     await cluster.create_topics([source, output], partitions)
     rows = orders(n, seed=concurrency)
     enrich = Enricher(url)
-    app = enrichment_app(uid, source, output, partitions, concurrency, enrich, args.commit_interval)
+    app = enrichment_app(
+        uid, source, output, partitions, concurrency, enrich, args.commit_interval, workdir
+    )
     worker = Worker(app)
     reader = Reader(output)
     reading = asyncio.create_task(reader.run(latency=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -57,6 +58,9 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # its singleton socket folder (org.chromium.Chromium.*) goes with the profile,
+            # not into the system's /tmp, where each run left one behind
+            env={**os.environ, "TMPDIR": self._profile.name},
         )
         assert self._proc.stderr is not None
         url = await asyncio.wait_for(asyncio.to_thread(self._ws_url, self._proc.stderr), 60)
