@@ -6,19 +6,22 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from tests.kafkahelp import ROOT
 
 
 def run_bench(*args: str) -> str:
-    """`python -m bench.<args>`; its standard output, asserting it exited with 0."""
-    proc = subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        cwd=ROOT,
-        env=dict(os.environ),
-        timeout=240,
-    )
+    """`python -m bench.<args>`; its standard output, asserting it exited with 0. Its
+    temporary folders (the peers' logs, state folders) go in one removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", *args],
+            capture_output=True,
+            cwd=ROOT,
+            env={**os.environ, "TMPDIR": tmp},
+            timeout=240,
+        )
     out = proc.stdout.decode()
     assert proc.returncode == 0, out + proc.stderr.decode()
     return out

@@ -9,7 +9,9 @@ import asyncio
 import importlib
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -300,7 +302,10 @@ def test_one_table_on_two_differently_keyed_stages_is_refused() -> None:
         _ = app.stages
 
 
-async def test_a_keyed_merge_of_streams_that_are_not_co_partitioned_fails_at_start() -> None:
+async def test_a_keyed_merge_of_streams_that_are_not_co_partitioned_fails_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the driver's folder goes
     app = sk.App("copart")
     a = app.topic("copart-a", partitions=2)
     b = app.topic("copart-b", partitions=3)
@@ -314,6 +319,7 @@ async def test_a_keyed_merge_of_streams_that_are_not_co_partitioned_fails_at_sta
     with pytest.raises(sk.ConfigError, match=r"not co-partitioned: copart-a \(2\), copart-b \(3\)"):
         async with AsyncTestDriver(app):
             pass
+    assert not os.listdir(tmp_path)  # the failed start removed its state folder
 
 
 async def test_a_merge_of_key_by_streams_with_other_partition_counts_fails_at_start() -> None:

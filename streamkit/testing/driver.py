@@ -137,6 +137,13 @@ class AsyncTestDriver:
         app.settings = app.settings.model_copy(
             update={"workdir": workdir, "state_write_interval": 0.0}
         )
+        try:
+            await self._start(app)
+        except BaseException:  # a bad app fails here: nothing of its start stays behind
+            await self._release(commit=False)
+            raise
+
+    async def _start(self, app: App) -> None:
         self.topics.create(app)
         # schema-registry codecs register at start, as a worker's do (a real registry: the
         # app's schema_registry_url)
@@ -169,11 +176,13 @@ class AsyncTestDriver:
     async def close(self) -> None:
         """Stop every task after a final checkpoint; give the app its settings back; delete the
         temporary state folder."""
-        if not self._started:
-            return
+        if self._started:
+            await self._release(commit=self._failure is None)
+
+    async def _release(self, *, commit: bool) -> None:
         self._started = False
         try:
-            await self._stop_tasks(commit=self._failure is None)
+            await self._stop_tasks(commit=commit)
         finally:
             self.app.settings = self._saved_settings
             if self._tmp is not None:
