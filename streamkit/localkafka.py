@@ -11,15 +11,11 @@ Maven resolves the jars from the pom shipped in the package (streamkit/kafka/pom
 reachable as kafka/pom.xml in the repository) once, into <cache>/kafka-<version>/lib, where
 <cache> is $STREAMKIT_KAFKA_CACHE or ~/.cache/streamkit. A broker started with `up` is
 remembered in .kafka/state.json under the current folder ($STREAMKIT_KAFKA_STATE names
-another file), so `down`, `status` and `run` from the same folder find it. The broker's data
-folder is made in $STREAMKIT_KAFKA_DATA, else in the system's temporary folder: on a VM whose
-disk makes page faults dear, a tmpfs (`STREAMKIT_KAFKA_DATA=/dev/shm`) keeps the broker's cost
-per partition down (docs/benchmarks.md, "The broker's disk").
-Tests: start_broker() -> Broker.
+another file), so `down`, `status` and `run` from the same folder find it. Data folders go in
+$STREAMKIT_KAFKA_DATA (a tmpfs: docs/benchmarks.md), else the temp folder. Tests: start_broker().
 Standard library only; a broker is ready when it answers a Kafka Metadata request.
 
-`--secure` (tests: `start_broker(secure=True)`) adds SASL_PLAINTEXT, SASL_SSL and SSL listeners
-to the PLAINTEXT one: streamkit/localkafka_secure.py makes them.
+`--secure` (`start_broker(secure=True)`): SASL_PLAINTEXT, SASL_SSL, SSL too (localkafka_secure).
 """
 
 from __future__ import annotations
@@ -63,12 +59,11 @@ class BrokerError(RuntimeError):
 
 
 def data_parent() -> str | None:
-    """The folder in which brokers' data folders are made: $STREAMKIT_KAFKA_DATA (which must
-    exist), else None (the system's temporary folder)."""
-    parent = os.environ.get("STREAMKIT_KAFKA_DATA")
-    if parent and not Path(parent).is_dir():
+    """$STREAMKIT_KAFKA_DATA, where brokers' data folders go (None: the system's temp folder)."""
+    parent = os.environ.get("STREAMKIT_KAFKA_DATA") or None
+    if parent is not None and not Path(parent).is_dir():
         raise BrokerError(f"STREAMKIT_KAFKA_DATA={parent} is not a folder: make it, or unset it")
-    return parent or None
+    return parent
 
 
 def log(message: str) -> None:
@@ -412,8 +407,7 @@ def _start_logged(timeout: float, secure: bool = False, brokers: int = 1) -> Bro
 def cmd_up(args: argparse.Namespace) -> int:
     with maven.locked(STATE_FILE.with_suffix(".lock")):
         broker = running_broker()
-        size = len(getattr(broker, "nodes", [broker]))
-        if broker is not None and size != args.brokers:
+        if broker is not None and (size := len(getattr(broker, "nodes", [broker]))) != args.brokers:
             log(f"a {size}-node broker is running at {broker.bootstrap}: `down` it first")
             return 1
         if broker is None:
@@ -432,9 +426,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         broker = load_state()
         if broker is not None:
             broker.stop()
-            log(f"stopped broker pid {broker.pid} at {broker.bootstrap}")
-        else:
-            log("no broker to stop")
+        log(
+            "no broker to stop" if broker is None else f"stopped {broker.pid} at {broker.bootstrap}"
+        )
         STATE_FILE.unlink(missing_ok=True)
     return 0
 
@@ -486,10 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--secure", action="store_true", help="add SASL and TLS listeners (a new broker)"
             )
             command.add_argument(
-                "--brokers",
-                type=int,
-                default=1,
-                help="start a KRaft cluster of N nodes (3: replication 3, min ISR 2)",
+                "--brokers", type=int, default=1, help="a KRaft cluster of N nodes (3: RF 3, ISR 2)"
             )
         if name == "run":
             command.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
