@@ -1,6 +1,7 @@
 """Side by side: pipelines A, B and C in streamkit, Faust, Quix Streams, Kafka Streams and the
 raw aiokafka and confluent-kafka loops (C, a stream-stream join: streamkit and Kafka Streams),
-with the raw two-hop aiokafka loop and Kafka's perf tools as ceilings.
+with the raw two-hop loops (aiokafka; librdkafka, both guarantees: `raw two-hop rdkafka`) and
+Kafka's perf tools as ceilings.
 
     python -m bench.compare [--events N] [--keys K] [--reps R] [--pipelines A,B]
                             [--systems a,b] [--guarantees g,h] [--commit-interval S]
@@ -14,8 +15,8 @@ and keeps its time series (start-up, steady rate), bench/report.py tabulates and
 
 The default N (6,000,000) keeps every system's start-up to first output under 5 % of its run
 on this kind of machine (docs/benchmarks.md has the start-ups it was chosen from). Faust,
-Quix Streams and confluent-kafka run from the pinned bench virtualenv `.venv-bench`, Kafka
-Streams on the JDK.
+Quix Streams and the one-hop confluent-kafka loop run from the pinned bench virtualenv
+`.venv-bench` (the two-hop librdkafka loop from ours), Kafka Streams on the JDK.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ BOTH = ("exactly_once", "at_least_once")
 # start-up to first output * steady rate * 20, the largest over the systems (Kafka Streams
 # exactly-once: ~15 s * ~22,000 events/s under load 8-13): start-up < 5 % of every run
 EVENTS = 6_000_000
-SYSTEMS = ("streamkit", "raw aiokafka", "raw two-hop", "raw confluent-kafka", "faust",
-           "quix streams", "kafka streams", "flink")  # fmt: skip
+SYSTEMS = ("streamkit", "raw aiokafka", "raw two-hop", "raw two-hop rdkafka",
+           "raw confluent-kafka", "faust", "quix streams", "kafka streams", "flink")  # fmt: skip
 RAW = {"raw aiokafka", "raw two-hop", "raw confluent-kafka"}  # pipeline A, at-least-once only
+# pipeline A, both guarantees: a transactional librdkafka producer under exactly-once
+NATIVE = "raw two-hop rdkafka"
 JOINING = {"streamkit", "kafka streams", "quix streams", "flink"}  # pipeline C (the join)
 # Faust does ~300 events/s: a run of the default N would take hours, so it runs only when
 # named, with an N of its own (`--systems faust --events 100000`)
@@ -69,6 +72,8 @@ def command(system: str) -> list[str]:
         return [sys.executable, "-m", "bench.peers.raw_twohop"]
     if system == "raw aiokafka":
         return [sys.executable, "-m", "bench.peers.raw_aiokafka"]
+    if system == NATIVE:
+        return [sys.executable, "-m", "bench.peers.raw_twohop_rdkafka"]
     if system == "streamkit":
         return [sys.executable, "-m", "bench.peers.streamkit_app"]
     if system == "raw confluent-kafka":
@@ -90,12 +95,14 @@ def supports(system: str, pipeline: str, guarantee: str) -> bool:
         system = "streamkit"
     if pipeline == "C":
         return system in JOINING
+    if system == NATIVE:
+        return pipeline == "A"
     return system not in RAW or (pipeline == "A" and guarantee == "at_least_once")
 
 
 def prepare(systems: Sequence[str]) -> None:
     """The peers' software: the bench virtualenv, Kafka Streams' jars and classes."""
-    ours = {"streamkit", "raw aiokafka", "raw two-hop", "kafka streams", "flink"}
+    ours = {"streamkit", "raw aiokafka", "raw two-hop", NATIVE, "kafka streams", "flink"}
     others = {s for s in systems if not WORKERS.fullmatch(s)} - ours
     if others and not BENCH_PY.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_PY.parent.parent)], check=True)

@@ -45,7 +45,9 @@ class Feed:
 
 
 class LoadProcess:
-    def __init__(self, output: str, feed: Feed | None = None) -> None:
+    def __init__(self, output: str, feed: Feed | None = None, latency: bool = True) -> None:
+        """`latency` False: the outputs carry no `ts` (Kafka Streams' pipeline A): count
+        them only."""
         ctx = multiprocessing.get_context("spawn")
         self._count: Any = ctx.Value("q", 0, lock=False)
         self._go = ctx.Event()
@@ -54,7 +56,7 @@ class LoadProcess:
         self._process = ctx.Process(
             target=_main,
             args=(os.environ["KAFKA_BOOTSTRAP_SERVERS"], output, feed, self._count, self._go,
-                  self._stop, child),
+                  self._stop, child, latency),
             daemon=True,
         )  # fmt: skip
 
@@ -83,17 +85,24 @@ class LoadProcess:
 
 
 def _main(
-    servers: str, output: str, feed: Feed | None, count: Any, go: Any, stop: Any, conn: Connection
+    servers: str,
+    output: str,
+    feed: Feed | None,
+    count: Any,
+    go: Any,
+    stop: Any,
+    conn: Connection,
+    latency: bool,
 ) -> None:
-    latencies = asyncio.run(_run(servers, output, feed, count, go, stop))
+    latencies = asyncio.run(_run(servers, output, feed, count, go, stop, latency))
     conn.send(latencies)
 
 
 async def _run(
-    servers: str, output: str, feed: Feed | None, count: Any, go: Any, stop: Any
+    servers: str, output: str, feed: Feed | None, count: Any, go: Any, stop: Any, latency: bool
 ) -> list[float]:
     reader = Reader(output)  # (its consumer reads KAFKA_BOOTSTRAP_SERVERS: this process's too)
-    reading = asyncio.create_task(reader.run(latency=feed is not None))
+    reading = asyncio.create_task(reader.run(latency=latency and feed is not None))
     feeding: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():

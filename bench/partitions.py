@@ -27,7 +27,15 @@ partitions (both stages' tasks run in the worker). For each P and mode, N pre-lo
   read_committed reader - sent);
 - with `--raw`, after each P's paced runs, the same paced load with the worker replaced by
   a plain aiokafka loop committing the transactions it would commit (`bench/txn_ceiling.py`):
-  the part of the checkpoint that is the broker's and the Kafka client's.
+  the part of the checkpoint that is the broker's and the Kafka client's;
+- with `--kafka-streams`, the same paced run with pipeline A in Kafka Streams
+  (`bench/kstreams`, exactly-once v2, one stream thread, its default 0.1 s commit interval)
+  in place of the worker: the mean time of its transactions, from its own metrics over the fed
+  span (the transactional producer's total time in `sendOffsetsToTransaction` and
+  `commitTransaction`, which flushes the batches first, over the stream thread's commits).
+  It leaves out what Kafka Streams does before (its tasks' pre-commit), so it is the lower
+  bound of its commit; its own `commit-latency-*` metrics are per task (the commit's time
+  divided by the tasks it committed) and have a millisecond resolution.
 
 The broker's data folder matters here: on this VM's disk, a broker with hundreds of
 partitions spends most of its CPU faulting in index pages (docs/benchmarks.md, "The broker's
@@ -44,6 +52,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import statistics
 import tempfile
@@ -263,6 +272,76 @@ async def paced_run(
     }
 
 
+async def kafka_streams_paced(
+    cluster: Cluster, half: int, rate: int, seconds: float
+) -> dict[str, Any]:
+    """`paced_run` with Kafka Streams as the worker (its own process): the mean time of its
+    transactions while the paced load runs, from the totals it reports every second."""
+    from bench.common import peer_env
+    from bench.compare import command, prepare
+
+    prepare(["kafka streams"])
+    uid = uuid.uuid4().hex[:6]
+    source, output = f"bp-kin-{uid}", f"bp-kout-{uid}"
+    await cluster.create_topics([source, output], partitions=half)
+    n = int(rate * seconds)
+    load = LoadProcess(output, Feed(source, half, rate, seconds), latency=False)
+    load.start()
+    samples: list[tuple[float, int, int]] = []  # (time, commits, ns in the transactions)
+    running = asyncio.Event()
+
+    async def follow(stdout: asyncio.StreamReader) -> None:
+        async for line in stdout:
+            word, *rest = line.decode().split()
+            if word == "STATE" and rest == ["RUNNING"]:
+                running.set()
+            elif word == "COMMITS":
+                samples.append((time.monotonic(), int(rest[0]), int(rest[1]) + int(rest[2])))
+
+    with tempfile.TemporaryDirectory() as state:
+        env = dict(os.environ) | peer_env(
+            "A", source, output, f"bp-ks-{uid}", "exactly_once", 0.1, state
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *command("kafka streams"), env=env | {"BENCH_METRICS_EVERY_MS": "1000"},
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        following = asyncio.create_task(follow(proc.stdout))
+        try:
+            await asyncio.wait_for(running.wait(), 300)
+            load.go()
+            fed = time.monotonic()
+            deadline = fed + seconds + 300
+            while load.count < n:
+                load.check()
+                if proc.returncode is not None:
+                    raise RuntimeError("Kafka Streams stopped early")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("paced run not done")
+                await asyncio.sleep(0.05)
+            done = time.monotonic()
+            await asyncio.sleep(1.1)  # the last second's sample
+        finally:
+            proc.terminate()
+            await proc.wait()
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+            load.stop()
+    (t0, commits0, ns0), (t1, commits1, ns1) = (
+        min((s for s in samples if s[0] >= fed), key=lambda s: s[0]),
+        max((s for s in samples if s[0] <= done + 1.1), key=lambda s: s[0]),
+    )
+    commits = commits1 - commits0
+    return {
+        "partitions": 2 * half,
+        "mode": "kafka streams",
+        "paced_rate": rate,
+        "paced_mean_checkpoint_ms": round((ns1 - ns0) / 1e6 / commits, 1),
+        "paced_transactions_per_s": round(commits / (t1 - t0), 1),
+    }
+
+
 async def profiled(top: int, title: str, events: int, run: Awaitable[T]) -> T:
     """`run`, under cProfile when `top` (then its `top` costliest functions are printed)."""
     if not top:
@@ -299,6 +378,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         print(f"## {title}\n{report(pstats.Stats(span), n, args.profile)}")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if args.kafka_streams and args.rate:
+                row = await kafka_streams_paced(cluster, half, args.rate, args.seconds)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
             if args.raw and args.rate:  # the baseline: the same transactions, no streamkit
                 row = await raw_paced(cluster, half, args.rate, args.seconds, 0.1)
                 print(json.dumps(row), flush=True)
@@ -322,6 +405,11 @@ def main() -> None:
         "--raw", action="store_true",
         help="after each P's paced runs, the same transactions from a plain aiokafka loop "
         "(bench/txn_ceiling.py): the broker's share of the checkpoint",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kafka-streams", action="store_true",
+        help="after each P's paced runs, the same paced load through Kafka Streams: its "
+        "commit latency",
     )  # fmt: skip
     parser.add_argument(
         "--profile", type=int, default=0, metavar="K",

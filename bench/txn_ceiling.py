@@ -15,7 +15,9 @@ producer until `commit_transaction` returned; when one outlasts the interval, th
 at once with the events that arrived meanwhile, as the worker's next checkpoint does.
 
 What it shows: how the broker's cost of a transaction grows with the partitions it touches, on
-this machine, with nothing of streamkit's in the way.
+this machine, with nothing of streamkit's in the way. `--client rdkafka` makes the same
+transactions with confluent-kafka's producer (librdkafka: batching, requests and responses in
+native threads) instead of aiokafka's, to tell the broker's share from the Python client's.
 """
 
 from __future__ import annotations
@@ -109,12 +111,102 @@ async def raw_paced(
     }
 
 
+def rdkafka_transactions(
+    topics: tuple[str, str, str, str], half: int, rate: int, seconds: float, interval: float
+) -> tuple[list[float], float, float]:
+    """`raw_paced`'s loop with librdkafka's transactional producer (blocking calls: this
+    thread does nothing else meanwhile). Returns the durations, the elapsed and the CPU time
+    of the whole process (librdkafka's threads included)."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import TopicPartition as NativeTP
+
+    source, rep, log, out = topics
+    uid = uuid.uuid4().hex[:6]
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap(),
+            "transactional.id": f"bt-rd-{uid}",
+            "linger.ms": 0,
+            "retry.backoff.ms": RETRY_BACKOFF_MS,
+        }
+    )
+    # the group's metadata for the offsets (no member: generation -1, like aiokafka's v0)
+    group = Consumer({"bootstrap.servers": bootstrap(), "group.id": f"bt-group-{uid}"})
+    metadata = group.consumer_group_metadata()
+    producer.init_transactions(30)
+    rng = random.Random(7)
+    durations: list[float] = []
+    offsets: dict[tuple[str, int], int] = {}
+    started = last = time.monotonic()
+    cpu_started = time.process_time()
+    done, n = 0, int(rate * seconds)
+    try:
+        while done < n:
+            time.sleep(max(0.0, last + interval - time.monotonic()))
+            now = time.monotonic()
+            events = min(n - done, int((now - started) * rate) - done)
+            last = now
+            if events <= 0:
+                continue
+            t = time.monotonic()
+            producer.begin_transaction()
+            moved: dict[tuple[str, int], int] = {}
+            for i in range(events):
+                for tp in ((source, (done + i) % half), (rep, rng.randrange(half))):
+                    moved[tp] = offsets[tp] = offsets.get(tp, 0) + 1
+                for topic in (rep, log, out):
+                    producer.produce(topic, VALUE, partition=rng.randrange(half))
+            positions = [NativeTP(topic, p, o) for (topic, p), o in moved.items()]
+            producer.send_offsets_to_transaction(positions, metadata)
+            producer.commit_transaction()
+            durations.append(time.monotonic() - t)
+            done += events
+        return durations, time.monotonic() - started, time.process_time() - cpu_started
+    finally:
+        group.close()
+        producer.flush()
+
+
+async def rdkafka_paced(
+    cluster: Cluster, half: int, rate: int, seconds: float, interval: float
+) -> dict[str, Any]:
+    uid = uuid.uuid4().hex[:6]
+    topics = source, rep, log, out = tuple(
+        f"bt-{kind}-{uid}" for kind in ("in", "rep", "log", "out")
+    )
+    await cluster.create_topics(list(topics), partitions=half)
+    loads = [LoadProcess(out, Feed(source, half, rate, seconds)), LoadProcess(rep)]
+    for load in loads:
+        load.start()
+    try:
+        loads[0].go()
+        durations, elapsed, cpu = await asyncio.to_thread(
+            rdkafka_transactions, (source, rep, log, out), half, rate, seconds, interval
+        )
+    finally:
+        for load in loads:
+            load.stop()
+    durations.sort()
+    n = int(rate * seconds)
+    return {
+        "partitions": 2 * half,
+        "mode": "raw transactions, librdkafka",
+        "paced_rate": rate,
+        "paced_mean_checkpoint_ms": round(1000 * statistics.fmean(durations), 1),
+        "paced_p50_checkpoint_ms": round(1000 * statistics.median(durations), 1),
+        "paced_p95_checkpoint_ms": round(1000 * durations[int(len(durations) * 0.95)], 1),
+        "paced_transactions_per_s": round(len(durations) / elapsed, 1),
+        "paced_cpu_us_per_event": round(1e6 * cpu / n, 1),
+    }
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
+    paced = rdkafka_paced if args.client == "rdkafka" else raw_paced
     async with Cluster() as cluster:
         await cluster.warm_up_groups()
         for total in args.partitions:
-            row = await raw_paced(cluster, total // 2, args.rate, args.seconds, args.interval)
+            row = await paced(cluster, total // 2, args.rate, args.seconds, args.interval)
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -128,6 +220,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--interval", type=float, default=0.1)
+    parser.add_argument("--client", choices=("aiokafka", "rdkafka"), default="aiokafka")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = asyncio.run(run(args))

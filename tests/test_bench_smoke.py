@@ -34,8 +34,9 @@ def test_passthrough_benchmark_smoke_run() -> None:
 
 
 def test_peers_benchmark_smoke_run() -> None:
-    """Pipelines A and B in streamkit (both guarantees, one and two worker processes) and the
-    raw one-hop and two-hop aiokafka loops, validated against the oracle (every output answers
+    """Pipelines A and B in streamkit (both guarantees, one and two worker processes), the
+    raw one-hop and two-hop aiokafka loops and the two-hop librdkafka loop (both guarantees:
+    exactly N outputs under exactly-once), validated against the oracle (every output answers
     one input event), after the warm-up run, plus one paced latency run each; the other
     systems need the bench virtualenv and the JDK build (`make bench`)."""
     out = run_bench(
@@ -45,7 +46,7 @@ def test_peers_benchmark_smoke_run() -> None:
         "--reps",
         "1",
         "--systems",
-        "streamkit,raw aiokafka,raw two-hop,streamkit x2",
+        "streamkit,raw aiokafka,raw two-hop,raw two-hop rdkafka,streamkit x2",
         "--commit-interval",
         "0.2",
         "--guarantees",
@@ -60,6 +61,8 @@ def test_peers_benchmark_smoke_run() -> None:
     assert "| at_least_once | streamkit | 1/1 |" in out
     assert "| at_least_once | raw aiokafka | 1/1 |" in out
     assert out.count("| at_least_once | raw two-hop | 1/1 |") == 2  # A and its latency run
+    assert out.count("| exactly_once | raw two-hop rdkafka | 1/1 |") == 2
+    assert out.count("| at_least_once | raw two-hop rdkafka | 1/1 |") == 2
     assert out.count("| exactly_once | streamkit x2 | 1/1 |") == 4
     assert out.count("| exactly_once | streamkit | 1/1 |") == 4  # A, B and their latency runs
     # first, an unreported run over an input of its own (the broker's warm-up): the counts
@@ -120,3 +123,22 @@ def test_partitions_benchmark_smoke_run() -> None:
     assert worker["events"] == 400 and worker["transactions"] >= 1
     assert worker["paced_p50_ms"] > 0 and worker["paced_p50_checkpoint_ms"] > 0
     assert raw["paced_transactions_per_s"] > 0 and raw["paced_p50_checkpoint_ms"] > 0
+
+
+def test_transaction_ceiling_with_librdkafka_smoke_run() -> None:
+    """`bench.txn_ceiling --client rdkafka`: the same paced transactions from librdkafka's
+    producer, each committed (offsets included)."""
+    out = run_bench(
+        "bench.txn_ceiling",
+        "--partitions",
+        "4",
+        "--rate",
+        "200",
+        "--seconds",
+        "2",
+        "--client",
+        "rdkafka",
+    )
+    (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert row["mode"] == "raw transactions, librdkafka" and row["partitions"] == 4
+    assert row["paced_transactions_per_s"] > 0 and row["paced_p50_checkpoint_ms"] > 0

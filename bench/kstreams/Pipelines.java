@@ -109,7 +109,12 @@ public class Pipelines {
     }
 
     static void run(StreamsBuilder builder, Properties props) throws Exception {
+        String every = System.getenv("BENCH_METRICS_EVERY_MS");  // bench.partitions' paced runs
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
+        if (every != null) {
+            streams.setStateListener((now, before) -> System.out.println("STATE " + now));
+            reportCommits(streams, Long.parseLong(every));
+        }
         CountDownLatch done = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             streams.close(Duration.ofSeconds(20));
@@ -117,5 +122,40 @@ public class Pipelines {
         }));
         streams.start();
         done.await();
+    }
+
+    // Every `everyMs`, on stdout: "COMMITS <commits> <send-offsets ns> <commit ns>", all
+    // totals so far: the stream thread's commits (each commits every task with new records)
+    // and its transactional producer's time in sendOffsetsToTransaction and commitTransaction
+    // (which flushes the batches first). (Its commit-latency-* metrics are per task: the
+    // commit's time divided by the tasks it committed.)
+    static void reportCommits(KafkaStreams streams, long everyMs) {
+        Thread reporter = new Thread(() -> {
+            while (true) {
+                try {
+                    Thread.sleep(everyMs);
+                } catch (InterruptedException e) {
+                    return;
+                }
+                double commits = 0, offsetsNs = 0, commitNs = 0;
+                for (var e : streams.metrics().entrySet()) {
+                    if (!(e.getValue().metricValue() instanceof Number n)) continue;
+                    String group = e.getKey().group(), name = e.getKey().name();
+                    if (group.equals("stream-thread-metrics") && name.equals("commit-total")) {
+                        commits += n.doubleValue();
+                    } else if (group.equals("producer-metrics")
+                            && name.equals("txn-send-offsets-time-ns-total")) {
+                        offsetsNs += n.doubleValue();
+                    } else if (group.equals("producer-metrics")
+                            && name.equals("txn-commit-time-ns-total")) {
+                        commitNs += n.doubleValue();
+                    }
+                }
+                System.out.println(
+                    "COMMITS " + (long) commits + " " + (long) offsetsNs + " " + (long) commitNs);
+            }
+        });
+        reporter.setDaemon(true);
+        reporter.start();
     }
 }

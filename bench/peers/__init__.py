@@ -9,6 +9,7 @@ A: purchases JSON → repartition by user_id → per-user running sum in state �
 timestamp → repartition by user_id → 60 s tumbling count per user, one update per
 event, a 1 h grace (out-of-orderness) so that no system drops an event as late →
 `{"user_id", "start" (ms), "count"}`. The raw loops (raw_aiokafka: one hop; raw_twohop: the
-repartition hop too; both on raw_loop's relay) do A, at-least-once only. The Faust, Quix
-Streams and confluent-kafka programs run in the bench virtualenv (`.venv-bench`), not ours.
+repartition hop too; both on raw_loop's relay) do A, at-least-once only; raw_twohop_rdkafka,
+the two hops on librdkafka, does A under both guarantees, from our virtualenv. The Faust, Quix
+Streams and one-hop confluent-kafka programs run in the bench virtualenv (`.venv-bench`).
 """
