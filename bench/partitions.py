@@ -408,8 +408,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--kafka-streams", action="store_true",
-        help="after each P's paced runs, the same paced load through Kafka Streams: its "
-        "commit latency",
+        help="after each P's paced runs, the same paced load through Kafka Streams: the "
+        "mean time of its transactions",
     )  # fmt: skip
     parser.add_argument(
         "--profile", type=int, default=0, metavar="K",
