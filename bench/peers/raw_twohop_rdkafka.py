@@ -18,12 +18,13 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.peers.raw_aiokafka import running_sum
 
 env = os.environ
 PARTITIONS = 4
@@ -58,18 +59,6 @@ def create_topic(name: str) -> None:
             return
         time.sleep(0.05)
     raise SystemExit(f"topic {name} has no leaders after 30 s")
-
-
-def running_sum() -> Callable[[bytes], tuple[bytes, bytes]]:
-    totals: dict[str, float] = {}
-
-    def step(value: bytes) -> tuple[bytes, bytes]:
-        p = orjson.loads(value)
-        user = p["user_id"]
-        total = totals[user] = totals.get(user, 0.0) + p["amount"]
-        return user.encode(), orjson.dumps({"user_id": user, "total": total})
-
-    return step
 
 
 def positions(c: Consumer) -> list[TopicPartition]:
