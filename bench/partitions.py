@@ -2,7 +2,8 @@
 input partition vs one per worker (KIP-447).
 
     python -m bench.partitions [--events N] [--partitions 8,64,256]
-                               [--modes per_partition,per_worker] [--raw] [--json FILE]
+                               [--modes per_partition,per_worker,per_worker/streamkit]
+                               [--raw] [--json FILE]
 
 Pipeline A (the keyed running sum of bench.exactly_once: purchases → key_by(user_id) → table
 += amount → the total), exactly-once, the default commit interval (0.1 s under exactly-once),
@@ -81,14 +82,18 @@ def running_sum_app(
     mode: str,
     commit_interval: float | None = None,
 ) -> sk.App:
-    """Pipeline A; `commit_interval` None is the default (0.1 s under exactly-once)."""
+    """Pipeline A; `commit_interval` None is the default (0.1 s under exactly-once). `mode`:
+    a `transactional_producer`, optionally with a `transactional_client` after a slash
+    (`per_worker/streamkit`)."""
+    producer, _, client = mode.partition("/")
     app = sk.App(
         f"bp-{uid}",
         workdir=workdir,
         processing_guarantee="exactly_once",
         commit_interval=commit_interval,
-        transactional_producer=mode,
+        transactional_producer=producer,
         web_enabled=False,
+        **({"transactional_client": client} if client else {}),
     )
     src = app.topic(source, partitions=partitions)
     out = app.topic(output, partitions=partitions)

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streamkit.aiokafka_internals import RawClient
+from streamkit.aiokafka_internals import RawClient, TransactionalProducer
 from streamkit.security import kafka_security_options
 from streamkit.settings import Settings
 
@@ -28,6 +28,18 @@ def make_producer(settings: Settings, client_id: str, **extra: Any) -> Any:
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.linger_ms,
+        max_batch_size=settings.max_batch_size,
+        **extra,
+    )
+
+
+def make_transactional_producer(
+    settings: Settings, client_id: str, **extra: Any
+) -> TransactionalProducer:
+    """streamkit's own transactional producer (`transactional_client="streamkit"`)."""
+    return TransactionalProducer(
+        connection_options(settings),
+        client_id=client_id,
         max_batch_size=settings.max_batch_size,
         **extra,
     )

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
             "to choose."
         ),
     )
+    transactional_client: Literal["streamkit", "aiokafka"] = Field(
+        default="streamkit",
+        description=(
+            "exactly_once with transactional_producer=per_worker: the client that makes the "
+            "worker's transactions. streamkit (the default), streamkit's own transactional "
+            "producer on aiokafka's connections (one Produce request per leader, encoded by "
+            "hand: less work per partition); aiokafka, aiokafka's AIOKafkaProducer. See "
+            "docs/benchmarks.md."
+        ),
+    )
     transaction_timeout_ms: int = Field(
         default=60_000,
         ge=1000,

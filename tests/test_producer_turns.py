@@ -16,6 +16,7 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from streamkit import aiokafka_internals as internals
+from streamkit.aiokafka_internals import TransactionalProducer
 from streamkit.runtime.txn_producers import Gate, WorkerProducer
 from streamkit.settings import load_settings
 from tests.kafkahelp import bootstrap, create_topic, read_all
@@ -26,19 +27,35 @@ ROUNDS = 24
 
 
 async def _round(gate: Gate, sink: str, i: int) -> None:
-    producer = gate.producer
-    sent = [await producer.send(sink, f"{i}:{p}".encode(), partition=p) for p in range(PARTITIONS)]
+    """One record to each partition, in a batch of its own (as the collector hands them)."""
+    sent = []
+    for p in range(PARTITIONS):
+        batch = gate.create_batch()
+        batch.append(timestamp=None, key=None, value=f"{i}:{p}".encode())
+        sent.append(await gate.send_batch(batch, sink, partition=p))
     await asyncio.gather(*sent)
 
 
+def _identity(producer: Any) -> int:
+    if isinstance(producer, TransactionalProducer):
+        return producer.identity[0]
+    return internals.producer_identity(producer)[0]
+
+
+@pytest.mark.parametrize("client", ["streamkit", "aiokafka"])
 async def test_turns_keep_offsets_moving_forward_and_records_exactly_once(
-    uid: str, tmp_path: Path
+    uid: str, tmp_path: Path, client: str
 ) -> None:
     source, sink, group = f"turn-in-{uid}", f"turn-out-{uid}", f"turn-{uid}"
     await create_topic(source, 1)
     await create_topic(sink, PARTITIONS)
     tp0 = TopicPartition(source, 0)
-    settings = load_settings(broker=bootstrap(), workdir=tmp_path, instance_id=f"w-{uid}")
+    settings = load_settings(
+        broker=bootstrap(),
+        workdir=tmp_path,
+        instance_id=f"w-{uid}",
+        transactional_client=client,
+    )
     async with member(source, group) as consumer:
         await joined(consumer, 1)
         worker = WorkerProducer(settings, group, f"turn-{uid}", consumer)
@@ -47,7 +64,7 @@ async def test_turns_keep_offsets_moving_forward_and_records_exactly_once(
             identities = []
             for i in range(1, ROUNDS + 1):
                 producer = gate.producer
-                identities.append(internals.producer_identity(producer)[0])
+                identities.append(_identity(producer))
                 await _round(gate, sink, i)
                 await producer.send_offsets_to_transaction({tp0: i}, group)
                 await producer.commit_transaction()
@@ -87,7 +104,7 @@ async def test_transactional_producers_retry_a_concurrent_transaction_after_20_m
     """A transaction's produce request refused because the last transaction's markers are
     still being written (KIP-890; NOT_ENOUGH_REPLICAS for aiokafka) is sent again after the
     producer's backoff: 20 ms, not aiokafka's 100 ms default, for both kinds of
-    transactional producer."""
+    transactional producer and both clients of the per-worker one."""
     from streamkit.runtime import txn_producers
 
     made: list[dict[str, Any]] = []
@@ -97,11 +114,16 @@ async def test_transactional_producers_retry_a_concurrent_transaction_after_20_m
         raise _Made
 
     monkeypatch.setattr(txn_producers, "make_producer", capture)
+    monkeypatch.setattr(txn_producers, "make_transactional_producer", capture)
     settings = load_settings(broker="127.0.0.1:9", workdir=tmp_path, instance_id="w")
     per_partition = txn_producers.TransactionalProducers(settings, "app", "c")
     with pytest.raises(_Made):
         await per_partition._start(TopicPartition("t", 0))
-    with pytest.raises(_Made):
-        await WorkerProducer(settings, "app", "c", consumer=None)._start("txn", 0)
-    assert [m["retry_backoff_ms"] for m in made] == [20, 20]
+    for client in ("streamkit", "aiokafka"):
+        settings = load_settings(
+            broker="127.0.0.1:9", workdir=tmp_path, instance_id="w", transactional_client=client
+        )
+        with pytest.raises(_Made):
+            await WorkerProducer(settings, "app", "c", consumer=None)._start("txn", 0)
+    assert [m["retry_backoff_ms"] for m in made] == [20, 20, 20]
     assert all("transactional_id" in m for m in made)

@@ -9,7 +9,9 @@ transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group
 OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
 topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka's eager group
 coordinator. `batches`: the producer's batches filled through aiokafka's C record builder, without
-its per-record Python wrapper. None imports anything from streamkit."""
+its per-record Python wrapper. `txn_producer`: streamkit's own transactional producer for the
+per-worker producers, on aiokafka's client, with Produce encoded and decoded by hand
+(`produce`). None imports anything from streamkit."""
 
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ from streamkit.aiokafka_internals.offsets import (
 )
 from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
 from streamkit.aiokafka_internals.sessions import FetchSession
+from streamkit.aiokafka_internals.txn_producer import Delivered, TransactionalProducer
 
 __all__ = [
     "AIOKAFKA_VERSION",
@@ -97,6 +100,7 @@ __all__ = [
     "_TAGS",
     "Commits",
     "CooperativeRebalance",
+    "Delivered",
     "FetchFailed",
     "FetchSession",
     "Fetched",
@@ -112,6 +116,7 @@ __all__ = [
     "OpenBatch",
     "RawClient",
     "StableOffsetFetchRequest",
+    "TransactionalProducer",
     "TxnOffsetCommitRequest_v3",
     "TxnOffsetCommitResponse_v3",
     "check_consumer",

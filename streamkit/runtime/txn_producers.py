@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import enable_group_fencing, group_metadata
-from streamkit.clients import make_producer
+from streamkit.clients import make_producer, make_transactional_producer
 from streamkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -201,11 +201,17 @@ class WorkerProducer:
                     raise failed[0]
                 self.gate = Gate(started[0])
                 self._spare = started[1]
-                log.info("transactional producers %s (per worker) ready", ", ".join(ids))
+                log.info(
+                    "transactional producers %s (per worker, %s) ready",
+                    ", ".join(ids),
+                    self._settings.transactional_client,
+                )
         gate = self.gate
         return {tp: gate for tp in tps}
 
     async def _start(self, txn_id: str, turn: int) -> Any:
+        if self._settings.transactional_client == "streamkit":
+            return await self._start_own(txn_id, turn)
         producer = make_producer(
             self._settings,
             f"{self._client_id}-txn{turn}",
@@ -224,6 +230,20 @@ class WorkerProducer:
         except BaseException:
             await producer.stop()
             raise
+        return producer
+
+    async def _start_own(self, txn_id: str, turn: int) -> Any:
+        producer = make_transactional_producer(
+            self._settings,
+            f"{self._client_id}-txn{turn}",
+            transactional_id=txn_id,
+            transaction_timeout_ms=worker_transaction_timeout(self._settings, self._pause),
+            retry_backoff_ms=RETRY_BACKOFF_MS,
+            group_metadata=lambda: group_metadata(self._consumer),
+            newer_generation=self._settings.rebalance_protocol == "cooperative",
+        )
+        await producer.start()  # InitProducerId: the previous one's end
+        await producer.begin_transaction()
         return producer
 
     async def take_turns(self) -> None:

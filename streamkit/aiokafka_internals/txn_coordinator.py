@@ -1,0 +1,242 @@
+"""The transaction's requests to its coordinators, for `txn_producer.TransactionalProducer`:
+InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn and EndTxn to the transaction coordinator,
+TxnOffsetCommit v3 (with the group's generation and member id, `groups.py`) to the group
+coordinator. Each is retried while its error is retriable (a coordinator moved, loading, or a
+transaction still completing: CONCURRENT_TRANSACTIONS) until the deadline; a fencing error
+raises `ProducerFenced` (and sets `fenced`) or `GroupFenced`; any other raises its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import errors
+from aiokafka.client import ConnectionGroup, CoordinationType
+from aiokafka.protocol.transaction import (
+    AddOffsetsToTxnRequest,
+    AddPartitionsToTxnRequest,
+    EndTxnRequest,
+    InitProducerIdRequest,
+)
+from aiokafka.structs import TopicPartition
+
+from streamkit.aiokafka_internals.groups import (
+    GROUP_FENCING_ERRORS,
+    ILLEGAL_GENERATION,
+    PRODUCER_FENCED,
+    UNKNOWN_MEMBER_ID,
+    GroupFenced,
+    GroupMetadata,
+    GroupTxnOffsetCommitRequest,
+)
+
+NONE = 0
+DUPLICATE_SEQUENCE_NUMBER = 46
+INVALID_PRODUCER_EPOCH = 47
+CONCURRENT_TRANSACTIONS = 51
+OPERATION_NOT_ATTEMPTED = 55
+REBALANCE_IN_PROGRESS = 27
+COORDINATOR_LOAD_IN_PROGRESS = 14
+COORDINATOR_NOT_AVAILABLE = 15
+NOT_COORDINATOR = 16
+FENCED = {PRODUCER_FENCED, INVALID_PRODUCER_EPOCH}
+_RETRY_COORDINATOR = {COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR}
+UNKNOWN_TOPIC_OR_PARTITION = 3
+_RETRY_LATER = {
+    COORDINATOR_LOAD_IN_PROGRESS,
+    CONCURRENT_TRANSACTIONS,
+    OPERATION_NOT_ATTEMPTED,
+    UNKNOWN_TOPIC_OR_PARTITION,
+}
+CONNECTION_ERRORS = (
+    errors.KafkaConnectionError,
+    errors.NodeNotReadyError,
+    errors.RequestTimedOutError,
+    errors.CorrelationIdError,
+)
+
+
+class TxnCoordinator:
+    """One transactional id's producer id and epoch, and its requests to the coordinators."""
+
+    def __init__(
+        self,
+        client: Any,
+        transactional_id: str,
+        *,
+        transaction_timeout_ms: int,
+        backoff: float,
+        deadline: float,
+        group_metadata: Callable[[], GroupMetadata],
+        newer_generation: bool,
+    ) -> None:
+        self._client = client
+        self.transactional_id = transactional_id
+        self._timeout_ms = transaction_timeout_ms
+        self._backoff = backoff
+        self._delivery_timeout = deadline
+        self._metadata = group_metadata
+        self._newer_generation = newer_generation
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.fenced = False
+        self._coordinator: int | None = None  # the transaction coordinator's node
+        self._group_coordinators: dict[str, int] = {}
+
+    async def init_producer_id(self) -> None:
+        """A new epoch for the id: its previous producer is fenced, its open transaction aborted."""
+        response = await self._coordinated(
+            lambda: InitProducerIdRequest(self.transactional_id, self._timeout_ms),
+            "InitProducerId",
+        )
+        self.producer_id = int(response.producer_id)
+        self.producer_epoch = int(response.producer_epoch)
+
+    async def add_partitions(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """Add these partitions to the open transaction; the ones added."""
+        pending = set(tps)
+        added: set[TopicPartition] = set()
+        deadline = time.monotonic() + self._delivery_timeout
+        while pending:
+            by_topic: dict[str, list[int]] = {}
+            for tp in sorted(pending):
+                by_topic.setdefault(tp.topic, []).append(tp.partition)
+            request = AddPartitionsToTxnRequest(
+                self.transactional_id, self.producer_id, self.producer_epoch, list(by_topic.items())
+            )
+            response = await self._send_to_coordinator(request)
+            retry = False
+            for topic, partitions in response.errors:
+                for partition, code in partitions:
+                    tp = TopicPartition(topic, partition)
+                    if code == NONE:
+                        pending.discard(tp)
+                        added.add(tp)
+                    else:
+                        retry = self._retriable(code, "AddPartitionsToTxn") or retry
+            if pending and retry:
+                if time.monotonic() > deadline:
+                    raise errors.KafkaTimeoutError("AddPartitionsToTxn did not succeed in time")
+                await asyncio.sleep(self._backoff)
+        return added
+
+    async def add_offsets(self, group_id: str) -> None:
+        await self._coordinated(
+            lambda: AddOffsetsToTxnRequest(
+                self.transactional_id, self.producer_id, self.producer_epoch, group_id
+            ),
+            "AddOffsetsToTxn",
+        )
+
+    async def end_txn(self, *, commit: bool) -> None:
+        await self._coordinated(
+            lambda: EndTxnRequest(
+                self.transactional_id, self.producer_id, self.producer_epoch, commit
+            ),
+            "EndTxn",
+        )
+
+    async def _coordinated(self, make: Callable[[], Any], what: str) -> Any:
+        """A request to the transaction coordinator with one `error_code`, retried while the
+        error is retriable."""
+        deadline = time.monotonic() + self._delivery_timeout
+        while True:
+            response = await self._send_to_coordinator(make())
+            code = response.error_code
+            if code == NONE:
+                return response
+            self._retriable(code, what)
+            if time.monotonic() > deadline:
+                raise errors.KafkaTimeoutError(f"{what} did not succeed in time")
+            await asyncio.sleep(self._backoff)
+
+    def _retriable(self, code: int, what: str) -> bool:
+        """True for an error worth retrying (a coordinator moved or busy); raise any other."""
+        if code in _RETRY_COORDINATOR:
+            self._coordinator = None
+            return True
+        if code in _RETRY_LATER:
+            return True
+        if code in FENCED:
+            self.fenced = True
+            raise errors.ProducerFenced()
+        raise errors.for_code(code)(f"{what} of {self.transactional_id}")
+
+    async def _send_to_coordinator(self, request: Any) -> Any:
+        deadline = time.monotonic() + self._delivery_timeout
+        while True:
+            try:
+                if self._coordinator is None:
+                    self._coordinator = await self._client.coordinator_lookup(
+                        CoordinationType.TRANSACTION, self.transactional_id
+                    )
+                return await self._client.send(
+                    self._coordinator, request, group=ConnectionGroup.COORDINATION
+                )
+            except (
+                *CONNECTION_ERRORS,
+                errors.CoordinatorNotAvailableError,
+                errors.NotCoordinatorError,
+                errors.CoordinatorLoadInProgressError,
+            ):
+                self._coordinator = None
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(self._backoff)
+
+    async def commit_offsets(self, offsets: dict[TopicPartition, Any], group_id: str) -> None:
+        """TxnOffsetCommit v3 with the group's generation, retried while the group coordinator
+        is busy or moved (or, `newer_generation`, while this member's generation moved on)."""
+        deadline = time.monotonic() + self._delivery_timeout
+        while True:
+            group = self._metadata()
+            if group.generation_id < 0 or not group.member_id:
+                raise GroupFenced(UNKNOWN_MEMBER_ID, group)  # no membership: a v0 commit
+            node = self._group_coordinators.get(group_id)
+            request = GroupTxnOffsetCommitRequest(
+                self.transactional_id, self.producer_id, self.producer_epoch, group, offsets
+            )
+            try:
+                if node is None:
+                    node = await self._client.coordinator_lookup(CoordinationType.GROUP, group_id)
+                    self._group_coordinators[group_id] = node
+                response = await self._client.send(
+                    node, request, group=ConnectionGroup.COORDINATION
+                )
+                codes = [code for _, parts, _ in response.topics for _, code, _ in parts if code]
+            except (
+                *CONNECTION_ERRORS,
+                errors.CoordinatorNotAvailableError,
+                errors.NotCoordinatorError,
+            ):
+                codes = [NOT_COORDINATOR]
+            if not codes:
+                return
+            code = codes[0]
+            if code == ILLEGAL_GENERATION and self._moved_on(group):
+                pass  # the retry carries the newer generation
+            elif code in GROUP_FENCING_ERRORS:
+                raise GroupFenced(code, group)
+            elif code in _RETRY_COORDINATOR:
+                self._group_coordinators.pop(group_id, None)
+            elif code in FENCED:
+                self.fenced = True
+                raise errors.ProducerFenced()
+            elif code not in (
+                COORDINATOR_LOAD_IN_PROGRESS,
+                REBALANCE_IN_PROGRESS,
+                UNKNOWN_TOPIC_OR_PARTITION,
+            ):
+                raise errors.for_code(code)(f"TxnOffsetCommit of {self.transactional_id}")
+            if time.monotonic() > deadline:
+                raise errors.KafkaTimeoutError("TxnOffsetCommit did not succeed in time")
+            await asyncio.sleep(self._backoff)
+
+    def _moved_on(self, group: GroupMetadata) -> bool:
+        if not self._newer_generation:
+            return False
+        now = self._metadata()
+        return now.member_id == group.member_id and now.generation_id > group.generation_id

@@ -1,0 +1,400 @@
+"""streamkit's own transactional producer, on aiokafka's client and connections: what one
+producer per worker needs (KIP-98, KIP-447), with a Produce path built for many partitions.
+
+The same interface as the part of `AIOKafkaProducer` the exactly-once checkpoint uses
+(`create_batch`, `send_batch`, `begin_transaction`, `send_offsets_to_transaction`,
+`commit_transaction`, `abort_transaction`, `start`, `stop`), so `runtime/txn_producers.py`
+holds either. Batches are aiokafka's `BatchBuilder`s (the collector fills them through the C
+record builder, `batches.py`); requests are aiokafka's `client.send`, with Produce encoded and
+decoded by hand (`produce.py`).
+
+The protocol, in the order a transaction sends it:
+
+1. `start`: find the transaction coordinator, `InitProducerId` (this bumps the id's epoch:
+   a previous producer with the id is fenced and its open transaction aborted). Every
+   partition's sequence starts at 0.
+2. `send_batch` queues a batch on its partition. The sender adds partitions new to the
+   transaction (`AddPartitionsToTxn`, one request for all that are ready), then sends one
+   Produce request per leader with the first unsent batch of each ready partition. A batch
+   gets its sequence number when it is first built, and keeps it (and its bytes) through
+   retries: the broker drops a repeat (DUPLICATE_SEQUENCE_NUMBER) and refuses a gap. One
+   batch per partition is in flight at a time, one request per leader.
+3. `send_offsets_to_transaction`: `AddOffsetsToTxn`, then `TxnOffsetCommit` v3 to the group
+   coordinator with the group's generation and member id (`groups.py`), so the group
+   coordinator refuses a zombie's offsets.
+4. `commit_transaction`: every batch delivered, then `EndTxn`.
+
+Retriable errors (a moved leader, a coordinator loading or moved, a transaction still
+completing: CONCURRENT_TRANSACTIONS, which Produce v7 receives as NOT_ENOUGH_REPLICAS) are
+retried after `retry_backoff_ms` until `delivery_timeout_ms`. Anything else fails the
+transaction: every later call raises it, `abort_transaction` sends EndTxn(abort) unless the
+producer was fenced, and the caller replaces the producer (a new one with the same
+transactional id aborts whatever this one left open, step 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from aiokafka import errors
+from aiokafka.client import AIOKafkaClient
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import TopicPartition
+
+from streamkit.aiokafka_internals.groups import GroupMetadata
+from streamkit.aiokafka_internals.produce import ProduceBatches
+from streamkit.aiokafka_internals.txn_coordinator import (
+    CONNECTION_ERRORS,
+    DUPLICATE_SEQUENCE_NUMBER,
+    FENCED,
+    NONE,
+    TxnCoordinator,
+)
+
+_SEQUENCE_LIMIT = 1 << 31  # sequence numbers wrap to 0 past Int32's maximum
+
+
+class Delivered(NamedTuple):
+    """A batch's place in its partition (what the collector reads of aiokafka's metadata);
+    offset None when the broker had it already (a retried request's repeat)."""
+
+    topic: str
+    partition: int
+    offset: int | None
+
+
+class _Batch:
+    __slots__ = ("builder", "count", "data", "future")
+
+    def __init__(self, builder: Any, future: asyncio.Future[Delivered]) -> None:
+        self.builder = builder
+        self.future = future
+        self.data: Any = None  # built (with its sequence) when first sent
+        self.count = 0
+
+
+class TransactionalProducer:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        *,
+        client_id: str,
+        transactional_id: str,
+        transaction_timeout_ms: int,
+        max_batch_size: int,
+        retry_backoff_ms: int,
+        group_metadata: Callable[[], GroupMetadata],
+        newer_generation: bool = False,
+        request_timeout_ms: int = 30_000,
+        delivery_timeout_ms: int = 120_000,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self._client: Any = AIOKafkaClient(
+            **options,
+            client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
+            retry_backoff_ms=retry_backoff_ms,
+        )
+        self._max_batch_size = max_batch_size
+        self._backoff = retry_backoff_ms / 1000
+        self._request_timeout_ms = request_timeout_ms
+        self._delivery_timeout = delivery_timeout_ms / 1000
+        self._txn = TxnCoordinator(
+            self._client,
+            transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+            backoff=self._backoff,
+            deadline=self._delivery_timeout,
+            group_metadata=group_metadata,
+            newer_generation=newer_generation,
+        )
+        self._sequences: dict[TopicPartition, int] = {}
+        self._queues: dict[TopicPartition, collections.deque[_Batch]] = {}
+        self._busy: set[TopicPartition] = set()  # a batch in flight
+        self._busy_nodes: set[int] = set()  # a Produce request in flight
+        self._not_before: dict[TopicPartition, float] = {}  # retry backoff
+        self._first_try: dict[TopicPartition, float] = {}  # the head batch's first send
+        self._added: set[TopicPartition] = set()  # partitions in the open transaction
+        self._offsets_added = False
+        self._in_transaction = False
+        self._error: BaseException | None = None
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # no batch queued or in flight
+        self._drained.set()
+        self._sender: asyncio.Task[None] | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Step 1: bootstrap, InitProducerId (fences the id's previous producer)."""
+        await self._client.bootstrap()
+        try:
+            await self._txn.init_producer_id()
+            self._sequences = {}
+        except BaseException:
+            await self._client.close()
+            raise
+        self._sender = asyncio.create_task(self._send_loop(), name=f"txn-{self.transactional_id}")
+
+    async def stop(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        for task in list(self._requests):
+            task.cancel()
+        await asyncio.gather(*self._requests, return_exceptions=True)
+        self._fail_queued(errors.KafkaError("the transactional producer was stopped"))
+        await self._client.close()
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """(producer id, epoch) since `start`."""
+        return self._txn.producer_id, self._txn.producer_epoch
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self._max_batch_size, 0, is_transactional=True)
+
+    # -- the transaction ---------------------------------------------------------------------
+
+    async def begin_transaction(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._in_transaction:
+            raise errors.IllegalOperation("a transaction is open already")
+        self._in_transaction = True
+
+    async def send_batch(
+        self, builder: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[Delivered]:
+        """Step 2: queue a filled batch; the future is its delivery."""
+        if self._error is not None:
+            raise self._error
+        if not self._in_transaction:
+            raise errors.IllegalOperation("Can't send messages while not in transaction")
+        if self._client.cluster.partitions_for_topic(topic) is None:
+            await self._client._wait_on_metadata(topic)
+        tp = TopicPartition(topic, partition)
+        future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        queue = self._queues.get(tp)
+        if queue is None:
+            queue = self._queues[tp] = collections.deque()
+        queue.append(_Batch(builder, future))
+        self._drained.clear()
+        self._wake.set()
+        return future
+
+    async def send_offsets_to_transaction(
+        self, offsets: dict[TopicPartition, Any], group_id: str
+    ) -> None:
+        """Step 3: the consumed offsets join the transaction, fenced by the group's generation."""
+        if self._error is not None:
+            raise self._error
+        if not offsets:
+            return
+        try:
+            if not self._offsets_added:
+                await self._txn.add_offsets(group_id)
+                self._offsets_added = True
+            await self._txn.commit_offsets(offsets, group_id)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    async def commit_transaction(self) -> None:
+        """Step 4: every batch delivered, then EndTxn(commit)."""
+        await self._end(commit=True)
+
+    async def abort_transaction(self) -> None:
+        """Whatever is queued fails; EndTxn(abort) once the requests in flight are answered
+        (none when fenced: the transaction is the new producer's to abort)."""
+        if self._error is None:
+            self._fail(errors.KafkaError("the transaction was aborted"))
+        await self._drained.wait()
+        if self._txn.fenced or not self._in_transaction:
+            return
+        if self._added or self._offsets_added:
+            await self._txn.end_txn(commit=False)
+        self._reset()
+
+    async def _end(self, *, commit: bool) -> None:
+        if self._error is not None:
+            raise self._error
+        await self._drained.wait()
+        if self._error is not None:
+            raise self._error
+        if self._added or self._offsets_added:
+            try:
+                await self._txn.end_txn(commit=commit)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+        self._reset()
+
+    def _reset(self) -> None:
+        self._in_transaction = False
+        self._added = set()
+        self._offsets_added = False
+
+    # -- the sender (step 2) -----------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._send_ready()
+            except Exception as exc:  # the transaction cannot go on
+                self._fail(exc)
+
+    async def _send_ready(self) -> None:
+        now = time.monotonic()
+        ready = [
+            tp
+            for tp, queue in self._queues.items()
+            if queue and tp not in self._busy and self._not_before.get(tp, 0.0) <= now
+        ]
+        if not ready or self._error is not None:
+            return
+        new = [tp for tp in ready if tp not in self._added]
+        if new:
+            self._added |= await self._txn.add_partitions(new)
+            if self._error is not None:
+                return
+        cluster = self._client.cluster
+        by_node: dict[int, list[TopicPartition]] = {}
+        unknown = False
+        for tp in ready:
+            node = cluster.leader_for_partition(tp)
+            if node is None or node < 0:
+                unknown = True
+                self._later(tp, now)
+                continue
+            if node not in self._busy_nodes:
+                by_node.setdefault(node, []).append(tp)
+        if unknown:
+            self._client.force_metadata_update()
+        for node, tps in by_node.items():
+            batches = [self._head(tp, now) for tp in tps]
+            self._busy_nodes.add(node)
+            self._busy.update(tps)
+            task = asyncio.create_task(self._produce(node, tps, batches))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
+    def _head(self, tp: TopicPartition, now: float) -> _Batch:
+        """The partition's next batch, built with its sequence number on its first send."""
+        batch = self._queues[tp][0]
+        if batch.data is None:
+            sequence = self._sequences.get(tp, 0)
+            builder = batch.builder
+            batch.count = builder.record_count()
+            builder._set_producer_state(self._txn.producer_id, self._txn.producer_epoch, sequence)
+            batch.data = builder._build()
+            self._sequences[tp] = (sequence + batch.count) % _SEQUENCE_LIMIT
+            self._first_try[tp] = now
+        return batch
+
+    async def _produce(self, node: int, tps: list[TopicPartition], batches: list[_Batch]) -> None:
+        topics: dict[str, list[tuple[int, Any]]] = {}
+        for tp, batch in zip(tps, batches, strict=True):
+            topics.setdefault(tp.topic, []).append((tp.partition, batch.data))
+        request = ProduceBatches(self.transactional_id, self._request_timeout_ms, topics)
+        try:
+            try:
+                response = await self._client.send(node, request)
+            except CONNECTION_ERRORS:
+                now = time.monotonic()
+                for tp in tps:
+                    self._retry(tp, now, errors.RequestTimedOutError())
+                self._client.force_metadata_update()
+                return
+            self._answered(tps, response.partitions)
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._busy_nodes.discard(node)
+            self._busy.difference_update(tps)
+            if self._error is not None:  # what this answer left unresolved fails too
+                self._fail_queued(self._error)
+            self._settle()
+            self._wake.set()
+
+    def _answered(
+        self, tps: list[TopicPartition], answers: list[tuple[str, int, int, int]]
+    ) -> None:
+        now = time.monotonic()
+        seen = set()
+        refresh = False
+        for topic, partition, code, offset in answers:
+            tp = TopicPartition(topic, partition)
+            queue = self._queues.get(tp)
+            if tp not in self._busy or not queue:
+                continue
+            seen.add(tp)
+            if code in (NONE, DUPLICATE_SEQUENCE_NUMBER):
+                batch = queue.popleft()
+                self._first_try.pop(tp, None)
+                if not batch.future.done():
+                    batch.future.set_result(
+                        Delivered(topic, partition, offset if code == NONE else None)
+                    )
+                continue
+            error = errors.for_code(code)
+            if code in FENCED:
+                self._txn.fenced = True
+                self._fail(errors.ProducerFenced())
+                return
+            if getattr(error, "retriable", False):
+                refresh = refresh or getattr(error, "invalid_metadata", False)
+                self._retry(tp, now, error())
+                continue
+            self._fail(error(f"producing to {topic}[{partition}]"))
+            return
+        for tp in tps:
+            if tp not in seen:  # not in the answer: send again
+                self._retry(tp, now, errors.KafkaError(f"no answer for {tp}"))
+        if refresh:
+            self._client.force_metadata_update()
+
+    def _retry(self, tp: TopicPartition, now: float, cause: BaseException) -> None:
+        if now - self._first_try.get(tp, now) > self._delivery_timeout:
+            self._fail(errors.KafkaTimeoutError(f"{tp} not written in time: {cause!r}"))
+            return
+        self._later(tp, now)
+
+    def _later(self, tp: TopicPartition, now: float) -> None:
+        self._not_before[tp] = now + self._backoff
+        asyncio.get_running_loop().call_later(self._backoff, self._wake.set)
+
+    def _settle(self) -> None:
+        if not self._busy and not any(self._queues.values()):
+            self._drained.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The transaction failed: every later call raises `exc`; queued batches fail with it."""
+        if self._error is None:
+            self._error = exc
+        if isinstance(exc, errors.ProducerFenced):
+            self._txn.fenced = True
+        self._fail_queued(self._error)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        for tp, queue in self._queues.items():
+            keep = queue[0] if tp in self._busy and queue else None
+            while queue:
+                batch = queue.popleft()
+                if batch is keep:
+                    continue
+                if not batch.future.done():
+                    batch.future.set_exception(exc)
+            if keep is not None:
+                queue.append(keep)  # its request answers it
+        self._settle()
