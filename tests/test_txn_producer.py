@@ -19,13 +19,29 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.protocol.produce import ProduceRequest_v7, ProduceResponse_v7
+from aiokafka.protocol.types import (
+    CompactArray,
+    CompactBytes,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+)
 from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamkit import aiokafka_internals as internals
 from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata
-from streamkit.aiokafka_internals.produce import ProduceBatches, ProduceResult
+from streamkit.aiokafka_internals.api_versions import ApiVersionsV3
+from streamkit.aiokafka_internals.produce import (
+    FlexibleProduceBatches,
+    FlexibleProduceResult,
+    ProduceBatches,
+    ProduceResult,
+    uvarint,
+)
 from streamkit.aiokafka_internals.txn_producer import TransactionalProducer
 from tests.kafkahelp import bootstrap, committed, create_topic, read_all, wait_until
 from tests.test_aiokafka_internals import joined, member
@@ -84,10 +100,178 @@ def test_the_produce_response_is_read_as_aiokafka_reads_it(
     assert read.partitions == expected
 
 
+class _Tags:
+    """Tagged fields as Kafka writes them: count, then each tag, size and bytes (aiokafka's
+    `TaggedFields.encode` leaves the sizes out, so it cannot make them)."""
+
+    @classmethod
+    def encode(cls, value: dict[int, bytes]) -> bytes:
+        out = uvarint(len(value))
+        for tag, data in sorted(value.items()):
+            out += uvarint(tag) + uvarint(len(data)) + data
+        return out
+
+
+_TAGS = ("tags", _Tags)
+# Produce v12 as Kafka's message spec has it, in aiokafka's generic flexible types
+_PRODUCE_V12 = Schema(
+    ("transactional_id", CompactString("utf-8")),
+    ("acks", Int16),
+    ("timeout", Int32),
+    (
+        "topics",
+        CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(("index", Int32), ("records", CompactBytes), _TAGS)),
+            _TAGS,
+        ),
+    ),
+    _TAGS,
+)
+_PRODUCE_RESPONSE_V12 = Schema(
+    (
+        "responses",
+        CompactArray(
+            ("name", CompactString("utf-8")),
+            (
+                "partitions",
+                CompactArray(
+                    ("index", Int32),
+                    ("error_code", Int16),
+                    ("base_offset", Int64),
+                    ("log_append_time_ms", Int64),
+                    ("log_start_offset", Int64),
+                    (
+                        "record_errors",
+                        CompactArray(
+                            ("batch_index", Int32), ("message", CompactString("utf-8")), _TAGS
+                        ),
+                    ),
+                    ("error_message", CompactString("utf-8")),
+                    _TAGS,
+                ),
+            ),
+            _TAGS,
+        ),
+    ),
+    ("throttle_time_ms", Int32),
+    _TAGS,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    txn_id=st.one_of(st.none(), st.text(max_size=200)),
+    timeout=st.integers(0, 2**31 - 1),
+    topics=st.dictionaries(
+        st.text(min_size=1, max_size=200),
+        st.lists(st.tuples(st.integers(0, 2**31 - 1), st.binary(max_size=300)), max_size=5),
+        max_size=5,
+    ),
+)
+def test_the_flexible_produce_request_is_kafkas_v12(
+    txn_id: str | None, timeout: int, topics: dict[str, list[tuple[int, bytes]]]
+) -> None:
+    ours = FlexibleProduceBatches(txn_id, timeout, topics).build(None).encode()  # type: ignore[arg-type]
+    theirs = _PRODUCE_V12.encode(
+        [
+            txn_id,
+            -1,
+            timeout,
+            [(t, [(p, r, {}) for p, r in parts], {}) for t, parts in topics.items()],
+            {},
+        ]
+    )
+    assert ours == theirs
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    answers=st.dictionaries(
+        st.text(min_size=1, max_size=200),
+        st.lists(
+            st.tuples(
+                st.integers(0, 2**31 - 1),
+                st.integers(-(2**15), 2**15 - 1),
+                st.integers(-1, 2**63 - 1),
+                st.lists(
+                    st.tuples(st.integers(0, 100), st.one_of(st.none(), st.text(max_size=200))),
+                    max_size=3,
+                ),
+                st.one_of(st.none(), st.text(max_size=200)),
+                st.dictionaries(st.integers(0, 300), st.binary(max_size=200), max_size=2),
+            ),
+            max_size=5,
+        ),
+        max_size=5,
+    ),
+    tags=st.dictionaries(st.integers(0, 300), st.binary(max_size=200), max_size=2),
+)
+def test_the_flexible_produce_response_is_read_past_what_it_does_not_need(
+    answers: dict[str, list[tuple[int, int, int, list[tuple[int, str | None]], str | None, Any]]],
+    tags: dict[int, bytes],
+) -> None:
+    body = _PRODUCE_RESPONSE_V12.encode(
+        [
+            [
+                (
+                    t,
+                    [
+                        (p, code, off, 0, 0, [(i, m, {}) for i, m in errs], msg, ptags)
+                        for p, code, off, errs, msg, ptags in parts
+                    ],
+                    tags,
+                )
+                for t, parts in answers.items()
+            ],
+            7,
+            tags,
+        ]
+    )
+    read = FlexibleProduceResult.decode(body)
+    expected = [(t, p, code, off) for t, parts in answers.items() for p, code, off, *_ in parts]
+    assert read.partitions == expected
+
+
+_API_VERSIONS_V3 = Schema(
+    ("error_code", Int16),
+    ("api_keys", CompactArray(("key", Int16), ("min", Int16), ("max", Int16), _TAGS)),
+    ("throttle_time_ms", Int32),
+    _TAGS,
+)
+_FEATURES = CompactArray(("name", CompactString("utf-8")), ("max", Int16), ("min", Int16), _TAGS)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    apis=st.dictionaries(st.integers(0, 80), st.tuples(st.integers(0, 5), st.integers(0, 20))),
+    features=st.dictionaries(st.text(min_size=1, max_size=30), st.integers(0, 30), max_size=5),
+    other=st.dictionaries(st.sampled_from([0, 1, 3, 200]), st.binary(max_size=50), max_size=3),
+)
+def test_api_versions_v3_yields_the_ranges_and_the_finalized_features(
+    apis: dict[int, tuple[int, int]], features: dict[str, int], other: dict[int, bytes]
+) -> None:
+    tags = dict(other)
+    if features:
+        tags[2] = _FEATURES.encode([(name, level, 1, {}) for name, level in features.items()])
+    body = _API_VERSIONS_V3.encode([0, [(k, a, b, {}) for k, (a, b) in apis.items()], 0, tags])
+    struct = ApiVersionsV3().build(None)  # type: ignore[arg-type]
+    read = struct.RESPONSE_TYPE.decode(body).versions
+    assert read.apis == apis and read.features == features and read.error_code == 0
+
+
 # -- against the broker ---------------------------------------------------------------------------
 
 
-def _producer(txn_id: str, metadata: Any = None, *, newer: bool = False) -> TransactionalProducer:
+@pytest.fixture(params=[True, False], ids=["txn-v2", "txn-v1"])
+def v2(request: pytest.FixtureRequest) -> bool:
+    """Each broker test under transaction version 2 (the broker's default) and under 1."""
+    return bool(request.param)
+
+
+def _producer(
+    txn_id: str, metadata: Any = None, *, newer: bool = False, v2: bool = True
+) -> TransactionalProducer:
     return TransactionalProducer(
         {"bootstrap_servers": bootstrap()},
         client_id=f"test-{txn_id}",
@@ -98,6 +282,7 @@ def _producer(txn_id: str, metadata: Any = None, *, newer: bool = False) -> Tran
         group_metadata=metadata or (lambda: GroupMetadata("none", -1, "", None)),
         newer_generation=newer,
         delivery_timeout_ms=30_000,
+        transaction_v2=v2,
     )
 
 
@@ -116,11 +301,14 @@ async def _send(
     return futures
 
 
-async def test_transactions_over_many_partitions_show_exactly_once_and_in_order(uid: str) -> None:
+async def test_transactions_over_many_partitions_show_exactly_once_and_in_order(
+    uid: str, v2: bool
+) -> None:
     sink, partitions, rounds = f"txp-{uid}", 24, 6
     await create_topic(sink, partitions)
-    producer = _producer(f"txp-{uid}")
+    producer = _producer(f"txp-{uid}", v2=v2)
     await producer.start()
+    assert producer.transaction_v2 == v2  # this broker has transaction version 2 finalized
     try:
         for r in range(rounds):
             await producer.begin_transaction()
@@ -133,7 +321,7 @@ async def test_transactions_over_many_partitions_show_exactly_once_and_in_order(
             assert len(futures) > partitions  # several batches a partition
             if r == 2:  # one aborted transaction in the middle
                 await producer.abort_transaction()
-                producer = await _restarted(producer, f"txp-{uid}")
+                producer = await _restarted(producer, f"txp-{uid}", v2)
             else:
                 await producer.commit_transaction()
     finally:
@@ -152,20 +340,22 @@ async def test_transactions_over_many_partitions_show_exactly_once_and_in_order(
         assert by_partition[p] == expected, f"partition {p}"
 
 
-async def _restarted(producer: TransactionalProducer, txn_id: str) -> TransactionalProducer:
+async def _restarted(
+    producer: TransactionalProducer, txn_id: str, v2: bool
+) -> TransactionalProducer:
     """An aborted transaction leaves the producer failed: the worker replaces it (same id)."""
     await producer.stop()
-    again = _producer(txn_id)
+    again = _producer(txn_id, v2=v2)
     await again.start()
     return again
 
 
-async def test_a_second_producer_with_the_id_fences_the_first(uid: str) -> None:
+async def test_a_second_producer_with_the_id_fences_the_first(uid: str, v2: bool) -> None:
     sink = f"txf-{uid}"
     await create_topic(sink, 2)
-    first = _producer(f"txf-{uid}")
+    first = _producer(f"txf-{uid}", v2=v2)
     await first.start()
-    second = _producer(f"txf-{uid}")
+    second = _producer(f"txf-{uid}", v2=v2)
     try:
         await first.begin_transaction()
         for future in await _send(first, sink, 0, [b"first"]):
@@ -213,7 +403,7 @@ async def _commit(
 
 
 async def test_the_group_coordinator_refuses_an_old_generation_and_a_member_without_one(
-    uid: str,
+    uid: str, v2: bool
 ) -> None:
     source, sink, group = f"txg-in-{uid}", f"txg-out-{uid}", f"txg-{uid}"
     await create_topic(source, 2)
@@ -222,7 +412,7 @@ async def test_the_group_coordinator_refuses_an_old_generation_and_a_member_with
     async with member(source, group) as a:
         await joined(a, 2)
         current = group_metadata(a)
-        producer = _producer(f"txg-a-{uid}", lambda: group_metadata(a))
+        producer = _producer(f"txg-a-{uid}", lambda: group_metadata(a), v2=v2)
         await producer.start()
         try:
             await _commit(producer, sink, b"current", {tp0: 5}, group)
@@ -241,7 +431,7 @@ async def test_the_group_coordinator_refuses_an_old_generation_and_a_member_with
             )
             await joined(b)
             for stale in (current, GroupMetadata(group, -1, "", None)):
-                zombie = _producer(f"txg-z-{uid}", lambda s=stale: s)
+                zombie = _producer(f"txg-z-{uid}", lambda s=stale: s, v2=v2)
                 await zombie.start()
                 try:
                     with pytest.raises(GroupFenced) as refused:
@@ -257,7 +447,7 @@ async def test_the_group_coordinator_refuses_an_old_generation_and_a_member_with
                 built.append(current if not built else group_metadata(a))
                 return built[-1]
 
-            producer = _producer(f"txg-c-{uid}", first_stale, newer=True)
+            producer = _producer(f"txg-c-{uid}", first_stale, newer=True, v2=v2)
             await producer.start()
             try:
                 await _commit(producer, sink, b"retried", {tp0: 6}, group)
@@ -266,7 +456,7 @@ async def test_the_group_coordinator_refuses_an_old_generation_and_a_member_with
             assert built[0] == current and built[-1].generation_id > current.generation_id
             await wait_until(lambda: at(6), within=10, what="the retried commit")
     # the refused transactions' records never show (their ids registered again abort them)
-    again = _producer(f"txg-z-{uid}")
+    again = _producer(f"txg-z-{uid}", v2=v2)
     await again.start()
     await again.stop()
     assert [r.value for r in await read_all(sink)] == [b"current", b"retried"]

@@ -11,7 +11,9 @@ topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka
 coordinator. `batches`: the producer's batches filled through aiokafka's C record builder, without
 its per-record Python wrapper. `txn_producer`: streamkit's own transactional producer for the
 per-worker producers, on aiokafka's client, with Produce encoded and decoded by hand
-(`produce`). None imports anything from streamkit."""
+(`produce`), its coordinator requests in `txn_coordinator`, transaction version 2 (KIP-890)
+when the cluster's finalized features (`api_versions`, ApiVersions v3) have it. None imports
+anything from streamkit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Produce v7 on aiokafka's connections, encoded and decoded by hand.
+"""Produce v7 and v12 on aiokafka's connections, encoded and decoded by hand.
 
 aiokafka's generic `Schema` encoder and decoder walk a request field by field in Python, a
 few microseconds per partition and per field: at a few hundred partitions a request, that was
@@ -7,8 +7,11 @@ list of (topic, [(partition, record batch bytes)]), and its response a list of (
 [(partition, error, base offset, ...)]): `ProduceBatches` writes the one with `struct` and a
 join, and `ProduceResult.decode` reads the other straight from the frame.
 
-v7 is the version aiokafka 0.14's own producer sends (Kafka 4 accepts v3 to v12). From v3 on,
-a partition's `records` must hold exactly one record batch.
+v7 is the version aiokafka 0.14's own producer sends (Kafka 4 accepts v3 to v13). v12 (the
+flexible encoding: compact lengths, tagged fields) is the one a transaction of transaction
+version 2 uses (KIP-890 part 2): the partition leader adds the partition to the transaction
+itself, so the producer sends no AddPartitionsToTxn. From v3 on, a partition's `records` must
+hold exactly one record batch.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Bytes, Int16, Int32, Int64, Schema, String
 
 PRODUCE_VERSION = 7
+FLEXIBLE_PRODUCE_VERSION = 12
 
 _HEAD = struct.Struct(">hii")  # acks, timeout_ms, topic count
 _SHORT = struct.Struct(">h")
@@ -147,4 +151,119 @@ class ProduceBatches(Request[_ProduceV7]):  # type: ignore[misc]
         self._struct = _ProduceV7(transactional_id, timeout_ms, topics)
 
     def build(self, request_struct_class: type[_ProduceV7]) -> _ProduceV7:
+        return self._struct
+
+
+# -- v12: the flexible encoding -------------------------------------------------------------------
+
+
+def uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it)."""
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def skip_tags(buf: bytes, pos: int) -> int:
+    """The position after a tagged-field section (none of its fields is read)."""
+    count, pos = read_uvarint(buf, pos)
+    for _ in range(count):
+        _, pos = read_uvarint(buf, pos)
+        size, pos = read_uvarint(buf, pos)
+        pos += size
+    return pos
+
+
+def _skip_compact_string(buf: bytes, pos: int) -> int:
+    length, pos = read_uvarint(buf, pos)
+    return pos + max(length - 1, 0)
+
+
+class FlexibleProduceResult(ProduceResult):
+    """Produce v12's response, read as `ProduceResult`'s (record errors, messages, the
+    new-leader hints and tagged fields skipped)."""
+
+    API_VERSION = FLEXIBLE_PRODUCE_VERSION
+
+    @classmethod
+    def decode(cls, data: BytesIO | bytes) -> ProduceResult:
+        buf = data.getvalue() if isinstance(data, BytesIO) else data
+        pos = data.tell() if isinstance(data, BytesIO) else 0
+        out: list[tuple[str, int, int, int]] = []
+        topics, pos = read_uvarint(buf, pos)
+        for _ in range(topics - 1):
+            length, pos = read_uvarint(buf, pos)
+            topic = buf[pos : pos + length - 1].decode()
+            pos += length - 1
+            count, pos = read_uvarint(buf, pos)
+            for _ in range(count - 1):
+                partition, code, offset, _, _ = _ANSWER.unpack_from(buf, pos)
+                pos += _ANSWER.size
+                errors, pos = read_uvarint(buf, pos)  # record errors
+                for _ in range(errors - 1):
+                    pos = skip_tags(buf, _skip_compact_string(buf, pos + 4))
+                pos = skip_tags(buf, _skip_compact_string(buf, pos))  # error message, tags
+                out.append((topic, partition, code, offset))
+            pos = skip_tags(buf, pos)
+        return cls(out)
+
+
+class _ProduceV12(_ProduceV7):
+    FLEXIBLE_VERSION = True
+    API_VERSION = FLEXIBLE_PRODUCE_VERSION
+    RESPONSE_TYPE = FlexibleProduceResult
+
+    def encode(self) -> bytes:
+        txn = self.transactional_id
+        if txn is None:
+            out: list[Any] = [b"\x00"]
+        else:
+            name = txn.encode()
+            out = [uvarint(len(name) + 1), name]
+        out.append(_HEAD.pack(-1, self.timeout_ms, 0)[:6])  # acks=all, timeout
+        out.append(uvarint(len(self.topics) + 1))
+        append = out.append
+        for topic, parts in self.topics.items():
+            encoded = topic.encode()
+            append(uvarint(len(encoded) + 1))
+            append(encoded)
+            append(uvarint(len(parts) + 1))
+            for partition, records in parts:
+                append(_INT.pack(partition))
+                append(uvarint(len(records) + 1))
+                append(records)
+                append(b"\x00")  # no tagged fields
+            append(b"\x00")
+        append(b"\x00")
+        return b"".join(out)
+
+
+class FlexibleProduceBatches(Request[_ProduceV12]):  # type: ignore[misc]
+    """`ProduceBatches` as Produce v12 (transaction version 2: no AddPartitionsToTxn)."""
+
+    API_KEY = 0
+
+    def __init__(
+        self,
+        transactional_id: str | None,
+        timeout_ms: int,
+        topics: dict[str, list[tuple[int, Any]]],
+    ) -> None:
+        self._struct = _ProduceV12(transactional_id, timeout_ms, topics)
+
+    def build(self, request_struct_class: type[_ProduceV12]) -> _ProduceV12:
         return self._struct

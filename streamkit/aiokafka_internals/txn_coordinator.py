@@ -15,14 +15,25 @@ from typing import Any
 
 from aiokafka import errors
 from aiokafka.client import ConnectionGroup, CoordinationType
+from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.transaction import (
     AddOffsetsToTxnRequest,
     AddPartitionsToTxnRequest,
     EndTxnRequest,
     InitProducerIdRequest,
 )
+from aiokafka.protocol.types import (
+    Boolean,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    TaggedFields,
+)
 from aiokafka.structs import TopicPartition
 
+from streamkit.aiokafka_internals.api_versions import broker_versions
 from streamkit.aiokafka_internals.groups import (
     GROUP_FENCING_ERRORS,
     ILLEGAL_GENERATION,
@@ -31,6 +42,8 @@ from streamkit.aiokafka_internals.groups import (
     GroupFenced,
     GroupMetadata,
     GroupTxnOffsetCommitRequest,
+    TxnOffsetCommitRequest_v3,
+    TxnOffsetCommitResponse_v3,
 )
 
 NONE = 0
@@ -59,6 +72,68 @@ CONNECTION_ERRORS = (
 )
 
 
+# -- transaction version 2 (KIP-890 part 2): EndTxn v5, TxnOffsetCommit v5 ---------------------
+
+
+class _EndTxnResponse_v5(Response):  # type: ignore[misc]
+    API_KEY = 26
+    API_VERSION = 5
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class _EndTxnRequest_v5(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = 26
+    API_VERSION = 5
+    RESPONSE_TYPE = _EndTxnResponse_v5
+    SCHEMA = Schema(
+        ("transactional_id", CompactString("utf-8")),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("committed", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class _EndTxnV5(Request[_EndTxnRequest_v5]):  # type: ignore[misc]
+    """EndTxn that bumps the epoch: the answer carries the id and epoch of the next one."""
+
+    API_KEY = 26
+
+    def __init__(self, transactional_id: str, producer_id: int, epoch: int, commit: bool) -> None:
+        self._fields: tuple[Any, ...] = (transactional_id, producer_id, epoch, commit, {})
+
+    def build(self, request_struct_class: type[_EndTxnRequest_v5]) -> _EndTxnRequest_v5:
+        return request_struct_class(*self._fields)
+
+
+class _TxnOffsetCommitResponse_v5(TxnOffsetCommitResponse_v3):
+    API_VERSION = 5
+
+
+class _TxnOffsetCommitRequest_v5(TxnOffsetCommitRequest_v3):
+    API_VERSION = 5  # v3's fields; the group coordinator adds its partition to the transaction
+    RESPONSE_TYPE = _TxnOffsetCommitResponse_v5
+
+
+class _GroupTxnOffsetCommitV5(Request[_TxnOffsetCommitRequest_v5]):  # type: ignore[misc]
+    API_KEY = 28
+
+    def __init__(self, request: GroupTxnOffsetCommitRequest) -> None:
+        self._request = request
+
+    def build(
+        self, request_struct_class: type[_TxnOffsetCommitRequest_v5]
+    ) -> _TxnOffsetCommitRequest_v5:
+        return self._request.build(request_struct_class)  # type: ignore[no-any-return]
+
+
 class TxnCoordinator:
     """One transactional id's producer id and epoch, and its requests to the coordinators."""
 
@@ -83,8 +158,23 @@ class TxnCoordinator:
         self.producer_id = -1
         self.producer_epoch = -1
         self.fenced = False
+        # transaction version 2 (`probe`): Produce v12 and TxnOffsetCommit v5 add their own
+        # partitions, EndTxn v5 bumps the epoch
+        self.v2 = False
         self._coordinator: int | None = None  # the transaction coordinator's node
         self._group_coordinators: dict[str, int] = {}
+
+    async def probe(self, allow_v2: bool = True) -> None:
+        """Use transaction version 2 when the cluster has it finalized (and the broker the
+        request versions it takes)."""
+        versions = await broker_versions(self._client, self._client.get_random_node())
+        self.v2 = (
+            allow_v2
+            and versions.features.get("transaction.version", 0) >= 2
+            and versions.supports(0, 12)
+            and versions.supports(26, 5)
+            and versions.supports(28, 5)
+        )
 
     async def init_producer_id(self) -> None:
         """A new epoch for the id: its previous producer is fenced, its open transaction aborted."""
@@ -132,12 +222,22 @@ class TxnCoordinator:
         )
 
     async def end_txn(self, *, commit: bool) -> None:
-        await self._coordinated(
-            lambda: EndTxnRequest(
-                self.transactional_id, self.producer_id, self.producer_epoch, commit
-            ),
+        """EndTxn; under transaction version 2 the answer's id and epoch are the next
+        transaction's (every partition's sequence starts again at 0)."""
+        if not self.v2:
+            await self._coordinated(
+                lambda: EndTxnRequest(
+                    self.transactional_id, self.producer_id, self.producer_epoch, commit
+                ),
+                "EndTxn",
+            )
+            return
+        response = await self._coordinated(
+            lambda: _EndTxnV5(self.transactional_id, self.producer_id, self.producer_epoch, commit),
             "EndTxn",
         )
+        self.producer_id = int(response.producer_id)
+        self.producer_epoch = int(response.producer_epoch)
 
     async def _coordinated(self, make: Callable[[], Any], what: str) -> Any:
         """A request to the transaction coordinator with one `error_code`, retried while the
@@ -196,9 +296,11 @@ class TxnCoordinator:
             if group.generation_id < 0 or not group.member_id:
                 raise GroupFenced(UNKNOWN_MEMBER_ID, group)  # no membership: a v0 commit
             node = self._group_coordinators.get(group_id)
-            request = GroupTxnOffsetCommitRequest(
+            request: Any = GroupTxnOffsetCommitRequest(
                 self.transactional_id, self.producer_id, self.producer_epoch, group, offsets
             )
+            if self.v2:
+                request = _GroupTxnOffsetCommitV5(request)
             try:
                 if node is None:
                     node = await self._client.coordinator_lookup(CoordinationType.GROUP, group_id)

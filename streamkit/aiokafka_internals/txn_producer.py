@@ -10,19 +10,24 @@ decoded by hand (`produce.py`).
 
 The protocol, in the order a transaction sends it:
 
-1. `start`: find the transaction coordinator, `InitProducerId` (this bumps the id's epoch:
-   a previous producer with the id is fenced and its open transaction aborted). Every
-   partition's sequence starts at 0.
-2. `send_batch` queues a batch on its partition. The sender adds partitions new to the
-   transaction (`AddPartitionsToTxn`, one request for all that are ready), then sends one
-   Produce request per leader with the first unsent batch of each ready partition. A batch
+1. `start`: find the transaction coordinator; ask a broker for the cluster's finalized
+   features (ApiVersions v3, `api_versions.py`): with `transaction.version` 2 or more
+   (KIP-890 part 2, a Kafka 4 cluster's default) the transaction is of version 2. Then
+   `InitProducerId` (this bumps the id's epoch: a previous producer with the id is fenced and
+   its open transaction aborted). Every partition's sequence starts at 0.
+2. `send_batch` queues a batch on its partition. Version 1: the sender adds partitions new to
+   the transaction first (`AddPartitionsToTxn`, one request for all that are ready). Then it
+   sends one Produce request per leader (v7; version 2: v12, whose leader adds the partition
+   to the transaction itself) with the first unsent batch of each ready partition. A batch
    gets its sequence number when it is first built, and keeps it (and its bytes) through
    retries: the broker drops a repeat (DUPLICATE_SEQUENCE_NUMBER) and refuses a gap. One
    batch per partition is in flight at a time, one request per leader.
-3. `send_offsets_to_transaction`: `AddOffsetsToTxn`, then `TxnOffsetCommit` v3 to the group
+3. `send_offsets_to_transaction`: version 1, `AddOffsetsToTxn` first; then `TxnOffsetCommit`
+   (v3; version 2: v5, which adds the offsets to the transaction itself) to the group
    coordinator with the group's generation and member id (`groups.py`), so the group
    coordinator refuses a zombie's offsets.
-4. `commit_transaction`: every batch delivered, then `EndTxn`.
+4. `commit_transaction`: every batch delivered, then `EndTxn` (version 2: v5, which bumps
+   the epoch: the next transaction has the answer's epoch, and its sequences start at 0).
 
 Retriable errors (a moved leader, a coordinator loading or moved, a transaction still
 completing: CONCURRENT_TRANSACTIONS, which Produce v7 receives as NOT_ENOUGH_REPLICAS) are
@@ -47,8 +52,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals.groups import GroupMetadata
-from streamkit.aiokafka_internals.produce import ProduceBatches
+from streamkit.aiokafka_internals.produce import FlexibleProduceBatches, ProduceBatches
 from streamkit.aiokafka_internals.txn_coordinator import (
+    CONCURRENT_TRANSACTIONS,
     CONNECTION_ERRORS,
     DUPLICATE_SEQUENCE_NUMBER,
     FENCED,
@@ -57,6 +63,10 @@ from streamkit.aiokafka_internals.txn_coordinator import (
 )
 
 _SEQUENCE_LIMIT = 1 << 31  # sequence numbers wrap to 0 past Int32's maximum
+# retried though aiokafka's classes say otherwise: NETWORK_EXCEPTION, and the previous
+# transaction's markers not all written yet (Produce v12 gets the code itself, CONCURRENT_
+# TRANSACTIONS; older versions get NOT_ENOUGH_REPLICAS, which is retriable)
+_RETRY_PRODUCE = {13, CONCURRENT_TRANSACTIONS}
 
 
 class Delivered(NamedTuple):
@@ -92,6 +102,7 @@ class TransactionalProducer:
         newer_generation: bool = False,
         request_timeout_ms: int = 30_000,
         delivery_timeout_ms: int = 120_000,
+        transaction_v2: bool = True,
     ) -> None:
         self.transactional_id = transactional_id
         self._client: Any = AIOKafkaClient(
@@ -121,6 +132,8 @@ class TransactionalProducer:
         self._first_try: dict[TopicPartition, float] = {}  # the head batch's first send
         self._added: set[TopicPartition] = set()  # partitions in the open transaction
         self._offsets_added = False
+        self._touched = False  # a request of this transaction went out (version 2)
+        self._allow_v2 = transaction_v2
         self._in_transaction = False
         self._error: BaseException | None = None
         self._wake = asyncio.Event()
@@ -135,6 +148,7 @@ class TransactionalProducer:
         """Step 1: bootstrap, InitProducerId (fences the id's previous producer)."""
         await self._client.bootstrap()
         try:
+            await self._txn.probe(self._allow_v2)
             await self._txn.init_producer_id()
             self._sequences = {}
         except BaseException:
@@ -153,6 +167,11 @@ class TransactionalProducer:
         await asyncio.gather(*self._requests, return_exceptions=True)
         self._fail_queued(errors.KafkaError("the transactional producer was stopped"))
         await self._client.close()
+
+    @property
+    def transaction_v2(self) -> bool:
+        """Transaction version 2 in use (known after `start`)."""
+        return self._txn.v2
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -200,7 +219,8 @@ class TransactionalProducer:
         if not offsets:
             return
         try:
-            if not self._offsets_added:
+            self._touched = True
+            if not self._offsets_added and not self._txn.v2:
                 await self._txn.add_offsets(group_id)
                 self._offsets_added = True
             await self._txn.commit_offsets(offsets, group_id)
@@ -220,7 +240,7 @@ class TransactionalProducer:
         await self._drained.wait()
         if self._txn.fenced or not self._in_transaction:
             return
-        if self._added or self._offsets_added:
+        if self._open_on_broker():
             await self._txn.end_txn(commit=False)
         self._reset()
 
@@ -230,7 +250,7 @@ class TransactionalProducer:
         await self._drained.wait()
         if self._error is not None:
             raise self._error
-        if self._added or self._offsets_added:
+        if self._open_on_broker():
             try:
                 await self._txn.end_txn(commit=commit)
             except BaseException as exc:
@@ -238,10 +258,16 @@ class TransactionalProducer:
                 raise
         self._reset()
 
+    def _open_on_broker(self) -> bool:
+        return bool(self._added or self._offsets_added or self._touched)
+
     def _reset(self) -> None:
+        if self._touched and self._txn.v2:
+            self._sequences = {}  # a new epoch (EndTxn v5): sequences start again at 0
         self._in_transaction = False
         self._added = set()
         self._offsets_added = False
+        self._touched = False
 
     # -- the sender (step 2) -----------------------------------------------------------------
 
@@ -263,7 +289,7 @@ class TransactionalProducer:
         ]
         if not ready or self._error is not None:
             return
-        new = [tp for tp in ready if tp not in self._added]
+        new = [] if self._txn.v2 else [tp for tp in ready if tp not in self._added]
         if new:
             self._added |= await self._txn.add_partitions(new)
             if self._error is not None:
@@ -285,6 +311,7 @@ class TransactionalProducer:
             batches = [self._head(tp, now) for tp in tps]
             self._busy_nodes.add(node)
             self._busy.update(tps)
+            self._touched = True
             task = asyncio.create_task(self._produce(node, tps, batches))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
@@ -306,7 +333,8 @@ class TransactionalProducer:
         topics: dict[str, list[tuple[int, Any]]] = {}
         for tp, batch in zip(tps, batches, strict=True):
             topics.setdefault(tp.topic, []).append((tp.partition, batch.data))
-        request = ProduceBatches(self.transactional_id, self._request_timeout_ms, topics)
+        make = FlexibleProduceBatches if self._txn.v2 else ProduceBatches
+        request = make(self.transactional_id, self._request_timeout_ms, topics)
         try:
             try:
                 response = await self._client.send(node, request)
@@ -352,7 +380,7 @@ class TransactionalProducer:
                 self._txn.fenced = True
                 self._fail(errors.ProducerFenced())
                 return
-            if getattr(error, "retriable", False):
+            if code in _RETRY_PRODUCE or getattr(error, "retriable", False):
                 refresh = refresh or getattr(error, "invalid_metadata", False)
                 self._retry(tp, now, error())
                 continue
