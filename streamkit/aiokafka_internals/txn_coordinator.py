@@ -289,8 +289,16 @@ class TxnCoordinator:
 
     async def commit_offsets(self, offsets: dict[TopicPartition, Any], group_id: str) -> None:
         """TxnOffsetCommit v3 with the group's generation, retried while the group coordinator
-        is busy or moved (or, `newer_generation`, while this member's generation moved on)."""
+        is busy or moved (or, `newer_generation`, while this member's generation moved on).
+
+        Version 2 (v5): the group coordinator adds its partition to the transaction itself,
+        and answers COORDINATOR_LOAD_IN_PROGRESS while the transaction coordinator is busy
+        with another change of the same transaction (the partitions the Produce requests add
+        at the same moment). That passes within a millisecond or two: the first retries come
+        after 1, 2, 4... ms rather than the full backoff (at 20 ms, ~1 checkpoint in 5 took
+        20 ms longer at 8 partitions)."""
         deadline = time.monotonic() + self._delivery_timeout
+        attempt = 0
         while True:
             group = self._metadata()
             if group.generation_id < 0 or not group.member_id:
@@ -335,7 +343,9 @@ class TxnCoordinator:
                 raise errors.for_code(code)(f"TxnOffsetCommit of {self.transactional_id}")
             if time.monotonic() > deadline:
                 raise errors.KafkaTimeoutError("TxnOffsetCommit did not succeed in time")
-            await asyncio.sleep(self._backoff)
+            busy = code == COORDINATOR_LOAD_IN_PROGRESS and self.v2
+            await asyncio.sleep(min(self._backoff, 0.001 * 2**attempt) if busy else self._backoff)
+            attempt += 1
 
     def _moved_on(self, group: GroupMetadata) -> bool:
         if not self._newer_generation:

@@ -67,6 +67,11 @@ _SEQUENCE_LIMIT = 1 << 31  # sequence numbers wrap to 0 past Int32's maximum
 # transaction's markers not all written yet (Produce v12 gets the code itself, CONCURRENT_
 # TRANSACTIONS; older versions get NOT_ENOUGH_REPLICAS, which is retriable)
 _RETRY_PRODUCE = {13, CONCURRENT_TRANSACTIONS}
+# a transaction coordinator busy with another change of the same transaction (the partitions
+# other leaders add at the same moment, version 2) or the previous transaction's markers: these
+# pass within milliseconds, so the first retries come sooner than the backoff
+NOT_ENOUGH_REPLICAS = 19
+_TRANSIENT = {CONCURRENT_TRANSACTIONS, NOT_ENOUGH_REPLICAS}
 
 
 class Delivered(NamedTuple):
@@ -130,6 +135,7 @@ class TransactionalProducer:
         self._busy_nodes: set[int] = set()  # a Produce request in flight
         self._not_before: dict[TopicPartition, float] = {}  # retry backoff
         self._first_try: dict[TopicPartition, float] = {}  # the head batch's first send
+        self._attempts: dict[TopicPartition, int] = {}  # its quick retries so far
         self._added: set[TopicPartition] = set()  # partitions in the open transaction
         self._offsets_added = False
         self._touched = False  # a request of this transaction went out (version 2)
@@ -370,6 +376,7 @@ class TransactionalProducer:
             if code in (NONE, DUPLICATE_SEQUENCE_NUMBER):
                 batch = queue.popleft()
                 self._first_try.pop(tp, None)
+                self._attempts.pop(tp, None)
                 if not batch.future.done():
                     batch.future.set_result(
                         Delivered(topic, partition, offset if code == NONE else None)
@@ -382,7 +389,7 @@ class TransactionalProducer:
                 return
             if code in _RETRY_PRODUCE or getattr(error, "retriable", False):
                 refresh = refresh or getattr(error, "invalid_metadata", False)
-                self._retry(tp, now, error())
+                self._retry(tp, now, error(), soon=code in _TRANSIENT)
                 continue
             self._fail(error(f"producing to {topic}[{partition}]"))
             return
@@ -392,15 +399,25 @@ class TransactionalProducer:
         if refresh:
             self._client.force_metadata_update()
 
-    def _retry(self, tp: TopicPartition, now: float, cause: BaseException) -> None:
+    def _retry(
+        self, tp: TopicPartition, now: float, cause: BaseException, *, soon: bool = False
+    ) -> None:
+        """Send the partition's batch again after the backoff (`soon`: after 1, 2, 4... ms,
+        up to the backoff, for a refusal that passes in a moment)."""
         if now - self._first_try.get(tp, now) > self._delivery_timeout:
             self._fail(errors.KafkaTimeoutError(f"{tp} not written in time: {cause!r}"))
             return
-        self._later(tp, now)
+        delay = self._backoff
+        if soon:
+            attempt = self._attempts.get(tp, 0)
+            self._attempts[tp] = attempt + 1
+            delay = min(delay, 0.001 * 2**attempt)
+        self._later(tp, now, delay)
 
-    def _later(self, tp: TopicPartition, now: float) -> None:
-        self._not_before[tp] = now + self._backoff
-        asyncio.get_running_loop().call_later(self._backoff, self._wake.set)
+    def _later(self, tp: TopicPartition, now: float, delay: float | None = None) -> None:
+        delay = self._backoff if delay is None else delay
+        self._not_before[tp] = now + delay
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     def _settle(self) -> None:
         if not self._busy and not any(self._queues.values()):
