@@ -223,3 +223,30 @@ async def test_the_group_coordinator_refuses_an_old_generation_and_a_member_with
     await again.start()
     await again.stop()
     assert [r.value for r in await read_all(sink)] == [b"current", b"retried"]
+
+
+async def test_a_batch_handed_over_as_the_transaction_fails_is_refused_not_stranded(
+    uid: str, v2: bool
+) -> None:
+    """A batch whose topic the producer has no metadata for yet waits for it; if the
+    transaction fails meanwhile (here: offsets refused, a zombie's), the batch is refused, and
+    the abort does not wait for a batch that will never be sent (it did: 5 s, the abort's
+    timeout, twice per fenced checkpoint)."""
+    sink, group = f"txr-{uid}", f"txr-{uid}"
+    producer = _producer(f"txr-{uid}", lambda: GroupMetadata(group, -1, "", None), v2=v2)
+    await producer.start()
+    try:
+        await create_topic(sink, 1)  # after the start: not in the producer's metadata
+        await producer.begin_transaction()
+        batch = producer.create_batch()
+        batch.append(timestamp=None, key=None, value=b"late")
+        sending = asyncio.create_task(producer.send_batch(batch, sink, partition=0))
+        await asyncio.sleep(0)  # it is waiting for the topic's metadata now
+        with pytest.raises(GroupFenced):
+            await producer.send_offsets_to_transaction({TopicPartition(sink, 0): 1}, group)
+        with pytest.raises(GroupFenced):
+            await sending
+        await asyncio.wait_for(producer.abort_transaction(), 2.0)
+    finally:
+        await producer.stop()
+    assert await read_all(sink) == []

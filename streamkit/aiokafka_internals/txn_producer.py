@@ -206,6 +206,8 @@ class TransactionalProducer:
             raise errors.IllegalOperation("Can't send messages while not in transaction")
         if self._client.cluster.partitions_for_topic(topic) is None:
             await self._client._wait_on_metadata(topic)
+            if self._error is not None:  # failed meanwhile: the batch must not be queued
+                raise self._error
         tp = TopicPartition(topic, partition)
         future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
         queue = self._queues.get(tp)
@@ -241,8 +243,7 @@ class TransactionalProducer:
     async def abort_transaction(self) -> None:
         """Whatever is queued fails; EndTxn(abort) once the requests in flight are answered
         (none when fenced: the transaction is the new producer's to abort)."""
-        if self._error is None:
-            self._fail(errors.KafkaError("the transaction was aborted"))
+        self._fail(self._error or errors.KafkaError("the transaction was aborted"))
         await self._drained.wait()
         if self._txn.fenced or not self._in_transaction:
             return
@@ -293,7 +294,10 @@ class TransactionalProducer:
             for tp, queue in self._queues.items()
             if queue and tp not in self._busy and self._not_before.get(tp, 0.0) <= now
         ]
-        if not ready or self._error is not None:
+        if self._error is not None:
+            self._fail_queued(self._error)
+            return
+        if not ready:
             return
         new = [] if self._txn.v2 else [tp for tp in ready if tp not in self._added]
         if new:
