@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from streamkit.aiokafka_internals import sessions
 from streamkit.aiokafka_internals.api_versions import ApiVersionsV3
 from streamkit.aiokafka_internals.produce import (
-    FlexibleProduceBatches,
     FlexibleProduceResult,
     ProduceBatches,
     ProduceResult,
@@ -159,7 +158,7 @@ _PRODUCE_RESPONSE_V12 = Schema(
 def test_the_flexible_produce_request_is_kafkas_v12(
     txn_id: str | None, timeout: int, topics: dict[str, list[tuple[int, bytes]]]
 ) -> None:
-    ours = FlexibleProduceBatches(txn_id, timeout, topics).build(None).encode()  # type: ignore[arg-type]
+    ours = ProduceBatches(txn_id, timeout, topics, flexible=True).build(None).encode()  # type: ignore[arg-type]
     theirs = _PRODUCE_V12.encode(
         [
             txn_id,

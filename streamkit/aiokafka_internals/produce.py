@@ -136,24 +136,6 @@ class _ProduceV7(RequestStruct):  # type: ignore[misc]
         return f"ProduceRequest_v7({self.transactional_id!r}, {count} partitions)"
 
 
-class ProduceBatches(Request[_ProduceV7]):  # type: ignore[misc]
-    """One Produce request (acks=all): `topics` maps a topic to its (partition, one built record
-    batch) pairs."""
-
-    API_KEY = 0
-
-    def __init__(
-        self,
-        transactional_id: str | None,
-        timeout_ms: int,
-        topics: dict[str, list[tuple[int, Any]]],
-    ) -> None:
-        self._struct = _ProduceV7(transactional_id, timeout_ms, topics)
-
-    def build(self, request_struct_class: type[_ProduceV7]) -> _ProduceV7:
-        return self._struct
-
-
 # -- v12: the flexible encoding -------------------------------------------------------------------
 
 
@@ -252,8 +234,9 @@ class _ProduceV12(_ProduceV7):
         return b"".join(out)
 
 
-class FlexibleProduceBatches(Request[_ProduceV12]):  # type: ignore[misc]
-    """`ProduceBatches` as Produce v12 (transaction version 2: no AddPartitionsToTxn)."""
+class ProduceBatches(Request[_ProduceV7 | _ProduceV12]):  # type: ignore[misc]
+    """One Produce request (acks=all): `topics` maps a topic to its (partition, one built record
+    batch) pairs. v7, or v12 when `flexible` (transaction version 2: no AddPartitionsToTxn)."""
 
     API_KEY = 0
 
@@ -262,8 +245,11 @@ class FlexibleProduceBatches(Request[_ProduceV12]):  # type: ignore[misc]
         transactional_id: str | None,
         timeout_ms: int,
         topics: dict[str, list[tuple[int, Any]]],
+        *,
+        flexible: bool = False,
     ) -> None:
-        self._struct = _ProduceV12(transactional_id, timeout_ms, topics)
+        version = _ProduceV12 if flexible else _ProduceV7
+        self._struct = version(transactional_id, timeout_ms, topics)
 
-    def build(self, request_struct_class: type[_ProduceV12]) -> _ProduceV12:
+    def build(self, request_struct_class: type[_ProduceV7]) -> _ProduceV7:
         return self._struct

@@ -52,7 +52,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals.groups import GroupMetadata
-from streamkit.aiokafka_internals.produce import FlexibleProduceBatches, ProduceBatches
+from streamkit.aiokafka_internals.produce import ProduceBatches
 from streamkit.aiokafka_internals.txn_coordinator import (
     CONCURRENT_TRANSACTIONS,
     CONNECTION_ERRORS,
@@ -343,8 +343,9 @@ class TransactionalProducer:
         topics: dict[str, list[tuple[int, Any]]] = {}
         for tp, batch in zip(tps, batches, strict=True):
             topics.setdefault(tp.topic, []).append((tp.partition, batch.data))
-        make = FlexibleProduceBatches if self._txn.v2 else ProduceBatches
-        request = make(self.transactional_id, self._request_timeout_ms, topics)
+        request = ProduceBatches(
+            self.transactional_id, self._request_timeout_ms, topics, flexible=self._txn.v2
+        )
         try:
             try:
                 response = await self._client.send(node, request)
