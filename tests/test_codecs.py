@@ -2,7 +2,8 @@
 broker: Produce v7 byte for byte what aiokafka's generic encoder writes, and its response read
 as aiokafka's decoder reads it; Produce v12 and ApiVersions v3 against Kafka's schemas written
 in aiokafka's flexible types (with tagged fields, which aiokafka's own encoder cannot write);
-the fetch session's Fetch v11 request and response (`sessions.py`) against aiokafka's."""
+the fetch session's Fetch v11 request and response (`sessions.py`) against aiokafka's;
+TxnOffsetCommit v3/v5 against aiokafka's schema (`groups.py`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from hypothesis import strategies as st
 
 from streamkit.aiokafka_internals import sessions
 from streamkit.aiokafka_internals.api_versions import ApiVersionsV3
+from streamkit.aiokafka_internals.groups import (
+    TxnOffsetCommitRequest_v3,
+    TxnOffsetCommitResponse_v3,
+)
 from streamkit.aiokafka_internals.produce import (
     FlexibleProduceResult,
     ProduceBatches,
@@ -323,3 +328,91 @@ def test_the_session_fetch_response_is_read_as_aiokafka_reads_it(
     theirs = FetchResponse_v11.decode(BytesIO(body))
     assert (ours.throttle_time_ms, ours.error_code, ours.session_id) == top
     assert ours.topics == theirs.topics
+
+
+# -- TxnOffsetCommit v3 (and v5, the same layout): one checkpoint's offsets ---------------------
+
+_TXN_OFFSET_COMMIT_RESPONSE = Schema(
+    ("throttle_time_ms", Int32),
+    (
+        "topics",
+        CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(("partition", Int32), ("error_code", Int16), _TAGS)),
+            _TAGS,
+        ),
+    ),
+    _TAGS,
+)
+_maybe_text = st.one_of(st.none(), st.text(max_size=200))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    head=st.tuples(
+        st.text(max_size=200),
+        st.text(max_size=200),
+        st.integers(-1, 2**63 - 1),
+        st.integers(-1, 2**15 - 1),
+        st.integers(-1, 2**31 - 1),
+        st.text(max_size=200),
+        _maybe_text,
+    ),
+    topics=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=200),
+            st.lists(
+                st.tuples(
+                    st.integers(0, 2**31 - 1),
+                    st.integers(-1, 2**63 - 1),
+                    st.integers(-1, 2**31 - 1),
+                    _maybe_text,
+                    st.just({}),
+                ),
+                max_size=5,
+            ),
+            st.just({}),
+        ),
+        max_size=5,
+    ),
+)
+def test_the_txn_offset_commit_request_is_what_aiokafkas_encoder_writes(
+    head: tuple[Any, ...], topics: list[Any]
+) -> None:
+    fields = [*head, topics, {}]
+    ours = TxnOffsetCommitRequest_v3(*fields).encode()
+    assert ours == TxnOffsetCommitRequest_v3.SCHEMA.encode(fields)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    throttle=st.integers(0, 2**31 - 1),
+    topics=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=200),
+            st.lists(
+                st.tuples(
+                    st.integers(0, 2**31 - 1),
+                    st.integers(-(2**15), 2**15 - 1),
+                    st.dictionaries(st.integers(0, 300), st.binary(max_size=200), max_size=2),
+                ),
+                max_size=5,
+            ),
+            st.dictionaries(st.integers(0, 300), st.binary(max_size=200), max_size=2),
+        ),
+        max_size=5,
+    ),
+    tags=st.dictionaries(st.integers(0, 300), st.binary(max_size=200), max_size=2),
+)
+def test_the_txn_offset_commit_response_is_read_past_its_tagged_fields(
+    throttle: int, topics: list[Any], tags: dict[int, bytes]
+) -> None:
+    body = _TXN_OFFSET_COMMIT_RESPONSE.encode([throttle, topics, tags])
+    read = TxnOffsetCommitResponse_v3.decode(body)
+    assert read.throttle_time_ms == throttle
+    assert read.topics == [
+        (name, [(p, code, {}) for p, code, _ in parts], {}) for name, parts, _ in topics
+    ]
+    at = BytesIO(b"header" + body)  # read from where the frame's header ended
+    at.seek(6)
+    assert TxnOffsetCommitResponse_v3.decode(at).topics == read.topics

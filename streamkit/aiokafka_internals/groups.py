@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 import aiokafka
@@ -50,6 +52,8 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 from aiokafka.structs import TopicPartition
+
+from streamkit.aiokafka_internals.produce import read_uvarint, skip_tags, uvarint
 
 AIOKAFKA_VERSION = "0.14.0"
 
@@ -154,6 +158,9 @@ _TAGS = ("tags", TaggedFields)
 
 
 class TxnOffsetCommitResponse_v3(Response):  # type: ignore[misc]
+    """Read by hand (`decode`), as the same tuples aiokafka's `SCHEMA` decoder gives: one
+    checkpoint commits the offsets of every input partition of the worker in it."""
+
     API_KEY = 28
     API_VERSION = 3
     SCHEMA = Schema(
@@ -169,8 +176,32 @@ class TxnOffsetCommitResponse_v3(Response):  # type: ignore[misc]
         _TAGS,
     )
 
+    @classmethod
+    def decode(cls, data: BytesIO | bytes) -> TxnOffsetCommitResponse_v3:
+        buf = data.getvalue() if isinstance(data, BytesIO) else data
+        pos = data.tell() if isinstance(data, BytesIO) else 0
+        (throttle,) = _INT.unpack_from(buf, pos)
+        count, pos = read_uvarint(buf, pos + 4)
+        topics: list[tuple[str, list[tuple[int, int, dict[int, bytes]]], dict[int, bytes]]] = []
+        for _ in range(count - 1):
+            length, pos = read_uvarint(buf, pos)
+            name = buf[pos : pos + length - 1].decode()
+            pos += length - 1
+            parts, pos = read_uvarint(buf, pos)
+            answers: list[tuple[int, int, dict[int, bytes]]] = []
+            for _ in range(parts - 1):
+                partition, code = _ANSWER.unpack_from(buf, pos)
+                pos = skip_tags(buf, pos + _ANSWER.size)
+                answers.append((partition, code, {}))
+            pos = skip_tags(buf, pos)
+            topics.append((name, answers, {}))
+        return cls(throttle, topics, {})
+
 
 class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]
+    """Written by hand (`encode`, the bytes of `SCHEMA`'s encoder): aiokafka's generic encoder
+    walks each of a few hundred partitions field by field."""
+
     FLEXIBLE_VERSION = True
     API_KEY = 28
     API_VERSION = 3
@@ -202,6 +233,41 @@ class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]
         ),
         _TAGS,
     )
+
+    def encode(self) -> bytes:
+        out = [
+            _compact(self.transactional_id),
+            _compact(self.group_id),
+            _PRODUCER.pack(self.producer_id, self.producer_epoch, self.generation_id),
+            _compact(self.member_id),
+            _compact(self.group_instance_id),
+            uvarint(len(self.topics) + 1),
+        ]
+        append = out.append
+        for name, parts, _ in self.topics:
+            append(_compact(name))
+            append(uvarint(len(parts) + 1))
+            for partition, offset, leader_epoch, metadata, _ in parts:
+                append(_OFFSET.pack(partition, offset, leader_epoch))
+                append(_compact(metadata))
+                append(b"\x00")  # no tagged fields
+            append(b"\x00")
+        append(b"\x00")
+        return b"".join(out)
+
+
+_INT = struct.Struct(">i")
+_ANSWER = struct.Struct(">ih")  # partition, error code
+_PRODUCER = struct.Struct(">qhi")  # producer id, epoch, generation
+_OFFSET = struct.Struct(">iqi")  # partition, offset, leader epoch
+
+
+def _compact(text: str | None) -> bytes:
+    """A compact nullable string."""
+    if text is None:
+        return b"\x00"
+    encoded = text.encode()
+    return uvarint(len(encoded) + 1) + encoded
 
 
 class GroupTxnOffsetCommitRequest(Request[TxnOffsetCommitRequest_v3]):  # type: ignore[misc]

@@ -218,6 +218,11 @@ class TransactionalProducer:
         self._wake.set()
         return future
 
+    async def flush(self) -> None:
+        """Until every batch handed over so far is delivered or failed (never raises: their
+        futures say how it went)."""
+        await self._drained.wait()
+
     async def send_offsets_to_transaction(
         self, offsets: dict[TopicPartition, Any], group_id: str
     ) -> None:

@@ -229,6 +229,10 @@ class RecordCollector:
                 fut = await self._send_batch(builder, topic, partition)
                 sealed.in_flight.append((count, fut))
             sealed.batches = []
+        if any(not fut.done() for _, fut in sealed.in_flight):
+            # one wait for the producer to have nothing left in flight, rather than a callback
+            # per batch (hundreds at hundreds of partitions); every batch it holds is ours
+            await self._producer.flush()
         return await _delivered(sealed.in_flight, self.delivered)
 
     def release(self) -> None:
@@ -259,6 +263,16 @@ class Sealed:
     def empty(self) -> bool:
         return not self.batches and not self.in_flight
 
+    @classmethod
+    def joined(cls, parts: list[Sealed]) -> Sealed:
+        """Several seals of one collector as one: handed over together (one produce request
+        for all of them, where each seal's own hand-over could let the sender go with a
+        part and leave the rest for a second round trip)."""
+        return cls(
+            [b for part in parts for b in part.batches],
+            [f for part in parts for f in part.in_flight],
+        )
+
     def failures(self) -> list[BaseException]:
         """Why deliveries failed (read, so that asyncio does not report them as unread)."""
         found = []
@@ -280,16 +294,19 @@ async def _delivered(
     """Wait for every delivery; the offset of the last record written to each partition."""
     last: dict[tuple[str, int], int] = {}
     in_flight = list(in_flight)  # (what is appended to the list from now on is not ours)
-    if in_flight:
-        metas: list[Any] = await asyncio.gather(
-            *(fut for _, fut in in_flight), return_exceptions=True
-        )
-        for meta in metas:
-            if isinstance(meta, BaseException):
-                raise ProduceFailed(f"a batch was not written: {meta!r}") from meta
-        for (count, _), meta in zip(in_flight, metas, strict=True):
-            if meta is not None and meta.offset is not None:
-                tp = (meta.topic, meta.partition)
-                last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
-                counts[tp] = counts.get(tp, 0) + count
+    pending = [fut for _, fut in in_flight if not fut.done()]
+    if pending:
+        await asyncio.wait(pending)
+    failures = [
+        asyncio.CancelledError() if fut.cancelled() else fut.exception() for _, fut in in_flight
+    ]  # (each read: none is reported as never retrieved)
+    error = next((e for e in failures if e is not None), None)
+    if error is not None:
+        raise ProduceFailed(f"a batch was not written: {error!r}") from error
+    for count, fut in in_flight:
+        meta = fut.result()
+        if meta is not None and meta.offset is not None:
+            tp = (meta.topic, meta.partition)
+            last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
+            counts[tp] = counts.get(tp, 0) + count
     return last

@@ -66,7 +66,7 @@ from streamkit.aiokafka_internals import GroupFenced
 from streamkit.runtime import faults
 from streamkit.runtime.cadence import inputs_written
 from streamkit.runtime.checkpoint import partition_times
-from streamkit.runtime.collector import Sealed
+from streamkit.runtime.collector import RecordCollector, Sealed
 from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
 from streamkit.runtime.txn_producers import ABORT_TIMEOUT, NoProducer, ProducerSet, WorkerProducer
@@ -345,7 +345,8 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
                 self._worker_producer.gate.fail()  # nothing more is sent in it
             return [cutshort] * len(snapshots)
         active = [i for i, s in enumerate(snapshots) if not (s.sealed.empty and not s.offsets)]
-        idle = [snapshots[i] for i in range(len(snapshots)) if i not in active]
+        busy = set(active)
+        idle = [snap for i, snap in enumerate(snapshots) if i not in busy]
         if not active:
             for snap in idle:
                 snap.task.collector.release()
@@ -363,6 +364,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
                 snap.task.collector.release()
             return results
         producer = gate.producer
+        sealed: list[tuple[RecordCollector, Sealed]] = []
         try:
             for snap in snaps:  # a batch lost since the last checkpoint fails this transaction
                 if snap.task.collector.error is not None:
@@ -373,11 +375,12 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
                     at = snap.offsets.get(itp, self._committed.get(itp))
                     if at is not None:
                         offsets[itp] = (at, self._time(snap, itp))
-            # the tasks share one collector: one of them sealed the batches, the rest nothing;
-            # the offsets go while the batches are acknowledged (`_flush_and_offsets`)
-            sending = [s for s in snaps if not s.sealed.empty]
+            # the tasks share one collector: one of them sealed the batches, the stateful
+            # ones their changelog records since; handed over at once, one seal per
+            # collector; the offsets go while the batches are acknowledged
+            sealed = _joined(snaps)
             written = await _flush_and_offsets(
-                [s.task.collector.flush_sealed(s.sealed) for s in sending],
+                [collector.flush_sealed(seal) for collector, seal in sealed],
                 producer.send_offsets_to_transaction(offsets, self._group_id) if offsets else None,
             )
             for _ in snaps:  # counted per task, as in per-partition mode (test hooks' Nth)
@@ -389,7 +392,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             failure: BaseException = exc
             for snap in snaps:
                 snap.task.collector.discard()
-            causes = [exc, exc.__cause__, *(f for s in snaps for f in s.sealed.failures())]
+            causes = [exc, exc.__cause__, *(f for _, seal in sealed for f in seal.failures())]
             fenced = next((c for c in causes if isinstance(c, (ProducerFenced, GroupFenced))), None)
             if fenced is not None:
                 failure = fenced
@@ -420,6 +423,16 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
         for snap in idle:
             snap.task.collector.release()
         return results
+
+
+def _joined(snaps: list[_Snapshot]) -> list[tuple[RecordCollector, Sealed]]:
+    """The snapshots' seals, joined per collector (`Sealed.joined`)."""
+    by_collector: dict[int, tuple[RecordCollector, list[Sealed]]] = {}
+    for snap in snaps:
+        if not snap.sealed.empty:
+            collector = snap.task.collector
+            by_collector.setdefault(id(collector), (collector, []))[1].append(snap.sealed)
+    return [(collector, Sealed.joined(parts)) for collector, parts in by_collector.values()]
 
 
 async def _flush_and_offsets(

@@ -140,6 +140,10 @@ class Gate:
             raise KafkaError("the worker's transaction failed: its producer is being replaced")
         return await self.producer.send_batch(builder, topic, partition=partition)
 
+    async def flush(self) -> None:
+        """Until every batch handed over so far is delivered or failed."""
+        await self.producer.flush()
+
     def fail(self) -> None:
         self.failed = True
         self.open.set()

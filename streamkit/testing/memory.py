@@ -124,7 +124,7 @@ class MemoryBatch:
 
 
 class MemoryProducer:
-    """The two producer calls a RecordCollector makes: `create_batch` and `send_batch`. A
+    """The producer calls a RecordCollector makes: `create_batch`, `send_batch` and `flush`. A
     batch is written at once; its delivery future is already done. Records without a
     timestamp get the clock's time, as a producer stamps them with its own."""
 
@@ -150,6 +150,9 @@ class MemoryProducer:
         tp = TopicPartition(topic, partition)
         done.set_result(RecordMetadata(topic, partition, tp, first, None, CREATE_TIME, 0))
         return done
+
+    async def flush(self) -> None:
+        """Nothing is ever in flight."""
 
 
 class MemoryGroup:
