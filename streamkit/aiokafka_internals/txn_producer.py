@@ -200,23 +200,39 @@ class TransactionalProducer:
         self, builder: BatchBuilder, topic: str, *, partition: int
     ) -> asyncio.Future[Delivered]:
         """Step 2: queue a filled batch; the future is its delivery."""
+        (future,) = await self.send_batches([(topic, partition, builder)])
+        return future
+
+    async def send_batches(
+        self, batches: list[tuple[str, int, BatchBuilder]]
+    ) -> list[asyncio.Future[Delivered]]:
+        """Step 2 for many batches at once (a checkpoint's: hundreds at hundreds of
+        partitions), all queued before the sender looks; their deliveries, in order."""
         if self._error is not None:
             raise self._error
         if not self._in_transaction:
             raise errors.IllegalOperation("Can't send messages while not in transaction")
-        if self._client.cluster.partitions_for_topic(topic) is None:
-            await self._client._wait_on_metadata(topic)
-            if self._error is not None:  # failed meanwhile: the batch must not be queued
-                raise self._error
-        tp = TopicPartition(topic, partition)
-        future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
-        queue = self._queues.get(tp)
-        if queue is None:
-            queue = self._queues[tp] = collections.deque()
-        queue.append(_Batch(builder, future))
-        self._drained.clear()
-        self._wake.set()
-        return future
+        cluster = self._client.cluster
+        for topic in {topic for topic, _, _ in batches}:
+            if cluster.partitions_for_topic(topic) is None:
+                await self._client._wait_on_metadata(topic)
+                if self._error is not None:  # failed meanwhile: the batch must not be queued
+                    raise self._error
+        create_future = asyncio.get_running_loop().create_future
+        queues = self._queues
+        futures: list[asyncio.Future[Delivered]] = []
+        for topic, partition, builder in batches:
+            tp = TopicPartition(topic, partition)
+            queue = queues.get(tp)
+            if queue is None:
+                queue = queues[tp] = collections.deque()
+            future = create_future()
+            queue.append(_Batch(builder, future))
+            futures.append(future)
+        if futures:
+            self._drained.clear()
+            self._wake.set()
+        return futures
 
     async def flush(self) -> None:
         """Until every batch handed over so far is delivered or failed (never raises: their

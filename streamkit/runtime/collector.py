@@ -224,16 +224,20 @@ class RecordCollector:
         if self.error is not None:
             raise self.error
         async with self._submit_lock:
-            for topic, partition, builder in sealed.batches:
-                count = builder.record_count()
-                fut = await self._send_batch(builder, topic, partition)
-                sealed.in_flight.append((count, fut))
-            sealed.batches = []
+            await self._hand_over(sealed)
         if any(not fut.done() for _, fut in sealed.in_flight):
             # one wait for the producer to have nothing left in flight, rather than a callback
             # per batch (hundreds at hundreds of partitions); every batch it holds is ours
             await self._producer.flush()
         return await _delivered(sealed.in_flight, self.delivered)
+
+    async def _hand_over(self, sealed: Sealed) -> None:
+        """The sealed batches to the producer, their deliveries to `sealed.in_flight`."""
+        for topic, partition, builder in sealed.batches:
+            count = builder.record_count()
+            fut = await self._send_batch(builder, topic, partition)
+            sealed.in_flight.append((count, fut))
+        sealed.batches = []
 
     def release(self) -> None:
         """The sealed transaction is over: held batches may go to the producer again."""

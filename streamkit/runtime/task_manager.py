@@ -12,13 +12,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import Commits, stable_commits_once
 from streamkit.app import App
 from streamkit.eventtime import TimestampPolicy
 from streamkit.graph import Stage
-from streamkit.runtime.collector import RecordCollector
+from streamkit.runtime.collector import ProduceFailed, RecordCollector, Sealed
 from streamkit.runtime.event_clock import EventClock
 from streamkit.runtime.sinks import TaskSinks, stage_sinks
 from streamkit.runtime.task import Task
@@ -29,13 +30,30 @@ log = logging.getLogger(__name__)
 
 
 class WorkerCollector(RecordCollector):
-    """The one collector of every task of a worker with one transactional producer. A task that
-    runs out of records hands over only the batches that filled up: the others wait for the
-    checkpoint (nobody can read them before its commit anyway), so each destination partition
-    gets at most one partly filled batch per transaction, however many tasks write to it."""
+    """The one collector of every task of a worker with one transactional producer (its
+    producer is the worker's `Gate`). A task that runs out of records hands over only the
+    batches that filled up: the others wait for the checkpoint (nobody can read them before
+    its commit anyway), so each destination partition gets at most one partly filled batch
+    per transaction, however many tasks write to it. The checkpoint hands them over in one
+    call where the producer takes that (`Gate.bulk`)."""
 
     async def submit(self) -> None:
         await self.submit_full()
+
+    async def _hand_over(self, sealed: Sealed) -> None:
+        if not self.producer.bulk:
+            await super()._hand_over(sealed)
+            return
+        batches = sealed.batches
+        try:
+            futures = await self.producer.send_batches(batches)
+        except (KafkaError, IllegalOperation) as exc:
+            raise ProduceFailed(f"producing {len(batches)} batches: {exc!r}") from exc
+        sealed.in_flight.extend(
+            (builder.record_count(), fut)
+            for (_, _, builder), fut in zip(batches, futures, strict=True)
+        )
+        sealed.batches = []
 
 
 class TaskManager:

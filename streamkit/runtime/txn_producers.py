@@ -23,7 +23,11 @@ from typing import IO, Any, Protocol
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals import enable_group_fencing, group_metadata
+from streamkit.aiokafka_internals import (
+    TransactionalProducer,
+    enable_group_fencing,
+    group_metadata,
+)
 from streamkit.clients import make_producer, make_transactional_producer
 from streamkit.settings import Settings
 
@@ -130,6 +134,8 @@ class Gate:
         self.open = asyncio.Event()
         self.open.set()
         self.failed = False
+        # streamkit's producer takes a checkpoint's batches in one call (`send_batches`)
+        self.bulk = isinstance(producer, TransactionalProducer)
 
     def create_batch(self) -> Any:
         return self.producer.create_batch()
@@ -139,6 +145,13 @@ class Gate:
         if self.failed:
             raise KafkaError("the worker's transaction failed: its producer is being replaced")
         return await self.producer.send_batch(builder, topic, partition=partition)
+
+    async def send_batches(self, batches: list[tuple[str, int, Any]]) -> list[Any]:
+        """`send_batch` for many (only when `bulk`)."""
+        await self.open.wait()
+        if self.failed:
+            raise KafkaError("the worker's transaction failed: its producer is being replaced")
+        return await self.producer.send_batches(batches)  # type: ignore[no-any-return]
 
     async def flush(self) -> None:
         """Until every batch handed over so far is delivered or failed."""
