@@ -70,6 +70,7 @@ from streamkit.runtime.collector import RecordCollector, Sealed
 from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
 from streamkit.runtime.txn_producers import ABORT_TIMEOUT, NoProducer, ProducerSet, WorkerProducer
+from streamkit.state.task_tables import write_stores
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class TransactionalCheckpointer:
         self.last_written = last_written(results)
         later = self._followed(self.last_written)  # step 4 left to the follow-up
         failed: dict[TopicPartition, BaseException] = {}
-        writes = []
+        due = []
         for snap, result in zip(snapshots, results, strict=True):
             if isinstance(result, BaseException):
                 failed[snap.tp] = result
@@ -205,13 +206,11 @@ class TransactionalCheckpointer:
                 source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
                 task.state.record(result, source)
             # 4. the store, when due: the changes it lacks with the offsets they reflect, one
-            # SQLite transaction per task (the tasks' stores are separate files: written all
-            # at once, in the default executor)
+            # SQLite transaction per task (the tasks' stores are separate files: every due
+            # one written in one thread hop)
             if task.state is not None and task.state.due(task.status is TaskState.CLOSED, later):
-                writes.append(task.state.write())
-        for error in await asyncio.gather(*writes, return_exceptions=True):
-            if isinstance(error, BaseException):
-                raise error
+                due.append(task.state)
+        await write_stores(due)
         self.last_duration = time.monotonic() - started
         self.checkpoints += 1
         self.total_duration += self.last_duration

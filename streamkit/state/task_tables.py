@@ -158,6 +158,10 @@ class TaskTables:
         """Checkpoint step: every change not written yet (all of them committed: a checkpoint
         writes only after its own transaction) and the offsets they reflect, in one SQLite
         transaction."""
+        await write_stores([self])
+
+    def take_write(self) -> StoreWrite | None:
+        """What `write` writes, taken on the event loop (None: nothing)."""
         assert self.store is not None
         self._next_write = time.monotonic() + self.write_interval
         offsets = self._offsets
@@ -172,16 +176,22 @@ class TaskTables:
             changes[name] = rows
             offsets[(self.partitions[name].table.changelog.name, self.partition)] = at
         if not (changes or offsets):
-            return
+            return None
         # (no snapshot adds to the overlays meanwhile: the checkpoint's lock is held)
-        await asyncio.to_thread(self.store.apply, changes, offsets)
+        return StoreWrite(self, self.store, changes, offsets, followed)
+
+    def written(self, done: StoreWrite) -> None:
+        """`done` is in SQLite: what the overlays and offsets no longer need to hold."""
         self._offsets = {}
         self.writes += 1
-        for name in changes:
-            if name not in followed:  # SQLite has them: the next snapshot starts a new overlay
+        for name in done.changes:
+            if name not in done.followed:  # SQLite has them: the next snapshot starts anew
                 self.partitions[name].flushing = {}
-        log.debug("%s: wrote %s at %s", self.path, {n: len(c) for n, c in changes.items()}, offsets)
-        for name, (rows, _) in followed.items():
+        log.debug(
+            "%s: wrote %s at %s",
+            self.path, {n: len(c) for n, c in done.changes.items()}, done.offsets,
+        )  # fmt: skip
+        for name, (rows, _) in done.followed.items():
             flushing = self.partitions[name].flushing
             for key, value in rows.items():
                 if flushing.get(key, _GONE) is value:
@@ -199,3 +209,49 @@ class TaskTables:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+class StoreWrite:
+    """One store's due write: taken on the event loop, applied in a thread."""
+
+    def __init__(
+        self,
+        tables: TaskTables,
+        store: PartitionStore,
+        changes: dict[str, dict[bytes, bytes | None]],
+        offsets: dict[tuple[str, int], int],
+        followed: dict[str, tuple[dict[bytes, bytes | None], int]],
+    ) -> None:
+        self.tables = tables
+        self.store = store
+        self.changes = changes
+        self.offsets = offsets
+        self.followed = followed
+
+
+def _apply_all(writes: list[StoreWrite]) -> list[BaseException | None]:
+    """In a thread: each write in its own SQLite transaction (the stores are separate files);
+    one that fails does not stop the others."""
+    outcomes: list[BaseException | None] = []
+    for write in writes:
+        try:
+            write.store.apply(write.changes, write.offsets)
+            outcomes.append(None)
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def write_stores(tables: list[TaskTables]) -> None:
+    """Every due store's write in one thread hop (at hundreds of tasks, a hop each cost more
+    than the writes); the first failure is raised once all were tried."""
+    writes = [w for w in (t.take_write() for t in tables) if w is not None]
+    if not writes:
+        return
+    outcomes = await asyncio.to_thread(_apply_all, writes)
+    for write, error in zip(writes, outcomes, strict=True):
+        if error is None:
+            write.tables.written(write)
+    error = next((e for e in outcomes if e is not None), None)
+    if error is not None:
+        raise error
