@@ -18,7 +18,8 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streamkit import aiokafka_internals as internals
-from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata
+from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata, txn_producer
+from streamkit.aiokafka_internals.produce import ProduceBatches
 from streamkit.aiokafka_internals.txn_producer import TransactionalProducer
 from tests.kafkahelp import bootstrap, committed, create_topic, read_all, wait_until
 from tests.test_aiokafka_internals import joined, member
@@ -252,3 +253,61 @@ async def test_a_batch_handed_over_as_the_transaction_fails_is_refused_not_stran
     finally:
         await producer.stop()
     assert await read_all(sink) == []
+
+
+async def test_a_checkpoints_batches_go_in_requests_of_a_bounded_size(uid: str) -> None:
+    """Hundreds of partitions' batches handed over at once (`send_batches`) go in several
+    Produce requests of about `MAX_REQUEST_BYTES` each, a few in flight at a time, never one
+    request of every batch (tens of megabytes at hundreds of partitions, beyond the broker's
+    `socket.request.max.bytes` at more); all of them land, once."""
+    sink, partitions = f"txq-{uid}", 40
+    await create_topic(sink, partitions)
+    producer = TransactionalProducer(
+        {"bootstrap_servers": bootstrap()},
+        client_id=f"test-txq-{uid}",
+        transactional_id=f"txq-{uid}",
+        transaction_timeout_ms=10_000,
+        max_batch_size=256 * 1024,
+        retry_backoff_ms=20,
+        group_metadata=lambda: GroupMetadata("none", -1, "", None),
+    )
+    await producer.start()
+    sizes: list[int] = []
+    in_flight = most = 0
+    send = producer._client.send
+
+    async def counting(node: int, request: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, most
+        if isinstance(request, ProduceBatches):
+            sizes.append(len(request.build(None).encode()))  # type: ignore[arg-type]
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await send(node, request, **kwargs)
+            finally:
+                in_flight -= 1
+        return await send(node, request, **kwargs)
+
+    producer._client.send = counting
+    try:
+        await producer.begin_transaction()
+        batches = []
+        for p in range(partitions):
+            batch = producer.create_batch()
+            for i in range(200):  # ~200 KB a partition: ~8 MB in all
+                assert batch.append(
+                    timestamp=None, key=None, value=b"%d:%d:" % (p, i) + bytes(1000)
+                )
+            batches.append((sink, p, batch))
+        futures = await producer.send_batches(batches)
+        await asyncio.gather(*futures)
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+    limit = txn_producer.MAX_REQUEST_BYTES
+    assert len(sizes) >= 8 * 1024 * 1024 // (2 * limit)  # split, not one request of ~8 MB
+    assert max(sizes) < limit + 300 * 1024  # a request stops at the batch that reaches it
+    assert 1 < most <= txn_producer.MAX_IN_FLIGHT
+    records = await read_all(sink, expect=partitions * 200)  # (the markers land after the commit)
+    assert len(records) == partitions * 200
+    assert len({r.value for r in records}) == partitions * 200

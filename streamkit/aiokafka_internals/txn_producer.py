@@ -74,6 +74,14 @@ NOT_ENOUGH_REPLICAS = 19
 _TRANSIENT = {CONCURRENT_TRANSACTIONS, NOT_ENOUGH_REPLICAS}
 
 
+# A request carries a batch of each ready partition until it holds this many bytes, and up to
+# MAX_IN_FLIGHT requests go to a broker at once (Java's max.request.size and
+# max.in.flight.requests.per.connection): at hundreds of partitions one request of every
+# partition's batch could hold tens of megabytes, answered after the broker appended all of it.
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_IN_FLIGHT = 5
+
+
 class Delivered(NamedTuple):
     """A batch's place in its partition (what the collector reads of aiokafka's metadata);
     offset None when the broker had it already (a retried request's repeat)."""
@@ -132,7 +140,7 @@ class TransactionalProducer:
         self._sequences: dict[TopicPartition, int] = {}
         self._queues: dict[TopicPartition, collections.deque[_Batch]] = {}
         self._busy: set[TopicPartition] = set()  # a batch in flight
-        self._busy_nodes: set[int] = set()  # a Produce request in flight
+        self._requests_to: dict[int, int] = {}  # Produce requests in flight, per node
         self._not_before: dict[TopicPartition, float] = {}  # retry backoff
         self._first_try: dict[TopicPartition, float] = {}  # the head batch's first send
         self._attempts: dict[TopicPartition, int] = {}  # its quick retries so far
@@ -334,18 +342,35 @@ class TransactionalProducer:
                 unknown = True
                 self._later(tp, now)
                 continue
-            if node not in self._busy_nodes:
-                by_node.setdefault(node, []).append(tp)
+            by_node.setdefault(node, []).append(tp)
         if unknown:
             self._client.force_metadata_update()
         for node, tps in by_node.items():
-            batches = [self._head(tp, now) for tp in tps]
-            self._busy_nodes.add(node)
-            self._busy.update(tps)
-            self._touched = True
-            task = asyncio.create_task(self._produce(node, tps, batches))
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
+            free = MAX_IN_FLIGHT - self._requests_to.get(node, 0)
+            chunk: list[TopicPartition] = []
+            size = 0
+            for tp in tps:
+                if free <= 0:
+                    break  # the rest when a request to this node is answered
+                batch = self._head(tp, now)
+                chunk.append(tp)
+                size += len(batch.data)
+                if size >= MAX_REQUEST_BYTES:
+                    self._request(node, chunk)
+                    free -= 1
+                    chunk, size = [], 0
+            if chunk:
+                self._request(node, chunk)
+
+    def _request(self, node: int, tps: list[TopicPartition]) -> None:
+        """One Produce request of `tps`' head batches to `node`, answered in a task."""
+        batches = [self._queues[tp][0] for tp in tps]
+        self._requests_to[node] = self._requests_to.get(node, 0) + 1
+        self._busy.update(tps)
+        self._touched = True
+        task = asyncio.create_task(self._produce(node, tps, batches))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
 
     def _head(self, tp: TopicPartition, now: float) -> _Batch:
         """The partition's next batch, built with its sequence number on its first send."""
@@ -380,7 +405,7 @@ class TransactionalProducer:
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._busy_nodes.discard(node)
+            self._requests_to[node] -= 1
             self._busy.difference_update(tps)
             if self._error is not None:  # what this answer left unresolved fails too
                 self._fail_queued(self._error)

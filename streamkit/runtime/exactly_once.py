@@ -27,11 +27,11 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
 4. Per committed task, when its store is due (`state_write_interval` since its last write,
    its unwritten rows at the cache's bound, or the task's last checkpoint): write every
    change its store lacks to it in one SQLite transaction, with the changelog offsets they
-   reflect and the input offset (every due task's store in one thread hop). Until then the
-   changes wait in memory, where reads find them. A checkpoint whose records this worker's own tasks
-   read leaves this step to the next one (the follow-up, due once they are processed:
-   `cadence.py`), unless the last checkpoint left it already, so the follow-up's transaction
-   does not wait for SQLite.
+   reflect and the input offset (every due task's store in a few thread hops). Until then
+   the changes wait in memory, where reads find them. A checkpoint whose records this
+   worker's own tasks read leaves this step to the next one (the follow-up, due once they
+   are processed: `cadence.py`), unless the last checkpoint left it already, so the
+   follow-up's transaction does not wait for SQLite.
 
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
@@ -206,8 +206,8 @@ class TransactionalCheckpointer:
                 source = None if at is None else (snap.tp.topic, snap.tp.partition, at)
                 task.state.record(result, source)
             # 4. the store, when due: the changes it lacks with the offsets they reflect, one
-            # SQLite transaction per task (the tasks' stores are separate files: every due
-            # one written in one thread hop)
+            # SQLite transaction per task (the tasks' stores are separate files: the due ones
+            # written in a few thread hops, `write_stores`)
             if task.state is not None and task.state.due(task.status is TaskState.CLOSED, later):
                 due.append(task.state)
         await write_stores(due)

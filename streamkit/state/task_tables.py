@@ -242,13 +242,23 @@ def _apply_all(writes: list[StoreWrite]) -> list[BaseException | None]:
     return outcomes
 
 
+WRITE_HOPS = 4  # thread hops a checkpoint's store writes are spread over, at most
+
+
 async def write_stores(tables: list[TaskTables]) -> None:
-    """Every due store's write in one thread hop (at hundreds of tasks, a hop each cost more
-    than the writes); the first failure is raised once all were tried."""
+    """Every due store's write, in a few thread hops (at hundreds of tasks, a hop each cost
+    more than the writes; a few let big writes use more than one core); the first failure
+    is raised once all were tried."""
     writes = [w for w in (t.take_write() for t in tables) if w is not None]
     if not writes:
         return
-    outcomes = await asyncio.to_thread(_apply_all, writes)
+    hops = min(WRITE_HOPS, len(writes))
+    parts = await asyncio.gather(
+        *(asyncio.to_thread(_apply_all, writes[i::hops]) for i in range(hops))
+    )
+    outcomes: list[BaseException | None] = [None] * len(writes)
+    for i, part in enumerate(parts):
+        outcomes[i::hops] = part
     for write, error in zip(writes, outcomes, strict=True):
         if error is None:
             write.tables.written(write)
