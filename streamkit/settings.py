@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         description=(
             "exactly_once with transactional_producer=per_worker: the client that makes the "
             "worker's transactions. streamkit (the default), streamkit's own transactional "
-            "producer on aiokafka's connections (one Produce request per leader, encoded by "
+            "producer on aiokafka's connections (Produce requests encoded by "
             "hand: less work per partition); aiokafka, aiokafka's AIOKafkaProducer. See "
             "docs/benchmarks.md."
         ),

@@ -311,3 +311,34 @@ async def test_a_checkpoints_batches_go_in_requests_of_a_bounded_size(uid: str) 
     records = await read_all(sink, expect=partitions * 200)  # (the markers land after the commit)
     assert len(records) == partitions * 200
     assert len({r.value for r in records}) == partitions * 200
+
+
+async def test_a_hand_over_waits_while_the_buffer_is_full(
+    uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches handed over and not yet delivered count against `BUFFER_BYTES`: past it the
+    next hand-over waits until deliveries make room (under a backlog the tasks go at the
+    broker's pace, and a checkpoint waits for a bounded amount)."""
+    monkeypatch.setattr(txn_producer, "BUFFER_BYTES", 1)  # one batch fills it
+    sink = f"txb-{uid}"
+    await create_topic(sink, 2)
+    producer = _producer(f"txb-{uid}")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        first = producer.create_batch()
+        first.append(timestamp=None, key=None, value=b"first")
+        (delivered,) = await producer.send_batches([(sink, 0, first)])
+        second = producer.create_batch()
+        second.append(timestamp=None, key=None, value=b"second")
+        waiting = asyncio.create_task(producer.send_batches([(sink, 1, second)]))
+        await asyncio.sleep(0)  # the sender has not even sent the first batch yet
+        assert not waiting.done() and not delivered.done()
+        await delivered
+        (later,) = await asyncio.wait_for(waiting, 10)
+        await later
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+    records = await read_all(sink, expect=2)
+    assert sorted(r.value for r in records) == [b"first", b"second"]

@@ -2,11 +2,12 @@
 producer per worker needs (KIP-98, KIP-447), with a Produce path built for many partitions.
 
 The same interface as the part of `AIOKafkaProducer` the exactly-once checkpoint uses
-(`create_batch`, `send_batch`, `begin_transaction`, `send_offsets_to_transaction`,
+(`create_batch`, `send_batch`, `flush`, `begin_transaction`, `send_offsets_to_transaction`,
 `commit_transaction`, `abort_transaction`, `start`, `stop`), so `runtime/txn_producers.py`
-holds either. Batches are aiokafka's `BatchBuilder`s (the collector fills them through the C
-record builder, `batches.py`); requests are aiokafka's `client.send`, with Produce encoded and
-decoded by hand (`produce.py`).
+holds either; and `send_batches`, a checkpoint's batches in one call. Batches are
+aiokafka's `BatchBuilder`s (the collector fills them through the C record builder,
+`batches.py`); requests are aiokafka's `client.send`, with Produce encoded and decoded by
+hand (`produce.py`).
 
 The protocol, in the order a transaction sends it:
 
@@ -15,13 +16,15 @@ The protocol, in the order a transaction sends it:
    (KIP-890 part 2, a Kafka 4 cluster's default) the transaction is of version 2. Then
    `InitProducerId` (this bumps the id's epoch: a previous producer with the id is fenced and
    its open transaction aborted). Every partition's sequence starts at 0.
-2. `send_batch` queues a batch on its partition. Version 1: the sender adds partitions new to
-   the transaction first (`AddPartitionsToTxn`, one request for all that are ready). Then it
-   sends one Produce request per leader (v7; version 2: v12, whose leader adds the partition
-   to the transaction itself) with the first unsent batch of each ready partition. A batch
-   gets its sequence number when it is first built, and keeps it (and its bytes) through
-   retries: the broker drops a repeat (DUPLICATE_SEQUENCE_NUMBER) and refuses a gap. One
-   batch per partition is in flight at a time, one request per leader.
+2. `send_batch` queues a batch on its partition (waiting first while `BUFFER_BYTES` of
+   batches are undelivered). Version 1: the sender adds partitions new to the transaction
+   first (`AddPartitionsToTxn`, one request for all that are ready). Then it sends Produce
+   requests to each leader (v7; version 2: v12, whose leader adds the partition to the
+   transaction itself) with the first unsent batch of each ready partition, up to
+   `MAX_REQUEST_BYTES` a request and `MAX_IN_FLIGHT` requests a leader. A batch gets its
+   sequence number when it is first built, and keeps it (and its bytes) through retries:
+   the broker drops a repeat (DUPLICATE_SEQUENCE_NUMBER) and refuses a gap. One batch per
+   partition is in flight at a time.
 3. `send_offsets_to_transaction`: version 1, `AddOffsetsToTxn` first; then `TxnOffsetCommit`
    (v3; version 2: v5, which adds the offsets to the transaction itself) to the group
    coordinator with the group's generation and member id (`groups.py`), so the group
@@ -80,6 +83,10 @@ _TRANSIENT = {CONCURRENT_TRANSACTIONS, NOT_ENOUGH_REPLICAS}
 # partition's batch could hold tens of megabytes, answered after the broker appended all of it.
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_IN_FLIGHT = 5
+# Batches handed over and not yet delivered, in bytes, beyond which a hand-over waits (Java's
+# buffer.memory): under a backlog the tasks then go at the broker's pace, and a checkpoint
+# waits for at most this much, not for every batch the tasks filled since the last one.
+BUFFER_BYTES = 32 * 1024 * 1024
 
 
 class Delivered(NamedTuple):
@@ -92,11 +99,12 @@ class Delivered(NamedTuple):
 
 
 class _Batch:
-    __slots__ = ("builder", "count", "data", "future")
+    __slots__ = ("builder", "count", "data", "future", "size")
 
-    def __init__(self, builder: Any, future: asyncio.Future[Delivered]) -> None:
+    def __init__(self, builder: Any, future: asyncio.Future[Delivered], size: int) -> None:
         self.builder = builder
         self.future = future
+        self.size = size  # counted in the producer's buffer until delivered or failed
         self.data: Any = None  # built (with its sequence) when first sent
         self.count = 0
 
@@ -153,6 +161,9 @@ class TransactionalProducer:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # no batch queued or in flight
         self._drained.set()
+        self._buffered = 0  # bytes of the batches queued or in flight (`BUFFER_BYTES`)
+        self._room = asyncio.Event()  # set while `_buffered` is below the bound
+        self._room.set()
         self._sender: asyncio.Task[None] | None = None
         self._requests: set[asyncio.Task[None]] = set()
 
@@ -220,6 +231,11 @@ class TransactionalProducer:
             raise self._error
         if not self._in_transaction:
             raise errors.IllegalOperation("Can't send messages while not in transaction")
+        while self._buffered >= BUFFER_BYTES:  # until deliveries make room (or it failed)
+            self._room.clear()
+            await self._room.wait()
+            if self._error is not None:
+                raise self._error
         cluster = self._client.cluster
         for topic in {topic for topic, _, _ in batches}:
             if cluster.partitions_for_topic(topic) is None:
@@ -235,7 +251,9 @@ class TransactionalProducer:
             if queue is None:
                 queue = queues[tp] = collections.deque()
             future = create_future()
-            queue.append(_Batch(builder, future))
+            size = builder.size()
+            self._buffered += size
+            queue.append(_Batch(builder, future, size))
             futures.append(future)
         if futures:
             self._drained.clear()
@@ -426,6 +444,7 @@ class TransactionalProducer:
             seen.add(tp)
             if code in (NONE, DUPLICATE_SEQUENCE_NUMBER):
                 batch = queue.popleft()
+                self._resolved(batch)
                 self._first_try.pop(tp, None)
                 self._attempts.pop(tp, None)
                 if not batch.future.done():
@@ -470,6 +489,12 @@ class TransactionalProducer:
         self._not_before[tp] = now + delay
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
+    def _resolved(self, batch: _Batch) -> None:
+        """`batch` left its queue (delivered or failed): its bytes leave the buffer."""
+        self._buffered -= batch.size
+        if self._buffered < BUFFER_BYTES:
+            self._room.set()
+
     def _settle(self) -> None:
         if not self._busy and not any(self._queues.values()):
             self._drained.set()
@@ -480,6 +505,7 @@ class TransactionalProducer:
             self._error = exc
         if isinstance(exc, errors.ProducerFenced):
             self._txn.fenced = True
+        self._room.set()  # a hand-over waiting for room raises the error instead
         self._fail_queued(self._error)
 
     def _fail_queued(self, exc: BaseException) -> None:
@@ -489,6 +515,7 @@ class TransactionalProducer:
                 batch = queue.popleft()
                 if batch is keep:
                     continue
+                self._resolved(batch)
                 if not batch.future.done():
                     batch.future.set_exception(exc)
             if keep is not None:
