@@ -6,7 +6,8 @@ in one transaction (sequence numbers carried from batch to batch and transaction
 transaction), read back exactly once and in order; an aborted transaction never shows; a
 second producer with the same transactional id fences the first (its commit fails, its
 records never show); the group coordinator refuses the offsets of an old generation and of a
-member without one, and takes the current member's."""
+member without one, and takes the current member's. Without a broker: the start's feature
+probe asks another broker when one is down."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, NodeNotReadyError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streamkit import aiokafka_internals as internals
 from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata, txn_producer
 from streamkit.aiokafka_internals.produce import ProduceBatches
+from streamkit.aiokafka_internals.txn_coordinator import TxnCoordinator
 from streamkit.aiokafka_internals.txn_producer import TransactionalProducer
 from tests.kafkahelp import bootstrap, committed, create_topic, read_all, wait_until
 from tests.test_aiokafka_internals import joined, member
@@ -342,3 +344,64 @@ async def test_a_hand_over_waits_while_the_buffer_is_full(
         await producer.stop()
     records = await read_all(sink, expect=2)
     assert sorted(r.value for r in records) == [b"first", b"second"]
+
+
+# -- without a broker ------------------------------------------------------------------------------
+
+
+class _Versions:
+    def __init__(self) -> None:
+        self.features = {"transaction.version": 2}
+
+    def supports(self, api_key: int, version: int) -> bool:
+        return True
+
+
+class _Answer:
+    versions = _Versions()
+
+
+class _Broker:
+    def __init__(self, node: int) -> None:
+        self.nodeId = node
+
+
+class _ClusterWithADeadNode:
+    """Three brokers in the metadata, node 3 just killed: it refuses every request."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+        self.cluster = self
+
+    def brokers(self) -> set[_Broker]:
+        return {_Broker(1), _Broker(2), _Broker(3)}
+
+    async def send(self, node: int, request: Any, **kwargs: Any) -> Any:
+        self.asked.append(node)
+        if node == 3:
+            raise NodeNotReadyError(f"node {node} is not ready")
+        return _Answer()
+
+    def force_metadata_update(self) -> None:
+        pass
+
+
+async def test_the_feature_probe_asks_another_broker_when_one_is_down() -> None:
+    """The producer's start asks a broker for the cluster's features: one killed a moment
+    ago, still in the metadata, does not fail the start (it did: a worker assigned
+    partitions while the three-broker chaos run had a node down stopped with
+    NodeNotReadyError)."""
+    for _ in range(20):  # whatever order the brokers are tried in
+        client = _ClusterWithADeadNode()
+        coordinator = TxnCoordinator(
+            client,
+            "t",
+            transaction_timeout_ms=10_000,
+            backoff=0.01,
+            deadline=1.0,
+            group_metadata=lambda: GroupMetadata("g", -1, "", None),
+            newer_generation=False,
+        )
+        await coordinator.probe()
+        assert coordinator.v2
+        assert client.asked[-1] != 3 and client.asked.count(3) <= 1

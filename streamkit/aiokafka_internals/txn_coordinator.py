@@ -9,6 +9,7 @@ raises `ProducerFenced` (and sets `fenced`) or `GroupFenced`; any other raises i
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -166,8 +167,24 @@ class TxnCoordinator:
 
     async def probe(self, allow_v2: bool = True) -> None:
         """Use transaction version 2 when the cluster has it finalized (and the broker the
-        request versions it takes)."""
-        versions = await broker_versions(self._client, self._client.get_random_node())
+        request versions it takes). Asked of the brokers in a random order until one answers:
+        a broker just killed stays in the metadata for a while."""
+        deadline = time.monotonic() + self._delivery_timeout
+        versions = None
+        while versions is None:
+            nodes = [broker.nodeId for broker in self._client.cluster.brokers()]
+            random.shuffle(nodes)
+            for node in nodes:
+                try:
+                    versions = await broker_versions(self._client, node)
+                    break
+                except CONNECTION_ERRORS:
+                    continue
+            else:
+                if time.monotonic() > deadline:
+                    raise errors.KafkaConnectionError("no broker answered ApiVersions")
+                self._client.force_metadata_update()
+                await asyncio.sleep(self._backoff)
         self.v2 = (
             allow_v2
             and versions.features.get("transaction.version", 0) >= 2
