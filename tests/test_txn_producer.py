@@ -19,7 +19,13 @@ from aiokafka.errors import KafkaError, NodeNotReadyError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streamkit import aiokafka_internals as internals
-from streamkit.aiokafka_internals import GroupFenced, GroupMetadata, group_metadata, txn_producer
+from streamkit.aiokafka_internals import (
+    GroupFenced,
+    GroupMetadata,
+    group_metadata,
+    produce_queue,
+    txn_producer,
+)
 from streamkit.aiokafka_internals.produce import ProduceBatches
 from streamkit.aiokafka_internals.txn_coordinator import TxnCoordinator
 from streamkit.aiokafka_internals.txn_producer import TransactionalProducer
@@ -306,10 +312,10 @@ async def test_a_checkpoints_batches_go_in_requests_of_a_bounded_size(uid: str) 
         await producer.commit_transaction()
     finally:
         await producer.stop()
-    limit = txn_producer.MAX_REQUEST_BYTES
+    limit = produce_queue.MAX_REQUEST_BYTES
     assert len(sizes) >= 8 * 1024 * 1024 // (2 * limit)  # split, not one request of ~8 MB
     assert max(sizes) < limit + 300 * 1024  # a request stops at the batch that reaches it
-    assert 1 < most <= txn_producer.MAX_IN_FLIGHT
+    assert 1 < most <= produce_queue.MAX_IN_FLIGHT
     records = await read_all(sink, expect=partitions * 200)  # (the markers land after the commit)
     assert len(records) == partitions * 200
     assert len({r.value for r in records}) == partitions * 200

@@ -74,9 +74,10 @@ from streamkit.aiokafka_internals.offsets import (
     fetch_stable_offsets,
     stable_commits_once,
 )
+from streamkit.aiokafka_internals.produce_queue import Delivered
 from streamkit.aiokafka_internals.records import InputRecord, committed_batches, input_records
 from streamkit.aiokafka_internals.sessions import FetchSession
-from streamkit.aiokafka_internals.txn_producer import Delivered, TransactionalProducer
+from streamkit.aiokafka_internals.txn_producer import TransactionalProducer
 
 __all__ = [
     "AIOKAFKA_VERSION",

@@ -47,7 +47,7 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiokafka import errors
 from aiokafka.client import AIOKafkaClient
@@ -56,57 +56,23 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals.groups import GroupMetadata
 from streamkit.aiokafka_internals.produce import ProduceBatches
+from streamkit.aiokafka_internals.produce_queue import (
+    BUFFER_BYTES,
+    MAX_IN_FLIGHT,
+    MAX_REQUEST_BYTES,
+    RETRY_PRODUCE,
+    SEQUENCE_LIMIT,
+    TRANSIENT,
+    Delivered,
+    QueuedBatch,
+)
 from streamkit.aiokafka_internals.txn_coordinator import (
-    CONCURRENT_TRANSACTIONS,
     CONNECTION_ERRORS,
     DUPLICATE_SEQUENCE_NUMBER,
     FENCED,
     NONE,
     TxnCoordinator,
 )
-
-_SEQUENCE_LIMIT = 1 << 31  # sequence numbers wrap to 0 past Int32's maximum
-# retried though aiokafka's classes say otherwise: NETWORK_EXCEPTION, and the previous
-# transaction's markers not all written yet (Produce v12 gets the code itself, CONCURRENT_
-# TRANSACTIONS; older versions get NOT_ENOUGH_REPLICAS, which is retriable)
-_RETRY_PRODUCE = {13, CONCURRENT_TRANSACTIONS}
-# a transaction coordinator busy with another change of the same transaction (the partitions
-# other leaders add at the same moment, version 2) or the previous transaction's markers: these
-# pass within milliseconds, so the first retries come sooner than the backoff
-NOT_ENOUGH_REPLICAS = 19
-_TRANSIENT = {CONCURRENT_TRANSACTIONS, NOT_ENOUGH_REPLICAS}
-
-
-# A request carries a batch of each ready partition until it holds this many bytes, and up to
-# MAX_IN_FLIGHT requests go to a broker at once (Java's max.request.size and
-# max.in.flight.requests.per.connection): at hundreds of partitions one request of every
-# partition's batch could hold tens of megabytes, answered after the broker appended all of it.
-MAX_REQUEST_BYTES = 1024 * 1024
-MAX_IN_FLIGHT = 5
-# Batches handed over and not yet delivered, in bytes, beyond which a hand-over waits (Java's
-# buffer.memory): under a backlog the tasks then go at the broker's pace, and a checkpoint
-# waits for at most this much, not for every batch the tasks filled since the last one.
-BUFFER_BYTES = 32 * 1024 * 1024
-
-
-class Delivered(NamedTuple):
-    """A batch's place in its partition (what the collector reads of aiokafka's metadata);
-    offset None when the broker had it already (a retried request's repeat)."""
-
-    topic: str
-    partition: int
-    offset: int | None
-
-
-class _Batch:
-    __slots__ = ("builder", "count", "data", "future", "size")
-
-    def __init__(self, builder: Any, future: asyncio.Future[Delivered], size: int) -> None:
-        self.builder = builder
-        self.future = future
-        self.size = size  # counted in the producer's buffer until delivered or failed
-        self.data: Any = None  # built (with its sequence) when first sent
-        self.count = 0
 
 
 class TransactionalProducer:
@@ -146,7 +112,7 @@ class TransactionalProducer:
             newer_generation=newer_generation,
         )
         self._sequences: dict[TopicPartition, int] = {}
-        self._queues: dict[TopicPartition, collections.deque[_Batch]] = {}
+        self._queues: dict[TopicPartition, collections.deque[QueuedBatch]] = {}
         self._busy: set[TopicPartition] = set()  # a batch in flight
         self._requests_to: dict[int, int] = {}  # Produce requests in flight, per node
         self._not_before: dict[TopicPartition, float] = {}  # retry backoff
@@ -253,7 +219,7 @@ class TransactionalProducer:
             future = create_future()
             size = builder.size()
             self._buffered += size
-            queue.append(_Batch(builder, future, size))
+            queue.append(QueuedBatch(builder, future, size))
             futures.append(future)
         if futures:
             self._drained.clear()
@@ -390,7 +356,7 @@ class TransactionalProducer:
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
-    def _head(self, tp: TopicPartition, now: float) -> _Batch:
+    def _head(self, tp: TopicPartition, now: float) -> QueuedBatch:
         """The partition's next batch, built with its sequence number on its first send."""
         batch = self._queues[tp][0]
         if batch.data is None:
@@ -399,11 +365,13 @@ class TransactionalProducer:
             batch.count = builder.record_count()
             builder._set_producer_state(self._txn.producer_id, self._txn.producer_epoch, sequence)
             batch.data = builder._build()
-            self._sequences[tp] = (sequence + batch.count) % _SEQUENCE_LIMIT
+            self._sequences[tp] = (sequence + batch.count) % SEQUENCE_LIMIT
             self._first_try[tp] = now
         return batch
 
-    async def _produce(self, node: int, tps: list[TopicPartition], batches: list[_Batch]) -> None:
+    async def _produce(
+        self, node: int, tps: list[TopicPartition], batches: list[QueuedBatch]
+    ) -> None:
         topics: dict[str, list[tuple[int, Any]]] = {}
         for tp, batch in zip(tps, batches, strict=True):
             topics.setdefault(tp.topic, []).append((tp.partition, batch.data))
@@ -457,9 +425,9 @@ class TransactionalProducer:
                 self._txn.fenced = True
                 self._fail(errors.ProducerFenced())
                 return
-            if code in _RETRY_PRODUCE or getattr(error, "retriable", False):
+            if code in RETRY_PRODUCE or getattr(error, "retriable", False):
                 refresh = refresh or getattr(error, "invalid_metadata", False)
-                self._retry(tp, now, error(), soon=code in _TRANSIENT)
+                self._retry(tp, now, error(), soon=code in TRANSIENT)
                 continue
             self._fail(error(f"producing to {topic}[{partition}]"))
             return
@@ -489,7 +457,7 @@ class TransactionalProducer:
         self._not_before[tp] = now + delay
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
-    def _resolved(self, batch: _Batch) -> None:
+    def _resolved(self, batch: QueuedBatch) -> None:
         """`batch` left its queue (delivered or failed): its bytes leave the buffer."""
         self._buffered -= batch.size
         if self._buffered < BUFFER_BYTES:
