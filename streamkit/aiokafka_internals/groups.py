@@ -53,7 +53,12 @@ from aiokafka.protocol.types import (
 )
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals.produce import read_uvarint, skip_tags, uvarint
+from streamkit.aiokafka_internals.produce import (
+    compact_string,
+    read_uvarint,
+    skip_tags,
+    uvarint,
+)
 
 AIOKAFKA_VERSION = "0.14.0"
 
@@ -236,20 +241,20 @@ class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]
 
     def encode(self) -> bytes:
         out = [
-            _compact(self.transactional_id),
-            _compact(self.group_id),
+            compact_string(self.transactional_id),
+            compact_string(self.group_id),
             _PRODUCER.pack(self.producer_id, self.producer_epoch, self.generation_id),
-            _compact(self.member_id),
-            _compact(self.group_instance_id),
+            compact_string(self.member_id),
+            compact_string(self.group_instance_id),
             uvarint(len(self.topics) + 1),
         ]
         append = out.append
         for name, parts, _ in self.topics:
-            append(_compact(name))
+            append(compact_string(name))
             append(uvarint(len(parts) + 1))
             for partition, offset, leader_epoch, metadata, _ in parts:
                 append(_OFFSET.pack(partition, offset, leader_epoch))
-                append(_compact(metadata))
+                append(compact_string(metadata))
                 append(b"\x00")  # no tagged fields
             append(b"\x00")
         append(b"\x00")
@@ -260,14 +265,6 @@ _INT = struct.Struct(">i")
 _ANSWER = struct.Struct(">ih")  # partition, error code
 _PRODUCER = struct.Struct(">qhi")  # producer id, epoch, generation
 _OFFSET = struct.Struct(">iqi")  # partition, offset, leader epoch
-
-
-def _compact(text: str | None) -> bytes:
-    """A compact nullable string."""
-    if text is None:
-        return b"\x00"
-    encoded = text.encode()
-    return uvarint(len(encoded) + 1) + encoded
 
 
 class GroupTxnOffsetCommitRequest(Request[TxnOffsetCommitRequest_v3]):  # type: ignore[misc]

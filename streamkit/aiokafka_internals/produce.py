@@ -148,6 +148,14 @@ def uvarint(value: int) -> bytes:
     return bytes(out)
 
 
+def compact_string(text: str | None) -> bytes:
+    """A compact nullable string (the flexible versions' encoding)."""
+    if text is None:
+        return b"\x00"
+    encoded = text.encode()
+    return uvarint(len(encoded) + 1) + encoded
+
+
 def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
     """(value, position after it)."""
     value = shift = 0
@@ -210,19 +218,12 @@ class _ProduceV12(_ProduceV7):
     RESPONSE_TYPE = FlexibleProduceResult
 
     def encode(self) -> bytes:
-        txn = self.transactional_id
-        if txn is None:
-            out: list[Any] = [b"\x00"]
-        else:
-            name = txn.encode()
-            out = [uvarint(len(name) + 1), name]
+        out: list[Any] = [compact_string(self.transactional_id)]
         out.append(_HEAD.pack(-1, self.timeout_ms, 0)[:6])  # acks=all, timeout
         out.append(uvarint(len(self.topics) + 1))
         append = out.append
         for topic, parts in self.topics.items():
-            encoded = topic.encode()
-            append(uvarint(len(encoded) + 1))
-            append(encoded)
+            append(compact_string(topic))
             append(uvarint(len(parts) + 1))
             for partition, records in parts:
                 append(_INT.pack(partition))
