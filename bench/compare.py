@@ -9,9 +9,10 @@ Kafka's perf tools as ceilings.
                             [--warm-up W] [--json F] [--plot F.png]
 
 This module is the systems (each one a command line reading the same environment, see
-bench/peers/__init__.py; `streamkit xW` runs W streamkit worker processes in one group) and the
-command line; bench/runner.py times and checks the runs, bench/observer.py reads the output
-and keeps its time series (start-up, steady rate), bench/report.py tabulates and plots.
+bench/peers/__init__.py; `streamkit xW` runs W streamkit worker processes in one group,
+`kafka streams xT` one Kafka Streams JVM with T stream threads) and the command line;
+bench/runner.py times and checks the runs, bench/observer.py reads the output and keeps its
+time series (start-up, steady rate), bench/report.py tabulates and plots.
 
 The default N (6,000,000) keeps every system's start-up to first output under 5 % of its run
 on this kind of machine (docs/benchmarks.md has the start-ups it was chosen from). Faust,
@@ -57,6 +58,7 @@ DEFAULT = [s for s in SYSTEMS if s != "faust"]
 # the unreported first run's events at most (`runner.warm_up`)
 WARM_UP = 200_000
 WORKERS = re.compile(r"streamkit x(\d+)")  # `streamkit x2`: two worker processes
+THREADS = re.compile(r"kafka streams x(\d+)")  # `kafka streams x2`: two stream threads
 
 
 def processes(system: str) -> int:
@@ -68,6 +70,8 @@ def processes(system: str) -> int:
 def command(system: str) -> list[str]:
     if WORKERS.fullmatch(system):
         system = "streamkit"
+    if threads := THREADS.fullmatch(system):  # one JVM, `num.stream.threads` of them
+        return ["env", f"BENCH_THREADS={threads.group(1)}", *command("kafka streams")]
     if system == "raw two-hop":
         return [sys.executable, "-m", "bench.peers.raw_twohop"]
     if system == "raw aiokafka":
@@ -93,6 +97,8 @@ def command(system: str) -> list[str]:
 def supports(system: str, pipeline: str, guarantee: str) -> bool:
     if WORKERS.fullmatch(system):
         system = "streamkit"
+    if THREADS.fullmatch(system):
+        system = "kafka streams"
     if pipeline == "C":
         return system in JOINING
     if system == NATIVE:
@@ -103,7 +109,7 @@ def supports(system: str, pipeline: str, guarantee: str) -> bool:
 def prepare(systems: Sequence[str]) -> None:
     """The peers' software: the bench virtualenv, Kafka Streams' jars and classes."""
     ours = {"streamkit", "raw aiokafka", "raw two-hop", NATIVE, "kafka streams", "flink"}
-    others = {s for s in systems if not WORKERS.fullmatch(s)} - ours
+    others = {s for s in systems if not (WORKERS.fullmatch(s) or THREADS.fullmatch(s))} - ours
     if others and not BENCH_PY.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_PY.parent.parent)], check=True)
     if others:
@@ -115,7 +121,7 @@ def prepare(systems: Sequence[str]) -> None:
         flink.build()  # before any clock starts
     source = ROOT / "bench/kstreams/Pipelines.java"
     built = KSTREAMS / "classes" / "Pipelines.class"
-    if "kafka streams" in systems and (
+    if any(s.startswith("kafka streams") for s in systems) and (
         not built.exists() or built.stat().st_mtime < source.stat().st_mtime
     ):
         (KSTREAMS / "classes").mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ class Run:
     e2e_rate: float | None = None  # events / total_s
     steady_rate: float | None = None  # the output count's slope after start-up (observer.py)
     cpu_us_per_event: float | None = None
+    broker_cpu_us_per_event: float | None = None  # the local broker's CPU over the same run
     peak_rss_mb: float | None = None  # summed over the system's processes
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -38,12 +39,19 @@ class Run:
     series: list[tuple[float, int]] = field(default_factory=list)  # (s, outputs), every 1 s
 
     def set_rates(
-        self, n: int, seconds: float, steady: float | None, cpu: float, rss: float
+        self,
+        n: int,
+        seconds: float,
+        steady: float | None,
+        cpu: float,
+        rss: float,
+        broker_cpu: float | None = None,
     ) -> None:
         self.total_s = seconds
         self.e2e_rate = n / seconds
         self.steady_rate = steady
         self.cpu_us_per_event = cpu / n * 1e6
+        self.broker_cpu_us_per_event = None if broker_cpu is None else broker_cpu / n * 1e6
         self.peak_rss_mb = rss
 
     def set_latency(
@@ -70,9 +78,12 @@ class Run:
         if self.mode == "paced":
             return f"p50 {self.p50_ms:,.0f} ms, p99 {self.p99_ms:,.0f} ms"
         steady = "—" if self.steady_rate is None else f"{self.steady_rate:,.0f}"
+        broker = self.broker_cpu_us_per_event
         return (
             f"{self.e2e_rate:,.0f} events/s, steady {steady}, start-up {self.startup_s:.2f} s, "
-            f"{self.cpu_us_per_event:.1f} µs/event, {self.peak_rss_mb:,.0f} MB"
+            f"{self.cpu_us_per_event:.1f} µs/event"
+            + ("" if broker is None else f" (broker {broker:.1f})")
+            + f", {self.peak_rss_mb:,.0f} MB"
         )
 
 
@@ -118,6 +129,7 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "startup_spread": _spread(ok, "startup_s"),
                 "startup_share": _median(share, "share"),
                 "cpu_us": _median(ok, "cpu_us_per_event"),
+                "broker_cpu_us": _median(ok, "broker_cpu_us_per_event"),
                 "rss": _median(ok, "peak_rss_mb"),
                 "p50_ms": _median(ok, "p50_ms"),
                 "p99_ms": _median(ok, "p99_ms"),
@@ -178,8 +190,9 @@ def markdown(rows: list[dict[str, Any]], hardware: dict[str, float], args: dict[
                 f"Pipeline {pipeline}, {users:,} keys, throughput",
                 "",
                 "| guarantee | system | ok | end-to-end events/s | steady events/s | start-up s "
-                "| start-up share | streamkit / system | CPU µs/event | peak RSS MB | duplicates |",
-                "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+                "| start-up share | streamkit / system | CPU µs/event | broker CPU µs/event "
+                "| peak RSS MB | duplicates |",
+                "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
             ]
         )
         for r in mine:
@@ -189,7 +202,8 @@ def markdown(rows: list[dict[str, Any]], hardware: dict[str, float], args: dict[
                 f"| {_num(r['steady'])} ({_range(r['steady_spread'])}) "
                 f"| {_num(r['startup_s'], '.2f')} ({_range(r['startup_spread'], '.2f')}) "
                 f"| {_num(r['startup_share'], '.1%')} | {_ratio(r, ref)} "
-                f"| {_num(r['cpu_us'], '.1f')} | {_num(r['rss'])} | {r['duplicates']} |"
+                f"| {_num(r['cpu_us'], '.1f')} | {_num(r.get('broker_cpu_us'), '.1f')} "
+                f"| {_num(r['rss'])} | {r['duplicates']} |"
             )
         paced = [r for r in rows if (r["pipeline"], r["keys"]) == (pipeline, users)]
         paced = [r for r in paced if r["mode"] == "paced"]

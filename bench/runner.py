@@ -6,7 +6,10 @@ launched with the same environment (bench/peers/__init__.py) and a fresh group, 
 directory and output topic; the run is done when every key's latest output is the oracle's and
 the input is committed. A wrong run is reported as failed, not timed. CPU seconds and peak RSS
 are the system processes' own (/proc, summed over its processes), read just before they are
-stopped. Repetitions run in rotated order, after one run that is not reported (`warm_up`).
+stopped; the broker's CPU seconds over the same span (its JVM found by the port it listens on,
+when it runs on this machine) count what the system's requests cost the broker, the
+observer's reads of the output included (the same for every system). Repetitions run in
+rotated order, after one run that is not reported (`warm_up`).
 
 Paced runs (latency): once the group is stable with all its processes, M events are produced
 at R events/s into an empty input; each output is mapped back to the input event it answers,
@@ -30,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import PARTITIONS, Cluster, bootstrap, peer_env, preload
 from bench.hardware import hardware_ceiling
-from bench.observer import Observer, proc_usage
+from bench.observer import Observer, listening_pids, proc_usage
 from bench.pipelines import Workload, workload
 from bench.report import Run
 
@@ -117,6 +120,8 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
             **os.environ,
             **peer_env(work.pipeline, source, output, group, run.guarantee, args.commit_interval),
         }
+        brokers = listening_pids(bootstrap())  # the local broker's CPU over the run, too
+        broker_cpu = proc_usage(brokers)[0]
         started = time.monotonic()
         procs = []
         for w in range(count):
@@ -145,17 +150,19 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
                 sending = asyncio.create_task(pace(source, work, args.paced_rate))
             ends = None if paced else plan.ends[work.pipeline]
             settled: float | None = None  # when the input was committed with answers wrong
+            committed_at: float | None = None  # when the input was first seen committed
             seen, moved = -1, time.monotonic()  # the output count, and when it last grew
             while True:
                 if not alive():
                     codes = [p.returncode for p in procs]
                     raise RuntimeError(f"exited with {codes} (see {log.name})")
                 now = time.monotonic()
-                out = observer.oracle.count
+                out = observer.count
                 if out != seen:
                     seen, moved = out, now
                 stalled = out < n and now - moved > STALL_S  # (a stalled peer: fail it now)
                 if now - started > within or stalled:
+                    observer.judge()
                     _, why = observer.oracle.check(n, run.guarantee)
                     why = why or "answers right, input not committed"
                     what = (
@@ -164,24 +171,33 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
                         else f"not done within {within:.0f} s"
                     )
                     raise RuntimeError(f"{what} ({out} out; {why})")
-                oracle = observer.oracle
-                if (oracle.count >= n or observer.complete_at is not None) and (
+                if paced:  # a few outputs a poll: judged as they come
+                    observer.judge()
+                if (out >= n or observer.complete_at is not None) and (
                     sending is None or sending.done()
                 ):
                     ends = ends or await cluster.end_offsets(source)
                     committed = await cluster.committed(group, source)
                     if all(committed.get(p, -1) >= end for p, end in ends.items()):
+                        # the processes' CPU now, before the outputs are judged (that takes
+                        # seconds at millions of outputs; the time each was read is kept)
+                        cpu, rss = proc_usage([p.pid for p in procs])
+                        broker_cpu_end = proc_usage(brokers)[0]
+                        committed_at = committed_at or time.monotonic()
+                        observer.judge()
                         if observer.complete_at is not None:
-                            done = time.monotonic()
+                            done = max(committed_at, observer.complete_at)
                             break
                         # all input committed, N outputs read, yet some answer is wrong: give
                         # late outputs a few seconds, then judge the run instead of waiting
                         settled = settled or time.monotonic()
                         if time.monotonic() - settled > 5.0:
-                            raise RuntimeError(f"wrong output: {oracle.check(n, run.guarantee)[1]}")
+                            why = observer.oracle.check(n, run.guarantee)[1]
+                            raise RuntimeError(f"wrong output: {why}")
                 await asyncio.sleep(0.05)
-            cpu, rss = proc_usage([p.pid for p in procs])
+            broker_cpu = broker_cpu_end - broker_cpu
             await asyncio.sleep(1.0)  # any duplicate would show up now
+            observer.judge()
             run.ok, run.error = observer.oracle.check(n, run.guarantee)
             run.duplicates = observer.oracle.count - n
             run.startup_s = observer.series.startup()
@@ -189,7 +205,8 @@ async def run_one(cluster: Cluster, plan: Plan, run: Run, work: Workload, logs: 
                 run.set_latency(*sending.result(), observer.seen_at)
             elif run.ok:
                 steady = observer.series.steady_rate(args.commit_interval)
-                run.set_rates(len(work.values), done - started, steady, cpu, rss)
+                spent = broker_cpu if brokers else None
+                run.set_rates(len(work.values), done - started, steady, cpu, rss, spent)
                 run.series = observer.series.sampled()
         except RuntimeError as exc:
             run.error = str(exc)

@@ -71,3 +71,20 @@ def test_latency_leaves_out_events_sent_before_the_first_answer() -> None:
     run.set_latency(sent, 1.0, seen_at)
     assert run.p99_ms is not None and run.p50_ms is not None
     assert run.max_ms == 500.0  # the 50 queued events (up to 50 s late) are left out
+
+
+def test_the_broker_is_found_by_the_port_it_listens_on() -> None:
+    """`listening_pids` finds the process listening on a bootstrap server's port (here this
+    one), and nothing for a port no one listens on: the broker's CPU per event in
+    `bench.compare` is read from the processes it returns."""
+    import os
+    import socket
+
+    from bench.observer import listening_pids
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert listening_pids(f"localhost:1,127.0.0.1:{port}") == [os.getpid()]
+    assert listening_pids(f"127.0.0.1:{port}") == []

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 
+from bench.common import bootstrap
+from bench.observer import listening_pids
 from tests.kafkahelp import ROOT
 
 
@@ -70,6 +73,8 @@ def test_peers_benchmark_smoke_run() -> None:
     assert "0 streamkit A warm-up exactly_once: " in out
     assert "Pipeline B, 10,000 keys, throughput" in out
     assert "Failed runs" not in out
+    if listening_pids(bootstrap()):  # the broker runs here: its CPU per event is reported
+        assert re.search(r"streamkit A throughput exactly_once: .* \(broker \d+\.\d\)", out)
 
 
 def test_join_pipeline_smoke_run() -> None:

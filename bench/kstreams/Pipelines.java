@@ -54,7 +54,8 @@ public class Pipelines {
             (long) (Double.parseDouble(env.get("BENCH_COMMIT_INTERVAL")) * 1000));
         props.put(StreamsConfig.STATE_DIR_CONFIG, env.get("BENCH_STATE_DIR"));
         props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
-        props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
+        props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG,
+            Integer.parseInt(env.getOrDefault("BENCH_THREADS", "1")));
         props.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
         props.put("consumer.auto.offset.reset", "earliest");
 
