@@ -14,7 +14,7 @@ bench/peers/__init__.py; `streamkit xW` runs W streamkit worker processes in one
 bench/runner.py times and checks the runs, bench/observer.py reads the output and keeps its
 time series (start-up, steady rate), bench/report.py tabulates and plots.
 
-The default N (6,000,000) keeps every system's start-up to first output under 5 % of its run
+The default N (10,000,000) keeps every system's start-up to first output under 5 % of its run
 on this kind of machine (docs/benchmarks.md has the start-ups it was chosen from). Faust,
 Quix Streams and the one-hop confluent-kafka loop run from the pinned bench virtualenv
 `.venv-bench` (the two-hop librdkafka loop from ours), Kafka Streams on the JDK.
@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 KSTREAMS = Path.home() / ".cache" / "streamkit" / "kstreams-4.1.1"
 BOTH = ("exactly_once", "at_least_once")
-# start-up to first output * steady rate * 20, the largest over the systems (Kafka Streams
-# exactly-once: ~15 s * ~22,000 events/s under load 8-13): start-up < 5 % of every run
-EVENTS = 6_000_000
+# start-up to first output * steady rate * 20, the largest over the systems (Kafka Streams x2
+# exactly-once on a quiet machine, 2026-12-03: ~3.7 s * ~132,000 events/s): start-up < 5 % of
+# every run (6,000,000 did until the observer stopped taking a third of the machine)
+EVENTS = 10_000_000
 SYSTEMS = ("streamkit", "raw aiokafka", "raw two-hop", "raw two-hop rdkafka",
            "raw confluent-kafka", "faust", "quix streams", "kafka streams", "flink")  # fmt: skip
 RAW = {"raw aiokafka", "raw two-hop", "raw confluent-kafka"}  # pipeline A, at-least-once only
