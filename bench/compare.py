@@ -68,11 +68,19 @@ def processes(system: str) -> int:
     return int(match.group(1)) if match else 1
 
 
-def command(system: str) -> list[str]:
+def plain(system: str) -> str:
+    """The system without its processes or threads (`streamkit x2` → `streamkit`)."""
     if WORKERS.fullmatch(system):
-        system = "streamkit"
+        return "streamkit"
+    if THREADS.fullmatch(system):
+        return "kafka streams"
+    return system
+
+
+def command(system: str) -> list[str]:
     if threads := THREADS.fullmatch(system):  # one JVM, `num.stream.threads` of them
         return ["env", f"BENCH_THREADS={threads.group(1)}", *command("kafka streams")]
+    system = plain(system)
     if system == "raw two-hop":
         return [sys.executable, "-m", "bench.peers.raw_twohop"]
     if system == "raw aiokafka":
@@ -96,10 +104,7 @@ def command(system: str) -> list[str]:
 
 
 def supports(system: str, pipeline: str, guarantee: str) -> bool:
-    if WORKERS.fullmatch(system):
-        system = "streamkit"
-    if THREADS.fullmatch(system):
-        system = "kafka streams"
+    system = plain(system)
     if pipeline == "C":
         return system in JOINING
     if system == NATIVE:
@@ -110,7 +115,8 @@ def supports(system: str, pipeline: str, guarantee: str) -> bool:
 def prepare(systems: Sequence[str]) -> None:
     """The peers' software: the bench virtualenv, Kafka Streams' jars and classes."""
     ours = {"streamkit", "raw aiokafka", "raw two-hop", NATIVE, "kafka streams", "flink"}
-    others = {s for s in systems if not (WORKERS.fullmatch(s) or THREADS.fullmatch(s))} - ours
+    named = {plain(s) for s in systems}
+    others = named - ours
     if others and not BENCH_PY.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_PY.parent.parent)], check=True)
     if others:
@@ -118,11 +124,11 @@ def prepare(systems: Sequence[str]) -> None:
             [str(BENCH_PY), "-m", "pip", "install", "-q", "-r", str(ROOT / "bench/peers.txt")],
             check=True,
         )
-    if "flink" in systems:
+    if "flink" in named:
         flink.build()  # before any clock starts
     source = ROOT / "bench/kstreams/Pipelines.java"
     built = KSTREAMS / "classes" / "Pipelines.class"
-    if any(s.startswith("kafka streams") for s in systems) and (
+    if "kafka streams" in named and (
         not built.exists() or built.stat().st_mtime < source.stat().st_mtime
     ):
         (KSTREAMS / "classes").mkdir(parents=True, exist_ok=True)

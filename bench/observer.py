@@ -28,6 +28,7 @@ from aiokafka.structs import TopicPartition
 from bench.common import PARTITIONS, bootstrap
 from bench.pipelines import Oracle, Workload
 from streamkit.aiokafka_internals import FetchSession, RawClient
+from streamkit.runtime.fetch import MAX_WAIT_MS, MIN_BYTES, PARTITION_BYTES, RESPONSE_BYTES
 
 GRID_S = 0.1  # resampling step of the output count (s)
 MIN_INTERVALS = 5  # the fitted middle spans at least this many commit intervals
@@ -122,7 +123,13 @@ class Observer:
                     asked = {tp: positions[tp] for tp in tps}
                     session = sessions.setdefault(node, FetchSession())
                     found = await client.fetch_input(
-                        node, session, asked, 500, 1, 4 * 1024 * 1024, 32 * 1024 * 1024
+                        node,
+                        session,
+                        asked,
+                        MAX_WAIT_MS,
+                        MIN_BYTES,
+                        PARTITION_BYTES,
+                        RESPONSE_BYTES,
                     )
                     now = time.monotonic()
                     for tp, got in (found or {}).items():

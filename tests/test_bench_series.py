@@ -3,7 +3,10 @@ taken from the output count over time, on staircases like exactly-once's transac
 
 from __future__ import annotations
 
-from bench.observer import Series
+import os
+import socket
+
+from bench.observer import Series, listening_pids
 from bench.report import Run
 
 
@@ -77,11 +80,6 @@ def test_the_broker_is_found_by_the_port_it_listens_on() -> None:
     """`listening_pids` finds the process listening on a bootstrap server's port (here this
     one), and nothing for a port no one listens on: the broker's CPU per event in
     `bench.compare` is read from the processes it returns."""
-    import os
-    import socket
-
-    from bench.observer import listening_pids
-
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
