@@ -57,7 +57,7 @@ JOINING = {"streamkit", "kafka streams", "quix streams", "flink"}  # pipeline C 
 # named, with an N of its own (`--systems faust --events 100000`)
 DEFAULT = [s for s in SYSTEMS if s != "faust"]
 # the unreported first run's events at most (`runner.warm_up`)
-WARM_UP = 200_000
+WARM_UP = 1_000_000
 WORKERS = re.compile(r"streamkit x(\d+)")  # `streamkit x2`: two worker processes
 THREADS = re.compile(r"kafka streams x(\d+)")  # `kafka streams x2`: two stream threads
 
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--warm-up",
         type=int,
         default=None,
-        help="events of an unreported first run (default: N/5, at most 200,000; 0: none)",
+        help="events of an unreported first run (default: N/5, at most 1,000,000; 0: none)",
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="a PNG (bench virtualenv)")

@@ -16,6 +16,7 @@ idleness). The system clock unless the testing kit runs the tasks on its own vir
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -33,6 +34,9 @@ class Appender(Protocol):
         timestamp_ms: int | None = None,
         partition: int | None = None,
     ) -> bool: ...
+
+    def keyed(self, topic: str) -> Callable[[bytes | None, bytes | None, int | None], bool]:
+        """`append` for one topic's keyed records, positional (a hot path's)."""
 
     async def submit_full(self) -> None: ...
 

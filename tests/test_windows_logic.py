@@ -72,6 +72,9 @@ class FakeTask:
         self.out.append(orjson.loads(value))
         return False
 
+    def keyed(self, topic: str) -> Callable[[Any, Any, int | None], bool]:
+        return lambda key, value, timestamp_ms: self.append(topic, key, value)
+
     def route_late(self, topic: str, reason: str) -> None:
         self.late.append(self.ts)
 

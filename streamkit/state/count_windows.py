@@ -35,6 +35,7 @@ class CountPartition:
         self.wt = wt
         self.rows = rows
         self.task = task
+        self._emit = wt.emitter(task)
         self.kind: CountWindow = wt.kind  # type: ignore[assignment]
         self.watermark = NO_WATERMARK
 
@@ -58,17 +59,17 @@ class CountPartition:
                 acc = agg.initial()
                 for at, item in events[-(window[1] - window[0]) :]:
                     acc = agg.add(acc, item, at)
-                wt.emit(task, key, window[0], window[1], acc, final=True)
+                self._emit(key, window[0], window[1], acc, True, None)
             return
         n, acc = (0, agg.initial()) if row is _MISSING else row
         acc = agg.add(acc, value, ts)
         window = completed_by(kind, n)
         start = n - n % kind.size
         if window is not None:
-            wt.emit(task, key, start, start + kind.size, acc, final=True)
+            self._emit(key, start, start + kind.size, acc, True, None)
             acc = agg.initial()
         elif wt.emit_mode == "update":
-            wt.emit(task, key, start, start + kind.size, acc, final=False)
+            self._emit(key, start, start + kind.size, acc, False, None)
         rows.set((KEY_ROW, key), [n + 1, acc])
 
     def open_window(self, key: Any) -> dict[str, Any] | None:

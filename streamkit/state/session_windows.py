@@ -39,6 +39,7 @@ class SessionPartition:
         self.wt = wt
         self.rows = rows
         self.task = task
+        self._emit = wt.emitter(task)
         self.by_key: dict[Any, list[int]] = {}  # key → starts of its open sessions
         self._ends: list[tuple[int, int, int, Any]] = []  # heap (end, seq, start, key)
         self._seq = itertools.count()  # keys need not be orderable
@@ -93,7 +94,7 @@ class SessionPartition:
         rows.set((start, key), [end, acc])
         self._track(start, key, end)
         if wt.emit_mode == "update":
-            wt.emit(task, key, start, end, acc, final=False)
+            self._emit(key, start, end, acc, False, None)
 
     def advance(self, watermark: int) -> None:
         if watermark <= self.watermark:
@@ -107,6 +108,6 @@ class SessionPartition:
             if row is _MISSING or row[0] != end:
                 continue  # merged into another session, or extended: a stale entry
             if self.wt.emit_mode == "final":
-                self.wt.emit(self.task, key, start, end, row[1], final=True)
+                self._emit(key, start, end, row[1], True, None)
             rows.delete((start, key))
             self.by_key[key].remove(start)

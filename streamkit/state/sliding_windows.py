@@ -31,6 +31,7 @@ class SlidingPartition:
         self.wt = wt
         self.rows = rows
         self.task = task
+        self._emit = wt.emitter(task)
         self.by_key: dict[Any, list[int]] = {}  # key → ends of its open windows
         self._ends: list[tuple[int, int, Any]] = []  # heap (end, seq, key)
         self._seq = 0
@@ -81,7 +82,7 @@ class SlidingPartition:
                 acc = agg.add(rows.get((end, key)), value, ts)
                 rows.set((end, key), acc)
                 if wt.emit_mode == "update":
-                    wt.emit(task, key, end - size, end, acc, final=False)
+                    self._emit(key, end - size, end, acc, False, None)
         own = rows.get((ts, key))
         if own is _MISSING:  # this event's window: everything of the key in [ts - size, ts]
             acc = agg.initial()
@@ -93,7 +94,7 @@ class SlidingPartition:
             acc = agg.add(own, value, ts)
         rows.set((ts, key), acc)
         if wt.emit_mode == "update":
-            wt.emit(task, key, ts - size, ts, acc, final=False)
+            self._emit(key, ts - size, ts, acc, False, None)
 
     def advance(self, watermark: int) -> None:
         if watermark <= self.watermark:
@@ -106,7 +107,7 @@ class SlidingPartition:
             end, _, key = heapq.heappop(heap)
             acc = rows.get((end, key))
             if self.wt.emit_mode == "final" and acc is not _MISSING:
-                self.wt.emit(self.task, key, end - self._size, end, acc, final=True)
+                self._emit(key, end - self._size, end, acc, True, None)
             if end >= 0:  # no tombstone: the store's purge rule deletes it (`closed_rows`)
                 rows.forget((end, key))
             else:

@@ -34,7 +34,7 @@ from streamkit.context import CURRENT_TASK
 from streamkit.count_windows import SlidingCount, TumblingCount
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.joins import DAY_MS
-from streamkit.serde import JSON, Codec, codec_for
+from streamkit.serde import JSON, Codec, codec_for, dumps
 from streamkit.settings import ConfigError
 from streamkit.state.store import Purge
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
@@ -48,6 +48,16 @@ _START = struct.Struct(">q")
 WATERMARK_ROW: tuple[int, Any] = (NO_WATERMARK, None)  # the reserved row: the watermark
 _WATERMARK_KEY = _START.pack(NO_WATERMARK)  # its key's bytes
 _START_MAX = 2**63 - 1
+
+
+# (key, window start, window end, accumulator, final, the key's bytes or None)
+Emit = Callable[[Any, int, int, Any, bool, bytes | None], None]
+
+
+def _no_output(
+    key: Any, start: int, end: int, acc: Any, final: bool, encoded: bytes | None
+) -> None:
+    """A window table with no output topic emits nothing."""
 
 
 def stored_watermark(rows: TablePartition) -> int:
@@ -205,29 +215,31 @@ class WindowTable:
         """The accumulator of `key`'s window starting at `start_ms` (None: none or closed)."""
         return self._local().get(key, start_ms)
 
-    def emit(
-        self,
-        task: TaskScope,
-        key: Any,
-        start: int,
-        end: int,
-        acc: Any,
-        *,
-        final: bool,
-        encoded: bytes | None = None,
-    ) -> None:
-        """A window's result to the output topic, through the task's collector (a batch
-        that fills up here goes out with the task's next submit); `encoded`: the key's bytes
-        when the caller has them."""
-        if self.output is None:
-            return
-        value = JSON.encode(  # models in a result (a reduce's accumulator) as their JSON
-            {"key": key, "start": start, "end": end, **self.fields(acc), "final": final}
-        )
-        if encoded is None:
-            encoded = self.key_codec.encode(key)
-        task.collector.append(self.output.name, encoded, value, timestamp_ms=end - 1)
-        self.emitted += 1
+    def emitter(self, task: TaskScope) -> Emit:
+        """`emit(key, start, end, acc, final, encoded)` for one task's partition: a window's
+        result to the output topic through the task's collector (a batch that fills up here
+        goes out with the task's next submit); `encoded`: the key's bytes when the caller has
+        them. Bound once per partition: the output's partitions remembered, no lookups per
+        result."""
+        output = self.output
+        if output is None:
+            return _no_output
+        add = task.collector.keyed(output.name)
+        encode_key, encode = self.key_codec.encode, dumps(JSON)
+        result, name, several = self.aggregation.result, self.aggregation.name, self._several
+
+        def emit(
+            key: Any, start: int, end: int, acc: Any, final: bool, encoded: bytes | None
+        ) -> None:
+            # models in a result (a reduce's accumulator) as their JSON
+            if several:
+                fields = {"key": key, "start": start, "end": end, **result(acc), "final": final}
+            else:
+                fields = {"key": key, "start": start, "end": end, name: result(acc), "final": final}
+            add(encode_key(key) if encoded is None else encoded, encode(fields), end - 1)
+            self.emitted += 1
+
+        return emit
 
     def fields(self, acc: Any) -> dict[str, Any]:
         """A window's result fields: `{name: result}`, or one field per aggregation of
@@ -273,6 +285,7 @@ class WindowPartition:
         self._size = wt.kind.size_ms
         self._hold = closed_hold(wt.kind, wt.allowed_lateness_ms)  # start + hold <= wm: closed
         self._update = wt.emit_mode == "update"
+        self._emit = wt.emitter(task)
 
     def load(self) -> int:
         """Rebuild the index of open windows from the stored rows; returns the stored
@@ -318,7 +331,7 @@ class WindowPartition:
             rows.set(row, acc)
             added = True
             if self._update:
-                wt.emit(task, key, start, end, acc, final=False, encoded=encoded)
+                self._emit(key, start, end, acc, False, encoded)
         if not added:
             wt.late(task, ts, self.watermark)
 
@@ -343,5 +356,5 @@ class WindowPartition:
                 row = (start, key)
                 acc = rows.get(row)
                 if acc is not _MISSING:
-                    self.wt.emit(self.task, key, start, start + self._size, acc, final=True)
+                    self._emit(key, start, start + self._size, acc, True, None)
                 drop(row)
