@@ -181,6 +181,32 @@ def test_a_closed_window_reads_as_none_while_its_row_is_still_stored(tmp_path: P
     assert [w["start"] for w in windows_of(wt, run.rows, "u")] == [100]
 
 
+def test_after_a_restart_only_rows_that_exist_are_read_from_the_store(tmp_path: Path) -> None:
+    """A restored window partition knows its open rows (`open`, loaded): a new (window, key)
+    costs no SQLite read (each used to, once the store held any row: a read per event of a
+    stream of new keys), a stored one is read once, and both count on."""
+    wt = window_app(Tumbling(100), 0)
+    run = Run(wt, open_store(tmp_path / "s.sqlite", {"t": "1"}, ["w"]), 0, None)
+    run.event(10, "old", 5)
+    run.checkpoint()
+    again = Run(wt, run.store, 0, 10)  # a restart from the store
+    reads: list[bytes] = []
+    stored_get = again.store.get
+
+    def counted(table: str, key: bytes) -> bytes | None:
+        reads.append(key)
+        return stored_get(table, key)
+
+    again.store.get = counted  # type: ignore[method-assign]
+    for i in range(50):
+        again.event(20 + i, f"new-{i}", 1)
+    assert reads == []
+    assert again.part.get("new-3", 0) == 1 and again.part.get("never", 0) is None
+    again.event(80, "old", 2)
+    again.event(90, "old", 3)
+    assert len(reads) == 1 and again.part.get("old", 0) == 10
+
+
 def test_a_window_starting_before_1970_gets_a_tombstone(tmp_path: Path) -> None:
     """Negative starts sort after every other in the store's bytes: no purge range holds them,
     so their rows are deleted one by one, as before."""

@@ -308,6 +308,9 @@ class WindowPartition:
     def get(self, key: Any, start: int) -> Any:
         if start <= self.watermark - self._hold:
             return None  # closed (a forgotten row may be in the store until its next write)
+        keys = self.open.get(start)
+        if keys is None or key not in keys:
+            return None  # no row (`open` knows them all): nothing to read
         value = self.rows.get((start, key))
         return None if value is _MISSING else value
 
@@ -319,11 +322,15 @@ class WindowPartition:
         aggregation = wt.aggregation
         cutoff = self.watermark - self._hold  # windows starting at or before it are closed
         added = False
+        open_ = self.open
         for start, end in wt.kind.windows_for(ts):
             if start <= cutoff:
                 continue
             row = (start, key)
-            acc = rows.get(row)
+            keys = open_.get(start)
+            # `open` knows every row of an open window (loaded ones too): a key not in it has
+            # none, so a new row costs no lookup (after a restore, no SQLite read on the miss)
+            acc = _MISSING if keys is None or key not in keys else rows.get(row)
             if acc is _MISSING:
                 acc = aggregation.initial()
                 self._index(start, key)
