@@ -230,7 +230,8 @@ def test_a_protobuf_record_of_a_newer_version_reads_into_the_declared_message(
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(newer_file)
-    newer = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.Order"))
+    # Any: types-protobuf 7.35.1.20261122 gives generated classes `Message`'s bare __init__
+    newer: Any = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.Order"))
     client = RegistryClient(schema_registry)
     reader, writer = Protobuf(old, subject=subject), Protobuf(newer, subject=subject)
     assert reader.prepare(client) != writer.prepare(client)  # two versions, two ids
