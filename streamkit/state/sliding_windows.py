@@ -83,7 +83,9 @@ class SlidingPartition:
                 rows.set((end, key), acc)
                 if wt.emit_mode == "update":
                     self._emit(key, end - size, end, acc, False, None)
-        own = rows.get((ts, key))
+        # `ends` holds every open window's row of the key (loaded ones too): a new one costs
+        # no lookup (after a restore, no SQLite read), as a tumbling window's `open` does
+        own = rows.get((ts, key)) if ts in ends else _MISSING
         if own is _MISSING:  # this event's window: everything of the key in [ts - size, ts]
             acc = agg.initial()
             for other_ts, other in events:

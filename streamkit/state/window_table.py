@@ -225,18 +225,14 @@ class WindowTable:
         if output is None:
             return _no_output
         add = task.collector.keyed(output.name)
-        encode_key, encode = self.key_codec.encode, dumps(JSON)
-        result, name, several = self.aggregation.result, self.aggregation.name, self._several
+        encode_key, encode, fields = self.key_codec.encode, dumps(JSON), self.fields
 
         def emit(
             key: Any, start: int, end: int, acc: Any, final: bool, encoded: bytes | None
         ) -> None:
             # models in a result (a reduce's accumulator) as their JSON
-            if several:
-                fields = {"key": key, "start": start, "end": end, **result(acc), "final": final}
-            else:
-                fields = {"key": key, "start": start, "end": end, name: result(acc), "final": final}
-            add(encode_key(key) if encoded is None else encoded, encode(fields), end - 1)
+            result = {"key": key, "start": start, "end": end, **fields(acc), "final": final}
+            add(encode_key(key) if encoded is None else encoded, encode(result), end - 1)
             self.emitted += 1
 
         return emit
