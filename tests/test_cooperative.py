@@ -10,11 +10,13 @@ workers."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -43,6 +45,14 @@ def coop_worker(uid: str, tmp_path: Path, name: str, **env: str) -> WorkerProces
         },
         tmp_path / f"{name}.log",
     )
+
+
+def committed_twice(records: list[Any]) -> list[tuple[int, int]]:
+    """The (input partition, offset) of every input record with more than one output."""
+    seen = collections.Counter(
+        (orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in records
+    )
+    return sorted(c for c, n in seen.items() if n > 1)
 
 
 def arrivals(watch: OutputWatch, partition: int, pid: int | None = None) -> list[float]:
@@ -225,11 +235,45 @@ async def test_kill_9_during_a_cooperative_rebalance_loses_and_duplicates_nothin
         workers.append(again.start())
         await feeder
         records = await read_all(out, expect=len(sent), within=90)
+        twice = committed_twice(records)
+        assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
         values = sorted(orjson.loads(r.value)["value"] for r in records)
-        assert len(values) == len(set(values)), "duplicated"
         assert values == sent, f"lost {len(set(sent) - set(values))}"
         records = await read_all(out)  # and to the end offsets: nothing after them either
         assert len(records) == len(sent)
+    finally:
+        await teardown(stop, feeder, None, workers)
+
+
+async def test_no_checkpoint_commits_a_revoked_task_s_outputs_without_its_offset(
+    uid: str, tmp_path: Path
+) -> None:
+    """One producer per worker: every task writes into one shared collector. `a` holds every
+    partition; `b` joins; `a` closes the tasks it gives up, waits a second there (a test
+    hook: three commit intervals), and is killed -9 before their last checkpoint. A
+    checkpoint of the tasks still running inside that second would commit what the closed
+    ones produced since the last one, without their offsets, and `b` would produce it
+    again. Every input record's output arrives once, by its coordinates, read to the end
+    offsets."""
+    topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
+    hooks = "delay-after-revoke-close:1,crash-after-revoke-close:1"
+    a = coop_worker(uid, tmp_path, "a", STREAMKIT_TEST_HOOK=hooks).start()
+    workers = [a]
+    stop, sent = asyncio.Event(), list[int]()
+    feeder: asyncio.Task[None] | None = None
+    try:
+        await wait_until(lambda: "assigned proc-in" in a.log(), within=60, what="a")
+        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent, total=RATE * 8))
+        await asyncio.sleep(2)
+        workers.append(coop_worker(uid, tmp_path, "b").start())
+        await wait_until(lambda: not a.alive, within=60, what="a's crash in its revoke")
+        assert "test hook: crash-after-revoke-close" in a.log(), a.log()
+        await feeder
+        await read_all(out, expect=len(sent), within=90)
+        records = await read_all(out)  # to the end offsets, read_committed
+        twice = committed_twice(records)
+        assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
+        assert sorted(orjson.loads(r.value)["value"] for r in records) == sent
     finally:
         await teardown(stop, feeder, None, workers)
 
@@ -286,8 +330,9 @@ async def test_a_rolling_switch_between_eager_and_cooperative_loses_and_duplicat
         stop.set()
         await feeder
         records = await read_all(out, expect=len(sent), within=90)
+        twice = committed_twice(records)
+        assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
         values = sorted(orjson.loads(r.value)["value"] for r in records)
-        assert len(values) == len(set(values)), "duplicated"
         assert values == sent, f"lost {len(set(sent) - set(values))}"
         assert len(await read_all(out)) == len(sent)  # to the end offsets
     finally:

@@ -65,56 +65,64 @@ class Checkpointer:
         self.on_checkpoint: Callable[[float], None] | None = None  # metrics: the duration
         self.last_written: dict[tuple[str, int], int] = {}  # the last checkpoint's, per partition
 
+    def between_checkpoints(self) -> asyncio.Lock:
+        """Held while a checkpoint runs: `async with` it to act between two checkpoints."""
+        return self._lock
+
     async def commit(self, tasks: Iterable[Task]) -> None:
         async with self._lock:
-            started = time.monotonic()
-            tasks = list(tasks)
-            # 1. snapshot committable offsets and dirty state; 2. changelog records
-            offsets = {}
-            times: dict[TopicPartition, str] = {}
-            changes = {}
-            for task in tasks:
-                tp = TopicPartition(task.topic.name, task.partition)
-                for itp, offset in task.offsets().items():
-                    if offset != self._committed.get(itp):
-                        offsets[itp] = offset
-                times.update(partition_times(task))
-                if task.state is not None and task.tables:
-                    changes[tp] = task.state.snapshot(task.collector)
-            await flush_sinks(tasks)  # their refused rows' dead letters join the flush below
-            # 3. flush outputs, dead letters and changelog records of every task
-            written = await asyncio.gather(*(task.collector.flush() for task in tasks))
-            self.last_written = {tp: at for w in written for tp, at in w.items()}
-            # 4. commit the snapshot's offsets
-            if offsets:
-                try:
-                    await self._consumer.commit(
-                        {tp: (at, times.get(tp, "")) for tp, at in offsets.items()}
-                    )
-                    self._committed.update(offsets)
-                    self.commits += 1
-                except CommitFailedError as exc:
-                    self.commit_failures += 1
-                    # The group moved on: the new owners replay from the last commit.
-                    log.warning("checkpoint not committed, group rebalanced: %s", exc)
-            # 5. the store, when due: the changes it lacks with the offsets they reflect, one
-            # SQLite transaction per task
-            for task, last in zip(tasks, written, strict=True):
-                if task.state is None:
-                    continue
-                tp = TopicPartition(task.topic.name, task.partition)
-                if tp in changes:
-                    task.state.record(last, (tp.topic, tp.partition, task.committable or 0))
-                if task.state.due(final=task.status is TaskState.CLOSED):
-                    await task.state.write()
-            self.last_duration = time.monotonic() - started
-            self.checkpoints += 1
-            self.total_duration += self.last_duration
-            self.last_at = time.time()
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(self.last_duration)
-            if offsets:
-                log.debug("checkpoint: %d partitions in %.3fs", len(offsets), self.last_duration)
+            await self.commit_held(tasks)
+
+    async def commit_held(self, tasks: Iterable[Task]) -> None:
+        """`commit`, the caller holding `between_checkpoints()`."""
+        started = time.monotonic()
+        tasks = list(tasks)
+        # 1. snapshot committable offsets and dirty state; 2. changelog records
+        offsets = {}
+        times: dict[TopicPartition, str] = {}
+        changes = {}
+        for task in tasks:
+            tp = TopicPartition(task.topic.name, task.partition)
+            for itp, offset in task.offsets().items():
+                if offset != self._committed.get(itp):
+                    offsets[itp] = offset
+            times.update(partition_times(task))
+            if task.state is not None and task.tables:
+                changes[tp] = task.state.snapshot(task.collector)
+        await flush_sinks(tasks)  # their refused rows' dead letters join the flush below
+        # 3. flush outputs, dead letters and changelog records of every task
+        written = await asyncio.gather(*(task.collector.flush() for task in tasks))
+        self.last_written = {tp: at for w in written for tp, at in w.items()}
+        # 4. commit the snapshot's offsets
+        if offsets:
+            try:
+                await self._consumer.commit(
+                    {tp: (at, times.get(tp, "")) for tp, at in offsets.items()}
+                )
+                self._committed.update(offsets)
+                self.commits += 1
+            except CommitFailedError as exc:
+                self.commit_failures += 1
+                # The group moved on: the new owners replay from the last commit.
+                log.warning("checkpoint not committed, group rebalanced: %s", exc)
+        # 5. the store, when due: the changes it lacks with the offsets they reflect, one
+        # SQLite transaction per task
+        for task, last in zip(tasks, written, strict=True):
+            if task.state is None:
+                continue
+            tp = TopicPartition(task.topic.name, task.partition)
+            if tp in changes:
+                task.state.record(last, (tp.topic, tp.partition, task.committable or 0))
+            if task.state.due(final=task.status is TaskState.CLOSED):
+                await task.state.write()
+        self.last_duration = time.monotonic() - started
+        self.checkpoints += 1
+        self.total_duration += self.last_duration
+        self.last_at = time.time()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.last_duration)
+        if offsets:
+            log.debug("checkpoint: %d partitions in %.3fs", len(offsets), self.last_duration)
 
     @property
     def committed(self) -> dict[TopicPartition, int]:

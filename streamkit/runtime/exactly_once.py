@@ -165,12 +165,16 @@ class TransactionalCheckpointer:
         """One checkpoint of `tasks`. Raises TransactionFailed naming the tasks whose
         transaction did not commit (the others did, and their state is written)."""
         async with self._lock:
-            try:
-                await self._checkpoint(list(tasks))
-            finally:
-                adopted, self._adopted = self._adopted, []
-                for task in adopted:
-                    task.collector.release()
+            await self.commit_held(tasks)
+
+    async def commit_held(self, tasks: Iterable[Task]) -> None:
+        """`commit`, the caller holding `between_checkpoints()`."""
+        try:
+            await self._checkpoint(list(tasks))
+        finally:
+            adopted, self._adopted = self._adopted, []
+            for task in adopted:
+                task.collector.release()
 
     async def _checkpoint(self, tasks: list[Task]) -> None:
         started = time.monotonic()

@@ -31,7 +31,7 @@ from streamkit.aiokafka_internals import Commits, CooperativeRebalance, know_top
 from streamkit.app import App
 from streamkit.clients import make_consumer, make_producer, make_raw_client
 from streamkit.registry.codec import prepare_app_codecs
-from streamkit.runtime import gc_tuning
+from streamkit.runtime import faults, gc_tuning
 from streamkit.runtime.admin import ensure_app_topics
 from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget, longest_calls
@@ -427,21 +427,27 @@ class Worker:
         closed = []
         if self.positions is not None:
             self.positions.revoked(tps)
+        checkpointer = self.checkpointer
         try:
-            closed = await self.tasks.revoke(tps)
-            running = list(self.tasks.tasks.values())
-            if self.rebalance is not None and running:
+            # no checkpoint between the close and this commit: it would seal the closed
+            # tasks' outputs (per worker, in the collector all tasks share) without their offsets
+            async with checkpointer.between_checkpoints():
+                closed = await self.tasks.revoke(tps)
+                await faults.delayed("delay-after-revoke-close")
+                faults.reached("crash-after-revoke-close")
+                running = list(self.tasks.tasks.values())
+                if self.rebalance is None or not running:
+                    await checkpointer.commit_held(closed)
+                    return
                 # cooperative: the others keep running; their checkpoint goes with this one
                 # (one producer per worker: they share the transaction that must commit now)
                 try:
-                    await self.checkpointer.commit([*closed, *running])
+                    await checkpointer.commit_held([*closed, *running])
                 except TransactionFailed as exc:
                     if set(exc.failed) & set(self.tasks.tasks):
                         self._recovery_due = exc  # running tasks lost work: drop, rejoin
                         self.request_checkpoint()
                     raise
-            else:
-                await self.checkpointer.commit(closed)
         except TransactionFailed as exc:
             # Their uncommitted work is dropped with them; the next owners start from the
             # last commit. Nothing else to do: the group is rebalancing already.
