@@ -85,6 +85,29 @@ async def commit_in_transaction(
         raise
 
 
+def test_a_txn_offset_commit_error_reads_the_same_for_both_producers() -> None:
+    """`commit_verdict`: an old generation is fenced unless the same member is in a newer one
+    (then retried with it); a moved or timed-out coordinator is looked up again; a rebalance
+    completing or a coordinator loading is waited out; a newer producer is a fence; anything
+    else fails the transaction."""
+    verdict, v = internals.commit_verdict, internals.CommitVerdict
+    assert verdict(22, lambda: True) is v.RETRY  # ILLEGAL_GENERATION, member moved on
+    assert verdict(22, lambda: False) is v.GROUP_FENCED
+    assert verdict(25, lambda: True) is v.GROUP_FENCED  # UNKNOWN_MEMBER_ID
+    assert verdict(82, lambda: True) is v.GROUP_FENCED  # FENCED_INSTANCE_ID
+    for code in (15, 16, 7):  # COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, REQUEST_TIMED_OUT
+        assert verdict(code, lambda: False) is v.FIND_COORDINATOR
+    for code in (14, 3, 27):  # loading, UNKNOWN_TOPIC_OR_PARTITION, REBALANCE_IN_PROGRESS
+        assert verdict(code, lambda: False) is v.RETRY
+    assert verdict(90, lambda: False) is v.PRODUCER_FENCED  # PRODUCER_FENCED
+    assert verdict(47, lambda: False) is v.PRODUCER_FENCED  # INVALID_PRODUCER_EPOCH
+    assert verdict(29, lambda: False) is v.FAIL  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    sent = GroupMetadata("g", 5, "m", None)
+    assert internals.moved_on(sent, GroupMetadata("g", 6, "m", None))
+    assert not internals.moved_on(sent, GroupMetadata("g", 6, "other", None))
+    assert not internals.moved_on(sent, GroupMetadata("g", 5, "m", None))
+
+
 async def test_the_private_attributes_the_module_uses_are_there(uid: str) -> None:
     topic, group = f"pin-{uid}", f"pin-{uid}"
     await create_topic(topic, 1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -70,6 +71,47 @@ UNSTABLE_OFFSET_COMMIT = 88
 PRODUCER_FENCED = 90
 GROUP_FENCING_ERRORS = {ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
 NO_GENERATION = -1
+UNKNOWN_TOPIC_OR_PARTITION = 3
+REQUEST_TIMED_OUT = 7
+COORDINATOR_LOAD_IN_PROGRESS = 14
+COORDINATOR_NOT_AVAILABLE = 15
+NOT_COORDINATOR = 16
+INVALID_PRODUCER_EPOCH = 47
+
+
+class CommitVerdict(enum.Enum):
+    """What a TxnOffsetCommit's error code asks of its sender (`commit_verdict`)."""
+
+    RETRY = enum.auto()  # after a backoff, with the group's metadata read again
+    FIND_COORDINATOR = enum.auto()  # the group coordinator moved or is away: look it up, retry
+    GROUP_FENCED = enum.auto()  # the group says the member is not its: `GroupFenced`
+    PRODUCER_FENCED = enum.auto()  # a newer producer holds the transactional id
+    FAIL = enum.auto()  # anything else: the transaction fails
+
+
+def commit_verdict(code: int, moved_on: Callable[[], bool]) -> CommitVerdict:
+    """The one reading of a TxnOffsetCommit error, for both transactional producers (aiokafka's
+    through `enable_group_fencing`, streamkit's `TxnCoordinator.commit_offsets`). `moved_on`:
+    whether the same member is in a newer generation by now (`newer_generation`), so an
+    ILLEGAL_GENERATION is retried with it rather than fenced."""
+    if code == ILLEGAL_GENERATION and moved_on():
+        return CommitVerdict.RETRY
+    if code in GROUP_FENCING_ERRORS:
+        return CommitVerdict.GROUP_FENCED
+    if code in (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, REQUEST_TIMED_OUT):
+        return CommitVerdict.FIND_COORDINATOR
+    # (a cooperative member keeps its partitions while the group completes a rebalance: the
+    # retry is built with the generation current by then)
+    if code in (COORDINATOR_LOAD_IN_PROGRESS, UNKNOWN_TOPIC_OR_PARTITION, REBALANCE_IN_PROGRESS):
+        return CommitVerdict.RETRY
+    if code in (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH):
+        return CommitVerdict.PRODUCER_FENCED
+    return CommitVerdict.FAIL
+
+
+def moved_on(sent: GroupMetadata, now: GroupMetadata) -> bool:
+    """The member that sent a commit with `sent` is, by `now`, in a newer generation."""
+    return now.member_id == sent.member_id and now.generation_id > sent.generation_id
 
 
 class InternalsMoved(RuntimeError):
@@ -340,44 +382,26 @@ class _GroupFencedCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
                 if code == 0:
                     txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
                     continue
-                error = errors.for_code(code)
-                if code == ILLEGAL_GENERATION and self._moved_on():
-                    return float(self._default_backoff)  # the retry reads the metadata again
-                if code in GROUP_FENCING_ERRORS:
-                    _fail_transaction(txn, GroupFenced(code, self._group))
-                    return None
-                if error in (
-                    errors.CoordinatorNotAvailableError,
-                    errors.NotCoordinatorError,
-                    errors.RequestTimedOutError,
-                ):
+                verdict = commit_verdict(code, self._moved_on)
+                if verdict is CommitVerdict.RETRY:  # the retry reads the metadata again
+                    return float(self._default_backoff)
+                if verdict is CommitVerdict.FIND_COORDINATOR:
                     self._sender._coordinator_dead(CoordinationType.GROUP)
                     return float(self._default_backoff)
-                if (
-                    error
-                    in (
-                        errors.CoordinatorLoadInProgressError,
-                        errors.UnknownTopicOrPartitionError,
-                    )
-                    or code == REBALANCE_IN_PROGRESS
-                ):
-                    # (a cooperative member keeps its partitions while the group completes a
-                    # rebalance: the retry is built with the generation current by then)
-                    return float(self._default_backoff)
-                if error is errors.InvalidProducerEpoch or code == PRODUCER_FENCED:
+                if verdict is CommitVerdict.PRODUCER_FENCED:
                     raise errors.ProducerFenced()
-                _fail_transaction(txn, error())  # anything else: abort this transaction
+                failure = (
+                    GroupFenced(code, self._group)
+                    if verdict is CommitVerdict.GROUP_FENCED
+                    else errors.for_code(code)()
+                )
+                _fail_transaction(txn, failure)  # abort this transaction
                 return None
         return None
 
     def _moved_on(self) -> bool:
         """The same member is in a newer generation now (see the module's docstring)."""
-        if self._newer is None:
-            return False
-        now = self._newer()
-        return now.member_id == self._group.member_id and (
-            now.generation_id > self._group.generation_id
-        )
+        return self._newer is not None and moved_on(self._group, self._newer())
 
 
 def _fail_transaction(txn: Any, exc: BaseException) -> None:

@@ -36,29 +36,29 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals.api_versions import broker_versions
 from streamkit.aiokafka_internals.groups import (
-    GROUP_FENCING_ERRORS,
-    ILLEGAL_GENERATION,
+    COORDINATOR_LOAD_IN_PROGRESS,
+    COORDINATOR_NOT_AVAILABLE,
+    INVALID_PRODUCER_EPOCH,
+    NOT_COORDINATOR,
     PRODUCER_FENCED,
     UNKNOWN_MEMBER_ID,
+    UNKNOWN_TOPIC_OR_PARTITION,
+    CommitVerdict,
     GroupFenced,
     GroupMetadata,
     GroupTxnOffsetCommitRequest,
     TxnOffsetCommitRequest_v3,
     TxnOffsetCommitResponse_v3,
+    commit_verdict,
+    moved_on,
 )
 
 NONE = 0
 DUPLICATE_SEQUENCE_NUMBER = 46
-INVALID_PRODUCER_EPOCH = 47
 CONCURRENT_TRANSACTIONS = 51
 OPERATION_NOT_ATTEMPTED = 55
-REBALANCE_IN_PROGRESS = 27
-COORDINATOR_LOAD_IN_PROGRESS = 14
-COORDINATOR_NOT_AVAILABLE = 15
-NOT_COORDINATOR = 16
 FENCED = {PRODUCER_FENCED, INVALID_PRODUCER_EPOCH}
 _RETRY_COORDINATOR = {COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR}
-UNKNOWN_TOPIC_OR_PARTITION = 3
 _RETRY_LATER = {
     COORDINATOR_LOAD_IN_PROGRESS,
     CONCURRENT_TRANSACTIONS,
@@ -343,21 +343,17 @@ class TxnCoordinator:
             if not codes:
                 return
             code = codes[0]
-            if code == ILLEGAL_GENERATION and self._moved_on(group):
-                pass  # the retry carries the newer generation
-            elif code in GROUP_FENCING_ERRORS:
+            verdict = commit_verdict(code, lambda: self._moved_on(group))  # noqa: B023
+            if verdict is CommitVerdict.GROUP_FENCED:
                 raise GroupFenced(code, group)
-            elif code in _RETRY_COORDINATOR:
-                self._group_coordinators.pop(group_id, None)
-            elif code in FENCED:
+            if verdict is CommitVerdict.PRODUCER_FENCED:
                 self.fenced = True
                 raise errors.ProducerFenced()
-            elif code not in (
-                COORDINATOR_LOAD_IN_PROGRESS,
-                REBALANCE_IN_PROGRESS,
-                UNKNOWN_TOPIC_OR_PARTITION,
-            ):
+            if verdict is CommitVerdict.FAIL:
                 raise errors.for_code(code)(f"TxnOffsetCommit of {self.transactional_id}")
+            if verdict is CommitVerdict.FIND_COORDINATOR:
+                self._group_coordinators.pop(group_id, None)
+            # (RETRY: a newer generation of this member, which the retry carries; or busy)
             if time.monotonic() > deadline:
                 raise errors.KafkaTimeoutError("TxnOffsetCommit did not succeed in time")
             busy = code == COORDINATOR_LOAD_IN_PROGRESS and self.v2
@@ -365,7 +361,4 @@ class TxnCoordinator:
             attempt += 1
 
     def _moved_on(self, group: GroupMetadata) -> bool:
-        if not self._newer_generation:
-            return False
-        now = self._metadata()
-        return now.member_id == group.member_id and now.generation_id > group.generation_id
+        return self._newer_generation and moved_on(group, self._metadata())
