@@ -5,10 +5,8 @@ tables → start the producer → join the group (tasks are created as partition
 run the named background tasks `fetch`, `commit`, `standby` and `web` (the HTTP server of
 runtime/web.py, bound before joining so the group learns it), and `global`, `sources` to follow
 global tables and tables read from a topic.
-Exactly-once: the worker's one transactional producer serves every partition, whose committed
-offsets are read once no transaction holds pending offsets for them; or, with
-`transactional_producer="per_partition"`, each partition's own producer fences its previous
-owner before its offset is read.
+Exactly-once: one transactional producer serves every partition (its committed offsets read
+once no transaction holds them), or one per partition fences the partition's previous owner.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
 final checkpoint → leave the group → stop the producer (background tasks: cancelled, awaited).
 """
@@ -423,11 +421,10 @@ class Worker:
     # -- rebalance -----------------------------------------------------------------------------
 
     async def on_revoked(self, tps: set[TopicPartition]) -> None:
-        assert self.tasks is not None and self.checkpointer is not None
-        closed = []
+        checkpointer, closed = self.checkpointer, []
+        assert self.tasks is not None and checkpointer is not None
         if self.positions is not None:
             self.positions.revoked(tps)
-        checkpointer = self.checkpointer
         try:
             # no checkpoint between the close and this commit: it would seal the closed
             # tasks' outputs (per worker, in the collector all tasks share) without their offsets
@@ -435,16 +432,13 @@ class Worker:
                 closed = await self.tasks.revoke(tps)
                 await faults.delayed("delay-after-revoke-close")
                 faults.reached("crash-after-revoke-close")
-                running = list(self.tasks.tasks.values())
-                if self.rebalance is None or not running:
-                    await checkpointer.commit_held(closed)
-                    return
                 # cooperative: the others keep running; their checkpoint goes with this one
                 # (one producer per worker: they share the transaction that must commit now)
+                running = [] if self.rebalance is None else list(self.tasks.tasks.values())
                 try:
                     await checkpointer.commit_held([*closed, *running])
                 except TransactionFailed as exc:
-                    if set(exc.failed) & set(self.tasks.tasks):
+                    if running and set(exc.failed) & set(self.tasks.tasks):
                         self._recovery_due = exc  # running tasks lost work: drop, rejoin
                         self.request_checkpoint()
                     raise
@@ -456,7 +450,7 @@ class Worker:
             self._checkpoint_broken = True
             self.fail(exc)
         finally:
-            self.checkpointer.forget(tps)
+            checkpointer.forget(tps)
             for task in closed:
                 task.close_state()
 
