@@ -25,8 +25,10 @@ class Appended:
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes | None, int]] = []
 
-    def append(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int) -> None:
-        self.records.append((topic, key, value, partition))
+    def add(
+        self, tp: tuple[str, int], key: bytes | None, value: bytes | None, headers: None, ts: None
+    ) -> None:
+        self.records.append((tp[0], key, value, tp[1]))
 
 
 class NothingToReplay:

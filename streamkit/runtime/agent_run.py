@@ -186,9 +186,9 @@ class Body:
     def output(self, out: Any) -> bool:
         """A value the body yielded: to every sink. True when a batch filled up."""
         rec = self.task.record
-        append = self.task.collector.append
         full = False
         if type(out) is Record:
+            append = self.task.collector.append
             ts = out.timestamp_ms
             if ts is None and rec is not None:
                 ts = rec.timestamp

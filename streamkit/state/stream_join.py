@@ -260,8 +260,7 @@ class JoinPartition:
         self.watermark = watermark
         rows = self.rows  # the marker (`final_rows`): set as `TablePartition.set` would
         if WATERMARK_ROW in rows.cache:
-            rows.cache[WATERMARK_ROW] = _WM.pack(watermark)
-            rows.dirty[WATERMARK_ROW] = None
+            rows.cache[WATERMARK_ROW] = rows.dirty[WATERMARK_ROW] = _WM.pack(watermark)
         else:
             rows.set(WATERMARK_ROW, _WM.pack(watermark))
         for side in (LEFT, RIGHT):

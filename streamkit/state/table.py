@@ -9,7 +9,7 @@ first, and too many dirty ones ask for an early checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from streamkit.context import CURRENT_TASK, TaskScope
@@ -130,9 +130,10 @@ class TablePartition:
         self._key_codec = table.key_codec
         self._value_codec = table.value_codec
         self.cache: dict[Any, Any] = {}
-        # changed since the last snapshot, in first-change order (a dict: a join's rows, in
-        # time order, then reach SQLite in key order; a set's hash order tripled their cost)
-        self.dirty: dict[Any, None] = {}
+        # changed since the last snapshot → the value, as `cache` holds it (the snapshot reads
+        # no cache); in first-change order (a join's rows, in time order, then reach SQLite
+        # in key order; a set's hash order tripled their cost)
+        self.dirty: dict[Any, Any] = {}
         # A key is checked to belong to this partition when it enters the cache (a read that
         # misses, a write of a new key): once per key while it stays cached, not per access.
         self._check: Callable[[Any], None] | None = None
@@ -152,9 +153,7 @@ class TablePartition:
         # (restored or followed), and the rows applied since the last store write.
         self.source_offset = -1
         # A table with a TTL: its keys by expiry (`state/ttl.py`); values are [stamp, value]
-        self.expiry: Expiry | None = None
-        if table.ttl is not None:
-            self.expiry = Expiry(table.ttl, self)
+        self.expiry: Expiry | None = None if table.ttl is None else Expiry(table.ttl, self)
         followed = table.source or (
             table.versioned is not None and table.versioned.source is not None
         )
@@ -198,11 +197,11 @@ class TablePartition:
         if key not in cache:
             if self._check is not None:
                 self._check(key)
-            self.dirty[key] = None  # before any eviction: a dirty key is never evicted
+            self.dirty[key] = value  # before any eviction: a dirty key is never evicted
             cache[key] = value
             self._bound()
         else:
-            self.dirty[key] = None
+            self.dirty[key] = value
             cache[key] = value
 
     def delete(self, key: Any) -> bool:
@@ -213,17 +212,18 @@ class TablePartition:
     def remove(self, key: Any) -> None:
         """Delete `key` without looking whether it exists (no read)."""
         new = key not in self.cache
-        self.dirty[key] = None
+        self.dirty[key] = _DELETED
         self.cache[key] = _DELETED
         if new:
             self._bound()
 
-    def forget(self, key: Any) -> None:
-        """Drop `key` from memory with no tombstone: for a row the table's purge rule deletes
-        from the store (`Table.purge`) and its changelog drops by time retention. Until the
-        store's next write a read may still find it there: the owner reads no such row."""
-        self.cache.pop(key, None)
-        self.dirty.pop(key, None)
+    def forget(self, keys: Iterable[Any]) -> None:
+        """Drop `keys` from memory, no tombstone: rows `Table.purge` deletes from the store at
+        its next write (a read may find them until then: the owner reads none)."""
+        cache, dirty = self.cache, self.dirty
+        for key in keys:
+            cache.pop(key, None)
+            dirty.pop(key, None)
 
     def _bound(self) -> None:
         cache = self.cache
@@ -248,15 +248,12 @@ class TablePartition:
         their values stay in `flushing` until the store is written. The dict returned may be
         `flushing` itself: read it before the next snapshot."""
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
-        cache = self.cache
         changes: dict[bytes, bytes | None] = {}
         if self.table.exact_bytes:
-            for key in self.dirty:
-                value = cache[key]
+            for key, value in self.dirty.items():
                 changes[key] = None if value is _DELETED else value
         else:
-            for key in self.dirty:
-                value = cache[key]
+            for key, value in self.dirty.items():
                 if value is _DELETED:
                     changes[encode_key(key)] = None
                 else:
@@ -293,8 +290,7 @@ class TablePartition:
         overlay to see the partition as the agent does."""
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
         changes = dict(self.flushing)
-        for key in self.dirty:
-            value = self.cache[key]
+        for key, value in self.dirty.items():
             changes[encode_key(key)] = None if value is _DELETED else encode_value(value)
         return changes
 
@@ -379,7 +375,7 @@ class Table(Generic[K, V]):
         """A value handed to user code: if it can change in place, its key is written back
         at the next checkpoint (so `t[k].append(x)` persists)."""
         if type(value) not in _IMMUTABLE and not self.source:
-            part.dirty[key] = None
+            part.dirty[key] = value
         return value
 
     # -- a table with a TTL stores [write stamp, value]: these read and write through it ----
@@ -422,7 +418,7 @@ class Table(Generic[K, V]):
             if value is not _MISSING and value is not _DELETED:
                 part.hits += 1
                 if type(value) not in _IMMUTABLE and not self.source:  # as `_read`, inline
-                    part.dirty[key] = None
+                    part.dirty[key] = value
                 return value  # type: ignore[no-any-return]
         else:
             value = self._expiring(part, key, True)
@@ -442,7 +438,7 @@ class Table(Generic[K, V]):
                 part.set(key, value)
             return value
         if type(value) not in _IMMUTABLE and not self.source:  # as `_read`, inline
-            part.dirty[key] = None
+            part.dirty[key] = value
         return value  # type: ignore[no-any-return]
 
     def _writable(self, key: Any) -> TablePartition:
@@ -461,7 +457,7 @@ class Table(Generic[K, V]):
         if self.ttl is not None:
             self._stamped(part, key, value)
         elif key in part.cache:  # the hot path: a cached key, as `part.set` writes it
-            part.dirty[key] = None
+            part.dirty[key] = value
             part.cache[key] = value
         else:
             part.set(key, value)

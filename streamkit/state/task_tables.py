@@ -33,8 +33,13 @@ class RecordCollector(Protocol):
     """Where a snapshot's changelog records go (the task's `runtime.collector.RecordCollector`;
     state/ imports nothing from runtime/)."""
 
-    def append(
-        self, topic: str, key: bytes | None, value: bytes | None, *, partition: int
+    def add(
+        self,
+        tp: tuple[str, int],
+        key: bytes | None,
+        value: bytes | None,
+        headers: None,
+        timestamp_ms: None,
     ) -> object: ...
 
 
@@ -124,9 +129,9 @@ class TaskTables:
             if not rows:
                 continue
             changes[name] = rows
-            topic = part.table.changelog.name
+            tp, add = (part.table.changelog.name, self.partition), collector.add
             for key, value in rows.items():
-                collector.append(topic, key, value, partition=self.partition)
+                add(tp, key, value, None, None)  # `append` to a known partition
         return changes
 
     def record(

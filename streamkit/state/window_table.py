@@ -204,11 +204,15 @@ class WindowTable:
     def add(self, key: Any, value: Any = None, *, timestamp_ms: int | None = None) -> None:
         """Fold `value` into `key`'s windows at the event time of the event being processed
         (or `timestamp_ms`)."""
-        scope, part = self._scoped()
+        scope = CURRENT_TASK.get(None)  # as `_scoped`, inline (once per event)
+        part = None if scope is None else scope.windows.get(self.name)
+        if scope is None or part is None:
+            scope, part = self._scoped()  # raises, saying what to declare
         encoded = None
         if not self.table.local_keys:
             encoded = self.key_codec.encode(key)
-            check_key("window table", self.name, encoded, key, scope)
+            if encoded != scope.event_key():  # the event's own key: this partition's
+                check_key("window table", self.name, encoded, key, scope)
         part.add(key, value, timestamp_ms, encoded)
 
     def get(self, key: Any, start_ms: int) -> Any:
@@ -225,13 +229,19 @@ class WindowTable:
         if output is None:
             return _no_output
         add = task.collector.keyed(output.name)
-        encode_key, encode, fields = self.key_codec.encode, dumps(JSON), self.fields
+        encode_key, encode = self.key_codec.encode, dumps(JSON)
+        several, name, result_of = self._several, self.aggregation.name, self.aggregation.result
 
         def emit(
             key: Any, start: int, end: int, acc: Any, final: bool, encoded: bytes | None
         ) -> None:
-            # models in a result (a reduce's accumulator) as their JSON
-            result = {"key": key, "start": start, "end": end, **fields(acc), "final": final}
+            # models in a result (a reduce's accumulator) as their JSON; the fields as
+            # `fields` makes them, without its dict for one aggregation
+            if several:
+                result = {"key": key, "start": start, "end": end, **result_of(acc)}
+            else:
+                result = {"key": key, "start": start, "end": end, name: result_of(acc)}
+            result["final"] = final
             add(encode_key(key) if encoded is None else encoded, encode(result), end - 1)
             self.emitted += 1
 
@@ -350,14 +360,15 @@ class WindowPartition:
             start = heapq.heappop(starts)
             keys = self.open.pop(start)
             # no tombstone where the store's purge rule deletes the row (`closed_rows`)
-            drop = rows.forget if start >= 0 else rows.remove
-            if self._update:  # nothing to emit: the rows go, in any order
-                for key in keys:
-                    drop((start, key))
-                continue
-            for key in sorted(keys, key=repr):  # final results in a stable order
-                row = (start, key)
-                acc = rows.get(row)
-                if acc is not _MISSING:
-                    self._emit(key, start, start + self._size, acc, True, None)
-                drop(row)
+            closed = [(start, key) for key in keys]
+            if not self._update:  # final results, in a stable order
+                closed.sort(key=lambda row: repr(row[1]))
+                for row in closed:
+                    acc = rows.get(row)
+                    if acc is not _MISSING:
+                        self._emit(row[1], start, start + self._size, acc, True, None)
+            if start >= 0:
+                rows.forget(closed)
+            else:
+                for row in closed:
+                    rows.remove(row)
