@@ -188,7 +188,8 @@ class EventClock:
             raise
         except Exception as exc:  # a field missing, or the user's function raised
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-        if clock_input.tracker.observe(ts):
+        tracker = clock_input.tracker
+        if ts > tracker.max_seen and tracker.observe(ts):  # (no call for an older time)
             self._moved()
         return ts
 

@@ -339,7 +339,10 @@ class WindowPartition:
             acc = _MISSING if keys is None or key not in keys else rows.get(row)
             if acc is _MISSING:
                 acc = aggregation.initial()
-                self._index(start, key)
+                if keys is None:
+                    self._index(start, key)  # a new window
+                else:
+                    keys.add(key)
             acc = aggregation.add(acc, value, ts)
             rows.set(row, acc)
             added = True
