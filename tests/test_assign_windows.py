@@ -24,13 +24,15 @@ async def test_the_checkpoint_after_an_assignment_commits_the_new_tasks_offsets(
 ) -> None:
     """`a` runs alone, `b` joins, then leaves (SIGTERM): `a` gets `b`'s partitions back while
     its own keep running. Their tasks start holding the checkpoints' lock for a second (a
-    test hook: the start's await of the producers taking its time), so the commit loop's next
-    checkpoint waits for them; that checkpoint takes a second between its pause and its
-    snapshot (a test hook: a task slow to reach its event boundary), during which the new
-    tasks process records into the collector every task shares; `a` is killed -9 right after
-    it commits. A checkpoint of the tasks that were running when it was called, not of those
-    running when it began, commits the new tasks' outputs without their offsets, and the next
-    owner produces them again."""
+    test hook), so the commit loop's next checkpoint waits for them. (Without the hook the
+    same order comes about when the assignment waits for a running checkpoint and the next
+    one is due at once, e.g. the last took longer than the interval: the lock goes to the
+    assignment first, while the commit loop already holds its list.) That checkpoint takes
+    a second between its pause and its snapshot (a test hook: a task slow to reach its event
+    boundary), during which the new tasks process records into the collector every task
+    shares; `a` is killed -9 right after it commits. A checkpoint of the tasks that were
+    running when it was called, not of those running when it began, commits the new tasks'
+    outputs without their offsets, and the next owner produces them again."""
     topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
     hooks = ",".join(
         (
