@@ -47,7 +47,7 @@ async def test_the_checkpoint_after_an_assignment_commits_the_new_tasks_offsets(
     feeder: asyncio.Task[None] | None = None
     try:
         await wait_until(lambda: "assigned proc-in" in a.log(), within=60, what="a")
-        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent, total=RATE * 10))
+        feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent, total=RATE * 7))
         b = coop_worker(uid, tmp_path, "b").start()
         workers.append(b)
         await wait_until(lambda: "assigned proc-in" in b.log(), within=60, what="b's partitions")
