@@ -62,9 +62,10 @@ async def test_a_rebalance_during_the_stop_waits_for_its_final_checkpoint(
     waits there (a test hook: four seconds, under the session timeout) before its final
     checkpoint, while the group rebalances around it: the partitions it gives up must not
     reach their next owner before that checkpoint committed their offsets (the next owner
-    would start from the offsets before it, and process again what it commits). Per
-    partition the next owner's InitProducerId fences the stopping worker's producer: that
-    mode was safe before too."""
+    would start from the offsets before it, and process again what it commits). Before the
+    stop held the checkpoints' lock: duplicates with one producer per worker (eager too);
+    per partition the next owner's InitProducerId fenced the final checkpoint, and at least
+    once its commit of partitions no longer assigned failed: the stop exited 1."""
     topic, out = f"proc-in-{uid}", f"proc-out-{uid}"
     env = {
         "STREAMKIT_REBALANCE_PROTOCOL": protocol,
