@@ -52,7 +52,8 @@ postgres:
 # The chaos suite in its long form (docs/reliability.md): CHAOS_KILLS kill -9s of random workers
 # while CHAOS_EVENTS purchases flow, the zombie, then tests/test_chaos.py with CHAOS_LONG=1 (broker
 # restarts, rebalance storm, full and read-only state disk, corrupted store, the e-commerce demo
-# under kill -9). `make test` runs the short forms. CHAOS_SEED replays a run. The figures are
+# under kill -9), every variant of the protocol-window tests (tests/test_stop_windows.py,
+# tests/test_assign_windows.py). `make test` runs the short forms. CHAOS_SEED replays a run. The figures are
 # printed and appended as JSON lines to CHAOS_FIGURES.
 CHAOS_KILLS ?= 100
 CHAOS_EVENTS ?= 50000
@@ -61,8 +62,8 @@ chaos: $(STAMP)
 	CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_EVENTS=$(CHAOS_EVENTS) CHAOS_LONG=1 \
 	CHAOS_FIGURES=$(abspath $(CHAOS_FIGURES)) $(KAFKA) run -- \
 		$(PY) -m pytest -q -ra -s --timeout 1800 tests/test_exactly_once.py tests/test_chaos.py \
-		tests/test_cluster.py tests/test_static_membership.py \
-		-k 'kill_9 or zombie or chaos or static'
+		tests/test_cluster.py tests/test_static_membership.py tests/test_stop_windows.py \
+		tests/test_assign_windows.py -k 'kill_9 or zombie or chaos or static or windows'
 
 # The soak run: MINUTES at the highest sustained rate; memory, lag, rebalances, checkpoints, output
 MINUTES ?= 10

@@ -399,6 +399,7 @@ NOT_SETTINGS = frozenset(
         "STREAMKIT_KAFKA_CACHE",
         "STREAMKIT_KAFKA_DATA",
         "STREAMKIT_KAFKA_STATE",
+        "STREAMKIT_TEST_DELAY",
         "STREAMKIT_TEST_HOOK",
     }
 )

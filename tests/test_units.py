@@ -79,9 +79,10 @@ def test_the_commit_interval_default_follows_the_guarantee(monkeypatch: pytest.M
 def test_test_hooks_parse() -> None:
     from streamkit.runtime import faults
 
-    assert faults._parse("crash-after-commit:3, fail-before-commit") == {
-        "crash-after-commit": 3,
-        "fail-before-commit": 1,
+    assert faults._parse("crash-after-commit:3, fail-before-commit, crash-x:2@delay-y") == {
+        "crash-after-commit": (3, ""),
+        "fail-before-commit": (1, ""),
+        "crash-x": (2, "delay-y"),
     }
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import TopicPartition
 
+from streamkit.runtime import faults
 from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
 
@@ -94,6 +95,7 @@ class Checkpointer:
         written = await asyncio.gather(*(task.collector.flush() for task in tasks))
         self.last_written = {tp: at for w in written for tp, at in w.items()}
         # 4. commit the snapshot's offsets
+        faults.reached("crash-before-commit")
         if offsets:
             try:
                 await self._consumer.commit(

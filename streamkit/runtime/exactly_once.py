@@ -183,6 +183,7 @@ class TransactionalCheckpointer:
         busy = [w for w in (task.pause_now() for task in tasks) if w is not None]
         if busy:
             await asyncio.gather(*busy)
+        await faults.delayed("delay-checkpoint-paused")
         try:
             # sinks beyond Kafka: rows and these offsets in their destination first
             await flush_sinks(tasks)
@@ -193,6 +194,7 @@ class TransactionalCheckpointer:
                 task.resume()
         # 3. the transaction(s)
         results = await self._transactions(snapshots)
+        faults.reached("crash-after-checkpoint")
         self.last_written = last_written(results)
         later = self._followed(self.last_written)  # step 4 left to the follow-up
         failed: dict[TopicPartition, BaseException] = {}
@@ -288,6 +290,7 @@ class TransactionalCheckpointer:
                 adding = producer.send_offsets_to_transaction(with_times, self._group_id)
             (written,) = await _flush_and_offsets([collector.flush_sealed(snap.sealed)], adding)
             faults.reached("fail-before-commit")
+            faults.reached("crash-before-commit")
             await producer.commit_transaction()
         except Exception as exc:
             collector.discard()
@@ -388,6 +391,7 @@ class WorkerTransactionCheckpointer(TransactionalCheckpointer):
             )
             for _ in snaps:  # counted per task, as in per-partition mode (test hooks' Nth)
                 faults.reached("fail-before-commit")
+                faults.reached("crash-before-commit")
             gate.open.clear()
             await producer.commit_transaction()
         except Exception as exc:

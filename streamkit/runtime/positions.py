@@ -34,6 +34,7 @@ from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import Commits, fetch_stable_commits, stable_commits_once
+from streamkit.runtime import faults
 from streamkit.runtime.task_manager import TaskManager
 from streamkit.runtime.txn_producers import ProducerSet
 
@@ -151,6 +152,8 @@ class Positions:
                     del self._pending[tp]
                 if not tps:
                     return set()
+            if tps and self._tasks.tasks:  # (a test hook: new tasks beside running ones)
+                await faults.delayed("delay-start-beside")
             producers = await self._producers.acquire({self._tasks.task_key(tp) for tp in tps})
             if epoch != self._epoch:
                 return set()

@@ -8,7 +8,7 @@ global tables and tables read from a topic.
 Exactly-once: one transactional producer serves every partition (its committed offsets read
 once no transaction holds them), or one per partition fences the partition's previous owner.
 Stop (SIGINT/SIGTERM, or a failure): stop fetching → each task finishes its in-flight event →
-final checkpoint → leave the group → stop the producer (background tasks: cancelled, awaited).
+final checkpoint (no revoke in between) → leave the group → stop the producer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import socket
 import time
 from typing import Any
 
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import Commits, CooperativeRebalance, know_topics
@@ -41,6 +40,7 @@ from streamkit.runtime.exactly_once import (
     WorkerTransactionCheckpointer,
 )
 from streamkit.runtime.fetch import RawFetch, consumer_fetch
+from streamkit.runtime.listener import Listener
 from streamkit.runtime.positions import Positions
 from streamkit.runtime.purge import RepartitionPurger
 from streamkit.runtime.task import Task
@@ -256,7 +256,8 @@ class Worker:
 
     def _subscribe(self) -> None:
         assert self.tasks is not None
-        self.consumer.subscribe(self.tasks.source_topics, listener=_Listener(self))
+        listener = Listener(self.on_revoked, self.on_assigned)
+        self.consumer.subscribe(self.tasks.source_topics, listener=listener)
 
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=f"streamkit-{name}")
@@ -300,8 +301,9 @@ class Worker:
                     return
             if not follow_up:
                 cadence.begin()
-            try:
-                await self.checkpointer.commit(list(self.tasks.tasks.values()))
+            try:  # of the tasks running once it begins (an assignment may be starting some)
+                async with self.checkpointer.between_checkpoints():
+                    await self.checkpointer.commit_held(list(self.tasks.tasks.values()))
             except TransactionFailed as exc:
                 cadence.disarm()
                 if self._stopping.is_set() and exc.cut_short:  # the stop cut a task short
@@ -374,21 +376,27 @@ class Worker:
         self._background.clear()
         if self.web is not None:
             await self.web.close()  # (the task closes it too, unless cancelled before it ran)
-        # 2. every task finishes its in-flight event; 3. final checkpoint
+        # 2. every task finishes its in-flight event; 3. final checkpoint. Between two
+        # checkpoints: a rebalance's revoke (`on_revoked`) waits for it, so the partitions
+        # reach their next owners with the offsets it commits, not the ones before it
         if self.tasks is not None and self.checkpointer is not None:
-            closed += await self.tasks.revoke(list(self.tasks.tasks))
-            if self._checkpoint_broken:  # a checkpoint failed: commit nothing more
-                log.error("checkpoint failed: final checkpoint skipped, uncommitted work dropped")
-                for dropped in closed:
-                    dropped.collector.discard()
-            else:
-                try:
-                    await self.checkpointer.commit(closed)
-                except TransactionFailed as exc:
-                    if not exc.cut_short:  # else: aborted like a crash, replayed by the next
-                        self.fail(exc)  # owner (a task cancelled mid-event; logged by it)
-                except Exception as exc:
-                    self.fail(exc)
+            async with self.checkpointer.between_checkpoints():
+                closed += await self.tasks.revoke(list(self.tasks.tasks))
+                await faults.delayed("delay-stop-closed")
+                faults.reached("crash-stop-closed")
+                if self._checkpoint_broken:  # a checkpoint failed: commit nothing more
+                    log.error("checkpoint failed: final checkpoint skipped, work dropped")
+                    for dropped in closed:
+                        dropped.collector.discard()
+                else:
+                    try:
+                        await self.checkpointer.commit_held(closed)
+                    except TransactionFailed as exc:
+                        if not exc.cut_short:  # else: aborted like a crash, replayed by the
+                            self.fail(exc)  # next owner (a task cancelled mid-event; logged)
+                    except Exception as exc:
+                        self.fail(exc)
+            faults.reached("crash-stop-committed")
             for closed_task in closed:
                 closed_task.close_state()
         if self.positions is not None:
@@ -413,6 +421,7 @@ class Worker:
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
+            faults.reached("crash-stop-left")
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
@@ -487,14 +496,3 @@ class Worker:
         if type(self.checkpointer) is TransactionalCheckpointer:  # (per worker: no adopting)
             # cooperative: a checkpoint may be running; the new tasks must not join it
             self.checkpointer.adopt(started)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._worker.on_assigned(assigned)
