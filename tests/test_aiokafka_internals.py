@@ -88,7 +88,8 @@ async def commit_in_transaction(
 def test_a_txn_offset_commit_error_reads_the_same_for_both_producers() -> None:
     """`commit_verdict`: an old generation is fenced unless the same member is in a newer one
     (then retried with it); a moved or timed-out coordinator is looked up again; a rebalance
-    completing or a coordinator loading is waited out; a newer producer is a fence; anything
+    completing, a coordinator loading or the producer's previous transaction completing is
+    waited out; a newer producer is a fence; anything
     else fails the transaction."""
     verdict, v = internals.commit_verdict, internals.CommitVerdict
     assert verdict(22, lambda: True) is v.RETRY  # ILLEGAL_GENERATION, member moved on
@@ -97,7 +98,8 @@ def test_a_txn_offset_commit_error_reads_the_same_for_both_producers() -> None:
     assert verdict(82, lambda: True) is v.GROUP_FENCED  # FENCED_INSTANCE_ID
     for code in (15, 16, 7):  # COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, REQUEST_TIMED_OUT
         assert verdict(code, lambda: False) is v.FIND_COORDINATOR
-    for code in (14, 3, 27):  # loading, UNKNOWN_TOPIC_OR_PARTITION, REBALANCE_IN_PROGRESS
+    # loading, UNKNOWN_TOPIC_OR_PARTITION, REBALANCE_IN_PROGRESS, CONCURRENT_TRANSACTIONS
+    for code in (14, 3, 27, 51):
         assert verdict(code, lambda: False) is v.RETRY
     assert verdict(90, lambda: False) is v.PRODUCER_FENCED  # PRODUCER_FENCED
     assert verdict(47, lambda: False) is v.PRODUCER_FENCED  # INVALID_PRODUCER_EPOCH

@@ -77,6 +77,7 @@ COORDINATOR_LOAD_IN_PROGRESS = 14
 COORDINATOR_NOT_AVAILABLE = 15
 NOT_COORDINATOR = 16
 INVALID_PRODUCER_EPOCH = 47
+CONCURRENT_TRANSACTIONS = 51
 
 
 class CommitVerdict(enum.Enum):
@@ -101,8 +102,15 @@ def commit_verdict(code: int, moved_on: Callable[[], bool]) -> CommitVerdict:
     if code in (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, REQUEST_TIMED_OUT):
         return CommitVerdict.FIND_COORDINATOR
     # (a cooperative member keeps its partitions while the group completes a rebalance: the
-    # retry is built with the generation current by then)
-    if code in (COORDINATOR_LOAD_IN_PROGRESS, UNKNOWN_TOPIC_OR_PARTITION, REBALANCE_IN_PROGRESS):
+    # retry is built with the generation current by then; the producer's previous transaction
+    # still completing, KIP-890's verification: retried, as Java's client retries every
+    # retriable code here)
+    if code in (
+        COORDINATOR_LOAD_IN_PROGRESS,
+        UNKNOWN_TOPIC_OR_PARTITION,
+        REBALANCE_IN_PROGRESS,
+        CONCURRENT_TRANSACTIONS,
+    ):
         return CommitVerdict.RETRY
     if code in (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH):
         return CommitVerdict.PRODUCER_FENCED

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
-from streamkit.aiokafka_internals.txn_coordinator import CONCURRENT_TRANSACTIONS
+from streamkit.aiokafka_internals.groups import CONCURRENT_TRANSACTIONS
 
 SEQUENCE_LIMIT = 1 << 31  # sequence numbers wrap to 0 past Int32's maximum
 # retried though aiokafka's classes say otherwise: NETWORK_EXCEPTION, and the previous

@@ -36,6 +36,7 @@ from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals.api_versions import broker_versions
 from streamkit.aiokafka_internals.groups import (
+    CONCURRENT_TRANSACTIONS,
     COORDINATOR_LOAD_IN_PROGRESS,
     COORDINATOR_NOT_AVAILABLE,
     INVALID_PRODUCER_EPOCH,
@@ -55,7 +56,6 @@ from streamkit.aiokafka_internals.groups import (
 
 NONE = 0
 DUPLICATE_SEQUENCE_NUMBER = 46
-CONCURRENT_TRANSACTIONS = 51
 OPERATION_NOT_ATTEMPTED = 55
 FENCED = {PRODUCER_FENCED, INVALID_PRODUCER_EPOCH}
 _RETRY_COORDINATOR = {COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR}
