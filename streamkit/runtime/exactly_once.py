@@ -32,6 +32,11 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    worker's own tasks read leaves this step to the next one (the follow-up, due once they
    are processed: `cadence.py`), unless the last checkpoint left it already, so the
    follow-up's transaction does not wait for SQLite.
+5. Per worker, after the checkpoint that closed tasks for good (a revoke's, the stop's): wait
+   until each of their changelog partitions' last stable offset is past the last offset a
+   committed transaction of theirs wrote there: its commit marker is written, so the next
+   owner's restore, which ends at that offset, holds it (`markers.py`). Per partition the
+   next owner's `InitProducerId` waits for those markers.
 
 Crash before step 3 commits: the broker aborts the open transaction (when the next owner
 registers the id, or at `transaction_timeout_ms`); read_committed readers never see its records,
@@ -67,6 +72,7 @@ from streamkit.runtime import faults
 from streamkit.runtime.cadence import inputs_written
 from streamkit.runtime.checkpoint import partition_times
 from streamkit.runtime.collector import RecordCollector, Sealed
+from streamkit.runtime.markers import MARKERS_TIMEOUT, StableEnds, await_markers
 from streamkit.runtime.sinks import flush_sinks
 from streamkit.runtime.task import Task, TaskState
 from streamkit.runtime.txn_producers import ABORT_TIMEOUT, NoProducer, ProducerSet, WorkerProducer
@@ -135,6 +141,9 @@ class TransactionalCheckpointer:
         self._inputs: Mapping[TopicPartition, Any] = {} if inputs is None else inputs
         self._deferred = False  # the last checkpoint left its store writes to this one
         self._lock = asyncio.Lock()  # the commit loop and a revoke never interleave
+        # per worker: the changelogs' last stable offsets, to wait for a closed task's last
+        # transaction to be readable where its next owner's restore ends (`markers.py`)
+        self.stable_ends: StableEnds | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._times: dict[TopicPartition, str] = {}  # the metadata last committed with them
         self._adopted: list[Task] = []  # created while a checkpoint ran: held until its end
@@ -217,6 +226,8 @@ class TransactionalCheckpointer:
             if task.state is not None and task.state.due(task.status is TaskState.CLOSED, later):
                 due.append(task.state)
         await write_stores(due)
+        if self.stable_ends is not None:  # 5. per worker: a closed task's last transaction
+            await self._readable(snapshots)  # readable by its next owner's restore
         self.last_duration = time.monotonic() - started
         self.checkpoints += 1
         self.total_duration += self.last_duration
@@ -231,6 +242,19 @@ class TransactionalCheckpointer:
                     for itp in snap.task.offsets():
                         self._committed.pop(itp, None)
             raise TransactionFailed(failed)
+
+    async def _readable(self, snapshots: list[_Snapshot]) -> None:
+        """Step 5: the commit markers of the last committed transaction (this one or an
+        earlier) on every changelog partition of the closed tasks of this checkpoint, their
+        last (`markers.await_markers`)."""
+        written: dict[TopicPartition, int] = {}
+        for snap in snapshots:
+            task = snap.task
+            if task.status is TaskState.CLOSED and task.state is not None:
+                for (topic, partition), at in task.state.changelog_committed.items():
+                    written[TopicPartition(topic, partition)] = at
+        if written and self.stable_ends is not None:
+            await await_markers(self.stable_ends, written, MARKERS_TIMEOUT)
 
     def _followed(self, written: Mapping[tuple[str, int], int]) -> bool:
         """Whether this checkpoint's store writes wait for the follow-up: it wrote records

@@ -183,6 +183,7 @@ class Worker:
                 one = WorkerProducer(settings, app.id, self.client_id, self.consumer, pause)
                 self.producers = one
                 self.checkpointer = WorkerTransactionCheckpointer(app.id, one, inputs)
+                self.checkpointer.stable_ends = self.reader.stable_ends  # (`markers.py`)
                 self.tasks.share_collector = True  # one batch per destination per checkpoint
             else:
                 self.producers = TransactionalProducers(settings, app.id, self.client_id)

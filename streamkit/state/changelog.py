@@ -100,6 +100,10 @@ class ChangelogReader:
             self._reader = CompactedReader(self._settings, self._client_id, "restore")
         return self._reader
 
+    async def stable_ends(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The last stable offset of each of `tps`: where step 3 ends a restore."""
+        return await self._compacted().ends(tps)
+
     async def restore(self, store: PartitionStore, sources: dict[str, TopicPartition]) -> int:
         """Replay `sources` into `store`; returns the number of records replayed."""
         request = _Request(store, sources, asyncio.get_running_loop().create_future())

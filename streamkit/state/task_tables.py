@@ -78,6 +78,8 @@ class TaskTables:
         # tasks, opened together, spread their writes over the checkpoints instead of all in one
         self._next_write = time.monotonic() + write_interval * (0.5 + 0.5 * random.random())
         self._offsets: dict[tuple[str, int], int] = {}  # reflected by the unwritten changes
+        # the last offset of each changelog partition in a committed transaction of this task
+        self.changelog_committed: dict[tuple[str, int], int] = {}
         self.writes = 0  # SQLite transactions of checkpoints (tests read it)
 
     async def open_store(self) -> None:
@@ -144,7 +146,7 @@ class TaskTables:
         for t in self.tables:
             ctp = (t.changelog.name, self.partition)
             if ctp in written:
-                offsets[ctp] = written[ctp]
+                offsets[ctp] = self.changelog_committed[ctp] = written[ctp]
         if source_offset is not None:
             topic, partition, offset = source_offset
             offsets[(topic, partition)] = offset
