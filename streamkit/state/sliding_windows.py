@@ -111,7 +111,7 @@ class SlidingPartition:
             if self.wt.emit_mode == "final" and acc is not _MISSING:
                 self._emit(key, end - self._size, end, acc, True, None)
             if end >= 0:  # no tombstone: the store's purge rule deletes it (`closed_rows`)
-                rows.forget(((end, key),))
+                rows.forget((end, key))
             else:
                 rows.remove((end, key))
             self.by_key[key].remove(end)

@@ -9,7 +9,7 @@ first, and too many dirty ones ask for an early checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from streamkit.context import CURRENT_TASK, TaskScope
@@ -130,9 +130,8 @@ class TablePartition:
         self._key_codec = table.key_codec
         self._value_codec = table.value_codec
         self.cache: dict[Any, Any] = {}
-        # changed since the last snapshot → the value, as `cache` holds it (the snapshot reads
-        # no cache); in first-change order (a join's rows, in time order, then reach SQLite
-        # in key order; a set's hash order tripled their cost)
+        # changed since the last snapshot → its value (the snapshot reads no cache), in first-
+        # change order (a join's rows reach SQLite in key order; a hash order tripled the cost)
         self.dirty: dict[Any, Any] = {}
         # A key is checked to belong to this partition when it enters the cache (a read that
         # misses, a write of a new key): once per key while it stays cached, not per access.
@@ -217,9 +216,14 @@ class TablePartition:
         if new:
             self._bound()
 
-    def forget(self, keys: Iterable[Any]) -> None:
-        """Drop `keys` from memory, no tombstone: rows `Table.purge` deletes from the store at
-        its next write (a read may find them until then: the owner reads none)."""
+    def forget(self, key: Any) -> None:
+        """Drop `key` from memory, no tombstone: a row `Table.purge` deletes from the store at
+        its next write (a read may find it until then: the owner reads none)."""
+        self.cache.pop(key, None)
+        self.dirty.pop(key, None)
+
+    def forget_all(self, keys: list[Any]) -> None:
+        """`forget` each of `keys` (a closed window's rows) in one call."""
         cache, dirty = self.cache, self.dirty
         for key in keys:
             cache.pop(key, None)

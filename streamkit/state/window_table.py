@@ -371,7 +371,7 @@ class WindowPartition:
                     if acc is not _MISSING:
                         self._emit(row[1], start, start + self._size, acc, True, None)
             if start >= 0:
-                rows.forget(closed)
+                rows.forget_all(closed)
             else:
                 for row in closed:
                     rows.remove(row)
