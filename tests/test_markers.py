@@ -44,6 +44,11 @@ async def test_the_wait_ends_once_the_transaction_s_marker_is_on_the_partition(u
         assert not await await_markers(reader.stable_ends, {tp: open_row.offset}, 0.3)
         await producer.abort_transaction()
         assert await await_markers(reader.stable_ends, {tp: open_row.offset}, 20)  # aborted
+
+        async def unreachable(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            raise ConnectionError("broker away")
+
+        assert not await await_markers(unreachable, {tp: 0}, 20)  # logged, not raised
     finally:
         await producer.stop()
         await reader.stop()

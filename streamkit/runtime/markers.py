@@ -37,12 +37,18 @@ async def await_markers(
 ) -> bool:
     """Wait until every partition's last stable offset (`stable_ends`) is past the offset its
     committed transaction wrote last (`written`): its commit marker is there. False if some
-    are not after `patience` seconds (logged: the caller goes on)."""
+    are not after `patience` seconds, or the offsets cannot be read (logged: the caller goes
+    on; its transaction committed)."""
     waiting = dict(written)
     deadline = time.monotonic() + patience
     pause = 0.005
     while waiting:
-        stable = await stable_ends(list(waiting))
+        try:
+            left = max(deadline - time.monotonic(), 0.1)
+            stable = await asyncio.wait_for(stable_ends(list(waiting)), left)
+        except Exception as exc:  # the transaction committed: the worker goes on regardless
+            log.warning("could not read the last stable offsets of %s: %s", sorted(waiting), exc)
+            return False
         waiting = {tp: at for tp, at in waiting.items() if stable.get(tp, -1) <= at}
         if not waiting:
             break
