@@ -84,10 +84,15 @@ async def test_a_rebalance_during_the_stop_waits_for_its_final_checkpoint(
         )
         feeder = asyncio.create_task(feed(topic, PARTITIONS, RATE, stop, sent, total=RATE * 6))
         await wait_until(lambda: len(sent) > RATE * 2, within=30, what="events sent")
+        # `a` stops and holds between closing its tasks and its final checkpoint; `c` joins
+        # meanwhile (started once the hold began: its rebalance cannot be over before the
+        # stop, as it could be when `c` was started first)
+        a.signal(signal.SIGTERM)
+        await wait_until(
+            lambda: "test hook: delay-stop-closed" in a.log(), within=30, what="a holding"
+        )
         c = coop_worker(uid, tmp_path, "c", **env).start()
         workers.append(c)
-        await wait_until(lambda: "started: app" in c.log(), within=60, what="c joining")
-        a.signal(signal.SIGTERM)
         await asyncio.to_thread(a.wait, 60)
         log = a.log()
         assert "test hook: delay-stop-closed" in log, log
