@@ -55,6 +55,16 @@ def committed_twice(records: list[Any]) -> list[tuple[int, int]]:
     return sorted(c for c, n in seen.items() if n > 1)
 
 
+async def assert_once_each(out: str, sent: list[int]) -> None:
+    """Exactly once, by input coordinates: the outputs read until all are there, then to the
+    end offsets (read_committed): no input record with two outputs, none without one."""
+    await read_all(out, expect=len(sent), within=90)
+    records = await read_all(out)  # to the end offsets, read_committed
+    twice = committed_twice(records)
+    assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
+    assert sorted(orjson.loads(r.value)["value"] for r in records) == sent
+
+
 def arrivals(watch: OutputWatch, partition: int, pid: int | None = None) -> list[float]:
     return [
         at
@@ -269,11 +279,7 @@ async def test_no_checkpoint_commits_a_revoked_task_s_outputs_without_its_offset
         await wait_until(lambda: not a.alive, within=60, what="a's crash in its revoke")
         assert "test hook: crash-after-revoke-close" in a.log(), a.log()
         await feeder
-        await read_all(out, expect=len(sent), within=90)
-        records = await read_all(out)  # to the end offsets, read_committed
-        twice = committed_twice(records)
-        assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
-        assert sorted(orjson.loads(r.value)["value"] for r in records) == sent
+        await assert_once_each(out, sent)
     finally:
         await teardown(stop, feeder, None, workers)
 

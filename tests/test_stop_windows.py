@@ -18,7 +18,7 @@ import pytest
 
 from tests.kafkahelp import read_all, wait_until
 from tests.rebalancehelp import feed, teardown
-from tests.test_cooperative import PARTITIONS, committed_twice, coop_worker
+from tests.test_cooperative import PARTITIONS, assert_once_each, coop_worker
 
 RATE = 300  # events/s over the partitions
 LONG = os.environ.get("CHAOS_LONG") == "1"  # `make chaos`: every variant
@@ -100,11 +100,7 @@ async def test_a_rebalance_during_the_stop_waits_for_its_final_checkpoint(
         assert "rebalanc" in log.split("test hook: delay-stop-closed", 1)[1], log
         await feeder
         if guarantee == "exactly_once":
-            records = await read_all(out, expect=len(sent), within=90)
-            twice = committed_twice(records)
-            assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
-            records = await read_all(out)  # to the end offsets, read_committed
-            assert sorted(orjson.loads(r.value)["value"] for r in records) == sent
+            await assert_once_each(out, sent)
         else:  # at least once: every input's output, perhaps more than once
             missing = await until_all_out(out, sent)
             assert not missing, f"lost {len(missing)}: {sorted(missing)[:10]}"
@@ -169,11 +165,7 @@ async def test_kill_9_at_each_step_of_the_stop_loses_and_duplicates_nothing(
         workers.append(again.start())
         await feeder
         if guarantee == "exactly_once":
-            records = await read_all(out, expect=len(sent), within=90)
-            twice = committed_twice(records)
-            assert not twice, f"{len(twice)} input records' outputs committed twice: {twice[:10]}"
-            records = await read_all(out)  # to the end offsets, read_committed
-            assert sorted(orjson.loads(r.value)["value"] for r in records) == sent
+            await assert_once_each(out, sent)
         else:
             missing = await until_all_out(out, sent)
             assert not missing, f"lost {len(missing)}: {sorted(missing)[:10]}"
