@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
@@ -22,6 +23,15 @@ import streamkit as sk
 from streamkit.runtime.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+CHAOS_LONG = os.environ.get("CHAOS_LONG") == "1"  # `make chaos`: every variant, long forms
+
+
+def chaos_only(*what: str) -> pytest.MarkDecorator | tuple[()]:
+    """The marks of a variant that only `make chaos` runs (the suite's 20 minutes): skipped
+    in `make test`, saying which."""
+    return () if CHAOS_LONG else pytest.mark.skip(reason=f"make chaos: {'/'.join(what)}")
 
 
 def bootstrap() -> str:
@@ -33,8 +43,10 @@ async def wait_until(
     within: float = 30.0,
     what: str = "condition",
     every: float = 0.1,
+    detail: Callable[[], str] | None = None,
 ) -> None:
-    """Poll `condition` until true; fail with `what` after `within` seconds."""
+    """Poll `condition` until true; fail with `what` after `within` seconds (and what
+    `detail` returns then, e.g. the workers' logs)."""
     deadline = time.monotonic() + within
     while True:
         result = condition()
@@ -43,7 +55,8 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
+            more = "" if detail is None else "\n" + detail()
+            raise AssertionError(f"timed out after {within}s waiting for {what}{more}")
         await asyncio.sleep(every)
 
 

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from tests.chaoshelp import OutputWatch, figures
-from tests.kafkahelp import WorkerProcess, read_all, wait_until
+from tests.kafkahelp import WorkerProcess, chaos_only, read_all, wait_until
 from tests.rebalancehelp import feed, owners, teardown
 
 PARTITIONS = 6
@@ -134,8 +134,10 @@ async def handover(
         ("cooperative", "exactly_once", "raw"),
         ("eager", "exactly_once", "raw"),
         ("cooperative", "at_least_once", "raw"),
-        ("cooperative", "exactly_once", "consumer"),
-        ("eager", "exactly_once", "consumer"),
+        pytest.param(
+            "cooperative", "exactly_once", "consumer", marks=chaos_only("cooperative/consumer")
+        ),
+        pytest.param("eager", "exactly_once", "consumer", marks=chaos_only("eager/consumer")),
     ],
 )
 async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
@@ -203,7 +205,11 @@ async def test_a_cooperative_rebalance_keeps_the_partitions_that_stay_running(
 
 @pytest.mark.parametrize(
     ("victim", "producers"),
-    [("revoking", "per_worker"), ("joining", "per_worker"), ("revoking", "per_partition")],
+    [
+        ("revoking", "per_worker"),
+        pytest.param("joining", "per_worker", marks=chaos_only("joining/per_worker")),
+        pytest.param("revoking", "per_partition", marks=chaos_only("revoking/per_partition")),
+    ],
 )
 async def test_kill_9_during_a_cooperative_rebalance_loses_and_duplicates_nothing(
     uid: str, tmp_path: Path, victim: str, producers: str

@@ -17,6 +17,7 @@ import streamkit as sk
 from streamkit.runtime.dlq import describe
 from tests.kafkahelp import (
     WorkerProcess,
+    chaos_only,
     committed,
     create_topic,
     end_offsets,
@@ -147,7 +148,11 @@ async def test_a_watermark_after_key_by_waits_for_the_slowest_upstream_but_not_a
     assert len(rest) == 8, "a window was emitted twice"
 
 
-@pytest.mark.parametrize("new_disk", [False, True], ids=["same-disk", "new-disk"])
+@pytest.mark.parametrize(
+    "new_disk",
+    [False, pytest.param(True, marks=chaos_only("new-disk"))],
+    ids=["same-disk", "new-disk"],
+)
 async def test_a_kill_9_mid_window_gives_every_final_result_once_and_every_late_event_once(
     uid: str, tmp_path: Path, new_disk: bool
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from streamkit.state import inspect as inspect_state
 from tests.chaoshelp import OutputWatch, figures, summary
-from tests.kafkahelp import WorkerProcess, read_all, wait_until
+from tests.kafkahelp import WorkerProcess, chaos_only, read_all, wait_until
 from tests.rebalancehelp import held
 from tests.shophelp import (
     assert_exactly_once,
@@ -162,18 +162,17 @@ CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
 CHAOS_EVENTS = int(os.environ.get("CHAOS_EVENTS", "6000"))
 
 
-@pytest.mark.parametrize("fetch_path", ["raw", "consumer"])
+@pytest.mark.parametrize(
+    "fetch_path", ["raw", pytest.param("consumer", marks=chaos_only("consumer"))]
+)
 async def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
     uid: str, tmp_path: Path, fetch_path: str
 ) -> None:
     """Three workers; one of them, chosen at random, is killed with SIGKILL at a random moment
     and restarted on its own workdir, again and again, while purchases flow in (on either
-    fetch path: the raw one, and aiokafka's consumer, the reference). The reference path
-    takes a quarter of the kills in `make test` (the suite's time), all of them in `make
-    chaos`."""
+    fetch path: the raw one, and aiokafka's consumer, the reference, which only `make chaos`
+    runs: the suite's time)."""
     kills = CHAOS_KILLS
-    if fetch_path == "consumer" and not os.environ.get("CHAOS_LONG"):
-        kills = max(5, CHAOS_KILLS // 4)
     seed = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     rows = purchases(CHAOS_EVENTS, seed=seed)

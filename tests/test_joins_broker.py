@@ -20,6 +20,7 @@ from streamkit.runtime.dlq import describe
 from tests.kafkahelp import (
     WorkerProcess,
     bootstrap,
+    chaos_only,
     create_topic,
     produce,
     read_all,
@@ -121,7 +122,11 @@ def _oracle(rows: list[tuple[str, str, int, int]], within_ms: int) -> collection
     return out
 
 
-@pytest.mark.parametrize("new_disk", [False, True], ids=["same-disk", "new-disk"])
+@pytest.mark.parametrize(
+    "new_disk",
+    [False, pytest.param(True, marks=chaos_only("new-disk"))],
+    ids=["same-disk", "new-disk"],
+)
 async def test_a_kill_9_mid_join_gives_every_join_result_exactly_once(
     uid: str, tmp_path: Path, new_disk: bool
 ) -> None:

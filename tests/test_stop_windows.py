@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.kafkahelp import read_all, wait_until
+from tests.kafkahelp import chaos_only, read_all, wait_until
 from tests.rebalancehelp import feed, teardown
 from tests.test_cooperative import PARTITIONS, assert_once_each, coop_worker
 
 RATE = 300  # events/s over the partitions
-LONG = os.environ.get("CHAOS_LONG") == "1"  # `make chaos`: every variant
 
 
 async def until_all_out(out: str, sent: list[int], within: float = 90.0) -> set[int]:
@@ -36,10 +34,6 @@ async def until_all_out(out: str, sent: list[int], within: float = 90.0) -> set[
     with contextlib.suppress(AssertionError):  # (timed out: the caller reports what is missing)
         await wait_until(covered, within=within, what="every input's output", every=1.0)
     return missing
-
-
-def chaos_only(*values: str) -> pytest.MarkDecorator | tuple[()]:
-    return () if LONG else pytest.mark.skip(reason=f"make chaos: {'/'.join(values)}")
 
 
 @pytest.mark.parametrize(
