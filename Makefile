@@ -11,7 +11,8 @@ PG := $(PY) -m streamkit.localpg run --
 
 .PHONY: demo test lint unit chaos soak kafka-up kafka-down kafka-status bench clean chromium postgres
 
-$(STAMP): pyproject.toml
+# (setup.py, _records.c: the native record reader, built in place by the editable install)
+$(STAMP): pyproject.toml setup.py streamkit/aiokafka_internals/_records.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -10,7 +10,8 @@ Kafka's perf tools as ceilings.
 
 This module is the systems (each one a command line reading the same environment, see
 bench/peers/__init__.py; `streamkit xW` runs W streamkit worker processes in one group,
-`kafka streams xT` one Kafka Streams JVM with T stream threads) and the command line;
+`kafka streams xT` one Kafka Streams JVM with T stream threads, `streamkit pure-python` one
+worker reading record batches with aiokafka's reader only) and the command line;
 bench/runner.py times and checks the runs, bench/observer.py reads the output and keeps its
 time series (start-up, steady rate), bench/report.py tabulates and plots.
 
@@ -60,6 +61,9 @@ DEFAULT = [s for s in SYSTEMS if s != "faust"]
 WARM_UP = 1_000_000
 WORKERS = re.compile(r"streamkit x(\d+)")  # `streamkit x2`: two worker processes
 THREADS = re.compile(r"kafka streams x(\d+)")  # `kafka streams x2`: two stream threads
+# streamkit reading every record batch with aiokafka's reader (STREAMKIT_PURE_PYTHON=1), not its
+# own C one: the reference path, and what the native reader saves
+PURE = "streamkit pure-python"
 
 
 def processes(system: str) -> int:
@@ -70,7 +74,7 @@ def processes(system: str) -> int:
 
 def plain(system: str) -> str:
     """The system without its processes or threads (`streamkit x2` → `streamkit`)."""
-    if WORKERS.fullmatch(system):
+    if WORKERS.fullmatch(system) or system == PURE:
         return "streamkit"
     if THREADS.fullmatch(system):
         return "kafka streams"
@@ -80,6 +84,8 @@ def plain(system: str) -> str:
 def command(system: str) -> list[str]:
     if threads := THREADS.fullmatch(system):  # one JVM, `num.stream.threads` of them
         return ["env", f"BENCH_THREADS={threads.group(1)}", *command("kafka streams")]
+    if system == PURE:
+        return ["env", "STREAMKIT_PURE_PYTHON=1", *command("streamkit")]
     system = plain(system)
     if system == "raw two-hop":
         return [sys.executable, "-m", "bench.peers.raw_twohop"]

@@ -27,7 +27,7 @@ from aiokafka.structs import TopicPartition
 
 from bench.common import PARTITIONS, bootstrap
 from bench.pipelines import Oracle, Workload
-from streamkit.aiokafka_internals import FetchSession, RawClient
+from streamkit.aiokafka_internals import FetchSession, RawClient, input_records
 from streamkit.runtime.fetch import MAX_WAIT_MS, MIN_BYTES, PARTITION_BYTES, RESPONSE_BYTES
 
 GRID_S = 0.1  # resampling step of the output count (s)
@@ -151,10 +151,8 @@ class Observer:
         oracle, seen_at, unjudged = self.oracle, self.seen_at, self._unjudged
         self._unjudged = []  # what `run` reads from now on waits for the next call
         for now, batch, start in unjudged:
-            for record in batch:
-                if record.offset < start:
-                    continue
-                i = oracle.observe(orjson.loads(record.value))
+            for record in input_records("", 0, [batch], start, 1 << 62):
+                i = oracle.observe(orjson.loads(record.value or b"null"))
                 if i is not None and i not in seen_at:
                     seen_at[i] = now
             if self.complete_at is None and oracle.complete():

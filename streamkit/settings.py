@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         description=(
             "How a worker reads its input partitions. raw (the default): its own "
             "read_committed Fetch requests, one per partition leader, the next in flight while "
-            "the tasks process the last, records read with aiokafka's C record reader. "
+            "the tasks process the last, records read in one pass in C (streamkit's record "
+            "reader; compressed batches, and all with STREAMKIT_PURE_PYTHON=1, by aiokafka's). "
             "consumer: aiokafka's consumer fetcher (getmany), the reference. Both leave the "
             "group membership, assignment and offset commits to aiokafka's consumer."
         ),
@@ -399,6 +400,7 @@ NOT_SETTINGS = frozenset(
         "STREAMKIT_KAFKA_CACHE",
         "STREAMKIT_KAFKA_DATA",
         "STREAMKIT_KAFKA_STATE",
+        "STREAMKIT_PURE_PYTHON",
         "STREAMKIT_TEST_DELAY",
         "STREAMKIT_TEST_HOOK",
     }

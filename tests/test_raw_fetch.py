@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 import streamkit as sk
-from streamkit.aiokafka_internals import FetchSession, RawClient, input_records
+from streamkit.aiokafka_internals import FetchSession, RawClient, input_records, records
 from tests.kafkahelp import bootstrap, create_topic, end_offsets, produce, read_all, running
 
 FIELDS = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value", "headers")
@@ -68,7 +68,14 @@ async def _consumed(topic: str, end: int) -> list[Any]:
     return records
 
 
-async def test_the_raw_fetch_reads_what_a_read_committed_consumer_reads(uid: str) -> None:
+@pytest.mark.parametrize("reader", ["native", "reference"])
+async def test_the_raw_fetch_reads_what_a_read_committed_consumer_reads(
+    uid: str, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(`reader`: the batches read by `_records.c`, or all by aiokafka's reader.)"""
+    if reader == "native" and not records.BUILT:
+        pytest.skip("the extension was not built")
+    monkeypatch.setattr(records, "NATIVE", reader == "native")
     topic = f"raw-{uid}"
     await create_topic(topic, 1)
     await _write(topic)

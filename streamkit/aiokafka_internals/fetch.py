@@ -6,8 +6,8 @@ is here is not public, so an aiokafka upgrade is checked against this package al
 nothing from streamkit outside it: connection options come in as the keyword arguments every
 client is built with (`streamkit.clients.connection_options`).
 
-- `RawClient`: read_committed Fetch requests whose record batches are walked with aiokafka's C
-  record reader (`records.committed_batches`: control batches and aborted transactions
+- `RawClient`: read_committed Fetch requests whose record batches are walked by their headers
+  (`records.committed_batches`: control batches and aborted transactions
   skipped as a read_committed consumer does, KIP-98): `fetch`, keys and values for the
   compacted-topic reader; `fetch_input`, one leader's batches for the input partitions'
   fetch path (`runtime/fetch.py`), in an incremental fetch session (`sessions.py`).
@@ -46,7 +46,7 @@ from aiokafka.protocol.types import (
 )
 from aiokafka.structs import TopicPartition
 
-from streamkit.aiokafka_internals.records import committed_batches
+from streamkit.aiokafka_internals.records import Batch, batch_rows, committed_batches
 from streamkit.aiokafka_internals.sessions import FetchSession
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
@@ -79,7 +79,7 @@ class InputFetched:
     answered with an error a metadata refresh cures (a moved leader): nothing read, ask again
     (the refresh is under way)."""
 
-    batches: list[Any]
+    batches: list[Batch]
     start: int
     next_offset: int
     last_stable: int = -1  # the last stable offset: where a read_committed reader ends
@@ -404,15 +404,7 @@ class RawClient:
         batches, out.next_offset = committed_batches(data[-1], aborted, offset)
         rows = out.rows
         for batch in batches:
-            if times is None:
-                for record in batch:
-                    if record.offset >= offset:
-                        rows.append((record.key, record.value))
-            else:
-                for record in batch:
-                    if record.offset >= offset:
-                        rows.append((record.key, record.value))
-                        times.append(record.timestamp)
+            batch_rows(batch, offset, rows, times)
             if batch.max_timestamp > out.max_timestamp:
                 out.max_timestamp = batch.max_timestamp
         return out

@@ -4,11 +4,12 @@ Two paths, `Settings.fetch_path`; both leave the group membership, the assignmen
 offset commits to aiokafka's consumer:
 
 - `RawFetch` (`raw`, the default): streamkit's own read_committed Fetch requests
-  (`aiokafka_internals.RawClient.fetch_input`), records read with aiokafka's C record reader
-  into light `InputRecord`s. The consumer fetches none of these partitions: each is paused on
-  it as it is assigned, and the consumer is polled (its `max_poll_interval_ms` counts the time
-  between polls) for a partition it never holds, so it hands out no record and its positions
-  stay where the assignment put them.
+  (`aiokafka_internals.RawClient.fetch_input`), records read in one pass in C into light
+  `InputRecord`s (`aiokafka_internals/_records.c`; aiokafka's reader for compressed batches).
+  The consumer fetches none of these partitions: each is paused on it as it is assigned, and
+  the consumer is polled (its `max_poll_interval_ms` counts the time between polls) for a
+  partition it never holds, so it hands out no record and its positions stay where the
+  assignment put them.
 
   1. At assignment, a partition's position is the consumer's (`position()`): the committed
      offset, the reset policy's where there is none, or the exactly-once seek.
