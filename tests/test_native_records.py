@@ -140,3 +140,10 @@ def test_a_damaged_batch_is_an_error_never_a_crash(batches: list[Any], data: Any
     ):
         with contextlib.suppress(ValueError):  # (a header key not UTF-8 is one too)
             reading()
+
+
+def test_a_batch_shorter_than_its_header_is_an_error() -> None:
+    data = bytearray(build([([(b"k", b"v", [], 0, 1)], 0, False)])[0])
+    struct.pack_into(">i", data, 8, 20)  # 20 bytes after the length: no room for a v2 header
+    with pytest.raises(ValueError, match="malformed record batch"):
+        committed_batches(bytes(data[:32]), None, 0)

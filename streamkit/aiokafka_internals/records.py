@@ -122,13 +122,15 @@ def committed_batches(
         return kept, offset
     view, size, pos = memoryview(data), len(data), 0
     unpack, header = _HEADER.unpack_from, _HEADER.size
-    while pos + header <= size:
+    while pos + _LOG_OVERHEAD <= size:
         length = int.from_bytes(view[pos + 8 : pos + 12], "big", signed=True)
         end = pos + _LOG_OVERHEAD + length
         if end > size:  # a partial batch at the end of the response
             break
         span = view[pos:end]
         pos = end
+        if length < header - _LOG_OVERHEAD and (length < 5 or span[16] == 2):
+            raise ValueError(f"malformed record batch: {length} bytes after its length")
         if span[16] != 2:  # an older format (no transactions, no max timestamp): aiokafka's
             legacy = MemoryRecords(bytes(span)).next_batch()
             base = int.from_bytes(span[:8], "big", signed=True)
