@@ -163,6 +163,24 @@ bytes_or_none(const unsigned char *at, int64_t len)
     return PyBytes_FromStringAndSize((const char *)at, (Py_ssize_t)len);
 }
 
+/* (key, value): a new pair that takes over `key` (NULL: its error is already set). */
+static PyObject *
+pair_with(PyObject *key, const unsigned char *v, int64_t vlen)
+{
+    if (key == NULL)
+        return NULL;
+    PyObject *value = bytes_or_none(v, vlen);
+    PyObject *pair = value == NULL ? NULL : PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, key);
+    PyTuple_SET_ITEM(pair, 1, value);
+    return pair;
+}
+
 static PyObject *
 headers_of(Record *rec)
 {
@@ -185,17 +203,8 @@ headers_of(Record *rec)
             fail("a header without a key");
             goto error;
         }
-        PyObject *key = PyUnicode_DecodeUTF8((const char *)k, (Py_ssize_t)klen, "strict");
-        if (key == NULL)
-            goto error;
-        PyObject *value = bytes_or_none(v, vlen);
-        if (value == NULL) {
-            Py_DECREF(key);
-            goto error;
-        }
-        PyObject *pair = PyTuple_Pack(2, key, value);
-        Py_DECREF(key);
-        Py_DECREF(value);
+        PyObject *pair =
+            pair_with(PyUnicode_DecodeUTF8((const char *)k, (Py_ssize_t)klen, "strict"), v, vlen);
         if (pair == NULL)
             goto error;
         PyTuple_SET_ITEM(tuple, (Py_ssize_t)i, pair);
@@ -307,17 +316,7 @@ rows(PyObject *module, PyObject *args)
             goto error;
         if (rec.offset < start)
             continue;
-        PyObject *key = bytes_or_none(rec.key, rec.key_len);
-        if (key == NULL)
-            goto error;
-        PyObject *value = bytes_or_none(rec.value, rec.value_len);
-        if (value == NULL) {
-            Py_DECREF(key);
-            goto error;
-        }
-        PyObject *pair = PyTuple_Pack(2, key, value);
-        Py_DECREF(key);
-        Py_DECREF(value);
+        PyObject *pair = pair_with(bytes_or_none(rec.key, rec.key_len), rec.value, rec.value_len);
         if (pair == NULL)
             goto error;
         int appended = PyList_Append(out, pair);
