@@ -1,6 +1,8 @@
-"""The one compiled part: `streamkit/aiokafka_internals/_records.c`, the native reader of
-uncompressed record batches. Optional: without a C compiler the package installs, and reads
-every batch with aiokafka's reader (`records.py`). The rest of the metadata: pyproject.toml."""
+"""The compiled parts: `streamkit/aiokafka_internals/_records.c`, the native reader of
+uncompressed record batches, and `_batches.c`, the collector's per-record calls. Optional:
+without a C compiler the package installs, reads every batch with aiokafka's reader
+(`records.py`) and adds records in Python (`batches.py`). The rest of the metadata:
+pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -10,6 +12,11 @@ setup(
             "streamkit.aiokafka_internals._records",
             ["streamkit/aiokafka_internals/_records.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "streamkit.aiokafka_internals._batches",
+            ["streamkit/aiokafka_internals/_batches.c"],
+            optional=True,
+        ),
     ]
 )

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import streamkit as sk
+from streamkit.aiokafka_internals import router
 from streamkit.runtime.collector import RecordCollector
 from streamkit.runtime.dlq import describe
 from streamkit.runtime.event_clock import EventClock
@@ -334,11 +335,22 @@ class ListCollector:
     ) -> bool:
         return self.append(tp[0], key, value, headers=headers, partition=tp[1])
 
-    def keyed(self, topic: str) -> Callable[[bytes | None, bytes | None, int | None], bool]:
-        def keyed(key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> bool:
-            return self.append(topic, key, value, timestamp_ms=timestamp_ms)
+    def keyed(self, topic: str) -> Callable[..., bool]:
+        def keyed(
+            key: bytes | None, value: bytes | None, timestamp_ms: int | None, headers: Any = None
+        ) -> bool:
+            return self.append(topic, key, value, headers=headers, timestamp_ms=timestamp_ms)
 
         return keyed
+
+    def keyed_router(
+        self,
+        tps: list[tuple[str, int]],
+        known: dict[bytes, int],
+        place: Callable[[bytes], int],
+        keyless: Callable[[bytes | None, int | None, Any], bool],
+    ) -> Callable[..., bool]:
+        return router(self.add, tps, known, place, keyless)  # the Python one: `add` is ours
 
     async def submit(self) -> None:
         return None

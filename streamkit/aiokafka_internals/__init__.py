@@ -4,20 +4,28 @@ against; nothing else in streamkit imports them. `fetch`: raw Fetch, ListOffsets
 for the reader of compacted topics and for the input partitions' fetch path, the connection
 probe. `records`: a fetch response's read_committed batches, read with aiokafka's C record
 reader, and the input partitions' `InputRecord`. `sessions`: incremental fetch sessions
-(KIP-227) for the input partitions' fetch. `groups`: group fencing of
-transactional offset commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata,
-OffsetFetch with `require_stable`, the consumer's metadata refreshed until it knows the
-topics. `cooperative`: incremental cooperative rebalancing (KIP-429) on aiokafka's eager group
-coordinator. `batches`: the producer's batches filled through aiokafka's C record builder, without
-its per-record Python wrapper. `txn_producer`: streamkit's own transactional producer for the
-per-worker producers, on aiokafka's client, with Produce encoded and decoded by hand
-(`produce`), its coordinator requests in `txn_coordinator`, transaction version 2 (KIP-890)
-when the cluster's finalized features (`api_versions`, ApiVersions v3) have it. None imports
-anything from streamkit."""
+(KIP-227) for the input partitions' fetch. `groups`: group fencing of transactional offset
+commits (KIP-447, TxnOffsetCommit v3), the consumer's group metadata, OffsetFetch with
+`require_stable`, the consumer's metadata refreshed until it knows the topics. `cooperative`:
+incremental cooperative rebalancing (KIP-429) on aiokafka's eager group coordinator. `batches`:
+the producer's batches filled through aiokafka's C record builder, without its per-record
+Python wrapper, and the collector's per-record calls (in C when built). `txn_producer`:
+streamkit's own transactional producer for the per-worker producers, on aiokafka's client, with
+Produce encoded and decoded by hand (`produce`), its coordinator requests in `txn_coordinator`,
+transaction version 2 (KIP-890) when the cluster's finalized features (`api_versions`,
+ApiVersions v3) have it. None imports anything from streamkit."""
 
 from __future__ import annotations
 
-from streamkit.aiokafka_internals.batches import BATCH_ATTRIBUTES, OpenBatch
+from streamkit.aiokafka_internals.batches import (
+    BATCH_ATTRIBUTES,
+    NATIVE_BATCHES,
+    Add,
+    OpenBatch,
+    Route,
+    adder,
+    router,
+)
 from streamkit.aiokafka_internals.cooperative import (
     ASSIGNMENT_ATTRIBUTES,
     COOPERATIVE_COORDINATOR_ATTRIBUTES,
@@ -95,6 +103,7 @@ __all__ = [
     "GROUP_FENCING_ERRORS",
     "ILLEGAL_GENERATION",
     "LATEST",
+    "NATIVE_BATCHES",
     "NO_GENERATION",
     "OFFSET_OUT_OF_RANGE",
     "PARTITION_BYTES",
@@ -104,6 +113,7 @@ __all__ = [
     "UNKNOWN_MEMBER_ID",
     "UNSTABLE_OFFSET_COMMIT",
     "_TAGS",
+    "Add",
     "CommitVerdict",
     "Commits",
     "CooperativeRebalance",
@@ -122,10 +132,12 @@ __all__ = [
     "OffsetsUnstable",
     "OpenBatch",
     "RawClient",
+    "Route",
     "StableOffsetFetchRequest",
     "TransactionalProducer",
     "TxnOffsetCommitRequest_v3",
     "TxnOffsetCommitResponse_v3",
+    "adder",
     "check_consumer",
     "check_coordinator",
     "check_producer",
@@ -141,5 +153,6 @@ __all__ = [
     "moved_on",
     "probe_connection",
     "producer_identity",
+    "router",
     "stable_commits_once",
 ]

@@ -2,6 +2,8 @@
 
 `append` is synchronous and cheap (encode is done by the caller, the record goes into an
 aiokafka `BatchBuilder` through its C record builder: `aiokafka_internals/batches.py`);
+`add` (a known partition) and the functions `keyed` makes (a record to its key's partition)
+are the hot path's, done in C in the common case (`batches.adder`, `batches.router`);
 `submit` hands open batches to the producer without waiting for the broker; `flush` submits
 and then waits for every delivery, raising the first failure.
 
@@ -20,7 +22,7 @@ from typing import Any
 
 from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError
 
-from streamkit.aiokafka_internals import OpenBatch
+from streamkit.aiokafka_internals import Add, OpenBatch, Route, adder, router
 from streamkit.events import Headers
 from streamkit.keys import partition_for_key, partition_of
 
@@ -41,6 +43,11 @@ _NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: the builder only rea
 
 
 class RecordCollector:
+    # `add(tp, key, value, headers, timestamp_ms)`: `append` to a known partition, positional:
+    # the hot path's (an exchange, a sink, a changelog and an agent's output call it once per
+    # record). True when a batch filled up. `_add` in C for the common case (`batches.adder`).
+    add: Add
+
     def __init__(
         self,
         producer: Any,
@@ -58,7 +65,8 @@ class RecordCollector:
         self._transactional = transactional
         self.error: ProduceFailed | None = None
         self._partition_counts = partition_counts
-        self._open: dict[tuple[str, int], OpenBatch] = {}
+        self._open: dict[tuple[str, int], OpenBatch] = {}  # cleared, never replaced (`adder`)
+        self.add = adder(self._open, self._add)
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[tuple[int, asyncio.Future[Any]]] = []  # (records, future)
         self._sticky: dict[str, int] = {}  # keyless records: one partition per batch
@@ -92,7 +100,7 @@ class RecordCollector:
                     partition = self._next_sticky(topic)
         return self.add((topic, partition), key, value, headers, timestamp_ms)
 
-    def add(
+    def _add(
         self,
         tp: tuple[str, int],
         key: bytes | None,
@@ -100,8 +108,7 @@ class RecordCollector:
         headers: Headers | None,
         timestamp_ms: int | None,
     ) -> bool:
-        """`append` to a known partition, positional: the hot path's (an exchange, a sink and
-        an agent's output call it once per record). True when a batch filled up."""
+        """`add` in Python: every case (a batch to open, one that filled up, headers to copy)."""
         batch = self._open.get(tp)
         if batch is None:
             batch = self._open[tp] = OpenBatch(self._producer.create_batch())
@@ -123,25 +130,33 @@ class RecordCollector:
             self._next_sticky(topic)
         return True
 
-    def keyed(self, topic: str) -> Callable[[bytes | None, bytes | None, int | None], bool]:
+    def keyed(self, topic: str) -> Route:
         """`append` for records of `topic` that keep their key (a sink, an agent's output):
-        one function per topic, positional, with the key's partition remembered. Keyless
-        records go as `append` sends them."""
+        `(key, value, timestamp_ms, headers=None)`, one function per topic, positional, with
+        the key's partition remembered. Keyless records go as `append` sends them."""
         tps: list[tuple[str, int]] = []  # filled on the first keyed record
         known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
-        add, append, counts = self.add, self.append, self._partition_counts
+        append, counts = self.append, self._partition_counts
 
-        def keyed(key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> bool:
-            if key is None:
-                return append(topic, None, value, timestamp_ms=timestamp_ms)
-            partition = known.get(key)
-            if partition is None:
-                if not tps:
-                    tps.extend((topic, p) for p in range(counts[topic]))
-                partition = partition_of(known, key, len(tps))
-            return add(tps[partition], key, value, None, timestamp_ms)
+        def place(key: bytes) -> int:
+            if not tps:
+                tps.extend((topic, p) for p in range(counts[topic]))
+            return partition_of(known, key, len(tps))
 
-        return keyed
+        def keyless(value: bytes | None, timestamp_ms: int | None, headers: Any) -> bool:
+            return append(topic, None, value, headers=headers, timestamp_ms=timestamp_ms)
+
+        return router(self.add, tps, known, place, keyless)
+
+    def keyed_router(
+        self,
+        tps: list[tuple[str, int]],
+        known: dict[bytes, int],
+        place: Callable[[bytes], int],
+        keyless: Callable[[bytes | None, int | None, Any], bool],
+    ) -> Route:
+        """A router of the caller's own (an exchange's `key_by`): `batches.router` on `add`."""
+        return router(self.add, tps, known, place, keyless)
 
     def _next_sticky(self, topic: str) -> int:
         previous = self._sticky.get(topic, -1)
@@ -192,7 +207,7 @@ class RecordCollector:
         if (not self._open and not self._full) or not self._released.is_set():
             return
         self._full.extend((t, p, b.closed()) for (t, p), b in self._open.items())
-        self._open = {}
+        self._open.clear()
         for topic in self._sticky:  # the next keyless batch goes to the next partition
             self._next_sticky(topic)
         await self.submit_full()
@@ -213,7 +228,8 @@ class RecordCollector:
         stopped at an event boundary."""
         batches = [*self._full, *((t, p, b.closed()) for (t, p), b in self._open.items())]
         sealed = Sealed(batches, self._in_flight)
-        self._full, self._open, self._in_flight = [], {}, []
+        self._full, self._in_flight = [], []
+        self._open.clear()
         for topic in self._sticky:
             self._next_sticky(topic)
         self._released.clear()
@@ -247,7 +263,7 @@ class RecordCollector:
         """Drop what was not submitted yet (a fenced or failed task's outputs)."""
         for _, fut in self._in_flight:
             fut.add_done_callback(_retrieve)
-        self._open = {}
+        self._open.clear()
         self._full = []
         self._in_flight = []
         self._released.set()

@@ -80,23 +80,26 @@ class Router:
         assert key_of is not None
         encode_key, encode_value = dumps(output.key_codec), dumps(output.value_codec)
         raw = self.raw
-        add = host.collector.add
         tps = [(topic, p) for p in range(count)]  # the tuples the collector's batches key on
         known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
 
+        def place(key: bytes) -> int:
+            return partition_of(known, key, count)
+
+        def keyless(value: bytes | None, timestamp_ms: int | None, headers: Any) -> bool:
+            raise ValueError(f"key_by to {topic!r}: the key encodes to None")
+
+        # (key, value, timestamp, headers) to the key's partition, in C when built
+        route = host.collector.keyed_router(tps, known, place, keyless)
+
         def key_by(value: Any) -> None:
             rec = host.record
-            key = encode_key(key_of(value))
             ts = host.event_ts
-            partition = known.get(key)
-            if partition is None:
-                partition = partition_of(known, key, count)
-            if add(
-                tps[partition],
-                key,
+            if route(
+                encode_key(key_of(value)),
                 rec.value if raw else None if value is None else encode_value(value),
-                rec.headers,
                 rec.timestamp if ts is None else ts,
+                rec.headers,
             ):
                 host.full = True
 
