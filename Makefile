@@ -11,8 +11,8 @@ PG := $(PY) -m streamkit.localpg run --
 
 .PHONY: demo test lint unit chaos soak kafka-up kafka-down kafka-status bench clean chromium postgres
 
-# (setup.py, _records.c and _batches.c: the native reader and adder, built in place by the editable install)
-$(STAMP): pyproject.toml setup.py streamkit/aiokafka_internals/_records.c streamkit/aiokafka_internals/_batches.c
+# (setup.py and its C sources: built in place by the editable install)
+$(STAMP): pyproject.toml setup.py streamkit/aiokafka_internals/_records.c streamkit/aiokafka_internals/_batches.c streamkit/runtime/_keyby.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -112,6 +112,7 @@ class ExchangeNode(Node):
     value_type: Any = None
     seed: int | None = None
     output: Topic | None = None
+    key_field: str | None = None  # key_by("name"): the field the key is (`key` gets it)
 
     @property
     def label(self) -> str:
@@ -305,6 +306,7 @@ class Stream(Generic[T]):
                 label,
                 key_type=key_type,
                 value_type=value_type,
+                key_field=key if isinstance(key, str) else None,
             )
         )
 

@@ -2,6 +2,8 @@
 
 A router is per task (per producing partition), so rebalance's round-robin counter and
 shuffle's random generator are the task's own: rebalance counts differ by at most one per task.
+A key_by's per-value call runs in C when built (`_keyby.c`, `KeyBy`; its Python closure in
+`Router.bind` is the reference, and what runs with STREAMKIT_PURE_PYTHON=1).
 """
 
 from __future__ import annotations
@@ -10,9 +12,17 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from streamkit.aiokafka_internals import NATIVE_BATCHES
 from streamkit.keys import partition_for_key, partition_of
 from streamkit.runtime.collector import RecordCollector
-from streamkit.serde import dumps
+from streamkit.serde import StrCodec, dumps
+
+try:
+    from streamkit.runtime._keyby import KeyBy
+
+    NATIVE_KEY_BY = NATIVE_BATCHES  # built, and not turned off (STREAMKIT_PURE_PYTHON=1)
+except ImportError:  # pragma: no cover (no C compiler where it was installed)
+    NATIVE_KEY_BY = False
 from streamkit.streams import ExchangeNode
 from streamkit.topics import Topic
 
@@ -91,6 +101,13 @@ class Router:
 
         # (key, value, timestamp, headers) to the key's partition, in C when built
         route = host.collector.keyed_router(tps, known, place, keyless)
+        if NATIVE_KEY_BY:  # what `key_by` below does, in C (`_keyby.c`)
+            utf8_keys = type(output.key_codec) is StrCodec  # a str key: its UTF-8, as `encode_key`
+            native: Callable[[Any], None] = KeyBy(
+                host, route, self.exchange.key_field, key_of, encode_key, utf8_keys, raw,
+                encode_value,
+            )  # fmt: skip
+            return native
 
         def key_by(value: Any) -> None:
             rec = host.record
