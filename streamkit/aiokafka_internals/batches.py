@@ -85,11 +85,11 @@ Add = Callable[[tuple[str, int], bytes | None, bytes | None, Any, int | None], b
 Route = Callable[..., bool]
 
 
-def adder(open_batches: dict[tuple[str, int], OpenBatch], slow: Add, native: bool = True) -> Add:
+def adder(open_batches: dict[tuple[str, int], OpenBatch], slow: Add) -> Add:
     """The collector's `add`: `slow` (its Python code), with the common case in C when built.
     `open_batches` must stay the collector's one dict of open batches (cleared, never
     replaced): the C side holds it."""
-    if native and NATIVE_BATCHES:
+    if NATIVE_BATCHES:
         add: Add = _batches.Adder(open_batches, slow, OpenBatch, _SLOTS)
         return add
     return slow

@@ -146,7 +146,7 @@ class RecordCollector:
         def keyless(value: bytes | None, timestamp_ms: int | None, headers: Any) -> bool:
             return append(topic, None, value, headers=headers, timestamp_ms=timestamp_ms)
 
-        return router(self.add, tps, known, place, keyless)
+        return self.keyed_router(tps, known, place, keyless)
 
     def keyed_router(
         self,

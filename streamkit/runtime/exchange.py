@@ -16,6 +16,8 @@ from streamkit.aiokafka_internals import NATIVE_BATCHES
 from streamkit.keys import partition_for_key, partition_of
 from streamkit.runtime.collector import RecordCollector
 from streamkit.serde import StrCodec, dumps
+from streamkit.streams import ExchangeNode
+from streamkit.topics import Topic
 
 try:
     from streamkit.runtime._keyby import KeyBy
@@ -23,8 +25,6 @@ try:
     NATIVE_KEY_BY = NATIVE_BATCHES  # built, and not turned off (STREAMKIT_PURE_PYTHON=1)
 except ImportError:  # pragma: no cover (no C compiler where it was installed)
     NATIVE_KEY_BY = False
-from streamkit.streams import ExchangeNode
-from streamkit.topics import Topic
 
 
 class Router:
