@@ -43,6 +43,7 @@ _HEAD = struct.Struct(">Bq")  # matched, source offset; then the value's bytes
 _WM = struct.Struct(">q")
 _TIME = struct.Struct(">Bq")  # side, event time: the prefix of a row's key
 _TIME_MIN, _TIME_MAX = -(2**63), 2**63 - 1
+_HEAD_SIZE = _HEAD.size
 WATERMARK_ROW = _ROW.pack(255, 0, 0)  # the reserved row's key
 
 # (key bytes, event time, left value, right value (None: unmatched), source offset of the
@@ -161,6 +162,7 @@ class JoinPartition:
         self._lo, self._hi = (lo_l, lo_r), (hi_l, hi_r)
         self._final_after = (spec.final_after(LEFT, 0), spec.final_after(RIGHT, 0))
         self._keeps = (spec.keeps_unmatched(LEFT), spec.keeps_unmatched(RIGHT))
+        self._grace = spec.grace_ms  # rule 1: late once the watermark passed t + grace
 
     def load(self) -> int:
         """Rebuild the indexes from the stored rows; the watermark they reflect."""
@@ -199,7 +201,7 @@ class JoinPartition:
         in its side's codec when the caller has them (the input record's, passed unchanged),
         else the value is encoded."""
         watermark, rows = self.watermark, self.rows
-        if self.spec.late(ts, watermark):
+        if watermark > ts + self._grace:  # rule 1 (`JoinSpec.late`), inline
             self.late(side, ts, watermark)
             return
         other = 1 - side
@@ -209,16 +211,17 @@ class JoinPartition:
             times = buffered.times
             i = bisect.bisect_left(times, ts + self._lo[side])
             hi = ts + self._hi[side]
-            if i < len(times) and times[i] <= hi:
-                seqs, pack, get, cached = buffered.seqs, _ROW.pack, rows.get, rows.cache.get
+            n = len(times)
+            if i < n and times[i] <= hi:
+                seqs, pack, cache = buffered.seqs, _ROW.pack, rows.cache
                 decode = self.codecs[other].decode
                 mark, emit = self._keeps[other], self.emit
-                while i < len(times) and times[i] <= hi:
+                while i < n and times[i] <= hi:
                     other_ts = times[i]
                     row = pack(other, other_ts, seqs[i]) + key
                     i += 1
-                    stored = cached(row) or get(row)  # a buffered row: bytes, never deleted
-                    partner = decode(stored[_HEAD.size :])
+                    stored = cache.get(row) or rows.get(row)  # buffered: bytes, never deleted
+                    partner = decode(stored[_HEAD_SIZE:])
                     if mark and not stored[0]:
                         rows.set(row, b"\x01" + stored[1:])
                     if side == LEFT:
@@ -233,16 +236,21 @@ class JoinPartition:
             return
         seq = self._seq
         self._seq = seq + 1
-        rows.set(
-            _ROW.pack(side, ts, seq) + key,
-            _HEAD.pack(matched, offset) + (self.codecs[side].encode(value) if raw is None else raw),
+        row = _ROW.pack(side, ts, seq) + key  # a new row: `TablePartition.set`, inline
+        rows.dirty[row] = rows.cache[row] = _HEAD.pack(matched, offset) + (
+            self.codecs[side].encode(value) if raw is None else raw
         )
-        # indexed (`_track`, inline: once per record)
-        index = self.index[side]
-        mine = index.get(key)
+        if len(rows.cache) > rows.limit:
+            rows.bound()
+        # indexed (`_track` and `Buffered.add`, inline: once per record)
+        mine = self.index[side].get(key)
         if mine is None:
-            mine = index[key] = Buffered()
-        if mine.add(ts, seq):
+            mine = self.index[side][key] = Buffered()
+        times = mine.times
+        at = bisect.bisect_right(times, ts)  # after any equal time: seqs only grow
+        times.insert(at, ts)
+        mine.seqs.insert(at, seq)
+        if at == 0:  # the key's new earliest record
             heapq.heappush(self._final[side], (final_after, key))
         self.buffered += 1
 
