@@ -195,14 +195,16 @@ class Settings(BaseSettings):
         default=100_000, ge=100, description="Cached keys per table partition (clean + dirty)."
     )
     state_write_interval: float = Field(
-        default=1.0,
+        default=5.0,
         ge=0,
         le=3600,
         description=(
             "Seconds between two writes of a task's tables to its SQLite file. Every "
             "checkpoint's changes go to the changelog; between two writes they wait in memory "
-            "(reads see them), and a crash replays them from the changelog. 0: every "
-            "checkpoint writes. A task's last checkpoint (revoke, stop) always writes."
+            "(reads see them), and a crash replays them from the changelog. A row forgotten "
+            "before the next write (a closed window, a join's final record) never reaches "
+            "SQLite. 0: every checkpoint writes. A task's last checkpoint (revoke, stop) and "
+            "unwritten rows at `state_cache_entries` always write."
         ),
     )
     standby_replicas: int = Field(
