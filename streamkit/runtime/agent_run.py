@@ -161,7 +161,7 @@ class Body:
     async def _pump(self) -> None:
         """An async generator body, iterated: what it yields goes to the sinks. Stepped by
         `resume`, it suspends only where the body asks for a value."""
-        output, submit = self.output, self.task.collector.submit_full
+        output, submit = self._output(), self.task.collector.submit_full
         async for out in self._gen:
             if output(out):
                 await submit()
@@ -182,6 +182,21 @@ class Body:
                 return
             await resume(self, None, StopAsyncIteration())
         self.running = False
+
+    def _output(self) -> Callable[[Any], bool]:
+        """`output`, or for the common agent (one sink, of the input's key bytes, no sink
+        beyond Kafka) its plain-value case as one closure, `output` for the rest."""
+        if len(self._plain) != 1 or self._rekeyed or self._rows:
+            return self.output
+        (add, encode), task, general = self._plain[0], self.task, self.output
+
+        def one(out: Any) -> bool:
+            rec = task.record
+            if rec is None or type(out) is Record:
+                return general(out)
+            return add(rec.key, None if out is None else encode(out), rec.timestamp)
+
+        return one
 
     def output(self, out: Any) -> bool:
         """A value the body yielded: to every sink. True when a batch filled up."""
