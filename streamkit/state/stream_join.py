@@ -43,7 +43,6 @@ _HEAD = struct.Struct(">Bq")  # matched, source offset; then the value's bytes
 _WM = struct.Struct(">q")
 _TIME = struct.Struct(">Bq")  # side, event time: the prefix of a row's key
 _TIME_MIN, _TIME_MAX = -(2**63), 2**63 - 1
-_HEAD_SIZE = _HEAD.size
 WATERMARK_ROW = _ROW.pack(255, 0, 0)  # the reserved row's key
 
 # (key bytes, event time, left value, right value (None: unmatched), source offset of the
@@ -213,15 +212,15 @@ class JoinPartition:
             hi = ts + self._hi[side]
             n = len(times)
             if i < n and times[i] <= hi:
-                seqs, pack, cache = buffered.seqs, _ROW.pack, rows.cache
+                seqs, pack, get, cached = buffered.seqs, _ROW.pack, rows.get, rows.cache.get
                 decode = self.codecs[other].decode
                 mark, emit = self._keeps[other], self.emit
                 while i < n and times[i] <= hi:
                     other_ts = times[i]
                     row = pack(other, other_ts, seqs[i]) + key
                     i += 1
-                    stored = cache.get(row) or rows.get(row)  # buffered: bytes, never deleted
-                    partner = decode(stored[_HEAD_SIZE:])
+                    stored = cached(row) or get(row)  # a buffered row: bytes, never deleted
+                    partner = decode(stored[_HEAD.size :])
                     if mark and not stored[0]:
                         rows.set(row, b"\x01" + stored[1:])
                     if side == LEFT:
@@ -236,21 +235,16 @@ class JoinPartition:
             return
         seq = self._seq
         self._seq = seq + 1
-        row = _ROW.pack(side, ts, seq) + key  # a new row: `TablePartition.set`, inline
-        rows.dirty[row] = rows.cache[row] = _HEAD.pack(matched, offset) + (
-            self.codecs[side].encode(value) if raw is None else raw
+        rows.set(
+            _ROW.pack(side, ts, seq) + key,
+            _HEAD.pack(matched, offset) + (self.codecs[side].encode(value) if raw is None else raw),
         )
-        if len(rows.cache) > rows.limit:
-            rows.bound()
-        # indexed (`_track` and `Buffered.add`, inline: once per record)
-        mine = self.index[side].get(key)
+        # indexed (`_track`, inline: once per record)
+        index = self.index[side]
+        mine = index.get(key)
         if mine is None:
-            mine = self.index[side][key] = Buffered()
-        times = mine.times
-        at = bisect.bisect_right(times, ts)  # after any equal time: seqs only grow
-        times.insert(at, ts)
-        mine.seqs.insert(at, seq)
-        if at == 0:  # the key's new earliest record
+            mine = index[key] = Buffered()
+        if mine.add(ts, seq):
             heapq.heappush(self._final[side], (final_after, key))
         self.buffered += 1
 

@@ -125,7 +125,7 @@ class TablePartition:
         self.partition = partition
         self.store = store
         self.max_entries = max_entries
-        self.limit = max_entries  # the size at which the next eviction scan runs
+        self._limit = max_entries  # the size at which the next eviction scan runs
         self._on_full = on_full
         self._key_codec = table.key_codec
         self._value_codec = table.value_codec
@@ -184,7 +184,7 @@ class TablePartition:
                     raw = None if self._complete else self.store.get(self.name, encoded)
             value = _DELETED if raw is None else self._value_codec.decode(raw)
             self.cache[key] = value
-            self.bound()
+            self._bound()
         else:
             self.hits += 1
         if value is _DELETED:
@@ -198,7 +198,7 @@ class TablePartition:
                 self._check(key)
             self.dirty[key] = value  # before any eviction: a dirty key is never evicted
             cache[key] = value
-            self.bound()
+            self._bound()
         else:
             self.dirty[key] = value
             cache[key] = value
@@ -214,7 +214,7 @@ class TablePartition:
         self.dirty[key] = _DELETED
         self.cache[key] = _DELETED
         if new:
-            self.bound()
+            self._bound()
 
     def forget(self, key: Any) -> None:
         """Drop `key` from memory, no tombstone: a row `Table.purge` deletes from the store at
@@ -229,9 +229,9 @@ class TablePartition:
             cache.pop(key, None)
             dirty.pop(key, None)
 
-    def bound(self) -> None:
+    def _bound(self) -> None:
         cache = self.cache
-        if len(cache) <= self.limit:
+        if len(cache) <= self._limit:
             return
         dirty = self.dirty
         target = int(self.max_entries * 0.9)
@@ -245,7 +245,7 @@ class TablePartition:
         if len(cache) > self.max_entries:
             self._on_full()  # mostly dirty: ask for an early checkpoint
         # scan again only after another tenth of the bound: amortized O(1) per insert
-        self.limit = max(self.max_entries, len(cache) + self.max_entries // 10)
+        self._limit = max(self.max_entries, len(cache) + self.max_entries // 10)
 
     def take_dirty(self) -> dict[bytes, bytes | None]:
         """Encoded changes since the last call (the checkpoint's snapshot); keys turn clean,
@@ -271,7 +271,7 @@ class TablePartition:
             self.flushing.update(changes)
         else:
             self.flushing = changes
-        self.limit = self.max_entries  # now evictable: scan at the bound again
+        self._limit = self.max_entries  # now evictable: scan at the bound again
         return changes
 
     def peek(self, key: Any) -> tuple[bool, Any]:
