@@ -139,6 +139,75 @@ async def test_interval_zero_writes_every_checkpoint(tmp_path: Path) -> None:
     tables.close()
 
 
+class Finals:
+    """A deferred table's owner (`state/deferred.py`'s `Finality`), set by the test."""
+
+    def __init__(self, marker: bytes) -> None:
+        self.watermark = -1
+        self.newest_final = -1
+        self.marker = marker
+
+
+async def test_a_deferred_tables_rows_wait_for_the_watermark_memory_or_the_last_write(
+    tmp_path: Path,
+) -> None:
+    """A join's rows (here any table's, deferred) reach SQLite only when they must; until
+    then the store records the changelog offset before the oldest range that may hold a live
+    row, so a restore replays them."""
+    tables, changelog = await opened(tmp_path, cache=100, interval=0.0)
+    part, out = tables.partitions["totals"], Appended()
+    encode = part.table.key_codec.encode
+    finals = Finals(encode("k0"))  # its marker: written with every store write
+    tables.defer("totals", finals)
+    assert tables.store is not None
+
+    def checkpoint(keys: range, end: int, newest_final: int) -> None:
+        for i in keys:
+            part.set(f"k{i}", i)
+        finals.newest_final = newest_final
+        tables.snapshot(out)
+        tables.record({(changelog, 0): end}, ("sw-in", 0, end))
+
+    checkpoint(range(10), 9, 500)  # changelog offsets 0..9, the rows final after 500
+    assert tables.due()
+    await tables.write()
+    assert set(stored(tables)) == {encode("k0")}
+    assert tables.store.offsets() == {(changelog, 0): -1, ("sw-in", 0): 9}
+    checkpoint(range(10, 12), 12, 900)  # 10 is the last transaction's marker: 11, 12
+    await tables.write()
+    assert tables.store.offsets()[(changelog, 0)] == -1  # the first range is still live
+    finals.watermark = 500  # not past 500 yet
+    await tables.write()
+    assert tables.store.offsets()[(changelog, 0)] == -1
+    finals.watermark = 501  # the first range's rows are all final: replay from 10
+    await tables.write()
+    assert tables.store.offsets()[(changelog, 0)] == 9
+    finals.watermark = 901
+    await tables.write()
+    assert tables.store.offsets()[(changelog, 0)] == 12 and set(stored(tables)) == {encode("k0")}
+    assert part.get("k11") == 11 and len(part.flushing) == 11  # reads still find them
+
+    checkpoint(range(12, 101), 101, 2000)  # 100 unwritten rows: the cache's bound
+    assert tables.due()
+    await tables.write()
+    assert len(stored(tables)) == 101 and part.flushing == {}
+    assert tables.store.offsets()[(changelog, 0)] == 101
+
+    checkpoint(range(101, 106), 106, 3000)
+    await tables.write()
+    assert len(stored(tables)) == 101
+    assert tables.due(final=True)  # the task's last checkpoint: everything
+    await tables.write()
+    assert len(stored(tables)) == 106
+    assert tables.store.offsets()[(changelog, 0)] == 106
+
+    checkpoint(range(106, 108), 108, 4000)
+    tables.deferred["totals"].max_age = -1.0  # older than the changelog would keep them
+    await tables.write()
+    assert len(stored(tables)) == 108
+    tables.close()
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     first=st.integers(0, 1300),

@@ -16,7 +16,8 @@ At-least-once, every `commit_interval`, on revoke and on shutdown:
 5. Per task, when its store is due (`state_write_interval` since its last write, its
    unwritten rows at the cache's bound, or the task's last checkpoint): write every change
    its store lacks to it in one SQLite transaction, with the changelog offsets they reflect
-   and the input offset. Until then the changes wait in memory, where reads find them.
+   and the input offset. Until then the changes wait in memory, where reads find them; a
+   join's buffered rows wait past the interval too (`state/deferred.py`).
 
 A crash before step 4 replays the events since the last commit (duplicates, never loss); a
 crash between 4 and 5, or between two writes of a store, costs a changelog replay at restore,

@@ -104,6 +104,8 @@ async def open_stage(task: Opening, reader: Restorer | None) -> None:
         task.windows, task.timers = open_event_state(task, task.stage, tables, task.clock)
         task.sync = TableSync.of(tables, task.sync_wait)
         task.joins = open_joins(task, task.stage, tables, task.clock)
+        for part in task.joins.values():  # its rows reach SQLite only when they must
+            task.state.defer(part.join.table.name, part)
     if task.sinks is not None:
         await task.sinks.open()
 

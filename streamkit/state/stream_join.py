@@ -153,6 +153,8 @@ class JoinPartition:
         self._final: tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]] = ([], [])
         self._seq = 0
         self.watermark = NO_WATERMARK
+        self.newest_final = NO_WATERMARK  # the latest final time of a row buffered so far
+        self.marker = WATERMARK_ROW  # (`state/deferred.py`)
         self.buffered = 0
         # the spec's bounds per side, asked once (they only shift with the time): a record of
         # side s at t has its partners in [t + _lo[s], t + _hi[s]] and is final once the
@@ -188,8 +190,11 @@ class JoinPartition:
         buffered = self.index[side].get(key)
         if buffered is None:
             buffered = self.index[side][key] = Buffered()
+        final_after = ts + self._final_after[side]
         if buffered.add(ts, seq):
-            heapq.heappush(self._final[side], (ts + self._final_after[side], key))
+            heapq.heappush(self._final[side], (final_after, key))
+        if final_after > self.newest_final:
+            self.newest_final = final_after
         self.buffered += 1
 
     def push(
@@ -246,6 +251,8 @@ class JoinPartition:
             mine = index[key] = Buffered()
         if mine.add(ts, seq):
             heapq.heappush(self._final[side], (final_after, key))
+        if final_after > self.newest_final:
+            self.newest_final = final_after
         self.buffered += 1
 
     def _unmatched(self, side: int, key: bytes, ts: int, value: Any, offset: int) -> None:

@@ -5,7 +5,8 @@ every `write_interval` seconds (`state_write_interval`): between two writes they
 merged, in the tables' `flushing` overlay (reads see them), and so do the changelog offsets
 they reflect. The store is a cache of the changelog that may lag it, never lead it; a crash
 replays the changelog from the offsets the store holds. A task's last checkpoint (revoke,
-stop) always writes, and so does one whose unwritten rows reach the cache's bound.
+stop) always writes, and so does one whose unwritten rows reach the cache's bound. A join's
+buffered rows wait longer: until one of those, or their changelog's retention (`deferred.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from streamkit.state.changelog import Restorer, describe_sources
+from streamkit.state.deferred import Deferred, Finality
 from streamkit.state.store import PartitionStore, open_store
 from streamkit.state.table import TablePartition
 
@@ -81,6 +83,8 @@ class TaskTables:
         # the last offset of each changelog partition in a committed transaction of this task
         self.changelog_committed: dict[tuple[str, int], int] = {}
         self.writes = 0  # SQLite transactions of checkpoints (tests read it)
+        self.deferred: dict[str, Deferred] = {}  # tables whose rows wait (`defer`)
+        self._write_all = False  # this write takes every row (`due`: the last, or memory full)
 
     async def open_store(self) -> None:
         """Open the store (a corrupt or foreign file is set aside and a new one made)."""
@@ -118,6 +122,16 @@ class TaskTables:
                 self.partitions[t.name].source_offset = at
         log.info("%s: open, %d changelog records replayed", self.path, self.replayed)
 
+    def defer(self, name: str, source: Finality) -> None:
+        """Table `name`'s rows reach the store only when they must (`deferred.py`); `source`
+        (its join) says which are final. Call it once the store is open."""
+        assert self.store is not None
+        table = self.partitions[name].table
+        ctp = (table.changelog.name, self.partition)
+        retention = int(table.changelog.config.get("retention.ms", "-1"))
+        max_age = retention / 2000 if retention > 0 else float("inf")
+        self.deferred[name] = Deferred(source, self.store.offsets().get(ctp, -1), max_age)
+
     def snapshot(self, collector: RecordCollector) -> dict[str, dict[bytes, bytes | None]]:
         """Checkpoint step: take every dirty key (expired keys of a table with a TTL deleted
         first) and append it to its changelog partition."""
@@ -142,11 +156,13 @@ class TaskTables:
         """Checkpoint step: the snapshot just committed reflects these changelog offsets
         (`written` may list other tasks' partitions too: ours are looked up, it is never
         walked) and this input offset; they wait for the next store write with its rows."""
-        offsets = self._offsets
+        offsets, now = self._offsets, time.monotonic()
         for t in self.tables:
             ctp = (t.changelog.name, self.partition)
             if ctp in written:
                 offsets[ctp] = self.changelog_committed[ctp] = written[ctp]
+                if t.name in self.deferred:
+                    self.deferred[t.name].recorded(written[ctp], now)
         if source_offset is not None:
             topic, partition, offset = source_offset
             offsets[(topic, partition)] = offset
@@ -157,9 +173,11 @@ class TaskTables:
         are not asked of every checkpoint), or the unwritten rows reached the cache's bound."""
         if self.store is None:
             return False
-        if final or (time.monotonic() >= self._next_write and not (later and self.write_interval)):
+        unwritten = sum(len(p.flushing) for p in self.partitions.values())
+        self._write_all = final or unwritten >= self._cache_entries
+        if self._write_all:
             return True
-        return sum(len(p.flushing) for p in self.partitions.values()) >= self._cache_entries
+        return time.monotonic() >= self._next_write and not (later and self.write_interval)
 
     async def write(self) -> None:
         """Checkpoint step: every change not written yet (all of them committed: a checkpoint
@@ -170,7 +188,8 @@ class TaskTables:
     def take_write(self) -> StoreWrite | None:
         """What `write` writes, taken on the event loop (None: nothing)."""
         assert self.store is not None
-        self._next_write = time.monotonic() + self.write_interval
+        now = time.monotonic()
+        self._next_write = now + self.write_interval
         offsets = self._offsets
         # copies: a join's purge forgets rows of its overlay while the thread writes
         changes = {
@@ -178,6 +197,19 @@ class TaskTables:
             for name, part in self.partitions.items()
             if part.flushing and not part.table.source
         }
+        held = set()
+        for name, deferred in self.deferred.items():
+            at = None if self._write_all else deferred.held(now)
+            if at is not None:  # its rows wait in the overlay (a restore replays them), all
+                held.add(name)  # but the marker
+                marker, flushing = deferred.source.marker, self.partitions[name].flushing
+                changes.pop(name, None)
+                if marker in flushing:
+                    changes[name] = {marker: flushing[marker]}
+            offsets[(self.partitions[name].table.changelog.name, self.partition)] = (
+                deferred.end if at is None else at
+            )
+        self._write_all = False
         followed = self._followed()
         for name, (rows, at) in followed.items():
             changes[name] = rows
@@ -185,15 +217,23 @@ class TaskTables:
         if not (changes or offsets):
             return None
         # (no snapshot adds to the overlays meanwhile: the checkpoint's lock is held)
-        return StoreWrite(self, self.store, changes, offsets, followed)
+        return StoreWrite(self, self.store, changes, offsets, followed, held)
 
     def written(self, done: StoreWrite) -> None:
         """`done` is in SQLite: what the overlays and offsets no longer need to hold."""
         self._offsets = {}
         self.writes += 1
-        for name in done.changes:
-            if name not in done.followed:  # SQLite has them: the next snapshot starts anew
+        for name, rows in done.changes.items():
+            flushing = self.partitions[name].flushing
+            if name in done.held:  # only its marker is in SQLite
+                for key, value in rows.items():
+                    if flushing.get(key, _GONE) is value:
+                        del flushing[key]
+            elif name not in done.followed:  # SQLite has them: the next snapshot starts anew
                 self.partitions[name].flushing = {}
+        for name, deferred in self.deferred.items():
+            if name not in done.held:
+                deferred.written()
         log.debug(
             "%s: wrote %s at %s",
             self.path, {n: len(c) for n, c in done.changes.items()}, done.offsets,
@@ -228,12 +268,14 @@ class StoreWrite:
         changes: dict[str, dict[bytes, bytes | None]],
         offsets: dict[tuple[str, int], int],
         followed: dict[str, tuple[dict[bytes, bytes | None], int]],
+        held: set[str],
     ) -> None:
         self.tables = tables
         self.store = store
         self.changes = changes
         self.offsets = offsets
         self.followed = followed
+        self.held = held  # deferred tables whose rows wait
 
 
 def _apply_all(writes: list[StoreWrite]) -> list[BaseException | None]:

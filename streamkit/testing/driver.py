@@ -204,13 +204,13 @@ class AsyncTestDriver:
                 task.close_state()
             self._checkpointer.forget(itp for t in closed for itp in t.inputs)
 
-    async def restart(self, *, lose_state: bool = False) -> None:
-        """Stop every task as a worker's shutdown does (final checkpoint), then start them
-        again from the committed offsets: tables come back from their SQLite files, or, with
-        `lose_state=True`, from the changelogs alone (the files are deleted first)."""
+    async def restart(self, *, lose_state: bool = False, crash: bool = False) -> None:
+        """Stop every task as a worker's shutdown does (final checkpoint; `crash=True`: none, as
+        a kill -9), then start them again from the committed offsets: tables come back from
+        their SQLite files and changelogs, or (`lose_state=True`) from the changelogs alone."""
         self._check()
         await self._pump()
-        await self._stop_tasks()
+        await self._stop_tasks(commit=not crash)
         if lose_state:
             shutil.rmtree(self.workdir / self.app.id, ignore_errors=True)
         await self._assign(dict(self.group.offsets))
