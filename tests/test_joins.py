@@ -5,8 +5,6 @@ from the changelog, and the co-partitioning check at start."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,6 @@ import pytest
 
 import streamkit as sk
 from streamkit.runtime.dlq import describe
-from streamkit.state.stream_join import WATERMARK_ROW
 from streamkit.testing import AsyncTestDriver
 
 
@@ -86,50 +83,6 @@ async def test_each_join_kind_emits_its_pairs_and_unmatched_records_once_final(
         await driver.advance_watermark(5661)
         rest = sorted(r.key for r in driver.read(out))
         assert rest == {"inner": [], "left": ["D"], "outer": ["D", "E"]}[how]
-
-
-def join_rows_stored(driver: AsyncTestDriver, app: sk.App) -> int:
-    """Buffered rows of the join's table in the SQLite files (read beside the open store)."""
-    total = 0
-    for path in (driver.workdir / app.id).glob("*/*.sqlite"):
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            (table,) = [n for n in names if n not in ("identity", "offsets", "topics")]
-            query = f'SELECT count(*) FROM "{table}" WHERE k != ?'  # but the watermark row
-            total += db.execute(query, (WATERMARK_ROW,)).fetchone()[0]
-    return total
-
-
-@pytest.mark.parametrize("how", ["inner", "left", "outer"])
-async def test_buffered_rows_stay_out_of_sqlite_and_a_crash_replays_them_from_the_changelog(
-    how: str, tmp_path: Path
-) -> None:
-    """A join's buffered rows wait in memory (`state/deferred.py`): checkpoints put them in
-    the changelog, not in SQLite; a crash after each event (no final checkpoint) restores
-    them from the changelog, and every result comes once, as without crashes."""
-    app, _, _, out = shop(how, tmp_path)
-    async with AsyncTestDriver(app) as driver:
-        got = []
-        for topic, key, ts in EVENTS:
-            await driver.send(topic, {"id": key, "ts": ts}, key=key)
-            await driver.checkpoint()
-            if (topic, key) == ("orders", "A"):
-                assert join_rows_stored(driver, app) == 0  # A waits in memory only
-            got += driver.read(out)
-            await driver.restart(crash=True)
-        await driver.advance_watermark(5661)  # D and E final: left/outer emit them
-        got += driver.read(out)
-        pairs = sorted(
-            (r.key, r.value[0] and r.value[0]["ts"], r.value[1] and r.value[1]["ts"]) for r in got
-        )
-        expected: list[tuple[str, Any, Any]] = [
-            (key, left and left[1], right and right[1]) for key, left, right, _ in EXPECTED[how]
-        ]
-        if how != "inner":  # D and E, unmatched: once each, after the crashes too
-            expected.append(("D", 5000, None))
-        if how == "outer":
-            expected.append(("E", None, 5000))
-        assert pairs == sorted(expected)
 
 
 async def test_results_after_a_join_are_events_of_their_own_for_agents_and_key_by(

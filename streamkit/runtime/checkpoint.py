@@ -17,7 +17,7 @@ At-least-once, every `commit_interval`, on revoke and on shutdown:
    unwritten rows at the cache's bound, or the task's last checkpoint): write every change
    its store lacks to it in one SQLite transaction, with the changelog offsets they reflect
    and the input offset. Until then the changes wait in memory, where reads find them; a
-   join's buffered rows wait past the interval too (`state/deferred.py`).
+   join's buffered rows and a time window's wait past the interval too (`state/deferred.py`).
 
 A crash before step 4 replays the events since the last commit (duplicates, never loss); a
 crash between 4 and 5, or between two writes of a store, costs a changelog replay at restore,

@@ -28,8 +28,8 @@ The checkpoint, every `commit_interval`, on revoke and on shutdown:
    its unwritten rows at the cache's bound, or the task's last checkpoint): write every
    change its store lacks to it in one SQLite transaction, with the changelog offsets they
    reflect and the input offset (every due task's store in a few thread hops). Until then
-   the changes wait in memory, where reads find them; a join's buffered rows wait past the
-   interval too (`state/deferred.py`). A checkpoint whose records this
+   the changes wait in memory, where reads find them; a join's buffered rows and a time
+   window's wait past the interval too (`state/deferred.py`). A checkpoint whose records this
    worker's own tasks read leaves this step to the next one (the follow-up, due once they
    are processed: `cadence.py`), unless the last checkpoint left it already, so the
    follow-up's transaction does not wait for SQLite.

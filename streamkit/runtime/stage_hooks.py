@@ -25,6 +25,7 @@ from streamkit.serde import Codec
 from streamkit.state.changelog import Restorer
 from streamkit.state.table import TablePartition
 from streamkit.state.task_tables import TaskTables
+from streamkit.state.window_table import WindowPartition
 
 if TYPE_CHECKING:
     from streamkit.runtime.event_clock import EventClock
@@ -104,8 +105,12 @@ async def open_stage(task: Opening, reader: Restorer | None) -> None:
         task.windows, task.timers = open_event_state(task, task.stage, tables, task.clock)
         task.sync = TableSync.of(tables, task.sync_wait)
         task.joins = open_joins(task, task.stage, tables, task.clock)
-        for part in task.joins.values():  # its rows reach SQLite only when they must
+        # rows the watermark makes final reach SQLite only when they must (`state/deferred.py`)
+        for part in task.joins.values():
             task.state.defer(part.join.table.name, part)
+        for window in task.windows.values():
+            if type(window) is WindowPartition:  # tumbling, hopping
+                task.state.defer(window.wt.table.name, window)
     if task.sinks is not None:
         await task.sinks.open()
 

@@ -1,9 +1,10 @@
-"""Deferred: a join's buffered rows reach the store only when they must.
+"""Deferred: rows the watermark makes final reach the store only when they must.
 
 A stream-stream join buffers each record until the watermark makes it final, then forgets it
-(`state/stream_join.py`). With short windows, and with any window while a worker catches up
+(`state/stream_join.py`); a tumbling or hopping window forgets its rows when it closes
+(`state/window_table.py`). With short windows, and with any window while a worker catches up
 on a backlog, most rows live a few seconds of wall clock: writing them to SQLite and deleting
-them again is most of what the store does for the join. Such a table's rows go to its
+them again is most of what the store does for them. Such a table's rows go to its
 changelog at every checkpoint as any table's do, but to the store only when
 
 1. the unwritten rows reach the cache's bound (`state_cache_entries`): memory is full;
@@ -15,9 +16,9 @@ In between, a store write records as the table's changelog offset the one before
 checkpoint's records that may still hold a live row, and writes of its rows only the marker
 (the watermark row: the store always knows which of its rows are final, and a restore that
 replays nothing still knows the latest watermark): a restore replays the changelog from there
-(rows final by the watermark it ends with are skipped, `JoinPartition.load`). The store lags
+(rows final by the watermark it ends with are skipped when the table loads). The store lags
 the changelog, never leads it, as every store does (`state/task_tables.py`); it lags by
-about the rows the join holds.
+about the rows the table holds.
 
 A checkpoint's records of the table form a range of its changelog partition (after the last
 one's end: the partition is written by this task alone). The range is live until the
@@ -32,11 +33,11 @@ from typing import Protocol
 
 
 class Finality(Protocol):
-    """What a deferred table's owner tells of its rows (a `JoinPartition`)."""
+    """What a deferred table's owner tells of its rows (a `JoinPartition`, a `WindowPartition`)."""
 
     @property
     def watermark(self) -> int:
-        """Rows whose final time is below it are final (purged)."""
+        """Rows whose final time is below it are final (forgotten)."""
 
     @property
     def newest_final(self) -> int:

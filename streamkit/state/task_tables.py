@@ -6,7 +6,8 @@ merged, in the tables' `flushing` overlay (reads see them), and so do the change
 they reflect. The store is a cache of the changelog that may lag it, never lead it; a crash
 replays the changelog from the offsets the store holds. A task's last checkpoint (revoke,
 stop) always writes, and so does one whose unwritten rows reach the cache's bound. A join's
-buffered rows wait longer: until one of those, or their changelog's retention (`deferred.py`).
+buffered rows and a time window's wait longer: until one of those, or their changelog's
+retention (`deferred.py`).
 """
 
 from __future__ import annotations

@@ -290,6 +290,8 @@ class WindowPartition:
         self.watermark = NO_WATERMARK
         self._size = wt.kind.size_ms
         self._hold = closed_hold(wt.kind, wt.allowed_lateness_ms)  # start + hold <= wm: closed
+        self._newest = NO_WATERMARK  # the latest start of a row (`newest_final`)
+        self.marker = wt.table.key_codec.encode(WATERMARK_ROW)  # (`state/deferred.py`)
         self._update = wt.emit_mode == "update"
         self._emit = wt.emitter(task)
 
@@ -302,7 +304,13 @@ class WindowPartition:
         for start, key in self.rows.iter_keys():
             if start > cutoff and (start, key) != WATERMARK_ROW:
                 self._index(start, key)
+                self._newest = max(self._newest, start)
         return self.watermark
+
+    @property
+    def newest_final(self) -> int:
+        """A row is final (closed) once the watermark is past this of its start."""
+        return self._newest + self._hold - 1
 
     def _index(self, start: int, key: Any) -> None:
         keys = self.open.get(start)
@@ -346,6 +354,8 @@ class WindowPartition:
             acc = aggregation.add(acc, value, ts)
             rows.set(row, acc)
             added = True
+            if start > self._newest:
+                self._newest = start
             if self._update:
                 self._emit(key, start, end, acc, False, encoded)
         if not added:

@@ -133,8 +133,8 @@ class TestDriver:
     def checkpoint(self) -> None:
         self._run(self.driver.checkpoint())
 
-    def restart(self, *, lose_state: bool = False) -> None:
-        self._run(self.driver.restart(lose_state=lose_state))
+    def restart(self, *, lose_state: bool = False, crash: bool = False) -> None:
+        self._run(self.driver.restart(lose_state=lose_state, crash=crash))
 
     def read(self, topic: Topic | str) -> list[Output]:
         return self.driver.read(topic)
