@@ -138,11 +138,9 @@ class TablePartition:
         self._check: Callable[[Any], None] | None = None
         if partitions is not None and table.checked_keys and not table.source:
             self._check = key_checker(table, partition, partitions)
-        # Changes taken by a checkpoint but not yet in SQLite: a key evicted meanwhile must
-        # not be read back stale from the store.
+        # Changes taken by a checkpoint, not yet in SQLite (an evicted key is not read stale)
         self.flushing: dict[bytes, bytes | None] = {}
-        self.hits = 0
-        self.misses = 0
+        self.hits = self.misses = 0
         # True while the cache holds every row of this partition: the store had none when the
         # task first missed (nothing restored) and nothing was evicted since. A miss then means
         # "absent" without a SQLite read: a fresh partition's new keys cost no round trip.
@@ -217,17 +215,19 @@ class TablePartition:
             self._bound()
 
     def forget(self, key: Any) -> None:
-        """Drop `key` from memory, no tombstone: a row `Table.purge` deletes from the store at
-        its next write (a read may find it until then: the owner reads none)."""
-        self.cache.pop(key, None)
-        self.dirty.pop(key, None)
+        """Drop `key` from memory, no tombstone (a change not in the store yet never gets
+        there); `Table.purge` deletes its stored row at the next write. The owner reads none."""
+        self.forget_all([key])
 
     def forget_all(self, keys: list[Any]) -> None:
         """`forget` each of `keys` (a closed window's rows) in one call."""
-        cache, dirty = self.cache, self.dirty
+        cache, dirty, flushing = self.cache, self.dirty, self.flushing
+        encode = self._key_codec.encode
         for key in keys:
             cache.pop(key, None)
             dirty.pop(key, None)
+            if flushing:
+                flushing.pop(encode(key), None)
 
     def _bound(self) -> None:
         cache = self.cache
