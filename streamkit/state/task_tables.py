@@ -192,25 +192,25 @@ class TaskTables:
         now = time.monotonic()
         self._next_write = now + self.write_interval
         offsets = self._offsets
-        # copies: a join's purge forgets rows of its overlay while the thread writes
-        changes = {
-            name: dict(part.flushing)
-            for name, part in self.partitions.items()
-            if part.flushing and not part.table.source
-        }
         held = set()
         for name, deferred in self.deferred.items():
             at = None if self._write_all else deferred.held(now)
-            if at is not None:  # its rows wait in the overlay (a restore replays them), all
-                held.add(name)  # but the marker
-                marker, flushing = deferred.source.marker, self.partitions[name].flushing
-                changes.pop(name, None)
-                if marker in flushing:
-                    changes[name] = {marker: flushing[marker]}
+            if at is not None:
+                held.add(name)
             offsets[(self.partitions[name].table.changelog.name, self.partition)] = (
                 deferred.end if at is None else at
             )
         self._write_all = False
+        changes = {}
+        for name, part in self.partitions.items():
+            if not part.flushing or part.table.source:
+                continue
+            if name in held:  # its rows wait in the overlay (a restore replays them), all but
+                marker = self.deferred[name].source.marker  # the marker
+                if marker in part.flushing:
+                    changes[name] = {marker: part.flushing[marker]}
+            else:  # a copy: a join's purge forgets rows of its overlay while the thread writes
+                changes[name] = dict(part.flushing)
         followed = self._followed()
         for name, (rows, at) in followed.items():
             changes[name] = rows
@@ -226,11 +226,11 @@ class TaskTables:
         self.writes += 1
         for name, rows in done.changes.items():
             flushing = self.partitions[name].flushing
-            if name in done.held:  # only its marker is in SQLite
+            if name in done.held or name in done.followed:  # a part of its overlay
                 for key, value in rows.items():
                     if flushing.get(key, _GONE) is value:
-                        del flushing[key]
-            elif name not in done.followed:  # SQLite has them: the next snapshot starts anew
+                        del flushing[key]  # not replaced meanwhile: SQLite has it now
+            else:  # SQLite has them all: the next snapshot starts anew
                 self.partitions[name].flushing = {}
         for name, deferred in self.deferred.items():
             if name not in done.held:
@@ -239,11 +239,6 @@ class TaskTables:
             "%s: wrote %s at %s",
             self.path, {n: len(c) for n, c in done.changes.items()}, done.offsets,
         )  # fmt: skip
-        for name, (rows, _) in done.followed.items():
-            flushing = self.partitions[name].flushing
-            for key, value in rows.items():
-                if flushing.get(key, _GONE) is value:
-                    del flushing[key]  # not replaced meanwhile: SQLite has it now
 
     def _followed(self) -> dict[str, tuple[dict[bytes, bytes | None], int]]:
         """Read-only tables: the source rows applied since the last write, and their offset."""
