@@ -1,9 +1,10 @@
 """The compiled parts: `streamkit/aiokafka_internals/_records.c`, the native reader of
 uncompressed record batches, `_batches.c`, the collector's per-record calls, and
-`runtime/_keyby.c`, a key_by exchange's per-value call. Optional: without a C compiler the
-package installs, reads every batch with aiokafka's reader (`records.py`), adds records and
-routes them in Python (`batches.py`, `exchange.py`). The rest of the metadata:
-pyproject.toml."""
+`runtime/_keyby.c`, a key_by exchange's per-value call, and `state/_joinindex.c`, a
+stream-stream join's in-memory index. Optional: without a C compiler the package installs,
+reads every batch with aiokafka's reader (`records.py`), adds records, routes them and
+indexes a join's records in Python (`batches.py`, `exchange.py`, `join_index.py`). The rest
+of the metadata: pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -20,5 +21,6 @@ setup(
             optional=True,
         ),
         Extension("streamkit.runtime._keyby", ["streamkit/runtime/_keyby.c"], optional=True),
+        Extension("streamkit.state._joinindex", ["streamkit/state/_joinindex.c"], optional=True),
     ]
 )

@@ -1,7 +1,8 @@
 """Stream-stream join logic without a broker: the real JoinPartition (over a real SQLite store,
 with a cache small enough to evict, restarted from its store now and then) against a
 brute-force join of both inputs, for every join kind, on a time grid that hits the window and
-grace edges; and proof that the oracle catches a one-off shift of either edge."""
+grace edges; and proof that the oracle catches a one-off shift of either edge. Each test runs
+with the join index in C (`state/_joinindex.c`) and with its Python reference."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import streamkit as sk
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.joins import LEFT, RIGHT, JoinSpec, StreamJoin, join_spec, pair
 from streamkit.serde import codec_for
+from streamkit.state import join_index
 from streamkit.state.store import PartitionStore, open_store
 from streamkit.state.stream_join import WATERMARK_ROW, JoinPartition, final_ranges
 from streamkit.state.table import TablePartition
@@ -42,6 +44,17 @@ class Case:
     # batches of this many checkpoints (the last value of a key wins within a batch)
     rebuilds: set[int] = dataclasses.field(default_factory=set)
     batch: int = 1
+
+
+@pytest.fixture(autouse=True, scope="module", params=["c index", "python index"])
+def index_kind(request: pytest.FixtureRequest) -> Any:
+    """The join index the tests' JoinPartitions build: the C one, then the reference."""
+    native = request.param == "c index"
+    if native and not join_index.NATIVE:
+        pytest.skip("the C join index is not built (or turned off)")
+    saved, join_index.NATIVE = join_index.NATIVE, native
+    yield request.param
+    join_index.NATIVE = saved
 
 
 def run_join(tmp: Path, case: Case) -> tuple[list[Result], list[int], list[str], int]:

@@ -16,25 +16,23 @@ checkpoint's, a changelog replay's) deletes the key ranges its watermark row mad
 the same transaction (`final_rows`); the changelog drops old records by time retention
 (`changelog_config`). Loading skips rows the stored watermark made final.
 
-In memory, 16 bytes a buffered record: per side, key → its buffered (time, seq) in time order,
-two packed arrays (the partners of a new record are found by bisection); and per side a heap
-of keys by the watermark that makes their earliest record final (purging takes a key's
-final prefix at once). Both are rebuilt from the rows on load. Every boundary decision is
+In memory, 16 bytes a buffered record: which records are buffered, per side and key in time
+order, and when each key's earliest one is final (`join_index.py`, in C when built: the
+partners of a new record are found by bisection, a purge takes a key's final prefix at
+once), rebuilt from the rows on load. Every boundary decision is
 `JoinSpec`'s (`streamkit/joins.py`): late, partners, final; this module only applies them.
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import struct
-from array import array
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.joins import LEFT, RIGHT, JoinSpec, StreamJoin
 from streamkit.serde import Codec
+from streamkit.state.join_index import new_index
 from streamkit.state.store import Purge
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
 
@@ -114,24 +112,6 @@ def _no_emit(key: bytes, ts: int, left: Any, right: Any, offset: int) -> None:
     raise RuntimeError("a join partition emitted before its output was bound")
 
 
-class Buffered:
-    """One key's buffered records of one side, in (time, seq) order: two packed arrays
-    (16 bytes a record), searched by bisection."""
-
-    __slots__ = ("seqs", "times")
-
-    def __init__(self) -> None:
-        self.times = array("q")
-        self.seqs = array("q")
-
-    def add(self, ts: int, seq: int) -> bool:
-        """Insert (after any equal time: seqs only grow); True if it is the new earliest."""
-        at = bisect.bisect_right(self.times, ts)
-        self.times.insert(at, ts)
-        self.seqs.insert(at, seq)
-        return at == 0
-
-
 class JoinPartition:
     def __init__(
         self,
@@ -147,10 +127,6 @@ class JoinPartition:
         self.codecs = codecs
         self.late = late
         self.emit = emit  # bound by the task's compiled operators
-        self.index: tuple[dict[bytes, Buffered], dict[bytes, Buffered]] = ({}, {})
-        # per side, (the watermark after which the key's earliest record is final, key): one
-        # entry per key and earliest time (older ones are skipped when popped)
-        self._final: tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]] = ([], [])
         self._seq = 0
         self.watermark = NO_WATERMARK
         self.newest_final = NO_WATERMARK  # the latest final time of a row buffered so far
@@ -162,6 +138,7 @@ class JoinPartition:
         (lo_l, hi_l), (lo_r, hi_r) = spec.partners(LEFT, 0), spec.partners(RIGHT, 0)
         self._lo, self._hi = (lo_l, lo_r), (hi_l, hi_r)
         self._final_after = (spec.final_after(LEFT, 0), spec.final_after(RIGHT, 0))
+        self.index = new_index(*self._final_after)  # what is buffered (`join_index.py`)
         self._keeps = (spec.keeps_unmatched(LEFT), spec.keeps_unmatched(RIGHT))
         self._grace = spec.grace_ms  # rule 1: late once the watermark passed t + grace
 
@@ -187,12 +164,8 @@ class JoinPartition:
         return self.watermark
 
     def _track(self, side: int, ts: int, seq: int, key: bytes) -> None:
-        buffered = self.index[side].get(key)
-        if buffered is None:
-            buffered = self.index[side][key] = Buffered()
+        self.index.add(side, key, ts, seq)
         final_after = ts + self._final_after[side]
-        if buffered.add(ts, seq):
-            heapq.heappush(self._final[side], (final_after, key))
         if final_after > self.newest_final:
             self.newest_final = final_after
         self.buffered += 1
@@ -210,29 +183,21 @@ class JoinPartition:
             return
         other = 1 - side
         matched = False
-        buffered = self.index[other].get(key)
-        if buffered is not None:
-            times = buffered.times
-            i = bisect.bisect_left(times, ts + self._lo[side])
-            hi = ts + self._hi[side]
-            n = len(times)
-            if i < n and times[i] <= hi:
-                seqs, pack, get, cached = buffered.seqs, _ROW.pack, rows.get, rows.cache.get
-                decode = self.codecs[other].decode
-                mark, emit = self._keeps[other], self.emit
-                while i < n and times[i] <= hi:
-                    other_ts = times[i]
-                    row = pack(other, other_ts, seqs[i]) + key
-                    i += 1
-                    stored = cached(row) or get(row)  # a buffered row: bytes, never deleted
-                    partner = decode(stored[_HEAD.size :])
-                    if mark and not stored[0]:
-                        rows.set(row, b"\x01" + stored[1:])
-                    if side == LEFT:
-                        emit(key, ts if ts > other_ts else other_ts, value, partner, offset)
-                    else:
-                        emit(key, ts if ts > other_ts else other_ts, partner, value, offset)
-                matched = True
+        found = self.index.between(other, key, ts + self._lo[side], ts + self._hi[side])
+        if found is not None:
+            get, cached = rows.get, rows.cache.get
+            decode = self.codecs[other].decode
+            mark, emit = self._keeps[other], self.emit
+            for other_ts, row in found:
+                stored = cached(row) or get(row)  # a buffered row: bytes, never deleted
+                partner = decode(stored[_HEAD.size :])
+                if mark and not stored[0]:
+                    rows.set(row, b"\x01" + stored[1:])
+                if side == LEFT:
+                    emit(key, ts if ts > other_ts else other_ts, value, partner, offset)
+                else:
+                    emit(key, ts if ts > other_ts else other_ts, partner, value, offset)
+            matched = True
         final_after = ts + self._final_after[side]
         if watermark > final_after:  # already final (a one-sided interval)
             if not matched and self._keeps[side]:
@@ -244,13 +209,7 @@ class JoinPartition:
             _ROW.pack(side, ts, seq) + key,
             _HEAD.pack(matched, offset) + (self.codecs[side].encode(value) if raw is None else raw),
         )
-        # indexed (`_track`, inline: once per record)
-        index = self.index[side]
-        mine = index.get(key)
-        if mine is None:
-            mine = index[key] = Buffered()
-        if mine.add(ts, seq):
-            heapq.heappush(self._final[side], (final_after, key))
+        self.index.add(side, key, ts, seq)  # (`_track`, inline: once per record)
         if final_after > self.newest_final:
             self.newest_final = final_after
         self.buffered += 1
@@ -273,40 +232,27 @@ class JoinPartition:
         else:
             rows.set(WATERMARK_ROW, _WM.pack(watermark))
         for side in (LEFT, RIGHT):
-            heap = self._final[side]
-            while heap and heap[0][0] < watermark:
-                _, key = heapq.heappop(heap)
-                self._purge(side, key, watermark)
+            # forgotten, not deleted: no tombstone; the store deletes a final row with the
+            # watermark row that made it final (`final_rows`), the changelog by its time
+            # retention; a row the store was not written yet is never written
+            # (`TaskTables.write`)
+            forget = (rows.cache, rows.dirty, rows.flushing)
+            if self._keeps[side]:  # an unmatched record is emitted first
+                final = self.index.purge(side, watermark, ())
+                self._unmatched_final(side, final)
+                for row in final:
+                    for rows_of in forget:
+                        rows_of.pop(row, None)
+            else:
+                final = self.index.purge(side, watermark, forget)
+            self.buffered -= len(final)
 
-    def _purge(self, side: int, key: bytes, watermark: int) -> None:
-        buffered = self.index[side].get(key)
-        if buffered is None:
-            return  # an older entry of a key purged whole meanwhile
-        rows, after = self.rows, self._final_after[side]
-        times, seqs = buffered.times, buffered.seqs
-        # the final prefix: times t with t + after < watermark (`JoinSpec.final_after`)
-        n = bisect.bisect_left(times, watermark - after)
-        if n == 0:
-            return  # an older entry: the key's earliest record has an entry of its own
-        keeps = self._keeps[side]
-        cache, dirty, unwritten = rows.cache, rows.dirty, rows.flushing
-        for ts, seq in zip(times[:n], seqs[:n], strict=True):
-            row = _ROW.pack(side, ts, seq) + key
-            if keeps:
-                stored = rows.get(row)
-                if not stored[0]:
-                    value = self.codecs[side].decode(stored[_HEAD.size :])
-                    self._unmatched(side, key, ts, value, _HEAD.unpack_from(stored)[1])
-            # forgotten, not deleted: no tombstone; the store deletes it with the watermark
-            # row that made it final (`final_rows`), the changelog by its time retention; a
-            # row the store was not written yet is never written (`TaskTables.write`)
-            cache.pop(row, None)
-            dirty.pop(row, None)
-            unwritten.pop(row, None)
-        del times[:n]
-        del seqs[:n]
-        self.buffered -= n
-        if times:
-            heapq.heappush(self._final[side], (times[0] + after, key))
-        else:
-            del self.index[side][key]
+    def _unmatched_final(self, side: int, final: list[bytes]) -> None:
+        """Emit the unmatched records among the final rows of a side that keeps them."""
+        rows, decode, size = self.rows, self.codecs[side].decode, _ROW.size
+        for row in final:
+            stored = rows.get(row)
+            if not stored[0]:
+                _, ts, _ = _ROW.unpack_from(row)
+                offset = _HEAD.unpack_from(stored)[1]
+                self._unmatched(side, row[size:], ts, decode(stored[_HEAD.size :]), offset)
