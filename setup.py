@@ -21,6 +21,11 @@ setup(
             optional=True,
         ),
         Extension("streamkit.runtime._keyby", ["streamkit/runtime/_keyby.c"], optional=True),
-        Extension("streamkit.state._joinindex", ["streamkit/state/_joinindex.c"], optional=True),
+        Extension(
+            "streamkit.state._joinindex",
+            ["streamkit/state/_joinindex.c", "streamkit/state/_joinpush.c"],
+            depends=["streamkit/state/_joinindex.h"],
+            optional=True,
+        ),
     ]
 )

@@ -2,19 +2,24 @@
 the reference (`state/join_index.py`): for any sequence of buffered records (repeated keys and
 times, out of order), partner searches and purges (any watermark, dicts to forget the rows
 from), both give the same answers in the same order and leave the same dicts; and both agree
-with a brute-force list of what is buffered."""
+with a brute-force list of what is buffered. The join's push in C (`state/_joinpush.c`)
+against `JoinPartition._push`: the same calls in the same order."""
 
 from __future__ import annotations
 
 import struct
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamkit.joins import JoinSpec, StreamJoin, pair
+from streamkit.serde import codec_for
 from streamkit.state import join_index
 from streamkit.state.join_index import JoinIndex
+from streamkit.state.stream_join import JoinPartition
 
 try:
     from streamkit.state._joinindex import JoinIndex as NativeJoinIndex
@@ -111,3 +116,76 @@ def test_the_c_index_refuses_what_it_cannot_hold() -> None:
         index.add(0, "k", 0, 0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dicts"):
         index.purge(0, 10, [{}])  # type: ignore[arg-type]
+
+
+class Rows:
+    """A join's rows as `JoinPartition` uses them, recording every read and write; its cache
+    keeps the last three rows written (older ones are read back with `get`)."""
+
+    def __init__(self, calls: list[Any]) -> None:
+        self.calls = calls
+        self.stored: dict[bytes, bytes] = {}
+        self.cache: dict[bytes, bytes] = {}
+        self.dirty: dict[bytes, bytes] = {}
+        self.flushing: dict[bytes, bytes] = {}
+
+    def get(self, row: bytes) -> bytes:
+        self.calls.append(("get", row))
+        return self.stored[row]
+
+    def set(self, row: bytes, value: bytes) -> None:
+        self.calls.append(("set", row, value))
+        self.stored[row] = self.dirty[row] = self.cache[row] = value
+        while len(self.cache) > 3:
+            del self.cache[next(iter(self.cache))]
+
+
+def run_pushes(native: bool, spec: JoinSpec, events: list[tuple[Any, ...]]) -> list[Any]:
+    """Every call a JoinPartition makes over `events` (push or advance), the C push or the
+    Python one, and its counters after each."""
+    saved, join_index.NATIVE = join_index.NATIVE, native
+    try:
+        calls: list[Any] = []
+        json = codec_for(None)
+        part = JoinPartition(
+            StreamJoin("j", spec, pair), Rows(calls), (json, json),  # type: ignore[arg-type]
+            lambda s, t, w: calls.append(("late", s, t, w)),
+        )  # fmt: skip
+        assert (type(part.push) is not type(part._push)) == native
+        part.emit = lambda *args: calls.append(("emit", *args))
+        for i, (kind, side, key, ts, raw) in enumerate(events):
+            if kind == "advance":
+                part.advance(ts)
+            else:
+                value = {"id": i, "t": ts}
+                part.push(side, key, ts, value, i - 3, orjson.dumps(value) if raw else None)
+            calls.append((part._seq, part.newest_final, part.buffered, part.watermark))
+        return calls
+    finally:
+        join_index.NATIVE = saved
+
+
+@pytest.mark.skipif(NativeJoinIndex is None, reason="the C extension is not built")
+@settings(max_examples=300, deadline=None)
+@given(
+    bounds=st.tuples(st.integers(-6, 6), st.integers(0, 8), st.integers(0, 5)),
+    how=st.sampled_from(["inner", "left", "outer"]),
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "advance"]),
+            st.integers(0, 1),
+            st.sampled_from([b"a", b"b"]),
+            st.integers(0, 30),
+            st.booleans(),
+        ),
+        max_size=40,
+    ),
+)
+def test_the_c_push_makes_the_calls_of_the_python_one(
+    bounds: tuple[int, int, int], how: str, events: list[tuple[Any, ...]]
+) -> None:
+    """Late records, partners (read from the cache or the rows), matched flags, records final
+    on arrival, the rows written and the counters: call for call."""
+    lower, width, grace = bounds
+    spec = JoinSpec(lower, lower + width, grace, how)
+    assert run_pushes(True, spec, events) == run_pushes(False, spec, events)

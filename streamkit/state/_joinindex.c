@@ -1,4 +1,5 @@
-/* A stream-stream join's in-memory index in C: the native path of `join_index.JoinIndex`,
+/* A stream-stream join's in-memory index in C: the native path of `join_index.JoinIndex`
+ * (and, in `_joinpush.c`, of `JoinPartition.push`, the same module),
  * whose Python class is the reference (and what runs with STREAMKIT_PURE_PYTHON=1 or without
  * a compiler). Same methods, same answers, same order.
  *
@@ -25,33 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef struct {
-    int64_t ts, seq;
-} Entry;
-
-/* one key's records of one side */
-typedef struct {
-    PyObject_HEAD
-    Entry *items;
-    Py_ssize_t len, cap;
-} Buf;
-
-typedef struct {
-    int64_t final;
-    PyObject *key; /* bytes, owned */
-} HeapItem;
-
-typedef struct {
-    HeapItem *items;
-    Py_ssize_t len, cap;
-} Heap;
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *keys[2]; /* dict: key bytes → Buf */
-    Heap heap[2];
-    int64_t final_after[2];
-} JoinIndex;
+#include "_joinindex.h"
 
 static PyTypeObject BufType;
 
@@ -131,7 +106,7 @@ heap_pop(Heap *h)
 }
 
 /* a + b, held to the int64 range (times near its ends are never final, or always) */
-static int64_t
+int64_t
 add_clamped(int64_t a, int64_t b)
 {
     int64_t sum;
@@ -190,7 +165,7 @@ after_time(Buf *b, int64_t ts)
 }
 
 /* the first position whose time is >= ts (bisect_left on time) */
-static Py_ssize_t
+Py_ssize_t
 from_time(Buf *b, int64_t ts)
 {
     Py_ssize_t lo = 0, hi = b->len;
@@ -214,7 +189,7 @@ put_be64(char *at, int64_t v)
     }
 }
 
-static PyObject *
+PyObject *
 row_of(int side, Entry *e, PyObject *key)
 {
     Py_ssize_t klen = PyBytes_GET_SIZE(key);
@@ -257,6 +232,43 @@ index_dealloc(JoinIndex *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+int
+index_insert(JoinIndex *self, int side, PyObject *key, int64_t ts, int64_t seq)
+{
+    Buf *b = (Buf *)PyDict_GetItemWithError(self->keys[side], key);
+    if (b == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        b = PyObject_New(Buf, &BufType);
+        if (b == NULL)
+            return -1;
+        b->items = NULL;
+        b->len = b->cap = 0;
+        int failed = PyDict_SetItem(self->keys[side], key, (PyObject *)b);
+        Py_DECREF(b); /* the dict holds it */
+        if (failed < 0)
+            return -1;
+    }
+    if (b->len == b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap * 2 : 4;
+        Entry *items = PyMem_Realloc(b->items, cap * sizeof(Entry));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->items = items;
+        b->cap = cap;
+    }
+    Py_ssize_t at = after_time(b, ts);
+    memmove(&b->items[at + 1], &b->items[at], (b->len - at) * sizeof(Entry));
+    b->items[at].ts = ts;
+    b->items[at].seq = seq;
+    b->len++;
+    if (at == 0 && heap_push(&self->heap[side], add_clamped(ts, self->final_after[side]), key) < 0)
+        return -1;
+    return 0;
+}
+
 static PyObject *
 index_add(JoinIndex *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -270,34 +282,7 @@ index_add(JoinIndex *self, PyObject *const *args, Py_ssize_t nargs)
     if (parse_side(args[0], &side) < 0 || check_key(key) < 0 || parse_i64(args[2], &ts) < 0 ||
         parse_i64(args[3], &seq) < 0)
         return NULL;
-    Buf *b = (Buf *)PyDict_GetItemWithError(self->keys[side], key);
-    if (b == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        b = PyObject_New(Buf, &BufType);
-        if (b == NULL)
-            return NULL;
-        b->items = NULL;
-        b->len = b->cap = 0;
-        int failed = PyDict_SetItem(self->keys[side], key, (PyObject *)b);
-        Py_DECREF(b); /* the dict holds it */
-        if (failed < 0)
-            return NULL;
-    }
-    if (b->len == b->cap) {
-        Py_ssize_t cap = b->cap ? b->cap * 2 : 4;
-        Entry *items = PyMem_Realloc(b->items, cap * sizeof(Entry));
-        if (items == NULL)
-            return PyErr_NoMemory();
-        b->items = items;
-        b->cap = cap;
-    }
-    Py_ssize_t at = after_time(b, ts);
-    memmove(&b->items[at + 1], &b->items[at], (b->len - at) * sizeof(Entry));
-    b->items[at].ts = ts;
-    b->items[at].seq = seq;
-    b->len++;
-    if (at == 0 && heap_push(&self->heap[side], add_clamped(ts, self->final_after[side]), key) < 0)
+    if (index_insert(self, side, key, ts, seq) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -437,7 +422,7 @@ static PyMethodDef index_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject JoinIndexType = {
+PyTypeObject JoinIndexType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "streamkit.state._joinindex.JoinIndex",
     .tp_basicsize = sizeof(JoinIndex),
@@ -456,12 +441,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__joinindex(void)
 {
-    if (PyType_Ready(&BufType) < 0 || PyType_Ready(&JoinIndexType) < 0)
+    if (joinpush_intern() < 0 || PyType_Ready(&BufType) < 0 || PyType_Ready(&JoinIndexType) < 0 ||
+        PyType_Ready(&JoinPushType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "JoinIndex", (PyObject *)&JoinIndexType) < 0) {
+    if (PyModule_AddObjectRef(m, "JoinIndex", (PyObject *)&JoinIndexType) < 0 ||
+        PyModule_AddObjectRef(m, "JoinPush", (PyObject *)&JoinPushType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -10,3 +10,9 @@ class JoinIndex:
     def purge(
         self, side: int, watermark: int, forget: tuple[dict[bytes, Any], ...], /
     ) -> list[bytes]: ...
+
+class JoinPush:
+    def __init__(self, part: Any) -> None: ...
+    def __call__(
+        self, side: int, key: bytes, ts: int, value: Any, offset: int, raw: bytes | None = None, /
+    ) -> None: ...

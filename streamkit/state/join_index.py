@@ -110,8 +110,17 @@ class Index(Protocol):
     ) -> list[bytes]: ...
 
 
+class PushRecord(Protocol):
+    """`JoinPartition.push`: a record of a side enters the join."""
+
+    def __call__(
+        self, side: int, key: bytes, ts: int, value: Any, offset: int, raw: bytes | None = None, /
+    ) -> None: ...
+
+
 try:
     from streamkit.state._joinindex import JoinIndex as _NativeJoinIndex
+    from streamkit.state._joinindex import JoinPush as _NativeJoinPush
 
     # built, and not turned off
     NATIVE = os.environ.get("STREAMKIT_PURE_PYTHON", "") in ("", "0")
@@ -124,3 +133,11 @@ def new_index(final_after_left: int, final_after_right: int) -> Index:
     if NATIVE:
         return _NativeJoinIndex(final_after_left, final_after_right)
     return JoinIndex(final_after_left, final_after_right)
+
+
+def native_push(part: Any) -> PushRecord | None:
+    """`part.push` in C (`_joinpush.c`) when its index is the C one, else None (its Python
+    method, the reference, runs)."""
+    if NATIVE and isinstance(part.index, _NativeJoinIndex):
+        return _NativeJoinPush(part)
+    return None

@@ -32,7 +32,7 @@ from typing import Any
 from streamkit.eventtime import NO_WATERMARK
 from streamkit.joins import LEFT, RIGHT, JoinSpec, StreamJoin
 from streamkit.serde import Codec
-from streamkit.state.join_index import new_index
+from streamkit.state.join_index import PushRecord, native_push, new_index
 from streamkit.state.store import Purge
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
 
@@ -141,6 +141,8 @@ class JoinPartition:
         self.index = new_index(*self._final_after)  # what is buffered (`join_index.py`)
         self._keeps = (spec.keeps_unmatched(LEFT), spec.keeps_unmatched(RIGHT))
         self._grace = spec.grace_ms  # rule 1: late once the watermark passed t + grace
+        # a record enters the join: `_push`, or the same in C with the C index (`_joinpush.c`)
+        self.push: PushRecord = native_push(self) or self._push
 
     def load(self) -> int:
         """Rebuild the indexes from the stored rows; the watermark they reflect."""
@@ -170,7 +172,7 @@ class JoinPartition:
             self.newest_final = final_after
         self.buffered += 1
 
-    def push(
+    def _push(
         self, side: int, key: bytes, ts: int, value: Any, offset: int, raw: bytes | None = None
     ) -> None:
         """A record of `side` at event time `ts`: late, or joined with the buffered partners
