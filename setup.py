@@ -23,8 +23,12 @@ setup(
         Extension("streamkit.runtime._keyby", ["streamkit/runtime/_keyby.c"], optional=True),
         Extension(
             "streamkit.state._joinindex",
-            ["streamkit/state/_joinindex.c", "streamkit/state/_joinpush.c"],
-            depends=["streamkit/state/_joinindex.h"],
+            [
+                "streamkit/state/_joinmodule.c",
+                "streamkit/state/_joinindex.c",
+                "streamkit/state/_joinpush.c",
+            ],
+            depends=["streamkit/state/_joinindex.h", "streamkit/state/_joinpush.h"],
             optional=True,
         ),
     ]

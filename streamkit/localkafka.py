@@ -158,9 +158,7 @@ def write_config(
 
 
 def java_command(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
-    # a 1 GB heap, as Kafka's own start script gives a broker: with 512 MB, G1's concurrent
-    # marking ran through every heavy run and took up to a core (a third of the broker's
-    # CPU per event went to its collector, docs/benchmarks.md)
+    # 1 GB, as Kafka's start script gives a broker (512 MB: G1 took up to a core, benchmarks.md)
     return [java, "-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={data_dir / 'logs'}",
             "-cp", str(lib / "*"), *args]  # fmt: skip

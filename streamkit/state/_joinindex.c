@@ -1,5 +1,5 @@
 /* A stream-stream join's in-memory index in C: the native path of `join_index.JoinIndex`
- * (and, in `_joinpush.c`, of `JoinPartition.push`, the same module),
+ * (its push, `JoinPartition.push`, is `_joinpush.c`; the module, `_joinmodule.c`),
  * whose Python class is the reference (and what runs with STREAMKIT_PURE_PYTHON=1 or without
  * a compiler). Same methods, same answers, same order.
  *
@@ -434,23 +434,10 @@ PyTypeObject JoinIndexType = {
     .tp_new = PyType_GenericNew,
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_joinindex", NULL, -1, NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__joinindex(void)
+int
+joinindex_ready(void)
 {
-    if (joinpush_intern() < 0 || PyType_Ready(&BufType) < 0 || PyType_Ready(&JoinIndexType) < 0 ||
-        PyType_Ready(&JoinPushType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module);
-    if (m == NULL)
-        return NULL;
-    if (PyModule_AddObjectRef(m, "JoinIndex", (PyObject *)&JoinIndexType) < 0 ||
-        PyModule_AddObjectRef(m, "JoinPush", (PyObject *)&JoinPushType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    if (PyType_Ready(&BufType) < 0 || PyType_Ready(&JoinIndexType) < 0)
+        return -1;
+    return 0;
 }

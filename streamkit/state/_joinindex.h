@@ -1,4 +1,5 @@
-/* What the join index (`_joinindex.c`) shares with the join's push (`_joinpush.c`). */
+/* The join index (`_joinindex.c`): what its module (`_joinmodule.c`) and the join's push
+ * (`_joinpush.c`) use of it. */
 
 #ifndef STREAMKIT_JOININDEX_H
 #define STREAMKIT_JOININDEX_H
@@ -34,7 +35,7 @@ typedef struct {
     int64_t final_after[2];
 } JoinIndex;
 
-extern PyTypeObject JoinIndexType, JoinPushType;
+extern PyTypeObject JoinIndexType;
 
 /* a + b, held to the int64 range */
 int64_t add_clamped(int64_t a, int64_t b);
@@ -44,7 +45,7 @@ Py_ssize_t from_time(Buf *b, int64_t ts);
 PyObject *row_of(int side, Entry *e, PyObject *key);
 /* buffer a record (`JoinIndex.add`); -1 with an exception set */
 int index_insert(JoinIndex *self, int side, PyObject *key, int64_t ts, int64_t seq);
-/* the attribute names JoinPush uses, interned once; -1 with an exception set */
-int joinpush_intern(void);
+/* the index's types readied; -1 with an exception set */
+int joinindex_ready(void);
 
 #endif

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "_joinindex.h"
+#include "_joinpush.h"
 
 #define HEAD 9 /* a stored row: matched (1 byte), source offset (8), then the value's bytes */
 
@@ -431,7 +432,7 @@ PyTypeObject JoinPushType = {
 };
 
 int
-joinpush_intern(void)
+joinpush_ready(void)
 {
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) \
@@ -456,5 +457,5 @@ joinpush_intern(void)
     INTERN(s_final_after, "_final_after");
     INTERN(s_keeps, "_keeps");
 #undef INTERN
-    return 0;
+    return PyType_Ready(&JoinPushType);
 }
