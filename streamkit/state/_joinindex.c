@@ -115,7 +115,7 @@ add_clamped(int64_t a, int64_t b)
     return sum;
 }
 
-static int
+int
 parse_side(PyObject *arg, int *side)
 {
     long s = PyLong_AsLong(arg);
@@ -139,7 +139,7 @@ parse_i64(PyObject *arg, int64_t *out)
     return 0;
 }
 
-static int
+int
 check_key(PyObject *key)
 {
     if (!PyBytes_CheckExact(key)) {
@@ -179,7 +179,7 @@ from_time(Buf *b, int64_t ts)
     return lo;
 }
 
-static void
+void
 put_be64(char *at, int64_t v)
 {
     uint64_t u = (uint64_t)v;

@@ -37,6 +37,12 @@ typedef struct {
 
 extern PyTypeObject JoinIndexType;
 
+/* `v` at `at`, 8 bytes big-endian (two's complement) */
+void put_be64(char *at, int64_t v);
+/* a side argument: 0 (left) or 1 (right), else -1 with ValueError set */
+int parse_side(PyObject *arg, int *side);
+/* 0 if `key` is bytes, else -1 with TypeError set */
+int check_key(PyObject *key);
 /* a + b, held to the int64 range */
 int64_t add_clamped(int64_t a, int64_t b);
 /* the first position of `b` whose time is >= ts */

@@ -189,7 +189,7 @@ push_dealloc(JoinPush *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* bytes of `obj` from `at` on */
+/* the bytes of `stored` from `at` on */
 static PyObject *
 tail_of(PyObject *stored, Py_ssize_t at)
 {
@@ -286,16 +286,6 @@ done:
     return result;
 }
 
-static void
-put_be64(char *at, int64_t v)
-{
-    uint64_t u = (uint64_t)v;
-    for (int i = 7; i >= 0; i--) {
-        at[i] = (char)(u & 0xff);
-        u >>= 8;
-    }
-}
-
 static PyObject *
 push_call(JoinPush *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -305,18 +295,11 @@ push_call(JoinPush *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *key = args[1], *value = args[3], *offset = args[4];
     PyObject *raw = nargs == 6 ? args[5] : Py_None;
-    long s = PyLong_AsLong(args[0]);
-    if (s == -1 && PyErr_Occurred())
+    int side;
+    if (parse_side(args[0], &side) < 0)
         return NULL;
-    if (s != 0 && s != 1) {
-        PyErr_SetString(PyExc_ValueError, "side must be 0 (left) or 1 (right)");
+    if (check_key(key) < 0)
         return NULL;
-    }
-    int side = (int)s;
-    if (!PyBytes_CheckExact(key)) {
-        PyErr_SetString(PyExc_TypeError, "a join's key must be bytes");
-        return NULL;
-    }
     long long t = PyLong_AsLongLong(args[2]), off = PyLong_AsLongLong(offset);
     if ((t == -1 || off == -1) && PyErr_Occurred())
         return NULL;
