@@ -1,9 +1,10 @@
 """The compiled parts: `streamkit/aiokafka_internals/_records.c`, the native reader of
-uncompressed record batches, `_batches.c`, the collector's per-record calls, and
-`runtime/_keyby.c`, a key_by exchange's per-value call, and `state/_joinindex.c`, a
-stream-stream join's in-memory index. Optional: without a C compiler the package installs,
-reads every batch with aiokafka's reader (`records.py`), adds records, routes them and
-indexes a join's records in Python (`batches.py`, `exchange.py`, `join_index.py`). The rest
+uncompressed record batches, `_batches.c`, the collector's per-record calls,
+`runtime/_keyby.c`, a key_by exchange's per-value call, `state/_joinindex.c`, a
+stream-stream join's in-memory index, and `state/_tables.c`, a table's `t[k]` and `t[k] = v`.
+Optional: without a C compiler the package installs, reads every batch with aiokafka's reader
+(`records.py`), adds records, routes them, indexes a join's records and reads tables in Python
+(`batches.py`, `exchange.py`, `join_index.py`, `table_access.py`). The rest
 of the metadata: pyproject.toml."""
 
 from setuptools import Extension, setup
@@ -31,5 +32,6 @@ setup(
             depends=["streamkit/state/_joinindex.h", "streamkit/state/_joinpush.h"],
             optional=True,
         ),
+        Extension("streamkit.state._tables", ["streamkit/state/_tables.c"], optional=True),
     ]
 )

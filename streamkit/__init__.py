@@ -12,7 +12,8 @@ from streamkit.serde import DecodeError
 from streamkit.settings import ConfigError, Settings
 from streamkit.sinks import JsonLinesSink, PostgresSink, SqliteSink
 from streamkit.state.global_table import GlobalTable
-from streamkit.state.table import KeyNotInPartition, Table, TableNotBound
+from streamkit.state.ownership import KeyNotInPartition, TableNotBound
+from streamkit.state.table import Table
 from streamkit.state.timers import Timers
 from streamkit.state.versioned_table import VersionedTable
 from streamkit.state.window_table import WindowTable

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from streamkit.registry.client import RegistryUnavailable
 from streamkit.runtime.collector import ProduceFailed
-from streamkit.state.table import TableNotBound
+from streamkit.state.ownership import TableNotBound
 
 
 class AgentStopped(Exception):

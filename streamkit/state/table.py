@@ -4,18 +4,21 @@
 that partition's write-back cache (`TablePartition`); a miss reads one row from SQLite. Writes
 only touch the cache and mark the key dirty; the checkpoint turns dirty keys into changelog
 records and one SQLite transaction. The cache is bounded: clean entries are evicted oldest
-first, and too many dirty ones ask for an early checkpoint.
+first, and too many dirty ones ask for an early checkpoint. `t[k]` and `t[k] = v` of a cached
+key run in C when built (`table_access.py`); `Table._getitem` & co. are the reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from streamkit.context import CURRENT_TASK, TaskScope
-from streamkit.keys import partition_for_key
+from streamkit.context import CURRENT_TASK
 from streamkit.serde import RAW, Codec, codec_for
+from streamkit.state.ownership import key_checker, scope_for
 from streamkit.state.store import PartitionStore, Purge
+from streamkit.state.table_access import NATIVE as NATIVE_ACCESS
+from streamkit.state.table_access import TableAccess, configure, forget_rows
 from streamkit.state.ttl import Expiry, StampedCodec, Ttl
 from streamkit.topics import Topic
 
@@ -23,77 +26,14 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 # Values of these types cannot change in place: reading one does not make its key dirty.
-_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), tuple, frozenset})
-
-
-class TableNotBound(Exception):
-    """State used from code that does not own it, or under a key of another partition: a
-    mistake in the app, not in an event (the worker stops with this message)."""
-
-
-class KeyNotInPartition(TableNotBound):
-    """A write under a key that does not hash to the partition of the task writing it."""
-
-
-def scope_for(kind: str, name: str, owner: str | None) -> TaskScope:
-    """The running task's scope, or TableNotBound naming the state and what to declare."""
-    scope = CURRENT_TASK.get(None)
-    if scope is None:
-        raise TableNotBound(
-            f"{kind} {name} used outside a running task: state is used from the code of the "
-            "stage that owns it (agent bodies, their helpers, map functions, timer callbacks)"
-        )
-    where = f"stage {scope.stage_name}"
-    if owner is None:
-        raise TableNotBound(
-            f"{kind} {name} is used in {where} but no stage declares it: add it to "
-            f"state=[...] of the agent (or .with_state(...) on the stream) of {where}"
-        )
-    raise TableNotBound(
-        f"{kind} {name} is used in {where} but belongs to stage {owner}: state is local to "
-        f"the stage that declares it; move the code there, or declare it on {where} instead"
-    )
-
-
-def check_key(kind: str, name: str, encoded: bytes, key: Any, scope: TaskScope) -> None:
-    """A written key must hash (murmur2) to the running task's partition."""
-    if encoded == scope.event_key():
-        return  # the event's own key: its partition is this one (the common case, no hash)
-    _check_partition(kind, name, encoded, key, scope.partition, scope.partitions, scope)
-
-
-def _check_partition(
-    kind: str, name: str, encoded: bytes, key: Any, partition: int, partitions: int, scope: Any
-) -> None:
-    belongs = partition_for_key(encoded, partitions)
-    if belongs != partition:
-        raise KeyNotInPartition(
-            f"{kind} {name}: key {key!r} belongs to partition {belongs} of stage "
-            f"{scope.stage_name} "
-            f"({partitions} partitions), but partition {partition} is using it: key_by(<this "
-            "key>) before the stage that uses it (or declare it with local_keys=True if its "
-            "keys are the task's own)"
-        )
-
-
-def key_checker(table: Table[Any, Any], partition: int, partitions: int) -> Callable[[Any], None]:
-    """The check a table partition runs on each key that enters its cache."""
-    encode, name = table.key_codec.encode, table.name
-
-    def check(key: Any) -> None:
-        scope = CURRENT_TASK.get(None)
-        if scope is None:
-            return  # read from outside a task (a query, the testing kit's views)
-        encoded = encode(key)
-        if encoded == scope.event_key():
-            return
-        _check_partition("table", name, encoded, key, partition, partitions, scope)
-
-    return check
+_IMMUTABLE: frozenset[type] = frozenset(
+    {int, float, str, bytes, bool, type(None), tuple, frozenset}
+)
 
 
 _MISSING: Any = object()
 _DELETED: Any = object()
+configure(CURRENT_TASK, _MISSING, _DELETED, _IMMUTABLE)  # (the C type's view of them)
 
 
 class FollowStatus:
@@ -137,7 +77,7 @@ class TablePartition:
         # misses, a write of a new key): once per key while it stays cached, not per access.
         self._check: Callable[[Any], None] | None = None
         if partitions is not None and table.checked_keys and not table.source:
-            self._check = key_checker(table, partition, partitions)
+            self._check = key_checker(table.name, table.key_codec.encode, partition, partitions)
         # Changes taken by a checkpoint, not yet in SQLite (an evicted key is not read stale)
         self.flushing: dict[bytes, bytes | None] = {}
         self.hits = self.misses = 0
@@ -220,7 +160,7 @@ class TablePartition:
         self.forget_all([key])
 
     def forget_all(self, keys: list[Any]) -> None:
-        """`forget` each of `keys` (a closed window's rows) in one call."""
+        """`forget` each of `keys` in one call."""
         cache, dirty, flushing = self.cache, self.dirty, self.flushing
         encode = self._key_codec.encode
         for key in keys:
@@ -228,6 +168,14 @@ class TablePartition:
             dirty.pop(key, None)
             if flushing:
                 flushing.pop(encode(key), None)
+
+    def forget_window(self, start: int, keys: Iterable[Any]) -> None:
+        """`forget` a closed window's rows, `(start, key)` for each of `keys` (in C when
+        nothing is being flushed: `table_access.forget_rows`)."""
+        if self.flushing:
+            self.forget_all([(start, key) for key in keys])
+        else:
+            forget_rows(self.cache, self.dirty, start, keys)
 
     def _bound(self) -> None:
         cache = self.cache
@@ -323,7 +271,7 @@ class TablePartition:
                 yield key
 
 
-class Table(Generic[K, V]):
+class Table(TableAccess, Generic[K, V]):
     """`app.table("spent", default=float)`: a mapping per partition, backed by SQLite and the
     compacted changelog topic `{app_id}-{name}-changelog`."""
 
@@ -412,7 +360,7 @@ class Table(Generic[K, V]):
             return self._expiring(part, key, touch)
         return part.get(key)
 
-    def __getitem__(self, key: K) -> V:
+    def _getitem(self, key: K) -> V:
         scope = CURRENT_TASK.get(None)
         part = None if scope is None else scope.tables.get(self.name)
         if part is None:
@@ -453,7 +401,7 @@ class Table(Generic[K, V]):
             )
         return self._local()
 
-    def __setitem__(self, key: K, value: V) -> None:
+    def _setitem(self, key: K, value: V) -> None:
         scope = CURRENT_TASK.get(None)
         part = None if scope is None or self.source else scope.tables.get(self.name)
         if part is None:
@@ -466,11 +414,14 @@ class Table(Generic[K, V]):
         else:
             part.set(key, value)
 
-    def __delitem__(self, key: K) -> None:
+    def _delitem(self, key: K) -> None:
         part = self._writable(key)
         live = self.ttl is None or self._expiring(part, key, False) is not _MISSING
         if not part.delete(key) or not live:
             raise KeyError(key)
+
+    if not NATIVE_ACCESS:  # `t[k]` & co. in Python; compiled, TableAccess's slots call these
+        __getitem__, __setitem__, __delitem__ = _getitem, _setitem, _delitem
 
     def __contains__(self, key: object) -> bool:
         part = self._local()

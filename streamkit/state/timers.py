@@ -23,7 +23,8 @@ from streamkit.context import CURRENT_TASK, WALL_CLOCK
 from streamkit.eventtime import NO_WATERMARK, to_ms
 from streamkit.serde import codec_for
 from streamkit.settings import ConfigError
-from streamkit.state.table import _MISSING, Table, TablePartition, check_key, scope_for
+from streamkit.state.ownership import check_key, scope_for
+from streamkit.state.table import _MISSING, Table, TablePartition
 from streamkit.state.window_table import WATERMARK_ROW, WindowKeyCodec, stored_watermark
 
 if TYPE_CHECKING:

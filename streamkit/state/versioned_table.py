@@ -31,7 +31,8 @@ from typing import Any, Generic, TypeVar
 
 from streamkit.context import CURRENT_TASK
 from streamkit.serde import RAW, Codec, codec_for
-from streamkit.state.table import Table, TablePartition, check_key, scope_for
+from streamkit.state.ownership import check_key, scope_for
+from streamkit.state.table import Table, TablePartition
 from streamkit.topics import Topic
 from streamkit.versions import (
     TOMBSTONE,

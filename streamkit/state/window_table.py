@@ -36,8 +36,9 @@ from streamkit.eventtime import NO_WATERMARK
 from streamkit.joins import DAY_MS
 from streamkit.serde import JSON, Codec, codec_for, dumps
 from streamkit.settings import ConfigError
+from streamkit.state.ownership import check_key, scope_for
 from streamkit.state.store import Purge
-from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition, check_key, scope_for
+from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
 from streamkit.topics import Topic
 from streamkit.windows import Aggregation, Session, Sliding, WindowKind
 
@@ -372,16 +373,14 @@ class WindowPartition:
         while starts and starts[0] <= cutoff:
             start = heapq.heappop(starts)
             keys = self.open.pop(start)
-            # no tombstone where the store's purge rule deletes the row (`closed_rows`)
-            closed = [(start, key) for key in keys]
             if not self._update:  # final results, in a stable order
-                closed.sort(key=lambda row: repr(row[1]))
-                for row in closed:
-                    acc = rows.get(row)
+                for key in sorted(keys, key=repr):
+                    acc = rows.get((start, key))
                     if acc is not _MISSING:
-                        self._emit(row[1], start, start + self._size, acc, True, None)
+                        self._emit(key, start, start + self._size, acc, True, None)
+            # no tombstone where the store's purge rule deletes the row (`closed_rows`)
             if start >= 0:
-                rows.forget_all(closed)
+                rows.forget_window(start, keys)
             else:
-                for row in closed:
-                    rows.remove(row)
+                for key in keys:
+                    rows.remove((start, key))
