@@ -18,7 +18,8 @@ callback waits for no such transaction:
    task) and commits nothing.
 
 A task starts between two checkpoints when the tasks share a transaction (`lock`), and always
-with producers acquired at that moment (a failed transaction may have replaced them).
+with producers acquired at that moment (a failed transaction may have replaced them); an
+assignment of nothing new waits for no checkpoint.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ class Positions:
     ) -> set[TopicPartition]:
         """Seek and start the tasks of `tps` (those still ours), between two checkpoints; an
         assignment of nothing new is logged as such too (scripts wait for that line)."""
-        guard = self._lock if self._lock is not None else contextlib.nullcontext()
+        # nothing new to start (a cooperative round's kept partitions): no checkpoint to wait
+        # for, and the member rejoins at once for the round that hands over what it revoked
+        guard = self._lock if self._lock is not None and tps else contextlib.nullcontext()
         async with guard:
             if epoch != self._epoch or self.stopping():
                 return set()
