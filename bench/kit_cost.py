@@ -27,6 +27,7 @@ import tempfile
 import orjson
 
 import streamkit as sk
+from bench.common import peer_env
 from bench.pipelines import workload
 from streamkit.testing import AsyncTestDriver
 
@@ -38,17 +39,10 @@ async def run(pipeline: str, n: int, keys: int) -> int:
     records."""
     work = workload(pipeline, n, keys)
     with tempfile.TemporaryDirectory() as state:
+        # never dialled: the kit has its own topics
+        os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
         os.environ.update(
-            {
-                "BENCH_PIPELINE": pipeline,
-                "BENCH_GROUP": "kit-cost",
-                "BENCH_BOOTSTRAP": "127.0.0.1:9",  # never dialled: the kit has its own topics
-                "BENCH_INPUT": "kit-in",
-                "BENCH_OUTPUT": "kit-out",
-                "BENCH_GUARANTEE": "at_least_once",
-                "BENCH_COMMIT_INTERVAL": "1.0",
-                "BENCH_STATE_DIR": state,
-            }
+            peer_env(pipeline, "kit-in", "kit-out", "kit-cost", "at_least_once", 1.0, state)
         )
         app = importlib.import_module("bench.peers.streamkit_app").app
         async with AsyncTestDriver(app, workdir=state) as driver:

@@ -20,23 +20,9 @@ from streamkit.context import CURRENT_TASK
 from streamkit.state import table_access
 from streamkit.state.store import open_store
 from streamkit.state.table import _DELETED, _MISSING, Table, TablePartition
+from tests.test_ttl import Scope
 
 KINDS = ["plain", "counts", "lists", "source", "ttl"]
-
-
-class Scope:
-    """The running task as state code sees it (no key check: one partition)."""
-
-    def __init__(self) -> None:
-        self.ts = 0
-        self.tables: dict[str, Any] = {}
-        self.partition, self.partitions, self.stage_name = 0, 1, "access"
-
-    def event_time(self) -> int:
-        return self.ts
-
-    def event_key(self) -> None:
-        return None
 
 
 def make_table(kind: str) -> Table[Any, Any]:

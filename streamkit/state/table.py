@@ -10,7 +10,7 @@ key run in C when built (`table_access.py`); `Table._getitem` & co. are the refe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Generic, TypeVar
 
 from streamkit.context import CURRENT_TASK
@@ -169,13 +169,14 @@ class TablePartition:
             if flushing:
                 flushing.pop(encode(key), None)
 
-    def forget_window(self, start: int, keys: Iterable[Any]) -> None:
-        """`forget` a closed window's rows, `(start, key)` for each of `keys` (in C when
-        nothing is being flushed: `table_access.forget_rows`)."""
+    def forget_window(self, start: int, keys: Collection[Any]) -> None:
+        """`forget` a closed window's rows, `(start, key)` for each of `keys` (from the cache
+        and the dirty keys in C when built: `table_access.forget_rows`)."""
+        forget_rows(self.cache, self.dirty, start, keys)
         if self.flushing:
-            self.forget_all([(start, key) for key in keys])
-        else:
-            forget_rows(self.cache, self.dirty, start, keys)
+            encode, flushing = self._key_codec.encode, self.flushing
+            for key in keys:
+                flushing.pop(encode((start, key)), None)
 
     def _bound(self) -> None:
         cache = self.cache
