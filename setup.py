@@ -22,6 +22,7 @@ setup(
             optional=True,
         ),
         Extension("streamkit.runtime._keyby", ["streamkit/runtime/_keyby.c"], optional=True),
+        Extension("streamkit.runtime._relay", ["streamkit/runtime/_relay.c"], optional=True),
         Extension(
             "streamkit.state._joinindex",
             [

@@ -193,6 +193,24 @@ class EventClock:
             self._moved()
         return ts
 
+    def takes_record_time(self, topic: str) -> bool:
+        """Whether input `topic` is a source topic whose events take their records'
+        timestamps (a relay stage's, `relay.py`: `observed` then stands for `on_data`)."""
+        clock_input = self.inputs.get(topic)
+        return (
+            clock_input is not None
+            and not clock_input.tracker.upstreams
+            and clock_input.policy.spec is None
+        )
+
+    def observed(self, topic: str, ts: int) -> None:
+        """`on_data` for a batch of records of `topic` (`takes_record_time`) whose latest
+        timestamp is `ts`: the watermark ends where record by record would leave it (a relay
+        stage has no window to close on the way)."""
+        tracker = (self._single or self.inputs[topic]).tracker
+        if ts > tracker.max_seen and tracker.observe(ts):
+            self._moved()
+
     def advance_to(self, watermark: int) -> bool:
         """Move the watermark to `watermark` (never back), closing windows and firing
         event-time timers as an event would; run it in the task's context (the testing kit)."""

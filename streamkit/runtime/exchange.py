@@ -77,7 +77,7 @@ class Router:
         """`route` as one function per task, for the task's hot path: it reads the record
         being processed and its event time from `host` and sets `host.full` when a batch
         filled up."""
-        output, topic, count = self.output, self.topic, self._count
+        output = self.output
         if self._kind != "key_by":
             route = self.route
 
@@ -88,21 +88,10 @@ class Router:
             return spread
         key_of = self._key
         assert key_of is not None
-        encode_key, encode_value = dumps(output.key_codec), dumps(output.value_codec)
+        encode_value = dumps(output.value_codec)
         raw = self.raw
-        tps = [(topic, p) for p in range(count)]  # the tuples the collector's batches key on
-        known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
-
-        def place(key: bytes) -> int:
-            return partition_of(known, key, count)
-
-        def keyless(value: bytes | None, timestamp_ms: int | None, headers: Any) -> bool:
-            raise ValueError(f"key_by to {topic!r}: the key encodes to None")
-
-        # (key, value, timestamp, headers) to the key's partition, in C when built
-        route = host.collector.keyed_router(tps, known, place, keyless)
+        route, encode_key, utf8_keys = self.keyed(host.collector)
         if NATIVE_KEY_BY:  # what `key_by` below does, in C (`_keyby.c`)
-            utf8_keys = type(output.key_codec) is StrCodec  # a str key: its UTF-8, as `encode_key`
             native: Callable[[Any], None] = KeyBy(
                 host, route, self.exchange.key_field, key_of, encode_key, utf8_keys, raw,
                 encode_value,
@@ -121,6 +110,26 @@ class Router:
                 host.full = True
 
         return key_by
+
+    def keyed(
+        self, collector: RecordCollector
+    ) -> tuple[Callable[..., bool], Callable[[Any], bytes], bool]:
+        """A key_by's route (key bytes, value bytes, timestamp, headers) → True when a batch
+        filled up, to the key's partition, in C when built; the key's encoder; and whether
+        a str key's bytes are its UTF-8 (what the encoder does with one)."""
+        topic, count = self.topic, self._count
+        tps = [(topic, p) for p in range(count)]  # the tuples the collector's batches key on
+        known: dict[bytes, int] = {}  # the keys' partitions (`partition_of`)
+
+        def place(key: bytes) -> int:
+            return partition_of(known, key, count)
+
+        def keyless(value: bytes | None, timestamp_ms: int | None, headers: Any) -> bool:
+            raise ValueError(f"key_by to {topic!r}: the key encodes to None")
+
+        route = collector.keyed_router(tps, known, place, keyless)
+        codec = self.output.key_codec
+        return route, dumps(codec), type(codec) is StrCodec
 
 
 class RouteHost(Protocol):

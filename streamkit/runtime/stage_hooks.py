@@ -1,8 +1,8 @@
 """What a task does beyond its record loop (`runtime/task.py`): opening the stage's state and
 sinks before the first record (tables, window tables and timers, the table sync, the joins,
 sinks beyond Kafka), the per-input decoders and pushes the loop runs, the event clock's part
-of a record (control records, event time), and pushing the results of its joins on after the
-record in flight.
+of a record (control records, event time), its look at timers and the watermark every so many
+events, and pushing the results of its joins on after the record in flight.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from streamkit.context import TaskScope
 from streamkit.graph import Stage
 from streamkit.runtime.agent_run import Agents
 from streamkit.runtime.collector import RecordCollector
-from streamkit.runtime.event_clock import open_event_state
+from streamkit.runtime.event_clock import fire_processing_timers, open_event_state
 from streamkit.runtime.failures import FATAL
 from streamkit.runtime.joins import Joined, JoinHost, open_joins
 from streamkit.runtime.sinks import TaskSinks
@@ -28,6 +28,7 @@ from streamkit.state.task_tables import TaskTables
 from streamkit.state.window_table import WindowPartition
 
 if TYPE_CHECKING:
+    from streamkit.runtime.async_map import AsyncCalls
     from streamkit.runtime.event_clock import EventClock
     from streamkit.state.timers import TimerPartition
     from streamkit.state.window_table import Windows
@@ -79,6 +80,25 @@ def stamped(task: Letters, clock: EventClock, rec: Any, value: Any) -> bool:
         task.dead_letter(rec, f"no event time: {type(exc).__name__}: {exc}", "TimestampError")
         return False
     return True
+
+
+class Checked(Protocol):
+    timers: dict[str, TimerPartition]
+    clock: EventClock | None
+    calls: AsyncCalls | None
+    collector: RecordCollector
+
+
+def every_check(task: Checked) -> None:
+    """Every so many events (the task loop's BROADCAST_CHECK): due processing-time timers
+    fire, the watermark goes downstream."""
+    if task.timers:
+        fire_processing_timers(task.timers.values())
+    if task.clock is not None:
+        if task.calls is None:
+            task.clock.broadcast(task.collector)
+        else:  # never ahead of events whose calls are in flight
+            task.calls.broadcast(task.clock)
 
 
 class Opening(JoinHost, TaskScope, Protocol):

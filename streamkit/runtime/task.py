@@ -6,7 +6,8 @@ then one depth-first pass through the stage's operators (`operators.py`): inline
 exchanges and sinks append to the task's collector, and each agent of the stage gets the
 values queued for it, fed to its body right after the pass (`agent_run.py`). Only when every
 branch has finished the record does its offset become committable: `offsets()` is exactly
-what the checkpoint commits. No task per event, no queue hop, no thread.
+what the checkpoint commits. No task per event, no queue hop, no thread. (A relay stage's
+records are routed in batches, undecoded, when sure: `relay.py`.)
 
 The task is also what state code sees (`context.TaskScope`): tables, window tables and timers
 of the stage resolve their partition from it wherever they are called from.
@@ -41,11 +42,13 @@ from streamkit.runtime.failures import FATAL, AgentStopped
 from streamkit.runtime.joins import Joined
 from streamkit.runtime.operators import Compiler
 from streamkit.runtime.pass_control import PassControl
+from streamkit.runtime.relay import relay_for
 from streamkit.runtime.sinks import TaskSinks
 from streamkit.runtime.stage_hooks import (
     Input,
     control_record,
     drain_joins,
+    every_check,
     open_stage,
     stage_inputs,
     stamped,
@@ -229,8 +232,7 @@ class Task:
         return event
 
     def event_key(self) -> bytes | None:
-        rec = self.record
-        return None if rec is None else rec.key
+        return None if self.record is None else self.record.key
 
     def event_time(self) -> int:
         """Epoch ms of the event being processed (its event time when the stage uses event
@@ -245,14 +247,8 @@ class Task:
         """The event being processed is late for a window table: to the late topic."""
         if self.record is None:
             raise RuntimeError("a late event outside of event processing")
-        dead_letter(
-            self.collector,
-            topic,
-            self.record,
-            agent=self.stage.name,
-            reason=reason,
-            error_type="LateEvent",
-        )
+        rec, name = self.record, self.stage.name
+        dead_letter(self.collector, topic, rec, agent=name, reason=reason, error_type="LateEvent")
 
     # -- one record ----------------------------------------------------------------------------
 
@@ -295,17 +291,19 @@ class Task:
         if self.calls is not None:
             self.calls.bind(self._done)
         inputs = stage_inputs(self.stage, compiler.inputs())
+        relay = relay_for(self, inputs, compiler, self._records, BROADCAST_CHECK)
         await self.agents.start()
         with contextlib.suppress(_Closed):
-            await self._loop(inputs)
+            await self._loop(inputs, relay)
         if self.clock is not None:  # the last watermark joins the final checkpoint: the next
             self.clock.broadcast(self.collector, force=True)  # owner may start knowing none
         await self.agents.stop()
 
-    async def _loop(self, inputs: dict[str, Input]) -> None:
+    async def _loop(self, inputs: dict[str, Input], relay: Callable[[], Any] | None) -> None:
         """Take the buffered records one at a time: decode (what fails to decode is a dead
         letter), event time, the pass through the operators, the agents' bodies, the join
-        results; then the record's offset is done (or waits for its map_async calls)."""
+        results; then the record's offset is done (or waits for its map_async calls). A relay
+        stage's `relay` takes the records it is sure of first, in batches."""
         records, done, control = self._records, self._done, self.control
         agents = self.agents
         pending, single = agents.pending, agents.single
@@ -317,6 +315,14 @@ class Task:
                 continue
             if sync is not None and (hold := sync.hold(records[0])):
                 await self._wait(hold)  # until its tables caught up (`table_sync.py`)
+                continue
+            if relay is not None and (last := relay()) is not None:
+                self._taken = last  # a batch routed, its offsets done
+                if self.full:
+                    self.full = False
+                    await collector.submit_full()
+                if not self.events_in % BROADCAST_CHECK:
+                    every_check(self)
                 continue
             rec = self._taken = records.popleft()
             if clock is not None and rec.headers and control_record(self, clock, rec):
@@ -379,13 +385,7 @@ class Task:
                 self.full = False
                 await collector.submit_full()
             if not self.events_in % BROADCAST_CHECK:
-                if self.timers:
-                    fire_processing_timers(self.timers.values())
-                if clock is not None:
-                    if calls is None:
-                        clock.broadcast(collector)
-                    else:  # never ahead of events whose calls are in flight
-                        calls.broadcast(clock)
+                every_check(self)
 
     async def _wait(self, hold: float | None = None) -> None:
         """Wait for records (or, `hold` seconds at most, for a held record's tables)."""
