@@ -21,6 +21,7 @@ from streamkit.runtime.assignor import (
     TP,
     MemberInfo,
     StreamkitAssignor,
+    awaits_follow_up,
     hold_back,
     plan,
     planned_cooperatively,
@@ -158,11 +159,14 @@ def test_the_assignor_holds_back_through_its_metadata_and_marks_its_assignments(
     first = {m: a.partitions() for m, a in coop.assign(_Cluster(), meta).items()}
     assert len(first["a"]) == 2 and first["b"] == []  # the 2 that move: to nobody yet
     assert all(planned_cooperatively(a.user_data) for a in coop.assign(_Cluster(), meta).values())
+    pending = {m: awaits_follow_up(a.user_data) for m, a in coop.assign(_Cluster(), meta).items()}
+    assert pending == {"a": False, "b": True}  # b: 2 partitions wait for it
     assert not planned_cooperatively(orjson.dumps({"standby": []}))  # an older leader's
     # the follow-up round: a no longer holds them
     follow = {"a": _assignor(True, set(first["a"])).metadata(["t"]), "b": meta["b"]}
     second = {m: a.partitions() for m, a in eager.assign(_Cluster(), follow).items()}
     assert second["a"] == first["a"] and len(second["b"]) == 2
+    assert not any(awaits_follow_up(a.user_data) for a in eager.assign(_Cluster(), follow).values())
     # an old member's metadata (no protocol field) is eager: its owned list is not held back
     old = ConsumerProtocolMemberMetadata(1, ["t"], orjson.dumps({"owned": [["t", 0]]}))
     third = eager.assign(_Cluster(), {"a": old, "b": meta["b"]})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +29,7 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import TopicPartition
 
 from streamkit.aiokafka_internals import CooperativeRebalance, check_coordinator
-from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
+from streamkit.runtime.assignor import StreamkitAssignor, awaits_follow_up, planned_cooperatively
 from tests.kafkahelp import bootstrap, create_topic, produce, wait_until
 
 PARTITIONS = 4
@@ -38,17 +39,20 @@ refusals: dict[CooperativeRebalance, list[bool]] = {}  # each member's `refused(
 class Recorder(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.calls: list[tuple[str, set[TopicPartition]]] = []
+        self.times: list[float] = []  # when each call came (monotonic)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.calls.append(("revoked", set(revoked)))
+        self.times.append(time.monotonic())
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.calls.append(("assigned", set(assigned)))
+        self.times.append(time.monotonic())
 
 
 @contextlib.asynccontextmanager
 async def cooperative_member(
-    topic: str, group: str, hold: Any = None
+    topic: str, group: str, hold: Any = None, heartbeat_ms: int = 300
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, CooperativeRebalance, Recorder]]:
     """`hold`: whether it may hold its partitions through a join (by default: as a worker,
     once its last assignment said that every member plans cooperative rounds)."""
@@ -61,16 +65,17 @@ async def cooperative_member(
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=300,
+        session_timeout_ms=max(6000, 4 * heartbeat_ms),
+        heartbeat_interval_ms=heartbeat_ms,
         partition_assignment_strategy=(assignor,),
     )
     await consumer.start()
     check_coordinator(consumer)
     refused: list[bool] = []
     rebalance = CooperativeRebalance(
-        consumer, planned_cooperatively, lambda: refused.append(True), hold or assignor.may_hold
-    )
+        consumer, planned_cooperatively, lambda: refused.append(True), hold or assignor.may_hold,
+        awaits_follow_up,
+    )  # fmt: skip
     refusals[rebalance] = refused
     holder.append(rebalance)
     recorder = Recorder()
@@ -143,6 +148,26 @@ async def test_a_joining_member_takes_half_in_two_rounds_and_the_rest_keep_their
                 [a, b], lambda: ra.synced() and len(la.calls) > 4, "a to rejoin after the loss"
             )
             assert la.calls[4] == ("revoked", kept)
+
+
+async def test_the_new_owner_looks_for_the_follow_up_round_before_its_next_heartbeat(
+    uid: str,
+) -> None:
+    """With 3 s between heartbeats, the member that waits for the partitions held back from
+    it learns of the follow-up round as soon as their holder has revoked them and rejoined,
+    not at its next heartbeat 3 s after its join."""
+    topic, group = f"coopf-{uid}", f"coopf-{uid}"
+    await create_topic(topic, PARTITIONS)
+    every = {TopicPartition(topic, p) for p in range(PARTITIONS)}
+    async with cooperative_member(topic, group, heartbeat_ms=3000) as (a, _, _):
+        await poll_until([a], lambda: a.assignment() == every, "a to hold everything")
+        async with cooperative_member(topic, group, heartbeat_ms=3000) as (b, _, lb):
+            await poll_until(
+                [a, b], lambda: len(b.assignment()) == PARTITIONS // 2, "b to get its half"
+            )
+            assert lb.calls == [("assigned", set()), ("assigned", every - a.assignment())]
+            waited = lb.times[1] - lb.times[0]
+            assert waited < 1.5, f"the follow-up round came {waited:.2f} s after the first"
 
 
 class OlderLeader(StreamkitAssignor):

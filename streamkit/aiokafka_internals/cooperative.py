@@ -11,8 +11,8 @@ conventions of the members. aiokafka's eager one, in its `GroupCoordinator`:
   partition's fetch state, its position too, is made anew) and calls `on_partitions_assigned`
   with all of it.
 
-`CooperativeRebalance(consumer, accept, refused, hold)`, installed on a started consumer before
-it subscribes, replaces both on that consumer's coordinator object:
+`CooperativeRebalance(consumer, accept, refused, hold, follow_up)`, installed on a started
+consumer before it subscribes, replaces both on that consumer's coordinator object:
 
 1. Before JoinGroup: nothing is revoked; the member keeps fetching and its listener's tasks
    keep running. The assignor's metadata says which partitions the member still holds
@@ -28,6 +28,11 @@ it subscribes, replaces both on that consumer's coordinator object:
 3. If something was revoked, the member asks to rejoin at once: the leader's assignor gives a
    partition that moves to nobody in the first round (its holder revokes it) and to its new
    owner in this follow-up round.
+4. If the assignment's user data says partitions wait for this member (`follow_up`), it
+   heartbeats every FOLLOW_UP_POLL seconds until the follow-up round begins (an answer
+   "rebalancing" makes it rejoin), for FOLLOW_UP_WAIT at most: the round waits for the
+   holder's revocation, not also for the new owner's next heartbeat (up to
+   `heartbeat_interval_ms`). A heartbeat never starts a rebalance, so asking early is safe.
 
 A member that held partitions through the join needs a leader that plans cooperative rounds:
 an assignment whose user data `accept` refuses (a leader that could have given a partition
@@ -63,7 +68,13 @@ from streamkit.aiokafka_internals.groups import NO_GENERATION, _require, check_v
 
 log = logging.getLogger(__name__)
 
+FOLLOW_UP_POLL = 0.1  # seconds between two heartbeats of a member awaiting a follow-up round
+FOLLOW_UP_WAIT = 15.0  # ... for this long at most (the holder's revocation: a checkpoint)
+
 COOPERATIVE_COORDINATOR_ATTRIBUTES = (
+    "_do_heartbeat",
+    "_closing",
+    "need_rejoin",
     "_on_join_prepare",
     "_on_join_complete",
     "_performed_join_prepare",
@@ -120,11 +131,14 @@ class CooperativeRebalance:
         accept: Callable[[bytes], bool],
         refused: Callable[[], None],
         hold: Callable[[], bool],
+        follow_up: Callable[[bytes], bool],
     ) -> None:
         check_coordinator(consumer)
         self._accept = accept
         self._hold = hold
         self._refused = refused
+        self._follow_up = follow_up
+        self._asking: asyncio.Task[None] | None = None  # step 4's heartbeats
         self._coordinator = coordinator = consumer._coordinator
         self._state = coordinator._subscription  # aiokafka's SubscriptionState
         self.owned: set[TopicPartition] = set()  # what the listener holds (told, not revoked)
@@ -186,6 +200,7 @@ class CooperativeRebalance:
         self._coordinator._performed_join_prepare = False
 
     async def _join_prepare(self, previous_assignment: Any) -> None:
+        self.stop_asking()
         # step 1
         self._coordinator._group_subscription = None
         subscription = self._state.subscription
@@ -241,6 +256,35 @@ class CooperativeRebalance:
         await self._call("on_partitions_assigned", added)
         if revoked:  # step 3
             coordinator.request_rejoin()
+        elif self._follow_up(assignment.user_data):  # step 4
+            self.stop_asking()
+            self._asking = asyncio.create_task(self._ask_for_follow_up(generation, subscription))
+
+    async def _ask_for_follow_up(self, generation: int, subscription: Any) -> None:
+        """Step 4: heartbeat until the follow-up round begins (or this member's generation
+        changes, or FOLLOW_UP_WAIT passes)."""
+        coordinator = self._coordinator
+        closing: asyncio.Future[None] = coordinator._closing  # set when the consumer stops
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FOLLOW_UP_WAIT
+        while loop.time() < deadline:
+            await asyncio.wait([closing], timeout=FOLLOW_UP_POLL)
+            if closing.done() or int(coordinator.generation) != generation:
+                return
+            if coordinator.need_rejoin(subscription):
+                return
+            try:
+                await coordinator._do_heartbeat()
+            except Exception as exc:  # the heartbeat routine meets it too, and acts on it
+                log.debug("a heartbeat awaiting the follow-up round failed: %r", exc)
+                return
+
+    def stop_asking(self) -> None:
+        """Stop step 4's heartbeats (a join begins; they stop by themselves when the consumer
+        does)."""
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()
+        self._asking = None
 
     async def _call(self, method: str, tps: set[TopicPartition]) -> None:
         listener = self._state.listener

@@ -71,6 +71,7 @@ class MemberData:
     endpoints: dict[TopicPartition, str] = field(default_factory=dict)  # who serves each
     rounds: str | None = None  # "cooperative": the leader planned with `assignor.hold_back`
     group_rounds: bool = False  # every member would too (all of a version with `hold_back`)
+    pending: int = 0  # partitions of the plan held back from it: a follow-up round gives them
 
 
 def encode(
@@ -79,15 +80,18 @@ def encode(
     members: Mapping[str, str | None],
     routes: Routes | None,
     group_rounds: bool = False,
+    pending: int = 0,
 ) -> bytes:
     """One member's user data; `routes` only for a member that serves HTTP; `group_rounds`
-    when every member of the group plans cooperative rounds when it leads."""
+    when every member of the group plans cooperative rounds when it leads; `pending`: how many
+    partitions planned for it this round holds back (their holder revokes them first)."""
     data: dict[str, object] = {
         "member_id": member_id,
         "standby": sorted(standby),
         "members": dict(members),
         "rounds": "cooperative",  # planned with `assignor.hold_back`
         "group_rounds": group_rounds,
+        "pending": pending,
     }
     if routes is not None:
         data["routes"] = {"endpoints": routes.endpoints, "owners": routes.owners}
@@ -111,4 +115,5 @@ def decode(raw: bytes | None) -> MemberData:
         endpoints=endpoints,
         rounds=data.get("rounds"),
         group_rounds=bool(data.get("group_rounds")),
+        pending=int(data.get("pending", 0)),
     )

@@ -19,6 +19,8 @@ earlier ownership). The leader's `plan` is a pure function of that:
    partition the plan moves away from a cooperative member that holds it goes to nobody in
    this round (`hold_back`): its holder revokes it, rejoins, and the follow-up round gives it
    to its new owner. The partitions that stay are in both rounds: their tasks never stop.
+   The new owner's assignment says how many partitions wait for it (`pending`), so that it
+   looks for the follow-up round at once rather than at its next heartbeat.
 
 Eager and cooperative members mix in one group (a rolling switch): the same assignor
 (`streamkit`) plans for both. A leader of a version without step 5 would move a partition a
@@ -256,6 +258,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         result = plan_together(
             partitions, infos, self._stateful_topics(), self._standby_replicas, groups
         )
+        planned = {m: len(tps) for m, tps in result.active.items()}
         result.active = hold_back(result.active, infos)
         routes = assignment_data.Routes.build(result.active, endpoints)
         assignments = {}
@@ -269,6 +272,7 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
                 endpoints,
                 routes if endpoints.get(member_id) else None,
                 group_rounds,
+                planned[member_id] - len(result.active[member_id]),
             )
             assignments[member_id] = ConsumerProtocolMemberAssignment(
                 self.version, sorted((t, sorted(ps)) for t, ps in by_topic.items()), user
@@ -293,3 +297,9 @@ class StreamkitAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
 def planned_cooperatively(user_data: bytes) -> bool:
     """Whether an assignment's leader plans cooperative rounds (`hold_back`)."""
     return assignment_data.decode(user_data).rounds == "cooperative"
+
+
+def awaits_follow_up(user_data: bytes) -> bool:
+    """Whether an assignment holds back partitions planned for its member (step 5): a
+    follow-up round gives them once their holder has revoked them."""
+    return assignment_data.decode(user_data).pending > 0

@@ -30,7 +30,7 @@ from streamkit.clients import make_consumer, make_producer, make_raw_client
 from streamkit.registry.codec import prepare_app_codecs
 from streamkit.runtime import faults, gc_tuning
 from streamkit.runtime.admin import ensure_app_topics
-from streamkit.runtime.assignor import StreamkitAssignor, planned_cooperatively
+from streamkit.runtime.assignor import StreamkitAssignor, awaits_follow_up, planned_cooperatively
 from streamkit.runtime.async_map import check_call_budget, longest_calls
 from streamkit.runtime.cadence import Cadence
 from streamkit.runtime.checkpoint import Checkpointer
@@ -207,8 +207,9 @@ class Worker:
             log.warning("topics %s not in the cluster's metadata yet", sorted(missing))
         if cooperative:  # before subscribing: the first join is cooperative already
             self.rebalance = CooperativeRebalance(
-                self.consumer, planned_cooperatively, self._old_leader, self.assignor.may_hold
-            )
+                self.consumer, planned_cooperatively, self._old_leader, self.assignor.may_hold,
+                awaits_follow_up,
+            )  # fmt: skip
         self._subscribe()
         if settings.fetch_path == "raw":
             client = make_raw_client(settings, f"{self.client_id}-fetch")
