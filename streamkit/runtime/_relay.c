@@ -256,16 +256,17 @@ key_sure(int check, PyObject *key)
     return 1;
 }
 
-/* The key bytes of a record that is sure (NULL with no error set: not sure; with one: failed). */
+/* The key bytes of a record (its `value`) that is sure (NULL with no error set: not sure;
+ * with one: failed). */
 static PyObject *
-key_bytes(Relay *self, PyObject *rec)
+key_bytes(Relay *self, PyObject *rec, PyObject *value)
 {
-    PyObject *key = PyObject_GetAttr(rec, s_key), *value = NULL, *out = NULL;
+    PyObject *key = PyObject_GetAttr(rec, s_key), *out = NULL;
     if (key == NULL)
         return NULL;
     int sure = key_sure(self->key_check, key);
     Py_DECREF(key);
-    if (!sure || (value = PyObject_GetAttr(rec, s_value)) == NULL)
+    if (!sure)
         return NULL;
     Found found;
     if (PyBytes_CheckExact(value) &&
@@ -285,7 +286,6 @@ key_bytes(Relay *self, PyObject *rec)
                 PyErr_Clear(); /* the per-record path meets the same error, and reports it */
         }
     }
-    Py_DECREF(value);
     return out;
 }
 
@@ -302,13 +302,14 @@ relay_call(Relay *self, PyObject *args, PyObject *kwargs)
     while (n < limit && !filled && PyObject_Length(self->records) > 0) {
         if ((rec = PySequence_GetItem(self->records, 0)) == NULL)
             goto failed;
-        if ((bytes = key_bytes(self, rec)) == NULL) {
+        if ((value = PyObject_GetAttr(rec, s_value)) == NULL)
+            goto failed;
+        if ((bytes = key_bytes(self, rec, value)) == NULL) {
             if (PyErr_Occurred())
                 goto failed;
             break; /* not sure: the per-record path takes it */
         }
-        if ((value = PyObject_GetAttr(rec, s_value)) == NULL ||
-            (ts = PyObject_GetAttr(rec, s_timestamp)) == NULL ||
+        if ((ts = PyObject_GetAttr(rec, s_timestamp)) == NULL ||
             (headers = PyObject_GetAttr(rec, s_headers)) == NULL)
             goto failed;
         long long t = PyLong_AsLongLong(ts);
@@ -317,9 +318,6 @@ relay_call(Relay *self, PyObject *args, PyObject *kwargs)
         PyObject *call[4] = {bytes, value, ts, headers};
         if ((full = PyObject_Vectorcall(self->route, call, 4, NULL)) == NULL) {
             PyErr_Clear(); /* the per-record path routes it again, and reports the error */
-            Py_CLEAR(value);
-            Py_CLEAR(ts);
-            Py_CLEAR(headers);
             break;
         }
         if ((filled = PyObject_IsTrue(full)) < 0)
@@ -339,8 +337,11 @@ relay_call(Relay *self, PyObject *args, PyObject *kwargs)
         Py_CLEAR(headers);
         Py_CLEAR(full);
     }
-    Py_XDECREF(rec);
+    Py_XDECREF(rec); /* a record left for the per-record path */
     Py_XDECREF(bytes);
+    Py_XDECREF(value);
+    Py_XDECREF(ts);
+    Py_XDECREF(headers);
     if (n == 0) {
         Py_XDECREF(last);
         Py_RETURN_NONE;
