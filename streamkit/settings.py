@@ -204,7 +204,8 @@ class Settings(BaseSettings):
             "(reads see them), and a crash replays them from the changelog. A row forgotten "
             "before the next write (a closed window, a join's final record) never reaches "
             "SQLite. 0: every checkpoint writes. A task's last checkpoint (revoke, stop) and "
-            "unwritten rows at `state_cache_entries` always write."
+            "unwritten rows at `state_cache_entries` always write (a join's or a window's rows "
+            "at the last checkpoint only if they must)."
         ),
     )
     standby_replicas: int = Field(

@@ -8,9 +8,16 @@ them again is most of what the store does for them. Such a table's rows go to it
 changelog at every checkpoint as any table's do, but to the store only when
 
 1. the unwritten rows reach the cache's bound (`state_cache_entries`): memory is full;
-2. it is the task's last checkpoint (revoke, stop): its next owner starts from the store;
-3. the oldest changelog records not in the store are half the changelog's time retention
+2. the oldest changelog records not in the store are half the changelog's time retention
    old: the broker could delete them before a restore reads them.
+
+Not at the task's last checkpoint (revoke, stop) either: that write is a store write like
+the others. A revoked task's partition goes to another worker, which replays the changelog
+into a store of its own (each worker has a `workdir` of its own: its producer's id is kept
+there), so writing the
+rows here would delay the handover (the worker rejoins the group after its revoke) for a copy
+nobody reads; a worker that gets the partition back, or restarts, replays them as after a
+crash.
 
 In between, a store write records as the table's changelog offset the one before the oldest
 checkpoint's records that may still hold a live row, and writes of its rows only the marker

@@ -6,7 +6,7 @@ merged, in the tables' `flushing` overlay (reads see them), and so do the change
 they reflect. The store is a cache of the changelog that may lag it, never lead it; a crash
 replays the changelog from the offsets the store holds. A task's last checkpoint (revoke,
 stop) always writes, and so does one whose unwritten rows reach the cache's bound. A join's
-buffered rows and a time window's wait longer: until one of those, or their changelog's
+buffered rows and a time window's wait longer: until the bound, or their changelog's
 retention (`deferred.py`).
 """
 
@@ -169,14 +169,15 @@ class TaskTables:
             offsets[(topic, partition)] = offset
 
     def due(self, final: bool = False, later: bool = False) -> bool:
-        """Whether this checkpoint writes the store: the task's last one (`final`), the
-        interval is over (unless the next checkpoint comes in a moment, `later`, and writes
-        are not asked of every checkpoint), or the unwritten rows reached the cache's bound."""
+        """Whether this checkpoint writes the store: the task's last one (`final`; a deferred
+        table's rows still wait: `deferred.py`), the interval is over (unless the next
+        checkpoint comes in a moment, `later`, and writes are not asked of every checkpoint),
+        or the unwritten rows reached the cache's bound (every row, deferred ones too)."""
         if self.store is None:
             return False
         unwritten = sum(len(p.flushing) for p in self.partitions.values())
-        self._write_all = final or unwritten >= self._cache_entries
-        if self._write_all:
+        self._write_all = unwritten >= self._cache_entries
+        if final or self._write_all:
             return True
         return time.monotonic() >= self._next_write and not (later and self.write_interval)
 
