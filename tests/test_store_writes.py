@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,7 +150,7 @@ class Finals:
 
 
 async def test_a_deferred_tables_rows_wait_for_the_watermark_memory_or_the_retention(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A join's rows (here any table's, deferred) reach SQLite only when they must; until
     then the store records the changelog offset before the oldest range that may hold a live
@@ -187,8 +188,11 @@ async def test_a_deferred_tables_rows_wait_for_the_watermark_memory_or_the_reten
     assert tables.store.offsets()[(changelog, 0)] == 12 and set(stored(tables)) == {encode("k0")}
     assert part.get("k11") == 11 and len(part.flushing) == 11  # reads still find them
 
+    assert "state_cache_entries" not in caplog.text
     checkpoint(range(12, 101), 101, 2000)  # 100 unwritten rows: the cache's bound
     assert tables.due()
+    spilled = [r for r in caplog.records if "state_cache_entries is 100:" in r.getMessage()]
+    assert len(spilled) == 1 and "the rows of totals go to SQLite" in spilled[0].getMessage()
     await tables.write()
     assert len(stored(tables)) == 101 and part.flushing == {}
     assert tables.store.offsets()[(changelog, 0)] == 101
@@ -205,6 +209,10 @@ async def test_a_deferred_tables_rows_wait_for_the_watermark_memory_or_the_reten
     tables.deferred["totals"].max_age = -1.0  # older than the changelog would keep them
     await tables.write()
     assert len(stored(tables)) == 108
+
+    checkpoint(range(108, 210), 210, 5000)  # the bound again: written, not said again
+    assert tables.due()
+    assert len([r for r in caplog.records if "state_cache_entries" in r.getMessage()]) == 1
     tables.close()
 
 

@@ -85,7 +85,8 @@ class TaskTables:
         self.changelog_committed: dict[tuple[str, int], int] = {}
         self.writes = 0  # SQLite transactions of checkpoints (tests read it)
         self.deferred: dict[str, Deferred] = {}  # tables whose rows wait (`defer`)
-        self._write_all = False  # this write takes every row (`due`: the last, or memory full)
+        self._write_all = False  # this write takes every row (`due`: memory full)
+        self._spill_said = False  # a deferred table spilled past the bound: said once
 
     async def open_store(self) -> None:
         """Open the store (a corrupt or foreign file is set aside and a new one made)."""
@@ -177,6 +178,14 @@ class TaskTables:
             return False
         unwritten = sum(len(p.flushing) for p in self.partitions.values())
         self._write_all = unwritten >= self._cache_entries
+        if self._write_all and self.deferred and not self._spill_said:
+            self._spill_said = True
+            log.warning(
+                "%s: %d rows unwritten, state_cache_entries is %d: the rows of %s go to SQLite "
+                "(a write each, and a read for each one matched or updated again); raise "
+                "state_cache_entries above the rows the partition holds",
+                self.path, unwritten, self._cache_entries, ", ".join(sorted(self.deferred)),
+            )  # fmt: skip
         if final or self._write_all:
             return True
         return time.monotonic() >= self._next_write and not (later and self.write_interval)
