@@ -169,9 +169,12 @@ class Settings(BaseSettings):
         ),
     )
     heartbeat_interval_ms: int = Field(
-        default=1_000,
+        default=250,
         ge=100,
-        description="How often a worker tells the group it is alive; below session_timeout_ms.",
+        description=(
+            "How often a worker tells the group it is alive, and learns that the group is "
+            "rebalancing (a worker joining, one leaving); below session_timeout_ms."
+        ),
     )
     max_poll_interval_ms: int = Field(
         default=300_000,
