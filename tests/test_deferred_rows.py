@@ -112,3 +112,24 @@ async def test_a_windows_rows_stay_out_of_sqlite_and_a_crash_replays_them(
         assert len(windows) == len(set(windows)) and {("a", 0), ("b", 180)} <= set(windows)
     else:  # every event updates each of its windows (none was late)
         assert len(calm) == len(CLICKS) * (1 if isinstance(kind, Tumbling) else 2)
+
+
+@pytest.mark.parametrize("lose_state", [False, True], ids=["store", "changelog"])
+async def test_a_restarted_joins_rows_are_cached_so_its_first_matches_read_no_sqlite(
+    lose_state: bool, tmp_path: Path
+) -> None:
+    """At a task's start the join's live rows are cached as they are loaded (restored from
+    the changelog, or read from the store): a match finds its partner in the cache, where a
+    cold cache read it back from SQLite (a miss)."""
+    app, _, _, out = shop("inner", tmp_path)
+    async with AsyncTestDriver(app) as driver:
+        for n in range(50):  # 50 orders waiting for their payments
+            await driver.send("orders", {"id": f"o{n}", "ts": 1000 + n}, key=f"o{n}")
+        await driver.checkpoint()
+        await driver.restart(lose_state=lose_state)
+        [part] = [t.state.partitions["paid"] for t in driver._tasks() if t.state and t.tables]
+        misses = part.misses  # (the load's read of the watermark row)
+        for n in range(50):
+            await driver.send("payments", {"id": f"o{n}", "ts": 1100 + n}, key=f"o{n}")
+        assert len(driver.read(out)) == 50
+        assert part.misses == misses  # every partner came from the cache

@@ -247,6 +247,25 @@ class TablePartition:
             changes[encode_key(key)] = None if value is _DELETED else encode_value(value)
         return changes
 
+    def stored_items(self) -> Iterator[tuple[Any, Any]]:
+        """(key, value) of every row of the store, decoded: the whole partition while it has
+        no change of its own yet (a task's start: `unchanged`)."""
+        decode_key, decode_value = self._key_codec.decode, self._value_codec.decode
+        for raw, value in self.store.scan(self.name):
+            yield decode_key(raw), decode_value(value)
+
+    @property
+    def unchanged(self) -> bool:
+        """Nothing written since the partition opened: the store holds every row."""
+        return not self.dirty and not self.flushing
+
+    def keep(self, key: Any, value: Any) -> None:
+        """Cache a row just read from the store (`stored_items`), as a read would: its next
+        read costs no SQLite query. The cache's bound holds as for any miss."""
+        if key not in self.cache:
+            self.cache[key] = value
+            self._bound()
+
     def iter_keys(self) -> Iterator[Any]:
         """Keys of this partition: the store's, overlaid with the changes not written to it
         yet (`flushing`), then with the cache's."""
