@@ -13,6 +13,12 @@ from streamkit.runtime.worker import Worker
 
 env = os.environ
 
+# C: the join holds its window and grace of rows (4,200 s of event time, ~53,000 a partition
+# at this input's density) plus the skew between its upstream tasks: up to ~170,000 a
+# partition in the two-worker runs, past the default 100,000, where its rows would spill to
+# SQLite (the worker warns; docs/joins.md, "Sizing state_cache_entries for a join").
+# BENCH_CACHE_ENTRIES: another bound ("": the default; bench.join_memory measures that one)
+cache = env.get("BENCH_CACHE_ENTRIES", "250000" if env.get("BENCH_PIPELINE") == "C" else "")
 app = sk.App(
     env["BENCH_GROUP"],
     broker=env["BENCH_BOOTSTRAP"],
@@ -20,12 +26,7 @@ app = sk.App(
     commit_interval=float(env["BENCH_COMMIT_INTERVAL"]),
     workdir=env["BENCH_STATE_DIR"],
     log_level=env.get("BENCH_LOG_LEVEL", "WARNING"),
-    # C: the join holds its window and grace of rows (4,200 s of event time, ~53,000 a
-    # partition at this input's density) plus the skew between its upstream tasks: up to
-    # ~170,000 a partition in the two-worker runs, past the default 100,000, where its rows
-    # would spill to SQLite (the worker warns; docs/joins.md, "Sizing state_cache_entries
-    # for a join")
-    state_cache_entries=250_000 if env.get("BENCH_PIPELINE") == "C" else 100_000,
+    **({"state_cache_entries": int(cache)} if cache else {}),
 )
 pipeline = env.get("BENCH_PIPELINE", "A")
 # C: each input partition is in event-time order, and the join's own grace covers the skew
