@@ -14,10 +14,9 @@ changelog at every checkpoint as any table's do, but to the store only when
 Not at the task's last checkpoint (revoke, stop) either: that write is a store write like
 the others. A revoked task's partition goes to another worker, which replays the changelog
 into a store of its own (each worker has a `workdir` of its own: its producer's id is kept
-there), so writing the
-rows here would delay the handover (the worker rejoins the group after its revoke) for a copy
-nobody reads; a worker that gets the partition back, or restarts, replays them as after a
-crash.
+there), so writing the rows here would delay the handover (the worker rejoins the group after
+its revoke) for a copy nobody reads; a worker that gets the partition back, or restarts,
+replays them as after a crash.
 
 In between, a store write records as the table's changelog offset the one before the oldest
 checkpoint's records that may still hold a live row, and writes of its rows only the marker
@@ -61,7 +60,7 @@ class Deferred:
     def __init__(self, source: Finality, end: int, max_age: float) -> None:
         self.source = source
         self.end = end  # the last changelog offset a committed checkpoint wrote (or restored)
-        self.max_age = max_age  # seconds a range may wait (rule 3)
+        self.max_age = max_age  # seconds a range may wait (rule 2)
         # (first offset, final time bound, wall clock when recorded), oldest first
         self._ranges: collections.deque[tuple[int, int, float]] = collections.deque()
 
@@ -73,7 +72,7 @@ class Deferred:
 
     def held(self, now: float) -> int | None:
         """The changelog offset the store may record without the table's rows, or None when
-        they must be written (rule 3). Ranges whose rows are all final are dropped first."""
+        they must be written (rule 2). Ranges whose rows are all final are dropped first."""
         ranges, watermark = self._ranges, self.source.watermark
         while ranges and ranges[0][1] < watermark:
             ranges.popleft()

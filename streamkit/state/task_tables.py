@@ -178,13 +178,16 @@ class TaskTables:
             return False
         unwritten = sum(len(p.flushing) for p in self.partitions.values())
         self._write_all = unwritten >= self._cache_entries
-        if self._write_all and self.deferred and not self._spill_said:
+        spilled = (
+            [n for n in self.deferred if self.partitions[n].flushing] if self._write_all else []
+        )
+        if spilled and not self._spill_said:
             self._spill_said = True
             log.warning(
                 "%s: %d rows unwritten, state_cache_entries is %d: the rows of %s go to SQLite "
                 "(a write each, and a read for each one matched or updated again); raise "
                 "state_cache_entries above the rows the partition holds",
-                self.path, unwritten, self._cache_entries, ", ".join(sorted(self.deferred)),
+                self.path, unwritten, self._cache_entries, ", ".join(sorted(spilled)),
             )  # fmt: skip
         if final or self._write_all:
             return True
