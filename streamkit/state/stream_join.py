@@ -26,7 +26,7 @@ once), rebuilt from the rows on load. Every boundary decision is
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamkit.eventtime import NO_WATERMARK
@@ -145,10 +145,10 @@ class JoinPartition:
         self.push: PushRecord = native_push(self) or self._push
 
     def load(self) -> int:
-        """Rebuild the indexes from the stored rows; the watermark they reflect. At a task's
-        start each live row is cached too, as its store read brought it (the cache's bound
-        evicting the oldest): a partition restored from its changelog would otherwise read
-        its rows back one SQLite query at a time as its first records match them."""
+        """Rebuild the indexes from the stored rows of a partition just opened; the watermark
+        they reflect. Each live row is cached too, as its store read brought it (the cache's
+        bound evicting the oldest): a partition restored from its changelog would otherwise
+        read its rows back one SQLite query at a time as its first records match them."""
         rows = self.rows
         saved = rows.get(WATERMARK_ROW)
         if saved is not _MISSING and saved is not _DELETED and saved is not None:
@@ -159,11 +159,8 @@ class JoinPartition:
             self.watermark,
             self._final_after,
         )
-        if rows.unchanged:
-            items: Iterable[tuple[bytes, Any]] = rows.stored_items()
-        else:  # (not at a start: keys only, the overlay's too)
-            items = ((row, None) for row in rows.iter_keys())
-        for row, stored in items:
+        assert not rows.dirty and not rows.flushing, "load() reads a partition just opened"
+        for row, stored in rows.stored_items():
             if row == WATERMARK_ROW:
                 continue
             side, ts, seq = unpack(row)
@@ -171,8 +168,7 @@ class JoinPartition:
             if watermark > ts + after[side]:
                 continue  # final by the watermark row: purged (and emitted) before it was written
             self._track(side, ts, seq, bytes(row[size:]))
-            if stored is not None:
-                rows.keep(row, stored)
+            rows.keep(row, stored)
         return self.watermark
 
     def _track(self, side: int, ts: int, seq: int, key: bytes) -> None:

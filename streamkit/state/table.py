@@ -249,15 +249,10 @@ class TablePartition:
 
     def stored_items(self) -> Iterator[tuple[Any, Any]]:
         """(key, value) of every row of the store, decoded: the whole partition while it has
-        no change of its own yet (a task's start: `unchanged`)."""
+        no change of its own yet (just opened)."""
         decode_key, decode_value = self._key_codec.decode, self._value_codec.decode
         for raw, value in self.store.scan(self.name):
             yield decode_key(raw), decode_value(value)
-
-    @property
-    def unchanged(self) -> bool:
-        """Nothing written since the partition opened: the store holds every row."""
-        return not self.dirty and not self.flushing
 
     def keep(self, key: Any, value: Any) -> None:
         """Cache a row just read from the store (`stored_items`), as a read would: its next
